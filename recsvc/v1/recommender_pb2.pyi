@@ -1,0 +1,267 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_VIEW: _ClassVar[EventType]
+    EVENT_TYPE_ADD_TO_CART: _ClassVar[EventType]
+    EVENT_TYPE_PURCHASE: _ClassVar[EventType]
+    EVENT_TYPE_IMPRESSION: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+
+class RepeatPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPEAT_POLICY_UNSPECIFIED: _ClassVar[RepeatPolicy]
+    REPEAT_POLICY_EXCLUDE_PURCHASED: _ClassVar[RepeatPolicy]
+    REPEAT_POLICY_ALLOW_REPEATS: _ClassVar[RepeatPolicy]
+
+class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_UNSPECIFIED: _ClassVar[Reason]
+    REASON_CF: _ClassVar[Reason]
+    REASON_SESSION: _ClassVar[Reason]
+    REASON_BUY_AGAIN: _ClassVar[Reason]
+    REASON_POPULAR: _ClassVar[Reason]
+    REASON_SIMILAR: _ClassVar[Reason]
+
+class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STRATEGY_UNSPECIFIED: _ClassVar[Strategy]
+    STRATEGY_PERSONALIZED: _ClassVar[Strategy]
+    STRATEGY_SESSION: _ClassVar[Strategy]
+    STRATEGY_POPULAR: _ClassVar[Strategy]
+
+class IgnoreReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IGNORE_REASON_UNSPECIFIED: _ClassVar[IgnoreReason]
+    IGNORE_REASON_UNKNOWN_ITEM: _ClassVar[IgnoreReason]
+    IGNORE_REASON_ERASED_USER: _ClassVar[IgnoreReason]
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_VIEW: EventType
+EVENT_TYPE_ADD_TO_CART: EventType
+EVENT_TYPE_PURCHASE: EventType
+EVENT_TYPE_IMPRESSION: EventType
+EVENT_TYPE_CLICK: EventType
+REPEAT_POLICY_UNSPECIFIED: RepeatPolicy
+REPEAT_POLICY_EXCLUDE_PURCHASED: RepeatPolicy
+REPEAT_POLICY_ALLOW_REPEATS: RepeatPolicy
+REASON_UNSPECIFIED: Reason
+REASON_CF: Reason
+REASON_SESSION: Reason
+REASON_BUY_AGAIN: Reason
+REASON_POPULAR: Reason
+REASON_SIMILAR: Reason
+STRATEGY_UNSPECIFIED: Strategy
+STRATEGY_PERSONALIZED: Strategy
+STRATEGY_SESSION: Strategy
+STRATEGY_POPULAR: Strategy
+IGNORE_REASON_UNSPECIFIED: IgnoreReason
+IGNORE_REASON_UNKNOWN_ITEM: IgnoreReason
+IGNORE_REASON_ERASED_USER: IgnoreReason
+
+class Filters(_message.Message):
+    __slots__ = ("exclude_item_ids", "include_categories", "exclude_categories", "in_stock_only")
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    IN_STOCK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_categories: _containers.RepeatedScalarFieldContainer[str]
+    exclude_categories: _containers.RepeatedScalarFieldContainer[str]
+    in_stock_only: bool
+    def __init__(self, exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ...) -> None: ...
+
+class SessionEvent(_message.Message):
+    __slots__ = ("item_id", "event_type", "event_time")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    event_type: EventType
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    session_events: _containers.RepeatedCompositeFieldContainer[SessionEvent]
+    k: int
+    filters: Filters
+    repeat_policy: RepeatPolicy
+    non_personalized: bool
+    placement: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ...) -> None: ...
+
+class RecommendedItem(_message.Message):
+    __slots__ = ("item_id", "score", "reason")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    reason: Reason
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    model_version: str
+    recommendation_id: str
+    strategy: Strategy
+    fallback: bool
+    degraded: bool
+    ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_ids", "k", "filters", "placement")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    filters: Filters
+    placement: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., placement: _Optional[str] = ...) -> None: ...
+
+class SimilarItemsResponse(_message.Message):
+    __slots__ = ("items", "model_version", "ignored_item_ids", "recommendation_id")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    model_version: str
+    ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    recommendation_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    item_id: str
+    event_type: EventType
+    event_time: _timestamp_pb2.Timestamp
+    quantity: float
+    recommendation_id: str
+    placement: str
+    non_personalized: bool
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quantity: _Optional[float] = ..., recommendation_id: _Optional[str] = ..., placement: _Optional[str] = ..., non_personalized: _Optional[bool] = ...) -> None: ...
+
+class RecordEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class IgnoredEvent(_message.Message):
+    __slots__ = ("index", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reason: IgnoreReason
+    def __init__(self, index: _Optional[int] = ..., reason: _Optional[_Union[IgnoreReason, str]] = ...) -> None: ...
+
+class RecordEventsResponse(_message.Message):
+    __slots__ = ("accepted_count", "ignored_events")
+    ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    accepted_count: int
+    ignored_events: _containers.RepeatedCompositeFieldContainer[IgnoredEvent]
+    def __init__(self, accepted_count: _Optional[int] = ..., ignored_events: _Optional[_Iterable[_Union[IgnoredEvent, _Mapping]]] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("deleted_vector_count", "deleted_history_event_count", "deleted_session_count", "added_to_erasure_list")
+    DELETED_VECTOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_HISTORY_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_SESSION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ADDED_TO_ERASURE_LIST_FIELD_NUMBER: _ClassVar[int]
+    deleted_vector_count: int
+    deleted_history_event_count: int
+    deleted_session_count: int
+    added_to_erasure_list: bool
+    def __init__(self, deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ..., added_to_erasure_list: _Optional[bool] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("model_version", "trained_at", "data_cutoff", "loaded_at", "metrics", "item_count", "user_count", "factors", "index_type", "index_recall_at_k", "index_recall_k", "format_version", "default_repeat_policy")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_AT_FIELD_NUMBER: _ClassVar[int]
+    DATA_CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    USER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FACTORS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_RECALL_AT_K_FIELD_NUMBER: _ClassVar[int]
+    INDEX_RECALL_K_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REPEAT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    trained_at: _timestamp_pb2.Timestamp
+    data_cutoff: _timestamp_pb2.Timestamp
+    loaded_at: _timestamp_pb2.Timestamp
+    metrics: _containers.ScalarMap[str, float]
+    item_count: int
+    user_count: int
+    factors: int
+    index_type: str
+    index_recall_at_k: float
+    index_recall_k: int
+    format_version: int
+    default_repeat_policy: RepeatPolicy
+    def __init__(self, model_version: _Optional[str] = ..., trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_cutoff: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., factors: _Optional[int] = ..., index_type: _Optional[str] = ..., index_recall_at_k: _Optional[float] = ..., index_recall_k: _Optional[int] = ..., format_version: _Optional[int] = ..., default_repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ...) -> None: ...
