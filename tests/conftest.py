@@ -1,0 +1,97 @@
+"""Shared fixtures.
+
+Redis: tests get a real Redis, never a mock. ``REDIS_URL`` selects one (CI's service
+container, a developer's own); without it a private ``redis-server`` is started for the
+session on a free loopback port. If neither works the Redis tests are skipped locally
+and fail under ``CI=true``, so CI can never pass by silently skipping them.
+
+Each test that uses ``redis_client`` writes only under its own ``redis_prefix`` and
+its keys are deleted afterwards (SCAN + UNLINK, never FLUSHALL), so a shared server is
+left as it was found. Tests that use ``redis_url`` are marked ``integration``
+automatically as a safety net; mark them explicitly too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import redis
+
+from recsvc.errors import StoreError
+from recsvc.redis_server import find_redis_server, start_private_redis
+from recsvc.store import client_from_url
+
+# Generous for tests: a loaded CI host must not turn into a flaky timeout.
+_TEST_SOCKET_TIMEOUT = 5.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def _unavailable(reason: str) -> None:
+    """Skip the test, or fail it on CI where a missing Redis is a broken pipeline."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: not skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_server_binary() -> Path:
+    """The ``redis-server`` that private servers run (skip/fail if there is none)."""
+    try:
+        return find_redis_server()
+    except StoreError as exc:
+        _unavailable(str(exc))
+        raise  # unreachable: _unavailable always raises
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of the Redis for this test session: ``$REDIS_URL``, else a private server."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        client = client_from_url(url, socket_timeout=_TEST_SOCKET_TIMEOUT)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            _unavailable(f"REDIS_URL is set but Redis does not answer: {exc}")
+        finally:
+            client.close()
+        yield url
+        return
+    try:
+        server = start_private_redis()
+    except StoreError as exc:
+        _unavailable(f"no Redis for integration tests (set REDIS_URL): {exc}")
+        raise  # unreachable: _unavailable always raises
+    with server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to this test; everything under it is deleted afterwards."""
+    return f"test-{uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:
+    """A client on the session's Redis; keys under ``redis_prefix`` are removed after."""
+    client = client_from_url(redis_url, socket_timeout=_TEST_SOCKET_TIMEOUT)
+    try:
+        yield client
+    finally:
+        try:
+            # ':*' not '*': prefix "test-ab" must not sweep another test's "test-abc".
+            keys = list(client.scan_iter(match=f"{redis_prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start : start + 1000])
+        finally:
+            client.close()
