@@ -1,0 +1,326 @@
+"""The versioned model artifact: what training writes and serving reads.
+
+Layout under the artifact root::
+
+    artifacts/
+      CURRENT                  name of the served version (replaced atomically)
+      PUBLISHED.json           stack of published versions, for rollback
+      erased_users.txt         erasure list (ForgetUser appends; training honours it)
+      20261122T201500Z-1a2b3c4d/
+        manifest.json          format/model version, dates, counts, config, metrics,
+                               sha256 of every other file
+        item_factors.npy       (n_items, factors) float32
+        user_factors.npy       (n_users, factors) float32
+        item_ids.npy           (n_items,) unicode
+        user_ids.npy           (n_users,) unicode
+        popularity.npy         (n_items,) float32, decayed
+        user_items.npz         CSR (n_users, n_items) float32 decayed weights
+        item_category.npy      (n_items,) int32, -1 = none
+        categories.npy         (n_categories,) unicode
+        item_available.npy     (n_items,) bool
+        index.faiss            faiss.write_index of the item index
+
+Arrays are ``.npy``/``.npz`` read with ``allow_pickle=False``. A version is written
+to a temporary sibling directory and renamed into place, so a reader never sees a
+half-written one; a crash leaves only a ``.tmp-*`` directory that the next write
+removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from recsvc.errors import ArtifactError, ChecksumError
+from recsvc.index import ItemIndex
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelArtifact",
+    "current_version",
+    "list_versions",
+    "publish_version",
+    "read_artifact",
+    "resolve",
+    "rollback",
+    "rollback_target",
+    "write_artifact",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+PUBLISHED = "PUBLISHED.json"
+INDEX_FILE = "index.faiss"
+
+_ARRAYS = (
+    "item_factors",
+    "user_factors",
+    "item_ids",
+    "user_ids",
+    "popularity",
+    "item_category",
+    "categories",
+    "item_available",
+)
+
+
+@dataclass
+class ModelArtifact:
+    """A trained model in memory: exactly what is written to and read from disk."""
+
+    manifest: dict[str, Any]
+    item_factors: NDArray[np.float32]
+    user_factors: NDArray[np.float32]
+    item_ids: NDArray[np.str_]
+    user_ids: NDArray[np.str_]
+    popularity: NDArray[np.float32]
+    user_items: sp.csr_matrix
+    item_category: NDArray[np.int32]
+    categories: NDArray[np.str_]
+    item_available: NDArray[np.bool_]
+    index: ItemIndex
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def factors(self) -> int:
+        return int(self.item_factors.shape[1])
+
+
+def new_model_version(item_factors: NDArray[np.float32], now: datetime | None = None) -> str:
+    """``<UTC time>-<8 hex of the factors' hash>``: sortable and unique per content."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    digest = hashlib.sha256(np.ascontiguousarray(item_factors).tobytes()).hexdigest()[:8]
+    return f"{stamp}-{digest}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
+    """Write ``artifact`` as ``root/<model_version>/``; returns that directory.
+
+    The manifest gains ``files`` (sha256 and size of every file) and
+    ``format_version``. Refuses to overwrite an existing version.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / artifact.model_version
+    if final.exists():
+        raise ArtifactError(f"artifact {final} already exists")
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(artifact, name), allow_pickle=False)
+        ui = artifact.user_items
+        np.savez(
+            tmp / "user_items.npz",
+            data=ui.data.astype(np.float32),
+            indices=ui.indices,
+            indptr=ui.indptr,
+            shape=np.array(ui.shape, dtype=np.int64),
+        )
+        artifact.index.save(tmp / INDEX_FILE)
+        files = {
+            p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
+        }
+        manifest = {**artifact.manifest, "format_version": FORMAT_VERSION, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for p in tmp.iterdir():
+            _fsync(p)
+        os.rename(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    artifact.manifest = manifest
+    return final
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the version directory ``path``."""
+    try:
+        manifest: dict[str, Any] = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} is not a model artifact (no {MANIFEST})") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path / MANIFEST}: {exc}") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format {manifest.get('format_version')!r} is not supported "
+            f"(this build reads format {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def verify(path: Path, manifest: dict[str, Any]) -> None:
+    """Check every file against its manifest checksum; raise ChecksumError on a mismatch."""
+    for name, meta in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise ChecksumError(f"{path}: file {name} listed in the manifest is missing")
+        if file.stat().st_size != meta["bytes"] or _sha256(file) != meta["sha256"]:
+            raise ChecksumError(f"{path}: checksum of {name} does not match the manifest")
+
+
+def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact:
+    """Load the version directory ``path`` (checksums verified unless told not to)."""
+    manifest = read_manifest(path)
+    if verify_checksums:
+        verify(path, manifest)
+    try:
+        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        with np.load(path / "user_items.npz", allow_pickle=False) as z:
+            shape = tuple(int(x) for x in z["shape"])
+            user_items = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"cannot read arrays of {path}: {exc}") from exc
+    idx = manifest["index"]
+    index = ItemIndex.load(
+        path / INDEX_FILE, idx["kind"], float(idx["max_norm_sq"]), int(idx["ef_search"])
+    )
+    artifact = ModelArtifact(manifest=manifest, user_items=user_items, index=index, **arrays)
+    _check_shapes(path, artifact)
+    return artifact
+
+
+def _check_shapes(path: Path, a: ModelArtifact) -> None:
+    n_items, n_users = len(a.item_ids), len(a.user_ids)
+    expected = {
+        "item_factors": (n_items, a.factors),
+        "user_factors": (n_users, a.factors),
+        "popularity": (n_items,),
+        "item_category": (n_items,),
+        "item_available": (n_items,),
+        "user_items": (n_users, n_items),
+    }
+    for name, shape in expected.items():
+        if getattr(a, name).shape != shape:
+            raise ArtifactError(f"{path}: {name} has shape {getattr(a, name).shape}, not {shape}")
+    if a.index.ntotal != n_items:
+        raise ArtifactError(f"{path}: index holds {a.index.ntotal} items, not {n_items}")
+
+
+# --- the CURRENT pointer and the publish stack --------------------------------------
+
+
+def list_versions(root: Path) -> list[str]:
+    """Complete version directories under ``root``, oldest first (by creation time)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and (p / MANIFEST).is_file():
+            try:
+                created = str(json.loads((p / MANIFEST).read_text()).get("created_at", ""))
+            except (OSError, ValueError):
+                continue  # unreadable: not a version anyone can publish
+            found.append((created, p.name))
+    return [name for _, name in sorted(found)]
+
+
+def current_version(root: Path) -> str | None:
+    """The version CURRENT names, or None when nothing was published."""
+    try:
+        name = (root / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def resolve(root: Path, version: str | None = None) -> Path:
+    """Directory of ``version`` (default: CURRENT)."""
+    name = version or current_version(root)
+    if name is None:
+        raise ArtifactError(f"no model published under {root} (no {CURRENT} file)")
+    path = root / name
+    if not (path / MANIFEST).is_file():
+        raise ArtifactError(f"model version {name} not found under {root}")
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _published(root: Path) -> list[str]:
+    try:
+        stack = json.loads((root / PUBLISHED).read_text())["stack"]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"cannot read {root / PUBLISHED}: {exc}") from exc
+    return [str(v) for v in stack]
+
+
+def publish_version(root: Path, version: str) -> None:
+    """Point CURRENT at ``version`` and push it on the publish stack."""
+    resolve(root, version)
+    stack = [v for v in _published(root) if v != version] + [version]
+    _atomic_write(root / PUBLISHED, json.dumps({"stack": stack}) + "\n")
+    _atomic_write(root / CURRENT, version + "\n")
+
+
+def _rollback_stack(root: Path) -> list[str]:
+    stack = _published(root)
+    current = current_version(root)
+    if current in stack:
+        stack = stack[: stack.index(current)]
+    while stack and not (root / stack[-1] / MANIFEST).is_file():
+        stack.pop()  # a version deleted by hand cannot be rolled back to
+    if not stack:
+        raise ArtifactError(f"no earlier published version under {root} to roll back to")
+    return stack
+
+
+def rollback_target(root: Path) -> str:
+    """The version :func:`rollback` would return to (nothing is changed)."""
+    return _rollback_stack(root)[-1]
+
+
+def rollback(root: Path) -> str:
+    """Return CURRENT to the version published before it; returns that version."""
+    stack = _rollback_stack(root)
+    _atomic_write(root / PUBLISHED, json.dumps({"stack": stack}) + "\n")
+    _atomic_write(root / CURRENT, stack[-1] + "\n")
+    return stack[-1]

@@ -1,0 +1,247 @@
+"""One typed settings object for every role, built once in ``main`` and passed down.
+
+Sources, later ones winning: defaults < TOML file (``--config``) < environment
+(``RECSVC_`` prefix, ``__`` between levels, e.g. ``RECSVC_ALS__FACTORS=128``) <
+command-line flags. Everything is validated when the object is built, so a bad
+deploy fails before it trains or serves. ``config.example.toml`` documents every
+field with its default.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsvc.errors import ConfigError
+from recsvc.events import EventType
+
+__all__ = [
+    "ALSSettings",
+    "EvaluationSettings",
+    "IndexSettings",
+    "RankingSettings",
+    "RedisSettings",
+    "RepeatPolicy",
+    "Settings",
+    "WeightingSettings",
+    "load_settings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WeightingSettings(_Section):
+    """How raw events become interaction weights (before ALS confidence)."""
+
+    event_weights: dict[EventType, float] = Field(
+        default_factory=lambda: {
+            EventType.PURCHASE: 1.0,
+            EventType.ADD_TO_CART: 0.5,
+            EventType.CLICK: 0.2,
+            EventType.VIEW: 0.1,
+            EventType.IMPRESSION: 0.0,
+        }
+    )
+    """Weight of one event of each type; types left out weigh 0 (ignored)."""
+
+    half_life_days: float = Field(default=180.0, ge=0.0)
+    """Exponential time decay: an event this many days older than the data cut-off
+    weighs half as much. 0 switches decay off."""
+
+    log_quantity: bool = True
+    """Scale by 1 + ln(quantity) rather than quantity, so bulk orders do not dominate."""
+
+    @field_validator("event_weights")
+    @classmethod
+    def _non_negative(cls, value: dict[EventType, float]) -> dict[EventType, float]:
+        bad = {k: v for k, v in value.items() if v < 0}
+        if bad:
+            raise ValueError(f"event weights must be >= 0, got {bad}")
+        return value
+
+
+class ALSSettings(_Section):
+    """implicit's AlternatingLeastSquares, under implicit's own parameter names."""
+
+    factors: int = Field(default=64, ge=1, le=1024)
+    """Latent dimensions."""
+    regularization: float = Field(default=0.05, ge=0.0)
+    """L2 regularization (lambda)."""
+    alpha: float = Field(default=10.0, gt=0.0)
+    """Confidence scale: C_ui = 1 + alpha * weight_ui (Hu, Koren & Volinsky 2008)."""
+    iterations: int = Field(default=15, ge=1, le=500)
+    """ALS sweeps."""
+    random_state: int = 42
+    """Seed of the initial factors."""
+    num_threads: int = Field(default=0, ge=0)
+    """Threads for the fit; 0 = one per core."""
+    use_cg: bool = True
+    """Conjugate-gradient solver (faster; Cholesky when false)."""
+
+
+class IndexSettings(_Section):
+    """The FAISS index over item vectors (maximum inner product)."""
+
+    kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
+    """``auto`` = exact up to ``exact_max_items`` items, HNSW beyond."""
+    exact_max_items: int = Field(default=50_000, ge=1)
+    """Largest catalogue served by exact search when ``kind`` is ``auto``."""
+    hnsw_m: int = Field(default=32, ge=4, le=256)
+    """HNSW graph degree."""
+    hnsw_ef_construction: int = Field(default=200, ge=8)
+    """HNSW build-time beam width."""
+    hnsw_ef_search: int = Field(default=128, ge=8)
+    """HNSW query-time beam width (recall vs latency)."""
+    ivf_nlist: int = Field(default=0, ge=0)
+    """IVF cells; 0 = 4·sqrt(items)."""
+    ivf_nprobe: int = Field(default=32, ge=1)
+    """IVF cells visited per query."""
+    recall_k: int = Field(default=20, ge=1)
+    """k of the recall@k measured against exact search at build time."""
+    recall_queries: int = Field(default=1000, ge=10)
+    """Sampled user vectors used as queries for that measurement."""
+    recall_floor: float = Field(default=0.95, ge=0.0, le=1.0)
+    """Publishing is refused when the measured recall is below this."""
+
+
+class RepeatPolicy(StrEnum):
+    """Whether items the user already bought may be recommended again."""
+
+    AUTO = "auto"
+    """Decided by the trainer from the shop's measured repeat behaviour."""
+    ALLOW = "allow"
+    EXCLUDE = "exclude"
+
+
+class RankingSettings(_Section):
+    """The served ranking: CF candidates blended with the user's own repeat signal."""
+
+    repeat_policy: RepeatPolicy = RepeatPolicy.AUTO
+    """Default repeat policy of the shop; requests may override it."""
+    repeat_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Blend weight of the buy-again signal against CF (0 = CF only, 1 = buy-again
+    first). None = chosen by the trainer on a validation split."""
+    overfetch: int = Field(default=4, ge=1, le=64)
+    """Candidates fetched from the index per requested item, so filters still leave k."""
+    auto_repeat_threshold: float = Field(default=0.15, ge=0.0, le=1.0)
+    """``auto`` allows repeats when at least this share of a user's next purchases
+    are items they bought before (measured by the trainer)."""
+
+
+class RedisSettings(_Section):
+    """Where user vectors and live state are kept."""
+
+    url: str | None = None
+    """redis://, rediss:// or unix:// URL; None = no external Redis (``serve`` starts
+    a private one; ``publish`` then skips loading vectors)."""
+    prefix: str = Field(default="recsvc", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Namespace of every key."""
+    vector_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+    """Lifetime of a published user vector."""
+    socket_timeout_seconds: float = Field(default=0.5, gt=0.0)
+    """Per-command timeout; the request path must not wait on a slow Redis."""
+    publish_batch_size: int = Field(default=10_000, ge=1)
+    """Vectors per pipelined batch when publishing."""
+
+
+class EvaluationSettings(_Section):
+    """Offline evaluation."""
+
+    ks: tuple[int, ...] = (10, 20)
+    """Cut-offs reported."""
+    validation_share: float = Field(default=0.1, gt=0.0, lt=0.5)
+    """Share of the training period held out (by time) to choose the blend."""
+
+
+class Settings(BaseSettings):
+    """Everything recsvc can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSVC_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    artifact_root: Path = Path("artifacts")
+    """Directory holding one sub-directory per model version, plus CURRENT."""
+    erasure_list: Path | None = None
+    """File of erased user ids, one per line (written by ForgetUser); None =
+    ``<artifact_root>/erased_users.txt``."""
+    weighting: WeightingSettings = WeightingSettings()
+    als: ALSSettings = ALSSettings()
+    index: IndexSettings = IndexSettings()
+    ranking: RankingSettings = RankingSettings()
+    redis: RedisSettings = RedisSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+    @property
+    def erasure_path(self) -> Path:
+        """Where the erasure list lives."""
+        return self.erasure_list or self.artifact_root / "erased_users.txt"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings; flags come in as nested ``overrides``.
+
+    Raises :class:`ConfigError` with every problem on one line.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    cls: type[Settings] = Settings
+    if config_file is not None:
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
+
+        cls = _FromFile
+    try:
+        settings = cls(**_drop_none(overrides))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" (file {config_file})" if config_file else ""
+        raise ConfigError(f"invalid settings{source}: {problems}") from exc
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"cannot read settings from {config_file}: {exc}") from exc
+    return settings
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Flags left unset arrive as None; they must not override lower sources."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

@@ -1,0 +1,65 @@
+"""Tiny deterministic inputs with known answers, shared by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from recsvc.config import Settings, load_settings
+
+DAY = 86_400
+T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
+def event_table(rows: Iterable[tuple[str | None, str, int, str, float, str]]) -> pa.Table:
+    """Canonical event table from (user, item, timestamp, type, quantity, basket) rows."""
+    users, items, ts, types, qty, baskets = zip(*rows, strict=True)
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.string()),
+            "item_id": pa.array(items, pa.string()),
+            "timestamp": pa.array(ts, pa.int64()),
+            "event_type": pa.array(types, pa.string()),
+            "quantity": pa.array(qty, pa.float32()),
+            "basket_id": pa.array(baskets, pa.string()),
+        }
+    )
+
+
+def block_shop(
+    n_groups: int = 2, users_per_group: int = 30, items_per_group: int = 12, seed: int = 0
+) -> pa.Table:
+    """Users of group g buy only items of group g: the known answer for every model.
+
+    Each user buys a random half of their group's items over several days, so every
+    user has unbought items of their own group left to be recommended.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        for u in range(users_per_group):
+            user = f"g{g}u{u:02d}"
+            bought = rng.choice(items_per_group, size=items_per_group // 2, replace=False)
+            for day, i in enumerate(bought):
+                t = T0 + int(day) * DAY + u
+                rows.append((user, f"g{g}i{i:02d}", t, "purchase", 1.0, f"{user}-{day}"))
+    return event_table(rows)
+
+
+def small_settings(tmp_path: object = None, **overrides: object) -> Settings:
+    """Fast, deterministic settings for tiny data (rank 2: the block shop's two groups)."""
+    base: dict[str, object] = {
+        "als": {
+            "factors": 2,
+            "iterations": 15,
+            "regularization": 0.1,
+            "random_state": 1,
+            "num_threads": 1,
+        },
+    }
+    if tmp_path is not None:
+        base["artifact_root"] = f"{tmp_path}/artifacts"
+    base.update(overrides)
+    return load_settings(None, **base)

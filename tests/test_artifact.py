@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import block_shop, small_settings
+
+from recsvc import artifact as art
+from recsvc.errors import ArtifactError, ChecksumError
+from training.pipeline import LoadedData, build_model
+
+
+@pytest.fixture()
+def built(tmp_path: Path) -> art.ModelArtifact:
+    settings = small_settings(tmp_path)
+    return build_model(LoadedData(block_shop(), None, (), 0), settings).artifact
+
+
+def test_round_trip_is_exact(built: art.ModelArtifact, tmp_path: Path) -> None:
+    path = art.write_artifact(built, tmp_path / "root")
+    loaded = art.read_artifact(path)
+    assert loaded.model_version == built.model_version == path.name
+    for name in (
+        "item_factors",
+        "user_factors",
+        "item_ids",
+        "user_ids",
+        "popularity",
+        "item_category",
+        "categories",
+        "item_available",
+    ):
+        assert np.array_equal(getattr(loaded, name), getattr(built, name)), name
+    assert (loaded.user_items != built.user_items).nnz == 0
+    assert loaded.manifest["format_version"] == art.FORMAT_VERSION
+    assert set(loaded.manifest["files"]) == {p.name for p in path.iterdir()} - {"manifest.json"}
+    q = built.user_factors[:3]
+    assert np.array_equal(loaded.index.search(q, 5)[1], built.index.search(q, 5)[1])
+    assert not list((tmp_path / "root").glob(".tmp-*"))
+
+
+def test_arrays_load_without_pickle(built: art.ModelArtifact, tmp_path: Path) -> None:
+    path = art.write_artifact(built, tmp_path)
+    for npy in path.glob("*.npy"):
+        np.load(npy, allow_pickle=False)  # raises if anything needed pickle
+
+
+def test_tampered_file_is_refused(built: art.ModelArtifact, tmp_path: Path) -> None:
+    path = art.write_artifact(built, tmp_path)
+    data = bytearray((path / "item_factors.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "item_factors.npy").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"item_factors\.npy"):
+        art.read_artifact(path)
+
+
+def test_missing_file_and_unknown_format_are_refused(
+    built: art.ModelArtifact, tmp_path: Path
+) -> None:
+    path = art.write_artifact(built, tmp_path)
+    (path / "index.faiss").unlink()
+    with pytest.raises(ChecksumError, match="missing"):
+        art.read_artifact(path)
+    manifest = path / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(ArtifactError, match=r"format 99"):
+        art.read_manifest(path)
+    with pytest.raises(ArtifactError, match="not a model artifact"):
+        art.read_manifest(tmp_path / "nowhere")
+
+
+def test_same_version_is_not_overwritten(built: art.ModelArtifact, tmp_path: Path) -> None:
+    art.write_artifact(built, tmp_path)
+    with pytest.raises(ArtifactError, match="already exists"):
+        art.write_artifact(built, tmp_path)
+
+
+def test_failed_write_leaves_nothing(built: art.ModelArtifact, tmp_path: Path) -> None:
+    built.popularity = object()  # type: ignore[assignment]  # np.save cannot write it
+    with pytest.raises(ValueError):
+        art.write_artifact(built, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_and_rollback_walk_the_stack(tmp_path: Path) -> None:
+    for name in ("v1", "v2", "v3"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(f'{{"created_at": "{name}"}}')
+    assert art.current_version(tmp_path) is None
+    with pytest.raises(ArtifactError, match="no model published"):
+        art.resolve(tmp_path)
+    art.publish_version(tmp_path, "v1")
+    art.publish_version(tmp_path, "v2")
+    art.publish_version(tmp_path, "v3")
+    assert art.current_version(tmp_path) == "v3"
+    assert art.rollback_target(tmp_path) == "v2"
+    assert art.rollback(tmp_path) == "v2"
+    assert art.rollback(tmp_path) == "v1"
+    assert art.current_version(tmp_path) == "v1"
+    with pytest.raises(ArtifactError, match="no earlier"):
+        art.rollback(tmp_path)
+    with pytest.raises(ArtifactError, match="not found"):
+        art.publish_version(tmp_path, "v9")
+    assert art.list_versions(tmp_path) == ["v1", "v2", "v3"]

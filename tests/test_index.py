@@ -1,0 +1,81 @@
+"""Contract tests every index kind must pass (exact, HNSW, IVF)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.config import IndexSettings
+from recsvc.index import ItemIndex, choose_kind, exact_search, measure_recall
+
+KINDS = ["exact", "hnsw", "ivf"]
+
+
+@pytest.fixture(scope="module")
+def factors() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    # varying norms, as ALS item factors have: popular items are longer
+    y = rng.normal(size=(3000, 16)).astype(np.float32)
+    return y * rng.uniform(0.2, 2.0, size=(3000, 1)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    return np.random.default_rng(12).normal(size=(50, 16)).astype(np.float32)
+
+
+def build(kind: str, y: np.ndarray) -> ItemIndex:
+    return ItemIndex.build(y, IndexSettings(kind=kind))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_are_true_inner_products_best_first(
+    kind: str, factors: np.ndarray, queries: np.ndarray
+) -> None:
+    index = build(kind, factors)
+    scores, ids = index.search(queries, 20)
+    assert ids.shape == scores.shape == (50, 20)
+    assert (ids >= 0).all()
+    expected = np.einsum("qd,qkd->qk", queries, factors[ids])
+    assert scores == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert (np.diff(scores, axis=1) <= 1e-4).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recall_against_exact(kind: str, factors: np.ndarray, queries: np.ndarray) -> None:
+    index = build(kind, factors)
+    assert measure_recall(index, factors, queries, 20) >= 0.9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(
+    kind: str, factors: np.ndarray, queries: np.ndarray, tmp_path: Path
+) -> None:
+    index = build(kind, factors)
+    index.save(tmp_path / "i.faiss")
+    loaded = ItemIndex.load(tmp_path / "i.faiss", index.kind, index.max_norm_sq, 128)
+    a, ia = index.search(queries, 10)
+    b, ib = loaded.search(queries, 10)
+    assert (ia == ib).all()
+    assert a == pytest.approx(b)
+
+
+def test_k_larger_than_catalogue_is_clamped() -> None:
+    y = np.eye(3, dtype=np.float32)
+    _, ids = build("exact", y).search(np.array([[0, 1, 0]], np.float32), 10)
+    assert ids.shape == (1, 3)
+    assert ids[0, 0] == 1
+
+
+def test_auto_picks_exact_then_hnsw() -> None:
+    s = IndexSettings(exact_max_items=100)
+    assert choose_kind(100, s) == "exact"
+    assert choose_kind(101, s) == "hnsw"
+    assert choose_kind(10, IndexSettings(kind="ivf")) == "ivf"
+
+
+def test_a_poor_index_measures_poor_recall(factors: np.ndarray, queries: np.ndarray) -> None:
+    # one probe of many cells misses most true neighbours: the gate must see that
+    poor = ItemIndex.build(factors, IndexSettings(kind="ivf", ivf_nlist=64, ivf_nprobe=1))
+    assert measure_recall(poor, factors, queries, 20) < 0.9
+    assert exact_search(factors, queries, 5).shape == (50, 5)

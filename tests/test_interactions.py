@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import T0, event_table
+
+from recsvc.config import WeightingSettings
+from recsvc.errors import DataError
+from training.interactions import build_interactions, drop_erased_users, read_erasure_list
+
+NO_DECAY = WeightingSettings(half_life_days=0)
+
+
+def test_ids_weights_counts_and_guests() -> None:
+    table = event_table(
+        [
+            ("alice", "apple", T0, "purchase", 1, "b1"),
+            ("alice", "apple", T0, "purchase", 1, "b1"),  # same basket, second line
+            ("alice", "apple", T0 + 10, "purchase", 1, "b2"),
+            ("alice", "pear", T0 + 20, "view", 1, "alice@1"),
+            ("bob", "pear", T0 + 30, "purchase", 1, "b3"),
+            (None, "plum", T0 + 40, "purchase", 1, "g1"),  # guest
+        ]
+    )
+    inter = build_interactions(table, NO_DECAY)
+    assert inter.user_ids.tolist() == ["alice", "bob"]
+    assert inter.item_ids.tolist() == ["apple", "pear", "plum"]
+    w = inter.weights.toarray()
+    assert w[0].tolist() == pytest.approx([3.0, 0.1, 0.0])
+    assert w[1].tolist() == pytest.approx([0.0, 1.0, 0.0])
+    # baskets, not lines: apple in b1 (twice) and b2 counts 2
+    assert inter.counts.toarray()[0].tolist() == [2.0, 0.0, 0.0]
+    # guests count for popularity only
+    assert inter.popularity.tolist() == pytest.approx([3.0, 1.1, 1.0])
+    assert inter.stats["guest_events"] == 1
+    assert inter.reference_time == T0 + 40
+
+
+def test_time_decay_uses_newest_event_as_now() -> None:
+    day = 86_400
+    table = event_table(
+        [
+            ("a", "x", T0, "purchase", 1, "1"),
+            ("a", "y", T0 + 10 * day, "purchase", 1, "2"),
+        ]
+    )
+    inter = build_interactions(table, WeightingSettings(half_life_days=10))
+    assert inter.weights.toarray()[0].tolist() == pytest.approx([0.5, 1.0])
+
+
+def test_only_guests_is_a_data_error() -> None:
+    table = event_table([(None, "x", T0, "purchase", 1, "1")])
+    with pytest.raises(DataError, match="no event has a user id"):
+        build_interactions(table, NO_DECAY)
+
+
+def test_erased_users_never_reach_the_matrix(tmp_path: Path) -> None:
+    path = tmp_path / "erased.txt"
+    path.write_text("bob\n\n")
+    table = event_table(
+        [
+            ("alice", "x", T0, "purchase", 1, "1"),
+            ("bob", "y", T0, "purchase", 1, "2"),
+            (None, "z", T0, "purchase", 1, "3"),
+        ]
+    )
+    kept, removed = drop_erased_users(table, read_erasure_list(path))
+    assert removed == 1
+    inter = build_interactions(kept, NO_DECAY)
+    assert "bob" not in inter.user_ids.tolist()
+    assert "y" not in inter.item_ids.tolist()
+    assert read_erasure_list(tmp_path / "absent.txt") == frozenset()
+
+
+def test_rows_sum_and_dtype() -> None:
+    table = event_table([("a", "x", T0, "purchase", 2, "1"), ("b", "x", T0, "add_to_cart", 1, "2")])
+    inter = build_interactions(table, NO_DECAY)
+    assert inter.weights.dtype == np.float32
+    assert inter.weights.shape == (2, 1)

@@ -1,0 +1,126 @@
+"""The ranking core on a shop whose right answers are known (two disjoint groups)."""
+
+import numpy as np
+import pytest
+from factories import block_shop, small_settings
+
+from recsvc.config import RepeatPolicy
+from recsvc.model import Model
+from recsvc.ranking import Filters, Query, Ranker, Reason, Strategy
+from training.pipeline import LoadedData, build_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    settings = small_settings(tmp_path_factory.mktemp("m"))
+    built = build_model(LoadedData(block_shop(), None, (), 0), settings)
+    m = Model(built.artifact)
+    # two categories: group 0 items "even", group 1 "odd"; every third item out of stock
+    a = m.artifact
+    a.categories = np.array(["g0", "g1"])
+    a.item_category = np.array([0 if i.startswith("g0") else 1 for i in a.item_ids], np.int32)
+    a.item_available = np.array([n % 3 != 0 for n in range(len(a.item_ids))])
+    return m
+
+
+def items_of(model: Model, ranked: np.ndarray) -> list[str]:
+    return [str(model.artifact.item_ids[i]) for i in ranked]
+
+
+def user_query(model: Model, user: str, k: int, **kw: object) -> Query:
+    u = model.user_position[user]
+    hist, w = model.user_history(u)
+    return Query(
+        k=k, user_vector=model.artifact.user_factors[u], history_items=hist, history_weights=w, **kw
+    )  # type: ignore[arg-type]
+
+
+def test_known_user_gets_own_group_unbought_items_first(model: Model) -> None:
+    ranker = Ranker(model)
+    q = user_query(model, "g0u03", 6, repeat_policy=RepeatPolicy.EXCLUDE)
+    got = ranker.recommend(q)
+    assert got.strategy is Strategy.PERSONALIZED and not got.fallback
+    bought = set(items_of(model, q.history_items))
+    names = items_of(model, got.items)
+    assert len(names) == 6 and len(set(names)) == 6
+    assert all(n.startswith("g0") for n in names)
+    assert not bought & set(names)
+    assert set(got.reasons.tolist()) == {Reason.CF}
+    assert (np.diff(got.scores) <= 1e-6).all()
+
+
+def test_allow_repeats_brings_back_bought_items_as_buy_again(model: Model) -> None:
+    got = Ranker(model).recommend(
+        user_query(model, "g1u05", 10, repeat_policy=RepeatPolicy.ALLOW, repeat_weight=0.9)
+    )
+    assert Reason.BUY_AGAIN in got.reasons.tolist()
+    assert all(n.startswith("g1") for n in items_of(model, got.items)[:6])
+
+
+def test_filters_still_return_k_when_k_qualify(model: Model) -> None:
+    g1 = np.array([1], np.int32)
+    exclude = np.array([model.item_position["g1i00"], model.item_position["g1i01"]], np.int32)
+    q = user_query(
+        model,
+        "g0u01",
+        5,
+        filters=Filters(exclude_items=exclude, include_categories=g1, in_stock_only=True),
+    )
+    got = Ranker(model).recommend(q)
+    names = items_of(model, got.items)
+    assert len(names) == 5
+    assert all(n.startswith("g1") for n in names)  # the user's group is filtered out entirely
+    assert not {"g1i00", "g1i01"} & set(names)
+    assert all(model.artifact.item_available[got.items])
+
+
+def test_fewer_qualifying_than_k_returns_those_without_padding(model: Model) -> None:
+    only = np.array([1], np.int32)
+    avail = int((model.artifact.item_available & (model.artifact.item_category == 1)).sum())
+    got = Ranker(model).recommend(
+        user_query(model, "g0u01", 50, filters=Filters(include_categories=only, in_stock_only=True))
+    )
+    assert len(got.items) == avail
+    assert (got.items >= 0).all()
+
+
+def test_anonymous_session_follows_the_session(model: Model) -> None:
+    ranker = Ranker(model)
+    session = np.array([model.item_position["g1i02"], model.item_position["g1i03"]], np.int32)
+    got = ranker.recommend(
+        Query(k=5, session_items=session, session_weights=np.array([0.1, 0.1], np.float32))
+    )
+    assert got.strategy is Strategy.SESSION
+    assert all(n.startswith("g1") for n in items_of(model, got.items))
+    assert set(got.reasons.tolist()) == {Reason.SESSION}
+
+
+def test_session_changes_a_known_users_answer(model: Model) -> None:
+    ranker = Ranker(model)
+    before = ranker.recommend(user_query(model, "g0u02", 5, repeat_policy=RepeatPolicy.EXCLUDE))
+    session = np.array([model.item_position[f"g1i{i:02d}"] for i in range(6)], np.int32)
+    after = ranker.recommend(
+        user_query(
+            model,
+            "g0u02",
+            5,
+            repeat_policy=RepeatPolicy.EXCLUDE,
+            session_items=session,
+            session_weights=np.full(6, 1.0, np.float32),
+        )
+    )
+    assert items_of(model, before.items) != items_of(model, after.items)
+    assert any(n.startswith("g1") for n in items_of(model, after.items))
+
+
+def test_no_signal_falls_back_to_popular_items_passing_filters(model: Model) -> None:
+    got = Ranker(model).recommend(Query(k=4, filters=Filters(in_stock_only=True)))
+    assert got.strategy is Strategy.POPULAR and got.fallback
+    assert set(got.reasons.tolist()) == {Reason.POPULAR}
+    assert all(model.artifact.item_available[got.items])
+    pop = model.artifact.popularity[got.items]
+    assert (np.diff(pop) <= 0).all()
+
+
+def test_zero_k_is_empty(model: Model) -> None:
+    assert len(Ranker(model).recommend(Query(k=0)).items) == 0

@@ -1,0 +1,167 @@
+"""Canonical event table → id vocabularies and the user × item weight matrix."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from recsvc.config import WeightingSettings
+from recsvc.errors import DataError
+from recsvc.events import EventType
+from recsvc.weighting import EVENT_TYPES, event_weights
+
+__all__ = ["Interactions", "build_interactions", "drop_erased_users", "read_erasure_list"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """What the fit and the baselines need, with dense integer ids.
+
+    ``weights[u, i]`` is the summed decayed weight of user ``u``'s events on item
+    ``i`` (float32 CSR, explicit zeros removed); ``counts[u, i]`` the number of
+    distinct purchase baskets (undecayed frequency, for the top-frequency baselines).
+    Items bought only by guests are in the vocabulary (they have popularity) but
+    have no row in either matrix.
+    """
+
+    user_ids: NDArray[np.str_]
+    """``(n_users,)`` external user ids; row ``u`` of the matrices."""
+    item_ids: NDArray[np.str_]
+    """``(n_items,)`` external item ids; column ``i``."""
+    weights: sp.csr_matrix
+    """``(n_users, n_items)`` float32."""
+    counts: sp.csr_matrix
+    """``(n_users, n_items)`` float32 purchase-basket counts."""
+    popularity: NDArray[np.float32]
+    """``(n_items,)`` decayed weight summed over everyone, guests included."""
+    reference_time: int
+    """Unix seconds of the newest event: the data cut-off and the decay's "now"."""
+    stats: dict[str, int] = field(default_factory=dict)
+    """Counts for the manifest (events, guest events, erased events, ...)."""
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def read_erasure_list(path: Path) -> frozenset[str]:
+    """User ids erased by ForgetUser; an absent file means nobody was erased."""
+    if not path.exists():
+        return frozenset()
+    with path.open(encoding="utf-8") as fh:
+        return frozenset(line.strip() for line in fh if line.strip())
+
+
+def drop_erased_users(table: pa.Table, erased: frozenset[str]) -> tuple[pa.Table, int]:
+    """Remove every event of an erased user; returns the table and the count removed."""
+    if not erased:
+        return table, 0
+    hit = pc.fill_null(pc.is_in(table["user_id"], value_set=pa.array(sorted(erased))), False)
+    kept = table.filter(pc.invert(hit))
+    return kept, table.num_rows - kept.num_rows
+
+
+def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[NDArray[np.int64], NDArray[np.str_]]:
+    """Dense codes in first-appearance order (deterministic for a given input)."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    vocab = np.asarray(encoded.dictionary.to_pylist(), dtype=np.str_)
+    return codes, vocab
+
+
+def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interactions:
+    """Weight every event and aggregate per (user, item).
+
+    Rows with a null ``user_id`` (guests) count towards popularity only.
+
+    Raises:
+        DataError: when nothing is left to fit (no events, or no user has one).
+    """
+    if table.num_rows == 0:
+        raise DataError("no events to train on")
+    item_codes, item_ids = _encode(table["item_id"])
+    type_codes = _event_type_codes(table["event_type"])
+    timestamps = table["timestamp"].to_numpy().astype(np.int64)
+    quantity = table["quantity"].to_numpy().astype(np.float32)
+    reference_time = int(timestamps.max())
+    w = event_weights(type_codes, quantity, timestamps, reference_time, settings)
+
+    n_items = len(item_ids)
+    popularity = np.bincount(item_codes, weights=w, minlength=n_items).astype(np.float32)
+
+    known = pc.is_valid(table["user_id"]).to_numpy(zero_copy_only=False)
+    n_guest = int((~known).sum())
+    if not known.any():
+        raise DataError("no event has a user id: nothing to fit user factors on")
+    user_codes, user_ids = _encode(table["user_id"].filter(pa.array(known)))
+    n_users = len(user_ids)
+    rows, cols, wk = user_codes, item_codes[known], w[known]
+    weights = sp.csr_matrix((wk, (rows, cols)), shape=(n_users, n_items), dtype=np.float32)
+    weights.sum_duplicates()
+    weights.eliminate_zeros()
+
+    counts = _purchase_basket_counts(table, known, rows, cols, type_codes, n_users, n_items)
+    if weights.nnz == 0:
+        raise DataError("every event weighs 0 under the configured event weights")
+    return Interactions(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        weights=weights,
+        counts=counts,
+        popularity=popularity,
+        reference_time=reference_time,
+        stats={
+            "events": int(table.num_rows),
+            "guest_events": n_guest,
+            "users": n_users,
+            "items": n_items,
+            "interactions": int(weights.nnz),
+        },
+    )
+
+
+def _event_type_codes(column: pa.ChunkedArray) -> NDArray[np.int64]:
+    codes, vocab = _encode(column)
+    position = {t.value: i for i, t in enumerate(EVENT_TYPES)}
+    try:
+        lookup = np.array([position[v] for v in vocab], dtype=np.int64)
+    except KeyError as exc:
+        raise DataError(f"unknown event type {exc.args[0]!r} in the event table") from exc
+    return lookup[codes] if len(codes) else codes
+
+
+def _purchase_basket_counts(
+    table: pa.Table,
+    known: NDArray[np.bool_],
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    type_codes: NDArray[np.int64],
+    n_users: int,
+    n_items: int,
+) -> sp.csr_matrix:
+    """How many distinct baskets of each user contained each item (purchases only)."""
+    purchase = EVENT_TYPES.index(EventType.PURCHASE)
+    is_purchase = type_codes[known] == purchase
+    basket_codes, _ = _encode(table["basket_id"].filter(pa.array(known)))
+    r, c, b = rows[is_purchase], cols[is_purchase], basket_codes[is_purchase]
+    if len(r) == 0:
+        return sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    # one count per (user, item, basket): a basket listing an item on two lines counts once
+    triples = np.unique(np.stack([r, c, b]), axis=1)
+    ones = np.ones(triples.shape[1], dtype=np.float32)
+    counts = sp.csr_matrix((ones, (triples[0], triples[1])), shape=(n_users, n_items))
+    counts.sum_duplicates()
+    return counts

@@ -1,0 +1,280 @@
+"""The offline trainer end to end: events → weights → ALS → index → artifact.
+
+:func:`build_model` is the in-memory core that ``recsvc train`` and
+``recsvc evaluate`` share, so the model evaluated is built exactly like the model
+shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
+from recsvc.config import RepeatPolicy, Settings
+from recsvc.errors import DataError
+from recsvc.events import EventType
+from recsvc.index import ItemIndex, measure_recall
+from training.fit import fit_als
+from training.interactions import (
+    Interactions,
+    build_interactions,
+    drop_erased_users,
+    read_erasure_list,
+)
+from training.loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
+
+__all__ = [
+    "BuiltModel",
+    "DataSpec",
+    "LoadedData",
+    "TrainResult",
+    "build_model",
+    "load_data",
+    "repeat_share",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the training data comes from."""
+
+    events: tuple[Path, ...]
+    format: str = "events"
+    mapping: ColumnMapping | None = None
+    catalog: Path | None = None
+    skip_bad_rows: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    table: pa.Table
+    catalog: Catalog | None
+    summaries: tuple[LoadSummary, ...]
+    erased_events: int
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model fitted in memory, with the matrices it was fitted on."""
+
+    artifact: ModelArtifact
+    interactions: Interactions
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    artifact: ModelArtifact
+    seconds: dict[str, float]
+
+
+def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
+    """Read every events file (plus the catalogue) and drop erased users' events."""
+    if not spec.events:
+        raise DataError("no events file given")
+    tables, summaries = [], []
+    for path in spec.events:
+        table, summary = load_events(
+            path,
+            format=spec.format,  # type: ignore[arg-type]
+            mapping=spec.mapping,
+            skip_bad_rows=spec.skip_bad_rows,
+        )
+        tables.append(table)
+        summaries.append(summary)
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    erased = read_erasure_list(settings.erasure_path)
+    table, n_erased = drop_erased_users(table, erased)
+    if n_erased:
+        log.info("dropped %d events of %d erased users", n_erased, len(erased))
+    catalog = load_catalog(spec.catalog, skip_bad_rows=spec.skip_bad_rows) if spec.catalog else None
+    return LoadedData(table, catalog, tuple(summaries), n_erased)
+
+
+def repeat_share(table: pa.Table, share: float) -> float:
+    """Of the purchases in the last ``share`` of the time span, by users who bought
+    before it, the fraction that are items the same user bought before.
+
+    This is how much "buy it again" a shop has: ~0.5 for groceries, ~0.1 for gifts.
+    """
+    purchases = table.filter(
+        pa.compute.and_(
+            pa.compute.equal(table["event_type"], EventType.PURCHASE.value),
+            pa.compute.is_valid(table["user_id"]),
+        )
+    )
+    if purchases.num_rows == 0:
+        return 0.0
+    ts = purchases["timestamp"].to_numpy()
+    split = np.quantile(ts, 1.0 - share)
+    users = pa.compute.dictionary_encode(purchases["user_id"]).combine_chunks().indices
+    items = pa.compute.dictionary_encode(purchases["item_id"]).combine_chunks().indices
+    u = users.to_numpy(zero_copy_only=False).astype(np.int64)
+    i = items.to_numpy(zero_copy_only=False).astype(np.int64)
+    key = u * (int(i.max()) + 1) + i
+    before, after = ts < split, ts >= split
+    earlier_users = np.unique(u[before])
+    later = np.unique(key[after & np.isin(u, earlier_users)])
+    if len(later) == 0:
+        return 0.0
+    return float(np.isin(later, np.unique(key[before])).mean())
+
+
+def build_model(
+    data: LoadedData, settings: Settings, *, progress: bool = False, now: datetime | None = None
+) -> BuiltModel:
+    """Fit and index in memory; the artifact is not written."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    inter = build_interactions(data.table, settings.weighting)
+    timings["weighting_seconds"] = time.perf_counter() - t
+
+    factors = fit_als(inter.weights, settings.als, progress=progress)
+    timings["fit_seconds"] = factors.seconds
+
+    t = time.perf_counter()
+    index = ItemIndex.build(factors.item_factors, settings.index)
+    timings["index_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
+    recall = _index_recall(index, factors.item_factors, factors.user_factors, settings)
+    timings["index_recall_seconds"] = time.perf_counter() - t
+
+    ranking = _ranking_defaults(data.table, settings)
+    category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
+    created = now or datetime.now(UTC)
+    version = new_model_version(factors.item_factors, created)
+    manifest: dict[str, Any] = {
+        "model_version": version,
+        "created_at": created.isoformat(timespec="microseconds"),
+        "data": {
+            "cutoff": datetime.fromtimestamp(inter.reference_time, UTC).isoformat(),
+            "cutoff_unix": inter.reference_time,
+            **inter.stats,
+            "erased_events": data.erased_events,
+            "catalog_items_without_events": n_catalog_only,
+            "sources": [asdict(s) for s in data.summaries],
+        },
+        "config": settings.model_dump(mode="json"),
+        "index": {
+            "kind": index.kind,
+            "max_norm_sq": index.max_norm_sq,
+            "ef_search": settings.index.hnsw_ef_search,
+            "recall_k": settings.index.recall_k,
+            "recall": recall,
+        },
+        "ranking": ranking,
+        "metrics": {f"index_recall@{settings.index.recall_k}": recall},
+        "timings": timings,
+    }
+    artifact = ModelArtifact(
+        manifest=manifest,
+        item_factors=factors.item_factors,
+        user_factors=factors.user_factors,
+        item_ids=inter.item_ids,
+        user_ids=inter.user_ids,
+        popularity=inter.popularity,
+        user_items=inter.weights,
+        item_category=category,
+        categories=categories,
+        item_available=available,
+        index=index,
+    )
+    return BuiltModel(artifact, inter, timings)
+
+
+def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> TrainResult:
+    """Load, fit, index and write a new artifact version (not published)."""
+    t = time.perf_counter()
+    data = load_data(spec, settings)
+    load_seconds = time.perf_counter() - t
+    built = build_model(data, settings, progress=progress)
+    artifact = built.artifact
+    timings = {"load_seconds": load_seconds, **built.timings}
+    artifact.manifest["timings"] = timings
+    t = time.perf_counter()
+    path = write_artifact(artifact, settings.artifact_root)
+    timings["write_seconds"] = time.perf_counter() - t
+    log.info("wrote %s", path)
+    return TrainResult(path, artifact, timings)
+
+
+def _index_recall(
+    index: ItemIndex,
+    item_factors: NDArray[np.float32],
+    user_factors: NDArray[np.float32],
+    settings: Settings,
+) -> float:
+    if index.kind == "exact":
+        return 1.0
+    rng = np.random.default_rng(settings.als.random_state)
+    n = min(settings.index.recall_queries, len(user_factors))
+    queries = user_factors[rng.choice(len(user_factors), size=n, replace=False)]
+    recall = measure_recall(index, item_factors, queries, settings.index.recall_k)
+    log.info("index %s recall@%d vs exact: %.4f", index.kind, settings.index.recall_k, recall)
+    return recall
+
+
+def _ranking_defaults(table: pa.Table, settings: Settings) -> dict[str, Any]:
+    """The shop's repeat policy and blend weight, from its measured repeat behaviour."""
+    rs = settings.ranking
+    share = repeat_share(table, settings.evaluation.validation_share)
+    policy = rs.repeat_policy
+    if policy is RepeatPolicy.AUTO:
+        policy = RepeatPolicy.ALLOW if share >= rs.auto_repeat_threshold else RepeatPolicy.EXCLUDE
+    # Without a fitted blend, weigh buy-again by how much the shop repeats: a user's
+    # own history is the best predictor exactly in proportion to the repeat share.
+    weight = rs.repeat_weight if rs.repeat_weight is not None else min(0.9, 2.0 * share)
+    return {"repeat_policy": policy.value, "repeat_weight": weight, "repeat_share": share}
+
+
+def _catalog_arrays(
+    inter: Interactions, catalog: Catalog | None
+) -> tuple[NDArray[np.int32], NDArray[np.str_], NDArray[np.bool_], int]:
+    """Category codes and availability aligned with the model's item vocabulary."""
+    n = inter.n_items
+    if catalog is None:
+        return (
+            np.full(n, -1, dtype=np.int32),
+            np.zeros(0, dtype=np.str_),
+            np.ones(n, dtype=bool),
+            0,
+        )
+    ids = _as_list(catalog.item_id)
+    cats = _as_list(catalog.category)
+    avail = _as_list(catalog.available)
+    categories = sorted({c for c in cats if c})
+    cat_pos = {c: i for i, c in enumerate(categories)}
+    row = {str(item): r for r, item in enumerate(ids)}
+    category = np.full(n, -1, dtype=np.int32)
+    available = np.ones(n, dtype=bool)
+    for pos, item in enumerate(inter.item_ids.tolist()):
+        r = row.get(item)
+        if r is None:
+            continue
+        if cats[r]:
+            category[pos] = cat_pos[cats[r]]
+        available[pos] = bool(avail[r]) if avail[r] is not None else True
+    n_catalog_only = len(set(row) - set(inter.item_ids.tolist()))
+    return category, np.asarray(categories, dtype=np.str_), available, n_catalog_only
+
+
+def _as_list(values: Sequence[Any] | pa.Array | pa.ChunkedArray | None) -> list[Any]:
+    if values is None:
+        return []
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return list(values.to_pylist())
+    return list(values)
