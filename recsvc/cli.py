@@ -1,0 +1,305 @@
+"""The ``recsvc`` command: one console script, one subcommand per job.
+
+Settings come from ``--config FILE``, then ``RECSVC_*`` environment variables,
+then the flags of the subcommand (see :mod:`recsvc.config`). Errors recsvc
+expects (bad data, bad settings, a refused publish) print one line and exit with a
+non-zero status; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from recsvc.errors import RecsvcError
+
+__all__ = ["main"]
+
+log = logging.getLogger("recsvc")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+# --- settings from flags ------------------------------------------------------------
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, *, als: bool = True) -> None:
+    g = p.add_argument_group("settings (override --config and RECSVC_* variables)")
+    g.add_argument("--artifacts", type=Path, help="artifact root directory (default: artifacts)")
+    g.add_argument("--redis-url", help="Redis URL for user vectors (redis://, rediss://, unix://)")
+    if not als:
+        return
+    g.add_argument("--factors", type=int, help="ALS latent factors")
+    g.add_argument("--regularization", type=float, help="ALS L2 regularization")
+    g.add_argument("--alpha", type=float, help="confidence scale: C = 1 + alpha * weight")
+    g.add_argument("--iterations", type=int, help="ALS iterations")
+    g.add_argument("--random-state", type=int, help="seed of the initial factors")
+    g.add_argument("--half-life-days", type=float, help="time-decay half-life (0 = off)")
+    g.add_argument("--index", choices=["auto", "exact", "hnsw", "ivf"], help="FAISS index kind")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from recsvc.config import load_settings
+
+    def get(name: str) -> Any:
+        return getattr(args, name, None)
+
+    return load_settings(
+        args.config,
+        artifact_root=get("artifacts"),
+        redis={"url": get("redis_url")},
+        als={
+            "factors": get("factors"),
+            "regularization": get("regularization"),
+            "alpha": get("alpha"),
+            "iterations": get("iterations"),
+            "random_state": get("random_state"),
+        },
+        weighting={"half_life_days": get("half_life_days")},
+        index={"kind": get("index")},
+    )
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input data")
+    g.add_argument(
+        "--events",
+        type=Path,
+        action="append",
+        required=True,
+        help="events file: CSV, CSV.gz or Parquet (repeat for several, e.g. event logs)",
+    )
+    g.add_argument(
+        "--format",
+        choices=["events", "online-retail"],
+        default="events",
+        help="layout: canonical events (default) or UCI Online Retail II",
+    )
+    g.add_argument(
+        "--columns",
+        metavar="MAP",
+        help="column mapping for other layouts, e.g. user_id=Customer,item_id=SKU,timestamp=ts",
+    )
+    g.add_argument(
+        "--catalog", type=Path, help="catalogue CSV/Parquet: item_id, category, available"
+    )
+    g.add_argument(
+        "--skip-bad-rows", action="store_true", help="drop and count bad rows instead of stopping"
+    )
+
+
+def _data_spec(args: argparse.Namespace) -> Any:
+    from training.loading import ColumnMapping
+    from training.pipeline import DataSpec
+
+    mapping = ColumnMapping.parse(args.columns) if args.columns else None
+    return DataSpec(
+        events=tuple(args.events),
+        format=args.format,
+        mapping=mapping,
+        catalog=args.catalog,
+        skip_bad_rows=args.skip_bad_rows,
+    )
+
+
+# --- subcommands --------------------------------------------------------------------
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from training.synth import SynthConfig, generate
+
+    catalog = args.catalog or args.events.with_name("catalog.csv")
+    config = SynthConfig(
+        n_events=args.n_events,
+        n_items=args.n_items,
+        n_users=args.n_users,
+        repeat_rate=args.repeat_rate,
+        seed=args.seed,
+    )
+    summary = generate(config, args.events, catalog, progress=_interactive())
+    print(
+        f"wrote {summary.n_events:,} events ({summary.n_purchases:,} purchases, "
+        f"{summary.n_users:,} users, {summary.n_items:,} items) to {summary.events_path} "
+        f"and the catalogue to {summary.catalog_path} in {summary.seconds:.1f}s"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.pipeline import train
+    from training.publish import publish
+
+    settings = _settings(args)
+    result = train(_data_spec(args), settings, progress=_interactive())
+    m = result.artifact.manifest
+    print(
+        f"trained {result.artifact.model_version}: {m['data']['users']:,} users, "
+        f"{m['data']['items']:,} items, {m['data']['interactions']:,} interactions; "
+        f"index {m['index']['kind']} (recall@{m['index']['recall_k']} {m['index']['recall']:.4f}); "
+        f"repeat share {m['ranking']['repeat_share']:.3f} -> {m['ranking']['repeat_policy']}, "
+        f"weight {m['ranking']['repeat_weight']:.2f}"
+    )
+    print(f"artifact: {result.path}")
+    if args.publish:
+        published = publish(settings, result.artifact.model_version, progress=_interactive())
+        print(f"published {published.version} ({published.vectors_written:,} vectors to Redis)")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from training.publish import publish, rollback
+
+    settings = _settings(args)
+    if args.rollback:
+        result = rollback(settings, progress=_interactive())
+        print(f"rolled back from {result.previous} to {result.version}")
+    else:
+        result = publish(settings, args.version, progress=_interactive())
+        print(
+            f"published {result.version} (was {result.previous or 'nothing'}; "
+            f"{result.vectors_written:,} vectors to Redis)"
+        )
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from recsvc import artifact as art
+
+    settings = _settings(args)
+    root = settings.artifact_root
+    current = art.current_version(root)
+    versions = art.list_versions(root)
+    if not versions:
+        print(f"no models under {root}")
+        return 0
+    for name in versions:
+        m = art.read_manifest(root / name)
+        mark = "*" if name == current else " "
+        print(
+            f"{mark} {name}  users={m['data']['users']:,} items={m['data']['items']:,} "
+            f"cutoff={m['data']['cutoff']} index={m['index']['kind']}"
+        )
+    return 0
+
+
+def _parse_date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date: {text!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluation import evaluate, format_table, split_by_cutoff, split_last_basket
+    from training.pipeline import load_data
+
+    settings = _settings(args)
+    data = load_data(_data_spec(args), settings)
+    if args.cutoff is not None:
+        split = split_by_cutoff(data.table, args.cutoff)
+    else:
+        split = split_last_basket(data.table)
+    dataset = args.dataset or args.events[0].name
+    report = evaluate(data, split, settings, dataset=dataset, progress=_interactive())
+    print(f"{dataset}: {report.protocol}, {report.users:,} test users")
+    print(format_table(report))
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"report: {args.report}")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsvc",
+        description="Real-time product recommendations: train ALS + FAISS models, publish, serve.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file (see config.example.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate a synthetic shop (events + catalogue)")
+    p.add_argument("--events", type=Path, required=True, help="output events CSV (.gz to compress)")
+    p.add_argument(
+        "--catalog", type=Path, help="output catalogue CSV (default: catalog.csv beside)"
+    )
+    p.add_argument("--n-events", type=int, default=100_000, help="rows to write (1k to 50M)")
+    p.add_argument("--n-items", type=int, help="catalogue size (default: from --n-events)")
+    p.add_argument("--n-users", type=int, help="users (default: from --n-events)")
+    p.add_argument("--repeat-rate", type=float, default=0.3, help="share of repeat purchases")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(handler=_cmd_synth)
+
+    p = sub.add_parser("train", help="fit ALS on purchase history and write a model artifact")
+    _add_data_flags(p)
+    _add_settings_flags(p)
+    p.add_argument("--publish", action="store_true", help="publish the new version after training")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="hold out by time, fit on the rest, compare with baselines")
+    _add_data_flags(p)
+    _add_settings_flags(p)
+    holdout = p.add_mutually_exclusive_group(required=True)
+    holdout.add_argument(
+        "--cutoff", type=_parse_date, help="events at/after this date (ISO) are the test set"
+    )
+    holdout.add_argument(
+        "--holdout", choices=["last-basket"], help="hold out each user's last basket"
+    )
+    p.add_argument("--report", type=Path, help="write the report as JSON here")
+    p.add_argument("--dataset", help="dataset name in the report (default: file name)")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "publish",
+        help="make a trained version current (vectors into Redis first), or roll back",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", help="version to publish (default: newest trained)")
+    which.add_argument(
+        "--rollback", action="store_true", help="return to the previously published version"
+    )
+    _add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_publish)
+
+    p = sub.add_parser("models", help="list trained versions (* = current)")
+    _add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(max(level, logging.WARNING))  # CPU-feature probing noise
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except RecsvcError as exc:
+        print(f"recsvc {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"recsvc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The console script as a user runs it: one-line errors, exit codes, end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsvc.cli import main
+
+RECSVC = [sys.executable, "-m", "recsvc.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RECSVC, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
+
+
+def test_bad_row_is_one_line_naming_file_line_and_column(tmp_path: Path) -> None:
+    events = tmp_path / "e.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,yesterday\n")
+    result = run("train", "--events", str(events), "--artifacts", str(tmp_path / "a"))
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert f"{events}:3: column 'timestamp'" in lines[-1]
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_missing_column_and_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "e.csv"
+    events.write_text("user,item_id,timestamp\nu1,i1,1700000000\n")
+    assert main(["-q", "train", "--events", str(events), "--artifacts", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert "user_id" in err and "Traceback" not in err
+    assert main(["-q", "train", "--events", str(tmp_path / "nope.csv")]) == 3
+
+
+def test_bad_setting_fails_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["-q", "train", "--events", "x.csv", "--factors", "0", "--artifacts", str(tmp_path)]
+    )
+    assert code == 2
+    assert "als.factors" in capsys.readouterr().err
+
+
+def test_synth_train_publish_models_evaluate_rollback(tmp_path: Path) -> None:
+    events, arts = tmp_path / "events.csv.gz", tmp_path / "artifacts"
+    assert (
+        run("synth", "--events", str(events), "--n-events", "20000", "--seed", "3").returncode == 0
+    )
+    catalog = tmp_path / "catalog.csv"
+    assert catalog.exists()
+    common = ["--artifacts", str(arts), "--factors", "8", "--iterations", "3"]
+    first = run("train", "--events", str(events), "--catalog", str(catalog), *common, "--publish")
+    assert first.returncode == 0, first.stderr
+    assert "published" in first.stdout
+    second = run("train", "--events", str(events), *common, "--alpha", "5", "--publish")
+    assert second.returncode == 0, second.stderr
+    versions = sorted(p.name for p in arts.iterdir() if p.is_dir())
+    assert len(versions) == 2
+    listing = run("models", "--artifacts", str(arts))
+    assert listing.stdout.count("*") == 1
+    back = run("publish", "--rollback", "--artifacts", str(arts))
+    assert back.returncode == 0, back.stderr
+    assert (arts / "CURRENT").read_text().strip() == versions[0]
+    report = tmp_path / "report.json"
+    ev = run(
+        "evaluate",
+        "--events",
+        str(events),
+        "--holdout",
+        "last-basket",
+        "--factors",
+        "8",
+        "--iterations",
+        "3",
+        "--report",
+        str(report),
+    )
+    assert ev.returncode == 0, ev.stderr
+    data = json.loads(report.read_text())
+    assert set(data["metrics"]) == {"popularity", "buy_again", "blend", "item_knn", "als", "served"}
+    assert {"recall@20", "ndcg@20", "map@20", "coverage@20", "recall@10"} <= set(
+        data["metrics"]["served"]
+    )
+    assert data["protocol"] == "last basket per user"
+
+
+def test_help_lists_every_subcommand() -> None:
+    out = run("--help").stdout
+    for cmd in ("synth", "train", "evaluate", "publish", "models"):
+        assert cmd in out
