@@ -29,6 +29,7 @@ proto: $(STAMP)  ## regenerate recsvc/v1 from proto/ (never edit the generated f
 	$(PY) -m recsvc.protogen
 
 $(DATA_DIR)/events.csv.gz: | $(STAMP)
+	mkdir -p $(DATA_DIR)
 	$(RECSVC) synth --events $@ --catalog $(DATA_DIR)/catalog.csv --n-events $(N_EVENTS) --seed 7
 
 data: $(DATA_DIR)/events.csv.gz  ## generate a synthetic shop under data/

@@ -557,3 +557,5 @@ def test_catalog_missing_column_and_empty(tmp_path: Path) -> None:
         load_catalog(write(tmp_path, "c.csv", "sku\na\n"))
     with pytest.raises(DataError, match="no data rows"):
         load_catalog(write(tmp_path, "c2.csv", "item_id,title\n"))
+    with pytest.raises(DataError, match="repeated column names: 'title'"):
+        load_catalog(write(tmp_path, "c3.csv", "item_id,title,title\na,x,y\n"))

@@ -922,6 +922,9 @@ def load_catalog(path: str | Path, *, skip_bad_rows: bool = False) -> Catalog:
     """
     source = _Source(path, skip_bad_rows)
     source.require(["item_id"], "required")
+    repeated = sorted({c for c in source.columns if source.columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"{source.name}: repeated column names: {', '.join(map(repr, repeated))}")
     parts: dict[str, list[pa.Array]] = {name: [] for name in source.columns}
     parts["available"] = []
     skipped = 0
