@@ -75,9 +75,7 @@ class InputRowError(DataError):
         self.expected = expected
         self.got = got
         shown = got if len(got) <= 60 else got[:57] + "..."
-        super().__init__(
-            f"{path}:{line}: column {column!r}: expected {expected}, got {shown!r}"
-        )
+        super().__init__(f"{path}:{line}: column {column!r}: expected {expected}, got {shown!r}")
 
 
 class ArtifactError(RecsvcError):
