@@ -47,11 +47,15 @@ from recsvc.errors import ConfigError, DataError, StoreError
 __all__ = [
     "DEFAULT_PREFIX",
     "UserVectorStore",
+    "checked_prefix",
     "client_from_url",
     "decode_vector",
     "encode_vector",
+    "redacted_url",
     "session_items_key",
+    "translated_errors",
     "user_history_key",
+    "user_tag",
     "user_vector_key",
 ]
 
@@ -76,7 +80,7 @@ _VERSION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def user_vector_key(user_id: str, model_version: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Key of ``user_id``'s vector under ``model_version``: ``{prefix}:{u:<id>}:vec:<V>``."""
-    return f"{_user_tag(user_id, prefix)}:vec:{_checked_version(model_version)}"
+    return f"{user_tag(user_id, prefix)}:vec:{_checked_version(model_version)}"
 
 
 def user_history_key(user_id: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -84,23 +88,23 @@ def user_history_key(user_id: str, prefix: str = DEFAULT_PREFIX) -> str:
 
     Same hash slot as the user's vectors, so ForgetUser deletes both in one call.
     """
-    return f"{_user_tag(user_id, prefix)}:hist"
+    return f"{user_tag(user_id, prefix)}:hist"
 
 
 def session_items_key(session_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Key of a session's recent items: ``{prefix}:{s:<session_id>}:items``."""
     if not session_id:
         raise ValueError("session_id must be a non-empty string")
-    return f"{_checked_prefix(prefix)}:{{s:{session_id}}}:items"
+    return f"{checked_prefix(prefix)}:{{s:{session_id}}}:items"
 
 
-def _user_tag(user_id: str, prefix: str) -> str:
+def user_tag(user_id: str, prefix: str) -> str:
     if not user_id:
         raise ValueError("user_id must be a non-empty string (anonymous users have no keys)")
-    return f"{_checked_prefix(prefix)}:{{u:{user_id}}}"
+    return f"{checked_prefix(prefix)}:{{u:{user_id}}}"
 
 
-def _checked_prefix(prefix: str) -> str:
+def checked_prefix(prefix: str) -> str:
     if not _PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"key prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
     return prefix
@@ -114,7 +118,7 @@ def _checked_version(model_version: str) -> str:
 
 def _version_pattern(model_version: str, prefix: str) -> str:
     # Both parts are validated to hold no glob metacharacters, so no escaping is needed.
-    return f"{_checked_prefix(prefix)}:{{u:*}}:vec:{_checked_version(model_version)}"
+    return f"{checked_prefix(prefix)}:{{u:*}}:vec:{_checked_version(model_version)}"
 
 
 # --------------------------------------------------------------------------- values
@@ -185,14 +189,14 @@ def client_from_url(
             protocol=2,
         )
     except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {_redacted(url)}: {exc}") from exc
+        raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
     if pool.connection_kwargs.get("decode_responses"):
         pool.close()
-        raise ConfigError(f"Redis URL {_redacted(url)}: decode_responses must be off")
+        raise ConfigError(f"Redis URL {redacted_url(url)}: decode_responses must be off")
     return redis.Redis.from_pool(pool)
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """``url`` with any password replaced, safe for logs and error messages."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -202,7 +206,7 @@ def _redacted(url: str) -> str:
 
 
 @contextmanager
-def _translated(action: str) -> Iterator[None]:
+def translated_errors(action: str) -> Iterator[None]:
     """Turn any redis-py error raised inside into a StoreError naming ``action``."""
     try:
         yield
@@ -222,7 +226,7 @@ class UserVectorStore:
 
     def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
-        self.prefix = _checked_prefix(prefix)
+        self.prefix = checked_prefix(prefix)
 
     def key(self, model_version: str, user_id: str) -> str:
         """The key of ``user_id``'s vector under ``model_version``."""
@@ -270,7 +274,7 @@ class UserVectorStore:
         written = 0
         with (
             tqdm(total=len(user_ids), unit="vec", disable=not progress) as bar,
-            _translated(f"publish of model {model_version}"),
+            translated_errors(f"publish of model {model_version}"),
         ):
             for start in range(0, len(user_ids), batch_size):
                 stop = min(start + batch_size, len(user_ids))
@@ -295,7 +299,7 @@ class UserVectorStore:
     def get(self, model_version: str, user_id: str, factors: int) -> Vector | None:
         """``user_id``'s vector under ``model_version``, or None if there is none."""
         key = self.key(model_version, user_id)
-        with _translated(f"GET {key}"):
+        with translated_errors(f"GET {key}"):
             raw = self._client.get(key)
         return None if raw is None else _decode_stored(key, raw, factors)
 
@@ -316,7 +320,7 @@ class UserVectorStore:
             raise ValueError("batch_size must be positive")
         keys = [self.key(model_version, user_id) for user_id in user_ids]
         found: list[Vector | None] = []
-        with _translated(f"MGET of {len(keys)} vectors of model {model_version}"):
+        with translated_errors(f"MGET of {len(keys)} vectors of model {model_version}"):
             for start in range(0, len(keys), batch_size):
                 chunk = keys[start : start + batch_size]
                 raws = self._client.mget(chunk)
@@ -336,7 +340,7 @@ class UserVectorStore:
             raise ValueError("batch_size must be positive")
         pattern = _version_pattern(model_version, self.prefix)
         deleted = 0
-        with _translated(f"deleting vectors of model {model_version}"):
+        with translated_errors(f"deleting vectors of model {model_version}"):
             keys = self._client.scan_iter(match=pattern, count=batch_size)
             for chunk in _chunks(keys, batch_size):
                 deleted += int(self._client.unlink(*chunk))

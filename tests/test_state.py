@@ -1,0 +1,469 @@
+"""LiveState against a real Redis: keys, encoding, bounds, TTLs, ForgetUser, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+import redis
+
+import serving.state as state_module
+from recsvc.errors import ConfigError, DataError, StoreError
+from recsvc.events import EventType
+from recsvc.store import session_items_key, user_history_key, user_vector_key
+from serving.state import (
+    ForgetResult,
+    LiveState,
+    StoredEvent,
+    async_client_from_url,
+    decode_event,
+    encode_event,
+    user_session_key,
+    user_sessions_key,
+)
+
+T = TypeVar("T")
+
+FACTORS = 8
+HISTORY_MAX = 5
+HISTORY_TTL = 3600
+SESSION_MAX = 3
+SESSION_TTL = 600
+VECTOR_TTL = 7200
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def _state(url: str, prefix: str, socket_timeout: float = 5.0) -> AsyncIterator[LiveState]:
+    client = async_client_from_url(url, socket_timeout=socket_timeout)
+    try:
+        yield LiveState(
+            client,
+            prefix=prefix,
+            history_max_events=HISTORY_MAX,
+            history_ttl_seconds=HISTORY_TTL,
+            session_max_events=SESSION_MAX,
+            session_ttl_seconds=SESSION_TTL,
+            vector_ttl_seconds=VECTOR_TTL,
+        )
+    finally:
+        await client.aclose()
+
+
+def _with_state(url: str, prefix: str, body: Callable[[LiveState], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with _state(url, prefix) as state:
+            return await body(state)
+
+    return asyncio.run(main())
+
+
+def _events(n: int, start: int = 1_700_000_000, item: str = "sku") -> list[StoredEvent]:
+    return [StoredEvent(f"{item}-{i}", EventType.VIEW, start + i) for i in range(n)]
+
+
+def _vector(seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.random.default_rng(seed).standard_normal(FACTORS).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- unit
+
+
+def test_golden_keys() -> None:
+    assert user_session_key("alice", "s1", "p") == "p:{u:alice}:sess:s1"
+    assert user_sessions_key("alice", "p") == "p:{u:alice}:sessions"
+    # The store's builders this module shares: one hash tag per user.
+    assert user_vector_key("alice", "v1", "p") == "p:{u:alice}:vec:v1"
+    assert user_history_key("alice", "p") == "p:{u:alice}:hist"
+    assert session_items_key("s1", "p") == "p:{s:s1}:items"
+    with pytest.raises(ValueError):
+        user_session_key("", "s1", "p")
+    with pytest.raises(ValueError):
+        user_session_key("alice", "", "p")
+    with pytest.raises(ValueError):
+        user_sessions_key("alice", "p{x}")
+
+
+def test_golden_event_encoding() -> None:
+    cases = {
+        StoredEvent("sku-42", EventType.PURCHASE, 1_700_000_000, 2.0): b"1|p|1700000000|2|sku-42",
+        StoredEvent("a|b|c", EventType.ADD_TO_CART, 5, 0.5): b"1|a|5|0.5|a|b|c",
+        StoredEvent("x", EventType.VIEW, 0): b"1|v|0|1|x",
+        StoredEvent("x", EventType.CLICK, 1, 1.25): b"1|c|1|1.25|x",
+        StoredEvent("caf\u00e9", EventType.IMPRESSION, 1, 0.1): "1|i|1|0.1|caf\u00e9".encode(),
+    }
+    for event, raw in cases.items():
+        assert encode_event(event) == raw
+        assert decode_event(raw) == event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        StoredEvent("", EventType.VIEW, 1),
+        StoredEvent("x", EventType.VIEW, 1, 0.0),
+        StoredEvent("x", EventType.VIEW, 1, float("nan")),
+        StoredEvent("x", EventType.VIEW, 1, float("inf")),
+    ],
+)
+def test_encode_rejects_bad_events(event: StoredEvent) -> None:
+    with pytest.raises(ValueError):
+        encode_event(event)
+
+
+@pytest.mark.parametrize("raw", [b"2|p|1|1|x", b"1|z|1|1|x", b"1|p|x|1|y", b"1|p|1|1|", b"1|p"])
+def test_decode_rejects_other_entries(raw: bytes) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        decode_event(raw)
+
+
+def test_client_rejects_bad_settings() -> None:
+    with pytest.raises(ConfigError):
+        async_client_from_url("redis://localhost", socket_timeout=0)
+    with pytest.raises(ConfigError):
+        async_client_from_url("nope://localhost")
+    with pytest.raises(ConfigError, match=r"\*\*\*"):
+        async_client_from_url("redis://u:secret@localhost?decode_responses=true")
+
+
+def test_live_state_rejects_bad_limits() -> None:
+    async def body() -> None:
+        client = async_client_from_url("redis://127.0.0.1:1")
+        try:
+            with pytest.raises(ValueError, match="session_max_events"):
+                LiveState(
+                    client,
+                    prefix="p",
+                    history_max_events=1,
+                    history_ttl_seconds=1,
+                    session_max_events=0,
+                    session_ttl_seconds=1,
+                    vector_ttl_seconds=1,
+                )
+            with pytest.raises(ValueError):
+                LiveState(
+                    client,
+                    prefix="a*b",
+                    history_max_events=1,
+                    history_ttl_seconds=1,
+                    session_max_events=1,
+                    session_ttl_seconds=1,
+                    vector_ttl_seconds=1,
+                )
+        finally:
+            await client.aclose()
+
+    _run(body())
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.mark.integration
+def test_vector_round_trip_is_byte_exact(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    vec = _vector()
+
+    async def body(state: LiveState) -> None:
+        assert await state.get_vector("v1", "alice", FACTORS) is None
+        await state.set_vector("v1", "alice", vec)
+        got = await state.get_vector("v1", "alice", FACTORS)
+        assert got is not None and got.dtype == np.float32 and got.shape == (FACTORS,)
+        assert got.tobytes() == vec.tobytes()
+        with pytest.raises(StoreError, match="factors"):
+            await state.get_vector("v1", "alice", FACTORS + 1)
+        with pytest.raises(DataError):
+            await state.set_vector("v1", "alice", np.full(FACTORS, np.nan, np.float32))
+
+    _with_state(redis_url, redis_prefix, body)
+    key = user_vector_key("alice", "v1", redis_prefix)
+    assert redis_client.get(key) == vec.astype("<f4").tobytes()
+    assert 0 < redis_client.ttl(key) <= VECTOR_TTL
+
+
+@pytest.mark.integration
+def test_record_then_get_user_state(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    vec = _vector(1)
+    first = [StoredEvent("b", EventType.VIEW, 20), StoredEvent("a", EventType.CLICK, 10)]
+    second = [StoredEvent("c|x", EventType.PURCHASE, 30, 2.0)]
+
+    async def body(state: LiveState) -> None:
+        assert await state.get_user_state("v1", "alice", "s1", FACTORS) == (None, [], [])
+        await state.set_vector("v1", "alice", vec)
+        await state.record("alice", "s1", first)
+        await state.record("alice", "s1", second)
+        got_vec, history, session = await state.get_user_state("v1", "alice", "s1", FACTORS)
+        assert got_vec is not None and got_vec.tobytes() == vec.tobytes()
+        newest_first = [second[0], first[0], first[1]]
+        assert history == newest_first
+        assert session == newest_first
+        assert await state.get_session("s1", "alice") == newest_first
+        # The session is tied to alice: it is not the anonymous session of that id.
+        assert await state.get_session("s1") == []
+        # No user, no session: nothing to read, no round trip needed.
+        assert await state.get_user_state("v1", "", "", FACTORS) == (None, [], [])
+
+    _with_state(redis_url, redis_prefix, body)
+    assert redis_client.type(user_history_key("alice", redis_prefix)) == b"list"
+    assert redis_client.lindex(user_session_key("alice", "s1", redis_prefix), 0) == (
+        b"1|p|30|2|c|x"
+    )
+    assert redis_client.zrange(user_sessions_key("alice", redis_prefix), 0, -1) == [b"s1"]
+
+
+@pytest.mark.integration
+def test_anonymous_session(redis_url: str, redis_client: redis.Redis, redis_prefix: str) -> None:
+    events = _events(2)
+
+    async def body(state: LiveState) -> None:
+        await state.record("", "anon-1", events)
+        assert await state.get_session("anon-1") == events[::-1]
+        assert await state.get_user_state("v1", "", "anon-1", FACTORS) == (
+            None,
+            [],
+            events[::-1],
+        )
+
+    _with_state(redis_url, redis_prefix, body)
+    key = session_items_key("anon-1", redis_prefix)
+    assert redis_client.llen(key) == 2
+    assert 0 < redis_client.ttl(key) <= SESSION_TTL
+    assert not list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:*"))
+
+
+@pytest.mark.integration
+def test_history_and_session_are_bounded(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    events = _events(HISTORY_MAX + 4)
+
+    async def body(state: LiveState) -> None:
+        # One big batch, then one at a time: both paths must respect the bounds.
+        await state.record("bob", "s", events[:6])
+        for event in events[6:]:
+            await state.record("bob", "s", [event])
+        _, history, session = await state.get_user_state("v1", "bob", "s", FACTORS)
+        assert history == events[::-1][:HISTORY_MAX]
+        assert session == events[::-1][:SESSION_MAX]
+
+    _with_state(redis_url, redis_prefix, body)
+    assert redis_client.llen(user_history_key("bob", redis_prefix)) == HISTORY_MAX
+    assert redis_client.llen(user_session_key("bob", "s", redis_prefix)) == SESSION_MAX
+
+
+@pytest.mark.integration
+def test_ttls_are_set(redis_url: str, redis_client: redis.Redis, redis_prefix: str) -> None:
+    _with_state(redis_url, redis_prefix, lambda state: state.record("carol", "s", _events(1)))
+    expected = {
+        user_history_key("carol", redis_prefix): HISTORY_TTL,
+        user_session_key("carol", "s", redis_prefix): SESSION_TTL,
+        user_sessions_key("carol", redis_prefix): SESSION_TTL,
+    }
+    for key, ttl in expected.items():
+        assert 0 < redis_client.ttl(key) <= ttl, key
+
+
+@pytest.mark.integration
+def test_session_index_prunes_long_expired_ids(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    index = user_sessions_key("dave", redis_prefix)
+    long_ago = int(time.time()) - 3 * SESSION_TTL
+    redis_client.zadd(index, {"old": long_ago, "recent": int(time.time()) - SESSION_TTL})
+    _with_state(redis_url, redis_prefix, lambda state: state.record("dave", "new", _events(1)))
+    assert sorted(redis_client.zrange(index, 0, -1)) == [b"new", b"recent"]
+
+
+@pytest.mark.integration
+def test_forget_deletes_everything_of_the_user(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    async def body(state: LiveState) -> tuple[ForgetResult, ForgetResult]:
+        for version in ("v1", "v2", "v3"):
+            await state.set_vector(version, "erin", _vector())
+        await state.record("erin", "s1", _events(HISTORY_MAX + 2))
+        await state.record("erin", "s2", _events(1, item="other"))
+        await state.record("erin", "", _events(1, item="history-only"))
+        # Other people's state, which must survive.
+        await state.set_vector("v1", "frank", _vector())
+        await state.record("frank", "s1", _events(2))
+        await state.record("", "s1", _events(2))  # an anonymous session with the same id
+        await state.record("", "anon", _events(1))
+        result = await state.forget("erin", ["v1", "v2", "v2", "v9"])
+        again = await state.forget("erin", ["v1"])
+        return result, again
+
+    result, again = _with_state(redis_url, redis_prefix, body)
+    assert result == ForgetResult(
+        deleted_vectors=2, deleted_history_events=HISTORY_MAX, deleted_sessions=2
+    )
+    assert again == ForgetResult(0, 0, 0)
+    left = sorted(redis_client.scan_iter(match=f"{redis_prefix}:*{{u:erin}}*"))
+    # v3 was not named: it expires with its TTL (the caller names the live versions).
+    assert left == [user_vector_key("erin", "v3", redis_prefix).encode()]
+    survivors = [
+        user_vector_key("frank", "v1", redis_prefix),
+        user_history_key("frank", redis_prefix),
+        user_session_key("frank", "s1", redis_prefix),
+        user_sessions_key("frank", redis_prefix),
+        session_items_key("s1", redis_prefix),
+        session_items_key("anon", redis_prefix),
+    ]
+    assert redis_client.exists(*survivors) == len(survivors)
+
+
+@pytest.mark.integration
+def test_forget_leaves_nothing_behind(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    async def body(state: LiveState) -> ForgetResult:
+        await state.set_vector("v1", "gina", _vector())
+        for i in range(5):
+            await state.record("gina", f"s{i}", _events(2))
+        return await state.forget("gina", ["v1"])
+
+    result = _with_state(redis_url, redis_prefix, body)
+    assert result == ForgetResult(
+        deleted_vectors=1, deleted_history_events=HISTORY_MAX, deleted_sessions=5
+    )
+    assert not list(redis_client.scan_iter(match="*{u:gina}*"))
+
+
+def _tie_session_while_forgetting(
+    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, times: int
+) -> None:
+    """Tie a new session to the user between ForgetUser's read of the index and its
+    MULTI (where it builds the session keys), ``times`` times: a real concurrent write."""
+    build = state_module.user_session_key
+    done: list[str] = []
+
+    def racing(user_id: str, session_id: str, prefix: str = "recsvc") -> str:
+        if len(done) < times:
+            late = f"late{len(done)}"
+            done.append(late)
+            redis_client.rpush(build(user_id, late, prefix), b"1|v|1|1|x")
+            redis_client.zadd(user_sessions_key(user_id, prefix), {late: int(time.time())})
+        return build(user_id, session_id, prefix)
+
+    monkeypatch.setattr(state_module, "user_session_key", racing)
+
+
+@pytest.mark.integration
+def test_forget_retries_when_a_session_is_tied_meanwhile(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(state: LiveState) -> ForgetResult:
+        await state.record("hana", "s0", _events(1))
+        _tie_session_while_forgetting(monkeypatch, redis_client, times=1)
+        return await state.forget("hana", [])
+
+    result = _with_state(redis_url, redis_prefix, body)
+    assert result == ForgetResult(deleted_vectors=0, deleted_history_events=1, deleted_sessions=2)
+    assert not list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:hana}}*"))
+
+
+@pytest.mark.integration
+def test_forget_gives_up_when_sessions_keep_changing(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(state: LiveState) -> None:
+        await state.record("ida", "s0", _events(1))
+        _tie_session_while_forgetting(monkeypatch, redis_client, times=100)
+        with pytest.raises(StoreError, match="kept changing"):
+            await state.forget("ida", [])
+
+    _with_state(redis_url, redis_prefix, body)
+    # Nothing was deleted: each MULTI was aborted as a whole.
+    assert redis_client.exists(user_history_key("ida", redis_prefix)) == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _silent_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never answers (a hung Redis)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])
+
+
+def _every_method(state: LiveState) -> list[Callable[[], Awaitable[object]]]:
+    return [
+        state.ping,
+        lambda: state.get_vector("v1", "u", FACTORS),
+        lambda: state.set_vector("v1", "u", _vector()),
+        lambda: state.get_user_state("v1", "u", "s", FACTORS),
+        lambda: state.get_session("s"),
+        lambda: state.record("u", "s", _events(1)),
+        lambda: state.forget("u", ["v1"]),
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("server", ["down", "hung"])
+def test_unavailable_redis_raises_store_error_quickly(server: str) -> None:
+    async def body(port: int) -> None:
+        async with _state(f"redis://127.0.0.1:{port}", "p", socket_timeout=0.05) as state:
+            for call in _every_method(state):
+                started = time.perf_counter()
+                with pytest.raises(StoreError) as caught:
+                    await call()
+                assert time.perf_counter() - started < 1.0
+                assert isinstance(caught.value.__cause__, redis.RedisError)
+
+    if server == "down":
+        asyncio.run(body(_closed_port()))
+    else:
+        with _silent_server() as port:
+            asyncio.run(body(port))
+
+
+@pytest.mark.integration
+def test_redis_errors_are_translated(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    # A key of the wrong type makes Redis answer with an error (WRONGTYPE).
+    redis_client.set(user_history_key("ivan", redis_prefix), b"not a list")
+
+    async def body(state: LiveState) -> None:
+        with pytest.raises(StoreError) as caught:
+            await state.get_user_state("v1", "ivan", "s", FACTORS)
+        assert isinstance(caught.value.__cause__, redis.ResponseError)
+        with pytest.raises(StoreError):
+            await state.record("ivan", "s", _events(1))
+
+    _with_state(redis_url, redis_prefix, body)
+
+
+@pytest.mark.integration
+def test_undecodable_entries_are_skipped(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    good = StoredEvent("x", EventType.VIEW, 1)
+    redis_client.lpush(user_history_key("jo", redis_prefix), encode_event(good), b"2|future")
+
+    async def body(state: LiveState) -> None:
+        _, history, _ = await state.get_user_state("v1", "jo", "", FACTORS)
+        assert history == [good]
+
+    _with_state(redis_url, redis_prefix, body)
