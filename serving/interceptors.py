@@ -1,0 +1,393 @@
+"""Cross-cutting concerns of the gRPC server, as grpc.aio server interceptors.
+
+The order is part of the contract; :func:`server_interceptors` builds exactly this
+list, and ``grpc.aio.server(interceptors=[...])`` runs the first one outermost::
+
+    MetricsInterceptor           counts and times every call, the ones refused by the
+     │                           two below included (grpc_server_* metrics)
+     └─ AuthInterceptor          refuses calls without the right bearer token, before
+         │                       they take a concurrency slot or reveal the load
+         └─ ConcurrencyLimitInterceptor
+             │                   refuses calls above the limit at once, no queueing
+             │                   (RESOURCE_EXHAUSTED); maintains recsvc_inflight_requests
+             └─ servicer
+
+How: grpc.aio calls ``intercept_service`` once per call, before the request is read,
+and never shows it the call's outcome. So each interceptor returns a handler of its own
+whose behaviour wraps the servicer's (the status is read from the context once the
+behaviour returns or raises), and a refusal is a handler whose behaviour aborts. A
+refused call therefore still passes the interceptors above it, which is what lets
+MetricsInterceptor count it.
+
+Scope: only unary-unary handlers are measured and limited (every ``recsvc.v1`` RPC is
+unary); streaming handlers pass through unchanged. The health and reflection services
+are never asked for a token and never count against the concurrency limit: an
+orchestrator probing a saturated replica must get an answer, not RESOURCE_EXHAUSTED.
+Unknown methods are left to gRPC (UNIMPLEMENTED) and are not counted, so a client
+cannot create series by calling made-up method names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from time import perf_counter
+from typing import Any, Final
+
+import grpc
+
+from recsvc.config import ServerSettings
+from recsvc.errors import ConfigError
+from serving.metrics import ServingMetrics
+
+__all__ = [
+    "RECOMMENDER_SERVICE",
+    "UNPROTECTED_SERVICES",
+    "WRITE_METHODS",
+    "AuthInterceptor",
+    "ConcurrencyLimitInterceptor",
+    "MetricsInterceptor",
+    "server_interceptors",
+]
+
+_LOG = logging.getLogger(__name__)
+
+# grpc ships no type hints; these aliases say what the Any stands for.
+Handler = Any
+"""A ``grpc.RpcMethodHandler``."""
+CallDetails = Any
+"""A ``grpc.HandlerCallDetails``: ``.method`` (``/package.Service/Method``) and
+``.invocation_metadata``."""
+Continuation = Callable[[CallDetails], Awaitable[Handler | None]]
+
+RECOMMENDER_SERVICE: Final = "recsvc.v1.RecommenderService"
+
+WRITE_METHODS: Final[frozenset[str]] = frozenset(
+    {f"/{RECOMMENDER_SERVICE}/RecordEvents", f"/{RECOMMENDER_SERVICE}/ForgetUser"}
+)
+"""The RPCs that change state: the ones the token protects unless ``auth_all_rpcs``."""
+
+UNPROTECTED_SERVICES: Final[frozenset[str]] = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
+"""Services never behind the token nor the concurrency limit."""
+
+_CODE_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def server_interceptors(settings: ServerSettings, metrics: ServingMetrics) -> list[Any]:
+    """The interceptors of the recsvc server, in the order documented above."""
+    return [
+        MetricsInterceptor(metrics),
+        AuthInterceptor(settings.auth_token, WRITE_METHODS, all_methods=settings.auth_all_rpcs),
+        ConcurrencyLimitInterceptor(settings.max_concurrency, metrics),
+    ]
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Maintains ``grpc_server_started_total``, ``grpc_server_handled_total`` (by final
+    status code) and ``grpc_server_handling_seconds`` for every unary-unary call."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._metrics = metrics
+        # one entry per method that has a handler, so bounded by the server's methods
+        self._by_method: dict[str, _MethodMetrics] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: CallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        method = _method_of(handler_call_details)
+        observed = self._by_method.get(method)
+        if observed is None:
+            observed = self._by_method[method] = _MethodMetrics(self._metrics, method)
+        return _replace_behavior(handler, observed.wrap(handler.unary_unary))
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Requires ``authorization: Bearer <token>`` metadata on protected methods.
+
+    No or malformed credentials → UNAUTHENTICATED; a token that does not match →
+    PERMISSION_DENIED. The token is compared in constant time and never appears in a
+    log line or an error's details.
+
+    Args:
+        token: the expected token; None switches authentication off.
+        protected_methods: full method names, ``/package.Service/Method``.
+        all_methods: protect every method (health and reflection excepted).
+    """
+
+    def __init__(
+        self, token: str | None, protected_methods: Collection[str], all_methods: bool = False
+    ) -> None:
+        if token is not None and not token.strip():
+            raise ConfigError("the auth token must not be empty; leave it unset to turn auth off")
+        malformed = sorted(m for m in protected_methods if not _is_full_method_name(m))
+        if malformed:
+            # A short name like "RecordEvents" would silently protect nothing.
+            raise ConfigError(f"protected methods must read /package.Service/Method: {malformed}")
+        self._expected = None if token is None else token.encode("utf-8")
+        self._protected = frozenset(protected_methods)
+        self._all_methods = all_methods
+
+    def protects(self, method: str) -> bool:
+        """Whether calls of ``method`` (``/package.Service/Method``) need the token."""
+        if self._expected is None or _service_of(method) in UNPROTECTED_SERVICES:
+            return False
+        return self._all_methods or method in self._protected
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: CallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = _method_of(handler_call_details)
+        if not self.protects(method):
+            return handler
+        refusal = self._refusal(handler_call_details.invocation_metadata)
+        if refusal is None:
+            return handler
+        code, details = refusal
+        _LOG.debug("refused %s: %s", method, code.name)
+        return _refusing_handler(handler, code, details)
+
+    def _refusal(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> tuple[grpc.StatusCode, str] | None:
+        presented = next((v for k, v in metadata or () if k == "authorization"), None)
+        if presented is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer' metadata"
+        if isinstance(presented, bytes):
+            presented = presented.decode("utf-8", "replace")
+        scheme, _, credentials = presented.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() != "bearer" or not credentials:
+            return grpc.StatusCode.UNAUTHENTICATED, "authorization metadata is not a bearer token"
+        assert self._expected is not None  # protects() is False without a token
+        if not hmac.compare_digest(credentials.encode("utf-8"), self._expected):
+            return grpc.StatusCode.PERMISSION_DENIED, "invalid bearer token"
+        return None
+
+
+class ConcurrencyLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses a unary call with RESOURCE_EXHAUSTED when ``limit`` calls are already in
+    flight; nothing is queued, so a client can retry another replica at once.
+
+    ``recsvc_inflight_requests`` counts the admitted calls in flight.
+    """
+
+    def __init__(self, limit: int, metrics: ServingMetrics) -> None:
+        if limit < 1:
+            raise ConfigError(f"the concurrency limit must be at least 1, got {limit}")
+        self._limit = limit
+        self._gauge = metrics.inflight_requests
+        self._inflight = 0
+        # grpc.aio runs sync handlers on a thread pool, so admission must be atomic
+        # across threads, not just between coroutines.
+        self._lock = threading.Lock()
+        self._details = f"server busy: {limit} calls in flight; retry with backoff"
+
+    @property
+    def inflight(self) -> int:
+        """Calls admitted and not yet finished."""
+        return self._inflight
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: CallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or handler.request_streaming
+            or handler.response_streaming
+            or _service_of(_method_of(handler_call_details)) in UNPROTECTED_SERVICES
+        ):
+            return handler
+        return _replace_behavior(handler, self._wrap(handler.unary_unary))
+
+    def _admit(self) -> bool:
+        with self._lock:
+            if self._inflight >= self._limit:
+                return False
+            self._inflight += 1
+        self._gauge.inc()
+        return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+        self._gauge.dec()
+
+    def _wrap(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+        if inspect.iscoroutinefunction(behavior):
+
+            async def limited(request: Any, context: Any) -> Any:
+                if self._admit():
+                    try:
+                        return await behavior(request, context)
+                    finally:
+                        self._release()
+                await context.abort(busy, self._details)  # raises grpc.aio.AbortError
+
+            return limited
+
+        def limited_sync(request: Any, context: Any) -> Any:
+            if self._admit():
+                try:
+                    return behavior(request, context)
+                finally:
+                    self._release()
+            context.abort(busy, self._details)  # raises
+
+        return limited_sync
+
+
+class _MethodMetrics:
+    """The grpc_server_* children of one method, looked up once, not on every call."""
+
+    def __init__(self, metrics: ServingMetrics, method: str) -> None:
+        service, name = _service_of(method), method.rpartition("/")[2]
+        labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": name}
+        self._started = metrics.grpc_started.labels(**labels)
+        self._seconds = metrics.grpc_handling_seconds.labels(**labels)
+        self._handled_family = metrics.grpc_handled
+        self._labels = labels
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def _finish(self, code: grpc.StatusCode, start: float) -> None:
+        self._seconds.observe(perf_counter() - start)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled.setdefault(
+                code, self._handled_family.labels(**self._labels, grpc_code=code.name)
+            )
+        handled.inc()
+
+    def wrap(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(behavior):
+
+            async def observed(request: Any, context: Any) -> Any:
+                self._started.inc()
+                start = perf_counter()
+                try:
+                    response = await behavior(request, context)
+                except BaseException as exc:
+                    self._finish(_code_after_error(context.code(), exc, context), start)
+                    raise
+                self._finish(_as_status_code(context.code()) or grpc.StatusCode.OK, start)
+                return response
+
+            return observed
+
+        def observed_sync(request: Any, context: Any) -> Any:
+            # grpc.aio hands sync handlers a context without code(): record it ourselves.
+            recorder = _StatusRecorder(context)
+            self._started.inc()
+            start = perf_counter()
+            try:
+                response = behavior(request, recorder)
+            except BaseException as exc:
+                self._finish(_code_after_error(recorder.code(), exc, context), start)
+                raise
+            self._finish(_as_status_code(recorder.code()) or grpc.StatusCode.OK, start)
+            return response
+
+        return observed_sync
+
+
+class _StatusRecorder:
+    """A sync servicer context that remembers the status code set or aborted with."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._code: grpc.StatusCode | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self._code = code
+        self._context.abort(code, details)
+
+    def abort_with_status(self, status: Any) -> None:
+        self._code = status.code
+        self._context.abort_with_status(status)
+
+
+def _code_after_error(code: Any, exc: BaseException, context: Any) -> grpc.StatusCode:
+    """The status a call ends with when its behaviour raised ``exc``."""
+    status = _as_status_code(code)
+    if status is not None:  # abort(), or set_code() before raising: that code is sent
+        return status
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN  # what grpc sends for an unexpected exception
+
+
+def _as_status_code(code: Any) -> grpc.StatusCode | None:
+    # Some grpcio releases return the code's number from context.code(), not the enum.
+    if code is None or isinstance(code, grpc.StatusCode):
+        return code
+    return _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+
+
+def _replace_behavior(handler: Handler, behavior: Callable[..., Any]) -> Handler:
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _refusing_handler(handler: Handler, code: grpc.StatusCode, details: str) -> Handler:
+    """A handler of ``handler``'s kind that ends the call with ``code`` at once.
+
+    The request is left unparsed: a refused call costs no deserialization."""
+
+    async def refuse(request_or_iterator: Any, context: Any) -> None:
+        await context.abort(code, details)
+
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return factory(refuse)
+
+
+def _method_of(handler_call_details: CallDetails) -> str:
+    method = handler_call_details.method
+    return method.decode("ascii") if isinstance(method, bytes) else str(method)
+
+
+def _service_of(method: str) -> str:
+    """``/package.Service/Method`` → ``package.Service``."""
+    return method.lstrip("/").partition("/")[0]
+
+
+def _is_full_method_name(method: str) -> bool:
+    service, _, name = method.removeprefix("/").partition("/")
+    return method.startswith("/") and bool(service) and bool(name) and "/" not in name

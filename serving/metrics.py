@@ -1,0 +1,345 @@
+"""Every Prometheus metric the serving role exports, declared in one place.
+
+:class:`ServingMetrics` declares them all on a :class:`~prometheus_client.CollectorRegistry`
+that the caller builds and passes in (never the process-global default registry), so a
+test or a second server in one process gets its own, independent set.
+
+Conventions (STYLE.md, practice 9):
+
+- units in names (``_seconds``, ``_timestamp_seconds``), counters end in ``_total``;
+- explicit buckets on every histogram;
+- labels take values from small closed sets only. Never a user, session, item or
+  recommendation id. Values that reach a label from a request (placement, model
+  version in a click) go through :func:`placement_label` or
+  :meth:`ServingMetrics.model_version_label` first, so a client cannot grow the
+  number of series.
+
+The ``grpc_server_*`` metrics are named and labelled as go-grpc-prometheus names them,
+so the usual gRPC dashboards and alert rules work unchanged; :mod:`serving.interceptors`
+maintains them. The ``recsvc_*`` metrics are updated by the serving code itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from recsvc.events import EventType
+
+__all__ = [
+    "FALLBACK_REASONS",
+    "ITEM_COUNT_BUCKETS",
+    "LATENCY_BUCKETS_SECONDS",
+    "LOOKUP_LAYERS",
+    "LOOKUP_RESULTS",
+    "RELOAD_OUTCOMES",
+    "MetricsHTTPServer",
+    "ServingMetrics",
+    "placement_label",
+    "start_metrics_http_server",
+]
+
+LATENCY_BUCKETS_SECONDS: Final[tuple[float, ...]] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Upper bounds for every ``*_seconds`` histogram: fine below a millisecond, where the
+server is meant to answer, and coarse up to 10 s, where a call is clearly broken."""
+
+ITEM_COUNT_BUCKETS: Final[tuple[float, ...]] = (0, 1, 5, 10, 20, 50, 100, 500)
+"""Upper bounds of ``recsvc_recommended_items``; the 0 bucket counts empty answers."""
+
+LOOKUP_LAYERS: Final[tuple[str, ...]] = ("lru", "redis", "foldin", "artifact")
+"""Where a user vector is looked for, in order: in-process cache, Redis, fold-in from
+stored history, the vectors shipped in the artifact."""
+
+LOOKUP_RESULTS: Final[tuple[str, ...]] = ("hit", "miss", "error")
+"""Outcome of one user-vector lookup in one layer."""
+
+RELOAD_OUTCOMES: Final[tuple[str, ...]] = ("success", "failure", "unchanged")
+"""Outcome of one check of the CURRENT pointer for a new model."""
+
+FALLBACK_REASONS: Final[tuple[str, ...]] = ("no_signal", "store_unavailable", "unknown_user")
+"""Fallback reasons whose series exist (at 0) from start-up; others may be added."""
+
+_GRPC_LABELS: Final = ("grpc_type", "grpc_service", "grpc_method")
+_MODEL_VERSIONS_KEPT: Final = 16
+"""Model versions still accepted as a label value after newer ones were loaded: clicks
+on an answer arrive after the answer, possibly after a reload."""
+
+
+def placement_label(raw: str, allowed: Sequence[str]) -> str:
+    """The ``placement`` label for a placement a client sent.
+
+    ``""`` → ``"unknown"``, a configured placement → itself, anything else →
+    ``"other"``: the number of series stays bounded whatever clients send.
+    """
+    if not raw:
+        return "unknown"
+    return raw if raw in allowed else "other"
+
+
+class ServingMetrics:
+    """The serving role's metrics, all declared on ``registry`` at construction.
+
+    Attributes are the prometheus_client metric objects; update them with
+    ``.labels(...).inc()`` / ``.observe(...)``. Label names and their allowed values
+    are given in each attribute's comment; keep to them.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+
+        # --- gRPC, as go-grpc-prometheus (maintained by serving.interceptors) ----------
+        self.grpc_started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            _GRPC_LABELS,
+            registry=r,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, whatever their status code.",
+            (*_GRPC_LABELS, "grpc_code"),
+            registry=r,
+        )
+        self.grpc_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC's handler to its final status, in seconds.",
+            _GRPC_LABELS,
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+
+        # --- user and session vectors -------------------------------------------------
+        # layer: lru | redis | foldin | artifact; result: hit | miss | error
+        self.user_vector_lookups = Counter(
+            "recsvc_user_vector_lookups_total",
+            "User-vector lookups, by layer (lru, redis, foldin, artifact) and result "
+            "(hit, miss, error).",
+            ("layer", "result"),
+            registry=r,
+        )
+        self.foldin_seconds = Histogram(
+            "recsvc_foldin_seconds",
+            "Time to fold a user's or session's items into a vector, in seconds "
+            "(the count is the number of fold-ins).",
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.index_search_seconds = Histogram(
+            "recsvc_index_search_seconds",
+            "Time of one nearest-neighbour search in the item index, in seconds.",
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+
+        # --- answers -------------------------------------------------------------------
+        # reason: no_signal | store_unavailable | unknown_user | ... (a closed set in code)
+        self.fallbacks = Counter(
+            "recsvc_fallbacks_total",
+            "Answers that fell back from the strategy the request called for, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        # rpc: the RPC's method name (Recommend, SimilarItems, RecordEvents, ...)
+        self.degraded_responses = Counter(
+            "recsvc_degraded_responses_total",
+            "Answers given without the state store (degraded = true), by RPC.",
+            ("rpc",),
+            registry=r,
+        )
+        # strategy: recsvc.ranking.Strategy values (personalized, session, popular);
+        # placement: see placement_label()
+        self.recommendations = Counter(
+            "recsvc_recommendations_total",
+            "Recommendation answers, by the strategy that served them and placement.",
+            ("strategy", "placement"),
+            registry=r,
+        )
+        self.recommended_items = Histogram(
+            "recsvc_recommended_items",
+            "Items returned per recommendation answer.",
+            buckets=ITEM_COUNT_BUCKETS,
+            registry=r,
+        )
+
+        # --- events --------------------------------------------------------------------
+        # event_type: recsvc.events.EventType values
+        self.events = Counter(
+            "recsvc_events_total",
+            "Live events accepted by RecordEvents, by event type.",
+            ("event_type",),
+            registry=r,
+        )
+        # reason: a closed set in code (e.g. unknown_item, non_personalized)
+        self.events_ignored = Counter(
+            "recsvc_events_ignored_total",
+            "Live events received but not applied, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        # placement: see placement_label(); model_version: see model_version_label()
+        self.impressions = Counter(
+            "recsvc_impressions_total",
+            "Recommended items shown to shoppers (IMPRESSION events), by placement and "
+            "model version.",
+            ("placement", "model_version"),
+            registry=r,
+        )
+        self.clicks = Counter(
+            "recsvc_clicks_total",
+            "Recommended items clicked (CLICK events), by placement and model version.",
+            ("placement", "model_version"),
+            registry=r,
+        )
+
+        # --- model -----------------------------------------------------------------------
+        self.model_info = Gauge(
+            "recsvc_model_info",
+            "1 for the model this replica serves, labelled by its version and index type.",
+            ("model_version", "index_type"),
+            registry=r,
+        )
+        self.model_loaded_timestamp_seconds = Gauge(
+            "recsvc_model_loaded_timestamp_seconds",
+            "Unix time at which the served model was loaded, in seconds.",
+            registry=r,
+        )
+        # outcome: success | failure | unchanged
+        self.model_reloads = Counter(
+            "recsvc_model_reloads_total",
+            "Checks for a new model, by outcome (success, failure, unchanged).",
+            ("outcome",),
+            registry=r,
+        )
+
+        # --- load --------------------------------------------------------------------------
+        self.inflight_requests = Gauge(
+            "recsvc_inflight_requests",
+            "RPCs admitted by the concurrency limit and not yet finished.",
+            registry=r,
+        )
+
+        # Series over closed label sets exist from start-up, so rate() and ratios
+        # (cache hit rate, reload failures) are defined before the first event.
+        for layer in LOOKUP_LAYERS:
+            for result in LOOKUP_RESULTS:
+                self.user_vector_lookups.labels(layer=layer, result=result)
+        for outcome in RELOAD_OUTCOMES:
+            self.model_reloads.labels(outcome=outcome)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason=reason)
+        for event_type in EventType:
+            self.events.labels(event_type=event_type.value)
+
+        self._lock = threading.Lock()
+        # Replaced, never mutated, so model_version_label() reads it without the lock.
+        self._model_versions: tuple[str, ...] = ()
+
+    def initialize_grpc_methods(self, service: str, methods: Iterable[str]) -> None:
+        """Create the ``grpc_server_*`` series of unary ``methods`` of ``service`` at 0,
+        every status code included, as go-grpc-prometheus' ``InitializeMetrics`` does."""
+        for method in methods:
+            labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": method}
+            self.grpc_started.labels(**labels)
+            self.grpc_handling_seconds.labels(**labels)
+            for code in grpc.StatusCode:
+                self.grpc_handled.labels(**labels, grpc_code=code.name)
+
+    def set_model(self, model_version: str, index_type: str, loaded_at: float) -> None:
+        """Record that the model ``model_version`` is now served, loaded at ``loaded_at``
+        (Unix seconds): ``recsvc_model_info`` keeps only its label set."""
+        with self._lock:
+            self.model_info.clear()
+            self.model_info.labels(model_version=model_version, index_type=index_type).set(1)
+            self.model_loaded_timestamp_seconds.set(loaded_at)
+            kept = [v for v in self._model_versions if v != model_version]
+            kept.append(model_version)
+            self._model_versions = tuple(kept[-_MODEL_VERSIONS_KEPT:])
+
+    def model_version_label(self, raw: str) -> str:
+        """The ``model_version`` label for a version a client sent back (impressions,
+        clicks): one of the last 16 versions loaded by this process → itself, ``""``
+        → ``"unknown"``, anything else → ``"other"``."""
+        if not raw:
+            return "unknown"
+        return raw if raw in self._model_versions else "other"
+
+
+class MetricsHTTPServer:
+    """The /metrics HTTP endpoint running on its own daemon thread.
+
+    :meth:`shutdown` stops it, closes its socket and waits for the thread; it is also
+    a context manager that does so on exit.
+    """
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        """The TCP port the endpoint listens on."""
+        port: int = self._server.server_address[1]
+        return port
+
+    def shutdown(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        # shutdown() alone leaves the listening socket open (a ResourceWarning later).
+        self._server.server_close()
+
+    def __enter__(self) -> MetricsHTTPServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+
+def start_metrics_http_server(
+    registry: CollectorRegistry, host: str, port: int
+) -> tuple[MetricsHTTPServer, int]:
+    """Serve ``registry`` in the Prometheus text format at ``http://host:port/metrics``.
+
+    ``port`` 0 picks a free port. Returns the running server and the port it bound;
+    stop it with ``server.shutdown()``.
+    """
+    # prometheus_client >= 0.20 returns (server, thread) and serves every path,
+    # /metrics included, from a daemon thread.
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    running = MetricsHTTPServer(server, thread)
+    return running, running.port
