@@ -12,7 +12,7 @@ SHARED ?= ../shared/data
 N_EVENTS ?= 300000
 PYTEST_ARGS ?=
 
-.PHONY: install proto data train eval eval-retail test test-fast lint format bench-train clean help
+.PHONY: install proto data train eval eval-retail serve demo test test-fast lint format bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,9 +34,12 @@ $(DATA_DIR)/events.csv.gz: | $(STAMP)
 
 data: $(DATA_DIR)/events.csv.gz  ## generate a synthetic shop under data/
 
-train: data  ## train on the synthetic shop and publish the artifact
+train: data  ## (re)train on the synthetic shop and publish a new version
 	$(RECSVC) train --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
 		--artifacts $(ARTIFACTS) --publish
+
+$(ARTIFACTS)/CURRENT:  # a published model, trained once if there is none
+	$(MAKE) train
 
 eval: data  ## evaluate on the synthetic shop (last-basket holdout) -> reports/eval-synthetic.json
 	$(RECSVC) evaluate --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
@@ -45,6 +48,12 @@ eval: data  ## evaluate on the synthetic shop (last-basket holdout) -> reports/e
 eval-retail: $(STAMP)  ## Online Retail II, time split at 2011-09-01 -> docs/results/retail.json
 	$(RECSVC) evaluate --events $(SHARED)/online_retail_ii.csv.gz --format online-retail \
 		--cutoff 2011-09-01 --dataset online-retail-ii --report docs/results/retail.json
+
+serve: $(ARTIFACTS)/CURRENT  ## serve the published model on 127.0.0.1:50051 (/metrics on :9464), private Redis
+	$(RECSVC) serve --artifacts $(ARTIFACTS)
+
+demo: $(ARTIFACTS)/CURRENT  ## end to end: synthetic shop, train, publish, serve, a customer and a visitor, stop
+	$(PY) -m serving.demo --artifacts $(ARTIFACTS) --catalog $(DATA_DIR)/catalog.csv
 
 test: $(STAMP)  ## every test tier: unit, integration (private Redis), slow (real data)
 	$(PY) -m pytest $(PYTEST_ARGS)

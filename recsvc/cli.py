@@ -67,6 +67,7 @@ def _settings(args: argparse.Namespace) -> Any:
         },
         weighting={"half_life_days": get("half_life_days")},
         index={"kind": get("index")},
+        server={"host": get("host"), "port": get("port"), "metrics_port": get("metrics_port")},
     )
 
 
@@ -221,6 +222,104 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from serving.server import serve
+
+    settings = _settings(args)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from recsvc.client import RecommenderClient
+
+    return RecommenderClient(args.target, timeout=args.timeout, token=args.token)
+
+
+def _print(response: Any, as_json: bool) -> None:
+    from recsvc.client import to_json
+
+    data = to_json(response)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    items = data.pop("items", None)
+    for key, value in data.items():
+        if value not in ("", [], {}, None):
+            print(f"{key}: {value}")
+    for rank, item in enumerate(items or [], 1):
+        print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}")
+
+
+def _rpc(args: argparse.Namespace, call: Callable[[Any], Any]) -> int:
+    import grpc
+
+    with _client(args) as client:
+        try:
+            response = call(client)
+        except grpc.RpcError as exc:
+            print(f"recsvc {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    _print(response, args.json)
+    return 0
+
+
+def _split(text: str | None) -> list[str]:
+    return [x for x in (text or "").split(",") if x]
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    return _rpc(
+        args,
+        lambda c: c.recommend(
+            args.user or "",
+            k=args.k,
+            session_id=args.session or "",
+            session_items=_split(args.session_items),
+            exclude_item_ids=_split(args.exclude),
+            include_categories=_split(args.categories),
+            in_stock_only=args.in_stock,
+            non_personalized=args.non_personalized,
+            placement=args.placement or "",
+        ),
+    )
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    return _rpc(
+        args, lambda c: c.similar(_split(args.items), k=args.k, in_stock_only=args.in_stock)
+    )
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    def call(c: Any) -> Any:
+        events = [
+            c.event(item, args.type, user_id=args.user or "", session_id=args.session or "")
+            for item in _split(args.items)
+        ]
+        return c.record_events(events)
+
+    return _rpc(args, call)
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    return _rpc(args, lambda c: c.forget_user(args.user))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    return _rpc(args, lambda c: c.model_info())
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
+    g.add_argument("--timeout", type=float, default=2.0, help="deadline per call, seconds")
+    g.add_argument("--token", help="bearer token (for RecordEvents/ForgetUser when required)")
+    g.add_argument("--json", action="store_true", help="print the response as JSON")
+
+
 # --- parser -------------------------------------------------------------------------
 
 
@@ -281,6 +380,59 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list trained versions (* = current)")
     _add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_models)
+
+    p = sub.add_parser(
+        "serve", help="run the gRPC server (health, reflection, /metrics) on the current model"
+    )
+    _add_settings_flags(p, als=False)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, help="HTTP /metrics port (default 9464)")
+    p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser("recommend", help="ask a running server for recommendations")
+    _add_client_flags(p)
+    p.add_argument("--user", help="customer id (omit for an anonymous visitor)")
+    p.add_argument("--session", help="session id")
+    p.add_argument(
+        "--session-items", metavar="A,B,C", help="items viewed in this session, oldest first"
+    )
+    p.add_argument("--k", type=int, default=10, help="how many items")
+    p.add_argument("--exclude", metavar="A,B", help="item ids never to return")
+    p.add_argument("--categories", metavar="C1,C2", help="only items of these categories")
+    p.add_argument("--in-stock", action="store_true", help="only items in stock")
+    p.add_argument("--non-personalized", action="store_true", help="consent off: no profile used")
+    p.add_argument("--placement", help="where the list is shown (metrics label)")
+    p.set_defaults(handler=_cmd_recommend)
+
+    p = sub.add_parser("similar", help="items similar to given items")
+    _add_client_flags(p)
+    p.add_argument("--items", required=True, metavar="A,B", help="item ids")
+    p.add_argument("--k", type=int, default=10, help="how many items")
+    p.add_argument("--in-stock", action="store_true", help="only items in stock")
+    p.set_defaults(handler=_cmd_similar)
+
+    p = sub.add_parser("events", help="record live events (view, add_to_cart, purchase, ...)")
+    _add_client_flags(p)
+    p.add_argument("--items", required=True, metavar="A,B", help="item ids, one event each")
+    p.add_argument(
+        "--type",
+        default="view",
+        choices=["view", "add_to_cart", "purchase", "impression", "click"],
+        help="event type",
+    )
+    p.add_argument("--user", help="customer id")
+    p.add_argument("--session", help="session id")
+    p.set_defaults(handler=_cmd_events)
+
+    p = sub.add_parser("forget", help="erase a user (ForgetUser)")
+    _add_client_flags(p)
+    p.add_argument("--user", required=True, help="customer id to erase")
+    p.set_defaults(handler=_cmd_forget)
+
+    p = sub.add_parser("info", help="what model the server serves (GetModelInfo)")
+    _add_client_flags(p)
+    p.set_defaults(handler=_cmd_info)
     return parser
 
 

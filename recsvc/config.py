@@ -31,6 +31,7 @@ __all__ = [
     "RankingSettings",
     "RedisSettings",
     "RepeatPolicy",
+    "ServerSettings",
     "Settings",
     "WeightingSettings",
     "load_settings",
@@ -155,6 +156,68 @@ class RedisSettings(_Section):
     """Vectors per pipelined batch when publishing."""
 
 
+class ServerSettings(_Section):
+    """The gRPC server (``recsvc serve``)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 / [::] to serve beyond this machine."""
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 = any free port (tests)."""
+    metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    """HTTP port of /metrics; None = no metrics endpoint."""
+    max_concurrency: int = Field(default=256, ge=1)
+    """Calls in flight above this are refused with RESOURCE_EXHAUSTED."""
+    grace_seconds: float = Field(default=10.0, ge=0.0)
+    """On SIGTERM, how long calls in flight may take to finish."""
+    reload_poll_seconds: float = Field(default=5.0, gt=0.0)
+    """How often the CURRENT pointer is checked for a new model (SIGHUP checks at once)."""
+    default_k: int = Field(default=10, ge=1)
+    """k when a request leaves it 0."""
+    max_k: int = Field(default=500, ge=1)
+    """Largest k a request may ask for."""
+    max_session_events: int = Field(default=100, ge=1)
+    """Most inline session events a Recommend may carry."""
+    max_batch_events: int = Field(default=1000, ge=1)
+    """Most events a RecordEvents batch may carry."""
+    max_id_bytes: int = Field(default=256, ge=8)
+    """Longest user, session or item id (UTF-8 bytes)."""
+    clock_skew_seconds: float = Field(default=300.0, ge=0.0)
+    """How far in the future an event time may lie."""
+    lru_size: int = Field(default=100_000, ge=0)
+    """User vectors kept in process memory (0 = no in-process cache)."""
+    lru_ttl_seconds: float = Field(default=30.0, gt=0.0)
+    """How long an in-process vector is trusted before Redis is asked again."""
+    history_max_events: int = Field(default=200, ge=1)
+    """Recent events kept per user in Redis."""
+    history_ttl_seconds: int = Field(default=90 * 24 * 3600, ge=60)
+    """A user's recent history expires this long after their last event."""
+    session_max_events: int = Field(default=50, ge=1)
+    """Events kept per session."""
+    session_ttl_seconds: int = Field(default=30 * 60, ge=60)
+    """A session expires this long after its last event."""
+    session_weight_boost: float = Field(default=3.0, gt=0.0)
+    """Session events weigh this much more than stored history in the fold-in:
+    what the shopper did seconds ago says most about what they want now."""
+    placements: tuple[str, ...] = ("home", "pdp", "cart", "search", "email", "checkout")
+    """Placement labels counted as themselves in metrics; others count as "other"."""
+    event_log_dir: Path | None = None
+    """Where accepted events are appended for retraining; None =
+    ``<artifact_root>/eventlog``."""
+    event_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """The event log rotates to a new file past this size."""
+    tls_cert: Path | None = None
+    """PEM certificate chain; with ``tls_key``, the server speaks TLS only."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed."""
+    auth_token: str | None = Field(default=None, repr=False)
+    """Bearer token required (``authorization: Bearer <token>``) for RecordEvents and
+    ForgetUser; None = no authentication."""
+    auth_all_rpcs: bool = False
+    """Require the token on every RPC, not just the writing ones."""
+
+
 class EvaluationSettings(_Section):
     """Offline evaluation."""
 
@@ -185,11 +248,17 @@ class Settings(BaseSettings):
     ranking: RankingSettings = RankingSettings()
     redis: RedisSettings = RedisSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    server: ServerSettings = ServerSettings()
 
     @property
     def erasure_path(self) -> Path:
         """Where the erasure list lives."""
         return self.erasure_list or self.artifact_root / "erased_users.txt"
+
+    @property
+    def event_log_path(self) -> Path:
+        """Where the server appends accepted events."""
+        return self.server.event_log_dir or self.artifact_root / "eventlog"
 
     @classmethod
     def settings_customise_sources(

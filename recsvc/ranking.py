@@ -119,6 +119,8 @@ class Ranker:
         self._category = a.item_category
         self._available = a.item_available
         self._n_items = model.n_items
+        norms = np.linalg.norm(a.item_factors, axis=1)
+        self._item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
 
     def recommend(self, query: Query) -> Ranking:
         """Top ``query.k`` items for ``query``."""
@@ -159,6 +161,40 @@ class Ranker:
                 False,
             )
         return Ranking(items[:k], scores[:k], reasons[:k], strategy, False)
+
+    def similar(self, items: IntArray, k: int, filters: Filters | None = None) -> Ranking:
+        """Items like ``items`` (positions): cosine similarity to their mean direction.
+
+        Candidates come from the inner-product index (over-fetched) and are
+        re-ranked by cosine, so long (popular) vectors do not crowd out close
+        neighbours. The query items themselves are never returned.
+        """
+        k = min(k, self._n_items)
+        allowed = self._allowed_mask(Query(k=k, filters=filters or Filters()), RepeatPolicy.ALLOW)
+        allowed[items] = False
+        y = self.model.artifact.item_factors
+        norms = self._item_norms
+        if k <= 0 or len(items) == 0:
+            return Ranking(_EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8), Strategy.SESSION, False)
+        unit = y[items] / norms[items, None]
+        query = unit.mean(axis=0).astype(np.float32)
+        fetch = min(self._n_items, max(k * self.overfetch * 4, 100) + len(items))
+        while True:
+            _, ids = self.model.artifact.index.search(query[None, :], fetch)
+            cand = ids[0][ids[0] >= 0]
+            cand = cand[allowed[cand]].astype(np.int32)
+            if len(cand) >= k or fetch >= self._n_items:
+                break
+            fetch = min(self._n_items, fetch * 4)
+        cosine = (y[cand] @ query) / (norms[cand] * max(float(np.linalg.norm(query)), 1e-12))
+        order = np.argsort(-cosine, kind="stable")[:k]
+        return Ranking(
+            cand[order],
+            cosine[order].astype(np.float32),
+            np.full(len(order), Reason.SIMILAR, dtype=np.int8),
+            Strategy.SESSION,
+            False,
+        )
 
     # --- steps --------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ import pytest
 from factories import T0, event_table
 
 from recsvc.config import WeightingSettings
+from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
-from training.interactions import build_interactions, drop_erased_users, read_erasure_list
+from training.interactions import build_interactions, drop_erased_users
 
 NO_DECAY = WeightingSettings(half_life_days=0)
 

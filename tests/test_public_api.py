@@ -15,7 +15,7 @@ PUBLIC = {
     ],
     "recsvc.config": [
         "ALSSettings", "EvaluationSettings", "IndexSettings", "RankingSettings", "RedisSettings",
-        "RepeatPolicy", "Settings", "WeightingSettings", "load_settings",
+        "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "load_settings",
     ],
     "recsvc.ranking": ["Filters", "Query", "Ranker", "Ranking", "Reason", "Strategy"],
     "recsvc.artifact": [

@@ -124,3 +124,17 @@ def test_no_signal_falls_back_to_popular_items_passing_filters(model: Model) -> 
 
 def test_zero_k_is_empty(model: Model) -> None:
     assert len(Ranker(model).recommend(Query(k=0)).items) == 0
+
+
+def test_similar_items_are_the_same_group_and_never_the_query(model: Model) -> None:
+    ranker = Ranker(model)
+    query = np.array([model.item_position["g0i01"], model.item_position["g0i02"]], np.int32)
+    got = ranker.similar(query, 5)
+    names = items_of(model, got.items)
+    assert len(names) == 5
+    assert all(n.startswith("g0") for n in names)
+    assert not {"g0i01", "g0i02"} & set(names)
+    assert set(got.reasons.tolist()) == {Reason.SIMILAR}
+    assert (np.diff(got.scores) <= 1e-6).all()
+    instock = ranker.similar(query, 50, Filters(in_stock_only=True))
+    assert all(model.artifact.item_available[instock.items])

@@ -1,0 +1,211 @@
+"""A typed Python client for recsvc.v1.RecommenderService.
+
+Sensible defaults for a storefront backend: a deadline on every call (200 ms
+unless told otherwise), and retries of UNAVAILABLE — the one status that means
+"try again" (no model loaded yet, a replica restarting) — with exponential backoff,
+done by gRPC's own retry policy so they respect the deadline::
+
+    with RecommenderClient("localhost:50051") as client:
+        response = client.recommend(user_id="u42", k=10)
+        for item in response.items:
+            print(item.item_id, item.score)
+
+Requests and responses are the generated messages of :mod:`recsvc.v1`; keyword
+helpers build the common requests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+__all__ = ["RecommenderClient", "to_json"]
+
+_SERVICE = "recsvc.v1.RecommenderService"
+_RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{"service": _SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+_EVENT_TYPES = {
+    "view": pb.EVENT_TYPE_VIEW,
+    "add_to_cart": pb.EVENT_TYPE_ADD_TO_CART,
+    "purchase": pb.EVENT_TYPE_PURCHASE,
+    "impression": pb.EVENT_TYPE_IMPRESSION,
+    "click": pb.EVENT_TYPE_CLICK,
+}
+
+
+class RecommenderClient:
+    """Blocking client; one channel, safe to share between threads."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 0.2,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        options = [("grpc.service_config", json.dumps(_RETRY_POLICY)), ("grpc.enable_retries", 1)]
+        self.channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
+        self.stub = pb_grpc.RecommenderServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+
+    def recommend(
+        self,
+        user_id: str = "",
+        *,
+        k: int = 0,
+        session_id: str = "",
+        session_items: Sequence[str] = (),
+        session_event_type: str = "view",
+        exclude_item_ids: Sequence[str] = (),
+        include_categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        in_stock_only: bool = False,
+        repeat_policy: pb.RepeatPolicy = pb.REPEAT_POLICY_UNSPECIFIED,
+        non_personalized: bool = False,
+        placement: str = "",
+        timeout: float | None = None,
+    ) -> pb.RecommendResponse:
+        """Recommendations; ``session_items`` become inline session events, oldest first."""
+        request = pb.RecommendRequest(
+            user_id=user_id,
+            session_id=session_id,
+            session_events=[
+                pb.SessionEvent(item_id=i, event_type=_EVENT_TYPES[session_event_type])
+                for i in session_items
+            ],
+            k=k,
+            filters=pb.Filters(
+                exclude_item_ids=exclude_item_ids,
+                include_categories=include_categories,
+                exclude_categories=exclude_categories,
+                in_stock_only=in_stock_only,
+            ),
+            repeat_policy=repeat_policy,
+            non_personalized=non_personalized,
+            placement=placement,
+        )
+        return self._call(self.stub.Recommend, request, timeout)  # type: ignore[no-any-return]
+
+    def similar(
+        self,
+        item_ids: Sequence[str],
+        *,
+        k: int = 0,
+        in_stock_only: bool = False,
+        placement: str = "",
+        timeout: float | None = None,
+    ) -> pb.SimilarItemsResponse:
+        request = pb.SimilarItemsRequest(
+            item_ids=item_ids,
+            k=k,
+            filters=pb.Filters(in_stock_only=in_stock_only),
+            placement=placement,
+        )
+        return self._call(self.stub.SimilarItems, request, timeout)  # type: ignore[no-any-return]
+
+    def record_events(
+        self, events: Iterable[pb.Event], *, timeout: float | None = None
+    ) -> pb.RecordEventsResponse:
+        request = pb.RecordEventsRequest(events=list(events))
+        return self._call(self.stub.RecordEvents, request, timeout)  # type: ignore[no-any-return]
+
+    def event(
+        self,
+        item_id: str,
+        event_type: str = "view",
+        *,
+        user_id: str = "",
+        session_id: str = "",
+        quantity: float = 0.0,
+        recommendation_id: str = "",
+        placement: str = "",
+    ) -> pb.Event:
+        """Build one event for :meth:`record_events`."""
+        return pb.Event(
+            user_id=user_id,
+            session_id=session_id,
+            item_id=item_id,
+            event_type=_EVENT_TYPES[event_type],
+            quantity=quantity,
+            recommendation_id=recommendation_id,
+            placement=placement,
+        )
+
+    def forget_user(self, user_id: str, *, timeout: float | None = None) -> pb.ForgetUserResponse:
+        request = pb.ForgetUserRequest(user_id=user_id)
+        return self._call(self.stub.ForgetUser, request, timeout)  # type: ignore[no-any-return]
+
+    def model_info(self, *, timeout: float | None = None) -> pb.GetModelInfoResponse:
+        return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)  # type: ignore[no-any-return]
+
+
+_ENUM_FIELDS = {
+    "reason": "REASON_",
+    "strategy": "STRATEGY_",
+    "default_repeat_policy": "REPEAT_POLICY_",
+    "event_type": "EVENT_TYPE_",
+}
+
+
+def to_json(message: Any) -> dict[str, Any]:
+    """A response as plain JSON: snake_case fields, defaults included, enums as short
+    lower-case names (``"reason": "cf"``, ``"strategy": "personalized"``)."""
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _short_enums(data)  # type: ignore[no-any-return]
+
+
+def _short_enums(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _short_enums(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short_enums(v, key) for v in value]
+    prefix = _ENUM_FIELDS.get(key)
+    if prefix and isinstance(value, str):
+        return value.removeprefix(prefix).lower()
+    return value

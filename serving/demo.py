@@ -1,0 +1,116 @@
+"""``make demo``: the service end to end on a synthetic shop, as a storefront sees it.
+
+Starts ``recsvc serve`` on the published model (a private Redis, embedded
+defaults), then, over gRPC: a known customer's recommendations next to what they
+bought; an anonymous visitor who views a few items of one category and sees the
+recommendations follow; the model info; then SIGTERM and a clean exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from recsvc import artifact as art
+from recsvc.client import RecommenderClient, to_json
+
+_READY = re.compile(r"recsvc serving on (\S+):(\d+)")
+
+
+def _start(artifacts: Path) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "recsvc.cli", "-q", "serve", "--artifacts", str(artifacts),
+           "--port", "0", "--metrics-port", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if m := _READY.search(line):
+            return proc, f"127.0.0.1:{m.group(2)}"
+    proc.kill()
+    raise SystemExit("the server did not start; run `recsvc serve` to see why")
+
+
+def _category_of(catalog: Path) -> dict[str, str]:
+    with catalog.open(newline="") as fh:
+        return {row["item_id"]: row["category"] for row in csv.DictReader(fh)}
+
+
+def _show(title: str, items: list[dict[str, object]], category: dict[str, str]) -> None:
+    print(f"\n{title}")
+    for rank, item in enumerate(items, 1):
+        iid = str(item["item_id"])
+        score = float(str(item["score"]))
+        print(f"  {rank:2d}. {iid:<10} {category.get(iid, '?'):>5}  {score:.3f}  {item['reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.csv"))
+    args = parser.parse_args(argv)
+
+    path = art.resolve(args.artifacts)
+    model = art.read_artifact(path)
+    category = _category_of(args.catalog)
+    # a customer with a real history: the one with the most interactions
+    counts = model.user_items.getnnz(axis=1)
+    u = int(counts.argmax())
+    user = str(model.user_ids[u])
+    history = model.user_items[u]
+    top_bought = [str(model.item_ids[i]) for i in history.indices[history.data.argsort()[::-1][:5]]]
+
+    proc, target = _start(args.artifacts)
+    try:
+        with RecommenderClient(target, timeout=5.0) as client:
+            info = to_json(client.model_info())
+            print(f"server {target}: model {info['model_version']}, {info['item_count']} items, "
+                  f"{info['user_count']} users, index {info['index_type']}")  # fmt: skip
+
+            print(f"\nKnown customer {user}: heaviest in their history: "
+                  + ", ".join(f"{i} ({category.get(i, '?')})" for i in top_bought))  # fmt: skip
+            rec = to_json(client.recommend(user, k=8, placement="home"))
+            _show(f"Recommended for {user} (strategy {rec['strategy']}):", rec["items"], category)
+
+            # an anonymous visitor views three items of one category, one at a time
+            cat = Counter(category.values()).most_common(3)[-1][0]
+            pool = [str(i) for i in model.item_ids[model.popularity.argsort()[::-1]]]
+            viewed = [i for i in pool if category.get(i) == cat][5:8]
+            session = "demo-visitor-session"
+            before = to_json(client.recommend(session_id=session, k=8))
+            _show("Anonymous visitor, nothing viewed yet (strategy "
+                  f"{before['strategy']}):", before["items"], category)  # fmt: skip
+            for item in viewed:
+                client.record_events([client.event(item, "view", session_id=session)])
+                print(f"\n... visitor views {item} ({cat})")
+            after = to_json(client.recommend(session_id=session, k=8))
+            _show(f"Anonymous visitor after the views (strategy {after['strategy']}):",
+                  after["items"], category)  # fmt: skip
+            share = sum(category.get(str(i["item_id"])) == cat for i in after["items"])
+            print(f"\n{share} of {len(after['items'])} recommendations are now from {cat}, "
+                  f"the category the visitor browsed.")  # fmt: skip
+    except grpc.RpcError as exc:
+        print(f"demo failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        proc.kill()
+        return 1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    print(f"\nserver stopped cleanly (exit {code})" if code == 0 else f"server exit {code}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

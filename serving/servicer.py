@@ -1,0 +1,193 @@
+"""The gRPC servicer: protobuf ↔ domain, nothing else.
+
+Every RPC validates its request into a domain input (:mod:`serving.validation`),
+calls the :class:`~serving.engine.Engine`, and converts the result. Errors are
+translated here, in one place: a :class:`~recsvc.errors.RecsvcError` becomes its
+own status (INVALID_ARGUMENT carries a google.rpc.BadRequest detail), a passed
+deadline ends the call with DEADLINE_EXCEEDED, and anything else — a bug, never
+something a client caused — is logged once with its traceback and reported as
+INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from recsvc.config import RepeatPolicy, ServerSettings
+from recsvc.errors import InvalidRequestError, RecsvcError
+from recsvc.ranking import Strategy
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+from serving import validation
+from serving.engine import Engine, RecommendOutput
+
+__all__ = ["RecommenderServicer"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STRATEGY = {
+    Strategy.PERSONALIZED: pb.STRATEGY_PERSONALIZED,
+    Strategy.SESSION: pb.STRATEGY_SESSION,
+    Strategy.POPULAR: pb.STRATEGY_POPULAR,
+}
+_IGNORE = {
+    "unknown_item": pb.IGNORE_REASON_UNKNOWN_ITEM,
+    "erased_user": pb.IGNORE_REASON_ERASED_USER,
+}
+_REPEAT = {
+    RepeatPolicy.ALLOW: pb.REPEAT_POLICY_ALLOW_REPEATS,
+    RepeatPolicy.EXCLUDE: pb.REPEAT_POLICY_EXCLUDE_PURCHASED,
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: RecsvcError) -> None:
+    if isinstance(exc, InvalidRequestError):
+        detail = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in exc.violations
+            ]
+        )
+        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc)[:1000])
+        status.details.add().Pack(detail)
+        await context.abort_with_status(rpc_status.to_status(status))
+    await context.abort(exc.grpc_code, str(exc))
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began")
+    try:
+        return await call()
+    except RecsvcError as exc:
+        await _abort(context, exc)
+        raise  # unreachable: abort raises
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("bug while serving %s", type(call).__name__)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise
+
+
+def _items(out: RecommendOutput) -> list[pb.RecommendedItem]:
+    return [
+        pb.RecommendedItem(item_id=i.item_id, score=i.score, reason=pb.Reason.Name(int(i.reason)))
+        for i in out.items
+    ]
+
+
+def _ts(value: datetime | float | int | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    if isinstance(value, datetime):
+        ts.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+    else:
+        ts.FromSeconds(int(value))
+    return ts
+
+
+class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
+    """recsvc.v1.RecommenderService over an :class:`Engine`."""
+
+    def __init__(self, engine: Engine, limits: ServerSettings) -> None:
+        self.engine = engine
+        self.limits = limits
+
+    async def Recommend(  # noqa: N802 (gRPC method names)
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        async def call() -> pb.RecommendResponse:
+            out = await self.engine.recommend(validation.recommend_input(request, self.limits))
+            return pb.RecommendResponse(
+                items=_items(out),
+                model_version=out.model_version,
+                recommendation_id=out.recommendation_id,
+                strategy=_STRATEGY[out.strategy],
+                fallback=out.fallback,
+                degraded=out.degraded,
+                ignored_item_ids=out.ignored_item_ids,
+            )
+
+        return await _guard(context, call)
+
+    async def SimilarItems(  # noqa: N802
+        self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SimilarItemsResponse:
+        async def call() -> pb.SimilarItemsResponse:
+            out = self.engine.similar(validation.similar_input(request, self.limits))
+            return pb.SimilarItemsResponse(
+                items=_items(out),
+                model_version=out.model_version,
+                ignored_item_ids=out.ignored_item_ids,
+                recommendation_id=out.recommendation_id,
+            )
+
+        return await _guard(context, call)
+
+    async def RecordEvents(  # noqa: N802
+        self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordEventsResponse:
+        async def call() -> pb.RecordEventsResponse:
+            out = await self.engine.record_events(validation.event_inputs(request, self.limits))
+            return pb.RecordEventsResponse(
+                accepted_count=out.accepted,
+                ignored_events=[
+                    pb.IgnoredEvent(index=i, reason=_IGNORE[reason]) for i, reason in out.ignored
+                ],
+            )
+
+        return await _guard(context, call)
+
+    async def ForgetUser(  # noqa: N802
+        self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ForgetUserResponse:
+        async def call() -> pb.ForgetUserResponse:
+            out = await self.engine.forget(validation.forget_user_id(request, self.limits))
+            return pb.ForgetUserResponse(
+                deleted_vector_count=out.deleted_vectors,
+                deleted_history_event_count=out.deleted_history_events,
+                deleted_session_count=out.deleted_sessions,
+                added_to_erasure_list=out.added_to_erasure_list,
+            )
+
+        return await _guard(context, call)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        async def call() -> pb.GetModelInfoResponse:
+            loaded = self.engine.models.require()
+            m: dict[str, Any] = loaded.model.artifact.manifest
+            metrics = {k: float(v) for k, v in m.get("metrics", {}).items()}
+            return pb.GetModelInfoResponse(
+                model_version=loaded.version,
+                trained_at=_ts(datetime.fromisoformat(m["created_at"])),
+                data_cutoff=_ts(int(m["data"]["cutoff_unix"])),
+                loaded_at=_ts(loaded.loaded_at),
+                metrics=metrics,
+                item_count=loaded.model.n_items,
+                user_count=len(loaded.model.user_position),
+                factors=loaded.model.artifact.factors,
+                index_type=m["index"]["kind"],
+                index_recall_at_k=float(m["index"]["recall"]),
+                index_recall_k=int(m["index"]["recall_k"]),
+                format_version=int(m["format_version"]),
+                default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
+            )
+
+        return await _guard(context, call)

@@ -1,0 +1,204 @@
+"""Requests in, domain inputs out — or InvalidRequestError naming every bad field.
+
+Field paths follow the request (``session_events[2].event_time``), as
+google.rpc.BadRequest expects. Limits come from :class:`recsvc.config.ServerSettings`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recsvc.config import RepeatPolicy, ServerSettings
+from recsvc.errors import FieldViolation, InvalidRequestError
+from recsvc.events import EventType
+from recsvc.v1 import recommender_pb2 as pb
+from serving.engine import EventInput, FilterSpec, RecommendInput, SimilarInput
+from serving.state import StoredEvent
+
+__all__ = [
+    "event_inputs",
+    "forget_user_id",
+    "recommend_input",
+    "similar_input",
+]
+
+_PLACEMENT = re.compile(r"^[a-z0-9_]{0,32}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_FILTER_ITEMS = 1000
+_MAX_FILTER_CATEGORIES = 100
+_MAX_SIMILAR_ITEMS = 100
+
+EVENT_TYPE_FROM_PB: dict[int, EventType] = {
+    pb.EVENT_TYPE_VIEW: EventType.VIEW,
+    pb.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
+    pb.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
+    pb.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
+    pb.EVENT_TYPE_CLICK: EventType.CLICK,
+}
+REPEAT_POLICY_FROM_PB: dict[int, RepeatPolicy | None] = {
+    pb.REPEAT_POLICY_UNSPECIFIED: None,
+    pb.REPEAT_POLICY_EXCLUDE_PURCHASED: RepeatPolicy.EXCLUDE,
+    pb.REPEAT_POLICY_ALLOW_REPEATS: RepeatPolicy.ALLOW,
+}
+
+
+class _Checker:
+    """Collects violations so one response names every bad field."""
+
+    def __init__(self, limits: ServerSettings) -> None:
+        self.limits = limits
+        self.violations: list[FieldViolation] = []
+
+    def bad(self, path: str, description: str) -> None:
+        self.violations.append(FieldViolation(path, description))
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise InvalidRequestError(self.violations)
+
+    def id(self, path: str, value: str, *, required: bool) -> str:
+        if required and not value:
+            self.bad(path, "is required")
+        elif len(value.encode("utf-8")) > self.limits.max_id_bytes:
+            self.bad(path, f"is longer than {self.limits.max_id_bytes} bytes")
+        elif _CONTROL.search(value):
+            # line breaks would split event-log rows; no id needs control characters
+            self.bad(path, "must not contain control characters")
+        return value
+
+    def ids(self, path: str, values: Sequence[str], limit: int) -> tuple[str, ...]:
+        if len(values) > limit:
+            self.bad(path, f"has {len(values)} entries; at most {limit}")
+        for i, v in enumerate(values[:limit]):
+            self.id(f"{path}[{i}]", v, required=True)
+        return tuple(values)
+
+    def k(self, path: str, value: int) -> int:
+        if value < 0 or value > self.limits.max_k:
+            self.bad(
+                path, f"must be between 0 and {self.limits.max_k} (0 = {self.limits.default_k})"
+            )
+        return value or self.limits.default_k
+
+    def placement(self, path: str, value: str) -> str:
+        if not _PLACEMENT.match(value):
+            self.bad(path, "must be lower-case letters, digits and '_', at most 32 characters")
+        return value
+
+    def event_type(self, path: str, value: int) -> EventType:
+        kind = EVENT_TYPE_FROM_PB.get(value)
+        if kind is None:
+            what = "is required" if value == pb.EVENT_TYPE_UNSPECIFIED else f"unknown value {value}"
+            self.bad(path, what)
+            return EventType.VIEW
+        return kind
+
+    def time(self, path: str, message: object, value: Timestamp, now: float) -> int:
+        if not message.HasField("event_time"):  # type: ignore[attr-defined]
+            return int(now)
+        if not 0 <= value.nanos < 1_000_000_000 or not 0 <= value.seconds < 253_402_300_800:
+            self.bad(path, "is not a valid timestamp")
+            return int(now)
+        if value.seconds > now + self.limits.clock_skew_seconds:
+            self.bad(path, "lies in the future")
+        return int(value.seconds)
+
+    def filters(self, path: str, f: pb.Filters) -> FilterSpec:
+        return FilterSpec(
+            exclude_item_ids=self.ids(
+                f"{path}.exclude_item_ids", f.exclude_item_ids, _MAX_FILTER_ITEMS
+            ),
+            include_categories=self.ids(
+                f"{path}.include_categories", f.include_categories, _MAX_FILTER_CATEGORIES
+            ),
+            exclude_categories=self.ids(
+                f"{path}.exclude_categories", f.exclude_categories, _MAX_FILTER_CATEGORIES
+            ),
+            in_stock_only=f.in_stock_only,
+        )
+
+
+def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> RecommendInput:
+    c = _Checker(limits)
+    now = time.time()
+    n = len(req.session_events)
+    if n > limits.max_session_events:
+        c.bad("session_events", f"has {n} events; at most {limits.max_session_events}")
+    events = []
+    for i, e in enumerate(req.session_events[: limits.max_session_events]):
+        p = f"session_events[{i}]"
+        item = c.id(f"{p}.item_id", e.item_id, required=True)
+        kind = c.event_type(f"{p}.event_type", e.event_type)
+        ts = c.time(f"{p}.event_time", e, e.event_time, now)
+        events.append(StoredEvent(item, kind, ts, 1.0))
+    policy = REPEAT_POLICY_FROM_PB.get(req.repeat_policy)
+    if req.repeat_policy not in REPEAT_POLICY_FROM_PB:
+        c.bad("repeat_policy", f"unknown value {req.repeat_policy}")
+    result = RecommendInput(
+        user_id=c.id("user_id", req.user_id, required=False),
+        session_id=c.id("session_id", req.session_id, required=False),
+        session_events=tuple(events),
+        k=c.k("k", req.k),
+        filters=c.filters("filters", req.filters),
+        repeat_policy=policy,
+        non_personalized=req.non_personalized,
+        placement=c.placement("placement", req.placement),
+    )
+    c.raise_if_any()
+    return result
+
+
+def similar_input(req: pb.SimilarItemsRequest, limits: ServerSettings) -> SimilarInput:
+    c = _Checker(limits)
+    if not req.item_ids:
+        c.bad("item_ids", "is required: at least one item id")
+    result = SimilarInput(
+        item_ids=c.ids("item_ids", req.item_ids, _MAX_SIMILAR_ITEMS),
+        k=c.k("k", req.k),
+        filters=c.filters("filters", req.filters),
+        placement=c.placement("placement", req.placement),
+    )
+    c.raise_if_any()
+    return result
+
+
+def event_inputs(req: pb.RecordEventsRequest, limits: ServerSettings) -> list[EventInput]:
+    c = _Checker(limits)
+    now = time.time()
+    n = len(req.events)
+    if n > limits.max_batch_events:
+        c.bad("events", f"has {n} events; at most {limits.max_batch_events}")
+    out = []
+    for i, e in enumerate(req.events[: limits.max_batch_events]):
+        p = f"events[{i}]"
+        if not math.isfinite(e.quantity) or e.quantity < 0:
+            c.bad(f"{p}.quantity", "must be a finite number >= 0")
+        out.append(
+            EventInput(
+                user_id=c.id(f"{p}.user_id", e.user_id, required=False),
+                session_id=c.id(f"{p}.session_id", e.session_id, required=False),
+                item_id=c.id(f"{p}.item_id", e.item_id, required=True),
+                event_type=c.event_type(f"{p}.event_type", e.event_type),
+                timestamp=c.time(f"{p}.event_time", e, e.event_time, now),
+                quantity=float(e.quantity) or 1.0,
+                recommendation_id=c.id(
+                    f"{p}.recommendation_id", e.recommendation_id, required=False
+                ),
+                placement=c.placement(f"{p}.placement", e.placement),
+                non_personalized=e.non_personalized,
+            )
+        )
+    c.raise_if_any()
+    return out
+
+
+def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:
+    c = _Checker(limits)
+    user = c.id("user_id", req.user_id, required=True)
+    c.raise_if_any()
+    return user

@@ -1,0 +1,258 @@
+"""The server on loopback with a real Redis: every RPC, errors, health, metrics."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from factories import small_settings
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
+from server_harness import ServerThread, publish_block_model
+
+from recsvc.client import RecommenderClient
+from recsvc.v1 import recommender_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def shop_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    publish_block_model(root)
+    return root
+
+
+@pytest.fixture()
+def server(
+    shop_root: Path, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> Iterator[ServerThread]:
+    settings = small_settings(
+        None,
+        artifact_root=str(shop_root),
+        erasure_list=str(tmp_path / "erased.txt"),
+        redis={"url": redis_url, "prefix": redis_prefix},
+        server={
+            "port": 0,
+            "metrics_port": 0,
+            "auth_token": TOKEN,
+            "event_log_dir": str(tmp_path / "eventlog"),
+            "reload_poll_seconds": 0.2,
+        },
+    )
+    running = ServerThread(settings)
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def client(server: ServerThread) -> Iterator[RecommenderClient]:
+    with RecommenderClient(server.target, timeout=5.0, token=TOKEN) as c:
+        yield c
+
+
+def names(resp: pb.RecommendResponse) -> list[str]:
+    return [i.item_id for i in resp.items]
+
+
+def test_known_user_recommend(client: RecommenderClient) -> None:
+    resp = client.recommend("g0u01", k=5, repeat_policy=pb.REPEAT_POLICY_EXCLUDE_PURCHASED)
+    assert len(resp.items) == 5
+    assert all(n.startswith("g0") for n in names(resp))
+    assert resp.strategy == pb.STRATEGY_PERSONALIZED
+    assert resp.model_version and resp.recommendation_id.startswith(resp.model_version)
+    assert not resp.degraded and not resp.fallback
+
+
+def test_anonymous_without_signal_gets_popular(client: RecommenderClient) -> None:
+    resp = client.recommend(k=4)
+    assert resp.strategy == pb.STRATEGY_POPULAR and resp.fallback
+    assert {i.reason for i in resp.items} == {pb.REASON_POPULAR}
+
+
+def test_inline_session_shapes_answer_and_unknown_items_are_listed(
+    client: RecommenderClient,
+) -> None:
+    resp = client.recommend(session_items=["g1i03", "g1i04", "nope"], k=5)
+    assert resp.strategy == pb.STRATEGY_SESSION
+    assert all(n.startswith("g1") for n in names(resp))
+    assert list(resp.ignored_item_ids) == ["nope"]
+
+
+def test_recorded_event_changes_the_next_answer(client: RecommenderClient) -> None:
+    before = client.recommend(session_id="s-1", k=5)
+    assert before.strategy == pb.STRATEGY_POPULAR
+    out = client.record_events(
+        [client.event(i, "view", session_id="s-1") for i in ("g1i01", "g1i02", "g1i05")]
+    )
+    assert out.accepted_count == 3 and not out.ignored_events
+    after = client.recommend(session_id="s-1", k=5)
+    assert after.strategy == pb.STRATEGY_SESSION
+    assert all(n.startswith("g1") for n in names(after))
+
+
+def test_user_event_refreshes_their_vector(client: RecommenderClient) -> None:
+    user = "g0u05"
+    before = client.recommend(user, k=6, repeat_policy=pb.REPEAT_POLICY_EXCLUDE_PURCHASED)
+    assert all(n.startswith("g0") for n in names(before))
+    bought = {f"g1i{i:02d}" for i in range(6)}
+    events = [client.event(i, "purchase", user_id=user) for i in sorted(bought)] * 3
+    assert client.record_events(events).accepted_count == 18
+    after = client.recommend(user, k=6, repeat_policy=pb.REPEAT_POLICY_EXCLUDE_PURCHASED)
+    # the fresh purchases dominate (the training history is years old): the other
+    # group's unbought items come first now, and what was just bought is excluded
+    assert names(after)[0].startswith("g1")
+    assert not bought & set(names(after))
+
+
+def test_similar_items(client: RecommenderClient) -> None:
+    resp = client.similar(["g0i01", "unknown"], k=4)
+    assert len(resp.items) == 4
+    assert all(n.startswith("g0") and n != "g0i01" for n in names(resp))
+    assert list(resp.ignored_item_ids) == ["unknown"]
+    assert {i.reason for i in resp.items} == {pb.REASON_SIMILAR}
+    with pytest.raises(grpc.RpcError) as err:
+        client.similar(["unknown"])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_model_info(client: RecommenderClient, shop_root: Path) -> None:
+    info = client.model_info()
+    assert info.model_version == (shop_root / "CURRENT").read_text().strip()
+    assert info.item_count == 24 and info.user_count == 60 and info.factors == 2
+    assert info.index_type == "exact" and info.index_recall_at_k == 1.0
+    assert info.trained_at.seconds > 0 and info.loaded_at.seconds >= info.trained_at.seconds
+
+
+def test_non_personalized_reads_and_writes_nothing(
+    client: RecommenderClient, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    events = [client.event("g1i01", "view", user_id="g0u02", session_id="np")]
+    events[0].non_personalized = True
+    assert client.record_events(events).accepted_count == 1
+    resp = client.recommend("g0u02", session_id="np", k=5, non_personalized=True)
+    assert resp.strategy == pb.STRATEGY_POPULAR
+    assert list(redis_client.scan_iter(match=f"{redis_prefix}:*")) == []
+
+
+def test_forget_user_leaves_no_key(
+    client: RecommenderClient, redis_client: redis.Redis, redis_prefix: str, tmp_path: Path
+) -> None:
+    user = "g1u07"
+    client.record_events([client.event("g1i02", "view", user_id=user, session_id="fs")])
+    client.recommend(user, session_id="fs", k=3)
+    assert list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:{user}}}*"))
+    out = client.forget_user(user)
+    assert out.added_to_erasure_list
+    assert out.deleted_vector_count >= 1 and out.deleted_history_event_count == 1
+    assert out.deleted_session_count == 1
+    assert list(redis_client.scan_iter(match=f"*{user}*")) == []
+    assert user in (tmp_path / "erased.txt").read_text().split()
+    # erased users' events are ignored from now on, and their profile is not used
+    again = client.record_events([client.event("g1i02", "view", user_id=user)])
+    assert [e.reason for e in again.ignored_events] == [pb.IGNORE_REASON_ERASED_USER]
+    assert not client.forget_user(user).added_to_erasure_list
+
+
+def bad_request(call: object) -> tuple[grpc.StatusCode, list[str]]:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as err:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        fields = []
+        if status is not None:
+            for detail in status.details:
+                br = error_details_pb2.BadRequest()
+                if detail.Unpack(br):
+                    fields += [v.field for v in br.field_violations]
+        return err.code(), fields
+    raise AssertionError("the call succeeded")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"k": -1}, "k"),
+        ({"k": 501}, "k"),
+        ({"user_id": "u" * 300}, "user_id"),
+        ({"session_items": ["a"] * 101}, "session_events"),
+        ({"session_items": [""]}, "session_events[0].item_id"),
+        ({"placement": "Home Page!"}, "placement"),
+    ],
+)
+def test_bad_recommend_is_invalid_argument_naming_the_field(
+    client: RecommenderClient, kwargs: dict[str, object], field: str
+) -> None:
+    code, fields = bad_request(lambda: client.recommend(**kwargs))  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in fields
+
+
+def test_bad_enum_timestamp_and_batch(client: RecommenderClient) -> None:
+    req = pb.RecommendRequest(repeat_policy=7)  # type: ignore[arg-type]
+    code, fields = bad_request(lambda: client.stub.Recommend(req, timeout=5))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["repeat_policy"])
+    ev = client.event("g0i01", "view", user_id="x")
+    ev.event_time.seconds = 4_102_444_800  # 2100: in the future
+    bad_type = pb.Event(item_id="g0i01", user_id="x")
+    code, fields = bad_request(lambda: client.record_events([ev, bad_type]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fields == ["events[0].event_time", "events[1].event_type"]
+    code, fields = bad_request(lambda: client.forget_user(""))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["user_id"])
+
+
+def test_auth_refusals(server: ServerThread) -> None:
+    with RecommenderClient(server.target, timeout=5.0) as anonymous:
+        with pytest.raises(grpc.RpcError) as err:
+            anonymous.forget_user("x")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert TOKEN not in (err.value.details() or "")
+        assert anonymous.recommend(k=1).items  # reads need no token by default
+    with RecommenderClient(server.target, timeout=5.0, token="wrong") as wrong:
+        with pytest.raises(grpc.RpcError) as err:
+            wrong.record_events([wrong.event("g0i01")])
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_health_and_reflection(server: ServerThread) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "recsvc.v1.RecommenderService"):
+            got = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert got.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        answer = next(iter(refl.ServerReflectionInfo(iter([req]), timeout=5)))
+        services = {s.name for s in answer.list_services_response.service}
+        assert {"recsvc.v1.RecommenderService", "grpc.health.v1.Health"} <= services
+
+
+def test_metrics_scrape(server: ServerThread, client: RecommenderClient) -> None:
+    client.recommend("g0u01", k=3, placement="home")
+    with pytest.raises(grpc.RpcError):
+        client.recommend(k=-1)
+    port = server.running.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    handled = {
+        (s.labels["grpc_method"], s.labels["grpc_code"]): s.value
+        for s in families["grpc_server_handled"].samples
+        if s.name == "grpc_server_handled_total"
+    }
+    assert handled[("Recommend", "OK")] >= 1
+    assert handled[("Recommend", "INVALID_ARGUMENT")] >= 1
+    assert "grpc_server_handling_seconds" in families
+    recs = [s for s in families["recsvc_recommendations"].samples if s.name.endswith("_total")]
+    assert any(s.labels["placement"] == "home" and s.value >= 1 for s in recs)
+    info = [s for s in families["recsvc_model_info"].samples]
+    assert len(info) == 1 and info[0].value == 1
