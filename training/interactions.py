@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +16,7 @@ from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.weighting import EVENT_TYPES, event_weights
 
-__all__ = ["Interactions", "build_interactions", "drop_erased_users", "read_erasure_list"]
+__all__ = ["Interactions", "build_interactions", "drop_erased_users"]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +54,6 @@ class Interactions:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
-
-
-def read_erasure_list(path: Path) -> frozenset[str]:
-    """User ids erased by ForgetUser; an absent file means nobody was erased."""
-    if not path.exists():
-        return frozenset()
-    with path.open(encoding="utf-8") as fh:
-        return frozenset(line.strip() for line in fh if line.strip())
 
 
 def drop_erased_users(table: pa.Table, erased: frozenset[str]) -> tuple[pa.Table, int]:

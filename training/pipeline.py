@@ -21,16 +21,12 @@ from numpy.typing import NDArray
 
 from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
 from recsvc.config import RepeatPolicy, Settings
+from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.index import ItemIndex, measure_recall
 from training.fit import fit_als
-from training.interactions import (
-    Interactions,
-    build_interactions,
-    drop_erased_users,
-    read_erasure_list,
-)
+from training.interactions import Interactions, build_interactions, drop_erased_users
 from training.loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
 
 __all__ = [

@@ -15,9 +15,9 @@ import numpy as np
 
 from recsvc import artifact as art
 from recsvc.config import Settings
+from recsvc.erasure import read_erasure_list
 from recsvc.errors import ArtifactError, QualityGateError
 from recsvc.store import UserVectorStore, client_from_url
-from training.interactions import read_erasure_list
 
 __all__ = ["PublishResult", "publish", "rollback"]
 
