@@ -32,7 +32,7 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from serving.engine import Engine
 from serving.eventlog import EventLog
-from serving.interceptors import AuthInterceptor, ConcurrencyLimitInterceptor, MetricsInterceptor
+from serving.interceptors import server_interceptors
 from serving.metrics import ServingMetrics, start_metrics_http_server
 from serving.models import LoadedModel, ModelHolder, ReloadOutcome
 from serving.servicer import RecommenderServicer
@@ -43,7 +43,6 @@ __all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
-WRITE_METHODS = frozenset({f"/{SERVICE_NAME}/RecordEvents", f"/{SERVICE_NAME}/ForgetUser"})
 
 
 @dataclass
@@ -149,11 +148,7 @@ async def create_server(settings: Settings) -> RunningServer:
     engine = Engine(settings, models, state, event_log, metrics)
 
     server = grpc.aio.server(
-        interceptors=[
-            MetricsInterceptor(metrics),
-            ConcurrencyLimitInterceptor(s.max_concurrency, metrics),
-            AuthInterceptor(s.auth_token, set(WRITE_METHODS), all_methods=s.auth_all_rpcs),
-        ],
+        interceptors=server_interceptors(s, metrics),
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
     pb_grpc.add_RecommenderServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -182,6 +177,9 @@ async def create_server(settings: Settings) -> RunningServer:
 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    metrics.initialize_grpc_methods(
+        SERVICE_NAME, [m.name for m in pb.DESCRIPTOR.services_by_name["RecommenderService"].methods]
+    )
     await server.start()
     running = RunningServer(
         server, port, metrics_port, engine, models, health_servicer, registry, redis_url, owned
