@@ -220,6 +220,9 @@ class Engine:
 
         session, ignored = _known_items(model.item_position, [*stored_session, *req.session_events])
         s_items, s_weights = self._session_weights(model, session, now)
+        # What the shopper just looked at is not news to them: leave it out unless the
+        # request asks for repeats explicitly.
+        seen = s_items if req.repeat_policy is not RepeatPolicy.ALLOW else None
         query = Query(
             k=req.k,
             user_vector=user_vector,
@@ -227,7 +230,7 @@ class Engine:
             history_weights=hist_weights,
             session_items=s_items,
             session_weights=s_weights,
-            filters=_filters(model.item_position, model.category_position, req.filters),
+            filters=_filters(model.item_position, model.category_position, req.filters, seen),
             repeat_policy=req.repeat_policy,
         )
         t = time.perf_counter()
@@ -486,8 +489,15 @@ def _weights(events: Sequence[StoredEvent], now: int, settings: Settings) -> NDA
     )
 
 
-def _filters(items: dict[str, int], categories: dict[str, int], spec: FilterSpec) -> Filters:
+def _filters(
+    items: dict[str, int],
+    categories: dict[str, int],
+    spec: FilterSpec,
+    also_exclude: NDArray[np.int32] | None = None,
+) -> Filters:
     exclude = np.array([items[i] for i in spec.exclude_item_ids if i in items], np.int32)
+    if also_exclude is not None and len(also_exclude):
+        exclude = np.concatenate([exclude, also_exclude])
     include = (
         np.array([categories[c] for c in spec.include_categories if c in categories], np.int32)
         if spec.include_categories

@@ -2,18 +2,20 @@ from pathlib import Path
 
 import pytest
 
-from recsvc.config import Settings, load_settings
+from recsvc.config import Settings, example_toml, load_settings
 from recsvc.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_example_config_documents_exactly_the_defaults() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    assert text == example_toml(), "regenerate: python -m recsvc.config > config.example.toml"
     example = load_settings(ROOT / "config.example.toml")
     assert example.model_dump() == Settings().model_dump()
-    text = (ROOT / "config.example.toml").read_text()
-    for section in ("[weighting]", "[als]", "[index]", "[ranking]", "[redis]", "[evaluation]"):
+    for section in ("[weighting]", "[als]", "[index]", "[ranking]", "[redis]", "[server]"):
         assert section in text
+    assert "# Confidence scale: C_ui = 1 + alpha * weight_ui" in text
 
 
 def test_flags_beat_environment_beat_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,8 @@ PUBLIC = {
     ],
     "recsvc.config": [
         "ALSSettings", "EvaluationSettings", "IndexSettings", "RankingSettings", "RedisSettings",
-        "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "load_settings",
+        "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",
+        "load_settings",
     ],
     "recsvc.ranking": ["Filters", "Query", "Ranker", "Ranking", "Reason", "Strategy"],
     "recsvc.artifact": [

@@ -98,6 +98,9 @@ def test_recorded_event_changes_the_next_answer(client: RecommenderClient) -> No
     after = client.recommend(session_id="s-1", k=5)
     assert after.strategy == pb.STRATEGY_SESSION
     assert all(n.startswith("g1") for n in names(after))
+    assert not {"g1i01", "g1i02", "g1i05"} & set(names(after))  # just seen: not news
+    again = client.recommend(session_id="s-1", k=12, repeat_policy=pb.REPEAT_POLICY_ALLOW_REPEATS)
+    assert {"g1i01", "g1i02", "g1i05"} <= set(names(again))
 
 
 def test_user_event_refreshes_their_vector(client: RecommenderClient) -> None:
