@@ -325,11 +325,9 @@ def bare_index(item_factors: NDArray[np.float32], settings: IndexSettings) -> st
         flat = faiss.IndexFlatIP(d)
         flat.add(y)
     elif kind == "hnsw":
-        norms_sq = np.einsum("ij,ij->i", y, y)
-        extra = np.sqrt(np.maximum(norms_sq.max() - norms_sq, 0.0)).astype(np.float32)
-        hnsw = faiss.IndexHNSWFlat(d + 1, settings.hnsw_m, faiss.METRIC_L2)
+        hnsw = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = settings.hnsw_ef_construction
-        hnsw.add(np.hstack([y, extra[:, None]]))
+        hnsw.add(y)
     else:
         raise ValueError(f"bare benchmark does not build {kind!r} indexes")
     return kind

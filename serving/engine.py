@@ -206,6 +206,8 @@ class Engine:
             except StoreError as exc:
                 degraded = True
                 self.metrics.degraded_responses.labels(rpc="Recommend").inc()
+                if personal:
+                    self.metrics.user_vector_lookups.labels(layer="redis", result="error").inc()
                 log.warning("Recommend degraded: %s", exc)
 
         hist_items, hist_weights = self._history(

@@ -159,6 +159,15 @@ def test_redis_down_mid_load_fails_no_recommend(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 client.record_events([client.event("g0i01", user_id="g0u03")])
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        registry = server.running.registry
+        errors = registry.get_sample_value(
+            "recsvc_user_vector_lookups_total", {"layer": "redis", "result": "error"}
+        )
+        degraded_total = registry.get_sample_value(
+            "recsvc_degraded_responses_total", {"rpc": "Recommend"}
+        )
+        assert errors is not None and errors >= 1
+        assert degraded_total is not None and degraded_total >= 1
     finally:
         server.stop()
         redis.stop()
