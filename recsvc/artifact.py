@@ -14,7 +14,8 @@ Layout under the artifact root::
         item_ids.npy           (n_items,) unicode
         user_ids.npy           (n_users,) unicode
         popularity.npy         (n_items,) float32, decayed
-        user_items.npz         CSR (n_users, n_items) float32 decayed weights
+        user_items.npz         CSR (n_users, n_items) float32 decayed weights, all events
+        user_purchases.npz     CSR (n_users, n_items) float32 decayed weights, purchases
         item_category.npy      (n_items,) int32, -1 = none
         categories.npy         (n_categories,) unicode
         item_available.npy     (n_items,) bool
@@ -88,6 +89,9 @@ class ModelArtifact:
     user_ids: NDArray[np.str_]
     popularity: NDArray[np.float32]
     user_items: sp.csr_matrix
+    """Decayed weights of every event type (what the fit saw; fold-in input)."""
+    user_purchases: sp.csr_matrix
+    """Decayed weights of purchases only ("bought before": buy-again, exclusion)."""
     item_category: NDArray[np.int32]
     categories: NDArray[np.str_]
     item_available: NDArray[np.bool_]
@@ -133,14 +137,8 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
     try:
         for name in _ARRAYS:
             np.save(tmp / f"{name}.npy", getattr(artifact, name), allow_pickle=False)
-        ui = artifact.user_items
-        np.savez(
-            tmp / "user_items.npz",
-            data=ui.data.astype(np.float32),
-            indices=ui.indices,
-            indptr=ui.indptr,
-            shape=np.array(ui.shape, dtype=np.int64),
-        )
+        _save_csr(tmp / "user_items.npz", artifact.user_items)
+        _save_csr(tmp / "user_purchases.npz", artifact.user_purchases)
         artifact.index.save(tmp / INDEX_FILE)
         files = {
             p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
@@ -156,6 +154,22 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
         raise
     artifact.manifest = manifest
     return final
+
+
+def _save_csr(path: Path, m: sp.csr_matrix) -> None:
+    np.savez(
+        path,
+        data=m.data.astype(np.float32),
+        indices=m.indices,
+        indptr=m.indptr,
+        shape=np.array(m.shape, dtype=np.int64),
+    )
+
+
+def _load_csr(path: Path) -> sp.csr_matrix:
+    with np.load(path, allow_pickle=False) as z:
+        shape = tuple(int(x) for x in z["shape"])
+        return sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -191,16 +205,21 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         verify(path, manifest)
     try:
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
-        with np.load(path / "user_items.npz", allow_pickle=False) as z:
-            shape = tuple(int(x) for x in z["shape"])
-            user_items = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
+        user_items = _load_csr(path / "user_items.npz")
+        user_purchases = _load_csr(path / "user_purchases.npz")
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"cannot read arrays of {path}: {exc}") from exc
     idx = manifest["index"]
     index = ItemIndex.load(
         path / INDEX_FILE, idx["kind"], float(idx["max_norm_sq"]), int(idx["ef_search"])
     )
-    artifact = ModelArtifact(manifest=manifest, user_items=user_items, index=index, **arrays)
+    artifact = ModelArtifact(
+        manifest=manifest,
+        user_items=user_items,
+        user_purchases=user_purchases,
+        index=index,
+        **arrays,
+    )
     _check_shapes(path, artifact)
     return artifact
 
@@ -214,6 +233,7 @@ def _check_shapes(path: Path, a: ModelArtifact) -> None:
         "item_category": (n_items,),
         "item_available": (n_items,),
         "user_items": (n_users, n_items),
+        "user_purchases": (n_users, n_items),
     }
     for name, shape in expected.items():
         if getattr(a, name).shape != shape:

@@ -247,7 +247,7 @@ def _print(response: Any, as_json: bool) -> None:
         return
     items = data.pop("items", None)
     for key, value in data.items():
-        if value not in ("", [], {}, None):
+        if value not in ("", [], {}, None, False):
             print(f"{key}: {value}")
     for rank, item in enumerate(items or [], 1):
         print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}")

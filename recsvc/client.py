@@ -163,6 +163,7 @@ class RecommenderClient:
         quantity: float = 0.0,
         recommendation_id: str = "",
         placement: str = "",
+        non_personalized: bool = False,
     ) -> pb.Event:
         """Build one event for :meth:`record_events`."""
         return pb.Event(
@@ -173,6 +174,7 @@ class RecommenderClient:
             quantity=quantity,
             recommendation_id=recommendation_id,
             placement=placement,
+            non_personalized=non_personalized,
         )
 
     def forget_user(self, user_id: str, *, timeout: float | None = None) -> pb.ForgetUserResponse:
@@ -184,7 +186,7 @@ class RecommenderClient:
 
 
 _ENUM_FIELDS = {
-    "reason": "REASON_",
+    "reason": "REASON_",  # also IgnoredEvent.reason: IGNORE_REASON_ is stripped first
     "strategy": "STRATEGY_",
     "default_repeat_policy": "REPEAT_POLICY_",
     "event_type": "EVENT_TYPE_",
@@ -207,5 +209,5 @@ def _short_enums(value: Any, key: str = "") -> Any:
         return [_short_enums(v, key) for v in value]
     prefix = _ENUM_FIELDS.get(key)
     if prefix and isinstance(value, str):
-        return value.removeprefix(prefix).lower()
+        return value.removeprefix("IGNORE_REASON_").removeprefix(prefix).lower()
     return value

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recsvc.artifact import ModelArtifact
@@ -73,7 +74,14 @@ class Model:
         return len(self.artifact.item_ids)
 
     def user_history(self, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
-        """Items and decayed weights of training-set user ``user`` (positions)."""
-        ui = self.artifact.user_items
-        start, end = ui.indptr[user], ui.indptr[user + 1]
-        return ui.indices[start:end].astype(np.int32), ui.data[start:end].astype(np.float32)
+        """Items and decayed weights of every event of training user ``user``."""
+        return _row(self.artifact.user_items, user)
+
+    def user_purchases(self, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """Items training user ``user`` bought, with decayed purchase weights."""
+        return _row(self.artifact.user_purchases, user)
+
+
+def _row(m: sp.csr_matrix, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    start, end = m.indptr[user], m.indptr[user + 1]
+    return m.indices[start:end].astype(np.int32), m.data[start:end].astype(np.float32)

@@ -9,9 +9,9 @@ How an answer is made:
    there are any (the session is what the shopper did seconds ago); for an
    anonymous visitor, the fold-in of the session alone.
 2. Candidates: the top ``k · overfetch`` items by inner product from the FAISS
-   index, plus (when repeats are allowed) the user's own past items.
+   index, plus (when repeats are allowed) the items the user bought before.
 3. Score: ``(1 − β)·cf + β·repeat`` with ``cf`` the inner product scaled by the best
-   candidate's and ``repeat`` the item's decayed weight in the user's history scaled
+   candidate's and ``repeat`` the item's decayed purchase weight for the user, scaled
    by the heaviest; β is the shop's repeat weight (or the request's).
 4. Filters (exclusions, categories, in-stock), then the best ``k``; if filters leave
    fewer than ``k``, the search widens (doubling) until ``k`` qualify or the whole
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +30,15 @@ from numpy.typing import NDArray
 from recsvc.config import RepeatPolicy
 from recsvc.model import Model
 
-__all__ = ["Filters", "Query", "Ranker", "Ranking", "Reason", "Strategy"]
+__all__ = [
+    "Filters",
+    "Query",
+    "Ranker",
+    "Ranking",
+    "Reason",
+    "Strategy",
+    "training_user_query",
+]
 
 IntArray = NDArray[np.int32]
 FloatArray = NDArray[np.float32]
@@ -84,9 +93,13 @@ class Query:
     user_vector: FloatArray | None = None
     """``(factors,)`` from the cache or the artifact; None when unknown."""
     history_items: IntArray = field(default_factory=lambda: _EMPTY_INT)
-    """``(n,)`` the user's past items (for buy-again and exclusion)."""
+    """``(n,)`` items of the user's past events of any type (for the fold-in)."""
     history_weights: FloatArray = field(default_factory=lambda: _EMPTY_FLOAT)
     """``(n,)`` their decayed weights."""
+    purchased_items: IntArray = field(default_factory=lambda: _EMPTY_INT)
+    """``(p,)`` items the user bought (for buy-again and EXCLUDE)."""
+    purchased_weights: FloatArray = field(default_factory=lambda: _EMPTY_FLOAT)
+    """``(p,)`` their decayed purchase weights."""
     session_items: IntArray = field(default_factory=lambda: _EMPTY_INT)
     """``(m,)`` items of the live session, oldest first."""
     session_weights: FloatArray = field(default_factory=lambda: _EMPTY_FLOAT)
@@ -107,6 +120,23 @@ class Ranking:
     reasons: NDArray[np.int8]
     strategy: Strategy
     fallback: bool
+
+
+def training_user_query(model: Model, user: int, k: int, **options: Any) -> Query:
+    """The query for training user ``user`` (a position) from the artifact alone: the
+    trained vector, the full history and the purchases. What the server builds for a
+    known customer with no live events, and what ``recsvc evaluate`` scores."""
+    items, weights = model.user_history(user)
+    bought, bought_weights = model.user_purchases(user)
+    return Query(
+        k=k,
+        user_vector=model.artifact.user_factors[user],
+        history_items=items,
+        history_weights=weights,
+        purchased_items=bought,
+        purchased_weights=bought_weights,
+        **options,
+    )
 
 
 class Ranker:
@@ -140,7 +170,7 @@ class Ranker:
 
         vector, strategy = self._query_vector(query)
         allowed = self._allowed_mask(query, policy)
-        if vector is None and (beta == 0.0 or len(query.history_items) == 0):
+        if vector is None and (beta == 0.0 or len(query.purchased_items) == 0):
             return self._popular(k, allowed, strategy=Strategy.POPULAR, fallback=True)
 
         repeat = self._repeat_scores(query) if beta > 0 else {}
@@ -230,15 +260,15 @@ class Ranker:
             allowed &= ~np.isin(self._category, f.exclude_categories)
         if len(f.exclude_items):
             allowed[f.exclude_items] = False
-        if policy is RepeatPolicy.EXCLUDE and len(query.history_items):
-            allowed[query.history_items] = False
+        if policy is RepeatPolicy.EXCLUDE and len(query.purchased_items):
+            allowed[query.purchased_items] = False
         return allowed
 
     def _repeat_scores(self, query: Query) -> dict[int, float]:
-        if len(query.history_items) == 0:
+        if len(query.purchased_items) == 0:
             return {}
-        items, inverse = np.unique(query.history_items, return_inverse=True)
-        w = np.bincount(inverse, weights=query.history_weights)
+        items, inverse = np.unique(query.purchased_items, return_inverse=True)
+        w = np.bincount(inverse, weights=query.purchased_weights)
         top = float(w.max())
         if top <= 0:
             return {}

@@ -25,6 +25,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -188,6 +189,17 @@ class Engine:
         self.cache = _VectorCache(self.server.lru_size, self.server.lru_ttl_seconds)
         self.erasure_path = settings.erasure_path
         self.erased: set[str] = set(read_erasure_list(self.erasure_path))
+        self._erasure_stamp = _stamp(self.erasure_path)
+
+    def refresh_erasures(self) -> None:
+        """Pick up erasures other replicas appended to the shared erasure list."""
+        stamp = _stamp(self.erasure_path)
+        if stamp != self._erasure_stamp:
+            self._erasure_stamp = stamp
+            fresh = read_erasure_list(self.erasure_path) - self.erased
+            for user in fresh:
+                self.cache.drop_user(user)
+            self.erased |= fresh
 
     # --- Recommend ------------------------------------------------------------------
 
@@ -210,9 +222,9 @@ class Engine:
                     self.metrics.user_vector_lookups.labels(layer="redis", result="error").inc()
                 log.warning("Recommend degraded: %s", exc)
 
-        hist_items, hist_weights = self._history(
-            loaded, req.user_id if personal else "", live_history, now
-        )
+        user = req.user_id if personal else ""
+        hist_items, hist_weights = self._history(loaded, user, live_history, now)
+        bought, bought_weights = self._history(loaded, user, live_history, now, purchases_only=True)
         if personal and user_vector is None:
             user_vector = self._vector_from_history(
                 loaded, req.user_id, live_history, hist_items, hist_weights
@@ -220,7 +232,10 @@ class Engine:
             if user_vector is not None and live_history and not degraded:
                 await self._write_back(loaded, req.user_id, user_vector)
 
-        session, ignored = _known_items(model.item_position, [*stored_session, *req.session_events])
+        # stored sessions come newest first; oldest first keeps ties in arrival order
+        session, ignored = _known_items(
+            model.item_position, [*reversed(stored_session), *req.session_events]
+        )
         s_items, s_weights = self._session_weights(model, session, now)
         # What the shopper just looked at is not news to them: leave it out unless the
         # request asks for repeats explicitly.
@@ -230,6 +245,8 @@ class Engine:
             user_vector=user_vector,
             history_items=hist_items,
             history_weights=hist_weights,
+            purchased_items=bought,
+            purchased_weights=bought_weights,
             session_items=s_items,
             session_weights=s_weights,
             filters=_filters(model.item_position, model.category_position, req.filters, seen),
@@ -277,15 +294,24 @@ class Engine:
         return vector, history, session
 
     def _history(
-        self, loaded: LoadedModel, user_id: str, live: Sequence[StoredEvent], now: int
+        self,
+        loaded: LoadedModel,
+        user_id: str,
+        live: Sequence[StoredEvent],
+        now: int,
+        *,
+        purchases_only: bool = False,
     ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
-        """Training history (artifact) plus live history, as positions and weights."""
+        """Training history (artifact) plus live history, as positions and weights:
+        every event type (the fold-in's input) or purchases only ("bought before")."""
         model = loaded.model
         items: list[NDArray[np.int32]] = []
         weights: list[NDArray[np.float32]] = []
         u = model.user_position.get(user_id) if user_id else None
+        if purchases_only:
+            live = [e for e in live if e.event_type is EventType.PURCHASE]
         if u is not None:
-            ti, tw = model.user_history(u)
+            ti, tw = model.user_purchases(u) if purchases_only else model.user_history(u)
             # training weights decay from the data cut-off; age them on to now
             age = max(0, now - int(model.artifact.manifest["data"]["cutoff_unix"]))
             half_life = self.settings.weighting.half_life_days * 86_400.0
@@ -395,9 +421,10 @@ class Engine:
                 ignored.append((index, "erased_user"))
                 self.metrics.events_ignored.labels(reason="erased_user").inc()
                 continue
-            self.metrics.events.labels(event_type=e.event_type.value).inc()
             if e.non_personalized:
-                continue  # aggregate counters only: nothing tied to the shopper is kept
+                # aggregate counters only: nothing tied to the shopper is kept
+                self.metrics.events.labels(event_type=e.event_type.value).inc()
+                continue
             log_rows.append(
                 EventRow(
                     user_id=e.user_id,
@@ -414,6 +441,7 @@ class Engine:
                 ignored.append((index, "unknown_item"))
                 self.metrics.events_ignored.labels(reason="unknown_item").inc()
                 continue
+            self.metrics.events.labels(event_type=e.event_type.value).inc()
             if e.event_type in _STORED_TYPES and (e.user_id or e.session_id):
                 stored = StoredEvent(e.item_id, e.event_type, e.timestamp, e.quantity)
                 live.setdefault((e.user_id, e.session_id), []).append(stored)
@@ -464,6 +492,14 @@ class Engine:
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _recommendation_id(model_version: str) -> str:

@@ -189,6 +189,9 @@ async def create_server(settings: Settings) -> RunningServer:
         asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
     )
     running._tasks.append(asyncio.create_task(_sync_periodically(event_log, running._stop_watch)))
+    running._tasks.append(
+        asyncio.create_task(_follow_erasures(engine, s.reload_poll_seconds, running._stop_watch))
+    )
     log.info(
         "serving %s on %s:%d (metrics :%s), model %s",
         SERVICE_NAME, s.host, port, metrics_port,
@@ -203,6 +206,14 @@ async def _sync_periodically(event_log: EventLog, stop: asyncio.Event, every: fl
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
         await asyncio.to_thread(event_log.sync)
+
+
+async def _follow_erasures(engine: Engine, every: float, stop: asyncio.Event) -> None:
+    """Erasures made through another replica take effect here within ``every`` s."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        await asyncio.to_thread(engine.refresh_erasures)
 
 
 async def _serving(health_servicer: health.aio.HealthServicer) -> None:

@@ -18,7 +18,9 @@ PUBLIC = {
         "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",
         "load_settings",
     ],
-    "recsvc.ranking": ["Filters", "Query", "Ranker", "Ranking", "Reason", "Strategy"],
+    "recsvc.ranking": [
+        "Filters", "Query", "Ranker", "Ranking", "Reason", "Strategy", "training_user_query",
+    ],
     "recsvc.artifact": [
         "FORMAT_VERSION", "ModelArtifact", "current_version", "list_versions", "publish_version",
         "read_artifact", "resolve", "rollback", "rollback_target", "write_artifact",

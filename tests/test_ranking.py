@@ -6,7 +6,7 @@ from factories import block_shop, small_settings
 
 from recsvc.config import RepeatPolicy
 from recsvc.model import Model
-from recsvc.ranking import Filters, Query, Ranker, Reason, Strategy
+from recsvc.ranking import Filters, Query, Ranker, Reason, Strategy, training_user_query
 from training.pipeline import LoadedData, build_model
 
 
@@ -28,11 +28,7 @@ def items_of(model: Model, ranked: np.ndarray) -> list[str]:
 
 
 def user_query(model: Model, user: str, k: int, **kw: object) -> Query:
-    u = model.user_position[user]
-    hist, w = model.user_history(u)
-    return Query(
-        k=k, user_vector=model.artifact.user_factors[u], history_items=hist, history_weights=w, **kw
-    )  # type: ignore[arg-type]
+    return training_user_query(model, model.user_position[user], k, **kw)
 
 
 def test_known_user_gets_own_group_unbought_items_first(model: Model) -> None:
@@ -138,3 +134,26 @@ def test_similar_items_are_the_same_group_and_never_the_query(model: Model) -> N
     assert (np.diff(got.scores) <= 1e-6).all()
     instock = ranker.similar(query, 50, Filters(in_stock_only=True))
     assert all(model.artifact.item_available[instock.items])
+
+
+def test_buy_again_and_exclusion_use_purchases_not_views(model: Model) -> None:
+    viewed = np.array([model.item_position["g0i00"], model.item_position["g0i01"]], np.int32)
+    bought = np.array([model.item_position["g0i02"]], np.int32)
+    q = Query(
+        k=24,
+        history_items=np.concatenate([viewed, bought]),
+        history_weights=np.array([0.1, 0.1, 1.0], np.float32),
+        purchased_items=bought,
+        purchased_weights=np.array([1.0], np.float32),
+        repeat_weight=0.9,
+        repeat_policy=RepeatPolicy.ALLOW,
+    )
+    got = Ranker(model).recommend(q)
+    reasons = dict(zip(items_of(model, got.items), got.reasons.tolist(), strict=True))
+    assert reasons["g0i02"] == Reason.BUY_AGAIN
+    assert reasons["g0i00"] != Reason.BUY_AGAIN and reasons["g0i01"] != Reason.BUY_AGAIN
+    excluded = Ranker(model).recommend(
+        Query(**{**q.__dict__, "repeat_policy": RepeatPolicy.EXCLUDE})
+    )
+    names = set(items_of(model, excluded.items))
+    assert "g0i02" not in names and {"g0i00", "g0i01"} <= names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,18 @@ def test_metrics_scrape(server: ServerThread, client: RecommenderClient) -> None
     assert any(s.labels["placement"] == "home" and s.value >= 1 for s in recs)
     info = [s for s in families["recsvc_model_info"].samples]
     assert len(info) == 1 and info[0].value == 1
+
+
+def test_erasure_by_another_replica_takes_effect_here(
+    client: RecommenderClient, server: ServerThread, tmp_path: Path
+) -> None:
+    user = "g0u09"
+    assert client.recommend(user, k=3).strategy == pb.STRATEGY_PERSONALIZED
+    with (tmp_path / "erased.txt").open("a") as fh:  # what ForgetUser on a replica writes
+        fh.write(user + "\n")
+    deadline = time.monotonic() + 5
+    while client.recommend(user, k=3).strategy == pb.STRATEGY_PERSONALIZED:
+        assert time.monotonic() < deadline, "erasure not picked up"
+        time.sleep(0.1)
+    ignored = client.record_events([client.event("g0i01", user_id=user)]).ignored_events
+    assert [e.reason for e in ignored] == [pb.IGNORE_REASON_ERASED_USER]

@@ -34,7 +34,7 @@ from recsvc.config import Settings
 from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.model import Model
-from recsvc.ranking import Query, Ranker
+from recsvc.ranking import Query, Ranker, training_user_query
 from training import baselines
 from training.pipeline import LoadedData, build_model
 
@@ -191,14 +191,7 @@ def evaluate(
         raise DataError("no held-out user has training history; nothing to evaluate")
 
     def served(u: int) -> NDArray[np.int64]:
-        items, weights = model.user_history(u)
-        query = Query(
-            k=top,
-            user_vector=model.artifact.user_factors[u],
-            history_items=items,
-            history_weights=weights,
-        )
-        return ranker.recommend(query).items.astype(np.int64)
+        return ranker.recommend(training_user_query(model, u, top)).items.astype(np.int64)
 
     def als_alone(u: int) -> NDArray[np.int64]:
         query = Query(k=top, user_vector=model.artifact.user_factors[u], repeat_weight=0.0)

@@ -40,6 +40,8 @@ class Interactions:
     """``(n_users, n_items)`` float32."""
     counts: sp.csr_matrix
     """``(n_users, n_items)`` float32 purchase-basket counts."""
+    purchases: sp.csr_matrix
+    """``(n_users, n_items)`` float32 decayed weights of purchase events only."""
     popularity: NDArray[np.float32]
     """``(n_items,)`` decayed weight summed over everyone, guests included."""
     reference_time: int
@@ -105,6 +107,12 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
     weights.eliminate_zeros()
 
     counts = _purchase_basket_counts(table, known, rows, cols, type_codes, n_users, n_items)
+    bought = type_codes[known] == EVENT_TYPES.index(EventType.PURCHASE)
+    purchases = sp.csr_matrix(
+        (wk[bought], (rows[bought], cols[bought])), shape=(n_users, n_items), dtype=np.float32
+    )
+    purchases.sum_duplicates()
+    purchases.eliminate_zeros()
     if weights.nnz == 0:
         raise DataError("every event weighs 0 under the configured event weights")
     return Interactions(
@@ -112,6 +120,7 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
         item_ids=item_ids,
         weights=weights,
         counts=counts,
+        purchases=purchases,
         popularity=popularity,
         reference_time=reference_time,
         stats={

@@ -173,7 +173,7 @@ def build_model(
             "recall": recall,
         },
         "ranking": ranking,
-        "metrics": {f"index_recall@{settings.index.recall_k}": recall},
+        "metrics": {f"index_recall_at_{settings.index.recall_k}": recall},
         "timings": timings,
     }
     artifact = ModelArtifact(
@@ -184,6 +184,7 @@ def build_model(
         user_ids=inter.user_ids,
         popularity=inter.popularity,
         user_items=inter.weights,
+        user_purchases=inter.purchases,
         item_category=category,
         categories=categories,
         item_available=available,
