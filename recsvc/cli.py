@@ -233,9 +233,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
+    import grpc
+
     from recsvc.client import RecommenderClient
 
-    return RecommenderClient(args.target, timeout=args.timeout, token=args.token)
+    credentials = None
+    if args.ca or args.cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.ca.read_bytes() if args.ca else None,
+            private_key=args.key.read_bytes() if args.key else None,
+            certificate_chain=args.cert.read_bytes() if args.cert else None,
+        )
+    return RecommenderClient(
+        args.target, timeout=args.timeout, token=args.token, credentials=credentials
+    )
 
 
 def _print(response: Any, as_json: bool) -> None:
@@ -318,6 +329,9 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=2.0, help="deadline per call, seconds")
     g.add_argument("--token", help="bearer token (for RecordEvents/ForgetUser when required)")
     g.add_argument("--json", action="store_true", help="print the response as JSON")
+    g.add_argument("--ca", type=Path, help="PEM CA bundle: connect with TLS, trusting it")
+    g.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS)")
+    g.add_argument("--key", type=Path, help="PEM private key of --cert")
 
 
 # --- parser -------------------------------------------------------------------------

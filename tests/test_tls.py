@@ -6,6 +6,9 @@ is read from or written to the system trust store.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +174,17 @@ def test_mtls_requires_a_client_certificate_from_the_client_ca(
 
 def test_mtls_without_tls_is_refused(mtls_server: ServerThread) -> None:
     assert refused(mtls_server.target, None) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_cli_client_speaks_tls_with_ca(
+    tls_server: ServerThread, ca: trustme.CA, tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    target = f"localhost:{tls_server.running.port}"
+    cmd = [sys.executable, "-m", "recsvc.cli", "info", "--target", target, "--json"]
+    ok = subprocess.run([*cmd, "--ca", str(ca_file)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["item_count"] == "24"  # int64 is a string in proto3 JSON
+    plain = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
