@@ -5,10 +5,13 @@ where a user's vector comes from, how the live session shapes the answer, what a
 event changes, what erasure deletes — is here, on top of the ranking core
 (:mod:`recsvc.ranking`) and the live state (:mod:`serving.state`).
 
-User vector layers, first hit wins: in-process LRU (short TTL) → Redis (key
-carries the model version) → fold-in of the user's history (training history from
-the artifact plus live history from Redis; written back to Redis and the LRU) →
-the artifact's trained vector → none.
+User vector layers, first hit wins: Redis (key carries the model version; the
+source of truth all replicas share, read in the same round trip as the live history
+and session) → in-process LRU (short TTL; vectors this process folded in) → fold-in
+of the user's history (training history from the artifact plus live history from
+Redis; written back to Redis and the LRU) → the artifact's trained vector → none.
+When Redis is down the LRU stands in, so a shopper seen a moment ago keeps a fresh
+profile.
 
 When Redis fails or is slow, Recommend still answers from what the request and the
 artifact hold (inline session, trained vector and history, popularity), marks the
@@ -214,12 +217,20 @@ class Engine:
         personal = not req.non_personalized and bool(req.user_id) and req.user_id not in self.erased
         if not req.non_personalized and (personal or req.session_id):
             try:
-                user_vector, live_history, stored_session = await self._read_state(loaded, req)
+                user_vector, live_history, stored_session = await self._read_state(
+                    loaded, req.user_id if personal else "", req.session_id
+                )
             except StoreError as exc:
                 degraded = True
                 self.metrics.degraded_responses.labels(rpc="Recommend").inc()
                 if personal:
-                    self.metrics.user_vector_lookups.labels(layer="redis", result="error").inc()
+                    lookups = self.metrics.user_vector_lookups
+                    lookups.labels(layer="redis", result="error").inc()
+                    # the last vector this process saw beats the stale trained one
+                    user_vector = self.cache.get((loaded.version, req.user_id))
+                    lookups.labels(
+                        layer="lru", result="hit" if user_vector is not None else "miss"
+                    ).inc()
                 log.warning("Recommend degraded: %s", exc)
 
         user = req.user_id if personal else ""
@@ -275,23 +286,29 @@ class Engine:
         )
 
     async def _read_state(
-        self, loaded: LoadedModel, req: RecommendInput
+        self, loaded: LoadedModel, user_id: str, session_id: str
     ) -> tuple[NDArray[np.float32] | None, list[StoredEvent], list[StoredEvent]]:
+        """Vector, live history and stored session in one Redis round trip.
+
+        Redis is the source of truth, shared by every replica: its vector wins, so an
+        event recorded through another replica a moment ago shows here at once. The
+        in-process LRU only stands in when Redis has no vector (one this process
+        folded in) — and when Redis is down (see :meth:`recommend`).
+        """
         version, factors = loaded.version, loaded.model.artifact.factors
-        cached = self.cache.get((version, req.user_id)) if req.user_id else None
         vector, history, session = await self.state.get_user_state(
-            version, req.user_id, req.session_id, factors
+            version, user_id, session_id, factors
         )
+        if not user_id:
+            return None, history, session
         lookups = self.metrics.user_vector_lookups
-        if cached is not None:
-            lookups.labels(layer="lru", result="hit").inc()
-            return cached, history, session
-        if req.user_id:
-            lookups.labels(layer="lru", result="miss").inc()
-            lookups.labels(layer="redis", result="hit" if vector is not None else "miss").inc()
-            if vector is not None:
-                self.cache.put((version, req.user_id), vector)
-        return vector, history, session
+        lookups.labels(layer="redis", result="hit" if vector is not None else "miss").inc()
+        if vector is not None:
+            self.cache.put((version, user_id), vector)
+            return vector, history, session
+        cached = self.cache.get((version, user_id))
+        lookups.labels(layer="lru", result="hit" if cached is not None else "miss").inc()
+        return cached, history, session
 
     def _history(
         self,

@@ -23,8 +23,11 @@ from training.pipeline import LoadedData, build_model
 T = TypeVar("T")
 
 
-def publish_block_model(root: Path, *, seed: int = 0, categories: bool = True) -> str:
-    """Train the block shop (two groups), write and publish it; returns the version."""
+def publish_block_model(
+    root: Path, *, seed: int = 0, categories: bool = True, publish: bool = True
+) -> str:
+    """Train the block shop (two groups), write it and (unless told not to) publish
+    it; returns the version."""
     settings = small_settings(None, als={"factors": 2, "iterations": 15, "random_state": seed})
     built = build_model(LoadedData(block_shop(seed=seed), None, (), 0), settings)
     a = built.artifact
@@ -32,7 +35,8 @@ def publish_block_model(root: Path, *, seed: int = 0, categories: bool = True) -
         a.categories = np.array(["g0", "g1"])
         a.item_category = np.array([0 if i.startswith("g0") else 1 for i in a.item_ids], np.int32)
     path = art.write_artifact(a, root)
-    art.publish_version(root, path.name)
+    if publish:
+        art.publish_version(root, path.name)
     return path.name
 
 

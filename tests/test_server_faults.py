@@ -111,10 +111,11 @@ def test_broken_artifact_is_refused_and_old_model_keeps_serving(
     good = publish_block_model(root, seed=0)
     server = ServerThread(settings_for(root, private_redis.url, tmp_path))
     try:
-        bad = publish_block_model(root, seed=2)
-        # corrupt it after publishing: a half-copied or tampered artifact
+        bad = publish_block_model(root, seed=2, publish=False)
+        # a half-copied or tampered artifact, then CURRENT pointed at it
         victim = root / bad / "item_factors.npy"
         victim.write_bytes(victim.read_bytes()[:-8] + b"\0" * 8)
+        art.publish_version(root, bad)
         time.sleep(0.6)  # several poll intervals
         with RecommenderClient(server.target, timeout=5.0) as client:
             assert client.recommend("g0u01", k=3).model_version == good
