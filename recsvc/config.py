@@ -95,8 +95,10 @@ class ALSSettings(_Section):
 class IndexSettings(_Section):
     """The FAISS index over item vectors (maximum inner product)."""
 
-    kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
-    """``auto`` = exact up to ``exact_max_items`` items, HNSW beyond."""
+    kind: Literal["auto", "exact", "normscan", "hnsw", "ivf"] = "auto"
+    """``auto`` = exact up to ``exact_max_items`` items, ``normscan`` (exact search that
+    stops early on ALS's skewed item norms) beyond; ``hnsw`` and ``ivf`` are
+    approximate and must pass the recall floor."""
     exact_max_items: int = Field(default=50_000, ge=1)
     """Largest catalogue served by exact search when ``kind`` is ``auto``."""
     hnsw_m: int = Field(default=32, ge=4, le=256)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from recsvc.config import IndexSettings
-from recsvc.index import ItemIndex, choose_kind, exact_search, measure_recall
+from recsvc.index import ItemIndex, NormScan, choose_kind, exact_search, measure_recall
 
-KINDS = ["exact", "hnsw", "ivf"]
+KINDS = ["exact", "normscan", "hnsw", "ivf"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_k_larger_than_catalogue_is_clamped() -> None:
 def test_auto_picks_exact_then_hnsw() -> None:
     s = IndexSettings(exact_max_items=100)
     assert choose_kind(100, s) == "exact"
-    assert choose_kind(101, s) == "hnsw"
+    assert choose_kind(101, s) == "normscan"
     assert choose_kind(10, IndexSettings(kind="ivf")) == "ivf"
 
 
@@ -79,3 +79,25 @@ def test_a_poor_index_measures_poor_recall(factors: np.ndarray, queries: np.ndar
     poor = ItemIndex.build(factors, IndexSettings(kind="ivf", ivf_nlist=64, ivf_nprobe=1))
     assert measure_recall(poor, factors, queries, 20) < 0.9
     assert exact_search(factors, queries, 5).shape == (50, 5)
+
+
+def test_normscan_is_exact_on_skewed_norms_and_stops_early() -> None:
+    rng = np.random.default_rng(21)
+    # ALS-like: a few long vectors, a long tail of short ones
+    y = rng.normal(size=(20_000, 16)).astype(np.float32)
+    y *= rng.lognormal(mean=-3.0, sigma=1.2, size=(20_000, 1)).astype(np.float32)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    index = ItemIndex.build(y, IndexSettings(kind="normscan"))
+    scores, _ = index.search(q, 20)
+    truth = exact_search(y, q, 20)
+    exact_scores = np.einsum("qd,qkd->qk", q, y[truth])
+    assert scores == pytest.approx(exact_scores, rel=1e-5, abs=1e-6)
+    ns = index.index
+    assert isinstance(ns, NormScan)
+    # the early stop is what makes it fast: most queries never reach the last chunk
+    scanned = 0
+    for row in q:
+        bound = float(np.linalg.norm(row))
+        kth = float(np.sort(y @ row)[-20])
+        scanned += sum(1 for _, top, _ in ns.chunks if kth < bound * top)
+    assert scanned < len(q) * len(ns.chunks)

@@ -25,7 +25,9 @@ PUBLIC = {
         "FORMAT_VERSION", "ModelArtifact", "current_version", "list_versions", "publish_version",
         "read_artifact", "resolve", "rollback", "rollback_target", "write_artifact",
     ],
-    "recsvc.index": ["IndexKind", "ItemIndex", "choose_kind", "exact_search", "measure_recall"],
+    "recsvc.index": [
+        "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
+    ],
 }  # fmt: skip
 
 

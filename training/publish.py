@@ -47,8 +47,8 @@ def _check_gate(path: Path, settings: Settings) -> None:
     if recall < floor:
         raise QualityGateError(
             f"{path.name}: {manifest['index']['kind']} index recall@{manifest['index']['recall_k']}"
-            f" is {recall:.4f}, below the floor {floor:.4f}; not published (raise hnsw_ef_search"
-            " or ivf_nprobe, or lower index.recall_floor)"
+            f" is {recall:.4f}, below the floor {floor:.4f}; not published (index.kind"
+            " 'normscan' or 'exact' are exact; or lower index.recall_floor)"
         )
 
 
