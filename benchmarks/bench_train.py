@@ -324,6 +324,10 @@ def bare_index(item_factors: NDArray[np.float32], settings: IndexSettings) -> st
     if kind == "exact":
         flat = faiss.IndexFlatIP(d)
         flat.add(y)
+    elif kind == "normscan":
+        from recsvc.index import NormScan
+
+        NormScan.build(y)  # an argsort of the norms and FAISS flat indexes, nothing more
     elif kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = settings.hnsw_ef_construction
