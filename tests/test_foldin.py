@@ -35,3 +35,11 @@ def test_repeated_items_are_summed_and_empty_is_zero() -> None:
     assert once == pytest.approx(twice)
     assert f.user_vector(np.array([], dtype=np.int64), np.array([])).tolist() == [0.0] * 3
     assert f.user_vector(np.array([2]), np.array([0.0])).tolist() == [0.0] * 3
+
+
+def test_singular_system_without_regularization_still_solves() -> None:
+    # 3 items in 5 dimensions and no regularization: YtY is singular
+    y = np.random.default_rng(1).random((3, 5)).astype(np.float32)
+    x = FoldIn(y, regularization=0.0, alpha=1.0).user_vector(np.array([0, 2]), np.array([1.0, 2.0]))
+    assert np.isfinite(x).all() and x.shape == (5,)
+    assert float(x @ y[2]) > float(x @ y[1]) - 1e-6  # the heavier item scores at least as high
