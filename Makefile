@@ -75,3 +75,14 @@ bench-train: $(STAMP)  ## recsvc train vs a bare implicit fit, 1M and 10M synthe
 
 clean:  ## remove generated data, artifacts and reports (not .venv)
 	rm -rf $(DATA_DIR) $(ARTIFACTS) reports
+
+.PHONY: bench-index
+bench-index: $(STAMP)  ## index sweep (exact, HNSW, IVF, implicit) on trained ALS factors, 100k and 1M items
+	$(PY) benchmarks/bench_index.py --shops 100k 1m 100k-zipf1 --out benchmarks/results/index
+
+.PHONY: bench-quick bench-serving
+bench-quick: $(STAMP)  ## serving smoke benchmark, 100k items, < 3 min -> benchmarks/results/quick/summary.json
+	$(PY) benchmarks/bench_serving.py --quick --out benchmarks/results/quick
+
+bench-serving: $(STAMP)  ## recsvc serve vs the no-op gRPC floor, 10k and 100k items (~20 min)
+	$(PY) benchmarks/bench_serving.py --catalogues 10000 100000 --out benchmarks/results/serving

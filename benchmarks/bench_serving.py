@@ -1,0 +1,1727 @@
+"""Benchmark ``recsvc serve`` (Recommend) against the gRPC floor, side by side.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_serving.py [--catalogues 10000 100000] [--repeats 5] \\
+        [--duration 2.5] [--warmup 0.5] [--concurrency 1 8 32 64] [--rates auto | R ...] \\
+        [--out benchmarks/results/serving] [--workdir /tmp/recsvc-bench] [--profile-seconds 20]
+    .venv/bin/python benchmarks/bench_serving.py --quick      # make bench-quick (< 3 min)
+
+Method
+------
+Four processes share the machine: ``recsvc serve`` (one process, its private Redis
+passed as ``--redis-url``), the no-op floor (:mod:`noop_server`: same ``grpc.aio``
+server and options, one process, no interceptors, a prebuilt response of the same
+shape), the Redis server, and the load generator (:mod:`loadgen`, an async
+``grpc.aio`` client in its own process). This script only sets up, tells the load
+generator what to run, and writes the results.
+
+For every catalogue size a synthetic shop is built once (:mod:`_shop`: synth, then
+``recsvc train --publish``), cached under ``--workdir``. Before serving, this script
+starts a private Redis and loads it: every trained user's vector with
+``UserVectorStore.publish`` (as ``recsvc publish`` does), and a live history of 10
+events (6 views, 3 add-to-carts, 1 purchase, items of a trained user's history) for
+each fold-in user, who has no vector anywhere.
+
+Scenarios (every request is built up front, serialized once, cycled in order):
+
+``cached``       known user whose vector is published in Redis, the server's LRU warmed
+                 (a pool of 2,000 trained users, each asked for before measuring; the
+                 server's counters tell which layer answered), k = 10
+``cached_k100``  the same, k = 100 (the floor then answers 100 items too)
+``foldin``       known user with live history in Redis but no vector: the server
+                 folds the history in and writes the vector back, so each request
+                 uses a user never seen before (ids ``fold000000``...)
+``session``      anonymous visitor, 5 inline session events (VIEW, items of one
+                 trained user's history), no session id: no Redis round trip
+``session_sid``  the same with a session id (one Redis LRANGE, empty)
+``filter``       ``cached`` with ``in_stock_only``: 90% of the shop is out of stock,
+                 so ~90% of the candidates are rejected (measured below)
+
+Each measured point (catalogue, scenario, closed-loop concurrency or open-loop rate)
+runs ``--repeats`` times on both servers, alternating (recsvc, floor, floor, recsvc,
+...), each run ``--warmup`` s plus a ``--duration`` s window. Per run: client QPS
+and latency percentiles, CPU seconds per request of each process (from /proc), and
+the server's own metrics diffed over exactly the window: the
+``grpc_server_handling_seconds`` histogram of Recommend (p50/p99 estimated by linear
+interpolation inside its buckets, as Prometheus' ``histogram_quantile``), where user
+vectors came from and which strategy answered (to check the scenario is what it
+claims). Reported: medians over the repeats, and ratios of medians to the floor.
+
+Open-loop rates (``--rates auto``): 25%, 50% and 75% of recsvc's own closed-loop
+throughput for ``cached`` at concurrency 32 in this run, rounded; both servers get
+the same seeded Poisson schedule.
+
+With ``--profile-seconds`` > 0, py-spy records the recsvc server for that long under
+the ``cached`` load at concurrency 32 (a flame graph and raw stacks), summarised in
+``profile.md``.
+
+Outputs: ``<out>/results.json`` (every run), ``<out>/README.md`` (tables),
+``latency_vs_concurrency.png`` and ``latency_vs_catalogue.png``; with ``--quick``
+only ``<out>/summary.json``.
+"""
+
+# Heavy libraries load where they are used so --help stays fast.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from _shop import Shop, ensure_shop, recsvc_bin
+from bench_train import git_revision, machine
+
+if TYPE_CHECKING:
+    from recsvc.artifact import ModelArtifact
+    from recsvc.redis_server import PrivateRedis
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SEED = 7
+POOL_USERS = 2_000
+FOLDIN_EVENTS = 10
+FOLDIN_USERS_PER_RUN_SECOND = 2_500
+"""Fold-in users to prepare per second of service run (above any rate seen here)."""
+LIBRARIES = ("grpcio", "protobuf", "faiss-cpu", "numpy", "redis", "hiredis", "prometheus_client")
+HANDLING = "grpc_server_handling_seconds"
+RATE_FRACTIONS = (0.25, 0.5, 0.75)
+TARGETS = {
+    "throughput_ratio_min": 0.6,
+    "open_loop_p99_ratio_max": 2.0,
+    "cached_server_p50_ms_max": 1.0,
+    "session_server_p50_ms_max": 1.5,
+}
+
+SCENARIOS: dict[str, str] = {
+    "cached": "known user, vector published in Redis, LRU warmed, k=10",
+    "cached_k100": "known user, vector cached, k=100",
+    "foldin": "known user, live history, no vector (fold-in + write-back), k=10",
+    "session": "anonymous, 5 inline session events, no session id, k=10",
+    "session_sid": "anonymous, 5 inline session events + session id (Redis LRANGE), k=10",
+    "filter": "cached user + in_stock_only (90% of items out of stock), k=10",
+}
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured point: a scenario on one catalogue under one load."""
+
+    catalogue: int
+    scenario: str
+    mode: str
+    """closed | open"""
+    level: float
+    """concurrency (closed) or requests per second (open; 0 = decided in the run)."""
+    rate_fraction: float = 0.0
+    interceptors: bool = False
+    """Also run the no-op behind recsvc's interceptors (a diagnostic, not the floor)."""
+
+
+def plan(args: argparse.Namespace) -> list[Point]:
+    """The points to measure, in order (open-loop points after their reference)."""
+    if args.quick:
+        n = args.catalogues[-1]
+        return [Point(n, "cached", "closed", 32), Point(n, "session", "closed", 32)]
+    main = max(args.catalogues)
+    points: list[Point] = []
+    for n in sorted(args.catalogues, reverse=True):
+        if n == main:
+            points += [
+                Point(n, "cached", "closed", c, interceptors=c in (1, 32)) for c in args.concurrency
+            ]
+            points += [Point(n, "session", "closed", c) for c in args.concurrency]
+            for scenario in ("cached_k100", "foldin", "filter"):
+                points += [Point(n, scenario, "closed", c) for c in (1, 32)]
+            points.append(Point(n, "session_sid", "closed", 32))
+            if args.rates == ["auto"]:
+                points += [Point(n, "cached", "open", 0, f) for f in RATE_FRACTIONS]
+            else:
+                points += [Point(n, "cached", "open", float(r)) for r in args.rates]
+        else:
+            for scenario in ("cached", "session", "foldin", "filter"):
+                points += [Point(n, scenario, "closed", c) for c in (1, 32)]
+    return points
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+
+
+@dataclass
+class Server:
+    """A server child process whose stdout announced ``<prefix> HOST:PORT``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    target: str
+    command: list[str]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    name: str, cmd: list[str], announce: str, log: Path, timeout: float = 180
+) -> Server:
+    """Start ``cmd`` (output to ``log``) and wait for its ``announce HOST:PORT`` line."""
+    out = log.open("wb")
+    process = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(), cwd=REPO
+    )
+    out.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith(announce):
+                target = line.removeprefix(announce).strip()
+                return Server(name, process, target, cmd, log)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    tail = log.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"{name} did not start ({shlex.join(cmd)}):\n{tail}")
+
+
+class LoadGen:
+    """The load generator child, spoken to in JSON lines."""
+
+    def __init__(self, log: Path) -> None:
+        self.command = [sys.executable, str(HERE / "loadgen.py"), "serve"]
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=_clean_env(),
+            cwd=REPO,
+        )
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the load generator exited ({self.process.wait()})")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"load generator: {reply['error']}")
+        return reply
+
+    def send_pool(self, name: str, requests: Sequence[bytes]) -> None:
+        encoded = [base64.b64encode(r).decode() for r in requests]
+        self.ask({"op": "pool", "name": name, "requests": encoded})
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write(b'{"op": "quit"}\n')
+            self.process.stdin.flush()
+            self.process.wait(30)
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- a catalogue
+
+
+@dataclass
+class Rig:
+    """Everything running for one catalogue: shop, Redis, recsvc, the request pools."""
+
+    shop: Shop
+    redis: PrivateRedis
+    server: Server
+    metrics_url: str
+    pools: dict[str, int] = field(default_factory=dict)
+    filter_rejection: dict[str, float] = field(default_factory=dict)
+    setup_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _timed(store: dict[str, float], name: str) -> Callable[[], None]:
+    t = time.perf_counter()
+
+    def done() -> None:
+        store[name] = time.perf_counter() - t
+
+    return done
+
+
+def publish_vectors(artifact: ModelArtifact, url: str) -> int:
+    """Every trained user's vector into Redis, as ``recsvc publish`` loads them."""
+    from recsvc.config import RedisSettings
+    from recsvc.store import UserVectorStore, client_from_url
+
+    client = client_from_url(url, socket_timeout=10.0)
+    try:
+        store = UserVectorStore(client)
+        return store.publish(
+            artifact.model_version,
+            artifact.user_ids.tolist(),
+            artifact.user_factors,
+            ttl_seconds=RedisSettings().vector_ttl_seconds,
+        )
+    finally:
+        client.close()
+
+
+def foldin_user(i: int) -> str:
+    return f"fold{i:06d}"
+
+
+def write_foldin_histories(artifact: ModelArtifact, url: str, n_users: int) -> None:
+    """``n_users`` users with a live history of 10 events and no vector anywhere."""
+    import numpy as np
+
+    from recsvc.events import EventType
+    from recsvc.store import client_from_url, user_history_key
+    from serving.state import StoredEvent, encode_event
+
+    rng = np.random.default_rng(SEED + 1)
+    m = artifact.user_items
+    lengths = np.diff(m.indptr)
+    donors = np.flatnonzero(lengths >= 3)
+    kinds = [EventType.VIEW] * 6 + [EventType.ADD_TO_CART] * 3 + [EventType.PURCHASE]
+    now = int(time.time())
+    client = client_from_url(url, socket_timeout=10.0)
+    try:
+        for start in range(0, n_users, 5_000):
+            with client.pipeline(transaction=False) as pipe:
+                for i in range(start, min(n_users, start + 5_000)):
+                    u = donors[rng.integers(len(donors))]
+                    row = m.indices[m.indptr[u] : m.indptr[u + 1]]
+                    items = rng.choice(row, FOLDIN_EVENTS, replace=len(row) < FOLDIN_EVENTS)
+                    events = [
+                        encode_event(
+                            StoredEvent(
+                                str(artifact.item_ids[item]), kind, now - 60 * (10 - j), 1.0
+                            )
+                        )
+                        for j, (item, kind) in enumerate(zip(items, kinds, strict=True))
+                    ]
+                    # oldest pushed first, so the list reads newest first like the server's
+                    key = user_history_key(foldin_user(i))
+                    pipe.execute_command("LPUSH", key, *events)  # type: ignore[no-untyped-call]
+                pipe.execute()
+    finally:
+        client.close()
+
+
+def build_requests(artifact: ModelArtifact, n_foldin: int) -> dict[str, list[bytes]]:
+    """The serialized request pools of every scenario."""
+    import numpy as np
+
+    from recsvc.v1 import recommender_pb2 as pb
+
+    rng = np.random.default_rng(SEED)
+    users = rng.choice(len(artifact.user_ids), min(POOL_USERS, len(artifact.user_ids)), False)
+    user_ids = [str(artifact.user_ids[u]) for u in users]
+    m = artifact.user_items
+    lengths = np.diff(m.indptr)
+    donors = rng.choice(np.flatnonzero(lengths >= 5), POOL_USERS)
+    sessions = []
+    for u in donors:
+        row = m.indices[m.indptr[u] : m.indptr[u + 1]]
+        sessions.append([str(artifact.item_ids[i]) for i in rng.choice(row, 5, replace=False)])
+
+    def ser(request: pb.RecommendRequest) -> bytes:
+        return request.SerializeToString()
+
+    def session_request(items: list[str], session_id: str = "") -> pb.RecommendRequest:
+        events = [pb.SessionEvent(item_id=i, event_type=pb.EVENT_TYPE_VIEW) for i in items]
+        return pb.RecommendRequest(session_id=session_id, session_events=events, k=10)
+
+    pools = {
+        "cached": [ser(pb.RecommendRequest(user_id=u, k=10)) for u in user_ids],
+        "cached_k100": [ser(pb.RecommendRequest(user_id=u, k=100)) for u in user_ids],
+        "filter": [
+            ser(pb.RecommendRequest(user_id=u, k=10, filters=pb.Filters(in_stock_only=True)))
+            for u in user_ids
+        ],
+        "session": [ser(session_request(s)) for s in sessions],
+        "session_sid": [ser(session_request(s, f"bench-s{i:05d}")) for i, s in enumerate(sessions)],
+    }
+    if n_foldin:
+        pools["foldin"] = [
+            ser(pb.RecommendRequest(user_id=foldin_user(i), k=10)) for i in range(n_foldin)
+        ]
+    return pools
+
+
+def filter_rejection(artifact: ModelArtifact, overfetch: int, k: int = 10) -> dict[str, float]:
+    """Share of out-of-stock items among the first ``k * overfetch`` exact candidates of
+    the pool's users (what ``in_stock_only`` rejects before the ranker widens)."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    users = rng.choice(len(artifact.user_ids), min(POOL_USERS, len(artifact.user_ids)), False)
+    sample = users[:200]
+    scores = artifact.user_factors[sample] @ artifact.item_factors.T
+    fetch = k * overfetch
+    top = np.argpartition(-scores, fetch, axis=1)[:, :fetch]
+    rejected = ~artifact.item_available[top]
+    return {
+        "candidates_per_user": float(fetch),
+        "rejected_share": float(rejected.mean()),
+        "catalogue_out_of_stock_share": float(1.0 - artifact.item_available.mean()),
+        "users_sampled": float(len(sample)),
+    }
+
+
+def start_rig(
+    shop: Shop, points: list[Point], args: argparse.Namespace, logs: Path, gen: LoadGen
+) -> Rig:
+    from recsvc.artifact import read_artifact
+    from recsvc.config import RankingSettings
+    from recsvc.redis_server import start_private_redis
+
+    setup: dict[str, float] = {}
+    done = _timed(setup, "read_artifact")
+    artifact = read_artifact(shop.version_dir, verify_checksums=False)
+    done()
+    done = _timed(setup, "start_redis")
+    redis = start_private_redis()
+    done()
+    try:
+        done = _timed(setup, "publish_vectors")
+        written = publish_vectors(artifact, redis.url)
+        done()
+        foldin_runs = sum(1 for p in points if p.scenario == "foldin")
+        n_foldin = math.ceil(
+            foldin_runs
+            * args.repeats
+            * (args.warmup + args.duration + 0.5)
+            * FOLDIN_USERS_PER_RUN_SECOND
+        )
+        if n_foldin:
+            done = _timed(setup, "write_foldin_histories")
+            write_foldin_histories(artifact, redis.url, n_foldin)
+            done()
+        metrics_port = _free_port()
+        cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
+        cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
+        cmd += ["--metrics-port", str(metrics_port)]
+        done = _timed(setup, "start_recsvc")
+        name = f"recsvc-{shop.config.n_items}"
+        server = start_server(name, cmd, "recsvc serving on", logs / f"{name}.log")
+        done()
+    except BaseException:
+        redis.stop()
+        raise
+    rig = Rig(shop, redis, server, f"http://127.0.0.1:{metrics_port}/metrics")
+    rig.setup_seconds = setup
+    rig.pools["published_vectors"] = written
+    rig.pools["foldin_users"] = n_foldin
+    if any(p.scenario == "filter" for p in points):
+        rig.filter_rejection = filter_rejection(artifact, RankingSettings().overfetch)
+    for scenario, requests in build_requests(artifact, n_foldin).items():
+        for side in ("service", "floor"):
+            gen.send_pool(pool_name(shop.config.n_items, scenario, side), requests)
+        rig.pools[scenario] = len(requests)
+    return rig
+
+
+def pool_name(catalogue: int, scenario: str, side: str) -> str:
+    return f"{catalogue}/{scenario}/{side}"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def parse_metrics(text: str) -> dict[MetricKey, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[MetricKey, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+def metric_diff(before: str, after: str) -> dict[MetricKey, float]:
+    a, b = parse_metrics(before), parse_metrics(after)
+    return {key: value - a.get(key, 0.0) for key, value in b.items()}
+
+
+def histogram(diff: dict[MetricKey, float], name: str, **match: str) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` buckets of ``name`` whose labels include ``match``."""
+    rows = []
+    for (sample, labels), value in diff.items():
+        if sample != f"{name}_bucket":
+            continue
+        d = dict(labels)
+        if all(d.get(k) == v for k, v in match.items()):
+            rows.append((float(d["le"]), value))
+    return sorted(rows)
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Linear interpolation inside the bucket holding rank ``q``, as Prometheus does."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le, cumulative in buckets:
+        if cumulative >= rank:
+            if math.isinf(le):
+                return lower  # beyond the last finite bound: report that bound
+            if cumulative == below:
+                return le
+            return lower + (le - lower) * (rank - below) / (cumulative - below)
+        lower, below = le, cumulative
+    return lower
+
+
+def _sum(diff: dict[MetricKey, float], sample: str, **match: str) -> float:
+    total = 0.0
+    for (name, labels), value in diff.items():
+        d = dict(labels)
+        if name == sample and all(d.get(k) == v for k, v in match.items()):
+            total += value
+    return total
+
+
+def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
+    """What the server's own metrics say about one window."""
+    rec = {"grpc_method": "Recommend"}
+    buckets = histogram(diff, HANDLING, **rec)
+    count = buckets[-1][1] if buckets else 0.0
+    seconds = _sum(diff, f"{HANDLING}_sum", **rec)
+    search = histogram(diff, "recsvc_index_search_seconds")
+    lookups = {
+        f"{dict(labels)['layer']}_{dict(labels)['result']}": value
+        for (name, labels), value in diff.items()
+        if name == "recsvc_user_vector_lookups_total" and value
+    }
+    strategies = {
+        dict(labels)["strategy"]: value
+        for (name, labels), value in diff.items()
+        if name == "recsvc_recommendations_total" and value
+    }
+    codes = {
+        dict(labels)["grpc_code"]: value
+        for (name, labels), value in diff.items()
+        if name == "grpc_server_handled_total"
+        and dict(labels).get("grpc_method") == "Recommend"
+        and value
+    }
+
+    def ms(x: float | None) -> float | None:
+        return None if x is None else x * 1e3
+
+    return {
+        "handled": count,
+        "handling_p50_ms": ms(histogram_quantile(0.5, buckets)),
+        "handling_p99_ms": ms(histogram_quantile(0.99, buckets)),
+        "handling_mean_ms": ms(seconds / count) if count else None,
+        "index_search_p50_ms": ms(histogram_quantile(0.5, search)),
+        "index_search_mean_ms": ms(_sum(diff, "recsvc_index_search_seconds_sum") / search[-1][1])
+        if search and search[-1][1]
+        else None,
+        "foldins": _sum(diff, "recsvc_foldin_seconds_count"),
+        "lookups": lookups,
+        "strategies": strategies,
+        "codes": codes,
+    }
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_once(
+    gen: LoadGen,
+    point: Point,
+    side: str,
+    server: Server,
+    args: argparse.Namespace,
+    *,
+    metrics_url: str | None,
+    pids: dict[str, int],
+    rate: float | None = None,
+    seed: int = 1,
+) -> dict[str, Any]:
+    command: dict[str, Any] = {
+        "op": "run",
+        "target": server.target,
+        # the interceptor-only no-op reads the floor's pool (no state: cursors do not matter)
+        "pool": pool_name(point.catalogue, point.scenario, "floor" if side != "service" else side),
+        "mode": point.mode,
+        "warmup": args.warmup,
+        "duration": args.duration,
+        "metrics_url": metrics_url,
+        "pids": pids,
+    }
+    if point.mode == "closed":
+        command["concurrency"] = int(point.level)
+    else:
+        command["rate"] = rate
+        command["seed"] = seed
+    load = os.getloadavg()[0]
+    raw = gen.ask(command)
+    n = max(1, raw["completed"])
+    run: dict[str, Any] = {
+        "side": side,
+        "loadavg_before": load,
+        "qps": raw["qps"],
+        "completed": raw["completed"],
+        "latency_ms": raw["latency_ms"],
+        "errors": raw["errors"],
+        "warmup_errors": raw["warmup_errors"],
+        "cpu_us_per_request": {
+            k: v / n * 1e6 for k, v in raw["cpu_seconds"].items() if k != "machine"
+        },
+        "cpu_utilisation": {k: v / raw["cpu_span_seconds"] for k, v in raw["cpu_seconds"].items()},
+        "sample": raw["sample"],
+        "requests_handed_out": raw["requests_handed_out"],
+        "pool_size": raw["pool_size"],
+    }
+    ours = sum(v for k, v in raw["cpu_seconds"].items() if k != "machine")
+    # cores busy with work that is not this benchmark's (the machine is shared)
+    run["other_load_cores"] = (
+        max(0.0, raw["cpu_seconds"]["machine"] - ours) / raw["cpu_span_seconds"]
+    )
+    for key in ("intended_latency_ms", "send_lag_ms", "offered_rate", "dropped"):
+        if key in raw:
+            run[key] = raw[key]
+    if raw.get("metrics_before") and raw.get("metrics_after"):
+        run["server"] = server_view(metric_diff(raw["metrics_before"], raw["metrics_after"]))
+    return run
+
+
+def _brief(run: dict[str, Any]) -> str:
+    lat = run["latency_ms"]
+    parts = [f"{run['side']:<7}", f"{run['qps']:7.0f} qps", f"p50 {lat.get('p50', 0):6.2f}"]
+    parts.append(f"p99 {lat.get('p99', 0):6.2f} ms")
+    srv = run.get("server")
+    if srv and srv["handling_p50_ms"] is not None:
+        parts.append(f"server p50 {srv['handling_p50_ms']:.3f} ms")
+    if run["errors"]:
+        parts.append(f"errors {run['errors']}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _paths(tree: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _paths(value, f"{path}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield path
+
+
+def get(tree: Any, path: str) -> Any:
+    for key in path.split("/"):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split("/")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every numeric leaf present in all ``runs``."""
+    out: dict[str, Any] = {}
+    if not runs:
+        return out
+    for path in _paths(runs[0]):
+        values = [get(r, path) for r in runs]
+        if all(isinstance(v, int | float) for v in values):
+            _set(out, path, median(values))
+    return out
+
+
+RATIO_PATHS = (
+    "qps",
+    "latency_ms/p50",
+    "latency_ms/p95",
+    "latency_ms/p99",
+    "latency_ms/p999",
+    "latency_ms/mean",
+    "intended_latency_ms/p50",
+    "intended_latency_ms/p99",
+    "intended_latency_ms/p999",
+    "cpu_us_per_request/server",
+)
+
+
+def _ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for path in RATIO_PATHS:
+        x, y = get(a, path), get(b, path)
+        if isinstance(x, float) and isinstance(y, float) and y > 0:
+            out[path.replace("/", "_")] = x / y
+    return out
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians per side; ``ratio`` is recsvc ÷ floor, ``interceptors_ratio`` the
+    interceptor-only server ÷ floor."""
+    s, f = medians(runs["service"]), medians(runs["floor"])
+    out = {"service": s, "floor": f, "ratio": _ratios(s, f)}
+    if runs.get("interceptors"):
+        i = medians(runs["interceptors"])
+        out["interceptors"] = i
+        out["interceptors_ratio"] = _ratios(i, f)
+    return out
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile(gen: LoadGen, rig: Rig, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """py-spy on recsvc under ``cached`` load at concurrency 32: flame graph + raw."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy not found: no profile (pip install py-spy)", flush=True)
+        return {}
+    seconds = math.ceil(args.profile_seconds)  # py-spy takes whole seconds
+    point = Point(rig.shop.config.n_items, "cached", "closed", 32)
+    command = {
+        "op": "run",
+        "target": rig.server.target,
+        "pool": pool_name(point.catalogue, point.scenario, "service"),
+        "mode": "closed",
+        "concurrency": 32,
+        "warmup": 1.0,
+        "duration": 2 * seconds + 3,
+        "metrics_url": rig.metrics_url,
+        "pids": {"server": rig.server.pid, "redis": rig.redis.pid},
+    }
+    svg, raw = out / "profile.svg", args.workdir / "serving-profile-raw.txt"
+    pid = str(rig.server.pid)
+    commands = [
+        [spy, "record", "--pid", pid, "--duration", str(seconds), "--rate", "100", "-o", str(svg)],
+        [
+            *(spy, "record", "--pid", pid, "--duration", str(seconds), "--rate", "100"),
+            *("--native", "--threads", "--idle", "--format", "raw", "-o", str(raw)),
+        ],
+    ]
+    assert gen.process.stdin is not None and gen.process.stdout is not None
+    gen.process.stdin.write((json.dumps(command) + "\n").encode())
+    gen.process.stdin.flush()
+    time.sleep(1.5)
+    logs = []
+    for cmd in commands:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        logs.append((done.stdout + done.stderr).strip())
+    reply = json.loads(gen.process.stdout.readline())
+    if "error" in reply:
+        raise RuntimeError(f"load generator: {reply['error']}")
+    summary = summarise_profile(raw) if raw.exists() else {}
+    text = render_profile(summary, commands, reply)
+    (out / "profile.md").write_text(text)
+    return {
+        "commands": [shlex.join(c) for c in commands],
+        "qps_under_profiling": reply["qps"],
+        "py_spy_output": logs,
+        "summary": summary,
+    }
+
+
+# Where a frame's time belongs: the innermost frame matching one of these (by file).
+# NumPy is not listed: its time counts for the recsvc code that called it.
+CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("serving/interceptors.py", "recsvc interceptors"),
+    ("serving/servicer.py", "recsvc servicer (proto <-> domain)"),
+    ("serving/validation.py", "recsvc validation"),
+    ("serving/state.py", "recsvc live state (Redis commands)"),
+    ("serving/engine.py", "recsvc engine"),
+    ("recsvc/ranking.py", "recsvc ranking"),
+    ("recsvc/foldin.py", "recsvc fold-in"),
+    ("recsvc/index.py", "item index search (recsvc/index.py, FAISS)"),
+    ("faiss", "item index search (recsvc/index.py, FAISS)"),
+    ("recsvc/store.py", "recsvc store (vector decoding)"),
+    ("recsvc/", "recsvc other (model, weighting)"),
+    ("redis/", "redis-py client (asyncio)"),
+    ("prometheus_client", "prometheus_client"),
+    ("grpc/_cython", "gRPC core (cygrpc: transport, completion queue)"),
+    ("grpc/", "gRPC Python layer"),
+    ("google/protobuf", "protobuf"),
+    ("_message.abi3.so", "protobuf"),
+    ("asyncio/", "asyncio event loop"),
+    ("uuid.py", "uuid"),
+)
+_IDLE_MARKERS = (
+    "epoll_wait",  # the event loop or gRPC's poller waiting for I/O
+    "poll (libc",  # the /metrics HTTP server
+    "SimpleQueue_get",  # an idle executor thread
+)
+_GIL_MARKER = "take_gil"
+_OUTER_FRAMES = (
+    "recsvc/cli.py",
+    "asyncio/runners.py",
+    "asyncio/base_events.py",
+    "asyncio/events.py",
+)
+
+
+def _where(frame: str) -> str:
+    """``path/file.py:line`` or ``lib.so`` of a py-spy frame ``function (where)``."""
+    return frame.rpartition(" (")[2].rstrip(")")
+
+
+def _short(frame: str, *, line: bool = True) -> str:
+    name, _, where = frame.rpartition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", f"{REPO}/", "lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    if not line:
+        where = where.rpartition(":")[0] or where
+    return f"{name} ({where})"
+
+
+def summarise_profile(raw: Path) -> dict[str, Any]:
+    """Top frames of a py-spy ``record --native --threads --idle --format raw`` file."""
+    stacks: list[tuple[list[str], int]] = []
+    for text_line in raw.read_text(errors="replace").splitlines():
+        text, _, count = text_line.rpartition(" ")
+        if text and count.isdigit():
+            stacks.append((text.split(";"), int(count)))
+
+    def idle(frames: list[str]) -> bool:
+        tail = " ".join(frames[-8:])
+        return _GIL_MARKER not in tail and any(marker in tail for marker in _IDLE_MARKERS)
+
+    def ours(frame: str) -> bool:
+        where = _where(frame)
+        mine = where.startswith(("serving/", "recsvc/")) or "/serving/" in where
+        return (
+            ".py:" in where
+            and (mine or "/recsvc/" in where)
+            and not any(o in where for o in _OUTER_FRAMES)
+        )
+
+    busy_by_thread: dict[str, int] = {}
+    all_by_thread: dict[str, int] = {}
+    for frames, c in stacks:
+        all_by_thread[frames[0]] = all_by_thread.get(frames[0], 0) + c
+        if not idle(frames):
+            busy_by_thread[frames[0]] = busy_by_thread.get(frames[0], 0) + c
+    main = next((t for t in all_by_thread if "MainThread" in t), "")
+    busy = [(f, c) for f, c in stacks if f[0] == main and not idle(f)]
+    n_busy = sum(c for _, c in busy) or 1
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    category: dict[str, int] = {}
+    request_path: dict[str, int] = {}
+    for frames, c in busy:
+        leaf = _short(frames[-1])
+        self_time[leaf] = self_time.get(leaf, 0) + c
+        for key in {_short(fr) for fr in frames[1:] if ".py:" in fr}:
+            inclusive[key] = inclusive.get(key, 0) + c
+        for key in {_short(fr, line=False) for fr in frames[1:] if ours(fr)}:
+            request_path[key] = request_path.get(key, 0) + c
+        gil = any(_GIL_MARKER in fr for fr in frames[-8:])
+        label = "waiting for the GIL" if gil else "other (interpreter, libc)"
+        for fr in reversed(frames[1:] if not gil else []):
+            hit = next((name for pat, name in CATEGORIES if pat in _where(fr)), None)
+            if hit:
+                label = hit
+                break
+        category[label] = category.get(label, 0) + c
+
+    def top(d: dict[str, int], n: int) -> list[dict[str, Any]]:
+        rows = sorted(d.items(), key=lambda kv: -kv[1])[:n]
+        return [{"frame": k, "samples": v, "share_of_busy": v / n_busy} for k, v in rows]
+
+    all_busy = sum(busy_by_thread.values()) or 1
+    return {
+        "samples": sum(all_by_thread.values()),
+        "main_thread": main,
+        "main_thread_busy_share": n_busy / max(1, all_by_thread.get(main, 1)),
+        "busy_samples_by_thread": {
+            k: v / all_busy for k, v in sorted(busy_by_thread.items(), key=lambda kv: -kv[1])
+        },
+        "categories": {k: v / n_busy for k, v in sorted(category.items(), key=lambda kv: -kv[1])},
+        "request_path_inclusive": top(request_path, 30),
+        "top_self": top(self_time, 25),
+        "top_inclusive_python": [
+            row for row in top(inclusive, 60) if not any(o in row["frame"] for o in _OUTER_FRAMES)
+        ][:35],
+    }
+
+
+def render_profile(
+    summary: dict[str, Any], commands: list[list[str]], reply: dict[str, Any]
+) -> str:
+    m = machine()
+    per_request = reply["cpu_seconds"]["server"] / max(1, reply["completed"]) * 1e6
+    main_share = summary.get("busy_samples_by_thread", {}).get(summary.get("main_thread"), 1.0)
+    loop_us = per_request * main_share
+
+    def us(share: float) -> str:
+        return f"{share * loop_us:,.0f}"
+
+    lines = [
+        "# Profile of `recsvc serve` under Recommend load (cached user, k=10, concurrency 32)",
+        "",
+        f"Recorded {datetime.now(UTC).isoformat(timespec='seconds')} on {_machine_line(m)}.",
+        "",
+        "Commands (meanwhile the load generator drove the cached-user scenario of the largest "
+        f"catalogue at concurrency 32: {reply['qps']:.0f} requests/s while sampled, the "
+        f"server using {per_request:,.0f} µs of CPU per request; py-spy pauses the process "
+        "to sample, so throughput is lower than unprofiled):",
+        "",
+        "```",
+        *[shlex.join(c) for c in commands],
+        "```",
+        "",
+        "The flame graph is `profile.svg` (first command, Python frames). The tables come "
+        "from the second command (native frames too, every thread, idle samples kept). "
+        "Shares are of the event-loop thread's *busy* samples (not waiting in epoll); "
+        "µs/request spreads the process's measured CPU per request over them "
+        f"(the event-loop thread holds {main_share:.0%} of all busy samples).",
+        "",
+    ]
+    if not summary:
+        return "\n".join([*lines, "No samples were recorded.", ""])
+    lines += [
+        f"Samples: {summary['samples']:,}; the event-loop thread was busy in "
+        f"{summary['main_thread_busy_share']:.0%} of its samples (the server is CPU-bound "
+        "on that one thread when this is near 100%).",
+        "",
+        "Busy samples by thread:",
+        "",
+        *[f"- `{t}`: {s:.0%}" for t, s in summary["busy_samples_by_thread"].items()],
+        "",
+        "## Where the event-loop thread's busy time goes (innermost known frame)",
+        "",
+        "| component | share | ≈ µs CPU / request |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v:.1%} | {us(v)} |" for k, v in summary["categories"].items()],
+        "",
+        "## recsvc's own functions on the request path (inclusive)",
+        "",
+        "| function (file) | share | ≈ µs CPU / request |",
+        "|---|---:|---:|",
+        *[
+            f"| `{r['frame']}` | {r['share_of_busy']:.1%} | {us(r['share_of_busy'])} |"
+            for r in summary["request_path_inclusive"]
+        ],
+        "",
+        "## Top Python frames by inclusive time (file:line executing)",
+        "",
+        "| frame | share | ≈ µs CPU / request |",
+        "|---|---:|---:|",
+        *[
+            f"| `{r['frame']}` | {r['share_of_busy']:.1%} | {us(r['share_of_busy'])} |"
+            for r in summary["top_inclusive_python"]
+        ],
+        "",
+        "## Top frames by self time (leaf; native frames included)",
+        "",
+        "| frame | share | ≈ µs CPU / request |",
+        "|---|---:|---:|",
+        *[
+            f"| `{r['frame']}` | {r['share_of_busy']:.1%} | {us(r['share_of_busy'])} |"
+            for r in summary["top_self"]
+        ],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
+    return (
+        f"{m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['os']}; "
+        f"load average at start {load} (a shared machine: only same-run ratios are meaningful)"
+    )
+
+
+def code_state() -> dict[str, str]:
+    """sha256 (12 hex) of every uncommitted file under serving/, recsvc/ and training/:
+    other work may be in progress in the tree this benchmark measured."""
+    import hashlib
+
+    try:
+        out = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "status",
+                "--porcelain",
+                "--",
+                "serving",
+                "recsvc",
+                "training",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    state = {}
+    for line in out.splitlines():
+        path = REPO / line[3:].strip()
+        if path.is_file():
+            state[line[3:].strip()] = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return state
+
+
+def versions() -> dict[str, str]:
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            found[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            found[lib] = "not installed"
+    return found
+
+
+def _ms(x: Any) -> str:
+    return "-" if not isinstance(x, int | float) else f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _ratio(x: Any) -> str:
+    return "" if not isinstance(x, int | float) else f" ({x:.2f}×)"
+
+
+def _cell(entry: dict[str, Any], path: str, ratio_key: str | None = None) -> str:
+    value = get(entry["median"]["service"], path)
+    ratio = entry["median"]["ratio"].get(ratio_key or path.replace("/", "_"))
+    return f"{_ms(value)}{_ratio(ratio)}"
+
+
+def _label(entry: dict[str, Any]) -> str:
+    return f"{entry['scenario']}"
+
+
+def closed_table(entries: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| items | scenario | c | recsvc QPS (÷ floor) | floor QPS | p50 ms (× floor) | "
+        "p95 ms | p99 ms | p99.9 ms | floor p50 / p99 ms | server p50 / p99 ms | "
+        "server CPU µs/req (× floor) | Redis CPU µs/req |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in entries:
+        s, f, r = e["median"]["service"], e["median"]["floor"], e["median"]["ratio"]
+        srv = s.get("server", {})
+        lines.append(
+            f"| {e['model_items']:,} | {_label(e)} | {int(e['level'])} | "
+            f"{s['qps']:,.0f}{_ratio(r.get('qps'))} | {f['qps']:,.0f} | "
+            f"{_cell(e, 'latency_ms/p50')} | {_cell(e, 'latency_ms/p95')} | "
+            f"{_cell(e, 'latency_ms/p99')} | {_cell(e, 'latency_ms/p999')} | "
+            f"{_ms(get(f, 'latency_ms/p50'))} / {_ms(get(f, 'latency_ms/p99'))} | "
+            f"{_ms(srv.get('handling_p50_ms'))} / {_ms(srv.get('handling_p99_ms'))} | "
+            f"{get(s, 'cpu_us_per_request/server'):,.0f}"
+            f"{_ratio(r.get('cpu_us_per_request_server'))} | "
+            f"{(get(s, 'cpu_us_per_request/redis') or 0):,.0f} |"
+        )
+    return lines
+
+
+def open_table(entries: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| items | scenario | offered req/s | recsvc p50 ms (× floor) | p99 ms (× floor) | "
+        "p99.9 ms (× floor) | floor p50 / p99 ms | p99 from due time, recsvc / floor ms | "
+        "send lag p99 ms (recsvc / floor) | server p50 / p99 ms | p99 ≤ 2× floor |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for e in entries:
+        s, f, r = e["median"]["service"], e["median"]["floor"], e["median"]["ratio"]
+        srv = s.get("server", {})
+        met = r.get("latency_ms_p99", math.inf) <= TARGETS["open_loop_p99_ratio_max"]
+        lines.append(
+            f"| {e['model_items']:,} | {_label(e)} | {s.get('offered_rate', 0):,.0f} | "
+            f"{_cell(e, 'latency_ms/p50')} | {_cell(e, 'latency_ms/p99')} | "
+            f"{_cell(e, 'latency_ms/p999')} | "
+            f"{_ms(get(f, 'latency_ms/p50'))} / {_ms(get(f, 'latency_ms/p99'))} | "
+            f"{_ms(get(s, 'intended_latency_ms/p99'))} / "
+            f"{_ms(get(f, 'intended_latency_ms/p99'))} | "
+            f"{_ms(get(s, 'send_lag_ms/p99'))} / {_ms(get(f, 'send_lag_ms/p99'))} | "
+            f"{_ms(srv.get('handling_p50_ms'))} / {_ms(srv.get('handling_p99_ms'))} | "
+            f"{'met' if met else 'not met'} |"
+        )
+    return lines
+
+
+def interceptor_table(entries: list[dict[str, Any]]) -> list[str]:
+    """The no-op behind recsvc's interceptors, beside the floor and recsvc."""
+    lines = [
+        "| items | c | floor QPS | no-op + interceptors QPS (÷ floor) | recsvc QPS (÷ floor) | "
+        "p50 ms: floor / + interceptors / recsvc | server CPU µs/req: floor / "
+        "+ interceptors / recsvc |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in entries:
+        m = e["median"]
+        f, i, s = m["floor"], m["interceptors"], m["service"]
+        lines.append(
+            f"| {e['model_items']:,} | {int(e['level'])} | {f['qps']:,.0f} | "
+            f"{i['qps']:,.0f}{_ratio(m['interceptors_ratio'].get('qps'))} | "
+            f"{s['qps']:,.0f}{_ratio(m['ratio'].get('qps'))} | "
+            f"{_ms(get(f, 'latency_ms/p50'))} / {_ms(get(i, 'latency_ms/p50'))} / "
+            f"{_ms(get(s, 'latency_ms/p50'))} | "
+            f"{get(f, 'cpu_us_per_request/server'):,.0f} / "
+            f"{get(i, 'cpu_us_per_request/server'):,.0f} / "
+            f"{get(s, 'cpu_us_per_request/server'):,.0f} |"
+        )
+    return lines
+
+
+def check_table(entries: list[dict[str, Any]]) -> list[str]:
+    """Evidence that each scenario did what it claims, from the server's own counters."""
+    lines = [
+        "| items | scenario | load | strategy (server counters) | user-vector lookups per "
+        "request | fold-ins per request | items in a response | errors | other work on the "
+        "machine, cores (recsvc / floor runs, median) |",
+        "|---:|---|---:|---|---|---:|---:|---|---:|",
+    ]
+    for e in entries:
+        run = e["service_runs"][len(e["service_runs"]) // 2]
+        srv = run.get("server", {})
+        handled = max(1.0, srv.get("handled", 1.0))
+        strategies = ", ".join(
+            f"{k} {v / handled:.0%}" for k, v in sorted(srv.get("strategies", {}).items())
+        )
+        lookups = ", ".join(
+            f"{k} {v / handled:.2f}" for k, v in sorted(srv.get("lookups", {}).items())
+        )
+        errors = {**run["errors"]}
+        load = f"c={int(e['level'])}" if e["mode"] == "closed" else f"{e['level']:.0f}/s"
+        lines.append(
+            f"| {e['model_items']:,} | {e['scenario']} | {load} | {strategies or '-'} | "
+            f"{lookups or '-'} | {srv.get('foldins', 0) / handled:.2f} | "
+            f"{run['sample']['items']} | {errors or 'none'} | "
+            f"{_ms(get(e['median']['service'], 'other_load_cores'))} / "
+            f"{_ms(get(e['median']['floor'], 'other_load_cores'))} |"
+        )
+    return lines
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    main = max(s["config"]["n_items"] for s in report["shops"].values())
+    found = []
+
+    def entry(scenario: str, mode: str, level: float | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in report["points"]
+            if e["catalogue"] == main
+            and e["scenario"] == scenario
+            and e["mode"] == mode
+            and (level is None or e["level"] == level)
+        ]
+
+    for e in entry("cached", "closed", 32):
+        ratio = e["median"]["ratio"]["qps"]
+        found.append(
+            {
+                "target": "Recommend, cached user, 100k items, k=10: throughput ≥ 0.6× the "
+                "no-op floor at concurrency 32",
+                "measured": f"{ratio:.2f}× ({e['median']['service']['qps']:,.0f} vs "
+                f"{e['median']['floor']['qps']:,.0f} req/s)",
+                "met": ratio >= TARGETS["throughput_ratio_min"],
+            }
+        )
+        p50 = get(e["median"]["service"], "server/handling_p50_ms")
+        found.append(
+            {
+                "target": "Recommend, cached user, 100k items, k=10: server-side handling "
+                "p50 ≤ 1 ms (at concurrency 32)",
+                "measured": f"{_ms(p50)} ms",
+                "met": p50 is not None and p50 <= TARGETS["cached_server_p50_ms_max"],
+            }
+        )
+    for e in entry("cached", "closed", 1):
+        p50 = get(e["median"]["service"], "server/handling_p50_ms")
+        found.append(
+            {
+                "target": "(same, at concurrency 1: no other call interleaved)",
+                "measured": f"{_ms(p50)} ms",
+                "met": p50 is not None and p50 <= TARGETS["cached_server_p50_ms_max"],
+            }
+        )
+    for e in entry("cached", "open"):
+        ratio = e["median"]["ratio"].get("latency_ms_p99", math.inf)
+        offered = e["median"]["service"]["offered_rate"]
+        found.append(
+            {
+                "target": "Recommend, cached user, 100k items, k=10: client p99 ≤ 2× the "
+                f"floor's p99 at the same offered load ({offered:,.0f} req/s, open loop)",
+                "measured": f"{ratio:.2f}× ({_ms(get(e['median']['service'], 'latency_ms/p99'))} "
+                f"vs {_ms(get(e['median']['floor'], 'latency_ms/p99'))} ms)",
+                "met": ratio <= TARGETS["open_loop_p99_ratio_max"],
+            }
+        )
+    for level in (32, 1):
+        for e in entry("session", "closed", level):
+            p50 = get(e["median"]["service"], "server/handling_p50_ms")
+            found.append(
+                {
+                    "target": "Anonymous 5-item session, 100k items: server-side p50 ≤ 1.5 ms "
+                    f"(concurrency {level})",
+                    "measured": f"{_ms(p50)} ms",
+                    "met": p50 is not None and p50 <= TARGETS["session_server_p50_ms_max"],
+                }
+            )
+    return found
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    shops = report["shops"]
+    closed = [e for e in report["points"] if e["mode"] == "closed"]
+    opened = [e for e in report["points"] if e["mode"] == "open"]
+    cfg = report["config"]
+    measured = {e["scenario"] for e in report["points"]}
+    lines = [
+        "# Serving: `recsvc serve` (Recommend) vs the gRPC floor",
+        "",
+        f"Run {report['date']} (repo at {report['git']}; uncommitted files measured: "
+        f"{', '.join(f'`{k}`' for k in report.get('uncommitted', {})) or 'none'}, their "
+        "hashes are in `results.json`). Reproduce from the repo root with:",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        f"Machine: {_machine_line(m)}; load average at end "
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_end', []))}. "
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        "",
+        f"Medians of {cfg['repeats']} runs per point, recsvc and floor alternating "
+        f"(ABBA); each run {cfg['warmup']:g} s warm-up + {cfg['duration']:g} s measured. "
+        "Ratios are ratios of medians: QPS ÷ floor (higher is better), latency and CPU "
+        "× floor (lower is better). Every raw run is in `results.json`.",
+        "",
+        "**The floor** is `benchmarks/noop_server.py`: the same `grpc.aio` server and "
+        "options as `recsvc serve`, one process, no interceptors, a prebuilt response of "
+        "the same shape (10 items; 100 for k=100). **Client** latency is measured by "
+        "`benchmarks/loadgen.py`, an async `grpc.aio` client in its own process on the same "
+        "2 cores (its CPU use is in `results.json`: at high load the client, the server "
+        "and Redis compete for the cores, which is part of what the floor measures). "
+        "**Server** p50/p99 are estimated from recsvc's own `grpc_server_handling_seconds` "
+        "histogram (bucket bounds 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5 ms ...; "
+        "linear interpolation inside a bucket), diffed over the measured window; it times "
+        "the handler inside the interceptors, not the gRPC transport or (de)serialization.",
+        "",
+        "## Shops",
+        "",
+        "| catalogue (synth `n_items`) | items in the model | users | events | index | "
+        "recall@20 | built in | trained at |",
+        "|---:|---:|---:|---:|---|---:|---:|---|",
+    ]
+    for s in shops.values():
+        lines.append(
+            f"| {s['config']['n_items']:,} | {s['model_items']:,} | {s['model_users']:,} | "
+            f"{s['config']['n_events']:,} | {s['index_kind']} | {s['index_recall']:.3f} | "
+            f"{s['build_seconds']:.0f} s | {s.get('built_at_git', '?')} |"
+        )
+    lines += [
+        "",
+        "Shops: `training.synth` (seed 7, 90% of items out of stock, see below) then "
+        "`recsvc train --publish` with default settings (64 factors; the index kind is "
+        "what `recsvc train` picks for the size, see the table: the catalogues also "
+        "differ in index kind).",
+        "",
+        "## Scenarios",
+        "",
+        *[f"- `{k}`: {v}" for k, v in SCENARIOS.items() if k in measured],
+        "",
+    ]
+    for n, rejection in report.get("filter_rejection", {}).items():
+        if rejection:
+            lines.append(
+                f"- filter on {int(n):,} items: {rejection['rejected_share']:.0%} of the first "
+                f"{rejection['candidates_per_user']:.0f} exact candidates of "
+                f"{rejection['users_sampled']:.0f} pool users are out of stock "
+                f"({rejection['catalogue_out_of_stock_share']:.0%} of the catalogue)."
+            )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met? |",
+        "|---|---|:---:|",
+        *[
+            f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |"
+            for t in report["targets"]
+        ],
+        "",
+        "## Closed loop (fixed concurrency)",
+        "",
+        *closed_table(closed),
+        "",
+    ]
+    if opened:
+        lines += [
+            "## Open loop (Poisson arrivals, same schedule for both servers)",
+            "",
+            "Rates are fractions of recsvc's own closed-loop QPS (cached, concurrency 32) "
+            "in this run. Latency from the actual send; 'from due time' adds the client's "
+            "scheduling delay (asyncio timers have ~1 ms granularity).",
+            "",
+            *open_table(opened),
+            "",
+        ]
+    with_interceptors = [e for e in report["points"] if "interceptors" in e["median"]]
+    if with_interceptors:
+        lines += [
+            "## What recsvc's interceptors cost on their own",
+            "",
+            "A diagnostic, not the floor: `noop_server.py --interceptors` puts recsvc's "
+            "interceptor chain (metrics, auth off, concurrency limit; default settings) in "
+            "front of the same no-op, measured in the same alternation (cached-user "
+            "requests).",
+            "",
+            *interceptor_table(with_interceptors),
+            "",
+        ]
+    lines += [
+        "## Did each scenario do what it says? (server counters, middle run)",
+        "",
+        *check_table(report["points"]),
+        "",
+        "## Plots",
+        "",
+        "![latency vs concurrency](latency_vs_concurrency.png)",
+        "",
+        "![latency vs catalogue size](latency_vs_catalogue.png)",
+        "",
+    ]
+    if report.get("profile"):
+        lines += ["## Profile", "", "See [`profile.md`](profile.md) and `profile.svg`.", ""]
+    lines += [
+        "## Method",
+        "",
+        *(__doc__ or "").split("Method\n------\n", 1)[-1].splitlines(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plots(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    footer = f"{_machine_line(report['machine'])}\n{report['command']}"
+    main = max(s["config"]["n_items"] for s in report["shops"].values())
+    closed = [e for e in report["points"] if e["mode"] == "closed"]
+
+    fig, (ax_lat, ax_qps) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for scenario, color in (("cached", "tab:blue"), ("session", "tab:green")):
+        rows = sorted(
+            (e for e in closed if e["catalogue"] == main and e["scenario"] == scenario),
+            key=lambda e: e["level"],
+        )
+        if len(rows) < 2:
+            continue
+        xs = [e["level"] for e in rows]
+        for side, style in (("service", "-"), ("floor", ":")):
+            who = "recsvc" if side == "service" else "floor"
+            p50 = [get(e["median"][side], "latency_ms/p50") for e in rows]
+            p99 = [get(e["median"][side], "latency_ms/p99") for e in rows]
+            ax_lat.plot(xs, p50, style, marker="o", color=color, label=f"{who} {scenario} p50")
+            ax_lat.plot(
+                xs, p99, style, marker="^", color=color, alpha=0.5, label=f"{who} {scenario} p99"
+            )
+            qps = [e["median"][side]["qps"] for e in rows]
+            ax_qps.plot(xs, qps, style, marker="o", color=color, label=f"{who} {scenario}")
+        srv = [get(e["median"]["service"], "server/handling_p50_ms") for e in rows]
+        ax_lat.plot(xs, srv, "--", marker="s", color=color, label=f"server p50 {scenario}")
+    for ax, title, ylabel in (
+        (ax_lat, f"Client latency, {main:,}-item catalogue", "ms (log)"),
+        (ax_qps, "Throughput", "requests / s"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (closed loop)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_lat.set_yscale("log")
+    fig.text(0.01, 0.01, footer, fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out / "latency_vs_concurrency.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    scenarios = ("cached", "session", "foldin", "filter")
+    colors = ("tab:blue", "tab:green", "tab:red", "tab:purple")
+    for ax, level in zip(axes, (1, 32), strict=True):
+        for scenario, color in zip(scenarios, colors, strict=True):
+            rows = sorted(
+                (e for e in closed if e["scenario"] == scenario and e["level"] == level),
+                key=lambda e: e["model_items"],
+            )
+            if not rows:
+                continue
+            xs = [e["model_items"] for e in rows]
+            srv = [get(e["median"]["service"], "server/handling_p50_ms") for e in rows]
+            cli = [get(e["median"]["service"], "latency_ms/p50") for e in rows]
+            ax.plot(xs, srv, "-", marker="s", color=color, label=f"{scenario}: server p50")
+            ax.plot(xs, cli, "--", marker="o", color=color, alpha=0.6, label=f"{scenario}: client")
+        rows = sorted(
+            (e for e in closed if e["scenario"] == "cached" and e["level"] == level),
+            key=lambda e: e["model_items"],
+        )
+        if rows:
+            xs = [e["model_items"] for e in rows]
+            ax.plot(
+                xs,
+                [get(e["median"]["floor"], "latency_ms/p50") for e in rows],
+                ":",
+                marker="o",
+                color="black",
+                label="floor: client p50",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("items in the model (log)")
+        ax.set_ylabel("ms (log)")
+        ax.set_title(f"Latency vs catalogue size, concurrency {level}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", ncols=2)
+    fig.text(0.01, 0.01, footer, fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out / "latency_vs_catalogue.png", dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+@contextmanager
+def running(items: list[Any]) -> Iterator[None]:
+    """Stop what was started, last first, whatever happens."""
+    try:
+        yield
+    finally:
+        for item in reversed(items):
+            try:
+                item.stop() if hasattr(item, "stop") else item.close()
+            except Exception as exc:  # cleanup of the others must go on
+                print(f"cleanup of {item!r} failed: {exc}", file=sys.stderr)
+
+
+def measure(
+    gen: LoadGen,
+    rig: Rig,
+    floors: dict[str, Server],
+    point: Point,
+    args: argparse.Namespace,
+    rate: float | None,
+) -> dict[str, Any]:
+    """``args.repeats`` runs of each side, in ABBA order (reversed every other repeat)."""
+    sides = ["service", "floor"] + (["interceptors"] if point.interceptors else [])
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for r in range(args.repeats):
+        for side in sides if r % 2 == 0 else reversed(sides):
+            if side == "service":
+                run = run_once(
+                    gen, point, side, rig.server, args,
+                    metrics_url=rig.metrics_url,
+                    pids={"server": rig.server.pid, "redis": rig.redis.pid},
+                    rate=rate, seed=SEED + r,
+                )  # fmt: skip
+            else:
+                server = floors[side]
+                run = run_once(
+                    gen, point, side, server, args,
+                    metrics_url=None, pids={"server": server.pid}, rate=rate, seed=SEED + r,
+                )  # fmt: skip
+            runs[side].append(run)
+            print(f"    #{r + 1} {_brief(run)}", flush=True)
+    return {
+        "catalogue": point.catalogue,
+        "model_items": rig.shop.model_items,
+        "scenario": point.scenario,
+        "mode": point.mode,
+        "level": rate if point.mode == "open" else point.level,
+        "rate_fraction": point.rate_fraction or None,
+        "median": summarise(runs),
+        **{f"{side}_runs": side_runs for side, side_runs in runs.items()},
+    }
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Benchmark recsvc serve against a no-op gRPC floor.")
+    p.add_argument("--catalogues", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--rates", nargs="+", default=["auto"], help="open-loop req/s, or auto")
+    p.add_argument("--repeats", type=int, help="runs per side and point (default 5; quick 3)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (2.5; quick 3)")
+    p.add_argument("--warmup", type=float, help="seconds before each window (0.5; quick 1)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/recsvc-bench"))
+    p.add_argument("--out", type=Path)
+    p.add_argument("--profile-seconds", type=float, default=20.0, help="0 = no profile")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="100k items, cached and session at concurrency 32 -> <out>/summary.json",
+    )
+    args = p.parse_args(argv)
+    # short runs, many alternations: on a shared machine the median of 5 short
+    # alternating runs is steadier than that of 3 long ones
+    defaults = (3, 3.0, 1.0) if args.quick else (5, 2.5, 0.5)
+    for name, value in zip(("repeats", "duration", "warmup"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.quick:
+        args.catalogues = [100_000]
+        args.profile_seconds = 0.0
+    if args.out is None:
+        args.out = Path("benchmarks/results/quick" if args.quick else "benchmarks/results/serving")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job ignores) unwind through the cleanup
+    # below, so no server, Redis or load generator outlives the benchmark
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    started = time.perf_counter()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = args.workdir / "serving-logs"
+    logs.mkdir(exist_ok=True)
+    points = plan(args)
+    report: dict[str, Any] = {
+        "benchmark": "recsvc serve (Recommend) vs no-op gRPC floor",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_revision(),
+        "uncommitted": code_state(),
+        "command": shlex.join([".venv/bin/python", "benchmarks/bench_serving.py", *argv]),
+        "machine": machine(),
+        "versions": versions(),
+        "config": {
+            "repeats": args.repeats,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "rates": args.rates,
+            "rate_fractions": RATE_FRACTIONS,
+            "pool_users": POOL_USERS,
+            "targets": TARGETS,
+        },
+        "scenarios": SCENARIOS,
+        "shops": {},
+        "servers": {},
+        "filter_rejection": {},
+        "setup_seconds": {},
+        "points": [],
+    }
+    shops = {n: ensure_shop(n, args.workdir) for n in sorted(set(args.catalogues))}
+    for n, shop in shops.items():
+        report["shops"][str(n)] = shop.to_json()
+    owned: list[Any] = []
+    with running(owned):
+        gen = LoadGen(logs / "loadgen.log")
+        owned.append(gen)
+        floor_cmd = [sys.executable, str(HERE / "noop_server.py"), "--port", "0"]
+        floor = start_server("floor", floor_cmd, "noop serving on", logs / "floor.log")
+        owned.append(floor)
+        floors = {"floor": floor}
+        report["servers"]["floor"] = shlex.join(floor_cmd)
+        if any(p.interceptors for p in points):
+            cmd = [*floor_cmd, "--interceptors"]
+            floors["interceptors"] = start_server(
+                "interceptors", cmd, "noop serving on", logs / "interceptors.log"
+            )
+            owned.append(floors["interceptors"])
+            report["servers"]["interceptors"] = shlex.join(cmd)
+        report["servers"]["loadgen"] = shlex.join(gen.command)
+        reference_qps: float | None = None
+        for n in sorted({p.catalogue for p in points}, reverse=True):
+            mine = [p for p in points if p.catalogue == n]
+            print(f"[{n:,} items] starting Redis and recsvc ...", flush=True)
+            rig = start_rig(shops[n], mine, args, logs, gen)
+            owned += [rig.redis, rig.server]
+            report["servers"][f"recsvc-{n}"] = shlex.join(rig.server.command)
+            report["filter_rejection"][str(n)] = rig.filter_rejection
+            report["setup_seconds"][str(n)] = rig.setup_seconds
+            report["shops"][str(n)]["pools"] = rig.pools
+            # warm the LRU with every cached user, and both servers' code paths
+            warm = [("service", rig.server)] + [("floor", f) for f in floors.values()]
+            for side, server in warm:
+                gen.ask(
+                    {
+                        "op": "run", "target": server.target,
+                        "pool": pool_name(n, "cached", side), "mode": "closed",
+                        "concurrency": 16, "warmup": 0.0, "duration": 2.0,
+                    }
+                )  # fmt: skip
+            for point in mine:
+                rate = None
+                if point.mode == "open":
+                    if point.rate_fraction:
+                        if reference_qps is None:
+                            raise RuntimeError("auto rates need cached at concurrency 32 first")
+                        rate = float(round(point.rate_fraction * reference_qps, -1))
+                    else:
+                        rate = point.level
+                what = f"c={int(point.level)}" if point.mode == "closed" else f"{rate:.0f}/s"
+                print(f"[{n:,} items] {point.scenario} {what}", flush=True)
+                entry = measure(gen, rig, floors, point, args, rate)
+                report["points"].append(entry)
+                if point.scenario == "cached" and point.mode == "closed" and point.level == 32:
+                    reference_qps = entry["median"]["service"]["qps"]
+                write_outputs(report, args)  # partial results survive a later failure
+            if args.profile_seconds > 0 and n == max(args.catalogues):
+                print(f"[{n:,} items] profiling recsvc for 2 x {args.profile_seconds:g}s ...")
+                report["profile"] = profile(gen, rig, args, args.out)
+            rig.server.stop()
+            rig.redis.stop()
+            owned.remove(rig.server)
+            owned.remove(rig.redis)
+    report["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    report["total_seconds"] = time.perf_counter() - started
+    write_outputs(report, args, final=True)
+    print(f"done in {report['total_seconds']:.0f}s: {args.out}", flush=True)
+    return 0
+
+
+def _at_most(value: float | None, bound: float) -> bool:
+    return value is not None and value <= bound
+
+
+def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
+    def one(scenario: str) -> dict[str, Any]:
+        return next(e for e in report["points"] if e["scenario"] == scenario and e["level"] == 32)
+
+    cached, session = one("cached"), one("session")
+    return {
+        "floor_qps": cached["median"]["floor"]["qps"],
+        "recommend_qps": cached["median"]["service"]["qps"],
+        "ratio": cached["median"]["ratio"]["qps"],
+        "server_p50_ms": get(cached["median"]["service"], "server/handling_p50_ms"),
+        "server_p99_ms": get(cached["median"]["service"], "server/handling_p99_ms"),
+        "client_p50_ms": get(cached["median"]["service"], "latency_ms/p50"),
+        "client_p99_ms": get(cached["median"]["service"], "latency_ms/p99"),
+        "floor_p50_ms": get(cached["median"]["floor"], "latency_ms/p50"),
+        "floor_p99_ms": get(cached["median"]["floor"], "latency_ms/p99"),
+        "session_qps": session["median"]["service"]["qps"],
+        "session_floor_qps": session["median"]["floor"]["qps"],
+        "session_ratio": session["median"]["ratio"]["qps"],
+        "session_server_p50_ms": get(session["median"]["service"], "server/handling_p50_ms"),
+        "targets": {
+            "ratio_min": TARGETS["throughput_ratio_min"],
+            "server_p50_ms_max": TARGETS["cached_server_p50_ms_max"],
+            "session_server_p50_ms_max": TARGETS["session_server_p50_ms_max"],
+        },
+        "met": {
+            "ratio": cached["median"]["ratio"]["qps"] >= TARGETS["throughput_ratio_min"],
+            "server_p50_ms": _at_most(
+                get(cached["median"]["service"], "server/handling_p50_ms"),
+                TARGETS["cached_server_p50_ms_max"],
+            ),
+            "session_server_p50_ms": _at_most(
+                get(session["median"]["service"], "server/handling_p50_ms"),
+                TARGETS["session_server_p50_ms_max"],
+            ),
+        },
+        "scenarios": {
+            "cached": f"{SCENARIOS['cached']}; concurrency 32",
+            "session": f"{SCENARIOS['session']}; concurrency 32",
+        },
+        "other_load_cores": {
+            "service_runs": get(cached["median"]["service"], "other_load_cores"),
+            "floor_runs": get(cached["median"]["floor"], "other_load_cores"),
+        },
+        "model_items": cached["model_items"],
+        "repeats": report["config"]["repeats"],
+        "duration_seconds": report["config"]["duration"],
+        "machine": report["machine"],
+        "date": report["date"],
+        "git": report["git"],
+        "uncommitted": report["uncommitted"],
+        "command": report["command"],
+        "total_seconds": report.get("total_seconds"),
+    }
+
+
+def write_outputs(report: dict[str, Any], args: argparse.Namespace, *, final: bool = False) -> None:
+    if args.quick:
+        if final:
+            summary = quick_summary(report)
+            (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return
+    report["targets"] = evaluate_targets(report)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "README.md").write_text(render_markdown(report))
+    if final:
+        plots(report, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
