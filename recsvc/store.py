@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -52,6 +52,7 @@ __all__ = [
     "decode_vector",
     "encode_vector",
     "redacted_url",
+    "serving_pool",
     "session_items_key",
     "translated_errors",
     "user_history_key",
@@ -152,6 +153,38 @@ def decode_vector(raw: bytes, factors: int) -> Vector:
 # --------------------------------------------------------------------------- client
 
 
+def serving_pool(
+    pool_class: Any, url: str, *, socket_timeout: float, max_connections: int, retry: Any
+) -> Any:
+    """A blocking connection pool of ``pool_class`` (sync or asyncio) for ``url``.
+
+    Connect, read and pool-wait timeouts of ``socket_timeout``; at most
+    ``max_connections``; the given ``retry`` — redis-py's default is 10 retries with
+    backoff up to 1 s, timeouts included: seconds of stall per call while Redis is
+    down or slow. One quick retry on a connection error covers a pooled socket Redis
+    has closed; a timeout is not retried, so a call never takes much longer than
+    ``socket_timeout``. RESP2, bytes values. Raises ConfigError for a URL that cannot
+    be used.
+    """
+    if socket_timeout <= 0 or max_connections <= 0:
+        raise ConfigError("socket_timeout and max_connections must be positive")
+    try:
+        pool = pool_class.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=retry,
+            protocol=2,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
+    if pool.connection_kwargs.get("decode_responses"):
+        raise ConfigError(f"Redis URL {redacted_url(url)}: decode_responses must be off")
+    return pool
+
+
 def client_from_url(
     url: str, *, socket_timeout: float = 0.5, max_connections: int = 64
 ) -> redis.Redis:
@@ -168,31 +201,17 @@ def client_from_url(
     Nothing is sent until the first command. Raises :class:`ConfigError` for a URL that
     cannot be used.
     """
-    if socket_timeout <= 0 or max_connections <= 0:
-        raise ConfigError("socket_timeout and max_connections must be positive")
-    try:
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            # redis-py's default is 10 retries with backoff up to 1 s, timeouts included:
-            # seconds of stall per call while Redis is down or slow. One quick retry on a
-            # connection error covers a pooled socket Redis has closed; a timeout is not
-            # retried, so a call never takes much longer than socket_timeout.
-            retry=Retry(
-                EqualJitterBackoff(cap=0.05, base=0.005),
-                retries=1,
-                supported_errors=(redis.ConnectionError,),
-            ),
-            protocol=2,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
-    if pool.connection_kwargs.get("decode_responses"):
-        pool.close()
-        raise ConfigError(f"Redis URL {redacted_url(url)}: decode_responses must be off")
+    pool = serving_pool(
+        redis.BlockingConnectionPool,
+        url,
+        socket_timeout=socket_timeout,
+        max_connections=max_connections,
+        retry=Retry(
+            EqualJitterBackoff(cap=0.05, base=0.005),
+            retries=1,
+            supported_errors=(redis.ConnectionError,),
+        ),
+    )
     return redis.Redis.from_pool(pool)
 
 

@@ -53,7 +53,7 @@ from numpy.typing import NDArray
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 
-from recsvc.errors import ConfigError, DataError, StoreError
+from recsvc.errors import DataError, StoreError
 from recsvc.events import EventType
 
 # The user tag, prefix validation, URL redaction and error translation exist once, in
@@ -63,7 +63,7 @@ from recsvc.store import (
     checked_prefix,
     decode_vector,
     encode_vector,
-    redacted_url,
+    serving_pool,
     session_items_key,
     translated_errors,
     user_history_key,
@@ -211,30 +211,18 @@ def async_client_from_url(
     Nothing is sent until the first command; close it with ``await client.aclose()``.
     Raises :class:`ConfigError` for a URL that cannot be used.
     """
-    if socket_timeout <= 0 or max_connections <= 0:
-        raise ConfigError("socket_timeout and max_connections must be positive")
-    try:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            # Same policy as the sync client: redis-py's default (many retries with
-            # backoff, timeouts included) would stall a request for seconds while Redis
-            # is down. Worst case per call: pool wait + connect + backoff + reconnect
-            # + read, each bounded by socket_timeout or the 5 ms backoff cap.
-            retry=Retry(
-                EqualJitterBackoff(cap=0.005, base=0.001),
-                retries=1,
-                supported_errors=(redis.ConnectionError,),
-            ),
-            protocol=2,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
-    if pool.connection_kwargs.get("decode_responses"):
-        raise ConfigError(f"Redis URL {redacted_url(url)}: decode_responses must be off")
+    pool = serving_pool(
+        redis.asyncio.BlockingConnectionPool,
+        url,
+        socket_timeout=socket_timeout,
+        max_connections=max_connections,
+        # the request path's budget is tens of ms: a 5 ms backoff cap, not 50
+        retry=Retry(
+            EqualJitterBackoff(cap=0.005, base=0.001),
+            retries=1,
+            supported_errors=(redis.ConnectionError,),
+        ),
+    )
     return redis.asyncio.Redis.from_pool(pool)
 
 
