@@ -175,7 +175,10 @@ class Ranker:
 
         repeat = self._repeat_scores(query) if beta > 0 else {}
         cf_reason = Reason.SESSION if strategy is Strategy.SESSION else Reason.CF
-        fetch = min(self._n_items, k * self.overfetch)
+        # k·overfetch for small k, but at most k + 60: normscan's cost grows with the
+        # fetch (400 candidates cost 612 µs vs 85 µs for 40) and filters that reject
+        # more widen the search below anyway
+        fetch = min(self._n_items, k + min(k * (self.overfetch - 1), 60))
         while True:
             items, scores, reasons = self._blend(vector, repeat, beta, fetch, allowed, cf_reason)
             if len(items) >= k or fetch >= self._n_items or vector is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -85,7 +85,7 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable
 
 def _items(out: RecommendOutput) -> list[pb.RecommendedItem]:
     return [
-        pb.RecommendedItem(item_id=i.item_id, score=i.score, reason=pb.Reason.Name(int(i.reason)))
+        pb.RecommendedItem(item_id=i.item_id, score=i.score, reason=cast(pb.Reason, int(i.reason)))
         for i in out.items
     ]
 
