@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from _env import git_revision
+
 SEED = 7
 OUT_OF_STOCK_RATE = 0.9
 EVENTS_PER_ITEM = 30
@@ -160,7 +162,7 @@ def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Sho
         "index_recall": float(manifest["index"]["recall"]),
         "build_seconds": time.perf_counter() - t,
         "train_command": " ".join(cmd),
-        "git": _git_revision(),
+        "git": git_revision(),
     }
     stamp.write_text(json.dumps(saved, indent=2) + "\n")
     print(f"[shop {n_items:,}] built in {saved['build_seconds']:.0f}s: {version}", flush=True)
@@ -174,16 +176,6 @@ def _default_index_kind(n_items: int) -> str:
     from recsvc.index import choose_kind
 
     return str(choose_kind(n_items, IndexSettings()))
-
-
-def _git_revision() -> str:
-    done = subprocess.run(
-        ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def _shop(config: ShopConfig, folder: Path, saved: dict[str, Any], *, reused: bool) -> Shop:

@@ -86,11 +86,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench_train import git_revision, machine
+from _env import git_revision, machine, versions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -154,18 +153,6 @@ def settle() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: deltas are rougher
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def versions() -> dict[str, str]:
-    import platform
-
-    found = {"python": platform.python_version()}
-    for lib in LIBRARIES:
-        try:
-            found[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            found[lib] = "not installed"
-    return found
 
 
 def faiss_blas_threshold() -> int:
@@ -1224,7 +1211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": git_revision(),
         "command": shlex.join([".venv/bin/python", "benchmarks/bench_index.py", *argv]),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(LIBRARIES),
         "config": {
             "factors": ALSSettings().factors,
             "queries": args.queries,

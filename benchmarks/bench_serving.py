@@ -86,8 +86,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _env import git_revision, machine, versions
 from _shop import Shop, ensure_shop, recsvc_bin
-from bench_train import git_revision, machine
 
 if TYPE_CHECKING:
     from recsvc.artifact import ModelArtifact
@@ -1025,19 +1025,6 @@ def code_state() -> dict[str, str]:
     return state
 
 
-def versions() -> dict[str, str]:
-    import platform
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for lib in LIBRARIES:
-        try:
-            found[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            found[lib] = "not installed"
-    return found
-
-
 def _ms(x: Any) -> str:
     return "-" if not isinstance(x, int | float) else f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
@@ -1591,7 +1578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uncommitted": code_state(),
         "command": shlex.join([".venv/bin/python", "benchmarks/bench_serving.py", *argv]),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(LIBRARIES),
         "config": {
             "repeats": args.repeats,
             "duration": args.duration,

@@ -57,7 +57,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -69,9 +68,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from _env import git_revision, machine, versions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -555,51 +555,6 @@ def summarise(res: SizeResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    """CPU, cores, RAM, OS and load, for reading the numbers."""
-    cpu, mem_kib = "unknown", 0
-    cpuinfo, meminfo = Path("/proc/cpuinfo"), Path("/proc/meminfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "ram_gib": round(mem_kib / 2**20, 1),
-        "os": platform.platform(),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for lib in LIBRARIES:
-        try:
-            found[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            found[lib] = "not installed"
-    return found
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -849,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": git_revision(),
         "command": shlex.join([".venv/bin/python", "benchmarks/bench_train.py", *argv]),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(LIBRARIES),
         "config": {**als.model_dump(), "repeats": args.repeats, "synth_seed": SEED},
         "index_settings": IndexSettings().model_dump(),
         "sizes": [],
