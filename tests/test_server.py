@@ -6,6 +6,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -246,13 +247,24 @@ def test_metrics_scrape(server: ServerThread, client: RecommenderClient) -> None
     with pytest.raises(grpc.RpcError):
         client.recommend(k=-1)
     port = server.running.metrics_port
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    handled = {
-        (s.labels["grpc_method"], s.labels["grpc_code"]): s.value
-        for s in families["grpc_server_handled"].samples
-        if s.name == "grpc_server_handled_total"
-    }
+
+    def scrape() -> tuple[dict[str, Any], dict[tuple[str, str], float]]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        handled = {
+            (s.labels["grpc_method"], s.labels["grpc_code"]): s.value
+            for s in families["grpc_server_handled"].samples
+            if s.name == "grpc_server_handled_total"
+        }
+        return families, handled
+
+    # an aborted call's status reaches the client a moment before the metrics
+    # interceptor, which runs when the handler unwinds, has counted it
+    deadline = time.monotonic() + 5
+    families, handled = scrape()
+    while handled[("Recommend", "INVALID_ARGUMENT")] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        families, handled = scrape()
     assert handled[("Recommend", "OK")] >= 1
     assert handled[("Recommend", "INVALID_ARGUMENT")] >= 1
     assert "grpc_server_handling_seconds" in families
