@@ -35,6 +35,7 @@ from serving.eventlog import EventLog
 from serving.interceptors import server_interceptors
 from serving.metrics import ServingMetrics, start_metrics_http_server
 from serving.models import LoadedModel, ModelHolder, ReloadOutcome
+from serving.redisread import RedisReader
 from serving.servicer import RecommenderServicer
 from serving.state import LiveState, async_client_from_url
 
@@ -115,6 +116,11 @@ async def create_server(settings: Settings) -> RunningServer:
         log.info("no Redis URL configured: started a private Redis at %s", redis_url)
     client = async_client_from_url(redis_url, socket_timeout=settings.redis.socket_timeout_seconds)
     owned.append(client)
+    # the hot read (vector + history + session of each Recommend) over a thin pipelined
+    # client; None for URLs it does not speak (TLS, RESP3), which stay on redis-py
+    reader = RedisReader.for_client(client)
+    if reader is not None:
+        owned.append(reader)
     state = LiveState(
         client,
         prefix=settings.redis.prefix,
@@ -123,6 +129,7 @@ async def create_server(settings: Settings) -> RunningServer:
         session_max_events=s.session_max_events,
         session_ttl_seconds=s.session_ttl_seconds,
         vector_ttl_seconds=settings.redis.vector_ttl_seconds,
+        reader=reader,
     )
     event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
     owned.append(event_log)

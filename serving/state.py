@@ -55,9 +55,6 @@ from redis.backoff import EqualJitterBackoff
 
 from recsvc.errors import DataError, StoreError
 from recsvc.events import EventType
-
-# The user tag, prefix validation, URL redaction and error translation exist once, in
-# recsvc.store, shared with the publisher.
 from recsvc.store import (
     DEFAULT_PREFIX,
     checked_prefix,
@@ -70,6 +67,10 @@ from recsvc.store import (
     user_tag,
     user_vector_key,
 )
+
+# The user tag, prefix validation, URL redaction and error translation exist once, in
+# recsvc.store, shared with the publisher.
+from serving.redisread import RedisReader
 
 __all__ = [
     "EVENT_FORMAT_VERSION",
@@ -237,6 +238,11 @@ class LiveState:
     concurrent write races it) and raises :class:`StoreError` when Redis fails or times out, and
     ValueError for an argument no key can be built from (empty user id where one is
     needed, a bad model version).
+
+    With a ``reader`` (:class:`serving.redisread.RedisReader` on the same Redis),
+    :meth:`get_user_state`, the read of every Recommend, goes through it instead of a
+    redis-py pipeline (same replies, a fifth of the client CPU); everything else
+    stays on ``client``. The caller owns the reader and closes it.
     """
 
     def __init__(
@@ -249,6 +255,7 @@ class LiveState:
         session_max_events: int,
         session_ttl_seconds: int,
         vector_ttl_seconds: int,
+        reader: RedisReader | None = None,
     ) -> None:
         limits = {
             "history_max_events": history_max_events,
@@ -261,6 +268,7 @@ class LiveState:
         if bad:
             raise ValueError(f"{', '.join(bad)} must be positive")
         self._client = client
+        self._reader = reader
         self.prefix = checked_prefix(prefix)
         self.history_max_events = history_max_events
         self.history_ttl_seconds = history_ttl_seconds
@@ -317,7 +325,11 @@ class LiveState:
             commands.append(("LRANGE", sess, 0, self.session_max_events - 1))
         if not commands:
             return None, [], []
-        replies = await self._pipeline(commands, "reading user state", transaction=False)
+        if self._reader is not None:
+            with translated_errors("reading user state"):
+                replies = await self._reader.execute(commands)
+        else:
+            replies = await self._pipeline(commands, "reading user state", transaction=False)
         vector: Vector | None = None
         history: list[StoredEvent] = []
         if user_id:

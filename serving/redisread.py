@@ -1,0 +1,368 @@
+"""A thin asyncio Redis client for the one read on Recommend's hot path.
+
+:meth:`serving.state.LiveState.get_user_state` reads a user's vector, history and
+session (GET + LRANGE + LRANGE) on every Recommend. Through redis-py's asyncio
+pipeline that read costs ~100 µs of client CPU per call; the exchange itself (pack,
+one write, one read, parse with hiredis) costs a fifth of it. :class:`RedisReader`
+does only that exchange, and leaves everything else (writes, MULTI, WATCH, PING,
+admin) to redis-py.
+
+How it works:
+
+- An :class:`asyncio.Protocol` per connection, RESP2 over TCP or a unix socket.
+  Commands are packed by ``hiredis.pack_command`` and replies parsed by
+  ``hiredis.Reader`` (bytes, never decoded), as redis-py does with hiredis.
+- Requests are *pipelined*: each call appends its commands to the connection's
+  output buffer and a future to a FIFO; Redis answers in order, so replies are
+  handed back in order. Calls made in the same event-loop iteration share one
+  ``write`` (flushed by ``call_soon``), so under load many requests cost one syscall.
+- A few connections (``connections``, round robin), opened lazily, each with
+  AUTH / SELECT / CLIENT SETNAME from the URL sent first.
+- Failure: a connection that fails (refused, reset, closed by Redis, protocol
+  error) fails every call waiting on it with :class:`redis.ConnectionError` and is
+  replaced by the next call. A call whose reply has not come ``socket_timeout``
+  seconds after it was sent fails the connection with :class:`redis.TimeoutError`
+  (as redis-py's read timeout does; one timer per connection, not per call). An
+  error reply (WRONGTYPE, ...) raises :class:`redis.ResponseError` for that call
+  only. These are redis-py's own exception classes, so callers translate them the
+  same way (:func:`recsvc.store.translated_errors`). Reads are idempotent: a call
+  that hit a pooled connection Redis had closed is retried once on a fresh one (the
+  same single retry :func:`serving.state.async_client_from_url` configures).
+- Cancelling a call (a gRPC deadline) drops its future; its replies are read and
+  discarded when they come, so the FIFO stays aligned.
+
+:meth:`RedisReader.for_client` builds one from an existing redis-py client's pool
+(same host, port or socket path, db, credentials, timeouts: the URL is parsed in one
+place, :func:`recsvc.store.serving_pool`). It returns None for what this client does
+not speak (TLS, RESP3, credential providers): the caller then keeps using redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import Sequence
+from typing import Any, Final
+
+import hiredis
+import redis
+import redis.asyncio
+
+__all__ = ["RedisReader"]
+
+Command = tuple[Any, ...]
+
+_SUPPORTED_CONNECTIONS: Final = (
+    redis.asyncio.connection.Connection,
+    redis.asyncio.connection.UnixDomainSocketConnection,
+)
+# connection kwargs this client honours; any other one set to a non-default value
+# (a credential provider, TLS options, ...) means: leave the URL to redis-py
+_HONOURED: Final = frozenset(
+    {
+        "host",
+        "port",
+        "path",
+        "db",
+        "username",
+        "password",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "client_name",
+        "protocol",
+        "retry",
+        "encoder_class",
+        "himport_registry",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_type",
+        "retry_on_timeout",
+        "retry_on_error",
+        "health_check_interval",
+        "lib_name",
+        "lib_version",
+        "encoding",
+        "encoding_errors",
+        "decode_responses",
+        "maint_notifications_pool_handler",
+        "maint_notifications_config",
+        "orig_host_address",
+        "orig_socket_timeout",
+        "orig_socket_connect_timeout",
+    }
+)
+
+
+class _Call:
+    """One call's place in a connection's FIFO."""
+
+    __slots__ = ("deadline", "expected", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], expected: int, deadline: float) -> None:
+        self.future = future
+        self.expected = expected
+        self.deadline = deadline
+        self.replies: list[Any] = []
+
+
+class _Connection(asyncio.Protocol):
+    """One Redis connection carrying pipelined calls (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, where: str) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._where = where
+        self._reader = hiredis.Reader(replyError=redis.ResponseError)
+        self._transport: asyncio.Transport | None = None
+        self._pending: collections.deque[_Call] = collections.deque()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.alive = False
+        self.used = False
+        """True once a call on it has been answered (so a failure may be a stale socket)."""
+
+    # --- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.alive = True
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        pending = self._pending
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                error = f"Protocol error from Redis at {self._where}: {exc}"
+                self._fail(redis.ConnectionError(error))
+                return
+            if reply is False:  # no complete reply yet (RESP2 has no booleans)
+                return
+            if not pending:
+                self._fail(redis.ConnectionError(f"Unexpected reply from Redis at {self._where}"))
+                return
+            call = pending[0]
+            call.replies.append(reply)
+            if len(call.replies) == call.expected:
+                pending.popleft()
+                self.used = True
+                if not call.future.done():  # a cancelled caller's replies are dropped
+                    call.future.set_result(call.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(redis.ConnectionError(f"Connection to Redis at {self._where} lost: {exc}"))
+
+    # --- calls -----------------------------------------------------------------------
+
+    def send(self, packed: list[bytes]) -> asyncio.Future[list[Any]]:
+        """Queue ``packed`` commands; the future gets their replies, in order."""
+        if not self.alive:
+            raise redis.ConnectionError(f"Connection to Redis at {self._where} is closed")
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        deadline = self._loop.time() + self._timeout
+        self._pending.append(_Call(future, len(packed), deadline))
+        self._out += packed
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None and self.alive:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._transport.write(data)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        head = self._pending[0].deadline
+        if head <= self._loop.time():
+            self._fail(
+                redis.TimeoutError(f"Timeout reading from Redis at {self._where}"), abort=True
+            )
+        else:
+            self._timer = self._loop.call_at(head, self._check_deadline)
+
+    def _fail(self, exc: redis.RedisError, *, abort: bool = True) -> None:
+        """Fail every waiting call with ``exc`` and drop the connection."""
+        self.alive = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._out.clear()
+        if abort and self._transport is not None:
+            self._transport.abort()
+        while self._pending:
+            call = self._pending.popleft()
+            if not call.future.done():
+                call.future.set_exception(exc)
+
+    def close(self) -> None:
+        self._fail(redis.ConnectionError("Connection closed by the client"), abort=False)
+        if self._transport is not None:
+            self._transport.close()
+
+
+class RedisReader:
+    """Pipelined reads over a few connections to one Redis (see the module docstring).
+
+    Use it from one event loop. ``socket_timeout`` bounds the wait for a reply,
+    ``connect_timeout`` the connect and handshake.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "localhost",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        client_name: str | None = None,
+        socket_timeout: float = 0.05,
+        connect_timeout: float | None = None,
+        connections: int = 1,
+    ) -> None:
+        if socket_timeout <= 0 or connections <= 0:
+            raise ValueError("socket_timeout and connections must be positive")
+        self._host, self._port, self._path = host, port, path
+        self._db, self._username, self._password = int(db), username, password
+        self._client_name = client_name
+        self._timeout = float(socket_timeout)
+        self._connect_timeout = float(connect_timeout or socket_timeout)
+        self._slots: list[_Connection | None] = [None] * connections
+        self._locks = [asyncio.Lock() for _ in range(connections)]
+        self._next = itertools.cycle(range(connections))
+        self._closed = False
+        self.where = path if path else f"{host}:{port}"
+
+    @classmethod
+    def for_client(cls, client: redis.asyncio.Redis, connections: int = 1) -> RedisReader | None:
+        """A reader for the Redis ``client`` talks to, or None if it cannot speak it
+        (TLS, RESP3, a credential provider or another option it does not honour)."""
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        if pool.connection_class not in _SUPPORTED_CONNECTIONS:
+            return None
+        if kwargs.get("protocol", 2) not in (2, "2", None) or kwargs.get("decode_responses"):
+            return None
+        if set(kwargs) - _HONOURED:
+            return None
+        timeout = kwargs.get("socket_timeout") or 0.05
+        return cls(
+            host=kwargs.get("host", "localhost"),
+            port=int(kwargs.get("port", 6379)),
+            path=kwargs.get("path"),
+            db=int(kwargs.get("db", 0) or 0),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            client_name=kwargs.get("client_name"),
+            socket_timeout=float(timeout),
+            connect_timeout=float(kwargs.get("socket_connect_timeout") or timeout),
+            connections=connections,
+        )
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """Replies of ``commands``, sent together, in order.
+
+        Raises :class:`redis.ResponseError` for an error reply (the first one),
+        :class:`redis.ConnectionError` or :class:`redis.TimeoutError` when Redis
+        cannot be reached or does not answer in time.
+        """
+        packed = [hiredis.pack_command(c) for c in commands]
+        slot = next(self._next)
+        conn = self._slots[slot]
+        if conn is None or not conn.alive:
+            conn = await self._connection(slot)
+            fresh = True
+        else:
+            fresh = False
+        try:
+            replies = await conn.send(packed)
+        except redis.TimeoutError:
+            raise
+        except redis.ConnectionError:
+            if fresh or conn.used is False:
+                raise
+            # a pooled socket Redis closed meanwhile: once more, on a new connection
+            conn = await self._connection(slot)
+            replies = await conn.send(packed)
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    async def _connection(self, slot: int) -> _Connection:
+        async with self._locks[slot]:
+            conn = self._slots[slot]
+            if conn is not None and conn.alive:
+                return conn
+            if self._closed:
+                raise redis.ConnectionError("the reader is closed")
+            conn = await self._connect()
+            self._slots[slot] = conn
+            return conn
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        conn = _Connection(loop, self._timeout, self.where)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if self._path:
+                    await loop.create_unix_connection(lambda: conn, self._path)
+                else:
+                    await loop.create_connection(lambda: conn, self._host, self._port)
+                handshake: list[Command] = []
+                if self._password is not None:
+                    if self._username:
+                        handshake.append(("AUTH", self._username, self._password))
+                    else:
+                        handshake.append(("AUTH", self._password))
+                if self._db:
+                    handshake.append(("SELECT", self._db))
+                if self._client_name:
+                    handshake.append(("CLIENT", "SETNAME", self._client_name))
+                if handshake:
+                    replies = await conn.send([hiredis.pack_command(c) for c in handshake])
+                    for reply in replies:
+                        if isinstance(reply, redis.ResponseError):
+                            raise _handshake_error(reply)
+        except TimeoutError as exc:
+            conn.close()
+            raise redis.TimeoutError(f"Timeout connecting to Redis at {self.where}") from exc
+        except OSError as exc:
+            conn.close()
+            raise redis.ConnectionError(
+                f"Error connecting to Redis at {self.where}: {exc.strerror or exc}"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        conn.used = False
+        return conn
+
+    async def aclose(self) -> None:
+        """Close every connection; calls waiting on them fail with ConnectionError."""
+        self._closed = True
+        for i, conn in enumerate(self._slots):
+            if conn is not None:
+                conn.close()
+            self._slots[i] = None
+
+
+def _handshake_error(reply: redis.ResponseError) -> redis.RedisError:
+    text = str(reply)
+    if "WRONGPASS" in text or "invalid password" in text or "NOAUTH" in text:
+        return redis.AuthenticationError(text)
+    return redis.ConnectionError(f"Redis refused the connection setup: {text}")
