@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import multiprocessing
+import os
 import signal
+import socket
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import faiss
 import grpc
@@ -39,9 +45,19 @@ from serving.redisread import RedisReader
 from serving.servicer import RecommenderServicer
 from serving.state import LiveState, async_client_from_url
 
-__all__ = ["SERVICE_NAME", "RunningServer", "create_server", "serve"]
+__all__ = [
+    "EVENT_LOOPS",
+    "SERVICE_NAME",
+    "RunningServer",
+    "create_server",
+    "run",
+    "run_event_loop",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 
@@ -103,8 +119,12 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def create_server(settings: Settings) -> RunningServer:
-    """Start a server for ``settings`` and return it (model loaded if one is published)."""
+async def create_server(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+    """Start a server for ``settings`` and return it (model loaded if one is published).
+
+    ``reuse_port``: bind with SO_REUSEPORT, so several processes share the port and the
+    kernel spreads incoming connections over them (see :func:`run`).
+    """
     s = settings.server
     faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
     owned: list[Any] = []
@@ -156,7 +176,10 @@ async def create_server(settings: Settings) -> RunningServer:
 
     server = grpc.aio.server(
         interceptors=server_interceptors(s, metrics),
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ],
     )
     pb_grpc.add_RecommenderServiceServicer_to_server(  # type: ignore[no-untyped-call]
         RecommenderServicer(engine, s), server
@@ -228,9 +251,9 @@ async def _serving(health_servicer: health.aio.HealthServicer) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the model at once."""
-    running = await create_server(settings)
+    running = await create_server(settings, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -240,3 +263,127 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: draining calls for up to %.1fs", settings.server.grace_seconds)
     await running.stop(settings.server.grace_seconds)
+
+
+# --------------------------------------------------------------------------- processes
+
+EVENT_LOOPS: Final = ("asyncio", "uvloop", "auto")
+
+
+def run_event_loop(main: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
+    """Run ``main`` on ``event_loop``: "asyncio" (the standard loop), "uvloop", or
+    "auto" (uvloop when it is installed, else asyncio). Raises ConfigError for an
+    unknown name, or "uvloop" when it is not installed."""
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"event loop must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}")
+    if event_loop != "asyncio":
+        try:
+            # optional, not a dependency: measured slower than asyncio under grpc.aio
+            # (benchmarks/results/levers), kept selectable to re-measure
+            uvloop: Any = importlib.import_module("uvloop")
+        except ImportError as exc:
+            if event_loop == "uvloop":
+                raise ConfigError("event loop 'uvloop' needs the uvloop package") from exc
+        else:
+            result: T = uvloop.run(main)
+            return result
+    return asyncio.run(main)
+
+
+def run(settings: Settings, *, processes: int = 1, event_loop: str = "asyncio") -> int:
+    """``recsvc serve``: ``processes`` server processes on one port, each on ``event_loop``.
+
+    One process serves in this one. With more, this process starts them (spawned, each
+    loads the model and opens its own Redis connections), and they bind the same port
+    with SO_REUSEPORT, so the kernel spreads client *connections* over them (one HTTP/2
+    connection stays with one process: it takes several clients, or a client with
+    several channels, to use them all). Process ``i`` serves /metrics on
+    ``metrics_port + i``. This process forwards SIGTERM/SIGINT (drain and stop) and
+    SIGHUP (reload) to all of them, and stops them all if one dies; it returns the
+    exit status. Without a Redis URL, one private Redis is started here for all.
+    """
+    if processes < 1:
+        raise ConfigError("processes must be at least 1")
+    if processes == 1:
+        run_event_loop(serve(settings), event_loop)
+        return 0
+    private: PrivateRedis | None = None
+    if settings.redis.url is None:
+        private = start_private_redis()
+        settings = settings.model_copy(
+            update={"redis": settings.redis.model_copy(update={"url": private.url})}
+        )
+    s = settings.server
+    port = s.port or _free_port(s.host)
+    ctx = multiprocessing.get_context("spawn")
+    children = []
+    try:
+        for i in range(processes):
+            server = s.model_copy(
+                update={
+                    "port": port,
+                    "metrics_port": s.metrics_port + i if s.metrics_port else s.metrics_port,
+                }
+            )
+            child = ctx.Process(
+                target=_serve_child,
+                args=(settings.model_copy(update={"server": server}), event_loop),
+                name=f"recsvc-serve-{i}",
+            )
+            child.start()
+            children.append(child)
+        return _supervise(children)
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join(s.grace_seconds + 10)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        if private is not None:
+            private.stop()
+
+
+def _serve_child(settings: Settings, event_loop: str) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)  # serve() installs its own on the loop
+    run_event_loop(serve(settings, reuse_port=True), event_loop)
+
+
+def _supervise(children: list[Any]) -> int:
+    """Forward signals to ``children`` until they have all exited; their worst status."""
+    received: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    try:
+        stopping = False
+        while any(c.is_alive() for c in children):
+            while received:
+                signum = received.pop(0)
+                forward = signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM
+                stopping = stopping or forward == signal.SIGTERM
+                for c in children:
+                    if c.is_alive() and c.pid is not None:
+                        os.kill(c.pid, forward)
+            if not stopping and any(not c.is_alive() for c in children):
+                log.error("a server process exited: stopping the others")
+                stopping = True
+                for c in children:
+                    if c.is_alive() and c.pid is not None:
+                        os.kill(c.pid, signal.SIGTERM)
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    codes = [c.exitcode or 0 for c in children]
+    return max(codes, key=abs)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
