@@ -142,7 +142,11 @@ def plan(args: argparse.Namespace) -> list[Point]:
     """The points to measure, in order (open-loop points after their reference)."""
     if args.quick:
         n = args.catalogues[-1]
-        return [Point(n, "cached", "closed", 32), Point(n, "session", "closed", 32)]
+        return [
+            Point(n, "cached", "closed", 32),
+            Point(n, "session", "closed", 32),
+            Point(n, "cached", "open", 0, 0.5),  # the client p99 at the same offered load
+        ]
     main = max(args.catalogues)
     points: list[Point] = []
     for n in sorted(args.catalogues, reverse=True):
@@ -187,12 +191,27 @@ class Server:
     target: str
     command: list[str]
     log: Path
+    serving_pids: list[int] = field(default_factory=list)
+    """The processes that serve (``recsvc serve`` with several: its spawned children);
+    empty = ``process`` itself."""
+    others: list[Server] = field(default_factory=list)
+    """More processes on the same port (a floor of several ``--reuseport`` no-ops)."""
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    def pids(self) -> dict[str, int]:
+        """The serving processes, as the load generator's ``pids``: ``server`` for one,
+        ``server0``, ``server1``, ... for several (summed back into ``server``)."""
+        pids = (self.serving_pids or [self.process.pid]) + [o.process.pid for o in self.others]
+        if len(pids) == 1:
+            return {"server": pids[0]}
+        return {f"server{i}": pid for i, pid in enumerate(pids)}
+
     def stop(self) -> None:
+        for other in self.others:
+            other.stop()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -203,9 +222,10 @@ class Server:
 
 
 def start_server(
-    name: str, cmd: list[str], announce: str, log: Path, timeout: float = 180
+    name: str, cmd: list[str], announce: str, log: Path, timeout: float = 180, count: int = 1
 ) -> Server:
-    """Start ``cmd`` (output to ``log``) and wait for its ``announce HOST:PORT`` line."""
+    """Start ``cmd`` (output to ``log``) and wait for ``count`` ``announce HOST:PORT``
+    lines (one per serving process)."""
     out = log.open("wb")
     process = subprocess.Popen(
         cmd, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(), cwd=REPO
@@ -213,16 +233,66 @@ def start_server(
     out.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith(announce):
-                target = line.removeprefix(announce).strip()
-                return Server(name, process, target, cmd, log)
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if line.startswith(announce)
+        ]
+        if len(lines) >= count:
+            target = lines[0].removeprefix(announce).strip()
+            return Server(name, process, target, cmd, log)
         if process.poll() is not None:
             break
         time.sleep(0.05)
     process.kill()
     tail = log.read_text(errors="replace")[-3000:]
     raise RuntimeError(f"{name} did not start ({shlex.join(cmd)}):\n{tail}")
+
+
+def spawned_children(pid: int) -> list[int]:
+    """Processes ``multiprocessing`` spawned under ``pid`` (its servers; not a tracker)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(int(child))
+    return out
+
+
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000)
+        try:
+            for port in range(base, base + n):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def start_floor(
+    name: str, args: argparse.Namespace, logs: Path, interceptors: bool = False
+) -> Server:
+    """The no-op floor as ``args.processes`` processes on one port, like recsvc's."""
+    port = _free_port() if args.processes > 1 else 0
+    servers = []
+    for i in range(args.processes):
+        cmd = [sys.executable, str(HERE / "noop_server.py"), "--port", str(port)]
+        if args.processes > 1:
+            cmd.append("--reuseport")
+        if interceptors:
+            cmd.append("--interceptors")
+        log = logs / (f"{name}.log" if args.processes == 1 else f"{name}-{i}.log")
+        servers.append(start_server(name, cmd, "noop serving on", log))
+    first = servers[0]
+    first.others = servers[1:]
+    return first
 
 
 class LoadGen:
@@ -275,7 +345,8 @@ class Rig:
     shop: Shop
     redis: PrivateRedis
     server: Server
-    metrics_url: str
+    metrics_url: str | list[str]
+    """One /metrics, or one per serving process."""
     pools: dict[str, int] = field(default_factory=dict)
     filter_rejection: dict[str, float] = field(default_factory=dict)
     setup_seconds: dict[str, float] = field(default_factory=dict)
@@ -440,18 +511,32 @@ def start_rig(
             done = _timed(setup, "write_foldin_histories")
             write_foldin_histories(artifact, redis.url, n_foldin)
             done()
-        metrics_port = _free_port()
-        cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
-        cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--metrics-port", str(metrics_port)]
+        if args.processes == 1:
+            metrics_port = _free_port()
+            cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
+            cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
+            cmd += ["--metrics-port", str(metrics_port)]
+        else:
+            # recsvc serve's CLI has no process count yet: serving.server.run through
+            # serve_variant.py, the same settings otherwise
+            metrics_port = free_port_run(args.processes)
+            cmd = [sys.executable, str(HERE / "serve_variant.py")]
+            cmd += ["--artifacts", str(shop.artifacts), "--redis-url", redis.url]
+            cmd += ["--port", str(_free_port()), "--metrics-port", str(metrics_port)]
+            cmd += ["--processes", str(args.processes)]
         done = _timed(setup, "start_recsvc")
         name = f"recsvc-{shop.config.n_items}"
-        server = start_server(name, cmd, "recsvc serving on", logs / f"{name}.log")
+        server = start_server(
+            name, cmd, "recsvc serving on", logs / f"{name}.log", count=args.processes
+        )
+        if args.processes > 1:
+            server.serving_pids = spawned_children(server.pid)
         done()
     except BaseException:
         redis.stop()
         raise
-    rig = Rig(shop, redis, server, f"http://127.0.0.1:{metrics_port}/metrics")
+    urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(args.processes)]
+    rig = Rig(shop, redis, server, urls[0] if len(urls) == 1 else urls)
     rig.setup_seconds = setup
     rig.pools["published_vectors"] = written
     rig.pools["foldin_users"] = n_foldin
@@ -484,9 +569,16 @@ def parse_metrics(text: str) -> dict[MetricKey, float]:
     return out
 
 
-def metric_diff(before: str, after: str) -> dict[MetricKey, float]:
-    a, b = parse_metrics(before), parse_metrics(after)
-    return {key: value - a.get(key, 0.0) for key, value in b.items()}
+def metric_diff(before: str | list[str], after: str | list[str]) -> dict[MetricKey, float]:
+    """``after - before`` per sample; lists (one text per process) are summed."""
+    if isinstance(before, str) or isinstance(after, str):
+        before, after = [str(before)], [str(after)]
+    out: dict[MetricKey, float] = {}
+    for one_before, one_after in zip(before, after, strict=True):
+        a, b = parse_metrics(one_before), parse_metrics(one_after)
+        for key, value in b.items():
+            out[key] = out.get(key, 0.0) + value - a.get(key, 0.0)
+    return out
 
 
 def histogram(diff: dict[MetricKey, float], name: str, **match: str) -> list[tuple[float, float]]:
@@ -582,7 +674,7 @@ def run_once(
     server: Server,
     args: argparse.Namespace,
     *,
-    metrics_url: str | None,
+    metrics_url: str | list[str] | None,
     pids: dict[str, int],
     rate: float | None = None,
     seed: int = 1,
@@ -597,6 +689,7 @@ def run_once(
         "duration": args.duration,
         "metrics_url": metrics_url,
         "pids": pids,
+        "channels": args.channels,
     }
     if point.mode == "closed":
         command["concurrency"] = int(point.level)
@@ -606,6 +699,10 @@ def run_once(
     load = os.getloadavg()[0]
     raw = gen.ask(command)
     n = max(1, raw["completed"])
+    cpu = dict(raw["cpu_seconds"])
+    if "server" not in cpu:  # several serving processes: their sum is the server's
+        cpu["server"] = sum(v for k, v in cpu.items() if k.startswith("server"))
+    raw["cpu_seconds"] = cpu
     run: dict[str, Any] = {
         "side": side,
         "loadavg_before": load,
@@ -622,7 +719,12 @@ def run_once(
         "requests_handed_out": raw["requests_handed_out"],
         "pool_size": raw["pool_size"],
     }
-    ours = sum(v for k, v in raw["cpu_seconds"].items() if k != "machine")
+    # (per-process "server0", "server1", ... are already in "server")
+    ours = sum(
+        v
+        for k, v in raw["cpu_seconds"].items()
+        if k != "machine" and not (k.startswith("server") and k != "server")
+    )
     # cores busy with work that is not this benchmark's (the machine is shared)
     run["other_load_cores"] = (
         max(0.0, raw["cpu_seconds"]["machine"] - ours) / raw["cpu_span_seconds"]
@@ -745,7 +847,8 @@ def profile(gen: LoadGen, rig: Rig, args: argparse.Namespace, out: Path) -> dict
         "warmup": 1.0,
         "duration": 2 * seconds + 3,
         "metrics_url": rig.metrics_url,
-        "pids": {"server": rig.server.pid, "redis": rig.redis.pid},
+        "pids": {**rig.server.pids(), "redis": rig.redis.pid},
+        "channels": args.channels,
     }
     svg, raw = out / "profile.svg", args.workdir / "serving-profile-raw.txt"
     pid = str(rig.server.pid)
@@ -1502,14 +1605,14 @@ def measure(
                 run = run_once(
                     gen, point, side, rig.server, args,
                     metrics_url=rig.metrics_url,
-                    pids={"server": rig.server.pid, "redis": rig.redis.pid},
+                    pids={**rig.server.pids(), "redis": rig.redis.pid},
                     rate=rate, seed=SEED + r,
                 )  # fmt: skip
             else:
                 server = floors[side]
                 run = run_once(
                     gen, point, side, server, args,
-                    metrics_url=None, pids={"server": server.pid}, rate=rate, seed=SEED + r,
+                    metrics_url=None, pids=server.pids(), rate=rate, seed=SEED + r,
                 )  # fmt: skip
             runs[side].append(run)
             print(f"    #{r + 1} {_brief(run)}", flush=True)
@@ -1537,9 +1640,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path)
     p.add_argument("--profile-seconds", type=float, default=20.0, help="0 = no profile")
     p.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("RECSVC_BENCH_PROCESSES", "1")),
+        help="recsvc serve processes sharing the port (SO_REUSEPORT), and as many no-op "
+        "floor processes; default $RECSVC_BENCH_PROCESSES or 1",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        help="client channels (TCP connections) the calls are spread over "
+        "(default 1 for one process, else 4)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
-        help="100k items, cached and session at concurrency 32 -> <out>/summary.json",
+        help="100k items, cached and session at concurrency 32, cached open loop at half "
+        "the closed-loop rate -> <out>/summary.json",
     )
     args = p.parse_args(argv)
     # short runs, many alternations: on a shared machine the median of 5 short
@@ -1555,6 +1672,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.out = Path("benchmarks/results/quick" if args.quick else "benchmarks/results/serving")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.processes < 1:
+        p.error("--processes must be >= 1")
+    if args.channels is None:
+        args.channels = 1 if args.processes == 1 else 4
     return args
 
 
@@ -1587,6 +1708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rates": args.rates,
             "rate_fractions": RATE_FRACTIONS,
             "pool_users": POOL_USERS,
+            "processes": args.processes,
+            "channels": args.channels,
             "targets": TARGETS,
         },
         "scenarios": SCENARIOS,
@@ -1603,18 +1726,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with running(owned):
         gen = LoadGen(logs / "loadgen.log")
         owned.append(gen)
-        floor_cmd = [sys.executable, str(HERE / "noop_server.py"), "--port", "0"]
-        floor = start_server("floor", floor_cmd, "noop serving on", logs / "floor.log")
+        floor = start_floor("floor", args, logs)
         owned.append(floor)
         floors = {"floor": floor}
-        report["servers"]["floor"] = shlex.join(floor_cmd)
+        report["servers"]["floor"] = f"{args.processes} x {shlex.join(floor.command)}"
         if any(p.interceptors for p in points):
-            cmd = [*floor_cmd, "--interceptors"]
-            floors["interceptors"] = start_server(
-                "interceptors", cmd, "noop serving on", logs / "interceptors.log"
-            )
+            floors["interceptors"] = start_floor("interceptors", args, logs, interceptors=True)
             owned.append(floors["interceptors"])
-            report["servers"]["interceptors"] = shlex.join(cmd)
+            report["servers"]["interceptors"] = shlex.join(floors["interceptors"].command)
         report["servers"]["loadgen"] = shlex.join(gen.command)
         reference_qps: float | None = None
         for n in sorted({p.catalogue for p in points}, reverse=True):
@@ -1634,6 +1753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "op": "run", "target": server.target,
                         "pool": pool_name(n, "cached", side), "mode": "closed",
                         "concurrency": 16, "warmup": 0.0, "duration": 2.0,
+                        "channels": args.channels,
                     }
                 )  # fmt: skip
             for point in mine:
@@ -1675,6 +1795,8 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
         return next(e for e in report["points"] if e["scenario"] == scenario and e["level"] == 32)
 
     cached, session = one("cached"), one("session")
+    opened = next((e for e in report["points"] if e["mode"] == "open"), None)
+    open_ratio = get(opened["median"]["ratio"], "latency_ms_p99") if opened else None
     return {
         "floor_qps": cached["median"]["floor"]["qps"],
         "recommend_qps": cached["median"]["service"]["qps"],
@@ -1689,10 +1811,15 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
         "session_floor_qps": session["median"]["floor"]["qps"],
         "session_ratio": session["median"]["ratio"]["qps"],
         "session_server_p50_ms": get(session["median"]["service"], "server/handling_p50_ms"),
+        "open_rate": opened["level"] if opened else None,
+        "open_client_p99_ms": get(opened["median"], "service/latency_ms/p99") if opened else None,
+        "open_floor_p99_ms": get(opened["median"], "floor/latency_ms/p99") if opened else None,
+        "open_p99_ratio": open_ratio,
         "targets": {
             "ratio_min": TARGETS["throughput_ratio_min"],
             "server_p50_ms_max": TARGETS["cached_server_p50_ms_max"],
             "session_server_p50_ms_max": TARGETS["session_server_p50_ms_max"],
+            "open_p99_ratio_max": TARGETS["open_loop_p99_ratio_max"],
         },
         "met": {
             "ratio": cached["median"]["ratio"]["qps"] >= TARGETS["throughput_ratio_min"],
@@ -1704,16 +1831,21 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
                 get(session["median"]["service"], "server/handling_p50_ms"),
                 TARGETS["session_server_p50_ms_max"],
             ),
+            "open_p99_ratio": _at_most(open_ratio, TARGETS["open_loop_p99_ratio_max"]),
         },
         "scenarios": {
             "cached": f"{SCENARIOS['cached']}; concurrency 32",
             "session": f"{SCENARIOS['session']}; concurrency 32",
+            "open": "cached, open loop (Poisson) at half recsvc's closed-loop throughput, "
+            "the same schedule for the floor",
         },
         "other_load_cores": {
             "service_runs": get(cached["median"]["service"], "other_load_cores"),
             "floor_runs": get(cached["median"]["floor"], "other_load_cores"),
         },
         "model_items": cached["model_items"],
+        "processes": report["config"]["processes"],
+        "channels": report["config"]["channels"],
         "repeats": report["config"]["repeats"],
         "duration_seconds": report["config"]["duration"],
         "machine": report["machine"],

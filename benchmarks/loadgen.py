@@ -18,6 +18,12 @@ Commands in ``serve`` mode (one JSON object per line)::
     {"op": "run", ..., "mode": "open", "rate": 500.0, "seed": 1}
     {"op": "quit"}
 
+Optional in ``run``: ``"channels": N`` spreads the calls round robin over N channels,
+each its own TCP connection (a server of several SO_REUSEPORT processes gets the
+connections spread by the kernel; one connection stays with one process), and
+``metrics_url`` may be a list (one endpoint per server process: the texts come back
+as lists).
+
 How it measures:
 
 - Requests are serialized once (the pool) and sent as bytes; responses are not parsed
@@ -48,6 +54,7 @@ import argparse
 import asyncio
 import base64
 import gc
+import itertools
 import json
 import os
 import random
@@ -123,13 +130,18 @@ def scrape(url: str) -> str:
         return str(response.read().decode())
 
 
-async def snapshot(pids: dict[str, int], metrics_url: str | None) -> dict[str, Any]:
-    """CPU of ``pids`` and of this process now, then the server's /metrics text."""
+async def snapshot(pids: dict[str, int], metrics_url: str | list[str] | None) -> dict[str, Any]:
+    """CPU of ``pids`` and of this process now, then the server's /metrics text (a list
+    of texts when ``metrics_url`` lists several processes' endpoints)."""
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     cpu["client"] = time.process_time()
     cpu["machine"] = machine_busy_seconds()
     at = time.perf_counter()
-    text = await asyncio.to_thread(scrape, metrics_url) if metrics_url else None
+    text: str | list[str] | None = None
+    if isinstance(metrics_url, list):
+        text = [await asyncio.to_thread(scrape, url) for url in metrics_url]
+    elif metrics_url:
+        text = await asyncio.to_thread(scrape, metrics_url)
     return {"cpu": cpu, "at": at, "metrics": text}
 
 
@@ -251,14 +263,31 @@ class LoadGenerator:
         self.calls: dict[str, Call] = {}
         self.pools: dict[str, Pool] = {}
 
-    def call_for(self, target: str) -> Call:
-        if target not in self.calls:
-            channel = grpc.aio.insecure_channel(target)
-            self.channels[target] = channel
-            # no (de)serializers: requests go out as the bytes in the pool, responses
-            # come back as bytes
-            self.calls[target] = channel.unary_unary(METHOD)
-        return self.calls[target]
+    def call_for(self, target: str, channels: int = 1) -> Call:
+        """A call on ``target`` spread round robin over ``channels`` connections (each
+        its own TCP connection, so a server of several SO_REUSEPORT processes gets
+        them spread by the kernel)."""
+        key = f"{target}#{channels}"
+        if key not in self.calls:
+            calls = []
+            for i in range(channels):
+                # a local subchannel pool per channel: its own connection, not a shared one
+                options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+                channel = grpc.aio.insecure_channel(target, options=options)
+                self.channels[f"{key}/{i}"] = channel
+                # no (de)serializers: requests go out as the bytes in the pool,
+                # responses come back as bytes
+                calls.append(channel.unary_unary(METHOD))
+            if channels == 1:
+                self.calls[key] = calls[0]
+            else:
+                turn = itertools.cycle(calls)
+
+                def spread(request: bytes, timeout: float) -> Awaitable[bytes]:
+                    return next(turn)(request, timeout=timeout)  # type: ignore[no-any-return]
+
+                self.calls[key] = spread
+        return self.calls[key]
 
     def add_pool(self, name: str, requests: Sequence[bytes]) -> dict[str, Any]:
         if not requests:
@@ -267,7 +296,7 @@ class LoadGenerator:
         return {"pool": name, "size": len(requests)}
 
     async def run(self, spec: dict[str, Any]) -> dict[str, Any]:
-        call = self.call_for(spec["target"])
+        call = self.call_for(spec["target"], int(spec.get("channels", 1)))
         pool = self.pools[spec["pool"]]
         timeout = float(spec.get("timeout", 10.0))
         pids: dict[str, int] = {k: int(v) for k, v in (spec.get("pids") or {}).items()}

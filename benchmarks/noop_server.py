@@ -18,7 +18,9 @@ floor to measure what the interceptors alone cost.
 
 What makes it the floor of *this* server: the same ``grpc.aio`` server, the same
 server options as :func:`serving.server.create_server`, one process, the asyncio event
-loop ``recsvc serve`` runs on, and the generated servicer glue. What it leaves out on
+loop ``recsvc serve`` runs on, and the generated servicer glue. To match a server
+run as several processes on one port, start as many with ``--reuseport``; to match
+one on uvloop, pass ``--event-loop uvloop``. What it leaves out on
 purpose: recsvc's interceptors (metrics, auth, concurrency limit), health and
 reflection, validation, Redis, the ranking. The benchmark reports every serving figure
 as a ratio to this one, measured in the same run.
@@ -85,9 +87,12 @@ def recsvc_interceptors() -> list[Any]:
     return server_interceptors(ServerSettings(), ServingMetrics(CollectorRegistry()))
 
 
-async def serve(host: str, port: int, *, interceptors: bool = False) -> None:
+async def serve(
+    host: str, port: int, *, interceptors: bool = False, reuse_port: bool = False
+) -> None:
+    options = [("grpc.so_reuseport", 1 if reuse_port else 0), *SERVER_OPTIONS[1:]]
     server = grpc.aio.server(
-        interceptors=recsvc_interceptors() if interceptors else None, options=SERVER_OPTIONS
+        interceptors=recsvc_interceptors() if interceptors else None, options=options
     )
     pb_grpc.add_RecommenderServiceServicer_to_server(NoopRecommender(), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -108,8 +113,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--interceptors", action="store_true", help="recsvc's interceptors in front (not the floor)"
     )
+    p.add_argument(
+        "--reuseport",
+        action="store_true",
+        help="bind with SO_REUSEPORT (several processes on one port, as recsvc's processes)",
+    )
+    p.add_argument(
+        "--event-loop", choices=["asyncio", "uvloop"], default="asyncio", help="as recsvc's"
+    )
     args = p.parse_args(argv)
-    asyncio.run(serve(args.host, args.port, interceptors=args.interceptors))
+    main = serve(args.host, args.port, interceptors=args.interceptors, reuse_port=args.reuseport)
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
     return 0
 
 

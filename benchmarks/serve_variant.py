@@ -1,0 +1,53 @@
+"""``recsvc serve`` with one serving lever switched, for :mod:`bench_levers`.
+
+Usage::
+
+    .venv/bin/python benchmarks/serve_variant.py --artifacts DIR --redis-url URL \\
+        [--port 0] [--metrics-port P] [--processes 1] [--event-loop asyncio|uvloop] \\
+        [--redis-py-read]
+
+It builds the settings as ``recsvc serve --artifacts --redis-url --host 127.0.0.1
+--port --metrics-port`` does and runs :func:`serving.server.run` with ``processes``
+and ``event_loop`` (which the CLI does not expose yet). ``--redis-py-read`` turns off
+the thin Redis client for the hot read (:mod:`serving.redisread`), so Recommend reads
+its state through a redis-py pipeline as before it existed (one process only: the
+switch does not reach spawned processes). Each serving process prints
+``recsvc serving on HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from recsvc.config import load_settings
+from serving import server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="recsvc serve with one lever switched")
+    p.add_argument("--artifacts", type=Path, required=True)
+    p.add_argument("--redis-url", required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--event-loop", choices=server.EVENT_LOOPS, default="asyncio")
+    p.add_argument("--redis-py-read", action="store_true", help="no thin client (1 process)")
+    args = p.parse_args(argv)
+    if args.redis_py_read:
+        if args.processes != 1:
+            p.error("--redis-py-read works with one process only")
+        server.RedisReader.for_client = staticmethod(lambda *a, **k: None)  # type: ignore[method-assign]
+    settings = load_settings(
+        None,
+        artifact_root=args.artifacts,
+        redis={"url": args.redis_url},
+        server={"host": "127.0.0.1", "port": args.port, "metrics_port": args.metrics_port},
+    )
+    return server.run(settings, processes=args.processes, event_loop=args.event_loop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
