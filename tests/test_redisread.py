@@ -257,6 +257,36 @@ def test_wrong_password_is_an_authentication_error(
     asyncio.run(body())
 
 
+def test_unix_socket_url_reads_like_redis_py(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [str(find_redis_server()), "--port", "0", "--unixsocket", str(sock),
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        url = f"unix://{sock}?db=2"
+        sync = redis.Redis.from_url(url)
+        try:
+            sync.rpush("l", b"a", b"b")
+            sync.set("k", b"v")
+
+            async def body() -> list[Any]:
+                async with _reader(url) as reader:
+                    return await reader.execute([("GET", "k"), ("LRANGE", "l", 0, -1)])
+
+            assert asyncio.run(body()) == [b"v", [b"a", b"b"]]
+        finally:
+            sync.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_unix_socket_and_tls_urls() -> None:
     unix = async_client_from_url("unix:///tmp/nowhere.sock?db=2")
     reader = RedisReader.for_client(unix)
