@@ -12,7 +12,7 @@ SHARED ?= ../shared/data
 N_EVENTS ?= 300000
 PYTEST_ARGS ?=
 
-.PHONY: install proto data train eval eval-retail serve demo test test-fast lint format bench-train clean help
+.PHONY: install proto data train eval eval-retail eval-tafeng eval-diginetica eval-all serve demo test test-fast lint format bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -45,9 +45,23 @@ eval: data  ## evaluate on the synthetic shop (last-basket holdout) -> reports/e
 	$(RECSVC) evaluate --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
 		--holdout last-basket --dataset synthetic --report reports/eval-synthetic.json
 
-eval-retail: $(STAMP)  ## Online Retail II, time split at 2011-09-01 -> docs/results/retail.json
+QUALITY := benchmarks/results/quality
+
+eval-retail: $(STAMP) data  ## Online Retail II and the synthetic shop, time split -> $(QUALITY)/retail*.json
 	$(RECSVC) evaluate --events $(SHARED)/online_retail_ii.csv.gz --format online-retail \
-		--cutoff 2011-09-01 --dataset online-retail-ii --report docs/results/retail.json
+		--cutoff 2011-09-01 --dataset online-retail-ii --report $(QUALITY)/retail.json
+	$(RECSVC) evaluate --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
+		--cutoff 2023-11-01 --dataset synthetic --report $(QUALITY)/retail-synthetic.json
+
+eval-tafeng: $(STAMP)  ## Ta-Feng, next-basket reality-check protocol, 5 seeds -> $(QUALITY)/tafeng.json
+	$(RECSVC) evaluate --protocol nbr --data $(SHARED)/tafeng --seeds 5 --dataset ta-feng \
+		--report $(QUALITY)/tafeng.json
+
+eval-diginetica: $(STAMP)  ## Diginetica, next click of 60,858 session prefixes -> $(QUALITY)/diginetica.json
+	$(RECSVC) evaluate --protocol session --data $(SHARED)/diginetica --dataset diginetica \
+		--report $(QUALITY)/diginetica.json
+
+eval-all: eval-retail eval-tafeng eval-diginetica  ## every quality protocol
 
 serve: $(ARTIFACTS)/CURRENT  ## serve the published model on 127.0.0.1:50051 (/metrics on :9464), private Redis
 	$(RECSVC) serve --artifacts $(ARTIFACTS)

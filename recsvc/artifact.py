@@ -20,6 +20,8 @@ Layout under the artifact root::
         categories.npy         (n_categories,) unicode
         item_available.npy     (n_items,) bool
         index.faiss            faiss.write_index of the item index
+        neighbors.npz          arrays of the item-neighbour model (recsvc.sessions),
+                               when training built one
 
 Arrays are ``.npy``/``.npz`` read with ``allow_pickle=False``. A version is written
 to a temporary sibling directory and renamed into place, so a reader never sees a
@@ -65,6 +67,7 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 PUBLISHED = "PUBLISHED.json"
 INDEX_FILE = "index.faiss"
+NEIGHBORS_FILE = "neighbors.npz"
 
 _ARRAYS = (
     "item_factors",
@@ -96,6 +99,8 @@ class ModelArtifact:
     categories: NDArray[np.str_]
     item_available: NDArray[np.bool_]
     index: ItemIndex
+    neighbors: dict[str, NDArray[Any]] | None = None
+    """Arrays of the item-neighbour model (:mod:`recsvc.sessions`), if built."""
 
     @property
     def model_version(self) -> str:
@@ -140,6 +145,9 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
         _save_csr(tmp / "user_items.npz", artifact.user_items)
         _save_csr(tmp / "user_purchases.npz", artifact.user_purchases)
         artifact.index.save(tmp / INDEX_FILE)
+        if artifact.neighbors is not None:
+            # numpy's stub reads ** as its keyword arguments (allow_pickle)
+            np.savez(tmp / NEIGHBORS_FILE, **artifact.neighbors)  # type: ignore[arg-type]
         files = {
             p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
         }
@@ -207,6 +215,10 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
         user_items = _load_csr(path / "user_items.npz")
         user_purchases = _load_csr(path / "user_purchases.npz")
+        neighbors = None
+        if NEIGHBORS_FILE in manifest["files"]:
+            with np.load(path / NEIGHBORS_FILE, allow_pickle=False) as z:
+                neighbors = {name: z[name] for name in z.files}
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"cannot read arrays of {path}: {exc}") from exc
     idx = manifest["index"]
@@ -218,6 +230,7 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         user_items=user_items,
         user_purchases=user_purchases,
         index=index,
+        neighbors=neighbors,
         **arrays,
     )
     _check_shapes(path, artifact)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recsvc.errors import RecsvcError
+from recsvc.errors import ConfigError, RecsvcError
 
 __all__ = ["main"]
 
@@ -71,13 +71,13 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
+def _add_data_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = p.add_argument_group("input data")
     g.add_argument(
         "--events",
         type=Path,
         action="append",
-        required=True,
+        required=required,
         help="events file: CSV, CSV.gz or Parquet (repeat for several, e.g. event logs)",
     )
     g.add_argument(
@@ -147,14 +147,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"trained {result.artifact.model_version}: {m['data']['users']:,} users, "
         f"{m['data']['items']:,} items, {m['data']['interactions']:,} interactions; "
         f"index {m['index']['kind']} (recall@{m['index']['recall_k']} {m['index']['recall']:.4f}); "
-        f"repeat share {m['ranking']['repeat_share']:.3f} -> {m['ranking']['repeat_policy']}, "
-        f"weight {m['ranking']['repeat_weight']:.2f}"
+        f"repeat share {m['ranking']['repeat_share']:.3f} -> {m['ranking']['repeat_policy']}; "
+        f"blend {_blend_text(m['ranking']['user_blend'])}"
     )
     print(f"artifact: {result.path}")
     if args.publish:
         published = publish(settings, result.artifact.model_version, progress=_interactive())
         print(f"published {published.version} ({published.vectors_written:,} vectors to Redis)")
     return 0
+
+
+def _blend_text(blend: dict[str, float]) -> str:
+    return " ".join(f"{name} {weight:.2f}" for name, weight in blend.items() if weight)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -202,22 +206,110 @@ def _parse_date(text: str) -> datetime:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    protocol = args.protocol or ("time" if args.cutoff is not None else "last-basket")
+    if protocol in ("nbr", "session"):
+        if args.data is None:
+            raise ConfigError(f"--protocol {protocol} needs --data DIR (the dataset's folder)")
+        report = _evaluate_public(protocol, args, settings)
+    else:
+        if not args.events:
+            raise ConfigError(f"--protocol {protocol} needs --events FILE")
+        if protocol == "time" and args.cutoff is None:
+            raise ConfigError("--protocol time needs --cutoff DATE")
+        report = _evaluate_holdout(protocol, args, settings)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.report}")
+    return 0
+
+
+def _evaluate_holdout(protocol: str, args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     from training.evaluation import evaluate, format_table, split_by_cutoff, split_last_basket
     from training.pipeline import load_data
 
-    settings = _settings(args)
     data = load_data(_data_spec(args), settings)
-    if args.cutoff is not None:
+    if protocol == "time":
         split = split_by_cutoff(data.table, args.cutoff)
     else:
         split = split_last_basket(data.table)
     dataset = args.dataset or args.events[0].name
     report = evaluate(data, split, settings, dataset=dataset, progress=_interactive())
     print(f"{dataset}: {report.protocol}, {report.users:,} test users")
-    print(format_table(report))
+    print(format_table(report.metrics))
+    return report.to_json()
+
+
+def _evaluate_public(protocol: str, args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    from training.evaluation import format_table
+
+    report: dict[str, Any]
+    if protocol == "session":
+        from training.session_protocol import evaluate_sessions, load_session_dataset
+
+        table, cases = load_session_dataset(args.data)
+        report = evaluate_sessions(
+            table, cases, settings, dataset=args.dataset or args.data.name, limit=args.limit
+        )
+        print(f"{report['dataset']}: {report['protocol']}, {report['cases']:,} cases")
+    else:
+        from training.nbr import evaluate_nbr, load_nbr_dir
+
+        nbr = evaluate_nbr(
+            load_nbr_dir(args.data),
+            settings,
+            seeds=tuple(range(args.seeds)),
+            dataset=args.dataset or args.data.name,
+        )
+        report = nbr.to_json()
+        print(f"{nbr.dataset}: {nbr.protocol}, seeds {list(nbr.seeds)}")
+    print(format_table(report["metrics"]))
+    return report
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from training import tuning
+
+    settings = _settings(args)
+    protocol = args.protocol or ("time" if args.cutoff is not None else "last-basket")
+    objective: tuning.Objective
+    if protocol == "session":
+        from training.session_protocol import load_session_dataset, validation_cases
+
+        if args.data is None:
+            raise ConfigError("--protocol session needs --data DIR")
+        table, _ = load_session_dataset(args.data)  # the test cases are never read
+        train, cases = validation_cases(table, settings.evaluation.validation_share)
+        objective = tuning.SessionObjective(train, cases, settings)
+    elif protocol == "nbr":
+        from training.nbr import load_nbr_dir
+
+        if args.data is None:
+            raise ConfigError("--protocol nbr needs --data DIR")
+        objective = tuning.NBRObjective(load_nbr_dir(args.data))
+    else:
+        from training.pipeline import load_data
+
+        if not args.events:
+            raise ConfigError(f"--protocol {protocol} needs --events FILE")
+        data = load_data(_data_spec(args), settings)
+        share = settings.evaluation.validation_share
+        split = tuning.validation_split(data.table, protocol, share, args.cutoff)
+        objective = tuning.HoldoutObjective(data, split, name=f"{protocol} validation")
+    result = tuning.tune(
+        objective, settings, budget_seconds=args.budget, seed=args.seed, progress=print
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(tuning.tuned_toml(result))
+    best = result.best
+    print(
+        f"best {result.metric} {best.score:.4f} (given settings {result.baseline.score:.4f}) "
+        f"after {len(result.trials)} fits in {result.seconds:.0f} s -> {args.out}"
+    )
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        args.report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         print(f"report: {args.report}")
     return 0
 
@@ -323,6 +415,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return _rpc(args, lambda c: c.model_info())
 
 
+def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--protocol",
+        choices=["time", "last-basket", "nbr", "session"],
+        help="time: split at --cutoff; last-basket: each user's last basket; nbr: the "
+        "next-basket reality-check protocol on --data (Ta-Feng layout); session: next click "
+        "of anonymous session prefixes on --data (SR-GNN Diginetica layout). Default: time "
+        "with --cutoff, else last-basket",
+    )
+    _add_data_flags(p, required=False)
+    _add_settings_flags(p)
+    p.add_argument(
+        "--cutoff", type=_parse_date, help="time: events at/after this date are the test"
+    )
+    p.add_argument(
+        "--holdout",
+        choices=["last-basket"],
+        help="same as --protocol last-basket (kept for scripts)",
+    )
+    p.add_argument("--data", type=Path, help="nbr/session: folder of the public dataset")
+
+
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     g.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
@@ -365,19 +479,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", action="store_true", help="publish the new version after training")
     p.set_defaults(handler=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="hold out by time, fit on the rest, compare with baselines")
-    _add_data_flags(p)
-    _add_settings_flags(p)
-    holdout = p.add_mutually_exclusive_group(required=True)
-    holdout.add_argument(
-        "--cutoff", type=_parse_date, help="events at/after this date (ISO) are the test set"
+    p = sub.add_parser(
+        "evaluate",
+        help="score the served ranking and baselines on held-out data (see docs/quality.md)",
     )
-    holdout.add_argument(
-        "--holdout", choices=["last-basket"], help="hold out each user's last basket"
-    )
+    _add_protocol_flags(p)
+    p.add_argument("--seeds", type=int, default=5, help="nbr: random user splits to average")
+    p.add_argument("--limit", type=int, help="session: score only the first N test cases")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
-    p.add_argument("--dataset", help="dataset name in the report (default: file name)")
+    p.add_argument("--dataset", help="dataset name in the report (default: file or folder name)")
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "tune",
+        help="search ALS parameters and the ranking blend on a validation split, "
+        "write the best as a config file",
+    )
+    _add_protocol_flags(p)
+    p.add_argument(
+        "--budget", type=float, default=600.0, help="seconds to search (the first fit always runs)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    p.add_argument(
+        "--out", type=Path, default=Path("tuned.toml"), help="config file to write (TOML)"
+    )
+    p.add_argument("--report", type=Path, help="write every trial as JSON here")
+    p.set_defaults(handler=_cmd_tune)
 
     p = sub.add_parser(
         "publish",

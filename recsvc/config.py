@@ -26,6 +26,7 @@ from recsvc.events import EventType
 
 __all__ = [
     "ALSSettings",
+    "BlendSettings",
     "EvaluationSettings",
     "IndexSettings",
     "RankingSettings",
@@ -60,6 +61,12 @@ class WeightingSettings(_Section):
     half_life_days: float = Field(default=180.0, ge=0.0)
     """Exponential time decay: an event this many days older than the data cut-off
     weighs half as much. 0 switches decay off."""
+
+    popularity_half_life_days: float | None = Field(default=None, ge=0.0)
+    """Half-life of the time decay of item popularity (the ranking's prior and the
+    popular fallback): shorter than ``half_life_days``, because what sells now predicts
+    the next purchases better than what sold all year. 0 = no decay; None = chosen by
+    the trainer with the blend (0.25, 1, 7 or 30 days; 7 when it cannot fit)."""
 
     log_quantity: bool = True
     """Scale by 1 + ln(quantity) rather than quantity, so bulk orders do not dominate."""
@@ -128,14 +135,37 @@ class RepeatPolicy(StrEnum):
     EXCLUDE = "exclude"
 
 
+class BlendSettings(_Section):
+    """Weights of the ranking signals; each signal is scaled to [0, 1] first."""
+
+    cf: float = Field(default=1.0, ge=0.0)
+    """Inner product of the user's (or session's) ALS vector with the item."""
+    repeat: float = Field(default=0.0, ge=0.0)
+    """The user's own decayed purchase weight of the item (buy again)."""
+    neighbors: float = Field(default=0.0, ge=0.0)
+    """The item-neighbour model's score for the session's (or user's) items."""
+    popularity: float = Field(default=0.0, ge=0.0)
+    """The item's decayed popularity (a prior)."""
+
+
 class RankingSettings(_Section):
-    """The served ranking: CF candidates blended with the user's own repeat signal."""
+    """The served ranking: candidates from the index, the user's purchases and the
+    item neighbours, scored by a weighted blend of their signals."""
 
     repeat_policy: RepeatPolicy = RepeatPolicy.AUTO
     """Default repeat policy of the shop; requests may override it."""
     repeat_weight: float | None = Field(default=None, ge=0.0, le=1.0)
-    """Blend weight of the buy-again signal against CF (0 = CF only, 1 = buy-again
-    first). None = chosen by the trainer on a validation split."""
+    """Blend weight of the buy-again signal against the rest (0 = never, 1 = buy-again
+    first). None = chosen by the trainer from the shop's measured repeat share."""
+    user_blend: BlendSettings | None = None
+    """The blend for known users; None = chosen by the trainer (``recsvc tune`` writes
+    a fitted one). ``repeat_weight``, when set, overrides its ``repeat``."""
+    session_blend: BlendSettings | None = None
+    """The blend for anonymous sessions; None = chosen by the trainer."""
+    session_repeats: bool | None = None
+    """Whether items of the live session may be recommended again by default; None =
+    when at least ``auto_repeat_threshold`` of the shop's session clicks revisit an
+    item of the same session (measured by the trainer)."""
     overfetch: int = Field(default=4, ge=1, le=64)
     """Candidates fetched from the index per requested item, so filters still leave k."""
     auto_repeat_threshold: float = Field(default=0.15, ge=0.0, le=1.0)

@@ -6,8 +6,8 @@ requests, so nothing here is computed per call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,8 +16,57 @@ from numpy.typing import NDArray
 from recsvc.artifact import ModelArtifact
 from recsvc.config import RepeatPolicy
 from recsvc.foldin import FoldIn
+from recsvc.sessions import SessionNeighbors
 
-__all__ = ["Model", "RankingDefaults"]
+__all__ = ["Blend", "Model", "NeighborScorer", "RankingDefaults"]
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Weights of the ranking signals, each signal scaled to [0, 1] before weighing.
+
+    ``cf`` is the inner product of the query vector with the item (ALS), ``repeat``
+    the user's own decayed purchase weight of the item (buy again), ``neighbors``
+    the item-neighbour score of the session's (or the user's) items, ``popularity``
+    the item's decayed popularity (a prior).
+    """
+
+    cf: float = 1.0
+    repeat: float = 0.0
+    neighbors: float = 0.0
+    popularity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.cf, self.repeat, self.neighbors, self.popularity) < 0:
+            raise ValueError(f"blend weights must be >= 0, got {self}")
+
+    def with_repeat_weight(self, repeat: float | None) -> Blend:
+        """This blend with the buy-again weight set to ``repeat`` (a request's
+        override) and the other weights scaled to share ``1 - repeat``."""
+        if repeat is None:
+            return self
+        rest = self.cf + self.neighbors + self.popularity
+        if rest <= 0:
+            return Blend(cf=1.0 - repeat, repeat=repeat)
+        scale = (1.0 - repeat) / rest
+        return Blend(self.cf * scale, repeat, self.neighbors * scale, self.popularity * scale)
+
+    def without_repeat(self) -> Blend:
+        return replace(self, repeat=0.0)
+
+    def without_neighbors(self) -> Blend:
+        """No neighbour model: its weight goes to CF, the closest signal."""
+        return replace(self, cf=self.cf + self.neighbors, neighbors=0.0)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Blend:
+        return cls(
+            **{
+                f: float(values[f])
+                for f in ("cf", "repeat", "neighbors", "popularity")
+                if f in values
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -26,16 +75,37 @@ class RankingDefaults:
 
     repeat_policy: RepeatPolicy = RepeatPolicy.ALLOW
     """ALLOW or EXCLUDE (never AUTO: the trainer has decided)."""
-    repeat_weight: float = 0.5
-    """Blend weight of the buy-again signal against CF."""
+    user: Blend = Blend(cf=0.5, repeat=0.5)
+    """The blend for a known user (with or without a live session)."""
+    session: Blend = Blend()
+    """The blend for an anonymous session."""
+    session_repeats: bool = False
+    """Whether items of the live session may be recommended again by default."""
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> RankingDefaults:
         section = manifest.get("ranking", {})
+        if "user_blend" in section:
+            user = Blend.from_dict(section["user_blend"])
+        else:  # format of the first artifacts: a single buy-again weight
+            weight = float(section.get("repeat_weight", 0.5))
+            user = Blend(cf=1.0 - weight, repeat=weight)
         return cls(
             repeat_policy=RepeatPolicy(section.get("repeat_policy", RepeatPolicy.ALLOW)),
-            repeat_weight=float(section.get("repeat_weight", 0.5)),
+            user=user,
+            session=Blend.from_dict(section.get("session_blend", {})),
+            session_repeats=bool(section.get("session_repeats", False)),
         )
+
+
+class NeighborScorer(Protocol):
+    """Item neighbours of a list of items (see :mod:`recsvc.sessions`)."""
+
+    def score(
+        self, items: NDArray[np.int32], weights: NDArray[np.float32] | None = None, limit: int = 100
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """``items`` (oldest first) in; the top ``limit`` neighbours, best first, out."""
+        ...
 
 
 @dataclass
@@ -48,6 +118,8 @@ class Model:
     category_position: dict[str, int] = field(init=False, repr=False)
     popular_order: NDArray[np.int64] = field(init=False, repr=False)
     foldin: FoldIn = field(init=False, repr=False)
+    neighbors: NeighborScorer | None = field(init=False, repr=False)
+    """The item-neighbour model, when the artifact has one."""
     defaults: RankingDefaults = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +135,7 @@ class Model:
             regularization=float(als.get("regularization", 0.05)),
             alpha=float(als.get("alpha", 10.0)),
         )
+        self.neighbors = _neighbors(a)
         self.defaults = RankingDefaults.from_manifest(a.manifest)
 
     @property
@@ -85,3 +158,9 @@ class Model:
 def _row(m: sp.csr_matrix, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
     start, end = m.indptr[user], m.indptr[user + 1]
     return m.indices[start:end].astype(np.int32), m.data[start:end].astype(np.float32)
+
+
+def _neighbors(a: ModelArtifact) -> NeighborScorer | None:
+    if a.neighbors is None:
+        return None
+    return SessionNeighbors.from_arrays(a.neighbors)

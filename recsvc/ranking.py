@@ -20,6 +20,7 @@ How an answer is made:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.config import RepeatPolicy
-from recsvc.model import Model
+from recsvc.model import Blend, Model
 
 __all__ = [
     "Filters",
@@ -42,6 +43,11 @@ __all__ = [
 
 IntArray = NDArray[np.int32]
 FloatArray = NDArray[np.float32]
+
+#: The neighbour model reads at most this many of the newest session (or purchased)
+#: items: its recency decay makes older ones count for little, and its cost grows
+#: with every item.
+_NEIGHBOR_SOURCE = 20
 
 _EMPTY_INT: IntArray = np.zeros(0, dtype=np.int32)
 _EMPTY_FLOAT: FloatArray = np.zeros(0, dtype=np.float32)
@@ -121,6 +127,10 @@ class Ranking:
     strategy: Strategy
     fallback: bool
 
+    @property
+    def parts(self) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
+        return self.items, self.scores, self.reasons
+
 
 def training_user_query(model: Model, user: int, k: int, **options: Any) -> Query:
     """The query for training user ``user`` (a position) from the artifact alone: the
@@ -151,49 +161,87 @@ class Ranker:
         self._n_items = model.n_items
         norms = np.linalg.norm(a.item_factors, axis=1)
         self._item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        pop = a.popularity.astype(np.float32)
+        top = float(pop.max()) if len(pop) and pop.max() > 0 else 1.0
+        self._prior = pop / top
+        """Popularity scaled to [0, 1]: the blend's prior."""
 
     def recommend(self, query: Query) -> Ranking:
         """Top ``query.k`` items for ``query``."""
         k = min(query.k, self._n_items)
         if k <= 0:
             return Ranking(_EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8), Strategy.POPULAR, True)
+        defaults = self.model.defaults
         policy = query.repeat_policy
         if policy is None or policy is RepeatPolicy.AUTO:
-            policy = self.model.defaults.repeat_policy
-        beta = (
-            self.model.defaults.repeat_weight
-            if query.repeat_weight is None
-            else query.repeat_weight
-        )
-        if policy is RepeatPolicy.EXCLUDE:
-            beta = 0.0
+            policy = defaults.repeat_policy
 
         vector, strategy = self._query_vector(query)
-        allowed = self._allowed_mask(query, policy)
-        if vector is None and (beta == 0.0 or len(query.purchased_items) == 0):
+        blend = defaults.session if strategy is Strategy.SESSION else defaults.user
+        blend = blend.with_repeat_weight(query.repeat_weight)
+        if policy is RepeatPolicy.EXCLUDE or len(query.purchased_items) == 0:
+            blend = blend.without_repeat()
+        if self.model.neighbors is None:
+            blend = blend.without_neighbors()
+        allowed = self._allowed(query, policy)
+        neighbor_source = self._neighbor_source(query) if blend.neighbors > 0 else None
+        if vector is None and blend.repeat == 0.0 and neighbor_source is None:
             return self._popular(k, allowed, strategy=Strategy.POPULAR, fallback=True)
 
-        repeat = self._repeat_scores(query) if beta > 0 else {}
+        signals = _Signals(
+            vector=vector if blend.cf > 0 else None,
+            repeat=self._repeat_scores(query) if blend.repeat > 0 else None,
+            neighbors=self._neighbor_scores(neighbor_source, k) if neighbor_source else None,
+        )
         cf_reason = Reason.SESSION if strategy is Strategy.SESSION else Reason.CF
         # k·overfetch for small k, but at most k + 60: normscan's cost grows with the
         # fetch (400 candidates cost 612 µs vs 85 µs for 40) and filters that reject
         # more widen the search below anyway
         fetch = min(self._n_items, k + min(k * (self.overfetch - 1), 60))
         while True:
-            items, scores, reasons = self._blend(vector, repeat, beta, fetch, allowed, cf_reason)
-            if len(items) >= k or fetch >= self._n_items or vector is None:
+            items, scores, reasons = self._blend(signals, blend, fetch, k, allowed, cf_reason)
+            if len(items) >= k or fetch >= self._n_items or signals.vector is None:
                 break
             fetch = min(self._n_items, fetch * 4)
-        if len(items) < k:  # history-only user with too few items: pad with popular
-            pad = self._popular(k - len(items), allowed & ~_mask(self._n_items, items))
-            return Ranking(
-                np.concatenate([items, pad.items]),
-                np.concatenate([scores, pad.scores]),
-                np.concatenate([reasons, pad.reasons]),
-                strategy,
-                False,
+        if len(items) < k and vector is not None and signals.vector is None:
+            # a blend without CF, but too few candidates (a session of items no one
+            # else clicked): CF fills the rest, ranked after every blended item
+            items, scores, reasons = self._fill(
+                (items, scores, reasons),
+                k,
+                allowed,
+                lambda left: self._blend(
+                    _Signals(vector, None, None), Blend(), fetch, k, left, cf_reason
+                ),
+            )
+        if len(items) < k:  # still too few: popular items that pass the filters
+            items, scores, reasons = self._fill(
+                (items, scores, reasons), k, allowed, lambda left: self._popular(k, left).parts
             )
         return Ranking(items[:k], scores[:k], reasons[:k], strategy, False)
+
+    def _fill(
+        self,
+        ranked: tuple[IntArray, FloatArray, NDArray[np.int8]],
+        k: int,
+        allowed: NDArray[np.bool_] | None,
+        more: Callable[[NDArray[np.bool_]], tuple[IntArray, FloatArray, NDArray[np.int8]]],
+    ) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
+        """``ranked`` followed by ``more``'s items that are not in it yet, their scores
+        squeezed below the last ranked score."""
+        items, scores, reasons = ranked
+        taken = _mask(self._n_items, items)
+        left = ~taken if allowed is None else allowed & ~taken
+        extra_items, extra_scores, extra_reasons = more(left)
+        extra = slice(0, k - len(items))
+        floor = float(scores[-1]) if len(scores) else 1.0
+        top = float(extra_scores[0]) if len(extra_scores) and extra_scores[0] > 0 else 1.0
+        squeezed = (0.5 * floor * np.maximum(extra_scores[extra], 0.0) / top).astype(np.float32)
+        return (
+            np.concatenate([items, extra_items[extra]]),
+            np.concatenate([scores, squeezed]),
+            np.concatenate([reasons, extra_reasons[extra]]),
+        )
 
     def similar(self, items: IntArray, k: int, filters: Filters | None = None) -> Ranking:
         """Items like ``items`` (positions): cosine similarity to their mean direction.
@@ -203,7 +251,8 @@ class Ranker:
         neighbours. The query items themselves are never returned.
         """
         k = min(k, self._n_items)
-        allowed = self._allowed_mask(Query(k=k, filters=filters or Filters()), RepeatPolicy.ALLOW)
+        allowed = self._allowed(Query(k=k, filters=filters or Filters()), RepeatPolicy.ALLOW)
+        allowed = np.ones(self._n_items, dtype=bool) if allowed is None else allowed
         allowed[items] = False
         y = self.model.artifact.item_factors
         norms = self._item_norms
@@ -252,8 +301,20 @@ class Ranker:
             )
         return None, Strategy.POPULAR
 
-    def _allowed_mask(self, query: Query, policy: RepeatPolicy) -> NDArray[np.bool_]:
+    def _allowed(self, query: Query, policy: RepeatPolicy) -> NDArray[np.bool_] | None:
+        """The mask of items that may be shown; None when every item may (the common
+        case, which then costs no per-request catalogue-sized array)."""
         f = query.filters
+        # what the shopper just looked at is shown again only when the shop's
+        # sessions revisit items (measured by the trainer) or the request asks for it
+        asked = query.repeat_policy
+        hide_session = len(query.session_items) > 0 and (
+            asked is RepeatPolicy.EXCLUDE
+            or (asked is not RepeatPolicy.ALLOW and not self.model.defaults.session_repeats)
+        )
+        hide_bought = policy is RepeatPolicy.EXCLUDE and len(query.purchased_items) > 0
+        if f.is_empty and not hide_session and not hide_bought:
+            return None
         allowed = np.ones(self._n_items, dtype=bool)
         if f.in_stock_only:
             allowed &= self._available
@@ -263,81 +324,147 @@ class Ranker:
             allowed &= ~np.isin(self._category, f.exclude_categories)
         if len(f.exclude_items):
             allowed[f.exclude_items] = False
-        if policy is RepeatPolicy.EXCLUDE and len(query.purchased_items):
+        if hide_bought:
             allowed[query.purchased_items] = False
+        if hide_session:
+            allowed[query.session_items] = False
         return allowed
 
-    def _repeat_scores(self, query: Query) -> dict[int, float]:
-        if len(query.purchased_items) == 0:
-            return {}
-        items, inverse = np.unique(query.purchased_items, return_inverse=True)
-        w = np.bincount(inverse, weights=query.purchased_weights)
-        top = float(w.max())
+    def _repeat_scores(self, query: Query) -> tuple[IntArray, FloatArray]:
+        """The user's bought items and their decayed weights, summed per item and
+        scaled by the heaviest."""
+        items, weights = query.purchased_items, query.purchased_weights
+        if len(items) > 1 and np.any(np.diff(items) <= 0):  # live + trained: duplicates
+            items, inverse = np.unique(items, return_inverse=True)
+            weights = np.bincount(inverse, weights=weights).astype(np.float32)
+        top = float(weights.max()) if len(weights) else 0.0
         if top <= 0:
-            return {}
-        return dict(zip(items.tolist(), (w / top).tolist(), strict=True))
+            return _EMPTY_INT, _EMPTY_FLOAT
+        return items.astype(np.int32), (weights / top).astype(np.float32)
+
+    def _neighbor_source(self, query: Query) -> tuple[IntArray, FloatArray] | None:
+        """What the item neighbours are looked up from: the live session when there is
+        one, else the user's purchases (both oldest first / by weight)."""
+        if len(query.session_items):
+            return query.session_items[-_NEIGHBOR_SOURCE:], query.session_weights[
+                -_NEIGHBOR_SOURCE:
+            ]
+        if len(query.purchased_items):
+            # the neighbour model reads its input oldest first; decayed weights grow
+            # with recency, so ascending weight approximates purchase order
+            order = np.argsort(query.purchased_weights, kind="stable")[-_NEIGHBOR_SOURCE:]
+            return query.purchased_items[order], query.purchased_weights[order]
+        return None
+
+    def _neighbor_scores(
+        self, source: tuple[IntArray, FloatArray], k: int
+    ) -> tuple[IntArray, FloatArray]:
+        neighbors = self.model.neighbors
+        assert neighbors is not None  # the blend drops the signal without them
+        items, scores = neighbors.score(source[0], source[1], limit=max(100, 2 * k))
+        if len(scores) == 0 or scores[0] <= 0:
+            return _EMPTY_INT, _EMPTY_FLOAT
+        return items.astype(np.int32), (scores / scores[0]).astype(np.float32)
 
     def _blend(
         self,
-        vector: FloatArray | None,
-        repeat: dict[int, float],
-        beta: float,
+        signals: _Signals,
+        blend: Blend,
         fetch: int,
-        allowed: NDArray[np.bool_],
+        k: int,
+        allowed: NDArray[np.bool_] | None,
         cf_reason: Reason,
     ) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
+        """Candidates from every source, each signal scaled to [0, 1], summed with the
+        blend's weights, best first."""
+        vector = signals.vector
+        parts: list[IntArray] = []
         if vector is not None:
-            cf_scores, cf_ids = self.model.artifact.index.search(vector[None, :], fetch)
+            _, cf_ids = self.model.artifact.index.search(vector[None, :], fetch)
             valid = cf_ids[0] >= 0
-            cand = cf_ids[0][valid].astype(np.int32)
-            cf = cf_scores[0][valid].astype(np.float32)
-        else:
-            cand, cf = _EMPTY_INT, _EMPTY_FLOAT
-        if repeat:
-            seen = set(cand.tolist())
-            extra = np.fromiter((i for i in repeat if i not in seen), np.int32)
-            if len(extra):
-                extra_cf = (
-                    self.model.artifact.item_factors[extra] @ vector
-                    if vector is not None
-                    else np.zeros(len(extra), np.float32)
-                )
-                cand = np.concatenate([cand, extra])
-                cf = np.concatenate([cf, extra_cf.astype(np.float32)])
-        keep = allowed[cand]
-        cand, cf = cand[keep], cf[keep]
+            parts.append(cf_ids[0][valid].astype(np.int32))
+        if signals.repeat is not None:
+            parts.append(signals.repeat[0])
+        if signals.neighbors is not None:
+            parts.append(signals.neighbors[0])
+        if blend.popularity > 0:
+            parts.append(self.model.popular_order[: max(100, 2 * k)].astype(np.int32))
+        if not parts:
+            return _EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8)
+        cand = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+        if allowed is not None:
+            cand = cand[allowed[cand]]
         if len(cand) == 0:
             return _EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8)
-        scale = float(cf.max()) if len(cf) and cf.max() > 0 else 1.0
-        cf_part = (1.0 - beta) * np.maximum(cf, 0.0) / scale
-        rep_part = beta * np.fromiter(
-            (repeat.get(int(i), 0.0) for i in cand), np.float32, len(cand)
-        )
-        score = (cf_part + rep_part).astype(np.float32)
-        reasons = np.where(rep_part > cf_part, Reason.BUY_AGAIN, cf_reason).astype(np.int8)
-        # stable: equal scores keep index order, so answers are reproducible
+
+        score = np.zeros(len(cand), np.float32)
+        best_part = np.zeros(len(cand), np.float32)
+        reasons = np.full(len(cand), cf_reason, dtype=np.int8)
+        if vector is not None:
+            cf = np.maximum(self.model.artifact.item_factors[cand] @ vector, 0.0)
+            scale = float(cf.max()) if len(cf) and cf.max() > 0 else 1.0
+            part = (blend.cf * cf / scale).astype(np.float32)
+            score += part
+            best_part = part
+        for signal, weight, reason in (
+            (signals.neighbors, blend.neighbors, cf_reason),
+            (signals.repeat, blend.repeat, Reason.BUY_AGAIN),
+        ):
+            if signal is None or weight == 0:
+                continue
+            part = weight * _lookup(cand, *signal)
+            score += part
+            wins = part > best_part
+            reasons[wins] = reason
+            best_part = np.maximum(best_part, part)
+        if blend.popularity > 0:
+            part = blend.popularity * self._prior[cand]
+            score += part
+            reasons[part > best_part] = Reason.POPULAR
+        # stable on ascending positions: equal scores keep catalogue order, so answers
+        # are reproducible
         order = np.argsort(-score, kind="stable")
         return cand[order], score[order], reasons[order]
 
     def _popular(
         self,
         k: int,
-        allowed: NDArray[np.bool_],
+        allowed: NDArray[np.bool_] | None,
         *,
         strategy: Strategy = Strategy.POPULAR,
         fallback: bool = False,
     ) -> Ranking:
         order = self.model.popular_order
-        picked = order[allowed[order]][:k].astype(np.int32)
-        pop = self.model.artifact.popularity
-        top = float(pop[order[0]]) if len(order) and pop[order[0]] > 0 else 1.0
+        head = order if allowed is None else order[allowed[order]]
+        picked = head[:k].astype(np.int32)
         return Ranking(
             picked,
-            (pop[picked] / top).astype(np.float32),
+            self._prior[picked],
             np.full(len(picked), Reason.POPULAR, dtype=np.int8),
             strategy,
             fallback,
         )
+
+
+@dataclass(frozen=True)
+class _Signals:
+    vector: FloatArray | None
+    repeat: tuple[IntArray, FloatArray] | None
+    """Sorted items and their scaled scores."""
+    neighbors: tuple[IntArray, FloatArray] | None
+    """Items (any order) and their scaled scores."""
+
+
+def _lookup(cand: IntArray, items: IntArray, values: FloatArray) -> FloatArray:
+    """``values`` of ``cand`` where the candidate is in ``items``, else 0."""
+    if len(items) == 0:
+        return np.zeros(len(cand), np.float32)
+    order = np.argsort(items, kind="stable")
+    sorted_items = items[order]
+    at = np.searchsorted(sorted_items, cand)
+    at = np.minimum(at, len(items) - 1)
+    hit = sorted_items[at] == cand
+    return np.where(hit, values[order][at], 0.0).astype(np.float32)
 
 
 def _mask(n: int, items: IntArray) -> NDArray[np.bool_]:

@@ -18,7 +18,14 @@ from numpy.typing import NDArray
 from recsvc.config import WeightingSettings
 from recsvc.events import EventType
 
-__all__ = ["EVENT_TYPES", "confidence", "event_type_weights", "event_weights"]
+__all__ = [
+    "EVENT_TYPES",
+    "SESSION_HALF_LIFE_EVENTS",
+    "confidence",
+    "event_type_weights",
+    "event_weights",
+    "session_weights",
+]
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -60,6 +67,35 @@ def event_weights(
         decay = np.exp2(-age / (settings.half_life_days * SECONDS_PER_DAY))
         weights = weights * decay.astype(np.float32)
     return weights.astype(np.float32, copy=False)
+
+
+#: A live session's events halve in weight every this many newer events.
+SESSION_HALF_LIFE_EVENTS = 5.0
+
+
+def session_weights(
+    type_codes: NDArray[np.integer] | Sequence[int],
+    quantity: NDArray[np.floating] | Sequence[float],
+    settings: WeightingSettings,
+    boost: float,
+) -> NDArray[np.float32]:
+    """Weights of a live session's ``n`` events, oldest first: what the server and the
+    session protocol of ``recsvc evaluate`` give the ranking.
+
+    Views weigh little in training, but in a live session they are the signal: every
+    event weighs at least a purchase. Recency is by position (the last event weighs
+    most, halving every :data:`SESSION_HALF_LIFE_EVENTS`), and ``boost`` scales the
+    session against the user's history in the fold-in.
+    """
+    n = len(type_codes)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    base = event_type_weights(settings)[np.asarray(type_codes, dtype=np.intp)]
+    q = np.asarray(quantity, dtype=np.float32)
+    q_factor = 1.0 + np.log(np.maximum(q, 1.0)) if settings.log_quantity else q
+    floor = settings.event_weights.get(EventType.PURCHASE, 1.0)
+    recency = np.exp2(-np.arange(n)[::-1] / SESSION_HALF_LIFE_EVENTS)
+    return (np.maximum(base * q_factor, floor) * recency * boost).astype(np.float32)
 
 
 def confidence(weights: NDArray[np.floating], alpha: float) -> NDArray[np.float32]:

@@ -9,7 +9,7 @@ from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
 from training.interactions import build_interactions, drop_erased_users
 
-NO_DECAY = WeightingSettings(half_life_days=0)
+NO_DECAY = WeightingSettings(half_life_days=0, popularity_half_life_days=0)
 
 
 def test_ids_weights_counts_and_guests() -> None:

@@ -14,7 +14,8 @@ PUBLIC = {
         "QualityGateError", "RecsvcError", "StoreError",
     ],
     "recsvc.config": [
-        "ALSSettings", "EvaluationSettings", "IndexSettings", "RankingSettings", "RedisSettings",
+        "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "RankingSettings",
+        "RedisSettings",
         "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",
         "load_settings",
     ],

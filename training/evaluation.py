@@ -18,48 +18,41 @@ Metrics per user, averaged over users with at least one held-out purchase:
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from recsvc.config import Settings
 from recsvc.errors import DataError
-from recsvc.events import EventType
-from recsvc.model import Model
+from recsvc.model import Blend, Model
 from recsvc.ranking import Query, Ranker, training_user_query
 from training import baselines
 from training.pipeline import LoadedData, build_model
+from training.splits import Split, split_by_cutoff, split_last_basket
 
 __all__ = [
     "EvalReport",
     "Split",
+    "als_recommender",
     "evaluate",
     "format_table",
+    "served_recommender",
     "split_by_cutoff",
     "split_last_basket",
+    "truth_positions",
 ]
 
 log = logging.getLogger(__name__)
 
 Recommender = Callable[[int], NDArray[np.int64]]
 """Training-user position → top-K item positions, best first."""
-
-
-@dataclass(frozen=True)
-class Split:
-    """A train table and the held-out purchases per user (external ids)."""
-
-    train: pa.Table
-    truth: dict[str, set[str]]
-    protocol: str
 
 
 @dataclass
@@ -82,81 +75,6 @@ class EvalReport:
         }
 
 
-def _purchases(table: pa.Table) -> pa.Table:
-    return table.filter(
-        pc.and_(
-            pc.equal(table["event_type"], EventType.PURCHASE.value),
-            pc.is_valid(table["user_id"]),
-        )
-    )
-
-
-def _truth_from(table: pa.Table) -> dict[str, set[str]]:
-    truth: dict[str, set[str]] = {}
-    for user, item in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist(), strict=True):
-        truth.setdefault(user, set()).add(item)
-    return truth
-
-
-def split_by_cutoff(table: pa.Table, cutoff: datetime) -> Split:
-    """Events before ``cutoff`` train; purchases at or after it, by users seen before, test."""
-    ts = int(cutoff.replace(tzinfo=cutoff.tzinfo or UTC).timestamp())
-    before = pc.less(table["timestamp"], ts)
-    train = table.filter(before)
-    test = _purchases(table.filter(pc.invert(before)))
-    if train.num_rows == 0 or test.num_rows == 0:
-        raise DataError(
-            f"cut-off {cutoff.isoformat()} leaves {train.num_rows} training events and "
-            f"{test.num_rows} test purchases; pick a date inside the data"
-        )
-    seen = pc.unique(train["user_id"].drop_null())
-    test = test.filter(pc.is_in(test["user_id"], value_set=seen))
-    return Split(train, _truth_from(test), f"time split at {cutoff.date().isoformat()}")
-
-
-#: Events this close before a held-out basket belong to the visit that made it
-#: (the views and cart adds that led to the purchase) and would leak it.
-VISIT_GAP_SECONDS = 30 * 60
-
-
-def split_last_basket(table: pa.Table) -> Split:
-    """Each user's last purchase basket is the test; everything before its visit trains.
-
-    Users with a single basket have nothing to learn from and are left out of the
-    test (their events still train). A test user's events from
-    :data:`VISIT_GAP_SECONDS` before the last basket on are removed from training.
-    """
-    purchases = _purchases(table)
-    if purchases.num_rows == 0:
-        raise DataError("no purchases with a user id: nothing to hold out")
-    last = purchases.group_by("user_id").aggregate(
-        [("timestamp", "max"), ("basket_id", "count_distinct")]
-    )
-    last = last.filter(pc.greater(last["basket_id_count_distinct"], 1))
-    cut = dict(zip(last["user_id"].to_pylist(), last["timestamp_max"].to_pylist(), strict=True))
-    users = table["user_id"].to_pylist()
-    stamps = table["timestamp"].to_numpy()
-    held = np.fromiter(
-        (
-            u is not None and u in cut and s >= cut[u] - VISIT_GAP_SECONDS
-            for u, s in zip(users, stamps, strict=True)
-        ),
-        dtype=bool,
-        count=table.num_rows,
-    )
-    test = _purchases(table.filter(pa.array(held)))
-    # only the last basket is the target, not other purchases of the same visit
-    stamps_test = test["timestamp"].to_numpy()
-    users_test = test["user_id"].to_pylist()
-    is_last = np.fromiter(
-        (s >= cut[u] for u, s in zip(users_test, stamps_test, strict=True)),
-        dtype=bool,
-        count=test.num_rows,
-    )
-    test = test.filter(pa.array(is_last))
-    return Split(table.filter(pa.array(~held)), _truth_from(test), "last basket per user")
-
-
 def evaluate(
     data: LoadedData,
     split: Split,
@@ -176,30 +94,17 @@ def evaluate(
         progress=progress,
     )
     fit_seconds = time.perf_counter() - t
+    faiss.omp_set_num_threads(1)  # one query at a time, as the server searches
     model = Model(built.artifact)
     ranker = Ranker(model, overfetch=settings.ranking.overfetch)
     inter = built.interactions
 
-    users, truths = [], []
-    for user, items in split.truth.items():
-        u = model.user_position.get(user)
-        if u is None:
-            continue
-        users.append(u)
-        truths.append(np.array([model.item_position.get(i, -1) for i in items], dtype=np.int64))
-    if not users:
-        raise DataError("no held-out user has training history; nothing to evaluate")
-
-    def served(u: int) -> NDArray[np.int64]:
-        return ranker.recommend(training_user_query(model, u, top)).items.astype(np.int64)
-
-    def als_alone(u: int) -> NDArray[np.int64]:
-        query = Query(k=top, user_vector=model.artifact.user_factors[u], repeat_weight=0.0)
-        return ranker.recommend(query).items.astype(np.int64)
+    users, truths = truth_positions(model, split.truth)
+    served = served_recommender(ranker, top)
 
     rankers: dict[str, Recommender] = {
         **baselines.make_baselines(inter.counts, top),
-        "als": als_alone,
+        "als": als_recommender(ranker, top),
         "served": served,
     }
     if extra:
@@ -230,6 +135,47 @@ def evaluate(
     )
 
 
+def truth_positions(
+    model: Model, truth: Mapping[str, set[str]]
+) -> tuple[list[int], list[NDArray[np.int64]]]:
+    """Held-out users with training history (positions) and their items (positions;
+    -1 for an item the model never saw, which no ranking can hit)."""
+    users, truths = [], []
+    for user, items in truth.items():
+        u = model.user_position.get(user)
+        if u is None:
+            continue
+        users.append(u)
+        truths.append(np.array([model.item_position.get(i, -1) for i in items], dtype=np.int64))
+    if not users:
+        raise DataError("no held-out user has training history; nothing to evaluate")
+    return users, truths
+
+
+def served_recommender(ranker: Ranker, k: int) -> Recommender:
+    """The server's ranking for a known customer with no live events: the trained
+    vector, the full history and the purchases, the model's defaults."""
+
+    def served(u: int) -> NDArray[np.int64]:
+        query = training_user_query(ranker.model, u, k)
+        return ranker.recommend(query).items.astype(np.int64)
+
+    return served
+
+
+def als_recommender(ranker: Ranker, k: int) -> Recommender:
+    """ALS alone: the served ranking with every signal but CF weighed 0."""
+    model = copy.copy(ranker.model)
+    model.defaults = replace(model.defaults, user=Blend(cf=1.0))
+    als = Ranker(model, overfetch=ranker.overfetch)
+
+    def recommend(u: int) -> NDArray[np.int64]:
+        query = Query(k=k, user_vector=model.artifact.user_factors[u])
+        return als.recommend(query).items.astype(np.int64)
+
+    return recommend
+
+
 def _history_sets(weights: Any, users: Iterable[int]) -> list[NDArray[np.int64]]:
     return [
         weights.indices[weights.indptr[u] : weights.indptr[u + 1]].astype(np.int64) for u in users
@@ -242,8 +188,14 @@ def score_lists(
     histories: list[NDArray[np.int64]],
     ks: tuple[int, ...],
     n_items: int,
+    *,
+    ideal: Literal["k", "truth"] = "k",
 ) -> dict[str, float]:
-    """Average the metrics of the module docstring over users."""
+    """Average the metrics of the module docstring over users.
+
+    ``ideal="truth"`` takes NDCG's ideal DCG over the whole truth (every held-out
+    item at the top, however many), as the NBR reality-check study does.
+    """
     out: dict[str, float] = {}
     discounts = 1.0 / np.log2(np.arange(2, max(ks) + 2))
     for k in ks:
@@ -258,8 +210,11 @@ def score_lists(
             hits = rel.sum()
             recall.append(hits / n_truth)
             phr.append(float(hits > 0))
-            ideal = discounts[: min(n_truth, k)].sum()
-            ndcg.append(float((rel * discounts[: len(rel)]).sum() / ideal))
+            if ideal == "truth":
+                best = float((1.0 / np.log2(np.arange(2, n_truth + 2))).sum())
+            else:
+                best = float(discounts[: min(n_truth, k)].sum())
+            ndcg.append(float((rel * discounts[: len(rel)]).sum() / best))
             precision_at = np.cumsum(rel) / np.arange(1, len(rel) + 1)
             ap.append(float((precision_at * rel).sum() / min(n_truth, k)))
             repeat_truth = truth[np.isin(truth, hist)]
@@ -278,16 +233,19 @@ def score_lists(
     return out
 
 
-_COLUMNS = ("recall", "ndcg", "map", "phr", "coverage", "recall_repeat", "recall_new")
+_COLUMNS = ("recall", "ndcg", "map", "phr", "hr", "mrr", "coverage", "recall_repeat", "recall_new")
 
 
-def format_table(report: EvalReport, style: Literal["text", "markdown"] = "text") -> str:
-    """The metrics as an aligned text table (or Markdown)."""
-    ks = sorted({int(key.split("@")[1]) for m in report.metrics.values() for key in m})
-    headers = ["method"] + [f"{c}@{k}" for k in ks for c in _COLUMNS]
+def format_table(
+    metrics: Mapping[str, Mapping[str, float]], style: Literal["text", "markdown"] = "text"
+) -> str:
+    """``{method: {"metric@k": value}}`` as an aligned text table (or Markdown)."""
+    present = {key for m in metrics.values() for key in m}
+    ks = sorted({int(key.split("@")[1]) for key in present})
+    headers = ["method"] + [f"{c}@{k}" for k in ks for c in _COLUMNS if f"{c}@{k}" in present]
     rows = [
         [name] + [f"{m.get(h, float('nan')):.4f}" for h in headers[1:]]
-        for name, m in report.metrics.items()
+        for name, m in metrics.items()
     ]
     if style == "markdown":
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

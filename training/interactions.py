@@ -16,9 +16,19 @@ from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.weighting import EVENT_TYPES, event_weights
 
-__all__ = ["Interactions", "build_interactions", "drop_erased_users"]
+__all__ = [
+    "DEFAULT_POPULARITY_HALF_LIFE",
+    "Interactions",
+    "build_interactions",
+    "drop_erased_users",
+    "session_arrays",
+    "trending_popularity",
+]
 
 log = logging.getLogger(__name__)
+
+#: Popularity half-life (days) when the config leaves it to a trainer that cannot fit it.
+DEFAULT_POPULARITY_HALF_LIFE = 7.0
 
 
 @dataclass(frozen=True)
@@ -43,9 +53,12 @@ class Interactions:
     purchases: sp.csr_matrix
     """``(n_users, n_items)`` float32 decayed weights of purchase events only."""
     popularity: NDArray[np.float32]
-    """``(n_items,)`` decayed weight summed over everyone, guests included."""
+    """``(n_items,)`` weight summed over everyone, guests included, decayed with the
+    popularity half-life."""
     reference_time: int
     """Unix seconds of the newest event: the data cut-off and the decay's "now"."""
+    popularity_half_life_days: float = DEFAULT_POPULARITY_HALF_LIFE
+    """The half-life ``popularity`` was decayed with."""
     stats: dict[str, int] = field(default_factory=dict)
     """Counts for the manifest (events, guest events, erased events, ...)."""
 
@@ -93,7 +106,12 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
     w = event_weights(type_codes, quantity, timestamps, reference_time, settings)
 
     n_items = len(item_ids)
-    popularity = np.bincount(item_codes, weights=w, minlength=n_items).astype(np.float32)
+    half_life = settings.popularity_half_life_days
+    trending = settings.model_copy(
+        update={"half_life_days": DEFAULT_POPULARITY_HALF_LIFE if half_life is None else half_life}
+    )
+    w_pop = event_weights(type_codes, quantity, timestamps, reference_time, trending)
+    popularity = np.bincount(item_codes, weights=w_pop, minlength=n_items).astype(np.float32)
 
     known = pc.is_valid(table["user_id"]).to_numpy(zero_copy_only=False)
     n_guest = int((~known).sum())
@@ -123,6 +141,7 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
         purchases=purchases,
         popularity=popularity,
         reference_time=reference_time,
+        popularity_half_life_days=float(trending.half_life_days),
         stats={
             "events": int(table.num_rows),
             "guest_events": n_guest,
@@ -131,6 +150,23 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
             "interactions": int(weights.nnz),
         },
     )
+
+
+def trending_popularity(
+    table: pa.Table, inter: Interactions, settings: WeightingSettings, half_life_days: float
+) -> NDArray[np.float32]:
+    """``inter.popularity`` recomputed with another half-life: ``(n_items,)`` float32."""
+    items = pc.index_in(table["item_id"], value_set=pa.array(inter.item_ids.tolist(), pa.string()))
+    trending = settings.model_copy(update={"half_life_days": half_life_days})
+    w = event_weights(
+        _event_type_codes(table["event_type"]),
+        table["quantity"].to_numpy().astype(np.float32),
+        table["timestamp"].to_numpy().astype(np.int64),
+        inter.reference_time,
+        trending,
+    )
+    codes = items.to_numpy(zero_copy_only=False)
+    return np.bincount(codes, weights=w, minlength=inter.n_items).astype(np.float32)
 
 
 def _event_type_codes(column: pa.ChunkedArray) -> NDArray[np.int64]:
@@ -169,3 +205,50 @@ def _purchase_basket_counts(
     counts = sp.csr_matrix((ones, (triples[0], triples[1])), shape=(n_users, n_items))
     counts.sum_duplicates()
     return counts
+
+
+def session_arrays(
+    table: pa.Table,
+    item_ids: NDArray[np.str_],
+    *,
+    gap_seconds: int = 30 * 60,
+    max_length: int = 200,
+) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+    """The shop's sessions, for the item-neighbour model: a known user's events split
+    where more than ``gap_seconds`` pass between two of them, a guest's basket as one
+    session; items in time order, sessions ordered by their first event.
+
+    Guests count: anonymous sessions are what the neighbour model serves. A session
+    longer than ``max_length`` keeps its last ``max_length`` events (bulk orders say
+    little about what goes with what, and cost quadratic time). Sessions of one event
+    are dropped: they pair nothing.
+
+    Returns:
+        ``indptr`` ``(S + 1,)`` int64 into ``items`` ``(N,)`` int32 (positions in
+        ``item_ids``).
+    """
+    item_pos = pc.index_in(table["item_id"], value_set=pa.array(item_ids.tolist(), pa.string()))
+    items = item_pos.to_numpy(zero_copy_only=False)
+    known = pc.is_valid(table["user_id"]).to_numpy(zero_copy_only=False)
+    # one key space: users first, then guest baskets
+    key = np.empty(table.num_rows, dtype=np.int64)
+    user_codes, user_vocab = _encode(table["user_id"].filter(pa.array(known)))
+    key[known] = user_codes
+    if not known.all():
+        guest_baskets, _ = _encode(table["basket_id"].filter(pa.array(~known)))
+        key[~known] = len(user_vocab) + guest_baskets
+    stamps = table["timestamp"].to_numpy().astype(np.int64)
+    order = np.lexsort((stamps, key))
+    key, stamps = key[order], stamps[order]
+    new = np.r_[True, (key[1:] != key[:-1]) | (np.diff(stamps) > gap_seconds)]
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.r_[starts, len(order)])
+    # sessions by their first event's time (stable: ties keep key order)
+    by_start = np.argsort(stamps[starts], kind="stable")
+    by_start = by_start[lengths[by_start] > 1]
+    kept = np.minimum(lengths[by_start], max_length)
+    begin = starts[by_start] + lengths[by_start] - kept  # the last `kept` events
+    indptr = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum(kept, out=indptr[1:])
+    rows = np.repeat(begin - indptr[:-1], kept) + np.arange(indptr[-1])
+    return indptr, np.asarray(items[order][rows], dtype=np.int32)

@@ -24,10 +24,20 @@ from recsvc.config import RepeatPolicy, Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
 from recsvc.events import EventType
+from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
+from recsvc.model import Blend
+from training.blend import fit_user_blend
 from training.fit import fit_als
-from training.interactions import Interactions, build_interactions, drop_erased_users
+from training.interactions import (
+    Interactions,
+    build_interactions,
+    drop_erased_users,
+    session_arrays,
+    trending_popularity,
+)
 from training.loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
+from training.sessions import build_session_neighbors
 
 __all__ = [
     "BuiltModel",
@@ -149,7 +159,43 @@ def build_model(
     recall = _index_recall(index, factors.item_factors, factors.user_factors, settings)
     timings["index_recall_seconds"] = time.perf_counter() - t
 
-    ranking = _ranking_defaults(data.table, settings)
+    t = time.perf_counter()
+    indptr, session_items = session_arrays(data.table, inter.item_ids)
+    neighbors = build_session_neighbors(indptr, session_items, inter.n_items)
+    timings["neighbors_seconds"] = time.perf_counter() - t
+    ranking = _ranking_defaults(data.table, settings, session_revisit_share(indptr, session_items))
+    popularity = inter.popularity
+    if settings.ranking.user_blend is None:
+        t = time.perf_counter()
+        fitted = fit_user_blend(
+            data.table,
+            inter.item_ids,
+            factors.item_factors,
+            FoldIn(factors.item_factors, settings.als.regularization, settings.als.alpha),
+            settings.weighting,
+            allow_repeats=ranking["repeat_policy"] == RepeatPolicy.ALLOW.value,
+            half_lives=(
+                POPULARITY_HALF_LIVES
+                if settings.weighting.popularity_half_life_days is None
+                else (settings.weighting.popularity_half_life_days,)
+            ),
+            seed=settings.als.random_state,
+        )
+        timings["blend_seconds"] = time.perf_counter() - t
+        if fitted is not None:
+            if fitted.popularity_half_life_days != inter.popularity_half_life_days:
+                popularity = trending_popularity(
+                    data.table, inter, settings.weighting, fitted.popularity_half_life_days
+                )
+            user = fitted.blend
+            if settings.ranking.repeat_weight is not None:
+                user = user.with_repeat_weight(settings.ranking.repeat_weight)
+            ranking["user_blend"] = asdict(user)
+            ranking["user_blend_fit"] = {
+                "recall@20": fitted.recall,
+                "users": fitted.users,
+                "popularity_half_life_days": fitted.popularity_half_life_days,
+            }
     category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
     created = now or datetime.now(UTC)
     version = new_model_version(factors.item_factors, created)
@@ -182,13 +228,14 @@ def build_model(
         user_factors=factors.user_factors,
         item_ids=inter.item_ids,
         user_ids=inter.user_ids,
-        popularity=inter.popularity,
+        popularity=popularity,
         user_items=inter.weights,
         user_purchases=inter.purchases,
         item_category=category,
         categories=categories,
         item_available=available,
         index=index,
+        neighbors=neighbors.to_arrays(),
     )
     return BuiltModel(artifact, inter, timings)
 
@@ -225,17 +272,60 @@ def _index_recall(
     return recall
 
 
-def _ranking_defaults(table: pa.Table, settings: Settings) -> dict[str, Any]:
-    """The shop's repeat policy and blend weight, from its measured repeat behaviour."""
+#: The blends the trainer starts from when the config names none. The user blend is
+#: then fitted on the shop's held-out last baskets (training/blend.py) when there are
+#: enough; the session blend is the neighbour model's (docs/quality.md).
+DEFAULT_USER_BLEND = Blend(cf=0.5, repeat=0.5, neighbors=0.0, popularity=0.0)
+#: Popularity half-lives (days) the trainer chooses from with the blend: "what sold
+#: in the last hours" (a grocery's next basket) to "this month" (a gift shop).
+POPULARITY_HALF_LIVES = (0.25, 1.0, 7.0, 30.0)
+DEFAULT_SESSION_BLEND = Blend(cf=0.0, repeat=0.0, neighbors=1.0, popularity=0.0)
+
+
+def session_revisit_share(indptr: NDArray[np.int64], items: NDArray[np.int32]) -> float:
+    """Of the session clicks after each session's first, the share that revisit an
+    item clicked earlier in the same session (~0.2 on Diginetica's views)."""
+    n_sessions = len(indptr) - 1
+    later = len(items) - n_sessions
+    if later <= 0:
+        return 0.0
+    session = np.repeat(np.arange(n_sessions, dtype=np.int64), np.diff(indptr))
+    pairs = session * (int(items.max()) + 1) + items
+    return float((len(pairs) - len(np.unique(pairs))) / later)
+
+
+def _ranking_defaults(table: pa.Table, settings: Settings, revisit_share: float) -> dict[str, Any]:
+    """The shop's repeat policy and blends, from its measured repeat behaviour."""
     rs = settings.ranking
     share = repeat_share(table, settings.evaluation.validation_share)
     policy = rs.repeat_policy
     if policy is RepeatPolicy.AUTO:
         policy = RepeatPolicy.ALLOW if share >= rs.auto_repeat_threshold else RepeatPolicy.EXCLUDE
-    # Without a fitted blend, weigh buy-again by how much the shop repeats: a user's
-    # own history is the best predictor exactly in proportion to the repeat share.
-    weight = rs.repeat_weight if rs.repeat_weight is not None else min(0.9, 2.0 * share)
-    return {"repeat_policy": policy.value, "repeat_weight": weight, "repeat_share": share}
+    if rs.user_blend is not None:
+        user = Blend(**rs.user_blend.model_dump())
+    else:
+        # a user's own history is the best predictor in proportion to the repeat share
+        user = DEFAULT_USER_BLEND.with_repeat_weight(min(0.9, 2.0 * share))
+    if rs.repeat_weight is not None:
+        user = user.with_repeat_weight(rs.repeat_weight)
+    session = (
+        Blend(**rs.session_blend.model_dump())
+        if rs.session_blend is not None
+        else DEFAULT_SESSION_BLEND
+    )
+    session_repeats = (
+        rs.session_repeats
+        if rs.session_repeats is not None
+        else revisit_share >= rs.auto_repeat_threshold
+    )
+    return {
+        "repeat_policy": policy.value,
+        "repeat_share": share,
+        "session_revisit_share": revisit_share,
+        "user_blend": asdict(user),
+        "session_blend": asdict(session),
+        "session_repeats": session_repeats,
+    }
 
 
 def _catalog_arrays(

@@ -1,0 +1,154 @@
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
+from training.sessions import build_session_neighbors
+
+# neighbour score alone: deterministic, no fitted weights
+KNN = SessionParams(rerank=False, embedding_dim=0, recency_decay=0.0)
+
+
+def csr(sessions: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.zeros(len(sessions) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in sessions], out=indptr[1:])
+    items = np.array([i for s in sessions for i in s], dtype=np.int32)
+    return indptr, items
+
+
+def build(sessions: list[list[int]], n_items: int, params: SessionParams = KNN) -> SessionNeighbors:
+    indptr, items = csr(sessions)
+    return build_session_neighbors(indptr, items, n_items, params)
+
+
+def q(*items: int) -> np.ndarray:
+    return np.array(items, dtype=np.int32)
+
+
+def test_the_item_that_always_follows_ranks_first_after_the_session_item() -> None:
+    m = build([[0, 1]] * 5 + [[2, 3]] * 5 + [[0, 4, 5]], 6)
+    items, scores = m.score(q(0), limit=10)
+    # the clicked item itself (repeat clicks) and then its usual successor
+    assert items[:2].tolist() == [0, 1]
+    assert set(items.tolist()) == {0, 1, 4, 5}
+    assert items.dtype == np.int32 and scores.dtype == np.float32
+    assert np.all(scores > 0) and np.all(np.diff(scores) <= 0)
+
+
+def test_empty_and_unknown_sessions_give_empty_answers() -> None:
+    m = build([[0, 1], [1, 2]], 4)
+    for session in (q(), q(-1, 99), q(3)):  # 3 is in the catalogue but in no session
+        items, scores = m.score(session)
+        assert items.dtype == np.int32 and scores.dtype == np.float32
+        assert len(items) == 0 and len(scores) == 0
+    assert len(m.score(q(0), limit=0)[0]) == 0
+    # unknown clicks are skipped, known ones still count
+    assert m.score(q(-5, 0, 77))[0].tolist() == m.score(q(0))[0].tolist()
+
+
+def test_limit_is_respected() -> None:
+    m = build([list(range(10))] * 3, 10)
+    assert len(m.score(q(0), limit=3)[0]) == 3
+    assert len(m.score(q(0), limit=100)[0]) == 10
+
+
+def test_recent_session_items_weigh_more() -> None:
+    m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, replace(KNN, session_decay=1.0))
+    first = m.score(q(0, 2))[0].tolist()
+    assert first.index(3) < first.index(1)
+    second = m.score(q(2, 0))[0].tolist()
+    assert second.index(1) < second.index(3)
+
+
+def test_neighbour_recency_prefers_newer_sessions() -> None:
+    sessions = [[0, 1], [0, 2]]  # the second is newer
+    fresh = build(sessions, 3, replace(KNN, recency_decay=1.0))
+    assert fresh.score(q(0))[0].tolist()[1] == 2
+    old = build(sessions, 3, replace(KNN, recency_decay=0.0))
+    s1, s2 = (old.score(q(0))[1][old.score(q(0))[0] == i][0] for i in (1, 2))
+    assert s1 == pytest.approx(s2)
+
+
+def test_items_after_the_shared_item_beat_items_before_it() -> None:
+    m = build([[5, 0, 6]] * 3, 7, replace(KNN, before_weight=0.5))
+    items = m.score(q(0))[0].tolist()
+    assert items.index(6) < items.index(5)
+
+
+def test_sequential_rules_weigh_one_over_the_gap() -> None:
+    m = build([[0, 1, 2], [0, 1]], 3)
+    start, end = m.rule_indptr[0], m.rule_indptr[1]
+    rules = dict(
+        zip(m.rule_items[start:end].tolist(), m.rule_scores[start:end].tolist(), strict=True)
+    )
+    assert rules == {1: pytest.approx(2.0), 2: pytest.approx(0.5)}
+    assert m.rule_items[start] == 1  # best first
+
+
+def test_round_trip_through_npz_scores_identically(tmp_path: Path) -> None:
+    m = _chain_model()
+    path = tmp_path / "sessions.npz"
+    np.savez(path, **m.to_arrays())
+    with np.load(path, allow_pickle=False) as z:
+        back = SessionNeighbors.from_arrays(dict(z))
+    assert back.params == m.params
+    assert back.nbytes() == m.nbytes()
+    for session in (q(5), q(3, 4), q(7, 7, 8, 40)):
+        a, b = m.score(session), back.score(session)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_fitted_reranker_predicts_the_usual_next_item() -> None:
+    m = _chain_model()
+    assert m.rerank_weights.shape == (N_FEATURES,)
+    assert m.item_vectors.shape == (50, 8)
+    hits = sum(int(m.score(q(i - 1, i), limit=1)[0][0] == (i + 1) % 50) for i in range(1, 50))
+    assert hits >= 45
+    # without the re-ranker the clicked item itself comes first
+    plain = m.with_params(m.params, np.zeros(0))
+    assert plain.score(q(4, 5), limit=1)[0][0] == 5
+
+
+def test_weights_scale_the_session_clicks() -> None:
+    m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, replace(KNN, session_decay=1.0))
+    favour_first = m.score(q(0, 2), weights=np.array([100.0, 1.0], dtype=np.float32))[0]
+    assert favour_first.tolist().index(1) < favour_first.tolist().index(3)
+
+
+def test_arrays_are_read_only() -> None:
+    m = build([[0, 1]], 2)
+    for a in m.to_arrays().values():
+        if a.ndim:
+            assert not a.flags.writeable
+
+
+def test_malformed_input_is_refused() -> None:
+    with pytest.raises(ValueError):
+        build_session_neighbors(np.array([0, 3]), np.array([0, 1], dtype=np.int32), 2, KNN)
+    with pytest.raises(ValueError):
+        build_session_neighbors(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, KNN)
+    with pytest.raises(ValueError):
+        SessionParams(neighbors=0)
+
+
+@cache
+def _chain_model() -> SessionNeighbors:
+    """Random walks on a ring of 50 items: the next item is the current one + 1
+    with probability 0.8, else a random item; no repeat clicks. Built once (the
+    model is read-only)."""
+    rng = np.random.default_rng(7)
+    sessions = []
+    for _ in range(1500):
+        cur = int(rng.integers(50))
+        s = [cur]
+        for _ in range(int(rng.integers(2, 7))):
+            nxt = (cur + 1) % 50 if rng.random() < 0.8 else int(rng.integers(50))
+            if nxt != cur:
+                s.append(nxt)
+                cur = nxt
+        sessions.append(s)
+    params = SessionParams(embedding_dim=8, rerank_cases=3000)
+    return build(sessions, 50, params)

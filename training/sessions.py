@@ -1,0 +1,282 @@
+"""Build the session recommender (:class:`recsvc.sessions.SessionNeighbors`) from
+training sessions.
+
+Input: sessions as CSR-like arrays, ``session_indptr`` ``(S + 1,)`` int64 into
+``session_items`` ``(N,)`` int32 (item positions ``0..n_items-1``, click order within
+a session, sessions in chronological order).
+
+Steps: the inverted index and per-item statistics, sequential rules, item embeddings
+(truncated SVD of shifted PPMI co-occurrence, seeded), and, when ``params.rerank``,
+the re-ranking weights: a model without re-ranking is built from the older
+``1 − rerank_holdout`` of the sessions, every prefix→next case of the newer ones
+(about ``rerank_cases``, evenly spaced) is featurised by it, and a softmax over
+each case's candidates is fitted by L-BFGS; the final model over all sessions gets
+those weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+from scipy.sparse.linalg import svds
+from threadpoolctl import threadpool_limits
+
+from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
+
+__all__ = ["build_session_neighbors", "fit_reranker"]
+
+SEED = 0
+
+
+def build_session_neighbors(
+    session_indptr: NDArray[np.int64],
+    session_items: NDArray[np.int32],
+    n_items: int,
+    params: SessionParams | None = None,
+) -> SessionNeighbors:
+    """The session recommender over these training sessions.
+
+    Empty sessions are allowed (they never become neighbours). Raises
+    ``ValueError`` on malformed input (``indptr`` not non-decreasing from 0 to
+    ``len(items)``, or an item outside ``0..n_items-1``).
+    """
+    params = params or SessionParams()
+    model = _build(session_indptr, session_items, n_items, params)
+    if not params.rerank:
+        return model
+    return model.with_params(params, fit_reranker(session_indptr, session_items, n_items, params))
+
+
+def fit_reranker(
+    session_indptr: NDArray[np.int64],
+    session_items: NDArray[np.int32],
+    n_items: int,
+    params: SessionParams,
+) -> NDArray[np.float64]:
+    """The re-ranking weights ``(N_FEATURES,)`` fitted on the newest
+    ``params.rerank_holdout`` of the sessions, featurised by a model of the older
+    ones; zeros but for the neighbour score when there are no usable cases."""
+    indptr = np.asarray(session_indptr, dtype=np.int64)
+    items = np.asarray(session_items, dtype=np.int32)
+    n_sessions = len(indptr) - 1
+    cut = int(n_sessions * (1 - params.rerank_holdout))
+    fallback = np.zeros(N_FEATURES, dtype=np.float64)
+    fallback[0] = 1.0
+    if cut < 1 or cut >= n_sessions:
+        return fallback
+    older = _build(indptr[: cut + 1], items[: indptr[cut]], n_items, params)
+    # prefix -> next cases of the newer sessions, items unseen by `older` dropped
+    seen = np.diff(older.item_indptr) > 0
+    cases: list[tuple[NDArray[np.int32], int]] = []
+    for s in range(cut, n_sessions):
+        clicks = items[indptr[s] : indptr[s + 1]]
+        clicks = clicks[seen[clicks]]
+        cases.extend((clicks[:k], int(clicks[k])) for k in range(1, len(clicks)))
+    if not cases:
+        return fallback
+    step = max(1, len(cases) // params.rerank_cases)
+    groups: list[NDArray[np.float64]] = []
+    targets: list[int] = []
+    for prefix, target in cases[::step]:
+        cands, features = older.candidate_features(prefix)
+        hit = np.flatnonzero(cands == target)
+        if len(hit):
+            groups.append(features)
+            targets.append(int(hit[0]))
+    if not groups:
+        return fallback
+    return _fit_softmax(groups, targets, params.rerank_l2)
+
+
+def _fit_softmax(
+    groups: list[NDArray[np.float64]], targets: list[int], l2: float
+) -> NDArray[np.float64]:
+    """Linear weights maximising the mean log-softmax of each group's target row
+    (features standardised for the fit, weights returned for raw features)."""
+    x = np.concatenate(groups)
+    sizes = np.array([len(g) for g in groups], dtype=np.int64)
+    starts = np.zeros(len(groups), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    seg = np.repeat(np.arange(len(groups), dtype=np.int64), sizes)
+    rows = starts + np.asarray(targets, dtype=np.int64)
+    scale = x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    xs = (x - x.mean(axis=0)) / scale
+    n = len(groups)
+
+    def loss(w: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        z = xs @ w
+        zmax = np.maximum.reduceat(z, starts)
+        e = np.exp(z - zmax[seg])
+        total = np.add.reduceat(e, starts)
+        value = -float((z[rows] - zmax - np.log(total)).sum()) / n + l2 * float(w @ w)
+        p = e / total[seg]
+        grad = (xs.T @ p - xs[rows].sum(axis=0)) / n + 2 * l2 * w
+        return value, grad
+
+    # small dense products: threads only add overhead (and contend on shared hosts)
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = minimize(
+            loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 500}
+        )
+    weights: NDArray[np.float64] = np.asarray(result.x, dtype=np.float64) / scale
+    return weights
+
+
+def _build(
+    session_indptr: NDArray[np.int64],
+    session_items: NDArray[np.int32],
+    n_items: int,
+    params: SessionParams,
+) -> SessionNeighbors:
+    """Every array but the re-ranking weights (the model scores by neighbours alone)."""
+    indptr = np.asarray(session_indptr, dtype=np.int64)
+    items = np.asarray(session_items, dtype=np.int32)
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(items):
+        raise ValueError("session_indptr must run from 0 to len(session_items)")
+    if np.any(np.diff(indptr) < 0):
+        raise ValueError("session_indptr must be non-decreasing")
+    if len(items) and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(f"session items must be in 0..{n_items - 1}")
+    n_sessions = len(indptr) - 1
+    lengths = np.diff(indptr)
+    session_of = np.repeat(np.arange(n_sessions, dtype=np.int64), lengths)
+
+    # distinct (session, item) pairs: a binary session x item matrix
+    binary = sp.csr_matrix(
+        (np.ones(len(items), dtype=np.float32), (session_of, items)),
+        shape=(n_sessions, n_items),
+    )
+    binary.sum_duplicates()
+    binary.data[:] = 1.0
+    session_length = np.diff(binary.indptr).astype(np.float32)
+
+    # inverted index, newest session first within each item
+    by_item = binary.T.tocsr()
+    by_item.sort_indices()
+    item_indptr = by_item.indptr.astype(np.int64)
+    counts = np.diff(item_indptr)
+    item_of = np.repeat(np.arange(n_items, dtype=np.int64), counts)
+    order = np.lexsort((-by_item.indices.astype(np.int64), item_of))
+    item_sessions = by_item.indices[order].astype(np.int32)
+    # smoothed IDF: positive even for an item in every session
+    item_idf = np.where(counts > 0, np.log1p(n_sessions / np.maximum(counts, 1)), 0.0)
+
+    rule_indptr, rule_items, rule_scores = _sequential_rules(
+        indptr, items, session_of, n_items, params.rule_steps, params.rule_successors
+    )
+    recent_start = indptr[int(n_sessions * (1 - params.recent_fraction))]
+    item_recent = np.log1p(np.bincount(items[recent_start:], minlength=n_items))
+    item_vectors = _embeddings(
+        items, session_of, n_items, params.embedding_dim, params.embedding_window
+    )
+    return SessionNeighbors(
+        params,
+        session_indptr=indptr,
+        session_items=items,
+        session_length=session_length,
+        item_indptr=item_indptr,
+        item_sessions=item_sessions,
+        item_idf=item_idf.astype(np.float32),
+        item_recent=item_recent.astype(np.float32),
+        item_vectors=item_vectors,
+        rule_indptr=rule_indptr,
+        rule_items=rule_items,
+        rule_scores=rule_scores,
+        rerank_weights=np.zeros(0, dtype=np.float64),
+    )
+
+
+def _embeddings(
+    items: NDArray[np.int32],
+    session_of: NDArray[np.int64],
+    n_items: int,
+    dim: int,
+    window: int,
+) -> NDArray[np.float32]:
+    """``(n_items, dim)`` unit item vectors: ``U·sqrt(Σ)`` of the rank-``dim``
+    truncated SVD of the shifted PPMI ``log(c(a,b)·T² / (c(a)·c(b)^0.75·Z))`` (kept
+    where positive) of symmetric co-occurrence ``c`` within ``window`` clicks
+    (weight ``1 / gap``), ``T = Σ c(a)``, ``Z = Σ c(b)^0.75``. Zero rows for items
+    that co-occur with nothing; ``(n_items, 0)`` when ``dim`` is 0 or too large."""
+    if dim == 0 or dim >= n_items - 1:
+        return np.zeros((n_items, 0), dtype=np.float32)
+    rows: list[NDArray[np.int32]] = []
+    cols: list[NDArray[np.int32]] = []
+    vals: list[NDArray[np.float64]] = []
+    for gap in range(1, window + 1):
+        if gap >= len(items):
+            break
+        same = session_of[gap:] == session_of[:-gap]
+        a, b = items[:-gap][same], items[gap:][same]
+        rows += [a, b]
+        cols += [b, a]
+        vals += [np.full(len(a), 1.0 / gap)] * 2
+    if not rows or sum(len(r) for r in rows) == 0:
+        return np.zeros((n_items, dim), dtype=np.float32)
+    counts = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_items, n_items),
+    ).tocsr()
+    counts.sum_duplicates()
+    marginal = np.asarray(counts.sum(axis=1)).ravel()
+    total = marginal.sum()
+    smoothed = (marginal**0.75).sum()
+    coo = counts.tocoo()
+    pmi = np.log(
+        coo.data * total * total / (marginal[coo.row] * marginal[coo.col] ** 0.75 * smoothed)
+    )
+    keep = pmi > 0
+    ppmi = sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=(n_items, n_items))
+    u, sigma, _ = svds(ppmi, k=dim, random_state=SEED)
+    vectors = u * np.sqrt(sigma)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0)
+    return vectors.astype(np.float32)
+
+
+def _sequential_rules(
+    indptr: NDArray[np.int64],
+    items: NDArray[np.int32],
+    session_of: NDArray[np.int64],
+    n_items: int,
+    steps: int,
+    successors: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int32], NDArray[np.float32]]:
+    """Sequential rules ``a → b`` weighted ``Σ 1 / gap`` over every time ``b`` was
+    clicked ``gap <= steps`` clicks after ``a`` in a session (a click repeated at once
+    is no rule); the ``successors`` strongest per item, best first, as CSR arrays."""
+    rows: list[NDArray[np.int32]] = []
+    cols: list[NDArray[np.int32]] = []
+    vals: list[NDArray[np.float32]] = []
+    for gap in range(1, steps + 1):
+        if gap >= len(items):
+            break
+        same = session_of[gap:] == session_of[:-gap]
+        a, b = items[:-gap][same], items[gap:][same]
+        distinct = a != b
+        rows.append(a[distinct])
+        cols.append(b[distinct])
+        vals.append(np.full(int(distinct.sum()), 1.0 / gap, dtype=np.float32))
+    if rows:
+        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    else:
+        r = c = np.zeros(0, dtype=np.int32)
+        v = np.zeros(0, dtype=np.float32)
+    rules = sp.csr_matrix((v, (r, c)), shape=(n_items, n_items), dtype=np.float32)
+    rules.sum_duplicates()
+    # best first within each row, then keep the first `successors`
+    row_of = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(rules.indptr))
+    order = np.lexsort((rules.indices, -rules.data, row_of))
+    rank = np.arange(len(order), dtype=np.int64) - rules.indptr[row_of]
+    keep = rank < successors
+    kept_rows = row_of[keep]
+    out_indptr = np.zeros(n_items + 1, dtype=np.int64)
+    np.cumsum(np.bincount(kept_rows, minlength=n_items), out=out_indptr[1:])
+    return (
+        out_indptr,
+        rules.indices[order][keep].astype(np.int32),
+        rules.data[order][keep].astype(np.float32),
+    )

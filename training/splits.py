@@ -1,0 +1,99 @@
+"""Held-out splits of an event table: by a time cut-off, or each user's last basket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsvc.errors import DataError
+from recsvc.events import EventType
+
+__all__ = ["VISIT_GAP_SECONDS", "Split", "split_by_cutoff", "split_last_basket"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train table and the held-out purchases per user (external ids)."""
+
+    train: pa.Table
+    truth: dict[str, set[str]]
+    protocol: str
+
+
+def _purchases(table: pa.Table) -> pa.Table:
+    return table.filter(
+        pc.and_(
+            pc.equal(table["event_type"], EventType.PURCHASE.value),
+            pc.is_valid(table["user_id"]),
+        )
+    )
+
+
+def _truth_from(table: pa.Table) -> dict[str, set[str]]:
+    truth: dict[str, set[str]] = {}
+    for user, item in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist(), strict=True):
+        truth.setdefault(user, set()).add(item)
+    return truth
+
+
+def split_by_cutoff(table: pa.Table, cutoff: datetime) -> Split:
+    """Events before ``cutoff`` train; purchases at or after it, by users seen before, test."""
+    ts = int(cutoff.replace(tzinfo=cutoff.tzinfo or UTC).timestamp())
+    before = pc.less(table["timestamp"], ts)
+    train = table.filter(before)
+    test = _purchases(table.filter(pc.invert(before)))
+    if train.num_rows == 0 or test.num_rows == 0:
+        raise DataError(
+            f"cut-off {cutoff.isoformat()} leaves {train.num_rows} training events and "
+            f"{test.num_rows} test purchases; pick a date inside the data"
+        )
+    seen = pc.unique(train["user_id"].drop_null())
+    test = test.filter(pc.is_in(test["user_id"], value_set=seen))
+    return Split(train, _truth_from(test), f"time split at {cutoff.date().isoformat()}")
+
+
+#: Events this close before a held-out basket belong to the visit that made it
+#: (the views and cart adds that led to the purchase) and would leak it.
+VISIT_GAP_SECONDS = 30 * 60
+
+
+def split_last_basket(table: pa.Table) -> Split:
+    """Each user's last purchase basket is the test; everything before its visit trains.
+
+    Users with a single basket have nothing to learn from and are left out of the
+    test (their events still train). A test user's events from
+    :data:`VISIT_GAP_SECONDS` before the last basket on are removed from training.
+    """
+    purchases = _purchases(table)
+    if purchases.num_rows == 0:
+        raise DataError("no purchases with a user id: nothing to hold out")
+    last = purchases.group_by("user_id").aggregate(
+        [("timestamp", "max"), ("basket_id", "count_distinct")]
+    )
+    last = last.filter(pc.greater(last["basket_id_count_distinct"], 1))
+    cut = dict(zip(last["user_id"].to_pylist(), last["timestamp_max"].to_pylist(), strict=True))
+    users = table["user_id"].to_pylist()
+    stamps = table["timestamp"].to_numpy()
+    held = np.fromiter(
+        (
+            u is not None and u in cut and s >= cut[u] - VISIT_GAP_SECONDS
+            for u, s in zip(users, stamps, strict=True)
+        ),
+        dtype=bool,
+        count=table.num_rows,
+    )
+    test = _purchases(table.filter(pa.array(held)))
+    # only the last basket is the target, not other purchases of the same visit
+    stamps_test = test["timestamp"].to_numpy()
+    users_test = test["user_id"].to_pylist()
+    is_last = np.fromiter(
+        (s >= cut[u] for u, s in zip(users_test, stamps_test, strict=True)),
+        dtype=bool,
+        count=test.num_rows,
+    )
+    test = test.filter(pa.array(is_last))
+    return Split(table.filter(pa.array(~held)), _truth_from(test), "last basket per user")
