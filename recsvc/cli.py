@@ -45,7 +45,9 @@ def _add_settings_flags(p: argparse.ArgumentParser, *, als: bool = True) -> None
     g.add_argument("--iterations", type=int, help="ALS iterations")
     g.add_argument("--random-state", type=int, help="seed of the initial factors")
     g.add_argument("--half-life-days", type=float, help="time-decay half-life (0 = off)")
-    g.add_argument("--index", choices=["auto", "exact", "hnsw", "ivf"], help="FAISS index kind")
+    g.add_argument(
+        "--index", choices=["auto", "exact", "normscan", "hnsw", "ivf"], help="item index kind"
+    )
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -67,7 +69,12 @@ def _settings(args: argparse.Namespace) -> Any:
         },
         weighting={"half_life_days": get("half_life_days")},
         index={"kind": get("index")},
-        server={"host": get("host"), "port": get("port"), "metrics_port": get("metrics_port")},
+        server={
+            "host": get("host"),
+            "port": get("port"),
+            "metrics_port": get("metrics_port"),
+            "processes": get("processes"),
+        },
     )
 
 
@@ -315,13 +322,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from serving.server import serve
+    from serving.server import run
 
     settings = _settings(args)
-    asyncio.run(serve(settings))
-    return 0
+    server = settings.server
+    return run(settings, processes=server.processes, event_loop=server.event_loop)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -529,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="HTTP /metrics port (default 9464)")
+    p.add_argument("--processes", type=int, help="server processes sharing the port (default 1)")
     p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("recommend", help="ask a running server for recommendations")

@@ -198,6 +198,12 @@ class ServerSettings(_Section):
     """gRPC port; 0 = any free port (tests)."""
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)
     """HTTP port of /metrics; None = no metrics endpoint."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Server processes sharing the port (SO_REUSEPORT); process i serves /metrics on
+    ``metrics_port + i``. Helps only with spare cores: the kernel spreads client
+    connections, not calls (benchmarks/results/levers.md)."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """Event loop of each server process; uvloop measured slower under grpc.aio 1.85."""
     max_concurrency: int = Field(default=256, ge=1)
     """Calls in flight above this are refused with RESOURCE_EXHAUSTED."""
     grace_seconds: float = Field(default=10.0, ge=0.0)

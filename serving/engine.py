@@ -41,7 +41,7 @@ from recsvc.errors import NotFoundError, StoreError
 from recsvc.events import EventType
 from recsvc.model import Model
 from recsvc.ranking import Filters, Query, Reason, Strategy
-from recsvc.weighting import EVENT_TYPES, event_weights
+from recsvc.weighting import EVENT_TYPES, event_weights, session_weights
 from serving.eventlog import EventLog, EventRow
 from serving.metrics import ServingMetrics, placement_label
 from serving.models import LoadedModel, ModelHolder
@@ -265,10 +265,9 @@ class Engine:
         session, ignored = _known_items(
             model.item_position, [*reversed(stored_session), *req.session_events]
         )
-        s_items, s_weights = self._session_weights(model, session, now)
-        # What the shopper just looked at is not news to them: leave it out unless the
-        # request asks for repeats explicitly.
-        seen = s_items if req.repeat_policy is not RepeatPolicy.ALLOW else None
+        s_items, s_weights = self._session_weights(model, session)
+        # whether what the shopper just looked at may be shown again is the ranker's
+        # call: the shop's measured default, or the request's repeat policy
         query = Query(
             k=req.k,
             user_vector=user_vector,
@@ -278,7 +277,7 @@ class Engine:
             purchased_weights=bought_weights,
             session_items=s_items,
             session_weights=s_weights,
-            filters=_filters(model.item_position, model.category_position, req.filters, seen),
+            filters=_filters(model.item_position, model.category_position, req.filters),
             repeat_policy=req.repeat_policy,
         )
         t = time.perf_counter()
@@ -391,20 +390,19 @@ class Engine:
             log.warning("could not cache the folded-in vector: %s", exc)
 
     def _session_weights(
-        self, model: Model, session: Sequence[StoredEvent], now: int
+        self, model: Model, session: Sequence[StoredEvent]
     ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         if not session:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
         ordered = sorted(session, key=lambda e: e.timestamp)
         items = np.array([model.item_position[e.item_id] for e in ordered], np.int32)
-        types = [_TYPE_CODE[e.event_type] for e in ordered]
-        # views weigh little in training; in a live session they are the signal
-        base = event_weights(
-            types, [e.quantity for e in ordered], [now] * len(ordered), now, self.settings.weighting
+        weights = session_weights(
+            [_TYPE_CODE[e.event_type] for e in ordered],
+            [e.quantity for e in ordered],
+            self.settings.weighting,
+            self.server.session_weight_boost,
         )
-        base = np.maximum(base, self.settings.weighting.event_weights.get(EventType.PURCHASE, 1.0))
-        recency = np.exp2(-np.arange(len(ordered))[::-1] / 5.0).astype(np.float32)
-        return items, (base * recency * self.server.session_weight_boost).astype(np.float32)
+        return items, weights
 
     # --- SimilarItems ---------------------------------------------------------------
 
@@ -559,15 +557,8 @@ def _weights(events: Sequence[StoredEvent], now: int, settings: Settings) -> NDA
     )
 
 
-def _filters(
-    items: dict[str, int],
-    categories: dict[str, int],
-    spec: FilterSpec,
-    also_exclude: NDArray[np.int32] | None = None,
-) -> Filters:
+def _filters(items: dict[str, int], categories: dict[str, int], spec: FilterSpec) -> Filters:
     exclude = np.array([items[i] for i in spec.exclude_item_ids if i in items], np.int32)
-    if also_exclude is not None and len(also_exclude):
-        exclude = np.concatenate([exclude, also_exclude])
     include = (
         np.array([categories[c] for c in spec.include_categories if c in categories], np.int32)
         if spec.include_categories
