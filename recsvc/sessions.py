@@ -44,17 +44,20 @@ Measured on Diginetica (the SR-GNN split: 186,670 training sessions, 60,858 test
 prefix→next cases, the whole catalogue ranked, repeats allowed; hyperparameters
 chosen on prefix→next cases of the last 10% of the training sessions):
 
-==========================================  =======  =======  ===================
-model                                       HR@20    MRR@20   score() CPU, median
-==========================================  =======  =======  ===================
-these defaults (re-ranked)                  0.5359   0.1986   0.62 ms (p99 1.4)
-neighbours alone (``rerank_weights`` empty)  0.5277   0.1886   0.21 ms (p99 0.54)
-STAN as published (Garg et al.)             0.5097   0.1848
-SR-GNN / GCE-GNN (published)                0.5073   0.1759
-                                            0.5422   0.1904
-==========================================  =======  =======  ===================
+================================  =======  =======  =====================
+model                             HR@20    MRR@20   score() CPU, median
+================================  =======  =======  =====================
+these defaults (re-ranked)        0.5359   0.1986   0.67 ms (p99 1.5 ms)
+neighbours alone (no re-ranking)  0.5277   0.1886   0.28 ms (p99 0.74 ms)
+STAN (published)                  0.5097   0.1848
+SR-GNN (published)                0.5073   0.1759
+GCE-GNN (published)               0.5422   0.1904
+================================  =======  =======  =====================
 
-(one thread on a shared, loaded 2-core machine; build 46 s, arrays 31.5 MB.)
+"No re-ranking": the same arrays with ``with_params(params, np.zeros(0))``.
+
+(thread CPU time, one thread on a shared, loaded 2-core machine; build 30–46 s,
+arrays 31.5 MB.)
 
 Everything is plain NumPy arrays (saved with ``allow_pickle=False``); scoring does
 not write to them, so one instance is safe to share across threads.
