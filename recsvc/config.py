@@ -29,6 +29,7 @@ __all__ = [
     "BlendSettings",
     "EvaluationSettings",
     "IndexSettings",
+    "NeighborSettings",
     "RankingSettings",
     "RedisSettings",
     "RepeatPolicy",
@@ -133,6 +134,28 @@ class RepeatPolicy(StrEnum):
     """Decided by the trainer from the shop's measured repeat behaviour."""
     ALLOW = "allow"
     EXCLUDE = "exclude"
+
+
+class NeighborSettings(_Section):
+    """The item-neighbour (session) model: session-kNN, sequential rules and a
+    re-ranker, built from the shop's sessions (recsvc/sessions.py)."""
+
+    enabled: bool = True
+    """Build it. Without it the session path folds the session into an ALS vector
+    and no blend can weigh neighbours (training is then ALS + index only)."""
+    session_gap_minutes: float = Field(default=30.0, gt=0.0)
+    """A known user's events further apart than this start a new session."""
+    max_session_length: int = Field(default=200, ge=2)
+    """A longer session keeps its last this many events."""
+    neighbors: int = Field(default=200, ge=1)
+    """Most similar training sessions that vote."""
+    sample_size: int = Field(default=1000, ge=1)
+    """Most recent training sessions sharing an item that are compared."""
+    rerank: bool = True
+    """Re-rank candidates with a linear model fitted on the newest sessions."""
+    rerank_cases: int = Field(default=10_000, ge=100)
+    """Prefix→next cases the re-ranker is fitted on: the build's main cost after the
+    embeddings (~1.5 ms per case)."""
 
 
 class BlendSettings(_Section):
@@ -286,6 +309,7 @@ class Settings(BaseSettings):
     als: ALSSettings = ALSSettings()
     index: IndexSettings = IndexSettings()
     ranking: RankingSettings = RankingSettings()
+    neighbors: NeighborSettings = NeighborSettings()
     redis: RedisSettings = RedisSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     server: ServerSettings = ServerSettings()

@@ -14,7 +14,8 @@ PUBLIC = {
         "QualityGateError", "RecsvcError", "StoreError",
     ],
     "recsvc.config": [
-        "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "RankingSettings",
+        "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborSettings",
+        "RankingSettings",
         "RedisSettings",
         "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",
         "load_settings",

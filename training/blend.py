@@ -94,7 +94,7 @@ def fit_user_blend(
     if len(users) < MIN_USERS:
         return None
     rng = np.random.default_rng(seed)
-    if len(users) > max_users:
+    if len(users) > max_users:  # enough to tell blends apart; the fit stays ~1 s
         users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
     before = split.train
     now = int(pc.max(before["timestamp"]).as_py())
@@ -156,11 +156,11 @@ def fit_user_blend(
     best: tuple[float, Blend, float] | None = None
     repeats = _REPEAT if allow_repeats else (0.0,)
     for half_life, users_signals in per_user.items():
+        batch = _Batch.of(users_signals)
         for cf, repeat, pop in itertools.product(_CF, repeats, _POPULARITY):
             if cf + repeat + pop == 0:
                 continue
-            weights_vec = np.array([cf, repeat, pop], dtype=np.float32)
-            recall = float(np.mean([_recall(s, weights_vec) for s in users_signals]))
+            recall = batch.recall(np.array([cf, repeat, pop], dtype=np.float32))
             grid[f"{cf}/{repeat}/{pop}@{half_life}d"] = recall
             if best is None or recall > best[0] + 1e-9:
                 best = (recall, Blend(cf=cf, repeat=repeat, popularity=pop), half_life)
@@ -207,11 +207,37 @@ def _signals(
     return _UserSignals(candidates, signals, truth)
 
 
-def _recall(user: _UserSignals, weights: NDArray[np.float32]) -> float:
-    score = user.signals @ weights
-    k = min(_K, len(score))
-    top = np.argpartition(-score, k - 1)[:k] if k < len(score) else np.arange(len(score))
-    return float(np.isin(user.candidates[top], user.truth).sum() / len(user.truth))
+@dataclass(frozen=True)
+class _Batch:
+    """Every user's candidates padded to one ``(users, width, 3)`` array, so a blend
+    is scored for all users with one product and one partition."""
+
+    signals: NDArray[np.float32]
+    valid: NDArray[np.bool_]
+    hit: NDArray[np.bool_]
+    """``(users, width)``: the candidate is in the user's held-out basket."""
+    truth_size: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, users: list[_UserSignals]) -> _Batch:
+        width = max(len(u.candidates) for u in users)
+        signals = np.zeros((len(users), width, 3), np.float32)
+        valid = np.zeros((len(users), width), bool)
+        hit = np.zeros((len(users), width), bool)
+        for row, u in enumerate(users):
+            n = len(u.candidates)
+            signals[row, :n] = u.signals
+            valid[row, :n] = True
+            hit[row, :n] = np.isin(u.candidates, u.truth)
+        sizes = np.array([len(u.truth) for u in users], dtype=np.float64)
+        return cls(signals, valid, hit, sizes)
+
+    def recall(self, weights: NDArray[np.float32]) -> float:
+        score = np.where(self.valid, self.signals @ weights, -np.inf)
+        k = min(_K, score.shape[1])
+        top = np.argpartition(-score, k - 1, axis=1)[:, :k]
+        hits = np.take_along_axis(self.hit & self.valid, top, axis=1).sum(axis=1)
+        return float(np.mean(hits / self.truth_size))
 
 
 def _type_codes(column: pa.ChunkedArray) -> NDArray[np.int64]:

@@ -27,6 +27,7 @@ from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
 from recsvc.model import Blend
+from recsvc.sessions import SessionParams
 from training.blend import fit_user_blend
 from training.fit import fit_als
 from training.interactions import (
@@ -160,8 +161,22 @@ def build_model(
     timings["index_recall_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    indptr, session_items = session_arrays(data.table, inter.item_ids)
-    neighbors = build_session_neighbors(indptr, session_items, inter.n_items)
+    ns = settings.neighbors
+    indptr, session_items = session_arrays(
+        data.table,
+        inter.item_ids,
+        gap_seconds=int(ns.session_gap_minutes * 60),
+        max_length=ns.max_session_length,
+    )
+    neighbors = None
+    if ns.enabled:
+        params = SessionParams(
+            neighbors=ns.neighbors,
+            sample_size=ns.sample_size,
+            rerank=ns.rerank,
+            rerank_cases=ns.rerank_cases,
+        )
+        neighbors = build_session_neighbors(indptr, session_items, inter.n_items, params)
     timings["neighbors_seconds"] = time.perf_counter() - t
     ranking = _ranking_defaults(data.table, settings, session_revisit_share(indptr, session_items))
     popularity = inter.popularity
@@ -235,7 +250,7 @@ def build_model(
         categories=categories,
         item_available=available,
         index=index,
-        neighbors=neighbors.to_arrays(),
+        neighbors=neighbors.to_arrays() if neighbors is not None else None,
     )
     return BuiltModel(artifact, inter, timings)
 
