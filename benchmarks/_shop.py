@@ -105,6 +105,11 @@ def recsvc_bin() -> str:
     return str(Path(sys.executable).parent / "recsvc")
 
 
+#: Bump when what ``recsvc train`` writes changes (the ranking blend, the neighbour
+#: model): a cached shop from an older trainer is rebuilt, not measured.
+TRAINER_FORMAT = 2
+
+
 def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Shop:
     """The shop for ``n_items`` (built once under ``workdir``, then reused)."""
     config = ShopConfig(n_items=n_items, n_events=n_events or default_events(n_items))
@@ -116,11 +121,12 @@ def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Sho
             saved.get("config") == asdict(config)
             and (folder / saved["version_path"]).is_dir()
             and saved.get("index_kind") == _default_index_kind(saved["model_items"])
+            and saved.get("trainer_format") == TRAINER_FORMAT
         ):
             print(f"[shop {n_items:,}] reusing {folder}", flush=True)
             return _shop(config, folder, saved, reused=True)
         if saved.get("config") == asdict(config):
-            print(f"[shop {n_items:,}] index kind changed in the code: rebuilding", flush=True)
+            print(f"[shop {n_items:,}] trainer or index changed: rebuilding", flush=True)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -153,6 +159,7 @@ def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Sho
     version = (artifacts / "CURRENT").read_text().strip()
     manifest = json.loads((artifacts / version / "manifest.json").read_text())
     saved = {
+        "trainer_format": TRAINER_FORMAT,
         "config": asdict(config),
         "version_path": f"artifacts/{version}",
         "version": version,
