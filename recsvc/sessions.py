@@ -286,6 +286,13 @@ class SessionNeighbors:
             raise ValueError(f"rerank_weights must have 0 or {N_FEATURES} entries")
         for a in self._arrays().values():
             a.flags.writeable = False
+        # derived from the arrays and the parameters once, read-only while scoring
+        lengths = np.diff(session_indptr)
+        self._reach = int(lengths.max()) if len(lengths) else 0
+        self._vote_of = _distance_votes(self._reach, params.neighbor_decay, params.before_weight)
+        self._length_factor = session_length.astype(np.float64) ** params.length_exponent
+        self._vote_of.flags.writeable = False
+        self._length_factor.flags.writeable = False
 
     @property
     def n_items(self) -> int:
@@ -416,6 +423,7 @@ class SessionNeighbors:
         p = self.params
         if len(knn_items) > p.candidates:
             keep = np.argpartition(-knn_scores, p.candidates - 1)[: p.candidates]
+            keep.sort()  # the items stay sorted (fast look-ups below)
             knn_items, knn_scores = knn_items[keep], knn_scores[keep]
         # the last item's rules: one CSR row, distinct items (sorted here)
         start, end = self.rule_indptr[seq[-1]], self.rule_indptr[seq[-1] + 1]
@@ -428,44 +436,48 @@ class SessionNeighbors:
         if len(rule_top) > p.rule_candidates:
             rule_top = last_items[np.argpartition(-last_scores, p.rule_candidates - 1)]
             rule_top = rule_top[: p.rule_candidates]
-        cands = np.unique(np.concatenate([knn_items, rule_top, seq]))
-        f = np.zeros((len(cands), N_FEATURES), dtype=np.float64)
+        cands = _sorted_unique(np.concatenate([knn_items, rule_top, seq]))
+        # built feature-major (rows contiguous), handed back candidate-major
+        f = np.zeros((N_FEATURES, len(cands)), dtype=np.float64)
+        last_raw = _align(cands, last_items, last_scores)
         for col, (its, sc) in enumerate(
             ((knn_items, knn_scores), (last_items, last_scores), (window_items, window_scores))
         ):
-            scaled = _align(cands, its, sc / sc.max() if len(sc) else sc)
-            f[:, 2 * col] = scaled
-            f[:, 2 * col + 1] = np.log(scaled + 0.01)
+            if len(sc) == 0:
+                continue  # all 0 (the log row below)
+            best = sc.max()
+            if col == 0:  # sorted, and all among the candidates
+                f[0, np.searchsorted(cands, its)] = sc / best
+            elif col == 1 and best > 0:  # the raw row, scaled: the same values
+                f[2] = last_raw / best
+            else:
+                f[2 * col] = _align(cands, its, sc / best)
+        np.add(f[0:6:2], 0.01, out=f[1:6:2])
+        np.log(f[1:6:2], out=f[1:6:2])
         # the session's own items: clicks since the latest, how often
         where = np.searchsorted(cands, seq)
         latest = np.full(len(cands), -np.inf)
         np.maximum.at(latest, where, position)
-        back = position[-1] - latest  # inf for items not in the session
-        f[:, 6] = back == 0
-        f[:, 7] = back == 1
-        f[:, 8] = back == 2
-        f[:, 9] = (back >= 3) & np.isfinite(back)
-        f[:, 10] = np.log1p(np.bincount(where, minlength=len(cands)))
-        f[:, 11] = -self.item_idf[cands]
-        f[:, 12] = self.item_recent[cands]
+        back = position[-1] - latest[where]  # per click, since its item's latest
+        f[6 + np.minimum(back, 3).astype(np.intp), where] = 1.0
+        f[10] = np.log1p(np.bincount(where, minlength=len(cands)))
+        f[11] = self.item_idf[cands]
+        np.negative(f[11], out=f[11])
+        f[12] = self.item_recent[cands]
         vectors = self.item_vectors
         if vectors.shape[1]:
             w = np.exp((position - position[-1]) / p.embedding_decay)
             session_vectors = vectors[seq].astype(np.float64)
             cand_vectors = vectors[cands].astype(np.float64)
             sim = cand_vectors @ (w @ session_vectors)
-            f[:, 13] = sim
-            f[:, 14] = sim / max(float(np.abs(sim).max()), 1e-12)
-            f[:, 15] = cand_vectors @ session_vectors[-1]
-        f[:, 16] = np.log1p(_align(cands, last_items, last_scores))
-        _rank_bins(f[:, 0], f[:, 21:27], (1, 2, 5, 10, 20, 50))
-        _rank_bins(f[:, 13], f[:, 27:29], (5, 20))
-        inverse_length = 1.0 / len(seq)
-        f[:, 17] = f[:, 0] * inverse_length
-        f[:, 18] = f[:, 1] * inverse_length
-        f[:, 19] = f[:, 2] * inverse_length
-        f[:, 20] = f[:, 14] * inverse_length
-        return cands, f
+            f[13] = sim
+            f[14] = sim / max(float(np.abs(sim).max()), 1e-12)
+            f[15] = cand_vectors @ session_vectors[-1]
+        f[16] = np.log1p(last_raw)
+        _rank_bins(f[0], f[21:27], (1, 2, 5, 10, 20, 50))
+        _rank_bins(f[13], f[27:29], (5, 20))
+        np.multiply(f[[0, 1, 2, 14]], 1.0 / len(seq), out=f[17:21])
+        return cands, np.ascontiguousarray(f.T)
 
     def _knn(
         self,
@@ -493,16 +505,24 @@ class SessionNeighbors:
         total = int(counts.sum())
         if total == 0:
             return _empty_scores()
-        idx = _ranges(starts, counts, total)
-        cand = self.item_sessions[idx]
-        contrib = np.repeat(u_weight, counts)
-        sessions, inverse = np.unique(cand, return_inverse=True)
-        num = _sum_by(inverse, contrib, len(sessions))
+        cand = _gather_ranges(self.item_sessions, starts, counts, total)
+        # sort (session, click) keys: each session's contributions stay in input order
+        key = cand.astype(np.int64) << 32
+        key |= np.arange(total, dtype=np.int64)
+        key.sort()
+        sorted_sessions = key >> 32
+        first = np.empty(total, dtype=bool)
+        first[0] = True
+        np.not_equal(sorted_sessions[1:], sorted_sessions[:-1], out=first[1:])
+        sessions = sorted_sessions[first]
+        group = np.cumsum(first)
+        group -= 1
+        contrib = np.repeat(u_weight, counts)[key & 0xFFFFFFFF]
+        num = _sum_by(group, contrib, len(sessions))
         if len(sessions) > p.sample_size:  # keep the most recent of the union
             sessions = sessions[-p.sample_size :]
             num = num[-p.sample_size :]
-        length = self.session_length[sessions].astype(np.float64)
-        sim = num / (np.sqrt(len(uniq)) * length**p.length_exponent)
+        sim = num / (np.sqrt(len(uniq)) * self._length_factor[sessions])
         if p.recency_decay > 0:
             sim = sim * np.exp((sessions - (self.n_sessions - 1)) / p.recency_decay)
         if len(sessions) > p.neighbors:
@@ -518,8 +538,7 @@ class SessionNeighbors:
         np.cumsum(s_len[:-1], out=seg_start[1:])
         in_pos = np.arange(n_total, dtype=np.int64) - np.repeat(seg_start, s_len)
         # latest click position in the session of each neighbour item (-1 = not in it)
-        where = np.searchsorted(uniq, n_items)
-        where = np.minimum(where, len(uniq) - 1)
+        where = _lookup(uniq, n_items, self.n_items)
         shared = uniq[where] == n_items
         if p.anchor_decay > 0:
             return self._all_anchor_votes(
@@ -548,7 +567,6 @@ class SessionNeighbors:
         seg_start: NDArray[np.int64],
         sim: NDArray[np.float64],
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        p = self.params
         seg = np.repeat(np.arange(len(s_len), dtype=np.int64), s_len)
         anchors = np.flatnonzero(shared)
         a_seg = seg[anchors]
@@ -556,12 +574,19 @@ class SessionNeighbors:
         targets = _ranges(seg_start[a_seg], a_len, int(a_len.sum()))
         src = np.repeat(anchors, a_len)
         dist = in_pos[targets] - in_pos[src]
-        vote = np.exp(-np.abs(dist) / p.neighbor_decay)
-        if p.before_weight != 1.0:
-            vote = np.where(dist < 0, vote * p.before_weight, vote)
+        # the vote of every distance -D..D, looked up (the same arithmetic per element)
+        vote = self._vote_of[dist + self._reach]
         vote *= (anchor_weight * sim[seg])[src]
-        cands, inv = np.unique(n_items[targets], return_inverse=True)
-        return cands, _sum_by(inv, vote, len(cands))
+        # the distinct neighbour items once (small), then each target's through them
+        cands, inv_items = _unique_inverse(n_items, self.n_items)
+        inv = inv_items[targets]
+        votes = _sum_by(inv, vote, len(cands))
+        has_anchor = np.zeros(len(s_len), dtype=bool)
+        has_anchor[a_seg] = True
+        if not has_anchor.all():  # items only in sessions without anchors get no vote
+            voted = np.bincount(inv, minlength=len(cands)) > 0
+            cands, votes = cands[voted], votes[voted]
+        return cands, votes
 
     def _rules(
         self, tail: NDArray[np.int64], decay: float
@@ -574,15 +599,66 @@ class SessionNeighbors:
         total = int(counts.sum())
         if total == 0:
             return _empty_scores()
-        idx = _ranges(starts, counts, total)
         w = np.repeat(decay ** np.arange(len(tail), dtype=np.float64), counts)
-        cands, inv = np.unique(self.rule_items[idx], return_inverse=True)
-        vote = self.rule_scores[idx].astype(np.float64) * w
+        rule_items = _gather_ranges(self.rule_items, starts, counts, total)
+        cands, inv = _unique_inverse(rule_items, self.n_items)
+        vote = _gather_ranges(self.rule_scores, starts, counts, total).astype(np.float64) * w
         return cands.astype(np.int64), _sum_by(inv, vote, len(cands))
 
 
 def _empty_scores() -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+
+def _sorted_unique(values: NDArray[Any]) -> NDArray[Any]:
+    """``np.unique(values)`` (sorted distinct values), by a plain sort."""
+    s = np.sort(values)
+    if len(s) == 0:
+        return s
+    first = np.empty(len(s), dtype=bool)
+    first[0] = True
+    np.not_equal(s[1:], s[:-1], out=first[1:])
+    out: NDArray[Any] = s[first]
+    return out
+
+
+def _unique_inverse(values: NDArray[Any], size: int) -> tuple[NDArray[Any], NDArray[np.intp]]:
+    """``np.unique(values, return_inverse=True)`` for values in ``0..size-1``: a sort,
+    then each value's index through a ``size`` table (only the entries of the distinct
+    values are written and read; it is per call, so nothing is shared)."""
+    uniq = _sorted_unique(values)
+    table = np.empty(size, dtype=np.intp)
+    table[uniq] = np.arange(len(uniq), dtype=np.intp)
+    inverse: NDArray[np.intp] = table[values]
+    return uniq, inverse
+
+
+def _lookup(uniq: NDArray[np.int64], values: NDArray[np.int64], size: int) -> NDArray[np.intp]:
+    """For each value (in ``0..size-1``), an index into sorted distinct ``uniq``
+    (non-empty) that holds it when it is there, any valid index otherwise:
+    ``uniq[result] == values`` tells which."""
+    if len(uniq) <= 8:  # a few comparisons
+        where = np.zeros(len(values), dtype=np.intp)
+        for j in range(1, len(uniq)):
+            where[values == uniq[j]] = j
+        return where
+    # a per-call table (entries not written are arbitrary: clipped, then checked)
+    table = np.empty(size, dtype=np.intp)
+    table[uniq] = np.arange(len(uniq), dtype=np.intp)
+    out: NDArray[np.intp] = table[values]
+    np.clip(out, 0, len(uniq) - 1, out=out)
+    return out
+
+
+def _distance_votes(reach: int, neighbor_decay: float, before_weight: float) -> NDArray[np.float64]:
+    """The vote ``exp(−|d| / neighbor_decay)`` (times ``before_weight`` for ``d < 0``)
+    of every distance ``d`` in ``−reach..reach``, at index ``d + reach``."""
+    dist = np.arange(-reach, reach + 1, dtype=np.int64)
+    vote = np.exp(-np.abs(dist) / neighbor_decay)
+    if before_weight != 1.0:
+        vote = np.where(dist < 0, vote * before_weight, vote)
+    out: NDArray[np.float64] = vote
+    return out
 
 
 def _ranges(starts: NDArray[np.int64], counts: NDArray[np.int64], total: int) -> NDArray[np.int64]:
@@ -591,6 +667,17 @@ def _ranges(starts: NDArray[np.int64], counts: NDArray[np.int64], total: int) ->
     ends = np.cumsum(counts)
     offsets = np.repeat(starts - (ends - counts), counts)
     out: NDArray[np.int64] = np.arange(total, dtype=np.int64) + offsets
+    return out
+
+
+def _gather_ranges(
+    data: NDArray[Any], starts: NDArray[np.int64], counts: NDArray[np.int64], total: int
+) -> NDArray[Any]:
+    """``data[_ranges(starts, counts, total)]``; a few ranges as slices."""
+    if len(starts) <= 8:
+        pieces = [data[a : a + n] for a, n in zip(starts.tolist(), counts.tolist(), strict=True)]
+        return np.concatenate(pieces) if pieces else data[:0]
+    out: NDArray[Any] = data[_ranges(starts, counts, total)]
     return out
 
 
@@ -616,16 +703,15 @@ def _align(
 def _rank_bins(
     values: NDArray[np.float64], out: NDArray[np.float64], edges: tuple[int, ...]
 ) -> None:
-    """One-hot of each row's rank by ``values`` (1 = largest; only positive values
-    rank) into ``out`` ``(c, len(edges))``: column ``j`` is rank in
+    """One-hot of each entry's rank by ``values`` (1 = largest, ties by position;
+    only positive values rank) into ``out`` ``(len(edges), c)``: row ``j`` is rank in
     ``(edges[j-1], edges[j]]``."""
     order = np.argsort(-values, kind="stable")
-    rank = np.empty(len(values), dtype=np.int64)
-    rank[order] = np.arange(1, len(values) + 1)
-    rank[values <= 0] = edges[-1] + 1
-    column = np.searchsorted(np.asarray(edges), rank)  # rank in (edges[j-1], edges[j]]
-    binned = np.flatnonzero(column < len(edges))
-    out[binned, column[binned]] = 1.0
+    ranked = int(np.count_nonzero(values > 0))  # the positive values come first
+    low = 0
+    for j, high in enumerate(edges):
+        out[j, order[low : min(high, ranked)]] = 1.0
+        low = high
 
 
 def _top(
