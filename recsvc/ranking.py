@@ -176,7 +176,7 @@ class Ranker:
         if policy is None or policy is RepeatPolicy.AUTO:
             policy = defaults.repeat_policy
 
-        vector, strategy = self._query_vector(query)
+        strategy = self._strategy(query)
         blend = defaults.session if strategy is Strategy.SESSION else defaults.user
         blend = blend.with_repeat_weight(query.repeat_weight)
         if policy is RepeatPolicy.EXCLUDE or len(query.purchased_items) == 0:
@@ -185,7 +185,16 @@ class Ranker:
             blend = blend.without_neighbors()
         allowed = self._allowed(query, policy)
         neighbor_source = self._neighbor_source(query) if blend.neighbors > 0 else None
-        if vector is None and blend.repeat == 0.0 and neighbor_source is None:
+        if blend == Blend(cf=0.0, neighbors=blend.neighbors) and neighbor_source is None:
+            blend = Blend()  # nothing else to go on: CF, if there is a vector
+        # the fold-in costs ~150 µs at 100k items: only when CF is weighed (or fills)
+        vector = self._query_vector(query) if blend.cf > 0 else None
+        if (
+            vector is None
+            and blend.repeat == 0.0
+            and neighbor_source is None
+            and (blend.popularity == 0.0 or strategy is Strategy.POPULAR)
+        ):
             return self._popular(k, allowed, strategy=Strategy.POPULAR, fallback=True)
 
         signals = _Signals(
@@ -203,17 +212,19 @@ class Ranker:
             if len(items) >= k or fetch >= self._n_items or signals.vector is None:
                 break
             fetch = min(self._n_items, fetch * 4)
-        if len(items) < k and vector is not None and signals.vector is None:
+        if len(items) < k and signals.vector is None:
             # a blend without CF, but too few candidates (a session of items no one
             # else clicked): CF fills the rest, ranked after every blended item
-            items, scores, reasons = self._fill(
-                (items, scores, reasons),
-                k,
-                allowed,
-                lambda left: self._blend(
-                    _Signals(vector, None, None), Blend(), fetch, k, left, cf_reason
-                ),
-            )
+            fill_vector = self._query_vector(query)
+            if fill_vector is not None:
+                items, scores, reasons = self._fill(
+                    (items, scores, reasons),
+                    k,
+                    allowed,
+                    lambda left: self._blend(
+                        _Signals(fill_vector, None, None), Blend(), fetch, k, left, cf_reason
+                    ),
+                )
         if len(items) < k:  # still too few: popular items that pass the filters
             items, scores, reasons = self._fill(
                 (items, scores, reasons), k, allowed, lambda left: self._popular(k, left).parts
@@ -280,26 +291,30 @@ class Ranker:
 
     # --- steps --------------------------------------------------------------------
 
-    def _query_vector(self, query: Query) -> tuple[FloatArray | None, Strategy]:
+    @staticmethod
+    def _strategy(query: Query) -> Strategy:
+        if query.user_vector is not None or len(query.history_items):
+            return Strategy.PERSONALIZED
+        if len(query.session_items):
+            return Strategy.SESSION
+        return Strategy.POPULAR
+
+    def _query_vector(self, query: Query) -> FloatArray | None:
         foldin = self.model.foldin
         if len(query.session_items):
-            items = np.concatenate([query.history_items, query.session_items])
-            weights = np.concatenate([query.history_weights, query.session_weights])
-            vector = foldin.user_vector(items, weights)
             if len(query.history_items) == 0 and query.user_vector is not None:
                 # cached vector but no raw history at hand: add the session's pull
-                vector = query.user_vector + foldin.user_vector(
+                return query.user_vector + foldin.user_vector(
                     query.session_items, query.session_weights
                 )
-            personal = len(query.history_items) > 0 or query.user_vector is not None
-            return vector, Strategy.PERSONALIZED if personal else Strategy.SESSION
+            items = np.concatenate([query.history_items, query.session_items])
+            weights = np.concatenate([query.history_weights, query.session_weights])
+            return foldin.user_vector(items, weights)
         if query.user_vector is not None:
-            return query.user_vector, Strategy.PERSONALIZED
+            return query.user_vector
         if len(query.history_items):
-            return foldin.user_vector(query.history_items, query.history_weights), (
-                Strategy.PERSONALIZED
-            )
-        return None, Strategy.POPULAR
+            return foldin.user_vector(query.history_items, query.history_weights)
+        return None
 
     def _allowed(self, query: Query, policy: RepeatPolicy) -> NDArray[np.bool_] | None:
         """The mask of items that may be shown; None when every item may (the common

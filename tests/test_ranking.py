@@ -1,11 +1,14 @@
 """The ranking core on a shop whose right answers are known (two disjoint groups)."""
 
+import dataclasses
+
 import numpy as np
+import pyarrow as pa
 import pytest
 from factories import block_shop, small_settings
 
 from recsvc.config import RepeatPolicy
-from recsvc.model import Model
+from recsvc.model import Blend, Model
 from recsvc.ranking import Filters, Query, Ranker, Reason, Strategy, training_user_query
 from training.pipeline import LoadedData, build_model
 
@@ -157,3 +160,34 @@ def test_buy_again_and_exclusion_use_purchases_not_views(model: Model) -> None:
     )
     names = set(items_of(model, excluded.items))
     assert "g0i02" not in names and {"g0i00", "g0i01"} <= names
+
+
+def test_a_session_ranked_by_neighbours_alone_skips_the_fold_in(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold-in is the costliest step of a session request (~150 µs at 100k items);
+    with the neighbour model alone it must not run unless CF has to fill the list."""
+    # the block shop, each user's purchases a minute apart: one session per user
+    table = block_shop()
+    minutes = pa.array((np.arange(table.num_rows) * 60 + 1_700_000_000).tolist(), pa.int64())
+    table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", minutes)
+    settings = small_settings(tmp_path_factory.mktemp("s"))
+    model = Model(build_model(LoadedData(table, None, (), 0), settings).artifact)
+    assert model.neighbors is not None
+    session_only = dataclasses.replace(model.defaults, session=Blend(cf=0.0, neighbors=1.0))
+    monkeypatch.setattr(model, "defaults", session_only)
+    calls: list[int] = []
+    real = model.foldin.user_vector
+    monkeypatch.setattr(
+        model.foldin, "user_vector", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    items = np.array([model.item_position[i] for i in ("g0i01", "g0i02")], np.int32)
+    query = Query(k=3, session_items=items, session_weights=np.ones(2, np.float32))
+    got = Ranker(model).recommend(query)
+    assert got.strategy is Strategy.SESSION and len(got.items) == 3
+    assert calls == []
+    assert all(n.startswith("g0") for n in items_of(model, got.items))
+    # a list the neighbours cannot fill is filled by CF, which needs the fold-in
+    big = Query(k=20, session_items=items, session_weights=np.ones(2, np.float32))
+    assert len(Ranker(model).recommend(big).items) == 20
+    assert calls
