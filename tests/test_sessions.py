@@ -4,9 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
-from training.sessions import build_session_neighbors
+from training.sessions import _top_eigen, build_session_neighbors
 
 # neighbour score alone: deterministic, no fitted weights
 KNN = SessionParams(rerank=False, embedding_dim=0, recency_decay=0.0)
@@ -152,3 +153,22 @@ def _chain_model() -> SessionNeighbors:
         sessions.append(s)
     params = SessionParams(embedding_dim=8, rerank_cases=3000)
     return build(sessions, 50, params)
+
+
+def test_embedding_eigenpairs_match_a_dense_decomposition() -> None:
+    rng = np.random.default_rng(3)
+    # a symmetric matrix with a clear spectral gap after the 5th eigenvalue
+    basis, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+    values = np.concatenate([[50.0, -40.0, 30.0, 20.0, 10.0], rng.uniform(-0.5, 0.5, 55)])
+    dense = (basis * values) @ basis.T
+    vectors, magnitudes = _top_eigen(sparse.csr_matrix(dense), 5)
+    assert np.allclose(magnitudes, [50, 40, 30, 20, 10], rtol=1e-3)
+    # the same subspace, up to column signs
+    assert np.allclose(np.abs(vectors.T @ basis[:, :5]), np.eye(5), atol=1e-3)
+
+
+def test_legacy_rules_ordering_is_kept_on_ties() -> None:
+    # equal-score successors come lowest item first
+    m = build([[0, 3], [0, 1], [0, 2]], 4)
+    start, end = m.rule_indptr[0], m.rule_indptr[1]
+    assert m.rule_items[start:end].tolist() == [1, 2, 3]
