@@ -35,6 +35,7 @@ from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.model import Blend
 from recsvc.weighting import EVENT_TYPES, event_weights
+from training.interactions import event_type_codes
 from training.splits import split_last_basket
 
 __all__ = ["MIN_USERS", "BlendFit", "fit_user_blend"]
@@ -100,7 +101,7 @@ def fit_user_blend(
     now = int(pc.max(before["timestamp"]).as_py())
     position = pc.index_in(before["item_id"], value_set=pa.array(item_ids.tolist(), pa.string()))
     items_all = position.to_numpy(zero_copy_only=False)
-    types = _type_codes(before["event_type"])
+    types = event_type_codes(before["event_type"])
     stamps = before["timestamp"].to_numpy()
     quantity = before["quantity"].to_numpy()
 
@@ -238,11 +239,3 @@ class _Batch:
         top = np.argpartition(-score, k - 1, axis=1)[:, :k]
         hits = np.take_along_axis(self.hit & self.valid, top, axis=1).sum(axis=1)
         return float(np.mean(hits / self.truth_size))
-
-
-def _type_codes(column: pa.ChunkedArray) -> NDArray[np.int64]:
-    position = {t.value: i for i, t in enumerate(EVENT_TYPES)}
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    lookup = np.array([position[v] for v in encoded.dictionary.to_pylist()], dtype=np.int64)
-    codes: NDArray[np.int64] = lookup[encoded.indices.to_numpy(zero_copy_only=False)]
-    return codes

@@ -21,6 +21,7 @@ __all__ = [
     "Interactions",
     "build_interactions",
     "drop_erased_users",
+    "event_type_codes",
     "session_arrays",
     "trending_popularity",
 ]
@@ -99,7 +100,7 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
     if table.num_rows == 0:
         raise DataError("no events to train on")
     item_codes, item_ids = _encode(table["item_id"])
-    type_codes = _event_type_codes(table["event_type"])
+    type_codes = event_type_codes(table["event_type"])
     timestamps = table["timestamp"].to_numpy().astype(np.int64)
     quantity = table["quantity"].to_numpy().astype(np.float32)
     reference_time = int(timestamps.max())
@@ -159,7 +160,7 @@ def trending_popularity(
     items = pc.index_in(table["item_id"], value_set=pa.array(inter.item_ids.tolist(), pa.string()))
     trending = settings.model_copy(update={"half_life_days": half_life_days})
     w = event_weights(
-        _event_type_codes(table["event_type"]),
+        event_type_codes(table["event_type"]),
         table["quantity"].to_numpy().astype(np.float32),
         table["timestamp"].to_numpy().astype(np.int64),
         inter.reference_time,
@@ -169,7 +170,8 @@ def trending_popularity(
     return np.bincount(codes, weights=w, minlength=inter.n_items).astype(np.float32)
 
 
-def _event_type_codes(column: pa.ChunkedArray) -> NDArray[np.int64]:
+def event_type_codes(column: pa.ChunkedArray) -> NDArray[np.int64]:
+    """``(n,)`` positions in :data:`EVENT_TYPES` of an ``event_type`` column."""
     codes, vocab = _encode(column)
     position = {t.value: i for i, t in enumerate(EVENT_TYPES)}
     try:
