@@ -87,18 +87,36 @@ CHILD_MODES = ("bare", "steps")
 LIBRARIES = ("implicit", "faiss-cpu", "numpy", "scipy", "pyarrow", "threadpoolctl")
 STEPS_PATCHED = (
     "load_events",
+    "read_erasure_list",
+    "drop_erased_users",
     "load_catalog",
     "build_interactions",
     "fit_als",
     "ItemIndex.build",
     "_index_recall",
+    "session_arrays",
+    "build_session_neighbors",
+    "session_revisit_share",
     "_ranking_defaults",
+    "fit_user_blend",
+    "trending_popularity",
     "_catalog_arrays",
     "new_model_version",
     "write_artifact",
 )
 """Names in :mod:`training.pipeline` timed by the ``steps`` run, in call order."""
-MANIFEST_ORDER = ("load", "weighting", "fit", "index", "index_recall", "write")
+MANIFEST_ORDER = (
+    "load",
+    "weighting",
+    "fit",
+    "index",
+    "index_recall",
+    "neighbors",
+    "ranking",
+    "blend",
+    "catalog_version",
+    "write",
+)
 """The trainer's ``timings`` keys (without ``_seconds``) in pipeline order."""
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -2,12 +2,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import T0, event_table
+from factories import DAY, T0, event_table
 
 from recsvc.config import WeightingSettings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
 from training.interactions import build_interactions, drop_erased_users
+from training.pipeline import session_revisit_share
+from training.splits import VISIT_GAP_SECONDS, split_last_basket
 
 NO_DECAY = WeightingSettings(half_life_days=0, popularity_half_life_days=0)
 
@@ -78,3 +80,51 @@ def test_rows_sum_and_dtype() -> None:
     inter = build_interactions(table, NO_DECAY)
     assert inter.weights.dtype == np.float32
     assert inter.weights.shape == (2, 1)
+
+
+def test_split_last_basket_holds_out_each_returning_users_last_basket_and_its_visit() -> None:
+    gap = VISIT_GAP_SECONDS
+    table = event_table(
+        [
+            ("ann", "a", T0, "purchase", 1, "b1"),
+            ("ann", "b", T0 + 10 * DAY - 1, "view", 1, "ann@1"),  # just before the visit
+            ("ann", "c", T0 + 10 * DAY + gap - 60, "purchase", 1, "b2"),  # same visit
+            ("ann", "d", T0 + 10 * DAY + gap, "purchase", 1, "b3"),  # the last basket
+            ("ann", "e", T0 + 10 * DAY + gap, "purchase", 1, "b3"),
+            ("bob", "a", T0, "purchase", 1, "b4"),  # one basket: trains, no test
+            ("bob", "b", T0 + DAY, "view", 1, "bob@1"),
+            (None, "a", T0 + 20 * DAY, "purchase", 1, "g1"),  # guest: trains
+            ("cat", "x", T0, "view", 1, "cat@1"),  # views only
+        ]
+    )
+    split = split_last_basket(table)
+    assert split.truth == {"ann": {"d", "e"}}
+    kept = list(
+        zip(split.train["user_id"].to_pylist(), split.train["item_id"].to_pylist(), strict=True)
+    )
+    # ann's view just over 30 minutes before the last basket is not part of its visit
+    assert kept == [
+        ("ann", "a"),
+        ("ann", "b"),
+        ("bob", "a"),
+        ("bob", "b"),
+        (None, "a"),
+        ("cat", "x"),
+    ]
+
+
+def test_split_last_basket_without_returning_users_holds_out_nothing() -> None:
+    table = event_table([("ann", "a", T0, "purchase", 1, "b1"), (None, "b", T0, "view", 1, "g")])
+    split = split_last_basket(table)
+    assert split.truth == {}
+    assert split.train.num_rows == 2
+    with pytest.raises(DataError):
+        split_last_basket(event_table([("ann", "a", T0, "view", 1, "v")]))
+
+
+def test_session_revisit_share_counts_repeat_clicks_within_sessions() -> None:
+    # sessions [0, 1, 0] and [2, 2, 3, 1]: of the 5 later clicks, 2 revisit
+    indptr = np.array([0, 3, 7], dtype=np.int64)
+    items = np.array([0, 1, 0, 2, 2, 3, 1], dtype=np.int32)
+    assert session_revisit_share(indptr, items) == pytest.approx(2 / 5)
+    assert session_revisit_share(np.array([0, 1]), np.array([4], dtype=np.int32)) == 0.0

@@ -172,3 +172,26 @@ def test_legacy_rules_ordering_is_kept_on_ties() -> None:
     m = build([[0, 3], [0, 1], [0, 2]], 4)
     start, end = m.rule_indptr[0], m.rule_indptr[1]
     assert m.rule_items[start:end].tolist() == [1, 2, 3]
+
+
+def test_inverted_index_and_rules_match_a_plain_reference() -> None:
+    rng = np.random.default_rng(3)
+    sessions = [rng.integers(0, 15, size=rng.integers(1, 9)).tolist() for _ in range(60)]
+    p = replace(KNN, rule_steps=2, rule_successors=4)  # scores 1 and 1/2: exact sums, exact ties
+    m = build(sessions, 16, p)
+    for item in range(16):
+        holding = [s for s in range(len(sessions)) if item in sessions[s]][::-1]
+        got = m.item_sessions[m.item_indptr[item] : m.item_indptr[item + 1]]
+        assert got.tolist() == holding  # newest first, each once
+    assert m.session_length.tolist() == [len(set(s)) for s in sessions]
+    for a in range(16):
+        score: dict[int, float] = {}
+        for s in sessions:
+            for i, x in enumerate(s):
+                for gap, y in enumerate(s[i + 1 : i + 1 + p.rule_steps], start=1):
+                    if x == a and y != x:
+                        score[y] = score.get(y, 0.0) + 1.0 / gap
+        want = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[: p.rule_successors]
+        start, end = m.rule_indptr[a], m.rule_indptr[a + 1]
+        assert m.rule_items[start:end].tolist() == [b for b, _ in want]
+        np.testing.assert_allclose(m.rule_scores[start:end], [v for _, v in want], rtol=1e-6)

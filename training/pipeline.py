@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
 from recsvc.config import RepeatPolicy, Settings
@@ -141,6 +142,11 @@ def repeat_share(table: pa.Table, share: float) -> float:
     return float(np.isin(later, np.unique(key[before])).mean())
 
 
+# BLAS on one thread for the whole build (the ALS fit sets it too): the blend fit's and
+# the session model's products are small, and with 2 OpenBLAS threads on a shared
+# 2-core host each took 2-3x longer (threads spinning against other work). Here rather
+# than in ``train`` so that ``evaluate`` and ``tune`` build at the same speed.
+@threadpool_limits.wrap(limits=1, user_api="blas")  # type: ignore[untyped-decorator]
 def build_model(
     data: LoadedData, settings: Settings, *, progress: bool = False, now: datetime | None = None
 ) -> BuiltModel:
@@ -178,7 +184,9 @@ def build_model(
         )
         neighbors = build_session_neighbors(indptr, session_items, inter.n_items, params)
     timings["neighbors_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
     ranking = _ranking_defaults(data.table, settings, session_revisit_share(indptr, session_items))
+    timings["ranking_seconds"] = time.perf_counter() - t
     popularity = inter.popularity
     if settings.ranking.user_blend is None:
         t = time.perf_counter()
@@ -211,9 +219,11 @@ def build_model(
                 "users": fitted.users,
                 "popularity_half_life_days": fitted.popularity_half_life_days,
             }
+    t = time.perf_counter()
     category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
     created = now or datetime.now(UTC)
     version = new_model_version(factors.item_factors, created)
+    timings["catalog_version_seconds"] = time.perf_counter() - t
     manifest: dict[str, Any] = {
         "model_version": version,
         "created_at": created.isoformat(timespec="microseconds"),
@@ -306,7 +316,10 @@ def session_revisit_share(indptr: NDArray[np.int64], items: NDArray[np.int32]) -
         return 0.0
     session = np.repeat(np.arange(n_sessions, dtype=np.int64), np.diff(indptr))
     pairs = session * (int(items.max()) + 1) + items
-    return float((len(pairs) - len(np.unique(pairs))) / later)
+    # distinct pairs by a plain sort: np.unique (hash-based in numpy 2) took ~1 s at 1M
+    pairs.sort()
+    distinct = 1 + int(np.count_nonzero(pairs[1:] != pairs[:-1]))
+    return float((len(pairs) - distinct) / later)
 
 
 def _ranking_defaults(table: pa.Table, settings: Settings, revisit_share: float) -> dict[str, Any]:

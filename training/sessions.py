@@ -14,9 +14,14 @@ evenly spaced) is featurised by it, and a softmax over each case's candidates is
 fitted by L-BFGS (at most ``MAX_ITERATIONS``); the final model over all sessions
 gets those weights.
 
-Build time (2 shared cores): ~8 s at 1M synthetic events and on Diginetica (was
-35–50 s with ``scipy.sparse.linalg.svds``, 10,000 cases and 500 iterations; the
-Diginetica validation HR@20 / MRR@20 did not drop).
+Build time (2 shared cores): ~5 s of one core at 1M synthetic events (was 35–50 s
+with ``scipy.sparse.linalg.svds``, 10,000 cases and 500 iterations, then ~8 s; the
+Diginetica validation HR@20 / MRR@20 did not drop). BLAS runs on one thread during
+the build: its dense products are small, and two OpenBLAS threads on a shared 2-core
+host made the whole build 2–3x slower. Of the ~5 s: the two model builds (the older
+sessions' for the re-ranker, then all) ~1.3 s each, featurising the ~3,000 re-ranker
+cases one at a time ~1.8 s (mostly per-call NumPy overhead: batching them is what is
+left), the L-BFGS fit ~0.8 s.
 """
 
 from __future__ import annotations
@@ -52,10 +57,15 @@ def build_session_neighbors(
     ``len(items)``, or an item outside ``0..n_items-1``).
     """
     params = params or SessionParams()
-    model = _build(session_indptr, session_items, n_items, params)
-    if not params.rerank:
-        return model
-    return model.with_params(params, fit_reranker(session_indptr, session_items, n_items, params))
+    # small dense products (Cholesky QR on (n_items, ~80), the re-ranker's loss):
+    # BLAS threads only add overhead, and on a shared 2-core host they spin against
+    # other work (the whole build took 2-3x longer with 2 OpenBLAS threads)
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = _build(session_indptr, session_items, n_items, params)
+        if not params.rerank:
+            return model
+        weights = fit_reranker(session_indptr, session_items, n_items, params)
+    return model.with_params(params, weights)
 
 
 def fit_reranker(
@@ -76,19 +86,30 @@ def fit_reranker(
     if cut < 1 or cut >= n_sessions:
         return fallback
     older = _build(indptr[: cut + 1], items[: indptr[cut]], n_items, params)
-    # prefix -> next cases of the newer sessions, items unseen by `older` dropped
+    # prefix -> next cases of the newer sessions, items unseen by `older` dropped:
+    # session s (of the newer ones, in order) gives cases k = 1 .. len - 1 (its first
+    # k clicks -> click k); every `step`-th case of that sequence is used
     seen = np.diff(older.item_indptr) > 0
-    cases: list[tuple[NDArray[np.int32], int]] = []
-    for s in range(cut, n_sessions):
-        clicks = items[indptr[s] : indptr[s + 1]]
-        clicks = clicks[seen[clicks]]
-        cases.extend((clicks[:k], int(clicks[k])) for k in range(1, len(clicks)))
-    if not cases:
+    newer = items[indptr[cut] :]
+    kept = seen[newer]
+    clicks = newer[kept]
+    session_of = np.repeat(np.arange(n_sessions - cut, dtype=np.int64), np.diff(indptr[cut:]))
+    lengths = np.bincount(session_of[kept], minlength=n_sessions - cut)
+    click_start = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=click_start[1:])
+    case_start = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.maximum(lengths - 1, 0), out=case_start[1:])
+    n_cases = int(case_start[-1])
+    if n_cases == 0:
         return fallback
-    step = max(1, len(cases) // params.rerank_cases)
+    step = max(1, n_cases // params.rerank_cases)
+    picked = np.arange(0, n_cases, step, dtype=np.int64)
+    case_session = np.searchsorted(case_start, picked, side="right") - 1
+    ends = click_start[case_session] + 1 + picked - case_start[case_session]
     groups: list[NDArray[np.float64]] = []
     targets: list[int] = []
-    for prefix, target in cases[::step]:
+    for begin, end in zip(click_start[case_session].tolist(), ends.tolist(), strict=True):
+        prefix, target = clicks[begin:end], int(clicks[end])
         cands, features = older.candidate_features(prefix)
         hit = np.flatnonzero(cands == target)
         if len(hit):
@@ -161,23 +182,19 @@ def _build(
     lengths = np.diff(indptr)
     session_of = np.repeat(np.arange(n_sessions, dtype=np.int64), lengths)
 
-    # distinct (session, item) pairs: a binary session x item matrix
-    binary = sp.csr_matrix(
-        (np.ones(len(items), dtype=np.float32), (session_of, items)),
-        shape=(n_sessions, n_items),
-    )
-    binary.sum_duplicates()
-    binary.data[:] = 1.0
-    session_length = np.diff(binary.indptr).astype(np.float32)
-
-    # inverted index, newest session first within each item
-    by_item = binary.T.tocsr()
-    by_item.sort_indices()
-    item_indptr = by_item.indptr.astype(np.int64)
-    counts = np.diff(item_indptr)
-    item_of = np.repeat(np.arange(n_items, dtype=np.int64), counts)
-    order = np.lexsort((-by_item.indices.astype(np.int64), item_of))
-    item_sessions = by_item.indices[order].astype(np.int32)
+    # distinct (session, item) pairs, by plain sorts of int64 keys (a sparse matrix and
+    # its transpose cost 3x as much): distinct items per session, then the inverted
+    # index, newest session first within each item
+    pairs = np.sort(session_of * n_items + items)
+    if len(pairs):
+        pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
+    pair_session, pair_item = np.divmod(pairs, n_items)
+    session_length = np.bincount(pair_session, minlength=n_sessions).astype(np.float32)
+    counts = np.bincount(pair_item, minlength=n_items)
+    item_indptr = np.zeros(n_items + 1, dtype=np.int64)
+    np.cumsum(counts, out=item_indptr[1:])
+    newest_first = np.sort(pair_item * n_sessions + (n_sessions - 1 - pair_session))
+    item_sessions = (n_sessions - 1 - newest_first % n_sessions).astype(np.int32)
     # smoothed IDF: positive even for an item in every session
     item_idf = np.where(counts > 0, np.log1p(n_sessions / np.maximum(counts, 1)), 0.0)
 
@@ -326,7 +343,10 @@ def _sequential_rules(
     # best first within each row (ties: lower item first, from the sorted indices and
     # the stable sort), then keep the first `successors`
     row_of = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(rules.indptr))
-    order = np.lexsort((-rules.data, row_of))
+    # = np.lexsort((-rules.data, row_of)) at a third of the cost: one stable sort of
+    # (row, descending score) keys; a positive float32's bits order like its value
+    bits = rules.data.view(np.int32).astype(np.int64)
+    order = np.argsort((row_of << 32) | (0x7FFFFFFF - bits), kind="stable")
     rank = np.arange(len(order), dtype=np.int64) - rules.indptr[row_of]
     keep = rank < successors
     kept_rows = row_of[keep]

@@ -75,25 +75,14 @@ def split_last_basket(table: pa.Table) -> Split:
         [("timestamp", "max"), ("basket_id", "count_distinct")]
     )
     last = last.filter(pc.greater(last["basket_id_count_distinct"], 1))
-    cut = dict(zip(last["user_id"].to_pylist(), last["timestamp_max"].to_pylist(), strict=True))
-    users = table["user_id"].to_pylist()
+    # each row's user's last-basket time (rows of other users and guests: no cut)
+    which = pc.index_in(table["user_id"], value_set=last["user_id"])
+    has_cut = pc.is_valid(which).to_numpy(zero_copy_only=False)
+    position = pc.fill_null(which, 0).to_numpy(zero_copy_only=False)
+    cut = last["timestamp_max"].to_numpy()
     stamps = table["timestamp"].to_numpy()
-    held = np.fromiter(
-        (
-            u is not None and u in cut and s >= cut[u] - VISIT_GAP_SECONDS
-            for u, s in zip(users, stamps, strict=True)
-        ),
-        dtype=bool,
-        count=table.num_rows,
-    )
-    test = _purchases(table.filter(pa.array(held)))
+    row_cut = cut[position] if len(cut) else np.zeros(len(stamps), dtype=stamps.dtype)
+    held = has_cut & (stamps >= row_cut - VISIT_GAP_SECONDS)
     # only the last basket is the target, not other purchases of the same visit
-    stamps_test = test["timestamp"].to_numpy()
-    users_test = test["user_id"].to_pylist()
-    is_last = np.fromiter(
-        (s >= cut[u] for u, s in zip(users_test, stamps_test, strict=True)),
-        dtype=bool,
-        count=test.num_rows,
-    )
-    test = test.filter(pa.array(is_last))
+    test = _purchases(table.filter(pa.array(held & (stamps >= row_cut))))
     return Split(table.filter(pa.array(~held)), _truth_from(test), "last basket per user")
