@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 
 _TYPE_CODE = {t: i for i, t in enumerate(EVENT_TYPES)}
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}
+_NO_INT: NDArray[np.int32] = np.zeros(0, np.int32)
+_NO_FLOAT: NDArray[np.float32] = np.zeros(0, np.float32)
+_NO_FILTERS = Filters()
+"""What an empty FilterSpec becomes (immutable, so shared by every request)."""
 _STORED_TYPES = frozenset(
     {EventType.VIEW, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.CLICK}
 )
@@ -199,6 +203,10 @@ class Engine:
         self.erasure_path = settings.erasure_path
         self.erased: set[str] = set(read_erasure_list(self.erasure_path))
         self._erasure_stamp = _stamp(self.erasure_path)
+        # the training weights' decay factor of one (model version, second)
+        self._decay: tuple[str, int, np.float32 | None] = ("", -1, None)
+        self._index_seconds = metrics.index_search_seconds
+        self._recommended_items = metrics.recommended_items
 
     def _lookup(self, layer: str, result: str) -> None:
         """Count one user-vector lookup (``recsvc_user_vector_lookups_total``)."""
@@ -252,8 +260,9 @@ class Engine:
                 log.warning("Recommend degraded: %s", exc)
 
         user = req.user_id if personal else ""
-        hist_items, hist_weights = self._history(loaded, user, live_history, now)
-        bought, bought_weights = self._history(loaded, user, live_history, now, purchases_only=True)
+        hist_items, hist_weights, bought, bought_weights = self._histories(
+            loaded, user, live_history, now
+        )
         if personal and user_vector is None:
             user_vector = self._vector_from_history(
                 loaded, req.user_id, live_history, hist_items, hist_weights
@@ -262,10 +271,13 @@ class Engine:
                 await self._write_back(loaded, req.user_id, user_vector)
 
         # stored sessions come newest first; oldest first keeps ties in arrival order
-        session, ignored = _known_items(
-            model.item_position, [*reversed(stored_session), *req.session_events]
-        )
-        s_items, s_weights = self._session_weights(model, session)
+        if stored_session or req.session_events:
+            session, ignored = _known_items(
+                model.item_position, [*reversed(stored_session), *req.session_events]
+            )
+            s_items, s_weights = self._session_weights(model, session)
+        else:
+            ignored, s_items, s_weights = [], _NO_INT, _NO_FLOAT
         # whether what the shopper just looked at may be shown again is the ranker's
         # call: the shop's measured default, or the request's repeat policy
         query = Query(
@@ -282,14 +294,14 @@ class Engine:
         )
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
-        self.metrics.index_search_seconds.observe(time.perf_counter() - t)
+        self._index_seconds.observe(time.perf_counter() - t)
         placement = placement_label(req.placement, self.server.placements)
         self._count_recommendation(ranking.strategy.value, placement)
         if ranking.fallback:
             reason = "store_unavailable" if degraded else "no_signal"
             self.metrics.fallbacks.labels(reason=reason).inc()
         items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
-        self.metrics.recommended_items.observe(len(items))
+        self._recommended_items.observe(len(items))
         return RecommendOutput(
             items=items,
             model_version=loaded.version,
@@ -297,7 +309,9 @@ class Engine:
             strategy=ranking.strategy,
             fallback=ranking.fallback,
             degraded=degraded,
-            ignored_item_ids=[e.item_id for e in ignored if e in req.session_events],
+            ignored_item_ids=[e.item_id for e in ignored if e in req.session_events]
+            if ignored
+            else [],
         )
 
     async def _read_state(
@@ -323,6 +337,40 @@ class Engine:
         cached = self.cache.get((version, user_id))
         self._lookup("lru", "hit" if cached is not None else "miss")
         return cached, history, session
+
+    def _training_decay(self, model: Model, now: int) -> np.float32 | None:
+        """The factor that ages the training weights (decayed from the data cut-off)
+        on to ``now``; None without decay. Computed once per model and second."""
+        version, second, factor = self._decay
+        if second == now and version == model.version:
+            return factor
+        age = max(0, now - int(model.artifact.manifest["data"]["cutoff_unix"]))
+        half_life = self.settings.weighting.half_life_days * 86_400.0
+        factor = np.float32(np.exp2(-age / half_life)) if half_life > 0 else None
+        self._decay = (model.version, now, factor)
+        return factor
+
+    def _histories(
+        self, loaded: LoadedModel, user_id: str, live: Sequence[StoredEvent], now: int
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.int32], NDArray[np.float32]]:
+        """:meth:`_history` of every event type, then of purchases only, in one pass:
+        the same arrays, without looking the user and the decay up twice."""
+        model = loaded.model
+        u = model.user_position.get(user_id) if user_id else None
+        if u is None and not live:
+            return _NO_INT, _NO_FLOAT, _NO_INT, _NO_FLOAT
+        if live:
+            items, weights = self._history(loaded, user_id, live, now)
+            bought, bought_weights = self._history(loaded, user_id, live, now, purchases_only=True)
+            return items, weights, bought, bought_weights
+        assert u is not None
+        factor = self._training_decay(model, now)
+        items, weights = model.user_history(u)
+        bought, bought_weights = model.user_purchases(u)
+        if factor is not None:
+            weights = weights * factor
+            bought_weights = bought_weights * factor
+        return items, weights, bought, bought_weights
 
     def _history(
         self,
@@ -531,10 +579,15 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+_random_bits = random.getrandbits
+
+
 def _recommendation_id(model_version: str) -> str:
     """``<model version>.<random>``: clicks carry the model that made the list."""
-    # 128 random bits as 32 hex digits, like uuid4().hex, at a fraction of its cost
-    return f"{model_version}.{os.urandom(16).hex()}"
+    # 128 random bits as 32 hex digits, like uuid4().hex, at a fraction of its cost: an
+    # id needs to be unique, not unguessable, so the seeded generator (re-seeded from
+    # os.urandom in every process, forked ones included) instead of a getrandom call
+    return f"{model_version}.{_random_bits(128):032x}"
 
 
 def _known_items(
@@ -558,6 +611,13 @@ def _weights(events: Sequence[StoredEvent], now: int, settings: Settings) -> NDA
 
 
 def _filters(items: dict[str, int], categories: dict[str, int], spec: FilterSpec) -> Filters:
+    if not (
+        spec.exclude_item_ids
+        or spec.include_categories
+        or spec.exclude_categories
+        or spec.in_stock_only
+    ):
+        return _NO_FILTERS
     exclude = np.array([items[i] for i in spec.exclude_item_ids if i in items], np.int32)
     include = (
         np.array([categories[c] for c in spec.include_categories if c in categories], np.int32)

@@ -7,6 +7,7 @@ list, and ``grpc.aio.server(interceptors=[...])`` runs the first one outermost::
      │                           two below included (grpc_server_* metrics)
      └─ AuthInterceptor          refuses calls without the right bearer token, before
          │                       they take a concurrency slot or reveal the load
+         │                       (left out when no token is set: it would pass all)
          └─ ConcurrencyLimitInterceptor
              │                   refuses calls above the limit at once, no queueing
              │                   (RESOURCE_EXHAUSTED); maintains recsvc_inflight_requests
@@ -84,12 +85,18 @@ _CODE_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def server_interceptors(settings: ServerSettings, metrics: ServingMetrics) -> list[Any]:
-    """The interceptors of the recsvc server, in the order documented above."""
-    return [
-        MetricsInterceptor(metrics),
-        AuthInterceptor(settings.auth_token, WRITE_METHODS, all_methods=settings.auth_all_rpcs),
-        ConcurrencyLimitInterceptor(settings.max_concurrency, metrics),
-    ]
+    """The interceptors of the recsvc server, in the order documented above.
+
+    Without an auth token AuthInterceptor would pass every call through unchanged, so
+    it is left out: each interceptor costs a few coroutines on every call.
+    """
+    chain: list[Any] = [MetricsInterceptor(metrics)]
+    if settings.auth_token is not None:
+        chain.append(
+            AuthInterceptor(settings.auth_token, WRITE_METHODS, all_methods=settings.auth_all_rpcs)
+        )
+    chain.append(ConcurrencyLimitInterceptor(settings.max_concurrency, metrics))
+    return chain
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -100,6 +107,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         self._metrics = metrics
         # one entry per method that has a handler, so bounded by the server's methods
         self._by_method: dict[str, _MethodMetrics] = {}
+        self._wrapped = _WrappedHandlers()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: CallDetails
@@ -107,11 +115,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        method = _method_of(handler_call_details)
-        observed = self._by_method.get(method)
-        if observed is None:
-            observed = self._by_method[method] = _MethodMetrics(self._metrics, method)
-        return _replace_behavior(handler, observed.wrap(handler.unary_unary))
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method, handler)
+        if wrapped is None:
+            name = _method_of(handler_call_details)
+            observed = self._by_method.get(name)
+            if observed is None:
+                observed = self._by_method[name] = _MethodMetrics(self._metrics, name)
+            wrapped = _replace_behavior(handler, observed.wrap(handler.unary_unary))
+            self._wrapped.put(method, handler, wrapped)
+        return wrapped
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -152,6 +165,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        if self._expected is None:  # authentication off: nothing to check
+            return handler
         method = _method_of(handler_call_details)
         if not self.protects(method):
             return handler
@@ -197,6 +212,7 @@ class ConcurrencyLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
         # across threads, not just between coroutines.
         self._lock = threading.Lock()
         self._details = f"server busy: {limit} calls in flight; retry with backoff"
+        self._wrapped = _WrappedHandlers()
 
     @property
     def inflight(self) -> int:
@@ -207,14 +223,17 @@ class ConcurrencyLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
         self, continuation: Continuation, handler_call_details: CallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or handler.request_streaming
-            or handler.response_streaming
-            or _service_of(_method_of(handler_call_details)) in UNPROTECTED_SERVICES
-        ):
+        if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        return _replace_behavior(handler, self._wrap(handler.unary_unary))
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method, handler)
+        if wrapped is None:
+            if _service_of(_method_of(handler_call_details)) in UNPROTECTED_SERVICES:
+                wrapped = handler
+            else:
+                wrapped = _replace_behavior(handler, self._wrap(handler.unary_unary))
+            self._wrapped.put(method, handler, wrapped)
+        return wrapped
 
     def _admit(self) -> bool:
         with self._lock:
@@ -305,6 +324,32 @@ class _MethodMetrics:
             return response
 
         return observed_sync
+
+
+class _WrappedHandlers:
+    """The handler an interceptor built around each method's handler, built once.
+
+    grpc.aio asks the interceptors for a handler on every call; building a new one
+    each time (closures, ``RpcMethodHandler``, ``iscoroutinefunction``) costs
+    microseconds per call. The servicer hands out the same handler object for a
+    method on every call, so the wrapper is kept with the handler it wraps and
+    rebuilt only if that handler changes. Bounded by the server's methods (unknown
+    methods have no handler and never get here).
+    """
+
+    __slots__ = ("_by_method",)
+
+    def __init__(self) -> None:
+        self._by_method: dict[Any, tuple[Handler, Handler]] = {}
+
+    def get(self, method: Any, handler: Handler) -> Handler | None:
+        hit = self._by_method.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        return None
+
+    def put(self, method: Any, handler: Handler, wrapped: Handler) -> None:
+        self._by_method[method] = (handler, wrapped)
 
 
 class _StatusRecorder:

@@ -90,6 +90,23 @@ def _items(out: RecommendOutput) -> list[pb.RecommendedItem]:
     ]
 
 
+def _recommend_response(out: RecommendOutput) -> pb.RecommendResponse:
+    """The RecommendResponse of ``out``; the items appended in place (``items.add``),
+    half the cost of building a RecommendedItem message each and copying them in."""
+    response = pb.RecommendResponse(
+        model_version=out.model_version,
+        recommendation_id=out.recommendation_id,
+        strategy=_STRATEGY[out.strategy],
+        fallback=out.fallback,
+        degraded=out.degraded,
+        ignored_item_ids=out.ignored_item_ids,
+    )
+    add = response.items.add
+    for item_id, score, reason in out.items:
+        add(item_id=item_id, score=score, reason=reason)
+    return response
+
+
 def _ts(value: datetime | float | int | None) -> Timestamp | None:
     if value is None:
         return None
@@ -111,19 +128,24 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def Recommend(  # noqa: N802 (gRPC method names)
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
-        async def call() -> pb.RecommendResponse:
-            out = await self.engine.recommend(validation.recommend_input(request, self.limits))
-            return pb.RecommendResponse(
-                items=_items(out),
-                model_version=out.model_version,
-                recommendation_id=out.recommendation_id,
-                strategy=_STRATEGY[out.strategy],
-                fallback=out.fallback,
-                degraded=out.degraded,
-                ignored_item_ids=out.ignored_item_ids,
+        # _guard inlined: the hottest RPC saves a closure and a coroutine per call
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began"
             )
-
-        return await _guard(context, call)
+        try:
+            out = await self.engine.recommend(validation.recommend_input(request, self.limits))
+            return _recommend_response(out)
+        except RecsvcError as exc:
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("bug while serving %s", "Recommend")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
 
     async def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext

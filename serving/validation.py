@@ -62,9 +62,11 @@ class _Checker:
             raise InvalidRequestError(self.violations)
 
     def id(self, path: str, value: str, *, required: bool) -> str:
-        if required and not value:
-            self.bad(path, "is required")
-        elif len(value.encode("utf-8")) > self.limits.max_id_bytes:
+        if not value:
+            if required:
+                self.bad(path, "is required")
+            return value
+        if len(value.encode("utf-8")) > self.limits.max_id_bytes:
             self.bad(path, f"is longer than {self.limits.max_id_bytes} bytes")
         elif _CONTROL.search(value):
             # line breaks would split event-log rows; no id needs control characters
@@ -86,7 +88,7 @@ class _Checker:
         return value or self.limits.default_k
 
     def placement(self, path: str, value: str) -> str:
-        if not _PLACEMENT.match(value):
+        if value and not _PLACEMENT.match(value):  # "" (none) is valid
             self.bad(path, "must be lower-case letters, digits and '_', at most 32 characters")
         return value
 
@@ -123,28 +125,36 @@ class _Checker:
         )
 
 
+_NO_FILTERS = FilterSpec()
+"""What a request without ``filters`` asks for (what :meth:`_Checker.filters` makes of
+an empty message), shared: FilterSpec is immutable."""
+
+
 def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> RecommendInput:
     c = _Checker(limits)
-    now = time.time()
-    n = len(req.session_events)
-    if n > limits.max_session_events:
-        c.bad("session_events", f"has {n} events; at most {limits.max_session_events}")
-    events = []
-    for i, e in enumerate(req.session_events[: limits.max_session_events]):
-        p = f"session_events[{i}]"
-        item = c.id(f"{p}.item_id", e.item_id, required=True)
-        kind = c.event_type(f"{p}.event_type", e.event_type)
-        ts = c.time(f"{p}.event_time", e, e.event_time, now)
-        events.append(StoredEvent(item, kind, ts, 1.0))
-    policy = REPEAT_POLICY_FROM_PB.get(req.repeat_policy)
-    if req.repeat_policy not in REPEAT_POLICY_FROM_PB:
-        c.bad("repeat_policy", f"unknown value {req.repeat_policy}")
+    session_events = req.session_events
+    events: list[StoredEvent] = []
+    if session_events:
+        now = time.time()
+        n = len(session_events)
+        if n > limits.max_session_events:
+            c.bad("session_events", f"has {n} events; at most {limits.max_session_events}")
+        for i, e in enumerate(session_events[: limits.max_session_events]):
+            p = f"session_events[{i}]"
+            item = c.id(f"{p}.item_id", e.item_id, required=True)
+            kind = c.event_type(f"{p}.event_type", e.event_type)
+            ts = c.time(f"{p}.event_time", e, e.event_time, now)
+            events.append(StoredEvent(item, kind, ts, 1.0))
+    repeat_policy = req.repeat_policy
+    policy = REPEAT_POLICY_FROM_PB.get(repeat_policy)
+    if repeat_policy not in REPEAT_POLICY_FROM_PB:
+        c.bad("repeat_policy", f"unknown value {repeat_policy}")
     result = RecommendInput(
         user_id=c.id("user_id", req.user_id, required=False),
         session_id=c.id("session_id", req.session_id, required=False),
         session_events=tuple(events),
         k=c.k("k", req.k),
-        filters=c.filters("filters", req.filters),
+        filters=c.filters("filters", req.filters) if req.HasField("filters") else _NO_FILTERS,
         repeat_policy=policy,
         non_personalized=req.non_personalized,
         placement=c.placement("placement", req.placement),

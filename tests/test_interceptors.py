@@ -435,3 +435,48 @@ def test_server_chain_counts_unauthenticated_calls_without_taking_a_slot() -> No
         assert handled("RESOURCE_EXHAUSTED") == 1.0
 
     asyncio.run(scenario())
+
+
+def test_server_chain_leaves_out_auth_without_a_token() -> None:
+    metrics = ServingMetrics(CollectorRegistry())
+    chain = server_interceptors(ServerSettings(), metrics)
+    assert [type(i) for i in chain] == [MetricsInterceptor, ConcurrencyLimitInterceptor]
+
+
+def test_wrapped_handlers_are_built_once_per_method_handler() -> None:
+    """grpc.aio asks on every call; the wrapper is reused while the handler is the same."""
+
+    async def behaviour(request: Any, context: Any) -> str:
+        return "ok"
+
+    class _Details:
+        method = f"/{SERVICE}/GetModelInfo"
+        invocation_metadata = ()
+
+    async def scenario() -> None:
+        metrics = ServingMetrics(CollectorRegistry())
+        handler = grpc.unary_unary_rpc_method_handler(behaviour)
+        other = grpc.unary_unary_rpc_method_handler(behaviour)
+        for interceptor in (MetricsInterceptor(metrics), ConcurrencyLimitInterceptor(4, metrics)):
+            served = [handler]
+
+            async def continuation(details: Any, served: list[Any] = served) -> Any:
+                return served[0]
+
+            first = await interceptor.intercept_service(continuation, _Details())
+            again = await interceptor.intercept_service(continuation, _Details())
+            assert first is again and first is not handler
+            served[0] = other  # a new handler for the method (re-registered): rewrapped
+            third = await interceptor.intercept_service(continuation, _Details())
+            assert third is not first
+            assert await third.unary_unary(None, _FakeContext()) == "ok"
+
+    asyncio.run(scenario())
+
+
+class _FakeContext:
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> None:
+        return None
