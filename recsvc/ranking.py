@@ -5,17 +5,22 @@ every Recommend, and ``recsvc evaluate`` scores exactly this code as ``served``.
 
 How an answer is made:
 
-1. A query vector: the user's vector, re-folded with the live session's items when
-   there are any (the session is what the shopper did seconds ago); for an
-   anonymous visitor, the fold-in of the session alone.
-2. Candidates: the top ``k · overfetch`` items by inner product from the FAISS
-   index, plus (when repeats are allowed) the items the user bought before.
-3. Score: ``(1 − β)·cf + β·repeat`` with ``cf`` the inner product scaled by the best
-   candidate's and ``repeat`` the item's decayed purchase weight for the user, scaled
-   by the heaviest; β is the shop's repeat weight (or the request's).
-4. Filters (exclusions, categories, in-stock), then the best ``k``; if filters leave
-   fewer than ``k``, the search widens (doubling) until ``k`` qualify or the whole
-   catalogue was seen; with no signal at all, popular items that pass the filters.
+1. A blend: the model's (fitted by the trainer for known users; by default the
+   session model alone for anonymous sessions), the request's repeat weight and
+   policy applied.
+2. A query vector when CF is weighed: the user's vector, re-folded with the live
+   session's items when there are any; for an anonymous visitor, the fold-in of the
+   session alone.
+3. Candidates: the top ``k + min(k · (overfetch − 1), 60)`` items by inner product
+   from the FAISS index, the items the user bought (when repeats are allowed), the
+   session model's neighbours, and the popular head.
+4. Score: ``w_cf·cf + w_repeat·repeat + w_neighbors·neighbors + w_pop·popularity``,
+   each signal scaled to [0, 1] over the candidates; ``repeat`` is the user's decayed
+   count of orders holding the item.
+5. Filters (exclusions, categories, in-stock, and what the repeat policy hides), then
+   the best ``k``; if filters leave fewer than ``k``, the CF search widens (×4) until
+   ``k`` qualify or the whole catalogue was seen; CF and then popular items fill a
+   short list, ranked below every blended item.
 """
 
 from __future__ import annotations
