@@ -400,7 +400,8 @@ class Engine:
             known = [e for e in live if e.item_id in model.item_position]
             if known:
                 items.append(np.array([model.item_position[e.item_id] for e in known], np.int32))
-                weights.append(_weights(known, now, self.settings))
+                # buy-again counts orders, not units (as the trainer's purchases do)
+                weights.append(_weights(known, now, self.settings, units=not purchases_only))
         if not items:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
         return np.concatenate(items), np.concatenate(weights)
@@ -600,10 +601,12 @@ def _known_items(
     return known, unknown
 
 
-def _weights(events: Sequence[StoredEvent], now: int, settings: Settings) -> NDArray[np.float32]:
+def _weights(
+    events: Sequence[StoredEvent], now: int, settings: Settings, *, units: bool = True
+) -> NDArray[np.float32]:
     return event_weights(
         [_TYPE_CODE[e.event_type] for e in events],
-        [e.quantity for e in events],
+        [e.quantity if units else 1.0 for e in events],
         [e.timestamp for e in events],
         now,
         settings.weighting,

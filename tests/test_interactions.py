@@ -51,6 +51,24 @@ def test_time_decay_uses_newest_event_as_now() -> None:
     assert inter.weights.toarray()[0].tolist() == pytest.approx([0.5, 1.0])
 
 
+def test_buy_again_weights_count_orders_not_units() -> None:
+    day = 86_400
+    table = event_table(
+        [
+            ("a", "bulk", T0, "purchase", 200, "1"),  # 200 units: one order
+            ("a", "bulk", T0, "purchase", 50, "1"),  # same basket, second line
+            ("a", "bulk", T0 + 10 * day, "purchase", 1, "2"),
+            ("a", "once", T0 + 10 * day, "purchase", 3, "2"),
+            ("a", "seen", T0 + 10 * day, "view", 1, "a@1"),
+        ]
+    )
+    inter = build_interactions(table, WeightingSettings(half_life_days=10))
+    # bulk: an order 10 days old (0.5) and one today (1.0); views are not purchases
+    assert inter.purchases.toarray()[0].tolist() == pytest.approx([1.5, 1.0, 0.0])
+    # the fit's weights still count units: 1 + ln(quantity)
+    assert inter.weights.toarray()[0, 1] == pytest.approx(1.0 + np.log(3.0))
+
+
 def test_only_guests_is_a_data_error() -> None:
     table = event_table([(None, "x", T0, "purchase", 1, "1")])
     with pytest.raises(DataError, match="no event has a user id"):

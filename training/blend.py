@@ -121,9 +121,12 @@ def fit_user_blend(
     u_ids = np.asarray(before["user_id"].filter(chosen).to_pylist())
     u_items = items_all[mask]
     u_w = event_weights(types[mask], quantity[mask], stamps[mask], now, weighting)
+    # buy-again counts orders, not units (as training.interactions' purchases do)
+    u_orders = event_weights(types[mask], np.ones(int(mask.sum())), stamps[mask], now, weighting)
     u_bought = types[mask] == EVENT_TYPES.index(EventType.PURCHASE)
     order = np.argsort(u_ids, kind="stable")
-    u_ids, u_items, u_w, u_bought = u_ids[order], u_items[order], u_w[order], u_bought[order]
+    u_ids, u_items, u_w = u_ids[order], u_items[order], u_w[order]
+    u_orders, u_bought = u_orders[order], u_bought[order]
     starts: list[int] = (
         np.flatnonzero(np.r_[True, u_ids[1:] != u_ids[:-1]]).tolist() if len(u_ids) else []
     )
@@ -142,7 +145,7 @@ def fit_user_blend(
             per_user[half_life].append(
                 _signals(
                     items,
-                    weights,
+                    u_orders[begin:end],
                     u_bought[begin:end],
                     truth,
                     scores,
