@@ -51,6 +51,8 @@ _POPULARITY = (0.0, 0.1, 0.25, 0.5, 1.0)
 _K = 20
 _CF_CANDIDATES = 80
 _POPULAR_CANDIDATES = 100
+#: Users whose fold-in scores are computed in one product (bounds its memory).
+_USERS_PER_PRODUCT = 128
 
 
 @dataclass(frozen=True)
@@ -134,26 +136,40 @@ def fit_user_blend(
     item_index = {str(x): i for i, x in enumerate(item_ids.tolist())}
 
     per_user: dict[float, list[_UserSignals]] = {h: [] for h in half_lives}
-    for begin, end in zip(starts, ends, strict=True):
-        truth = np.array(
-            [item_index.get(i, -1) for i in split.truth[str(u_ids[begin])]], dtype=np.int64
-        )
-        items, weights = u_items[begin:end], u_w[begin:end]
-        vector = foldin.user_vector(items.astype(np.int32), weights.astype(np.float32))
-        scores = item_factors @ vector
-        for half_life, (popularity, popular) in populars.items():
-            per_user[half_life].append(
-                _signals(
-                    items,
-                    u_orders[begin:end],
-                    u_bought[begin:end],
-                    truth,
-                    scores,
-                    popularity,
-                    popular,
-                    allow_repeats,
+    rows = list(zip(starts, ends, strict=True))
+    for chunk in range(0, len(rows), _USERS_PER_PRODUCT):
+        part = rows[chunk : chunk + _USERS_PER_PRODUCT]
+        # the fold-in vectors of a chunk of users scored in one product, and their CF
+        # heads in one partition (per user and half-life, this was most of the fit)
+        vectors = np.stack(
+            [
+                foldin.user_vector(
+                    u_items[begin:end].astype(np.int32), u_w[begin:end].astype(np.float32)
                 )
+                for begin, end in part
+            ]
+        )
+        scores = vectors @ item_factors.T
+        n_top = min(_CF_CANDIDATES, scores.shape[1] - 1)
+        tops = np.argpartition(-scores, n_top, axis=1)[:, :_CF_CANDIDATES]
+        for (begin, end), row_scores, cf_top in zip(part, scores, tops, strict=True):
+            truth = np.array(
+                [item_index.get(i, -1) for i in split.truth[str(u_ids[begin])]], dtype=np.int64
             )
+            for half_life, (popularity, popular) in populars.items():
+                per_user[half_life].append(
+                    _signals(
+                        u_items[begin:end],
+                        u_orders[begin:end],
+                        u_bought[begin:end],
+                        truth,
+                        row_scores,
+                        cf_top,
+                        popularity,
+                        popular,
+                        allow_repeats,
+                    )
+                )
     if len(starts) < MIN_USERS:
         return None
     grid: dict[str, float] = {}
@@ -185,17 +201,19 @@ def fit_user_blend(
 
 def _signals(
     items: NDArray[np.int64],
-    weights: NDArray[np.float32],
+    order_weights: NDArray[np.float32],
     bought: NDArray[np.bool_],
     truth: NDArray[np.int64],
     scores: NDArray[np.float32],
+    cf_top: NDArray[np.int64],
     popularity: NDArray[np.float32],
     popular: NDArray[np.int64],
     allow_repeats: bool,
 ) -> _UserSignals:
-    cf_top = np.argpartition(-scores, min(_CF_CANDIDATES, len(scores) - 1))[:_CF_CANDIDATES]
-    own, own_w = np.unique(items[bought], return_inverse=True)
-    own_weight = np.bincount(own_w, weights=weights[bought]) if len(own) else np.zeros(0)
+    """A user's candidates (CF head, popular head, and what they bought when repeats
+    are allowed) with their CF, buy-again and popularity signals."""
+    own, own_at = np.unique(items[bought], return_inverse=True)
+    own_weight = np.bincount(own_at, weights=order_weights[bought]) if len(own) else np.zeros(0)
     parts = [cf_top, popular] + ([own] if allow_repeats else [])
     candidates = np.unique(np.concatenate(parts))
     if not allow_repeats and len(own):
