@@ -106,8 +106,9 @@ def recsvc_bin() -> str:
 
 
 #: Bump when what ``recsvc train`` writes changes (the ranking blend, the neighbour
-#: model): a cached shop from an older trainer is rebuilt, not measured.
-TRAINER_FORMAT = 2
+#: model, the buy-again weights): a cached shop from an older trainer is rebuilt, not
+#: measured.
+TRAINER_FORMAT = 3
 
 
 def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Shop:
