@@ -3,9 +3,11 @@ import math
 import numpy as np
 import pytest
 
-from recsvc.config import WeightingSettings
+from recsvc.config import Settings, WeightingSettings
 from recsvc.events import EventType
 from recsvc.weighting import EVENT_TYPES, confidence, event_weights
+from serving.engine import _weights
+from serving.state import StoredEvent
 
 DAY = 86_400
 PURCHASE = EVENT_TYPES.index(EventType.PURCHASE)
@@ -48,3 +50,16 @@ def test_negative_weight_is_rejected() -> None:
 
 def test_confidence_is_hu_koren_volinsky() -> None:
     assert confidence(np.array([0.0, 2.0]), alpha=10.0).tolist() == [1.0, 21.0]
+
+
+def test_live_purchases_count_orders_for_buy_again_and_units_for_the_fold_in() -> None:
+    now = 1_700_000_000
+    settings = Settings()
+    events = [
+        StoredEvent("bulk", EventType.PURCHASE, now, quantity=50.0),
+        StoredEvent("one", EventType.PURCHASE, now, quantity=1.0),
+    ]
+    # buy-again, as the trainer's purchases: one order is one, whatever its units
+    assert _weights(events, now, settings, units=False).tolist() == pytest.approx([1.0, 1.0])
+    # the fold-in, as the ALS fit: 1 + ln(units)
+    assert _weights(events, now, settings).tolist() == pytest.approx([1.0 + np.log(50.0), 1.0])
