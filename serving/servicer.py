@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -66,21 +66,33 @@ async def _abort(context: grpc.aio.ServicerContext, exc: RecsvcError) -> None:
     await context.abort(exc.grpc_code, str(exc))
 
 
-async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+_DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began")
+
+
+def _expired(context: grpc.aio.ServicerContext) -> bool:
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began")
+    return remaining is not None and remaining <= 0
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    """End the call for ``exc`` (raised while serving ``method``): a recsvc error as its
+    status, an abort as it is, anything else as INTERNAL, logged as a bug. Call it from
+    the ``except`` block, so the log carries the traceback."""
+    if isinstance(exc, RecsvcError):
+        await _abort(context, exc)
+    elif not isinstance(exc, grpc.aio.AbortError):
+        log.exception("bug while serving %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    raise exc  # abort raises first; this keeps the type checker and AbortError right
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    if _expired(context):
+        await context.abort(*_DEADLINE)
     try:
         return await call()
-    except RecsvcError as exc:
-        await _abort(context, exc)
-        raise  # unreachable: abort raises
-    except grpc.aio.AbortError:
-        raise
-    except Exception:
-        log.exception("bug while serving %s", type(call).__name__)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        raise
+    except Exception as exc:
+        await _fail(context, exc, type(call).__name__)
 
 
 def _items(out: RecommendOutput) -> list[pb.RecommendedItem]:
@@ -129,23 +141,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
         # _guard inlined: the hottest RPC saves a closure and a coroutine per call
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began"
-            )
+        if _expired(context):
+            await context.abort(*_DEADLINE)
         try:
             out = await self.engine.recommend(validation.recommend_input(request, self.limits))
             return _recommend_response(out)
-        except RecsvcError as exc:
-            await _abort(context, exc)
-            raise  # unreachable: abort raises
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("bug while serving %s", "Recommend")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            raise
+        except Exception as exc:
+            await _fail(context, exc, "Recommend")
 
     async def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
