@@ -2,15 +2,18 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_levers.py [--variants redis-py thin uvloop p2 p2-uvloop]
-        [--scenario cached] [--concurrency 32] [--channels 4] [--repeats 3]
+    .venv/bin/python benchmarks/bench_levers.py
+        [--variants redis-py uncached thin uvloop p2 p2-uvloop] [--scenario cached]
+        [--concurrency 32] [--channels 4] [--repeats 3]
         [--duration 3] [--warmup 1] [--open-fraction 0.5] [--out benchmarks/results/levers]
 
 What it answers: what did each serving lever of issue #4 buy, measured in one run on
 a shared machine? Variants (:mod:`serve_variant` runs each):
 
 ``redis-py``    one process, asyncio loop, the state read through a redis-py pipeline
-``thin``        one process, asyncio loop, the thin client (:mod:`serving.redisread`)
+``uncached``    one process, asyncio loop, the thin client (:mod:`serving.redisread`)
+                without its client-side cache: Redis is read on every Recommend
+``thin``        ``uncached`` with the client-side cache on (the default)
 ``uvloop``      ``thin`` on uvloop
 ``p2``          ``thin`` as 2 processes sharing the port (SO_REUSEPORT)
 ``p2-uvloop``   ``p2`` on uvloop
@@ -76,6 +79,7 @@ class Variant:
     processes: int
     event_loop: str
     thin_reader: bool = True
+    state_cache: bool = True
 
     @property
     def floor(self) -> str:
@@ -85,7 +89,8 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("redis-py", 1, "asyncio", thin_reader=False),
+        Variant("redis-py", 1, "asyncio", thin_reader=False, state_cache=False),
+        Variant("uncached", 1, "asyncio", state_cache=False),
         Variant("thin", 1, "asyncio"),
         Variant("uvloop", 1, "uvloop"),
         Variant("p2", 2, "asyncio"),
@@ -176,6 +181,8 @@ def start_variant(v: Variant, artifacts: Path, redis_url: str, logs: Path) -> Si
     cmd += ["--processes", str(v.processes), "--event-loop", v.event_loop]
     if not v.thin_reader:
         cmd.append("--redis-py-read")
+    if not v.state_cache:
+        cmd += ["--state-cache-size", "0"]
     log = logs / f"{v.name}.log"
     process, target = start_side(v.name, cmd, "recsvc serving on", v.processes, log)
     pids = [process.pid] if v.processes == 1 else _spawned_children(process.pid)
@@ -290,6 +297,7 @@ def summary(
         "processes": v.processes,
         "event_loop": v.event_loop,
         "thin_reader": v.thin_reader,
+        "state_cache": v.state_cache and v.thin_reader,
         "qps": _med(s, "qps"),
         "floor_qps": _med(f, "qps"),
         "client_p50_ms": _med(s, "latency_ms/p50"),
@@ -339,14 +347,16 @@ def render(report: dict[str, Any]) -> str:
         report["command"],
         "```",
         "",
-        "| variant | procs | loop | thin read | req/s | floor req/s | ratio | server p50 ms "
-        "| client p99 ms | floor p99 ms | server CPU µs/req | floor CPU µs/req | other load |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | procs | loop | thin read | state cache | req/s | floor req/s | ratio "
+        "| server p50 ms | client p99 ms | floor p99 ms | server CPU µs/req "
+        "| floor CPU µs/req | other load |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in report["variants"].items():
         lines.append(
             f"| {name} | {s['processes']} | {s['event_loop']} "
             f"| {'yes' if s['thin_reader'] else 'no'} "
+            f"| {'yes' if s.get('state_cache') else 'no'} "
             f"| {f(s['qps'], ',.0f')} | {f(s['floor_qps'], ',.0f')} | {f(s.get('ratio'))} "
             f"| {f(s['server_p50_ms'], '.3f')} | {f(s['client_p99_ms'], '.1f')} "
             f"| {f(s['floor_p99_ms'], '.1f')} | {f(s['server_cpu_us_per_request'], ',.0f')} "

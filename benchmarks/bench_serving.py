@@ -632,6 +632,12 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         for (name, labels), value in diff.items()
         if name == "recsvc_user_vector_lookups_total" and value
     }
+    # reads of live state answered by the server's client-side cache, or by Redis
+    lookups |= {
+        f"state_cache_{dict(labels)['result']}": value
+        for (name, labels), value in diff.items()
+        if name == "recsvc_state_cache_lookups_total" and value
+    }
     strategies = {
         dict(labels)["strategy"]: value
         for (name, labels), value in diff.items()

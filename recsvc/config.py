@@ -249,6 +249,12 @@ class ServerSettings(_Section):
     """User vectors kept in process memory (0 = no in-process cache)."""
     lru_ttl_seconds: float = Field(default=30.0, gt=0.0)
     """How long an in-process vector is trusted before Redis is asked again."""
+    state_cache_size: int = Field(default=10_000, ge=0)
+    """Redis keys (user vectors, histories, sessions) whose values each process keeps,
+    invalidated by Redis's pushes as soon as another process or replica writes them
+    (server-assisted client-side caching, RESP3); 0 = read Redis on every Recommend."""
+    state_cache_seconds: float = Field(default=30.0, gt=0.0)
+    """Longest a kept Redis value answers without being read again."""
     history_max_events: int = Field(default=200, ge=1)
     """Recent events kept per user in Redis."""
     history_ttl_seconds: int = Field(default=90 * 24 * 3600, ge=60)

@@ -22,13 +22,15 @@ maintains them. The ``recsvc_*`` metrics are updated by the serving code itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Final
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from recsvc.events import EventType
 
@@ -259,9 +261,16 @@ class ServingMetrics:
         for event_type in EventType:
             self.events.labels(event_type=event_type.value)
 
+        self._registry = r
         self._lock = threading.Lock()
         # Replaced, never mutated, so model_version_label() reads it without the lock.
         self._model_versions: tuple[str, ...] = ()
+
+    def watch_state_cache(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Export ``recsvc_state_cache_lookups_total{result="hit|miss"}`` from
+        ``counts()`` = (hits, misses) of the live-state client-side cache, read at each
+        scrape (:class:`serving.redisread.RedisReader` counts them itself)."""
+        self._registry.register(_StateCacheCollector(counts))
 
     def initialize_grpc_methods(self, service: str, methods: Iterable[str]) -> None:
         """Create the ``grpc_server_*`` series of unary ``methods`` of ``service`` at 0,
@@ -291,6 +300,23 @@ class ServingMetrics:
         if not raw:
             return "unknown"
         return raw if raw in self._model_versions else "other"
+
+
+class _StateCacheCollector(Collector):
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        hits, misses = self._counts()
+        family = CounterMetricFamily(
+            "recsvc_state_cache_lookups",
+            "Recommend reads of live state from Redis, by whether the client-side cache "
+            "answered them (hit) or Redis did (miss).",
+            labels=("result",),
+        )
+        family.add_metric(("hit",), hits)
+        family.add_metric(("miss",), misses)
+        yield family
 
 
 class MetricsHTTPServer:

@@ -30,6 +30,23 @@ How it works:
   same single retry :func:`serving.state.async_client_from_url` configures).
 - Cancelling a call (a gRPC deadline) drops its future; its replies are read and
   discarded when they come, so the FIFO stays aligned.
+- Client-side cache (``cache_entries`` > 0): Redis's server-assisted client-side
+  caching. Each connection speaks RESP3 (``HELLO 3``) with ``CLIENT TRACKING ON``, so
+  Redis remembers which keys it read and pushes an ``invalidate`` message on that same
+  connection when one of them changes, expires, is evicted or flushed. Replies of
+  GET and LRANGE are kept, per key, for at most ``cache_seconds``, and a call whose
+  every command is kept is answered without Redis (and without a suspension). What
+  keeps it right:
+
+  * on one connection a reply and a later invalidation of its key arrive in order, so
+    an entry never outlives the next write to its key by more than the push's trip;
+  * a reply is kept only if no invalidation of its keys (pushed, or local through
+    :meth:`RedisReader.invalidate`, which this process's own writers call once their
+    write is done) came between sending the call and reading the reply: a read racing
+    a write is answered but not kept (the "in-progress" case of the Redis docs);
+  * a connection that fails or closes takes its tracking with it, so the whole cache
+    is dropped; a Redis that refuses ``HELLO 3`` or ``CLIENT TRACKING`` (older than 6,
+    or an ACL without CLIENT) is read without a cache.
 
 :meth:`RedisReader.for_client` builds one from an existing redis-py client's pool
 (same host, port or socket path, db, credentials, timeouts: the URL is parsed in one
@@ -42,7 +59,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import hiredis
@@ -50,6 +69,8 @@ import redis
 import redis.asyncio
 
 __all__ = ["RedisReader"]
+
+log = logging.getLogger(__name__)
 
 Command = tuple[Any, ...]
 
@@ -106,13 +127,29 @@ class _Call:
         self.replies: list[Any] = []
 
 
+Invalidate = Callable[[Iterable[str] | None], None]
+"""Drops cache entries: of these keys, or every one (None)."""
+
+_CACHEABLE: Final = frozenset({"GET", "LRANGE"})
+"""Read-only single-key commands (key second) whose replies the cache may keep."""
+
+
 class _Connection(asyncio.Protocol):
     """One Redis connection carrying pipelined calls (see the module docstring)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, where: str) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        where: str,
+        invalidate: Invalidate | None = None,
+    ) -> None:
         self._loop = loop
         self._timeout = timeout
         self._where = where
+        self._invalidate = invalidate
+        self.tracking = False
+        """True once Redis tracks the keys this connection reads (RESP3 pushes on)."""
         self._reader = hiredis.Reader(replyError=redis.ResponseError)
         self._transport: asyncio.Transport | None = None
         self._pending: collections.deque[_Call] = collections.deque()
@@ -143,6 +180,9 @@ class _Connection(asyncio.Protocol):
                 return
             if reply is False:  # no complete reply yet (RESP2 has no booleans)
                 return
+            if isinstance(reply, hiredis.PushNotification):
+                self._pushed(reply)
+                continue
             if not pending:
                 self._fail(redis.ConnectionError(f"Unexpected reply from Redis at {self._where}"))
                 return
@@ -153,6 +193,17 @@ class _Connection(asyncio.Protocol):
                 self.used = True
                 if not call.future.done():  # a cancelled caller's replies are dropped
                     call.future.set_result(call.replies)
+
+    def _pushed(self, push: list[Any]) -> None:
+        """A RESP3 push: ``invalidate`` with the changed keys, or None for all of them
+        (FLUSHALL, FLUSHDB, or a full tracking table)."""
+        if self._invalidate is None or not push or push[0] != b"invalidate":
+            return
+        keys = push[1] if len(push) > 1 else None
+        if keys is None:
+            self._invalidate(None)
+        else:
+            self._invalidate(k.decode("utf-8", "surrogateescape") for k in keys)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(redis.ConnectionError(f"Connection to Redis at {self._where} lost: {exc}"))
@@ -196,6 +247,10 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: redis.RedisError, *, abort: bool = True) -> None:
         """Fail every waiting call with ``exc`` and drop the connection."""
         self.alive = False
+        if self.tracking and self._invalidate is not None:
+            # Redis forgets what this connection read: nothing kept may be trusted
+            self.tracking = False
+            self._invalidate(None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -217,7 +272,10 @@ class RedisReader:
     """Pipelined reads over a few connections to one Redis (see the module docstring).
 
     Use it from one event loop. ``socket_timeout`` bounds the wait for a reply,
-    ``connect_timeout`` the connect and handshake.
+    ``connect_timeout`` the connect and handshake. ``cache_entries`` > 0 keeps that
+    many keys' replies in a client-side cache (LRU), each for at most
+    ``cache_seconds``; ``cache_hits`` and ``cache_misses`` count calls by whether the
+    cache answered them (calls with a command it cannot keep are not counted).
     """
 
     def __init__(
@@ -233,9 +291,13 @@ class RedisReader:
         socket_timeout: float = 0.05,
         connect_timeout: float | None = None,
         connections: int = 1,
+        cache_entries: int = 0,
+        cache_seconds: float = 30.0,
     ) -> None:
         if socket_timeout <= 0 or connections <= 0:
             raise ValueError("socket_timeout and connections must be positive")
+        if cache_entries < 0 or cache_seconds <= 0:
+            raise ValueError("cache_entries must be >= 0 and cache_seconds positive")
         self._host, self._port, self._path = host, port, path
         self._db, self._username, self._password = int(db), username, password
         self._client_name = client_name
@@ -246,9 +308,32 @@ class RedisReader:
         self._next = itertools.cycle(range(connections))
         self._closed = False
         self.where = path if path else f"{host}:{port}"
+        # client-side cache: key -> (stored at, command, reply), least recently used first
+        self._cache: collections.OrderedDict[str, tuple[float, Command, Any]] | None = (
+            collections.OrderedDict() if cache_entries else None
+        )
+        self._cache_entries = cache_entries
+        self._cache_seconds = float(cache_seconds)
+        self._epoch = 0
+        """Bumped by every invalidation; a call notes it when sent."""
+        self._flushed_at = 0
+        """Epoch of the last invalidation of every key."""
+        self._invalidated: dict[str, int] = {}
+        """Epoch of each key's last invalidation, kept while calls are in flight."""
+        self._in_flight = 0
+        self._refused_tracking = False
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     @classmethod
-    def for_client(cls, client: redis.asyncio.Redis, connections: int = 1) -> RedisReader | None:
+    def for_client(
+        cls,
+        client: redis.asyncio.Redis,
+        connections: int = 1,
+        *,
+        cache_entries: int = 0,
+        cache_seconds: float = 30.0,
+    ) -> RedisReader | None:
         """A reader for the Redis ``client`` talks to, or None if it cannot speak it
         (TLS, RESP3, a credential provider or another option it does not honour)."""
         pool = client.connection_pool
@@ -271,15 +356,26 @@ class RedisReader:
             socket_timeout=float(timeout),
             connect_timeout=float(kwargs.get("socket_connect_timeout") or timeout),
             connections=connections,
+            cache_entries=cache_entries,
+            cache_seconds=cache_seconds,
         )
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Replies of ``commands``, sent together, in order.
+        """Replies of ``commands``, sent together, in order (from the cache when it
+        holds every one of them).
 
         Raises :class:`redis.ResponseError` for an error reply (the first one),
         :class:`redis.ConnectionError` or :class:`redis.TimeoutError` when Redis
         cannot be reached or does not answer in time.
         """
+        cache = self._cache
+        cacheable = cache is not None and all(c[0] in _CACHEABLE for c in commands)
+        if cacheable:
+            kept = self._cached(commands)
+            if kept is not None:
+                self.cache_hits += 1
+                return kept
+            self.cache_misses += 1
         packed = [hiredis.pack_command(c) for c in commands]
         slot = next(self._next)
         conn = self._slots[slot]
@@ -288,20 +384,78 @@ class RedisReader:
             fresh = True
         else:
             fresh = False
+        sent_at = self._epoch
+        self._in_flight += 1
         try:
-            replies = await conn.send(packed)
-        except redis.TimeoutError:
-            raise
-        except redis.ConnectionError:
-            if fresh or conn.used is False:
+            try:
+                replies = await conn.send(packed)
+            except redis.TimeoutError:
                 raise
-            # a pooled socket Redis closed meanwhile: once more, on a new connection
-            conn = await self._connection(slot)
-            replies = await conn.send(packed)
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
+            except redis.ConnectionError:
+                if fresh or conn.used is False:
+                    raise
+                # a pooled socket Redis closed meanwhile: once more, on a new connection
+                conn = await self._connection(slot)
+                replies = await conn.send(packed)
+            for reply in replies:
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+            if cacheable and conn.tracking:
+                self._keep(commands, replies, sent_at)
+            return replies
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._invalidated.clear()
+
+    def invalidate(self, keys: Iterable[str] | None = None) -> None:
+        """Drop what the cache holds for ``keys`` (every key if None), and keep replies
+        in flight for them out of it. Writers call this once their write is done, so
+        this process reads its own writes without waiting for Redis's push."""
+        cache = self._cache
+        if cache is None:
+            return
+        self._epoch += 1
+        if keys is None:
+            cache.clear()
+            self._flushed_at = self._epoch
+            return
+        for key in keys:
+            cache.pop(key, None)
+            if self._in_flight:
+                self._invalidated[key] = self._epoch
+
+    def _cached(self, commands: Sequence[Command]) -> list[Any] | None:
+        """Every command's kept reply, or None if one is missing or too old."""
+        cache = self._cache
+        assert cache is not None
+        oldest = time.monotonic() - self._cache_seconds
+        replies = []
+        for command in commands:
+            entry = cache.get(command[1])
+            if entry is None or entry[0] < oldest or entry[1] != command:
+                return None
+            replies.append(entry[2])
+        for command in commands:
+            cache.move_to_end(command[1])
         return replies
+
+    def _keep(self, commands: Sequence[Command], replies: list[Any], sent_at: int) -> None:
+        """Keep the replies of a call sent at epoch ``sent_at`` unless one of its keys
+        was invalidated since (the reply may predate the write that invalidated it)."""
+        cache = self._cache
+        assert cache is not None
+        if self._flushed_at > sent_at:
+            return
+        invalidated = self._invalidated
+        if invalidated and any(invalidated.get(c[1], -1) > sent_at for c in commands):
+            return
+        now = time.monotonic()
+        for command, reply in zip(commands, replies, strict=True):
+            cache[command[1]] = (now, command, reply)
+            cache.move_to_end(command[1])
+        while len(cache) > self._cache_entries:
+            cache.popitem(last=False)
 
     async def _connection(self, slot: int) -> _Connection:
         async with self._locks[slot]:
@@ -316,7 +470,8 @@ class RedisReader:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(loop, self._timeout, self.where)
+        caching = self._cache is not None
+        conn = _Connection(loop, self._timeout, self.where, self.invalidate if caching else None)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if self._path:
@@ -338,6 +493,8 @@ class RedisReader:
                     for reply in replies:
                         if isinstance(reply, redis.ResponseError):
                             raise _handshake_error(reply)
+                if caching:
+                    await self._track(conn)
         except TimeoutError as exc:
             conn.close()
             raise redis.TimeoutError(f"Timeout connecting to Redis at {self.where}") from exc
@@ -351,6 +508,24 @@ class RedisReader:
             raise
         conn.used = False
         return conn
+
+    async def _track(self, conn: _Connection) -> None:
+        """Switch ``conn`` to RESP3 with key tracking; leave it uncached (and say so
+        once) if Redis refuses either."""
+        steps: tuple[Command, ...] = (("HELLO", 3), ("CLIENT", "TRACKING", "ON"))
+        for command in steps:
+            (reply,) = await conn.send([hiredis.pack_command(command)])
+            if isinstance(reply, redis.ResponseError):
+                if not self._refused_tracking:
+                    self._refused_tracking = True
+                    log.warning(
+                        "Redis at %s refused %s (%s): reading without a client-side cache",
+                        self.where,
+                        " ".join(map(str, command)),
+                        reply,
+                    )
+                return
+        conn.tracking = True
 
     async def aclose(self) -> None:
         """Close every connection; calls waiting on them fail with ConnectionError."""

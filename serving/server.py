@@ -138,7 +138,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     owned.append(client)
     # the hot read (vector + history + session of each Recommend) over a thin pipelined
     # client; None for URLs it does not speak (TLS, RESP3), which stay on redis-py
-    reader = RedisReader.for_client(client)
+    reader = RedisReader.for_client(
+        client, cache_entries=s.state_cache_size, cache_seconds=s.state_cache_seconds
+    )
     if reader is not None:
         owned.append(reader)
     state = LiveState(
@@ -156,6 +158,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
 
     registry = CollectorRegistry()
     metrics = ServingMetrics(registry)
+    if reader is not None and s.state_cache_size:
+        metrics.watch_state_cache(lambda: (reader.cache_hits, reader.cache_misses))
     health_servicer = health.aio.HealthServicer()
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()  # keep references: the loop holds tasks weakly

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, cast
 
@@ -242,7 +242,10 @@ class LiveState:
     With a ``reader`` (:class:`serving.redisread.RedisReader` on the same Redis),
     :meth:`get_user_state`, the read of every Recommend, goes through it instead of a
     redis-py pipeline (same replies, a fifth of the client CPU); everything else
-    stays on ``client``. The caller owns the reader and closes it.
+    stays on ``client``. The caller owns the reader and closes it. If the reader keeps
+    a client-side cache, every write here invalidates the keys it touched once it is
+    done, so a Recommend after a RecordEvents of this process sees the event even
+    before Redis's invalidation push arrives.
     """
 
     def __init__(
@@ -304,8 +307,11 @@ class LiveState:
         if not np.isfinite(vector).all():
             raise DataError(f"vector for model {model_version} contains NaN or infinity")
         value = encode_vector(vector)
-        with translated_errors("writing a user vector"):
-            await self._client.set(key, value, ex=self.vector_ttl_seconds)
+        try:
+            with translated_errors("writing a user vector"):
+                await self._client.set(key, value, ex=self.vector_ttl_seconds)
+        finally:
+            self._written([key])
 
     async def get_user_state(
         self, model_version: str, user_id: str, session_id: str, factors: int
@@ -392,7 +398,10 @@ class LiveState:
                     ("ZREMRANGEBYSCORE", index, "-inf", f"({now - 2 * ttl}"),
                     ("EXPIRE", index, ttl),
                 ]
-        await self._pipeline(commands, "recording events", transaction=True)
+        try:
+            await self._pipeline(commands, "recording events", transaction=True)
+        finally:
+            self._written(dict.fromkeys(c[1] for c in commands))
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
         """Delete everything held for ``user_id`` at once (ForgetUser).
@@ -423,7 +432,10 @@ class LiveState:
                             if keys:  # UNLINK needs at least one key
                                 pipe.execute_command("UNLINK", *keys)
                         pipe.execute_command("UNLINK", hist, index)
-                        replies = iter(await pipe.execute())
+                        try:
+                            replies = iter(await pipe.execute())
+                        finally:
+                            self._written([*vectors, *sessions, hist, index])
                     except redis.WatchError:
                         continue
                     n_history = int(next(replies))
@@ -433,6 +445,12 @@ class LiveState:
         raise StoreError(
             f"forgetting a user failed: sessions kept changing over {_FORGET_ATTEMPTS} attempts"
         )
+
+    def _written(self, keys: Iterable[str]) -> None:
+        """After a write to ``keys`` (done, failed or unknown): the reader's client-side
+        cache must not answer from what it held for them."""
+        if self._reader is not None:
+            self._reader.invalidate(keys)
 
     async def _pipeline(
         self, commands: list[tuple[Any, ...]], action: str, *, transaction: bool

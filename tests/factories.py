@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import redis.asyncio
 
 from recsvc.config import Settings, load_settings
+from serving.redisread import RedisReader
+from serving.state import LiveState, async_client_from_url
 
 DAY = 86_400
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -63,3 +68,35 @@ def small_settings(tmp_path: object = None, **overrides: object) -> Settings:
         base["artifact_root"] = f"{tmp_path}/artifacts"
     base.update(overrides)
     return load_settings(None, **base)
+
+
+def live_state(
+    client: redis.asyncio.Redis, prefix: str = "p", reader: RedisReader | None = None
+) -> LiveState:
+    """A LiveState with small bounds (5 history events, 3 session events, 60 s TTLs)."""
+    return LiveState(
+        client,
+        prefix=prefix,
+        history_max_events=5,
+        history_ttl_seconds=60,
+        session_max_events=3,
+        session_ttl_seconds=60,
+        vector_ttl_seconds=60,
+        reader=reader,
+    )
+
+
+@contextlib.asynccontextmanager
+async def redis_reader(
+    url: str, timeout: float = 5.0, connections: int = 1, **cache: Any
+) -> AsyncIterator[RedisReader]:
+    """A :class:`RedisReader` on ``url`` (``cache``: its client-side cache options),
+    closed with its redis-py client on exit."""
+    client = async_client_from_url(url, socket_timeout=timeout)
+    reader = RedisReader.for_client(client, connections=connections, **cache)
+    assert reader is not None
+    try:
+        yield reader
+    finally:
+        await reader.aclose()
+        await client.aclose()

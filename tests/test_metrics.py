@@ -203,3 +203,16 @@ def test_metrics_endpoint_serves_the_registry_on_a_free_port_and_stops() -> None
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     server.shutdown()  # idempotent
+
+
+def test_state_cache_lookups_are_read_from_the_reader_at_each_scrape() -> None:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(registry)
+    counts = [3, 1]
+    metrics.watch_state_cache(lambda: (counts[0], counts[1]))
+    name = "recsvc_state_cache_lookups_total"
+    assert registry.get_sample_value(name, {"result": "hit"}) == 3
+    counts[:] = [7, 2]
+    assert registry.get_sample_value(name, {"result": "hit"}) == 7
+    assert registry.get_sample_value(name, {"result": "miss"}) == 2
+    assert _families(registry)["recsvc_state_cache_lookups"] == ("counter", {"result"})

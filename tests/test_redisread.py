@@ -9,7 +9,7 @@ import random
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio
+from factories import live_state
+from factories import redis_reader as _reader
 
 from recsvc.errors import StoreError
 from recsvc.events import EventType
@@ -43,20 +45,6 @@ def _silent_server() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         yield int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def _reader(
-    url: str, timeout: float = 5.0, connections: int = 1
-) -> AsyncIterator[RedisReader]:
-    client = async_client_from_url(url, socket_timeout=timeout)
-    reader = RedisReader.for_client(client, connections=connections)
-    assert reader is not None
-    try:
-        yield reader
-    finally:
-        await reader.aclose()
-        await client.aclose()
 
 
 def _fill(client: redis.Redis, prefix: str, users: int) -> None:
@@ -305,16 +293,7 @@ def test_live_state_reads_the_same_through_the_reader(
     )
 
     def state(client: redis.asyncio.Redis, reader: RedisReader | None) -> LiveState:
-        return LiveState(
-            client,
-            prefix=redis_prefix,
-            history_max_events=5,
-            history_ttl_seconds=60,
-            session_max_events=3,
-            session_ttl_seconds=60,
-            vector_ttl_seconds=60,
-            reader=reader,
-        )
+        return live_state(client, redis_prefix, reader)
 
     async def body() -> None:
         client = async_client_from_url(redis_url, socket_timeout=5.0)
@@ -343,16 +322,7 @@ def test_live_state_translates_reader_errors() -> None:
     async def body() -> None:
         client = async_client_from_url(f"redis://127.0.0.1:{_closed_port()}", socket_timeout=0.05)
         reader = RedisReader.for_client(client)
-        state = LiveState(
-            client,
-            prefix="p",
-            history_max_events=5,
-            history_ttl_seconds=60,
-            session_max_events=3,
-            session_ttl_seconds=60,
-            vector_ttl_seconds=60,
-            reader=reader,
-        )
+        state = live_state(client, reader=reader)
         try:
             with pytest.raises(StoreError) as caught:
                 await state.get_user_state("v1", "u", "s", FACTORS)

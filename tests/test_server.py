@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from factories import small_settings
+from factories import live_state, small_settings
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -20,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_harness import ServerThread, publish_block_model
 
 from recsvc.client import RecommenderClient
+from recsvc.events import EventType
 from recsvc.v1 import recommender_pb2 as pb
+from serving.state import StoredEvent, async_client_from_url
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +290,34 @@ def test_erasure_by_another_replica_takes_effect_here(
         time.sleep(0.1)
     ignored = client.record_events([client.event("g0i01", user_id=user)]).ignored_events
     assert [e.reason for e in ignored] == [pb.IGNORE_REASON_ERASED_USER]
+
+
+def test_an_event_recorded_through_another_replica_shows_in_the_next_answer(
+    client: RecommenderClient, redis_url: str, redis_prefix: str, server: ServerThread
+) -> None:
+    # this replica has read the (empty) session: its client-side cache holds it
+    for _ in range(3):
+        assert client.recommend(session_id="s-9", k=5).strategy == pb.STRATEGY_POPULAR
+    port = server.running.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    hits = {
+        s.labels["result"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "recsvc_state_cache_lookups"
+        for s in f.samples
+    }
+    assert hits["hit"] >= 2 and hits["miss"] >= 1
+
+    async def other_replica_records() -> None:
+        other = async_client_from_url(redis_url, socket_timeout=5.0)
+        state = live_state(other, redis_prefix)
+        now = int(time.time())
+        events = [StoredEvent(i, EventType.VIEW, now) for i in ("g1i01", "g1i02", "g1i05")]
+        await state.record("", "s-9", events)
+        await other.aclose()
+
+    asyncio.run(other_replica_records())
+    # no waiting: Redis pushed the invalidation before it answered that write
+    after = client.recommend(session_id="s-9", k=5)
+    assert after.strategy == pb.STRATEGY_SESSION
+    assert all(n.startswith("g1") for n in names(after))
