@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: install proto data train eval eval-retail eval-tafeng eval-diginetica eval-all serve demo test test-fast lint format bench-train clean help
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -94,9 +94,24 @@ clean:  ## remove generated data, artifacts and reports (not .venv)
 bench-index: $(STAMP)  ## index sweep (exact, HNSW, IVF, implicit) on trained ALS factors, 100k and 1M items
 	$(PY) benchmarks/bench_index.py --shops 100k 1m 100k-zipf1 --out benchmarks/results/index
 
-.PHONY: bench-quick bench-serving
+.PHONY: bench bench-quick bench-serving bench-serving-1m bench-report
 bench-quick: $(STAMP)  ## serving smoke benchmark, 100k items, < 3 min -> benchmarks/results/quick/summary.json
 	$(PY) benchmarks/bench_serving.py --quick --out benchmarks/results/quick
 
 bench-serving: $(STAMP)  ## recsvc serve vs the no-op gRPC floor, 10k and 100k items (~20 min)
 	$(PY) benchmarks/bench_serving.py --catalogues 10000 100000 --out benchmarks/results/serving
+
+bench-serving-1m: $(STAMP)  ## the same at 1M items (20M events), concurrency 32, 3 repeats (~12 min) -> benchmarks/results/serving-1m
+	$(PY) benchmarks/bench_serving.py --catalogues 1000000 --concurrency 32 --repeats 3 \
+		--out benchmarks/results/serving-1m
+
+bench-report: $(STAMP)  ## the results' headline figures beside their targets -> benchmarks/results/README.md
+	$(PY) benchmarks/report.py
+
+# One after another, never in parallel (even under make -j): they share the cores.
+bench: $(STAMP)  ## every benchmark (index, train, serving, serving-1m; ~47 min as recorded, more the first time) + bench-report
+	$(MAKE) bench-index
+	$(MAKE) bench-train
+	$(MAKE) bench-serving
+	$(MAKE) bench-serving-1m
+	$(MAKE) bench-report

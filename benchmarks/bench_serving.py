@@ -25,9 +25,10 @@ each fold-in user, who has no vector anywhere.
 
 Scenarios (every request is built up front, serialized once, cycled in order):
 
-``cached``       known user whose vector is published in Redis, the server's LRU warmed
-                 (a pool of 2,000 trained users, each asked for before measuring; the
-                 server's counters tell which layer answered), k = 10
+``cached``       known user whose vector is published in Redis, the server's LRU and
+                 client-side state cache warmed (a pool of 2,000 trained users, each
+                 asked for before measuring, nobody writing meanwhile; the server's
+                 counters tell which layer answered), k = 10
 ``cached_k100``  the same, k = 100 (the floor then answers 100 items too)
 ``foldin``       known user with live history in Redis but no vector: the server
                  folds the history in and writes the vector back, so each request
@@ -111,7 +112,7 @@ TARGETS = {
 }
 
 SCENARIOS: dict[str, str] = {
-    "cached": "known user, vector published in Redis, LRU warmed, k=10",
+    "cached": "known user, vector in Redis, LRU and client-side state cache warmed, k=10",
     "cached_k100": "known user, vector cached, k=100",
     "foldin": "known user, live history, no vector (fold-in + write-back), k=10",
     "session": "anonymous, 5 inline session events, no session id, k=10",
