@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_train.py --sizes 1000000 10000000 --repeats 3 \\
+        [--retail ../shared/data/online_retail_ii.csv.gz] \\
         --out benchmarks/results/train [--workdir /tmp/recsvc-bench] \\
         [--factors 64 --iterations 15]
 
@@ -10,16 +11,18 @@ Method
 ------
 For every size a synthetic shop (:func:`training.synth.generate`, fixed seed) is
 written once under ``--workdir`` and reused by later runs with the same config; the
-generation is not timed. Then two measurements alternate ``--repeats`` times
-(A B A B ...), so drift and noise from other work on the machine hit both:
+generation is not timed. With ``--retail PATH`` the Online Retail II export is a
+further dataset, read as it is (``--format online-retail``, no catalogue). On each
+dataset two measurements alternate ``--repeats`` times (A B A B ...), so drift and
+noise from other work on the machine hit both:
 
 A. **recsvc train**, exactly as a user runs it:
-   ``recsvc -q train --events E --catalog C --artifacts <fresh dir> --factors F
-   --iterations I``. Wall time is taken around the process (interpreter start and
-   imports included); the step timings the trainer stores in the artifact's
-   ``manifest.json`` ("timings") are recorded too.
+   ``recsvc -q train --events E [--format online-retail] [--catalog C] --artifacts
+   <fresh dir> --factors F --iterations I``. Wall time is taken around the process
+   (interpreter start and imports included); the step timings the trainer stores in
+   the artifact's ``manifest.json`` ("timings") are recorded too.
 B. **bare implicit**, this script re-run as a child (``bare`` mode): read the events
-   with recsvc's loader and build the same CSR with
+   with recsvc's loader (same layout) and build the same CSR with
    :func:`training.interactions.build_interactions` (both timed apart, as "load" and
    "build"), then time only the fit -- ``AlternatingLeastSquares(factors,
    regularization, alpha=1.0, iterations, random_state, use_cg=True)`` on the
@@ -35,7 +38,7 @@ Environment variables ``RECSVC_*`` are removed from the children so both sides u
 the default settings plus the flags above. The 1-minute load average before each run
 is kept: the machine may be shared, and CPU time is the number contention moves least.
 
-Per size the script also records the bytes of the CSR matrix the fit sees
+Per dataset the script also records the bytes of the CSR matrix the fit sees
 (data + indices + indptr) and of the factor matrices, so peak RSS can be read as a
 multiple of "CSR + factors"; the peak RSS of a process that only imports recsvc; and
 (unless ``--no-breakdown``) one extra ``steps`` run, not part of the medians:
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import resource
@@ -195,12 +199,32 @@ def median(values: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class Shop:
-    """A generated synthetic shop on disk."""
+    """A dataset on disk: a generated synthetic shop, or a real export."""
 
-    n_events: int
+    label: str
+    """Column header in the report."""
+    note: str
+    """What the data is, for the report."""
     events: Path
-    catalog: Path
+    catalog: Path | None
     summary: dict[str, Any]
+    format: str = "events"
+    """``recsvc train --format``."""
+    n_events: int | None = None
+    """Events asked of the generator (synthetic shops only)."""
+
+    def data_flags(self) -> list[str]:
+        return data_flags(self.events, self.format, self.catalog)
+
+
+def data_flags(events: Path, layout: str, catalog: Path | None) -> list[str]:
+    """The data flags of ``recsvc train``; the ``bare`` / ``steps`` children take them too."""
+    flags = ["--events", str(events)]
+    if layout != "events":
+        flags += ["--format", layout]
+    if catalog is not None:
+        flags += ["--catalog", str(catalog)]
+    return flags
 
 
 def ensure_shop(n_events: int, workdir: Path) -> Shop:
@@ -215,17 +239,33 @@ def ensure_shop(n_events: int, workdir: Path) -> Shop:
         folder / "synth.json",
     )
     wanted = asdict(config)
+    label = f"{n_events:,} events"
+    note = f"synthetic shop with a catalogue (`training.synth`, seed {SEED})"
     if events.exists() and catalog.exists() and stamp.exists():
         saved = json.loads(stamp.read_text())
         if saved.get("config") == wanted:
-            print(f"[{n_events:,}] reusing {events}", flush=True)
-            return Shop(n_events, events, catalog, saved["summary"])
+            print(f"[{label}] reusing {events}", flush=True)
+            return Shop(label, note, events, catalog, saved["summary"], n_events=n_events)
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"[{n_events:,}] generating {events} ...", flush=True)
+    print(f"[{label}] generating {events} ...", flush=True)
     summary = generate(config, events, catalog)
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(summary).items()}
     stamp.write_text(json.dumps({"config": wanted, "summary": info}, indent=2) + "\n")
-    return Shop(n_events, events, catalog, info)
+    return Shop(label, note, events, catalog, info, n_events=n_events)
+
+
+def retail_shop(path: Path) -> Shop:
+    """The UCI Online Retail II export, read by recsvc as it is (no catalogue)."""
+    events = path.resolve()
+    if not events.is_file():
+        raise SystemExit(f"--retail: no file {path}")
+    note = (
+        f"the UCI export as published (`{path}`), read with `--format online-retail` "
+        "(its cleaning: no cancellations, returns or non-product lines; guest lines count "
+        "towards popularity only), no catalogue"
+    )
+    summary = {"bytes": events.stat().st_size}
+    return Shop("Online Retail II", note, events, None, summary, format="online-retail")
 
 
 # --------------------------------------------------------------------------- the two sides
@@ -237,10 +277,7 @@ def recsvc_command(shop: Shop, artifacts: Path, factors: int, iterations: int) -
         str(Path(sys.executable).parent / "recsvc"),
         "-q",
         "train",
-        "--events",
-        str(shop.events),
-        "--catalog",
-        str(shop.catalog),
+        *shop.data_flags(),
         "--artifacts",
         str(artifacts),
         "--factors",
@@ -264,7 +301,10 @@ def run_recsvc(shop: Shop, workdir: Path, factors: int, iterations: int) -> dict
         **asdict(m),
         "timings": timings,
         "unrecorded_seconds": m.wall_seconds - sum(timings.values()),
-        "data": {k: manifest["data"][k] for k in ("events", "users", "items", "interactions")},
+        "data": {
+            k: manifest["data"][k]
+            for k in ("events", "guest_events", "users", "items", "interactions")
+        },
         "index_kind": manifest["index"]["kind"],
         "index_recall": manifest["index"]["recall"],
     }
@@ -284,10 +324,7 @@ def child_command(mode: str, shop: Shop, result: Path, factors: int, iterations:
         sys.executable,
         str(Path(__file__).resolve()),
         mode,
-        "--events",
-        str(shop.events),
-        "--catalog",
-        str(shop.catalog),
+        *shop.data_flags(),
         "--factors",
         str(factors),
         "--iterations",
@@ -355,7 +392,7 @@ def bare_index(item_factors: NDArray[np.float32], settings: IndexSettings) -> st
     return kind
 
 
-def child_bare(events: Path, factors: int, iterations: int) -> dict[str, Any]:
+def child_bare(events: Path, layout: str, factors: int, iterations: int) -> dict[str, Any]:
     """Load, build the CSR, then time the bare fit and the index build apart."""
     import numpy as np
     from implicit.cpu.als import AlternatingLeastSquares
@@ -367,7 +404,7 @@ def child_bare(events: Path, factors: int, iterations: int) -> dict[str, Any]:
 
     als = ALSSettings(factors=factors, iterations=iterations)
     t = time.perf_counter()
-    table, _ = load_events(events)
+    table, _ = load_events(events, format=layout)  # type: ignore[arg-type]
     load = time.perf_counter() - t
     table_bytes = int(table.nbytes)
 
@@ -438,7 +475,9 @@ def _self_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child_steps(events: Path, catalog: Path, factors: int, iterations: int) -> dict[str, Any]:
+def child_steps(
+    data_flags: list[str], workdir: Path, factors: int, iterations: int
+) -> dict[str, Any]:
     """``recsvc train`` in-process with timers on the pipeline's steps."""
     t = time.perf_counter()
     from recsvc.cli import main
@@ -452,12 +491,12 @@ def child_steps(events: Path, catalog: Path, factors: int, iterations: int) -> d
         owner = getattr(pipeline, owner_name) if owner_name else pipeline
         wrapped = clock.wrap(name, getattr(owner, attr))
         setattr(owner, attr, staticmethod(wrapped) if owner_name else wrapped)
-    artifacts = Path(tempfile.mkdtemp(prefix="artifacts-steps-", dir=events.parent))
+    artifacts = Path(tempfile.mkdtemp(prefix="artifacts-steps-", dir=workdir))
     try:
         t = time.perf_counter()
         code = main(
             [
-                *("-q", "train", "--events", str(events), "--catalog", str(catalog)),
+                *("-q", "train", *data_flags),
                 *("--artifacts", str(artifacts), "--factors", str(factors)),
                 *("--iterations", str(iterations)),
             ]
@@ -477,14 +516,14 @@ def child_steps(events: Path, catalog: Path, factors: int, iterations: int) -> d
     }
 
 
-# --------------------------------------------------------------------------- one size
+# --------------------------------------------------------------------------- one dataset
 
 
 @dataclass
 class SizeResult:
-    """Everything measured for one shop size."""
+    """Everything measured on one dataset (a synthetic shop size, or Online Retail II)."""
 
-    n_events: int
+    label: str
     shop: dict[str, Any]
     commands: dict[str, str]
     recsvc: list[dict[str, Any]] = field(default_factory=list)
@@ -493,26 +532,31 @@ class SizeResult:
     imports_only: dict[str, Any] = field(default_factory=dict)
 
 
-def bench_size(n_events: int, args: argparse.Namespace) -> SizeResult:
-    """Generate (once), then alternate recsvc train and the bare fit ``repeats`` times."""
+def bench_size(shop: Shop, args: argparse.Namespace) -> SizeResult:
+    """Alternate recsvc train and the bare fit ``repeats`` times on ``shop``."""
     workdir: Path = args.workdir
-    shop = ensure_shop(n_events, workdir)
     example = recsvc_command(shop, workdir / "artifacts-XXXX", args.factors, args.iterations)
     bare_cmd = child_command("bare", shop, workdir / "bare.json", args.factors, args.iterations)
     res = SizeResult(
-        n_events,
-        {"events": str(shop.events), "catalog": str(shop.catalog), **shop.summary},
+        shop.label,
+        {
+            "events": str(shop.events),
+            "catalog": str(shop.catalog) if shop.catalog else None,
+            "format": shop.format,
+            "note": shop.note,
+            **shop.summary,
+        },
         {"recsvc": shlex.join(example), "bare": shlex.join(bare_cmd)},
     )
     res.imports_only = imports_only(workdir)
     for r in range(args.repeats):
         res.recsvc.append(run_recsvc(shop, workdir, args.factors, args.iterations))
-        print(f"[{n_events:,}] #{r + 1} recsvc {_brief(res.recsvc[-1])}", flush=True)
+        print(f"[{shop.label}] #{r + 1} recsvc {_brief(res.recsvc[-1])}", flush=True)
         res.bare.append(run_bare(shop, workdir, args.factors, args.iterations))
-        print(f"[{n_events:,}] #{r + 1} bare   {_brief(res.bare[-1])}", flush=True)
+        print(f"[{shop.label}] #{r + 1} bare   {_brief(res.bare[-1])}", flush=True)
     if args.breakdown:
         res.steps = run_steps(shop, workdir, args.factors, args.iterations)
-        print(f"[{n_events:,}] steps  {_brief(res.steps)}", flush=True)
+        print(f"[{shop.label}] steps  {_brief(res.steps)}", flush=True)
     _check_same_matrix(res)
     return res
 
@@ -553,6 +597,7 @@ def summarise(res: SizeResult) -> dict[str, Any]:
         "recsvc": rec,
         "bare": bare,
         "matrix": matrix,
+        "data": res.recsvc[0]["data"],
         "index_kind": res.bare[0]["index_kind"],
         "index_recall": res.recsvc[0]["index_recall"],
         "imports_only": res.imports_only,
@@ -590,9 +635,11 @@ def _n(x: float) -> str:
 
 
 Row = tuple[str, str, Callable[[float], str]]
-"""Table row: label, dotted path into a size's ``median`` summary, formatter."""
+"""Table row: label, dotted path into a dataset's ``median`` summary, formatter."""
 
 MAIN_ROWS: tuple[Row, ...] = (
+    ("events kept by the loader", "data/events", _n),
+    ("of which guest events (popularity only)", "data/guest_events", _n),
     ("users", "matrix/users", _n),
     ("items", "matrix/items", _n),
     ("interactions (CSR nnz)", "matrix/nnz", _n),
@@ -643,9 +690,9 @@ def _get(tree: dict[str, Any], path: str) -> Any:
 
 
 def _table(sizes: list[dict[str, Any]], rows: Sequence[Row], root: str = "median") -> list[str]:
-    """Markdown table, one column per size; ``-`` where a value is missing."""
+    """Markdown table, one column per dataset; ``-`` where a value is missing."""
     lines = [
-        "| | " + " | ".join(f"{s['n_events']:,} events" for s in sizes) + " |",
+        "| | " + " | ".join(s["dataset"] for s in sizes) + " |",
         "|---|" + "---:|" * len(sizes),
     ]
     for label, path, fmt in rows:
@@ -688,6 +735,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
     runs = ", ".join(f"{len(s['recsvc_runs'])}" for s in sizes)
     kinds = ", ".join(f"{s['median']['index_kind']}" for s in sizes)
+    data = "; ".join(f"**{s['dataset']}**: {s['shop']['note']}" for s in sizes)
     manifest_rows, step_rows = _step_rows(sizes)
     lines = [
         "# `recsvc train` vs a bare implicit fit",
@@ -707,9 +755,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"ALS: {c['factors']} factors, {c['iterations']} iterations, regularization "
         f"{c['regularization']}, alpha {c['alpha']} (inside the confidences; implicit's "
         "alpha = 1), CG solver, BLAS limited to 1 thread, implicit threads = cores. "
-        f"Index kinds: {kinds}. Synthetic shops with seed {SEED}. Medians of {runs} "
-        "alternating runs per size; every raw value is in `results.json`. Ratios are "
-        "ratios of medians.",
+        f"Index kinds: {kinds}. Medians of {runs} alternating runs per dataset; every raw "
+        "value is in `results.json`. Ratios are ratios of medians.",
+        "",
+        f"Data (one column each): {data}.",
         "",
         "## Time and memory (medians)",
         "",
@@ -722,7 +771,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if any(s.get("steps") for s in sizes):
         lines += [
             "",
-            "## Step breakdown (one instrumented in-process `recsvc train` per size)",
+            "## Step breakdown (one instrumented in-process `recsvc train` per dataset)",
             "",
             *_table(sizes, step_rows, root="steps"),
         ]
@@ -734,13 +783,16 @@ METHOD_NOTES = [
     "",
     "## Method",
     "",
-    "- `recsvc train` runs as a user runs it (`recsvc -q train --events --catalog "
-    "--artifacts <fresh dir> --factors --iterations`); its wall time includes interpreter "
+    "- `recsvc train` runs as a user runs it (`recsvc -q train --events [--format "
+    "online-retail] [--catalog] --artifacts <fresh dir> --factors --iterations`; the "
+    "synthetic shops have a catalogue, Online Retail II is read as published with no "
+    "catalogue); its wall time includes interpreter "
     "start and imports. The manifest's `timings` are the trainer's own step clocks; "
     "`write_seconds` is added after the manifest is written, so it never appears there "
     "(see the step breakdown instead).",
     "- The bare side is `benchmarks/bench_train.py bare ...` in a fresh process: "
-    "`training.loading.load_events` (load), `training.interactions.build_interactions` and "
+    "`training.loading.load_events` with the same layout (load), "
+    "`training.interactions.build_interactions` and "
     "`1 + alpha * w` (build), then `AlternatingLeastSquares(...).fit` under "
     "`threadpool_limits(1, 'blas')` (fit) and the FAISS index of the kind recsvc picks for "
     "that many items, built with FAISS directly (index). It drops the event table before "
@@ -750,7 +802,8 @@ METHOD_NOTES = [
     "its `ru_maxrss` and CPU time with `os.wait4` (a child inherits the RSS high-water "
     "mark of the process it was forked from, so the wrapper keeps that floor near 10 MB). "
     "Runs alternate recsvc, bare, recsvc, bare, ...; the synthetic files are generated "
-    "once (untimed) and are in the page cache for every run. The machine is shared: "
+    "once (untimed) and, like the Online Retail II file, are in the page cache for every "
+    "run. The machine is shared: "
     "compare CPU times and the load averages when wall times disagree.",
     "- The step breakdown is one extra in-process `recsvc train` with timers wrapped around "
     "`training.pipeline` functions; it is not one of the timed repeats.",
@@ -767,8 +820,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Time recsvc train against a bare implicit fit of the same matrix."
     )
-    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs per size")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[1_000_000, 10_000_000],
+        help="synthetic shop sizes in events (none: only --retail)",
+    )
+    p.add_argument(
+        "--retail",
+        type=Path,
+        metavar="PATH",
+        help="also benchmark on the Online Retail II export at PATH, read with "
+        "--format online-retail (e.g. ../shared/data/online_retail_ii.csv.gz)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per dataset")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/train"))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/recsvc-bench"))
     p.add_argument("--factors", type=int, default=ALSSettings().factors)
@@ -777,18 +843,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--no-breakdown",
         dest="breakdown",
         action="store_false",
-        help="skip the extra instrumented run per size",
+        help="skip the extra instrumented run per dataset",
     )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if not args.sizes and args.retail is None:
+        p.error("nothing to run: give --sizes or --retail")
     return args
 
 
 def parse_child_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_train.py " + argv[0])
     p.add_argument("--events", type=Path, required=True)
-    p.add_argument("--catalog", type=Path, required=True)
+    p.add_argument("--format", default="events", choices=("events", "online-retail"))
+    p.add_argument("--catalog", type=Path)
     p.add_argument("--factors", type=int, required=True)
     p.add_argument("--iterations", type=int, required=True)
     p.add_argument("--result", type=Path, required=True)
@@ -799,9 +868,10 @@ def run_child(argv: Sequence[str]) -> int:
     """Entry of the measured children (``bare`` / ``steps``): result JSON to --result."""
     a = parse_child_args(argv)
     if argv[0] == "bare":
-        out = child_bare(a.events, a.factors, a.iterations)
+        out = child_bare(a.events, a.format, a.factors, a.iterations)
     else:
-        out = child_steps(a.events, a.catalog, a.factors, a.iterations)
+        flags = data_flags(a.events, a.format, a.catalog)
+        out = child_steps(flags, a.result.parent, a.factors, a.iterations)
     a.result.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
@@ -823,15 +893,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join([".venv/bin/python", "benchmarks/bench_train.py", *argv]),
         "machine": machine(),
         "versions": versions(LIBRARIES),
-        "config": {**als.model_dump(), "repeats": args.repeats, "synth_seed": SEED},
+        "config": {
+            **als.model_dump(),
+            "repeats": args.repeats,
+            "synth_seed": SEED,
+            "retail": str(args.retail) if args.retail else None,
+        },
         "index_settings": IndexSettings().model_dump(),
         "sizes": [],
     }
-    for n in args.sizes:
-        res = bench_size(n, args)
+    retail = [retail_shop(args.retail)] if args.retail else []
+    shops = (ensure_shop(n, args.workdir) for n in args.sizes)  # generated when reached
+    for shop in itertools.chain(shops, retail):
+        res = bench_size(shop, args)
         report["sizes"].append(
             {
-                "n_events": n,
+                "dataset": res.label,
+                "n_events": shop.n_events,
                 "shop": res.shop,
                 "commands": res.commands,
                 "median": summarise(res),

@@ -9,7 +9,7 @@ Method
 Reads the results the benchmark scripts wrote, whatever of them is there, and types in
 no figure: ``serving/`` and ``serving-1m/results.json`` (:mod:`bench_serving`),
 ``quick/summary.json`` (``bench_serving.py --quick``), ``index/results.json``
-(:mod:`bench_index`), ``train/`` and ``train-1m/results.json`` (:mod:`bench_train`).
+(:mod:`bench_index`), ``train/results.json`` (:mod:`bench_train`).
 For each target area of issue #4 it writes one table: every measured figure, its floor
 or bare baseline, the ratio of the two, the target and whether it is met, each row
 linking its report and naming the run date and commit recorded there.
@@ -63,11 +63,6 @@ REPORTS: dict[str, tuple[str, str, str]] = {  # name: results file, report to li
     "quick": ("quick/summary.json", "quick/summary.json", "make bench-quick"),
     "serving-1m": ("serving-1m/results.json", "serving-1m/README.md", "make bench-serving-1m"),
     "train": ("train/results.json", "train/README.md", "make bench-train"),
-    "train-1m": (
-        "train-1m/results.json",
-        "train-1m/README.md",
-        "bench_train.py --sizes 1000000 --repeats 3 --out benchmarks/results/train-1m",
-    ),
 }
 AREAS: dict[str, tuple[str, ...]] = {  # table heading: the reports that feed it
     "Recommend, cached user, k = 10": ("serving", "quick", "serving-1m"),
@@ -77,10 +72,7 @@ AREAS: dict[str, tuple[str, ...]] = {  # table heading: the reports that feed it
         "serving",
         "serving-1m",
     ),
-    "Training pipeline (`recsvc train` against a bare implicit fit + index)": (
-        "train",
-        "train-1m",
-    ),
+    "Training pipeline (`recsvc train` against a bare implicit fit + index)": ("train",),
 }
 CACHED, SESSION, INDEX, TRAIN = AREAS
 
@@ -398,7 +390,6 @@ ROWS: dict[str, Callable[[dict[str, Any], str], Iterator[tuple[str, Row]]]] = {
     "quick": quick_rows,
     "index": index_rows,
     "train": train_rows,
-    "train-1m": train_rows,
 }
 
 
@@ -525,9 +516,8 @@ def render(results: Path, out: Path) -> str:
     for name in ("serving", "serving-1m"):
         if name in loaded:
             time_lines += serving_time(name, loaded[name], _source(name, loaded[name]))
-    for name in ("train", "train-1m"):
-        if name in loaded:
-            time_lines += train_time(loaded[name], _source(name, loaded[name]))
+    if "train" in loaded:
+        time_lines += train_time(loaded["train"], _source("train", loaded["train"]))
     lines += time_lines or [f"- {NOT_MEASURED}"]
     analysis = {
         "serving/profile.md": "where a cached request's CPU goes",

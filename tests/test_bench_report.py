@@ -184,7 +184,7 @@ def test_figures_ratios_and_met(report: ModuleType, tmp_path: Path) -> None:
             "quick/summary.json": QUICK,
             "index/results.json": INDEX,
             "train/results.json": TRAIN,
-            "train-1m/results.json": '{"date": "2026-01',  # being rewritten
+            "serving-1m/results.json": '{"date": "2026-01',  # being rewritten
             "serving/profile.md": "# profile\n",
             "serving/plot.png": "",
         },
@@ -264,8 +264,7 @@ def test_figures_ratios_and_met(report: ModuleType, tmp_path: Path) -> None:
 
     # the run's date and commit on each row; missing and unreadable reports named
     assert "[serving](serving/README.md) 2026-01-02, abc1234" in text
-    assert "`serving-1m/results.json`: missing (written by `make bench-serving-1m`)" in text
-    assert "`train-1m/results.json`: unreadable (JSONDecodeError" in text
+    assert "`serving-1m/results.json`: unreadable (JSONDecodeError" in text
     assert "900 µs of server CPU per cached request at c=32 (floor 300 µs)" in text
     assert "fit 6.0 s, neighbors 4.0 s; outside the manifest 1.0 s" in text
     assert "[plot.png](serving/plot.png)" in text
@@ -276,8 +275,8 @@ def test_no_reports_at_all(report: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "summary.md"
     assert report.main(["--results", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
-    for file, _, _ in report.REPORTS.values():
-        assert f"`{file}`: missing" in text
+    for file, _, command in report.REPORTS.values():
+        assert f"`{file}`: missing (written by `{command}`)" in text
     assert text.count("Not measured: no report read") == len(report.AREAS)
     assert "| yes |" not in text
     assert "**no**" not in text
