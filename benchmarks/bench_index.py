@@ -403,7 +403,7 @@ def build_variants(
         Variant(
             "norm-ordered exact scan (recsvc normscan)",
             "norm-scan",
-            {"first_chunk": NormOrderedScan.FIRST_CHUNK},
+            {"first_chunk": NormOrderedScan.first_chunk()},
             scan,
             lambda: None,
         )
@@ -416,6 +416,12 @@ class NormOrderedScan:
     ``kind`` / ``nbytes`` surface the sweep reports. It began here as a prototype."""
 
     kind = "norm-scan"
+
+    @staticmethod
+    def first_chunk() -> int:
+        from recsvc.index import NormScan
+
+        return NormScan.FIRST_CHUNK
 
     def __init__(self, item_factors: NDArray[np.float32]) -> None:
         from recsvc.index import NormScan
@@ -623,6 +629,10 @@ def default_variant_name(n_items: int) -> str:
     }[choose_kind(n_items, defaults)]
 
 
+RECSVC_FAMILIES = ("hnsw", "ivf", "norm-scan")
+"""Variants recsvc itself can be set to (``[index] kind``); implicit's is a comparison."""
+
+
 def evaluate_target(rows: list[dict[str, Any]], n_items: int) -> dict[str, Any]:
     """Which approximate settings meet recall >= 0.95 at <= exact / 10 (single query)."""
     from recsvc.config import IndexSettings
@@ -634,7 +644,7 @@ def evaluate_target(rows: list[dict[str, Any]], n_items: int) -> dict[str, Any]:
     for r in approx:
         r["meets_target"] = bool(r["recall"] >= TARGET_RECALL and r["single_us_median"] <= budget)
     meeting = sorted(
-        (r for r in approx if r["meets_target"] and r["family"] in ("hnsw", "ivf")),
+        (r for r in approx if r["meets_target"] and r["family"] in RECSVC_FAMILIES),
         key=lambda r: r["single_us_median"],
     )
     defaults = IndexSettings()
