@@ -11,6 +11,7 @@ from factories import T0, event_table, small_settings
 
 from recsvc import artifact as art
 from recsvc.errors import DataError, QualityGateError
+from training import pipeline, sessions
 from training.evaluation import evaluate, split_by_cutoff, split_last_basket
 from training.pipeline import DataSpec, load_data, repeat_share, train
 from training.publish import publish, rollback
@@ -40,6 +41,37 @@ def test_train_writes_a_complete_artifact(shop: tuple[Path, Path], tmp_path: Pat
     assert len(loaded.categories) > 1
     assert (loaded.item_category >= 0).mean() > 0.99
     assert not loaded.item_available.all()
+
+
+def test_session_model_beside_the_blend_fit_changes_nothing(
+    shop: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with two cores the session model is built on a thread beside the blend fit
+    events, catalog = shop
+    settings = small_settings(tmp_path, als={"factors": 16, "iterations": 5})
+    data = load_data(DataSpec((events,), catalog=catalog), settings)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    monkeypatch.setattr(pipeline, "cores", lambda: 2)
+    monkeypatch.setattr(sessions, "cores", lambda: 2)
+    two = pipeline.build_model(data, settings, now=now).artifact
+    # one step at a time: on one core, or when the settings say so
+    serial = small_settings(
+        tmp_path, als={"factors": 16, "iterations": 5}, neighbors={"parallel_build": False}
+    )
+    one = pipeline.build_model(data, serial, now=now).artifact
+    assert "neighbors_wait_seconds" in two.manifest["timings"]
+    assert "neighbors_wait_seconds" not in one.manifest["timings"]
+    assert two.manifest["ranking"] == one.manifest["ranking"]
+    assert "user_blend" in two.manifest["ranking"]
+    assert two.neighbors is not None and one.neighbors is not None
+    assert two.neighbors.keys() == one.neighbors.keys()
+    for name, array in two.neighbors.items():
+        assert np.array_equal(array, one.neighbors[name]), name
+    assert np.array_equal(two.popularity, one.popularity)
+    monkeypatch.setattr(pipeline, "cores", lambda: 1)
+    monkeypatch.setattr(sessions, "cores", lambda: 1)
+    alone = pipeline.build_model(data, settings, now=now).artifact
+    assert "neighbors_wait_seconds" not in alone.manifest["timings"]
 
 
 def test_publish_refuses_an_index_below_the_recall_floor(

@@ -1,3 +1,4 @@
+import threading
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -7,7 +8,8 @@ import pytest
 from scipy import sparse
 
 from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
-from training.sessions import _top_eigen, build_session_neighbors
+from training import sessions as ts
+from training.sessions import _pair_sums, _top_eigen, build_session_neighbors
 
 # neighbour score alone: deterministic, no fitted weights
 KNN = SessionParams(rerank=False, embedding_dim=0, recency_decay=0.0)
@@ -113,6 +115,30 @@ def test_fitted_reranker_predicts_the_usual_next_item() -> None:
     assert plain.score(q(4, 5), limit=1)[0][0] == 5
 
 
+def test_one_core_and_two_threads_build_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the re-ranker's part runs on a second thread only when there is a second core
+    calls: list[str] = []
+    real = ts.fit_reranker
+
+    def spy(*args: object) -> np.ndarray:
+        calls.append(threading.current_thread().name)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ts, "fit_reranker", spy)
+    indptr, items = _chain_sessions()
+    params = SessionParams(embedding_dim=8, rerank_cases=500)
+    monkeypatch.setattr(ts, "cores", lambda: 2)
+    threaded = build_session_neighbors(indptr, items, 50, params)
+    monkeypatch.setattr(ts, "cores", lambda: 1)
+    serial = build_session_neighbors(indptr, items, 50, params)
+    assert calls[0].startswith("reranker") and calls[1] == "MainThread"
+    a, b = threaded.to_arrays(), serial.to_arrays()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert np.any(threaded.rerank_weights != 0)
+
+
 def test_weights_scale_the_session_clicks() -> None:
     m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, replace(KNN, session_decay=1.0))
     favour_first = m.score(q(0, 2), weights=np.array([100.0, 1.0], dtype=np.float32))[0]
@@ -137,9 +163,15 @@ def test_malformed_input_is_refused() -> None:
 
 @cache
 def _chain_model() -> SessionNeighbors:
+    """A model of :func:`_chain_sessions`, built once (the model is read-only)."""
+    params = SessionParams(embedding_dim=8, rerank_cases=3000)
+    return build_session_neighbors(*_chain_sessions(), 50, params)
+
+
+@cache
+def _chain_sessions() -> tuple[np.ndarray, np.ndarray]:
     """Random walks on a ring of 50 items: the next item is the current one + 1
-    with probability 0.8, else a random item; no repeat clicks. Built once (the
-    model is read-only)."""
+    with probability 0.8, else a random item; no repeat clicks."""
     rng = np.random.default_rng(7)
     sessions = []
     for _ in range(1500):
@@ -151,8 +183,7 @@ def _chain_model() -> SessionNeighbors:
                 s.append(nxt)
                 cur = nxt
         sessions.append(s)
-    params = SessionParams(embedding_dim=8, rerank_cases=3000)
-    return build(sessions, 50, params)
+    return csr(sessions)
 
 
 def test_embedding_eigenpairs_match_a_dense_decomposition() -> None:
@@ -195,3 +226,30 @@ def test_inverted_index_and_rules_match_a_plain_reference() -> None:
         start, end = m.rule_indptr[a], m.rule_indptr[a + 1]
         assert m.rule_items[start:end].tolist() == [b for b, _ in want]
         np.testing.assert_allclose(m.rule_scores[start:end], [v for _, v in want], rtol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 1 << 22])
+@pytest.mark.parametrize(("symmetric", "distinct"), [(False, True), (True, False)])
+def test_pair_sums_match_a_plain_count(block: int, symmetric: bool, distinct: bool) -> None:
+    rng = np.random.default_rng(11)
+    # few items, so that pairs repeat within and across blocks (runs cross boundaries)
+    sessions = [rng.integers(0, 6, int(rng.integers(1, 9))).tolist() for _ in range(60)]
+    indptr, items = csr(sessions)
+    session_of = np.repeat(np.arange(len(sessions)), np.diff(indptr))
+    expected: dict[tuple[int, int], float] = {}
+    for s in sessions:
+        for i, a in enumerate(s):
+            for gap in range(1, 4):
+                if i + gap < len(s) and not (distinct and a == s[i + gap]):
+                    b = s[i + gap]
+                    for key in [(a, b), (b, a)] if symmetric else [(a, b)]:
+                        expected[key] = expected.get(key, 0.0) + 1.0 / gap
+    m = _pair_sums(items, session_of, 6, 3, symmetric=symmetric, distinct=distinct, block=block)
+    assert m.has_sorted_indices and np.all(np.diff(m.indices[m.indptr[0] : m.indptr[1]]) > 0)
+    got = {(int(r), int(c)): float(v) for r, c, v in zip(*m.nonzero(), m.data, strict=True)}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12)
+    assert m.nnz == len(expected)
+    empty = _pair_sums(items[:0], session_of[:0], 6, 3, block=block)
+    assert empty.nnz == 0 and empty.shape == (6, 6)

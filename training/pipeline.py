@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,14 +22,14 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
-from recsvc.config import RepeatPolicy, Settings
+from recsvc.config import NeighborSettings, RepeatPolicy, Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
 from recsvc.model import Blend
-from recsvc.sessions import SessionParams
+from recsvc.sessions import SessionNeighbors, SessionParams
 from training.blend import fit_user_blend
 from training.fit import fit_als
 from training.interactions import (
@@ -39,7 +40,7 @@ from training.interactions import (
     trending_popularity,
 )
 from training.loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
-from training.sessions import build_session_neighbors
+from training.sessions import build_session_neighbors, cores
 
 __all__ = [
     "BuiltModel",
@@ -174,51 +175,63 @@ def build_model(
         gap_seconds=int(ns.session_gap_minutes * 60),
         max_length=ns.max_session_length,
     )
-    neighbors = None
-    if ns.enabled:
-        params = SessionParams(
-            neighbors=ns.neighbors,
-            sample_size=ns.sample_size,
-            rerank=ns.rerank,
-            rerank_cases=ns.rerank_cases,
+    timings["sessions_seconds"] = time.perf_counter() - t
+    # the session model is built beside the ranking defaults and the blend fit (which
+    # do not read it): most of its time is in NumPy and SciPy code that releases the
+    # GIL, so with two cores the blend fit comes almost for free (docs/design.md)
+    with ThreadPoolExecutor(1, thread_name_prefix="session-model") as pool:
+        session_model = (
+            pool.submit(_session_model, indptr, session_items, inter.n_items, ns)
+            if ns.enabled and ns.parallel_build and cores() > 1
+            else None
         )
-        neighbors = build_session_neighbors(indptr, session_items, inter.n_items, params)
-    timings["neighbors_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ranking = _ranking_defaults(data.table, settings, session_revisit_share(indptr, session_items))
-    timings["ranking_seconds"] = time.perf_counter() - t
-    popularity = inter.popularity
-    if settings.ranking.user_blend is None:
         t = time.perf_counter()
-        fitted = fit_user_blend(
-            data.table,
-            inter.item_ids,
-            factors.item_factors,
-            FoldIn(factors.item_factors, settings.als.regularization, settings.als.alpha),
-            settings.weighting,
-            allow_repeats=ranking["repeat_policy"] == RepeatPolicy.ALLOW.value,
-            half_lives=(
-                POPULARITY_HALF_LIVES
-                if settings.weighting.popularity_half_life_days is None
-                else (settings.weighting.popularity_half_life_days,)
-            ),
-            seed=settings.als.random_state,
+        ranking = _ranking_defaults(
+            data.table, settings, session_revisit_share(indptr, session_items)
         )
-        timings["blend_seconds"] = time.perf_counter() - t
-        if fitted is not None:
-            if fitted.popularity_half_life_days != inter.popularity_half_life_days:
-                popularity = trending_popularity(
-                    data.table, inter, settings.weighting, fitted.popularity_half_life_days
-                )
-            user = fitted.blend
-            if settings.ranking.repeat_weight is not None:
-                user = user.with_repeat_weight(settings.ranking.repeat_weight)
-            ranking["user_blend"] = asdict(user)
-            ranking["user_blend_fit"] = {
-                "recall@20": fitted.recall,
-                "users": fitted.users,
-                "popularity_half_life_days": fitted.popularity_half_life_days,
-            }
+        timings["ranking_seconds"] = time.perf_counter() - t
+        popularity = inter.popularity
+        if settings.ranking.user_blend is None:
+            t = time.perf_counter()
+            fitted = fit_user_blend(
+                data.table,
+                inter.item_ids,
+                factors.item_factors,
+                FoldIn(factors.item_factors, settings.als.regularization, settings.als.alpha),
+                settings.weighting,
+                allow_repeats=ranking["repeat_policy"] == RepeatPolicy.ALLOW.value,
+                half_lives=(
+                    POPULARITY_HALF_LIVES
+                    if settings.weighting.popularity_half_life_days is None
+                    else (settings.weighting.popularity_half_life_days,)
+                ),
+                seed=settings.als.random_state,
+            )
+            timings["blend_seconds"] = time.perf_counter() - t
+            if fitted is not None:
+                if fitted.popularity_half_life_days != inter.popularity_half_life_days:
+                    popularity = trending_popularity(
+                        data.table, inter, settings.weighting, fitted.popularity_half_life_days
+                    )
+                user = fitted.blend
+                if settings.ranking.repeat_weight is not None:
+                    user = user.with_repeat_weight(settings.ranking.repeat_weight)
+                ranking["user_blend"] = asdict(user)
+                ranking["user_blend_fit"] = {
+                    "recall@20": fitted.recall,
+                    "users": fitted.users,
+                    "popularity_half_life_days": fitted.popularity_half_life_days,
+                }
+        t = time.perf_counter()
+        if session_model is not None:
+            neighbors, timings["neighbors_seconds"] = session_model.result()
+            timings["neighbors_wait_seconds"] = time.perf_counter() - t
+        elif ns.enabled:
+            neighbors, timings["neighbors_seconds"] = _session_model(
+                indptr, session_items, inter.n_items, ns, parallel=False
+            )
+        else:
+            neighbors = None
     t = time.perf_counter()
     category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
     created = now or datetime.now(UTC)
@@ -263,6 +276,26 @@ def build_model(
         neighbors=neighbors.to_arrays() if neighbors is not None else None,
     )
     return BuiltModel(artifact, inter, timings)
+
+
+def _session_model(
+    indptr: NDArray[np.int64],
+    items: NDArray[np.int32],
+    n_items: int,
+    ns: NeighborSettings,
+    *,
+    parallel: bool = True,
+) -> tuple[SessionNeighbors, float]:
+    """The session model and the seconds its build took."""
+    t = time.perf_counter()
+    params = SessionParams(
+        neighbors=ns.neighbors,
+        sample_size=ns.sample_size,
+        rerank=ns.rerank,
+        rerank_cases=ns.rerank_cases,
+    )
+    model = build_session_neighbors(indptr, items, n_items, params, parallel=parallel)
+    return model, time.perf_counter() - t
 
 
 def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> TrainResult:
