@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_levers.py
-        [--variants redis-py uncached thin uvloop p2 p2-uvloop] [--scenario cached]
+        [--variants redis-py uncached thin overfetch2 uvloop p2 p2-uvloop] [--scenario cached]
         [--concurrency 32] [--channels 4] [--repeats 3]
         [--duration 3] [--warmup 1] [--open-fraction 0.5] [--out benchmarks/results/levers]
 
@@ -14,6 +14,7 @@ a shared machine? Variants (:mod:`serve_variant` runs each):
 ``uncached``    one process, asyncio loop, the thin client (:mod:`serving.redisread`)
                 without its client-side cache: Redis is read on every Recommend
 ``thin``        ``uncached`` with the client-side cache on (the default)
+``overfetch2``  ``thin`` with ``[ranking] overfetch = 2`` (k + k CF candidates, not k + 3k)
 ``uvloop``      ``thin`` on uvloop
 ``p2``          ``thin`` as 2 processes sharing the port (SO_REUSEPORT)
 ``p2-uvloop``   ``p2`` on uvloop
@@ -80,6 +81,8 @@ class Variant:
     event_loop: str
     thin_reader: bool = True
     state_cache: bool = True
+    overfetch: int | None = None
+    """``[ranking] overfetch``; None = the default."""
 
     @property
     def floor(self) -> str:
@@ -92,6 +95,7 @@ VARIANTS = {
         Variant("redis-py", 1, "asyncio", thin_reader=False, state_cache=False),
         Variant("uncached", 1, "asyncio", state_cache=False),
         Variant("thin", 1, "asyncio"),
+        Variant("overfetch2", 1, "asyncio", overfetch=2),
         Variant("uvloop", 1, "uvloop"),
         Variant("p2", 2, "asyncio"),
         Variant("p2-uvloop", 2, "uvloop"),
@@ -183,6 +187,8 @@ def start_variant(v: Variant, artifacts: Path, redis_url: str, logs: Path) -> Si
         cmd.append("--redis-py-read")
     if not v.state_cache:
         cmd += ["--state-cache-size", "0"]
+    if v.overfetch is not None:
+        cmd += ["--overfetch", str(v.overfetch)]
     log = logs / f"{v.name}.log"
     process, target = start_side(v.name, cmd, "recsvc serving on", v.processes, log)
     pids = [process.pid] if v.processes == 1 else _spawned_children(process.pid)

@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/serve_variant.py --artifacts DIR --redis-url URL \\
         [--port 0] [--metrics-port P] [--processes 1] [--event-loop asyncio|uvloop] \\
-        [--redis-py-read] [--state-cache-size N]
+        [--redis-py-read] [--state-cache-size N] [--overfetch N]
 
 It builds the settings as ``recsvc serve --artifacts --redis-url --host 127.0.0.1
 --port --metrics-port`` does and runs :func:`serving.server.run` with ``processes``
@@ -36,12 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--event-loop", choices=server.EVENT_LOOPS, default="asyncio")
     p.add_argument("--redis-py-read", action="store_true", help="no thin client (1 process)")
     p.add_argument("--state-cache-size", type=int, help="[server] state_cache_size (0 = off)")
+    p.add_argument("--overfetch", type=int, help="[ranking] overfetch")
     args = p.parse_args(argv)
     if args.redis_py_read:
         if args.processes != 1:
             p.error("--redis-py-read works with one process only")
         server.RedisReader.for_client = staticmethod(lambda *a, **k: None)  # type: ignore[method-assign]
     cache = {} if args.state_cache_size is None else {"state_cache_size": args.state_cache_size}
+    ranking = {} if args.overfetch is None else {"ranking": {"overfetch": args.overfetch}}
     settings = load_settings(
         None,
         artifact_root=args.artifacts,
@@ -52,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "metrics_port": args.metrics_port,
             **cache,
         },
+        **ranking,
     )
     return server.run(settings, processes=args.processes, event_loop=args.event_loop)
 

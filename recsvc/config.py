@@ -195,7 +195,9 @@ class RankingSettings(_Section):
     when at least ``auto_repeat_threshold`` of the shop's session clicks revisit an
     item of the same session (measured by the trainer)."""
     overfetch: int = Field(default=4, ge=1, le=64)
-    """Candidates fetched from the index per requested item, so filters still leave k."""
+    """Candidates fetched from the index per requested item, so filters still leave k
+    (k + 60 at most; a search that still falls short widens). Without filters at most
+    2 per item: the blend's headroom."""
     auto_repeat_threshold: float = Field(default=0.15, ge=0.0, le=1.0)
     """``auto`` allows repeats when at least this share of a user's next purchases
     are items they bought before (measured by the trainer)."""

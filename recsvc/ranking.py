@@ -12,8 +12,9 @@ How an answer is made:
    session's items when there are any; for an anonymous visitor, the fold-in of the
    session alone.
 3. Candidates: the top ``k + min(k · (overfetch − 1), 60)`` items by inner product
-   from the FAISS index, the items the user bought (when repeats are allowed), the
-   session model's neighbours, and the popular head.
+   from the FAISS index (``k + min(k, 60)`` when no filter applies), the items the
+   user bought (when repeats are allowed), the session model's neighbours, and the
+   popular head.
 4. Score: ``w_cf·cf + w_repeat·repeat + w_neighbors·neighbors + w_pop·popularity``,
    each signal scaled to [0, 1] over the candidates; ``repeat`` is the user's decayed
    count of orders holding the item.
@@ -208,10 +209,17 @@ class Ranker:
             neighbors=self._neighbor_scores(neighbor_source, k) if neighbor_source else None,
         )
         cf_reason = Reason.SESSION if strategy is Strategy.SESSION else Reason.CF
-        # k·overfetch for small k, but at most k + 60: normscan's cost grows with the
-        # fetch (400 candidates cost 612 µs vs 85 µs for 40) and filters that reject
-        # more widen the search below anyway
-        fetch = min(self._n_items, k + min(k * (self.overfetch - 1), 60))
+        # k·overfetch for small k when filters may reject candidates, but at most
+        # k + 60: normscan's cost grows with the fetch (400 candidates cost 612 µs vs
+        # 85 µs for 40) and filters that reject more widen the search below anyway.
+        # Without filters, 2k (at most k + 60) is the blend's headroom: every
+        # candidate's CF score is computed anyway, so a CF item ranked beyond it
+        # could only climb into the top k on popularity, and never did (Ta-Feng,
+        # Diginetica, Online Retail II: metrics identical to k·4, docs/design.md)
+        headroom = k * (self.overfetch - 1)
+        if allowed is None:
+            headroom = min(headroom, k)
+        fetch = min(self._n_items, k + min(headroom, 60))
         while True:
             items, scores, reasons = self._blend(signals, blend, fetch, k, allowed, cf_reason)
             if len(items) >= k or fetch >= self._n_items or signals.vector is None:

@@ -191,3 +191,35 @@ def test_a_session_ranked_by_neighbours_alone_skips_the_fold_in(
     big = Query(k=20, session_items=items, session_weights=np.ones(2, np.float32))
     assert len(Ranker(model).recommend(big).items) == 20
     assert calls
+
+
+def test_filters_widen_the_first_search_and_no_filter_fetches_2k(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ranker = Ranker(model, overfetch=4)
+    index = model.artifact.index
+    fetched: list[int] = []
+    search = index.search
+
+    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fetched.append(k)
+        return search(queries, k)
+
+    monkeypatch.setattr(index, "search", spy)
+    plain = ranker.recommend(user_query(model, "g0u03", 3, repeat_policy=RepeatPolicy.ALLOW))
+    assert fetched == [6]  # k + k: headroom for the blend
+    fetched.clear()
+    in_stock = Filters(in_stock_only=True)
+    filtered = ranker.recommend(
+        user_query(model, "g0u03", 3, repeat_policy=RepeatPolicy.ALLOW, filters=in_stock)
+    )
+    assert fetched[0] == 12  # k · overfetch, so the filter still leaves k
+    assert len(plain.items) == len(filtered.items) == 3
+    assert model.artifact.item_available[filtered.items].all()
+    # the same answer as fetching k · overfetch when nothing is filtered
+    fetched.clear()
+    wide = Ranker(model, overfetch=4)
+    monkeypatch.setattr(wide, "_allowed", lambda *a: np.ones(model.n_items, dtype=bool))
+    same = wide.recommend(user_query(model, "g0u03", 3, repeat_policy=RepeatPolicy.ALLOW))
+    assert fetched == [12]
+    assert np.array_equal(same.items, plain.items)
