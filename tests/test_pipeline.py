@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import T0, event_table, small_settings
+from factories import T0, block_shop, event_table, small_settings
 
 from recsvc import artifact as art
 from recsvc.errors import DataError, QualityGateError
 from training import pipeline, sessions
 from training.evaluation import evaluate, split_by_cutoff, split_last_basket
-from training.pipeline import DataSpec, load_data, repeat_share, train
+from training.pipeline import DataSpec, LoadedData, load_data, repeat_share, train
 from training.publish import publish, rollback
 from training.synth import SynthConfig, generate
 
@@ -72,6 +72,22 @@ def test_session_model_beside_the_blend_fit_changes_nothing(
     monkeypatch.setattr(sessions, "cores", lambda: 1)
     alone = pipeline.build_model(data, settings, now=now).artifact
     assert "neighbors_wait_seconds" not in alone.manifest["timings"]
+
+
+def test_a_failing_session_model_fails_the_build_on_either_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an error on the session model's thread reaches the caller, as it does without it
+    data = LoadedData(block_shop(), None, (), 0)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("session model failed")
+
+    monkeypatch.setattr(pipeline, "build_session_neighbors", broken)
+    for n in (2, 1):
+        monkeypatch.setattr(pipeline, "cores", lambda n=n: n)
+        with pytest.raises(ValueError, match="session model failed"):
+            pipeline.build_model(data, small_settings(tmp_path))
 
 
 def test_publish_refuses_an_index_below_the_recall_floor(
