@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import redis.asyncio
 
 from recsvc.config import Settings, load_settings
@@ -100,3 +104,11 @@ async def redis_reader(
     finally:
         await reader.aclose()
         await client.aclose()
+
+
+def bench_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the scripts import their siblings
+    by name, so their folder is on the path while it loads)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+        return importlib.import_module(name)

@@ -4,24 +4,19 @@ otherwise show only in `make bench-index`)."""
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from factories import bench_script
 
 from recsvc.config import IndexSettings
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench_index() -> ModuleType:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCH))  # the scripts import their siblings by name
-        return importlib.import_module("bench_index")
+    return bench_script("bench_index")
 
 
 def test_every_variant_builds_and_the_exact_ones_agree(bench_index: ModuleType) -> None:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from factories import bench_script
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 MIB = 2**20
 
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCH))  # the scripts import their siblings by name
-        return importlib.import_module("report")
+    return bench_script("report")
 
 
 def _point(

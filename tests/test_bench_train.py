@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from factories import bench_script
 
 
 @pytest.fixture(scope="module")
 def bench_train() -> ModuleType:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCH))  # the scripts import their siblings by name
-        return importlib.import_module("bench_train")
+    return bench_script("bench_train")
 
 
 def test_steps_on_a_thread_count_only_by_the_wait_for_them(bench_train: ModuleType) -> None:
