@@ -253,3 +253,10 @@ def test_pair_sums_match_a_plain_count(block: int, symmetric: bool, distinct: bo
     assert m.nnz == len(expected)
     empty = _pair_sums(items[:0], session_of[:0], 6, 3, block=block)
     assert empty.nnz == 0 and empty.shape == (6, 6)
+
+
+def test_the_reranker_fit_refuses_malformed_input_too() -> None:
+    with pytest.raises(ValueError, match="session items must be in"):
+        ts.fit_reranker(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, SessionParams())
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ts.fit_reranker(np.array([0, 2, 1, 2]), np.array([0, 1], dtype=np.int32), 2, KNN)

@@ -117,9 +117,9 @@ def fit_reranker(
 ) -> NDArray[np.float64]:
     """The re-ranking weights ``(N_FEATURES,)`` fitted on the newest
     ``params.rerank_holdout`` of the sessions, featurised by a model of the older
-    ones; zeros but for the neighbour score when there are no usable cases."""
-    indptr = np.asarray(session_indptr, dtype=np.int64)
-    items = np.asarray(session_items, dtype=np.int32)
+    ones; zeros but for the neighbour score when there are no usable cases.
+    ``ValueError`` on malformed input, as :func:`build_session_neighbors`."""
+    indptr, items = _checked(session_indptr, session_items, n_items)
     n_sessions = len(indptr) - 1
     cut = int(n_sessions * (1 - params.rerank_holdout))
     fallback = np.zeros(N_FEATURES, dtype=np.float64)
@@ -205,13 +205,13 @@ def _fit_softmax(
 
 
 def _build(
-    session_indptr: NDArray[np.int64],
-    session_items: NDArray[np.int32],
+    indptr: NDArray[np.int64],
+    items: NDArray[np.int32],
     n_items: int,
     params: SessionParams,
 ) -> SessionNeighbors:
-    """Every array but the re-ranking weights (the model scores by neighbours alone)."""
-    indptr, items = _checked(session_indptr, session_items, n_items)
+    """Every array but the re-ranking weights (the model scores by neighbours alone),
+    from session arrays the public entry points have checked (:func:`_checked`)."""
     n_sessions = len(indptr) - 1
     lengths = np.diff(indptr)
     session_of = np.repeat(np.arange(n_sessions, dtype=np.int64), lengths)
