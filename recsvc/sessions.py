@@ -79,6 +79,8 @@ FloatArray = NDArray[np.float32]
 _EMPTY_INT: IntArray = np.zeros(0, dtype=np.int32)
 _EMPTY_FLOAT: FloatArray = np.zeros(0, dtype=np.float32)
 _PARAM_PREFIX = "param__"
+_DENSE_RATIO = 32
+"""Grouping by table when the value range is at most this many times the values."""
 
 FEATURES = (
     "knn",  # neighbour score / best neighbour score (0 when not a neighbour item)
@@ -508,19 +510,24 @@ class SessionNeighbors:
         if total == 0:
             return _empty_scores()
         cand = _gather_ranges(self.item_sessions, starts, counts, total)
-        # sort (session, click) keys: each session's contributions stay in input order
-        key = cand.astype(np.int64) << 32
-        key |= np.arange(total, dtype=np.int64)
-        key.sort()
-        sorted_sessions = key >> 32
-        first = np.empty(total, dtype=bool)
-        first[0] = True
-        np.not_equal(sorted_sessions[1:], sorted_sessions[:-1], out=first[1:])
-        sessions = sorted_sessions[first]
-        group = np.cumsum(first)
-        group -= 1
-        contrib = np.repeat(u_weight, counts)[key & 0xFFFFFFFF]
-        num = _sum_by(group, contrib, len(sessions))
+        # each session's contributions summed in input order, either way
+        if _dense(self.n_sessions, total):
+            contrib = np.repeat(u_weight, counts)
+            sessions = np.flatnonzero(np.bincount(cand, minlength=self.n_sessions))
+            num = _sum_by(cand, contrib, self.n_sessions)[sessions]
+        else:  # sort (session, click) keys
+            key = cand.astype(np.int64) << 32
+            key |= np.arange(total, dtype=np.int64)
+            key.sort()
+            sorted_sessions = key >> 32
+            first = np.empty(total, dtype=bool)
+            first[0] = True
+            np.not_equal(sorted_sessions[1:], sorted_sessions[:-1], out=first[1:])
+            sessions = sorted_sessions[first]
+            group = np.cumsum(first)
+            group -= 1
+            contrib = np.repeat(u_weight, counts)[key & 0xFFFFFFFF]
+            num = _sum_by(group, contrib, len(sessions))
         if len(sessions) > p.sample_size:  # keep the most recent of the union
             sessions = sessions[-p.sample_size :]
             num = num[-p.sample_size :]
@@ -624,11 +631,24 @@ def _sorted_unique(values: NDArray[Any]) -> NDArray[Any]:
     return out
 
 
+def _dense(size: int, n: int) -> bool:
+    """Whether ``n`` values in ``0..size-1`` are grouped faster through ``size``-long
+    tables than by sorting them: NumPy sorts a few thousand int64 at ~30 ns each, a
+    table costs ~0.3 ns per entry (docs/design.md, "Ranking defaults")."""
+    return size <= _DENSE_RATIO * n
+
+
 def _unique_inverse(values: NDArray[Any], size: int) -> tuple[NDArray[Any], NDArray[np.intp]]:
-    """``np.unique(values, return_inverse=True)`` for values in ``0..size-1``: a sort,
-    then each value's index through a ``size`` table (only the entries of the distinct
-    values are written and read; it is per call, so nothing is shared)."""
-    uniq = _sorted_unique(values)
+    """``np.unique(values, return_inverse=True)`` for values in ``0..size-1``: the
+    distinct values by a presence table or a sort (:func:`_dense`), then each value's
+    index through a ``size`` table (only the entries of the distinct values are
+    written and read; it is per call, so nothing is shared)."""
+    if _dense(size, len(values)):
+        seen = np.zeros(size, dtype=bool)
+        seen[values] = True
+        uniq = np.flatnonzero(seen).astype(values.dtype, copy=False)
+    else:
+        uniq = _sorted_unique(values)
     table = np.empty(size, dtype=np.intp)
     table[uniq] = np.arange(len(uniq), dtype=np.intp)
     inverse: NDArray[np.intp] = table[values]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
+from recsvc import sessions as rs
 from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
 from training import sessions as ts
 from training.sessions import _pair_sums, _top_eigen, build_session_neighbors
@@ -260,3 +261,42 @@ def test_the_reranker_fit_refuses_malformed_input_too() -> None:
         ts.fit_reranker(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, SessionParams())
     with pytest.raises(ValueError, match="non-decreasing"):
         ts.fit_reranker(np.array([0, 2, 1, 2]), np.array([0, 1], dtype=np.int32), 2, KNN)
+
+
+@pytest.mark.parametrize("values", [[3, 3, 0, 7, 3, 9, 0], [5], []])
+@pytest.mark.parametrize("ratio", [0, 10**9])
+def test_unique_inverse_matches_numpy_by_table_and_by_sort(
+    monkeypatch: pytest.MonkeyPatch, values: list[int], ratio: int
+) -> None:
+    monkeypatch.setattr(rs, "_DENSE_RATIO", ratio)
+    v = np.array(values, dtype=np.int32)
+    uniq, inverse = rs._unique_inverse(v, 10)
+    want_uniq, want_inverse = np.unique(v, return_inverse=True)
+    assert np.array_equal(uniq, want_uniq) and uniq.dtype == v.dtype
+    assert np.array_equal(inverse, want_inverse)
+
+
+def test_grouping_by_table_and_by_sort_scores_identically(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the neighbour search groups by session (and items by value) through tables or
+    # sorts, whichever is cheaper: every float must come out the same either way
+    model = _chain_model()
+    indptr, items = _chain_sessions()
+    prefixes = [items[indptr[s] : indptr[s] + 1 + s % 5] for s in range(0, 1500, 7)]
+    answers = {}
+    real = rs._dense
+    picked: list[bool] = []
+
+    def spy(size: int, n: int) -> bool:
+        picked.append(real(size, n))
+        return picked[-1]
+
+    monkeypatch.setattr(rs, "_dense", spy)
+    for ratio in (0, 10**9):
+        picked.clear()
+        monkeypatch.setattr(rs, "_DENSE_RATIO", ratio)
+        answers[ratio] = [(model.score(p, limit=20), model.candidate_features(p)) for p in prefixes]
+        assert set(picked) == {ratio > 0}
+    for (a_score, a_feat), (b_score, b_feat) in zip(answers[0], answers[10**9], strict=True):
+        for x, y in (*zip(a_score, b_score, strict=True), *zip(a_feat, b_feat, strict=True)):
+            assert np.array_equal(x, y)
+    assert any(len(s[0][0]) for s in answers[0])
