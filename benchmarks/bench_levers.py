@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_levers.py
-        [--variants redis-py uncached thin overfetch2 uvloop p2 p2-uvloop] [--scenario cached]
+        [--variants redis-py uncached thin overfetch2 nofreeze uvloop p2 p2-uvloop]
+        [--scenario cached]
         [--concurrency 32] [--channels 4] [--repeats 3]
         [--duration 3] [--warmup 1] [--open-fraction 0.5] [--out benchmarks/results/levers]
 
@@ -15,6 +16,8 @@ a shared machine? Variants (:mod:`serve_variant` runs each):
                 without its client-side cache: Redis is read on every Recommend
 ``thin``        ``uncached`` with the client-side cache on (the default)
 ``overfetch2``  ``thin`` with ``[ranking] overfetch = 2`` (k + k CF candidates, not k + 3k)
+``nofreeze``    ``thin`` with the heap left unfrozen after start-up (the cycle collector's
+                full passes walk every imported object, as before ``freeze_heap``)
 ``uvloop``      ``thin`` on uvloop
 ``p2``          ``thin`` as 2 processes sharing the port (SO_REUSEPORT)
 ``p2-uvloop``   ``p2`` on uvloop
@@ -83,6 +86,7 @@ class Variant:
     state_cache: bool = True
     overfetch: int | None = None
     """``[ranking] overfetch``; None = the default."""
+    gc_freeze: bool = True
 
     @property
     def floor(self) -> str:
@@ -96,6 +100,7 @@ VARIANTS = {
         Variant("uncached", 1, "asyncio", state_cache=False),
         Variant("thin", 1, "asyncio"),
         Variant("overfetch2", 1, "asyncio", overfetch=2),
+        Variant("nofreeze", 1, "asyncio", gc_freeze=False),
         Variant("uvloop", 1, "uvloop"),
         Variant("p2", 2, "asyncio"),
         Variant("p2-uvloop", 2, "uvloop"),
@@ -189,6 +194,8 @@ def start_variant(v: Variant, artifacts: Path, redis_url: str, logs: Path) -> Si
         cmd += ["--state-cache-size", "0"]
     if v.overfetch is not None:
         cmd += ["--overfetch", str(v.overfetch)]
+    if not v.gc_freeze:
+        cmd.append("--no-gc-freeze")
     log = logs / f"{v.name}.log"
     process, target = start_side(v.name, cmd, "recsvc serving on", v.processes, log)
     pids = [process.pid] if v.processes == 1 else _spawned_children(process.pid)

@@ -18,7 +18,8 @@ floor to measure what the interceptors alone cost.
 
 What makes it the floor of *this* server: the same ``grpc.aio`` server, the same
 server options as :func:`serving.server.create_server`, one process, the asyncio event
-loop ``recsvc serve`` runs on, and the generated servicer glue. To match a server
+loop ``recsvc serve`` runs on, the heap frozen once started as ``recsvc serve`` freezes
+it, and the generated servicer glue. To match a server
 run as several processes on one port, start as many with ``--reuseport``; to match
 one on uvloop, pass ``--event-loop uvloop``. What it leaves out on
 purpose: recsvc's interceptors (metrics, auth, concurrency limit), health and
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -97,6 +99,8 @@ async def serve(
     pb_grpc.add_RecommenderServiceServicer_to_server(NoopRecommender(), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
+    gc.collect()  # as `recsvc serve` does once started (serving.server.freeze_heap)
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -4,14 +4,15 @@ Usage::
 
     .venv/bin/python benchmarks/serve_variant.py --artifacts DIR --redis-url URL \\
         [--port 0] [--metrics-port P] [--processes 1] [--event-loop asyncio|uvloop] \\
-        [--redis-py-read] [--state-cache-size N] [--overfetch N]
+        [--redis-py-read] [--state-cache-size N] [--overfetch N] [--no-gc-freeze]
 
 It builds the settings as ``recsvc serve --artifacts --redis-url --host 127.0.0.1
 --port --metrics-port`` does and runs :func:`serving.server.run` with ``processes``
 and ``event_loop`` (which the CLI does not expose yet). ``--redis-py-read`` turns off
 the thin Redis client for the hot read (:mod:`serving.redisread`), so Recommend reads
-its state through a redis-py pipeline as before it existed (one process only: the
-switch does not reach spawned processes). Each serving process prints
+its state through a redis-py pipeline as before it existed, and ``--no-gc-freeze``
+leaves the heap unfrozen after start-up (:func:`serving.server.freeze_heap`); one
+process only for both: the switches do not reach spawned processes. Each serving process prints
 ``recsvc serving on HOST:PORT``.
 """
 
@@ -37,11 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--redis-py-read", action="store_true", help="no thin client (1 process)")
     p.add_argument("--state-cache-size", type=int, help="[server] state_cache_size (0 = off)")
     p.add_argument("--overfetch", type=int, help="[ranking] overfetch")
+    p.add_argument("--no-gc-freeze", action="store_true", help="heap not frozen (1 process)")
     args = p.parse_args(argv)
+    if (args.redis_py_read or args.no_gc_freeze) and args.processes != 1:
+        p.error("--redis-py-read and --no-gc-freeze work with one process only")
     if args.redis_py_read:
-        if args.processes != 1:
-            p.error("--redis-py-read works with one process only")
         server.RedisReader.for_client = staticmethod(lambda *a, **k: None)  # type: ignore[method-assign]
+    if args.no_gc_freeze:
+        server.freeze_heap = lambda: None
     cache = {} if args.state_cache_size is None else {"state_cache_size": args.state_cache_size}
     ranking = {} if args.overfetch is None else {"ranking": {"overfetch": args.overfetch}}
     settings = load_settings(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +323,39 @@ def test_an_event_recorded_through_another_replica_shows_in_the_next_answer(
     after = client.recommend(session_id="s-9", k=5)
     assert after.strategy == pb.STRATEGY_SESSION
     assert all(n.startswith("g1") for n in names(after))
+
+
+def test_a_model_reloaded_away_is_freed_without_the_cycle_collector(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    # `recsvc serve` freezes the heap after start-up (serving.server.freeze_heap): the
+    # first model is then out of the cycle collector's reach, so it must go by
+    # reference counting alone once a new one is served
+    root = tmp_path / "artifacts"
+    first = publish_block_model(root, seed=0)
+    settings = small_settings(
+        None,
+        artifact_root=str(root),
+        erasure_list=str(tmp_path / "erased.txt"),
+        redis={"url": redis_url, "prefix": redis_prefix},
+        server={"port": 0, "event_log_dir": str(tmp_path / "eventlog")},
+    )
+    running = ServerThread(settings)
+    try:
+        with RecommenderClient(running.target, timeout=5.0) as c:
+            c.recommend("g0u01", k=5)
+            c.recommend("", k=5, session_items=["g0i01", "g0i02"])
+            old = running.running.models.current
+            assert old is not None and old.version == first
+            refs = [weakref.ref(old), weakref.ref(old.model), weakref.ref(old.ranker)]
+            del old
+            publish_block_model(root, seed=1)
+            assert running.call(running.running.reload()).value == "success"
+            assert c.recommend("g0u01", k=5).model_version != first
+        gc.disable()
+        try:
+            assert [r() for r in refs] == [None, None, None]
+        finally:
+            gc.enable()
+    finally:
+        running.stop()
