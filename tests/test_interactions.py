@@ -7,7 +7,7 @@ from factories import DAY, T0, event_table
 from recsvc.config import WeightingSettings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
-from training.interactions import build_interactions, drop_erased_users
+from training.interactions import build_interactions, drop_erased_users, key_then_time
 from training.pipeline import session_revisit_share
 from training.splits import VISIT_GAP_SECONDS, split_last_basket
 
@@ -146,3 +146,18 @@ def test_session_revisit_share_counts_repeat_clicks_within_sessions() -> None:
     items = np.array([0, 1, 0, 2, 2, 3, 1], dtype=np.int32)
     assert session_revisit_share(indptr, items) == pytest.approx(2 / 5)
     assert session_revisit_share(np.array([0, 1]), np.array([4], dtype=np.int32)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("n_keys", "low", "high"),
+    [(50, 0, 40), (3, -(10**6), 10**6), (10**6, 0, 10**13), (1, 5, 6)],
+)
+def test_key_then_time_orders_as_lexsort(n_keys: int, low: int, high: int) -> None:
+    # ties on both columns included; 10**6 keys over a 10**13 span overflow int64 and
+    # take lexsort itself
+    rng = np.random.default_rng(3)
+    key = rng.integers(0, n_keys, 5000).astype(np.int64)
+    stamps = rng.integers(low, high, 5000).astype(np.int64)
+    stamps[::7] = stamps[0]
+    assert np.array_equal(key_then_time(key, stamps), np.lexsort((stamps, key)))
+    assert len(key_then_time(key[:0], stamps[:0])) == 0
