@@ -234,6 +234,12 @@ class ServingMetrics:
             "Unix time at which the served model was loaded, in seconds.",
             registry=r,
         )
+        self.model_trained_timestamp_seconds = Gauge(
+            "recsvc_model_trained_timestamp_seconds",
+            "Unix time at which the served model was trained (its manifest's created_at), "
+            "in seconds: how stale the model is, whatever restarts or reloads did since.",
+            registry=r,
+        )
         # outcome: success | failure | unchanged
         self.model_reloads = Counter(
             "recsvc_model_reloads_total",
@@ -282,13 +288,17 @@ class ServingMetrics:
             for code in grpc.StatusCode:
                 self.grpc_handled.labels(**labels, grpc_code=code.name)
 
-    def set_model(self, model_version: str, index_type: str, loaded_at: float) -> None:
-        """Record that the model ``model_version`` is now served, loaded at ``loaded_at``
-        (Unix seconds): ``recsvc_model_info`` keeps only its label set."""
+    def set_model(
+        self, model_version: str, index_type: str, loaded_at: float, trained_at: float
+    ) -> None:
+        """Record that the model ``model_version`` is now served, trained at
+        ``trained_at`` and loaded at ``loaded_at`` (Unix seconds): ``recsvc_model_info``
+        keeps only its label set."""
         with self._lock:
             self.model_info.clear()
             self.model_info.labels(model_version=model_version, index_type=index_type).set(1)
             self.model_loaded_timestamp_seconds.set(loaded_at)
+            self.model_trained_timestamp_seconds.set(trained_at)
             kept = [v for v in self._model_versions if v != model_version]
             kept.append(model_version)
             self._model_versions = tuple(kept[-_MODEL_VERSIONS_KEPT:])

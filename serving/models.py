@@ -45,6 +45,11 @@ class LoadedModel:
     def version(self) -> str:
         return self.model.version
 
+    @property
+    def trained_at(self) -> datetime:
+        """When the trainer built the model (the manifest's ``created_at``)."""
+        return datetime.fromisoformat(self.model.artifact.manifest["created_at"])
+
 
 class ModelHolder:
     """Holds the served model; :meth:`reload` follows the artifact root's CURRENT."""

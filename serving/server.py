@@ -169,7 +169,10 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         metrics.model_reloads.labels(outcome=outcome.value).inc()
         if loaded is not None:
             metrics.set_model(
-                loaded.version, loaded.model.artifact.index.kind, loaded.loaded_at.timestamp()
+                loaded.version,
+                loaded.model.artifact.index.kind,
+                loaded.loaded_at.timestamp(),
+                loaded.trained_at.timestamp(),
             )
             pending.add(task := loop.create_task(_serving(health_servicer)))
             task.add_done_callback(pending.discard)

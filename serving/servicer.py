@@ -200,7 +200,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             metrics = {k: float(v) for k, v in m.get("metrics", {}).items()}
             return pb.GetModelInfoResponse(
                 model_version=loaded.version,
-                trained_at=_ts(datetime.fromisoformat(m["created_at"])),
+                trained_at=_ts(loaded.trained_at),
                 data_cutoff=_ts(int(m["data"]["cutoff_unix"])),
                 loaded_at=_ts(loaded.loaded_at),
                 metrics=metrics,

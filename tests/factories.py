@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio
 
 from recsvc.config import Settings, load_settings
+from serving.metrics import ServingMetrics
 from serving.redisread import RedisReader
 from serving.state import LiveState, async_client_from_url
 
@@ -112,3 +113,18 @@ def bench_script(name: str) -> ModuleType:
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
         return importlib.import_module(name)
+
+
+def fill_every_metric(m: ServingMetrics) -> None:
+    """One observation in each, so label-less and labelled families all show samples."""
+    m.initialize_grpc_methods("recsvc.v1.RecommenderService", ["Recommend"])
+    m.foldin_seconds.observe(0.0002)
+    m.index_search_seconds.observe(0.0004)
+    m.degraded_responses.labels(rpc="Recommend").inc()
+    m.events_ignored.labels(reason="unknown_item").inc()
+    m.impressions.labels(placement="home", model_version="v1").inc()
+    m.clicks.labels(placement="home", model_version="v1").inc()
+    m.set_model("v1", "exact", 1_700_000_000.0, 1_699_990_000.0)
+    m.recommendations.labels(strategy="personalized", placement="home").inc()
+    m.recommended_items.observe(10)
+    m.inflight_requests.set(0)

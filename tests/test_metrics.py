@@ -6,6 +6,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from factories import fill_every_metric
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,6 +34,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_clicks": ("counter", {"placement", "model_version"}),
     "recsvc_model_info": ("gauge", {"model_version", "index_type"}),
     "recsvc_model_loaded_timestamp_seconds": ("gauge", set()),
+    "recsvc_model_trained_timestamp_seconds": ("gauge", set()),
     "recsvc_model_reloads": ("counter", {"outcome"}),
     "recsvc_recommendations": ("counter", {"strategy", "placement"}),
     "recsvc_recommended_items": ("histogram", set()),
@@ -50,24 +52,9 @@ def _families(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
     return out
 
 
-def _fill_every_metric(m: ServingMetrics) -> None:
-    """One observation in each, so label-less and labelled families all show samples."""
-    m.initialize_grpc_methods("recsvc.v1.RecommenderService", ["Recommend"])
-    m.foldin_seconds.observe(0.0002)
-    m.index_search_seconds.observe(0.0004)
-    m.degraded_responses.labels(rpc="Recommend").inc()
-    m.events_ignored.labels(reason="unknown_item").inc()
-    m.impressions.labels(placement="home", model_version="v1").inc()
-    m.clicks.labels(placement="home", model_version="v1").inc()
-    m.set_model("v1", "exact", 1_700_000_000.0)
-    m.recommendations.labels(strategy="personalized", placement="home").inc()
-    m.recommended_items.observe(10)
-    m.inflight_requests.set(0)
-
-
 def test_every_metric_has_its_pinned_name_type_and_labels() -> None:
     registry = CollectorRegistry()
-    _fill_every_metric(ServingMetrics(registry))
+    fill_every_metric(ServingMetrics(registry))
 
     assert _families(registry) == EXPECTED
 
@@ -146,27 +133,28 @@ def test_initialize_grpc_methods_creates_every_status_code_at_zero() -> None:
 def test_set_model_keeps_only_the_served_version() -> None:
     registry = CollectorRegistry()
     m = ServingMetrics(registry)
-    m.set_model("v1", "exact", 100.0)
-    m.set_model("v2", "hnsw", 200.0)
+    m.set_model("v1", "exact", 100.0, 90.0)
+    m.set_model("v2", "hnsw", 200.0, 150.0)
 
     infos = [s for f in registry.collect() if f.name == "recsvc_model_info" for s in f.samples]
     assert [(s.labels, s.value) for s in infos] == [
         ({"model_version": "v2", "index_type": "hnsw"}, 1.0)
     ]
     assert registry.get_sample_value("recsvc_model_loaded_timestamp_seconds") == 200.0
+    assert registry.get_sample_value("recsvc_model_trained_timestamp_seconds") == 150.0
 
 
 def test_model_version_label_accepts_only_versions_this_process_served() -> None:
     m = ServingMetrics(CollectorRegistry())
-    m.set_model("v1", "exact", 1.0)
-    m.set_model("v2", "exact", 2.0)
+    m.set_model("v1", "exact", 1.0, 0.5)
+    m.set_model("v2", "exact", 2.0, 1.5)
 
     assert m.model_version_label("v1") == "v1"  # a click on an answer from before the swap
     assert m.model_version_label("v2") == "v2"
     assert m.model_version_label("") == "unknown"
     assert m.model_version_label("v999-forged") == "other"
     for n in range(3, 20):
-        m.set_model(f"v{n}", "exact", float(n))
+        m.set_model(f"v{n}", "exact", float(n), float(n))
     assert m.model_version_label("v1") == "other"  # only the last 16 are kept
     assert m.model_version_label("v19") == "v19"
 

@@ -8,6 +8,7 @@ import time
 import urllib.request
 import weakref
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,8 @@ def test_metrics_scrape(server: ServerThread, client: RecommenderClient) -> None
     assert any(s.labels["placement"] == "home" and s.value >= 1 for s in recs)
     info = [s for s in families["recsvc_model_info"].samples]
     assert len(info) == 1 and info[0].value == 1
+    trained = families["recsvc_model_trained_timestamp_seconds"].samples[0].value
+    assert trained == client.model_info().trained_at.ToDatetime().replace(tzinfo=UTC).timestamp()
 
 
 def test_erasure_by_another_replica_takes_effect_here(
