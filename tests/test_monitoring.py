@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +143,14 @@ def test_the_check_catches_a_wrong_series_or_label(expr: str, problem: str) -> N
 def test_the_check_refuses_an_expression_that_does_not_parse() -> None:
     with pytest.raises(ValueError):
         unknown_selections("sum(rate(recsvc_events_total[5m])")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs Prometheus' promtool")
+def test_promtool_accepts_the_rules_and_their_unit_tests() -> None:
+    # the rule file as Prometheus loads it, and alerts.yml's own unit tests (which
+    # alerts fire on given series, with which labels and text)
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        done = subprocess.run(
+            ["promtool", *args], cwd=MONITORING, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
