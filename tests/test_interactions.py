@@ -160,4 +160,6 @@ def test_key_then_time_orders_as_lexsort(n_keys: int, low: int, high: int) -> No
     stamps = rng.integers(low, high, 5000).astype(np.int64)
     stamps[::7] = stamps[0]
     assert np.array_equal(key_then_time(key, stamps), np.lexsort((stamps, key)))
+    in_order = np.sort(stamps)  # a file in time order
+    assert np.array_equal(key_then_time(key, in_order), np.lexsort((in_order, key)))
     assert len(key_then_time(key[:0], stamps[:0])) == 0

@@ -269,14 +269,17 @@ def session_arrays(
 
 
 def key_then_time(key: NDArray[np.int64], stamps: NDArray[np.int64]) -> NDArray[np.intp]:
-    """``np.lexsort((stamps, key))`` for non-negative ``key``: one stable argsort of
-    ``key · span + (stamp − first)`` when that fits in int64 (10M events: 0.42 s
-    against lexsort's 1.67 s, which sorts twice), else lexsort."""
+    """``np.lexsort((stamps, key))`` for non-negative ``key``. When ``stamps`` are out
+    of order, one stable argsort of ``key · span + (stamp − first)`` (if that fits in
+    int64) does it: 0.42–0.49 s against lexsort's 1.7–2.0 s at 10M events in a file
+    grouped by user (as ``recsvc synth`` writes). A file in time order goes to lexsort
+    itself, which sorts it fastest (~0.9 s; the combined key took ~1.1 s)."""
     if len(key) == 0:
         return np.zeros(0, dtype=np.intp)
     first = int(stamps.min())
     span = int(stamps.max()) - first + 1
-    if (int(key.max()) + 1) * span >= 1 << 63:
+    in_order = bool(np.all(stamps[1:] >= stamps[:-1]))
+    if in_order or (int(key.max()) + 1) * span >= 1 << 63:
         return np.lexsort((stamps, key))
     combined = key * span
     combined += stamps - first
