@@ -353,9 +353,9 @@ def _pair_sums(
 
     Each occurrence is one int64 key ``(a·n_items + b) << bits | gap − 1``, and one
     in-place sort of the keys groups them: NumPy's sort took ~0.4 s for 42M keys on
-    the host where this was written (~4 s on an AMD host where NumPy's sort is not
-    vectorised), where a SciPy COO → CSR conversion with summed duplicates spent ~3.5
-    s sorting each row's indices and held rows, columns and values (12–16 bytes per
+    the host where this was written (~4 s on a 2026-11-23 AMD EPYC host), where a
+    SciPy COO → CSR conversion with summed duplicates spent ~3.5 s (first host)
+    sorting each row's indices and held rows, columns and values (12–16 bytes per
     occurrence) plus the matrix. The runs are then summed a block at a time."""
     gaps = range(1, min(max_gap, len(items) - 1) + 1)
     bits = max(1, max_gap.bit_length())
