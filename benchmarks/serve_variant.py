@@ -12,7 +12,8 @@ and ``event_loop`` (which the CLI does not expose yet). ``--redis-py-read`` turn
 the thin Redis client for the hot read (:mod:`serving.redisread`), so Recommend reads
 its state through a redis-py pipeline as before it existed, and ``--no-gc-freeze``
 leaves the heap unfrozen after start-up (:func:`serving.server.freeze_heap`); one
-process only for both: the switches do not reach spawned processes. Each serving process prints
+process only for both: the switches do not reach spawned processes. Each serving
+process prints
 ``recsvc serving on HOST:PORT``.
 """
 

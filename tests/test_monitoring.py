@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ NOT_OURS = {"up": set[str]()}
 GRAFANA = {"$__rate_interval": "5m", "$job": "recsvc", "$instance": ".*"}
 
 
+@cache
 def exported() -> dict[str, set[str]]:
     """Every series name recsvc exports (``_total``, ``_bucket``, ... included) and its
-    label names."""
+    label names (built once; callers only read it)."""
     registry = CollectorRegistry()
     metrics = ServingMetrics(registry)
     fill_every_metric(metrics)

@@ -276,10 +276,11 @@ def key_then_time(key: NDArray[np.int64], stamps: NDArray[np.int64]) -> NDArray[
     itself, which sorts it fastest (~0.9 s; the combined key took ~1.1 s)."""
     if len(key) == 0:
         return np.zeros(0, dtype=np.intp)
+    if bool(np.all(stamps[1:] >= stamps[:-1])):
+        return np.lexsort((stamps, key))
     first = int(stamps.min())
     span = int(stamps.max()) - first + 1
-    in_order = bool(np.all(stamps[1:] >= stamps[:-1]))
-    if in_order or (int(key.max()) + 1) * span >= 1 << 63:
+    if (int(key.max()) + 1) * span >= 1 << 63:
         return np.lexsort((stamps, key))
     combined = key * span
     combined += stamps - first
