@@ -67,7 +67,7 @@ serve: $(ARTIFACTS)/CURRENT  ## serve the published model on 127.0.0.1:50051 (/m
 	$(RECSVC) serve --artifacts $(ARTIFACTS)
 
 demo: $(ARTIFACTS)/CURRENT  ## end to end: synthetic shop, train, publish, serve, a customer and a visitor, stop
-	$(PY) -m serving.demo --artifacts $(ARTIFACTS) --catalog $(DATA_DIR)/catalog.csv
+	$(PY) -m recsvc.serving.demo --artifacts $(ARTIFACTS) --catalog $(DATA_DIR)/catalog.csv
 
 test: $(STAMP)  ## every test tier: unit, integration (private Redis), slow (real data)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -133,7 +133,7 @@ def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Sho
     folder.mkdir(parents=True)
     print(f"[shop {n_items:,}] building {folder} ({config.n_events:,} events) ...", flush=True)
     t = time.perf_counter()
-    from training.synth import SynthConfig, generate
+    from recsvc.training.synth import SynthConfig, generate
 
     events, catalog = folder / "events.csv.gz", folder / "catalog.csv"
     generate(

@@ -188,9 +188,9 @@ def ensure_trained(name: str, workdir: Path) -> Trained:
     """Generate shop ``name`` and fit ALS once; reuse both while their configs match."""
     import numpy as np
     import scipy.sparse as sp
+    from recsvc.training.synth import SynthConfig, generate
 
     from recsvc.config import ALSSettings, WeightingSettings
-    from training.synth import SynthConfig, generate
 
     config = SynthConfig(**SHOPS[name], seed=SEED)
     als, weighting = ALSSettings(), WeightingSettings()
@@ -237,9 +237,9 @@ def ensure_trained(name: str, workdir: Path) -> Trained:
 
 def _fit(name: str, events: Path, als: Any, weighting: Any, info: dict[str, Any]) -> Trained:
     """The trainer's own steps: load, weigh, fit (timed)."""
-    from training.fit import fit_als
-    from training.interactions import build_interactions
-    from training.loading import load_events
+    from recsvc.training.fit import fit_als
+    from recsvc.training.interactions import build_interactions
+    from recsvc.training.loading import load_events
 
     print(f"[{name}] fitting ALS ({als.factors} factors) ...", flush=True)
     t = time.perf_counter()

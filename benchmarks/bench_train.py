@@ -242,7 +242,7 @@ def data_flags(events: Path, layout: str, catalog: Path | None) -> list[str]:
 
 def ensure_shop(n_events: int, workdir: Path) -> Shop:
     """Generate the shop for ``n_events`` once; reuse it when its config matches."""
-    from training.synth import SynthConfig, generate
+    from recsvc.training.synth import SynthConfig, generate
 
     config = SynthConfig(n_events=n_events, seed=SEED)
     folder = workdir / f"synth-{n_events}-seed{SEED}"
@@ -409,11 +409,11 @@ def child_bare(events: Path, layout: str, factors: int, iterations: int) -> dict
     """Load, build the CSR, then time the bare fit and the index build apart."""
     import numpy as np
     from implicit.cpu.als import AlternatingLeastSquares
+    from recsvc.training.interactions import build_interactions
+    from recsvc.training.loading import load_events
     from threadpoolctl import threadpool_limits
 
     from recsvc.config import ALSSettings, IndexSettings, WeightingSettings
-    from training.interactions import build_interactions
-    from training.loading import load_events
 
     als = ALSSettings(factors=factors, iterations=iterations)
     t = time.perf_counter()
@@ -493,8 +493,9 @@ def child_steps(
 ) -> dict[str, Any]:
     """``recsvc train`` in-process with timers on the pipeline's steps."""
     t = time.perf_counter()
+    from recsvc.training import pipeline
+
     from recsvc.cli import main
-    from training import pipeline
 
     imports = time.perf_counter() - t
     rss_after_imports = _self_peak_rss()

@@ -24,8 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from recsvc.serving import server
+
 from recsvc.config import load_settings
-from serving import server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,3 @@
-"""The gRPC server role: reads published artifacts, never writes them.
-
-Empty until the serving issue lands; the ranking it will call is
-:class:`recsvc.ranking.Ranker`, already exercised by ``recsvc evaluate``.
+"""The gRPC server role (installed as ``recsvc.serving``): reads published artifacts,
+never writes them. Its command is ``recsvc serve`` (:mod:`.commands`).
 """

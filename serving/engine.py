@@ -42,10 +42,11 @@ from recsvc.events import EventType
 from recsvc.model import Model
 from recsvc.ranking import Filters, Query, Reason, Strategy
 from recsvc.weighting import EVENT_TYPES, event_weights, session_weights
-from serving.eventlog import EventLog, EventRow
-from serving.metrics import ServingMetrics, placement_label
-from serving.models import LoadedModel, ModelHolder
-from serving.state import LiveState, StoredEvent
+
+from .eventlog import EventLog, EventRow
+from .metrics import ServingMetrics, placement_label
+from .models import LoadedModel, ModelHolder
+from .state import LiveState, StoredEvent
 
 __all__ = [
     "Engine",

@@ -43,7 +43,8 @@ import grpc
 
 from recsvc.config import ServerSettings
 from recsvc.errors import ConfigError
-from serving.metrics import ServingMetrics
+
+from .metrics import ServingMetrics
 
 __all__ = [
     "RECOMMENDER_SERVICE",

@@ -37,14 +37,15 @@ from recsvc.errors import ConfigError
 from recsvc.redis_server import PrivateRedis, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from serving.engine import Engine
-from serving.eventlog import EventLog
-from serving.interceptors import server_interceptors
-from serving.metrics import ServingMetrics, start_metrics_http_server
-from serving.models import LoadedModel, ModelHolder, ReloadOutcome
-from serving.redisread import RedisReader
-from serving.servicer import RecommenderServicer
-from serving.state import LiveState, async_client_from_url
+
+from .engine import Engine
+from .eventlog import EventLog
+from .interceptors import server_interceptors
+from .metrics import ServingMetrics, start_metrics_http_server
+from .models import LoadedModel, ModelHolder, ReloadOutcome
+from .redisread import RedisReader
+from .servicer import RecommenderServicer
+from .state import LiveState, async_client_from_url
 
 __all__ = [
     "EVENT_LOOPS",

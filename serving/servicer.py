@@ -26,8 +26,9 @@ from recsvc.errors import InvalidRequestError, RecsvcError
 from recsvc.ranking import Strategy
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from serving import validation
-from serving.engine import Engine, RecommendOutput
+
+from . import validation
+from .engine import Engine, RecommendOutput
 
 __all__ = ["RecommenderServicer"]
 

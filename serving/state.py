@@ -70,7 +70,7 @@ from recsvc.store import (
 
 # The user tag, prefix validation, URL redaction and error translation exist once, in
 # recsvc.store, shared with the publisher.
-from serving.redisread import RedisReader
+from .redisread import RedisReader
 
 __all__ = [
     "EVENT_FORMAT_VERSION",

@@ -17,8 +17,9 @@ from recsvc.config import RepeatPolicy, ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.events import EventType
 from recsvc.v1 import recommender_pb2 as pb
-from serving.engine import EventInput, FilterSpec, RecommendInput, SimilarInput
-from serving.state import StoredEvent
+
+from .engine import EventInput, FilterSpec, RecommendInput, SimilarInput
+from .state import StoredEvent
 
 __all__ = [
     "event_inputs",

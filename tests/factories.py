@@ -13,11 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import redis.asyncio
+from recsvc.serving.metrics import ServingMetrics
+from recsvc.serving.redisread import RedisReader
+from recsvc.serving.state import LiveState, async_client_from_url
 
 from recsvc.config import Settings, load_settings
-from serving.metrics import ServingMetrics
-from serving.redisread import RedisReader
-from serving.state import LiveState, async_client_from_url
+
+REPO = Path(__file__).resolve().parent.parent
+"""The repository root."""
+SHARED_DATA = REPO.parent / "shared" / "data"
+"""The public datasets (``../shared/data``); tests that need them skip without it."""
 
 DAY = 86_400
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -111,7 +116,7 @@ def bench_script(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` imported as a module (the scripts import their siblings
     by name, so their folder is on the path while it loads)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+        mp.syspath_prepend(str(REPO / "benchmarks"))
         return importlib.import_module(name)
 
 

@@ -35,8 +35,9 @@ from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.model import Blend
 from recsvc.weighting import EVENT_TYPES, event_weights
-from training.interactions import event_type_codes
-from training.splits import split_last_basket
+
+from .interactions import event_type_codes
+from .splits import split_last_basket
 
 __all__ = ["MIN_USERS", "BlendFit", "fit_user_blend"]
 

@@ -33,9 +33,10 @@ from recsvc.config import Settings
 from recsvc.errors import DataError
 from recsvc.model import Blend, Model
 from recsvc.ranking import Query, Ranker, training_user_query
-from training import baselines
-from training.pipeline import LoadedData, build_model
-from training.splits import Split, split_by_cutoff, split_last_basket
+
+from . import baselines
+from .pipeline import LoadedData, build_model
+from .splits import Split, split_by_cutoff, split_last_basket
 
 __all__ = [
     "EvalReport",

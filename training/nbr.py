@@ -43,10 +43,11 @@ from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.model import Model
 from recsvc.ranking import Ranker
-from training import baselines
-from training.evaluation import als_recommender, score_lists, served_recommender
-from training.loading import EVENT_SCHEMA
-from training.pipeline import LoadedData, build_model
+
+from . import baselines
+from .evaluation import als_recommender, score_lists, served_recommender
+from .loading import EVENT_SCHEMA
+from .pipeline import LoadedData, build_model
 
 __all__ = [
     "PROTOCOL",

@@ -30,17 +30,18 @@ from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
 from recsvc.model import Blend
 from recsvc.sessions import SessionNeighbors, SessionParams
-from training.blend import fit_user_blend
-from training.fit import fit_als
-from training.interactions import (
+
+from .blend import fit_user_blend
+from .fit import fit_als
+from .interactions import (
     Interactions,
     build_interactions,
     drop_erased_users,
     session_arrays,
     trending_popularity,
 )
-from training.loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
-from training.sessions import build_session_neighbors, cores
+from .loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
+from .sessions import build_session_neighbors, cores
 
 __all__ = [
     "BuiltModel",

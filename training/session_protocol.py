@@ -36,9 +36,10 @@ from recsvc.events import EventType
 from recsvc.model import Model
 from recsvc.ranking import Query, Ranker
 from recsvc.weighting import EVENT_TYPES, session_weights
-from training.baselines import item_knn_similarity
-from training.loading import EVENT_SCHEMA
-from training.pipeline import LoadedData, build_model
+
+from .baselines import item_knn_similarity
+from .loading import EVENT_SCHEMA
+from .pipeline import LoadedData, build_model
 
 __all__ = [
     "SessionCases",

@@ -37,16 +37,17 @@ from recsvc.config import Settings
 from recsvc.errors import DataError
 from recsvc.model import Blend, Model
 from recsvc.ranking import Ranker
-from training.evaluation import (
+
+from .evaluation import (
     Split,
     served_recommender,
     split_by_cutoff,
     split_last_basket,
     truth_positions,
 )
-from training.nbr import NBRData, nbr_splits, training_table
-from training.pipeline import LoadedData, build_model
-from training.session_protocol import SessionCases, score_next_item, served_session_ranking
+from .nbr import NBRData, nbr_splits, training_table
+from .pipeline import LoadedData, build_model
+from .session_protocol import SessionCases, score_next_item, served_session_ranking
 
 __all__ = [
     "HoldoutObjective",

@@ -27,7 +27,7 @@ from recsvc.store import client_from_url
 pytestmark = pytest.mark.integration
 
 TOKEN = "cli-s3cret"
-RECSVC = [sys.executable, "-m", "recsvc.cli"]
+RECSVC = [sys.executable, "-m", "recsvc"]
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,19 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-
-from recsvc.config import ServerSettings
-from recsvc.errors import ConfigError
-from recsvc.v1 import recommender_pb2 as pb
-from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from serving.interceptors import (
+from recsvc.serving.interceptors import (
     WRITE_METHODS,
     AuthInterceptor,
     ConcurrencyLimitInterceptor,
     MetricsInterceptor,
     server_interceptors,
 )
-from serving.metrics import ServingMetrics, start_metrics_http_server
+from recsvc.serving.metrics import ServingMetrics, start_metrics_http_server
+
+from recsvc.config import ServerSettings
+from recsvc.errors import ConfigError
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 SERVICE = "recsvc.v1.RecommenderService"
 TOKEN = "s3cret-t0ken"

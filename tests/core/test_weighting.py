@@ -2,12 +2,12 @@ import math
 
 import numpy as np
 import pytest
+from recsvc.serving.engine import _weights
+from recsvc.serving.state import StoredEvent
 
 from recsvc.config import Settings, WeightingSettings
 from recsvc.events import EventType
 from recsvc.weighting import EVENT_TYPES, confidence, event_weights
-from serving.engine import _weights
-from serving.state import StoredEvent
 
 DAY = 86_400
 PURCHASE = EVENT_TYPES.index(EventType.PURCHASE)

@@ -21,12 +21,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
+from recsvc.serving.state import StoredEvent, async_client_from_url
 from server_harness import ServerThread, publish_block_model
 
 from recsvc.client import RecommenderClient
 from recsvc.events import EventType
 from recsvc.v1 import recommender_pb2 as pb
-from serving.state import StoredEvent, async_client_from_url
 
 pytestmark = pytest.mark.integration
 

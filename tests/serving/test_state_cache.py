@@ -15,12 +15,12 @@ import pytest
 import redis
 import redis.asyncio
 from factories import live_state, redis_reader
+from recsvc.serving import redisread
+from recsvc.serving.redisread import RedisReader
+from recsvc.serving.state import StoredEvent, async_client_from_url
 
 from recsvc.events import EventType
 from recsvc.redis_server import PrivateRedis, start_private_redis
-from serving import redisread
-from serving.redisread import RedisReader
-from serving.state import StoredEvent, async_client_from_url
 
 pytestmark = pytest.mark.integration
 

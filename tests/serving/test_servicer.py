@@ -6,12 +6,12 @@ from typing import Any, NoReturn, cast
 
 import grpc
 import pytest
+from recsvc.serving.engine import Engine
+from recsvc.serving.servicer import RecommenderServicer
 
 from recsvc.config import ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.v1 import recommender_pb2 as pb
-from serving.engine import Engine
-from serving.servicer import RecommenderServicer
 
 
 class _Aborted(grpc.aio.AbortError):  # type: ignore[misc]
@@ -57,7 +57,7 @@ def _recommend(exc: Exception, context: _Context) -> _Engine:
 
 def test_a_bug_is_internal_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     context = _Context()
-    with caplog.at_level(logging.ERROR, logger="serving.servicer"):
+    with caplog.at_level(logging.ERROR, logger="recsvc.serving.servicer"):
         _recommend(ZeroDivisionError("boom"), context)
     assert context.code == grpc.StatusCode.INTERNAL
     assert "bug while serving Recommend" in caplog.text
@@ -69,7 +69,7 @@ def test_a_bad_request_is_invalid_argument_and_not_logged_as_a_bug(
 ) -> None:
     context = _Context()
     bad = InvalidRequestError([FieldViolation("k", "must be <= 100")])
-    with caplog.at_level(logging.ERROR, logger="serving.servicer"):
+    with caplog.at_level(logging.ERROR, logger="recsvc.serving.servicer"):
         _recommend(bad, context)
     assert context.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "bug while serving" not in caplog.text

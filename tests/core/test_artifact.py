@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from factories import block_shop, small_settings
+from recsvc.training.pipeline import LoadedData, build_model
 
 from recsvc import artifact as art
 from recsvc.errors import ArtifactError, ChecksumError
-from training.pipeline import LoadedData, build_model
 
 
 @pytest.fixture()

@@ -8,11 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from recsvc.errors import ConfigError, DataError, InputRowError
-from recsvc.events import CANONICAL_COLUMNS, EventType
-from training import loading
-from training.loading import (
+from factories import SHARED_DATA
+from recsvc.training import loading
+from recsvc.training.loading import (
     EVENT_SCHEMA,
     ColumnMapping,
     LoadSummary,
@@ -20,7 +18,8 @@ from training.loading import (
     load_events,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from recsvc.errors import ConfigError, DataError, InputRowError
+from recsvc.events import CANONICAL_COLUMNS, EventType
 
 # 2021-03-04T05:06:07Z
 T0 = 1614834367

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import small_settings
-
-from recsvc.errors import DataError
-from training.session_protocol import (
+from factories import SHARED_DATA, small_settings
+from recsvc.training.session_protocol import (
     evaluate_sessions,
     load_session_dataset,
     score_next_item,
     validation_cases,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from recsvc.errors import DataError
+
+SHARED = SHARED_DATA
 
 
 def _walks(rng: np.random.Generator, n: int, n_items: int = 60) -> list[list[int]]:

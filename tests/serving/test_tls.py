@@ -182,7 +182,7 @@ def test_cli_client_speaks_tls_with_ca(
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     target = f"localhost:{tls_server.running.port}"
-    cmd = [sys.executable, "-m", "recsvc.cli", "info", "--target", target, "--json"]
+    cmd = [sys.executable, "-m", "recsvc", "info", "--target", target, "--json"]
     ok = subprocess.run([*cmd, "--ca", str(ca_file)], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["item_count"] == "24"  # int64 is a string in proto3 JSON

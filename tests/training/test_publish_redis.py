@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import redis
 from factories import block_shop, small_settings
+from recsvc.training.pipeline import LoadedData, build_model
+from recsvc.training.publish import publish, rollback
 
 from recsvc import artifact as art
 from recsvc.store import UserVectorStore, encode_vector, user_vector_key
-from training.pipeline import LoadedData, build_model
-from training.publish import publish, rollback
 
 pytestmark = pytest.mark.integration
 

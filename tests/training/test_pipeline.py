@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import T0, block_shop, event_table, small_settings
+from factories import SHARED_DATA, T0, block_shop, event_table, small_settings
+from recsvc.training import pipeline, sessions
+from recsvc.training.evaluation import evaluate, split_by_cutoff, split_last_basket
+from recsvc.training.pipeline import DataSpec, LoadedData, load_data, repeat_share, train
+from recsvc.training.publish import publish, rollback
+from recsvc.training.synth import SynthConfig, generate
 
 from recsvc import artifact as art
 from recsvc.errors import DataError, QualityGateError
-from training import pipeline, sessions
-from training.evaluation import evaluate, split_by_cutoff, split_last_basket
-from training.pipeline import DataSpec, LoadedData, load_data, repeat_share, train
-from training.publish import publish, rollback
-from training.synth import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_train_writes_a_complete_artifact(shop: tuple[Path, Path], tmp_path: Pat
     assert not loaded.item_available.all()
 
 
+@pytest.mark.slow  # ~10 s: trains several models
 def test_session_model_beside_the_blend_fit_changes_nothing(
     shop: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -104,6 +105,7 @@ def test_publish_refuses_an_index_below_the_recall_floor(
     assert art.current_version(settings.artifact_root) is None
 
 
+@pytest.mark.slow  # ~10 s: trains several models
 def test_publish_then_rollback_without_redis(shop: tuple[Path, Path], tmp_path: Path) -> None:
     events, _ = shop
     settings = small_settings(tmp_path, als={"factors": 8, "iterations": 2})
@@ -176,7 +178,7 @@ def test_quality_floor_on_a_synthetic_shop(shop: tuple[Path, Path], tmp_path: Pa
     assert np.isfinite(list(m["served"].values())).all()
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.mark.slow

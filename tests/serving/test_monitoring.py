@@ -10,18 +10,16 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
 import yaml
-from factories import fill_every_metric
+from factories import REPO, fill_every_metric
 from prometheus_client import CollectorRegistry
+from recsvc.serving.metrics import ServingMetrics
 
-from serving.metrics import ServingMetrics
-
-MONITORING = Path(__file__).resolve().parents[1] / "serving" / "monitoring"
+MONITORING = REPO / "serving" / "monitoring"
 TARGET_LABELS = {"job", "instance"}
 """Labels Prometheus attaches to every scraped series."""
 NOT_OURS = {"up": set[str]()}

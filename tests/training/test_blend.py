@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from factories import DAY, T0, event_table
+from recsvc.training.blend import MIN_USERS, fit_user_blend
+from recsvc.training.interactions import build_interactions
 
 from recsvc.config import WeightingSettings
 from recsvc.foldin import FoldIn
-from training.blend import MIN_USERS, fit_user_blend
-from training.interactions import build_interactions
 
 
 def _shop(kind: str, n_users: int = 300, seed: int = 0) -> list[tuple]:

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recsvc.training import sessions as ts
+from recsvc.training.sessions import _pair_sums, _top_eigen, build_session_neighbors
 from scipy import sparse
 
 from recsvc import sessions as rs
 from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
-from training import sessions as ts
-from training.sessions import _pair_sums, _top_eigen, build_session_neighbors
 
 # neighbour score alone: deterministic, no fitted weights
 KNN = SessionParams(rerank=False, embedding_dim=0, recency_decay=0.0)

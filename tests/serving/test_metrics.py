@@ -9,8 +9,7 @@ import pytest
 from factories import fill_every_metric
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-
-from serving.metrics import (
+from recsvc.serving.metrics import (
     ITEM_COUNT_BUCKETS,
     LATENCY_BUCKETS_SECONDS,
     ServingMetrics,

@@ -1,11 +1,12 @@
 from pathlib import Path
 
 import pytest
+from factories import REPO
 
 from recsvc.config import Settings, example_toml, load_settings
 from recsvc.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def test_example_config_documents_exactly_the_defaults() -> None:

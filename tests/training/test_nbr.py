@@ -8,12 +8,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from factories import small_settings
-
-from recsvc.errors import DataError
-from training import nbr
-from training.loading import EVENT_SCHEMA
-from training.nbr import (
+from factories import SHARED_DATA, small_settings
+from recsvc.training import nbr
+from recsvc.training.loading import EVENT_SCHEMA
+from recsvc.training.nbr import (
     REFERENCE_TIME,
     evaluate_nbr,
     load_nbr_json,
@@ -21,7 +19,9 @@ from training.nbr import (
     training_table,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tafeng"
+from recsvc.errors import DataError
+
+SHARED = SHARED_DATA / "tafeng"
 DAY = 86_400
 N_USERS = 50
 

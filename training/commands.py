@@ -1,0 +1,347 @@
+"""The training role's subcommands of ``recsvc``: ``synth``, ``train``, ``evaluate``,
+``tune`` and ``publish`` (registered through the ``recsvc.commands`` entry point).
+
+Handlers import their heavy dependencies (pyarrow, implicit, faiss) only when run,
+so ``recsvc --help`` stays fast and works on a client-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recsvc.cli import add_settings_flags, interactive, settings_from_args
+from recsvc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recsvc.config import Settings
+
+    from .pipeline import DataSpec
+
+__all__ = ["add_commands"]
+
+EXTRA = "train"
+"""The install extra that brings this role's dependencies."""
+
+
+def _add_data_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    g = p.add_argument_group("input data")
+    g.add_argument(
+        "--events",
+        type=Path,
+        action="append",
+        required=required,
+        help="events file: CSV, CSV.gz or Parquet (repeat for several, e.g. event logs)",
+    )
+    g.add_argument(
+        "--format",
+        choices=["events", "online-retail"],
+        default="events",
+        help="layout: canonical events (default) or UCI Online Retail II",
+    )
+    g.add_argument(
+        "--columns",
+        metavar="MAP",
+        help="column mapping for other layouts, e.g. user_id=Customer,item_id=SKU,timestamp=ts",
+    )
+    g.add_argument(
+        "--catalog", type=Path, help="catalogue CSV/Parquet: item_id, category, available"
+    )
+    g.add_argument(
+        "--skip-bad-rows", action="store_true", help="drop and count bad rows instead of stopping"
+    )
+
+
+def _data_spec(args: argparse.Namespace) -> DataSpec:
+    from .loading import ColumnMapping
+    from .pipeline import DataSpec
+
+    mapping = ColumnMapping.parse(args.columns) if args.columns else None
+    return DataSpec(
+        events=tuple(args.events),
+        format=args.format,
+        mapping=mapping,
+        catalog=args.catalog,
+        skip_bad_rows=args.skip_bad_rows,
+    )
+
+
+# --- subcommands --------------------------------------------------------------------
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import SynthConfig, generate
+
+    catalog = args.catalog or args.events.with_name("catalog.csv")
+    config = SynthConfig(
+        n_events=args.n_events,
+        n_items=args.n_items,
+        n_users=args.n_users,
+        repeat_rate=args.repeat_rate,
+        seed=args.seed,
+    )
+    summary = generate(config, args.events, catalog, progress=interactive())
+    print(
+        f"wrote {summary.n_events:,} events ({summary.n_purchases:,} purchases, "
+        f"{summary.n_users:,} users, {summary.n_items:,} items) to {summary.events_path} "
+        f"and the catalogue to {summary.catalog_path} in {summary.seconds:.1f}s"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import train
+    from .publish import publish
+
+    settings = settings_from_args(args)
+    result = train(_data_spec(args), settings, progress=interactive())
+    m = result.artifact.manifest
+    print(
+        f"trained {result.artifact.model_version}: {m['data']['users']:,} users, "
+        f"{m['data']['items']:,} items, {m['data']['interactions']:,} interactions; "
+        f"index {m['index']['kind']} (recall@{m['index']['recall_k']} {m['index']['recall']:.4f}); "
+        f"repeat share {m['ranking']['repeat_share']:.3f} -> {m['ranking']['repeat_policy']}; "
+        f"blend {_blend_text(m['ranking']['user_blend'])}"
+    )
+    print(f"artifact: {result.path}")
+    if args.publish:
+        published = publish(settings, result.artifact.model_version, progress=interactive())
+        print(f"published {published.version} ({published.vectors_written:,} vectors to Redis)")
+    return 0
+
+
+def _blend_text(blend: dict[str, float]) -> str:
+    return " ".join(f"{name} {weight:.2f}" for name, weight in blend.items() if weight)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import publish, rollback
+
+    settings = settings_from_args(args)
+    if args.rollback:
+        result = rollback(settings, progress=interactive())
+        print(f"rolled back from {result.previous} to {result.version}")
+    else:
+        result = publish(settings, args.version, progress=interactive())
+        print(
+            f"published {result.version} (was {result.previous or 'nothing'}; "
+            f"{result.vectors_written:,} vectors to Redis)"
+        )
+    return 0
+
+
+def _parse_date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO date: {text!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    return str(
+        args.protocol or args.holdout or ("time" if args.cutoff is not None else "last-basket")
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    protocol = _protocol(args)
+    if protocol in ("nbr", "session"):
+        if args.data is None:
+            raise ConfigError(f"--protocol {protocol} needs --data DIR (the dataset's folder)")
+        report = _evaluate_public(protocol, args, settings)
+    else:
+        if not args.events:
+            raise ConfigError(f"--protocol {protocol} needs --events FILE")
+        if protocol == "time" and args.cutoff is None:
+            raise ConfigError("--protocol time needs --cutoff DATE")
+        report = _evaluate_holdout(protocol, args, settings)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report: {args.report}")
+    return 0
+
+
+def _evaluate_holdout(
+    protocol: str, args: argparse.Namespace, settings: Settings
+) -> dict[str, Any]:
+    from .evaluation import evaluate, format_table, split_by_cutoff, split_last_basket
+    from .pipeline import load_data
+
+    data = load_data(_data_spec(args), settings)
+    if protocol == "time":
+        split = split_by_cutoff(data.table, args.cutoff)
+    else:
+        split = split_last_basket(data.table)
+    dataset = args.dataset or args.events[0].name
+    report = evaluate(data, split, settings, dataset=dataset, progress=interactive())
+    print(f"{dataset}: {report.protocol}, {report.users:,} test users")
+    print(format_table(report.metrics))
+    return report.to_json()
+
+
+def _evaluate_public(protocol: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from .evaluation import format_table
+
+    report: dict[str, Any]
+    if protocol == "session":
+        from .session_protocol import evaluate_sessions, load_session_dataset
+
+        table, cases = load_session_dataset(args.data)
+        report = evaluate_sessions(
+            table, cases, settings, dataset=args.dataset or args.data.name, limit=args.limit
+        )
+        print(f"{report['dataset']}: {report['protocol']}, {report['cases']:,} cases")
+    else:
+        from .nbr import evaluate_nbr, load_nbr_dir
+
+        nbr = evaluate_nbr(
+            load_nbr_dir(args.data),
+            settings,
+            seeds=tuple(range(args.seeds)),
+            dataset=args.dataset or args.data.name,
+        )
+        report = nbr.to_json()
+        print(f"{nbr.dataset}: {nbr.protocol}, seeds {list(nbr.seeds)}")
+    print(format_table(report["metrics"]))
+    return report
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from . import tuning
+
+    settings = settings_from_args(args)
+    protocol = _protocol(args)
+    objective: tuning.Objective
+    if protocol == "session":
+        from .session_protocol import load_session_dataset, validation_cases
+
+        if args.data is None:
+            raise ConfigError("--protocol session needs --data DIR")
+        table, _ = load_session_dataset(args.data)  # the test cases are never read
+        train, cases = validation_cases(table, settings.evaluation.validation_share)
+        objective = tuning.SessionObjective(train, cases, settings)
+    elif protocol == "nbr":
+        from .nbr import load_nbr_dir
+
+        if args.data is None:
+            raise ConfigError("--protocol nbr needs --data DIR")
+        objective = tuning.NBRObjective(load_nbr_dir(args.data))
+    else:
+        from .pipeline import load_data
+
+        if not args.events:
+            raise ConfigError(f"--protocol {protocol} needs --events FILE")
+        data = load_data(_data_spec(args), settings)
+        share = settings.evaluation.validation_share
+        split = tuning.validation_split(data.table, protocol, share, args.cutoff)
+        objective = tuning.HoldoutObjective(data, split, name=f"{protocol} validation")
+    result = tuning.tune(
+        objective, settings, budget_seconds=args.budget, seed=args.seed, progress=print
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(tuning.tuned_toml(result))
+    best = result.best
+    print(
+        f"best {result.metric} {best.score:.4f} (given settings {result.baseline.score:.4f}) "
+        f"after {len(result.trials)} fits in {result.seconds:.0f} s -> {args.out}"
+    )
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        print(f"report: {args.report}")
+    return 0
+
+
+def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--protocol",
+        choices=["time", "last-basket", "nbr", "session"],
+        help="time: split at --cutoff; last-basket: each user's last basket; nbr: the "
+        "next-basket reality-check protocol on --data (Ta-Feng layout); session: next click "
+        "of anonymous session prefixes on --data (SR-GNN Diginetica layout). Default: time "
+        "with --cutoff, else last-basket",
+    )
+    _add_data_flags(p, required=False)
+    add_settings_flags(p)
+    p.add_argument(
+        "--cutoff", type=_parse_date, help="time: events at/after this date are the test"
+    )
+    p.add_argument(
+        "--holdout",
+        choices=["last-basket"],
+        help="same as --protocol last-basket (kept for scripts)",
+    )
+    p.add_argument("--data", type=Path, help="nbr/session: folder of the public dataset")
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the training subcommands to ``sub`` (the ``recsvc`` subparsers)."""
+    p = sub.add_parser(
+        "synth", parents=[common], help="generate a synthetic shop (events + catalogue)"
+    )
+    p.add_argument("--events", type=Path, required=True, help="output events CSV (.gz to compress)")
+    p.add_argument(
+        "--catalog", type=Path, help="output catalogue CSV (default: catalog.csv beside)"
+    )
+    p.add_argument("--n-events", type=int, default=100_000, help="rows to write (1k to 50M)")
+    p.add_argument("--n-items", type=int, help="catalogue size (default: from --n-events)")
+    p.add_argument("--n-users", type=int, help="users (default: from --n-events)")
+    p.add_argument("--repeat-rate", type=float, default=0.3, help="share of repeat purchases")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(handler=_cmd_synth, extra=EXTRA)
+
+    p = sub.add_parser(
+        "train", parents=[common], help="fit ALS on purchase history and write a model artifact"
+    )
+    _add_data_flags(p)
+    add_settings_flags(p)
+    p.add_argument("--publish", action="store_true", help="publish the new version after training")
+    p.set_defaults(handler=_cmd_train, extra=EXTRA)
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score the served ranking and baselines on held-out data (see docs/quality.md)",
+    )
+    _add_protocol_flags(p)
+    p.add_argument("--seeds", type=int, default=5, help="nbr: random user splits to average")
+    p.add_argument("--limit", type=int, help="session: score only the first N test cases")
+    p.add_argument("--report", type=Path, help="write the report as JSON here")
+    p.add_argument("--dataset", help="dataset name in the report (default: file or folder name)")
+    p.set_defaults(handler=_cmd_evaluate, extra=EXTRA)
+
+    p = sub.add_parser(
+        "tune",
+        parents=[common],
+        help="search ALS parameters and the ranking blend on a validation split, "
+        "write the best as a config file",
+    )
+    _add_protocol_flags(p)
+    p.add_argument(
+        "--budget", type=float, default=600.0, help="seconds to search (the first fit always runs)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    p.add_argument(
+        "--out", type=Path, default=Path("tuned.toml"), help="config file to write (TOML)"
+    )
+    p.add_argument("--report", type=Path, help="write every trial as JSON here")
+    p.set_defaults(handler=_cmd_tune, extra=EXTRA)
+
+    p = sub.add_parser(
+        "publish",
+        parents=[common],
+        help="make a trained version current (vectors into Redis first), or roll back",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", help="version to publish (default: newest trained)")
+    which.add_argument(
+        "--rollback", action="store_true", help="return to the previously published version"
+    )
+    add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_publish, extra=EXTRA)
