@@ -188,9 +188,9 @@ def ensure_trained(name: str, workdir: Path) -> Trained:
     """Generate shop ``name`` and fit ALS once; reuse both while their configs match."""
     import numpy as np
     import scipy.sparse as sp
-    from recsvc.training.synth import SynthConfig, generate
 
     from recsvc.config import ALSSettings, WeightingSettings
+    from recsvc.training.synth import SynthConfig, generate
 
     config = SynthConfig(**SHOPS[name], seed=SEED)
     als, weighting = ALSSettings(), WeightingSettings()

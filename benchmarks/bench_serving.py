@@ -387,9 +387,9 @@ def foldin_user(i: int) -> str:
 def write_foldin_histories(artifact: ModelArtifact, url: str, n_users: int) -> None:
     """``n_users`` users with a live history of 10 events and no vector anywhere."""
     import numpy as np
-    from recsvc.serving.state import StoredEvent, encode_event
 
     from recsvc.events import EventType
+    from recsvc.serving.state import StoredEvent, encode_event
     from recsvc.store import client_from_url, user_history_key
 
     rng = np.random.default_rng(SEED + 1)

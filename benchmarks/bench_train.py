@@ -98,8 +98,8 @@ STEPS_PATCHED = (
     "fit_als",
     "ItemIndex.build",
     "_index_recall",
-    "session_arrays",
-    "build_session_neighbors",
+    "visit_arrays",
+    "build_neighbor_model",
     "session_revisit_share",
     "_ranking_defaults",
     "fit_user_blend",
@@ -108,14 +108,14 @@ STEPS_PATCHED = (
     "new_model_version",
     "write_artifact",
 )
-"""Names in :mod:`training.pipeline` timed by the ``steps`` run, in call order."""
+"""Names in :mod:`recsvc.training.pipeline` timed by the ``steps`` run, in call order."""
 MANIFEST_ORDER = (
     "load",
     "weighting",
     "fit",
     "index",
     "index_recall",
-    "sessions",
+    "visits",
     "neighbors",
     "ranking",
     "blend",
@@ -409,11 +409,11 @@ def child_bare(events: Path, layout: str, factors: int, iterations: int) -> dict
     """Load, build the CSR, then time the bare fit and the index build apart."""
     import numpy as np
     from implicit.cpu.als import AlternatingLeastSquares
-    from recsvc.training.interactions import build_interactions
-    from recsvc.training.loading import load_events
     from threadpoolctl import threadpool_limits
 
     from recsvc.config import ALSSettings, IndexSettings, WeightingSettings
+    from recsvc.training.interactions import build_interactions
+    from recsvc.training.loading import load_events
 
     als = ALSSettings(factors=factors, iterations=iterations)
     t = time.perf_counter()
@@ -493,9 +493,8 @@ def child_steps(
 ) -> dict[str, Any]:
     """``recsvc train`` in-process with timers on the pipeline's steps."""
     t = time.perf_counter()
-    from recsvc.training import pipeline
-
     from recsvc.cli import main
+    from recsvc.training import pipeline
 
     imports = time.perf_counter() - t
     rss_after_imports = _self_peak_rss()

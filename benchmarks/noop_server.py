@@ -81,10 +81,10 @@ class NoopRecommender(pb_grpc.RecommenderServiceServicer):
 def recsvc_interceptors() -> list[Any]:
     """recsvc's interceptors as ``create_server`` builds them, on a private registry."""
     from prometheus_client import CollectorRegistry
-    from recsvc.serving.interceptors import server_interceptors
-    from recsvc.serving.metrics import ServingMetrics
 
     from recsvc.config import ServerSettings
+    from recsvc.serving.interceptors import server_interceptors
+    from recsvc.serving.metrics import ServingMetrics
 
     return server_interceptors(ServerSettings(), ServingMetrics(CollectorRegistry()))
 

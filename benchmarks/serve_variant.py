@@ -24,9 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recsvc.serving import server
-
 from recsvc.config import load_settings
+from recsvc.serving import server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ Layout under the artifact root::
         categories.npy         (n_categories,) unicode
         item_available.npy     (n_items,) bool
         index.faiss            faiss.write_index of the item index
-        neighbors.npz          arrays of the item-neighbour model (recsvc.sessions),
+        neighbors.npz          arrays of the item-neighbour model (recsvc.neighbors),
                                when training built one
 
 Arrays are ``.npy``/``.npz`` read with ``allow_pickle=False``. A version is written
@@ -100,7 +100,7 @@ class ModelArtifact:
     item_available: NDArray[np.bool_]
     index: ItemIndex
     neighbors: dict[str, NDArray[Any]] | None = None
-    """Arrays of the item-neighbour model (:mod:`recsvc.sessions`), if built."""
+    """Arrays of the item-neighbour model (:mod:`recsvc.neighbors`), if built."""
 
     @property
     def model_version(self) -> str:

@@ -13,7 +13,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +36,7 @@ __all__ = [
     "BlendSettings",
     "EvaluationSettings",
     "IndexSettings",
+    "NeighborParams",
     "NeighborSettings",
     "RankingSettings",
     "RedisSettings",
@@ -136,31 +144,104 @@ class RepeatPolicy(StrEnum):
     EXCLUDE = "exclude"
 
 
-class NeighborSettings(_Section):
-    """The item-neighbour (session) model: session-kNN, sequential rules and a
-    re-ranker, built from the shop's sessions (recsvc/sessions.py)."""
+class NeighborParams(_Section):
+    """Hyperparameters of the item-neighbour model (:mod:`recsvc.neighbors`): the
+    neighbour search over past visits, the sequential rules and the re-ranker.
+    Defaults tuned on a Diginetica validation split; "build" fields are baked into the
+    arrays at training time, the others act at scoring time. The artifact records the
+    values it was built with."""
+
+    neighbors: int = Field(default=200, ge=1)
+    """How many of the most similar past visits vote (STAN's ``k``)."""
+    sample_size: int = Field(default=1000, ge=1)
+    """How many of the most recent past visits that share an item with the live
+    session are compared with it (V-SKNN's ``m``)."""
+    session_decay: float = Field(default=4.0, gt=0.0)
+    """Live-session item recency: the item ``d`` clicks before the last weighs
+    ``exp(-d / session_decay)`` in the similarity (STAN's ``lambda1``)."""
+    recency_decay: float = Field(default=80_000.0, ge=0.0)
+    """Neighbour recency: a past visit ``a`` visits older than the newest weighs
+    ``exp(-a / recency_decay)`` (STAN's ``lambda2`` over visit order); 0 = off."""
+    neighbor_decay: float = Field(default=2.0, gt=0.0)
+    """Neighbour item position: an item ``d`` clicks from an anchor in a neighbour gets
+    ``exp(-d / neighbor_decay)`` of its vote (STAN's ``lambda3``)."""
+    before_weight: float = Field(default=0.75, ge=0.0)
+    """Extra factor for a neighbour's items clicked before the anchor (items after it are
+    what tends to come next)."""
+    anchor_decay: float = Field(default=2.0, ge=0.0)
+    """0: a neighbour's votes are anchored at the most recent shared item (STAN).
+    Positive: every shared item anchors votes, the one ``d`` clicks before the session's
+    last weighted ``exp(-d / anchor_decay)``."""
+    idf: float = Field(default=1.0, ge=0.0)
+    """Exponent of the items' IDF in the similarity (0 = plain STAN, 1 = V-STAN)."""
+    length_exponent: float = Field(default=0.25, ge=0.0)
+    """A past visit of ``L`` distinct items has its similarity divided by
+    ``L ** length_exponent`` (0.5: cosine)."""
+    candidates: int = Field(default=100, ge=1)
+    """How many of the best neighbour items are re-ranked."""
+    rule_candidates: int = Field(default=50, ge=1)
+    """How many of the last item's strongest rule successors join the candidates."""
+    rule_window: int = Field(default=3, ge=1)
+    """The ``rule_window`` feature's rules come from this many last items."""
+    rule_decay: float = Field(default=0.5, ge=0.0)
+    """... the item ``d`` clicks before the last scaled by ``rule_decay ** d``."""
+    embedding_decay: float = Field(default=1.0, gt=0.0)
+    """The session's embedding: its clicks' vectors weighted ``exp(-d / embedding_decay)``
+    for the click ``d`` before the last."""
+    rule_steps: int = Field(default=10, ge=1)
+    """Build: ``b`` counts as following ``a`` when at most this many clicks later."""
+    rule_successors: int = Field(default=200, ge=1)
+    """Build: the strongest successors kept per item."""
+    embedding_dim: int = Field(default=64, ge=0)
+    """Build: item embedding size (0 = no embedding features)."""
+    embedding_window: int = Field(default=3, ge=1)
+    """Build: items at most this many clicks apart co-occur (weight ``1 / gap``)."""
+    recent_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Build: the ``recent`` feature counts clicks in this newest share of visits."""
+    rerank: bool = True
+    """Build: fit re-ranking weights (false: the neighbour score alone)."""
+    rerank_holdout: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """Build: the re-ranker is fitted on prefix->next cases of this newest share of the
+    past visits, with a model built from the older ones."""
+    rerank_cases: int = Field(default=3_000, ge=1)
+    """Build: about this many such cases are used (every ``n // rerank_cases``-th of the
+    ``n``; fewer than twice as many). Each costs a neighbour search (~1 ms); 3,000 score
+    within 0.001 HR@20 / MRR@20 of 10,000 on the Diginetica validation split."""
+    rerank_l2: float = Field(default=1e-3, ge=0.0)
+    """Build: L2 penalty of the re-ranker (on standardised features)."""
+
+
+class NeighborSettings(NeighborParams):
+    """The item-neighbour model: session-kNN over the shop's past visits, sequential
+    rules and a re-ranker (:mod:`recsvc.neighbors`); its hyperparameters
+    (:class:`NeighborParams`) and how training builds it."""
 
     enabled: bool = True
     """Build it. Without it the session path folds the session into an ALS vector
     and no blend can weigh neighbours (training is then ALS + index only)."""
-    session_gap_minutes: float = Field(default=30.0, gt=0.0)
-    """A known user's events further apart than this start a new session."""
-    max_session_length: int = Field(default=200, ge=2)
-    """A longer session keeps its last this many events."""
-    neighbors: int = Field(default=200, ge=1)
-    """Most similar training sessions that vote."""
-    sample_size: int = Field(default=1000, ge=1)
-    """Most recent training sessions sharing an item that are compared."""
-    rerank: bool = True
-    """Re-rank candidates with a linear model fitted on the newest sessions."""
-    rerank_cases: int = Field(default=3_000, ge=100)
-    """Prefix→next cases the re-ranker is fitted on (~1 ms each to featurise); 3,000
-    score within 0.001 of 10,000 on the Diginetica validation split."""
+    visit_gap_minutes: float = Field(
+        default=30.0,
+        gt=0.0,
+        validation_alias=AliasChoices("visit_gap_minutes", "session_gap_minutes"),
+    )
+    """A known customer's past events further apart than this start a new visit (the
+    "sessions" of session-kNN; ``session_gap_minutes`` is accepted as its old name)."""
+    max_visit_length: int = Field(
+        default=200,
+        ge=2,
+        validation_alias=AliasChoices("max_visit_length", "max_session_length"),
+    )
+    """A longer visit keeps its last this many events (``max_session_length`` is accepted
+    as its old name)."""
     parallel_build: bool = True
     """With more than one core, build it on a thread beside the blend fit, and the
     re-ranker's model beside the final one: ~25% less training time at 10M events
     (the same artifact), for a peak memory ~1.6x as high; false builds one step at a
     time."""
+
+    def params(self) -> NeighborParams:
+        """The hyperparameters alone (what the model and its artifact keep)."""
+        return NeighborParams(**{name: getattr(self, name) for name in NeighborParams.model_fields})
 
 
 class BlendSettings(_Section):

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from recsvc.artifact import ModelArtifact
 from recsvc.config import RepeatPolicy
 from recsvc.foldin import FoldIn
-from recsvc.sessions import SessionNeighbors
+from recsvc.neighbors import NeighborModel
 
 __all__ = ["Blend", "Model", "NeighborScorer", "RankingDefaults"]
 
@@ -99,7 +99,7 @@ class RankingDefaults:
 
 
 class NeighborScorer(Protocol):
-    """Item neighbours of a list of items (see :mod:`recsvc.sessions`)."""
+    """Item neighbours of a list of items (see :mod:`recsvc.neighbors`)."""
 
     def score(
         self, items: NDArray[np.int32], weights: NDArray[np.float32] | None = None, limit: int = 100
@@ -163,4 +163,4 @@ def _row(m: sp.csr_matrix, user: int) -> tuple[NDArray[np.int32], NDArray[np.flo
 def _neighbors(a: ModelArtifact) -> NeighborScorer | None:
     if a.neighbors is None:
         return None
-    return SessionNeighbors.from_arrays(a.neighbors)
+    return NeighborModel.from_arrays(a.neighbors)

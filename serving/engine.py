@@ -45,7 +45,7 @@ from recsvc.weighting import EVENT_TYPES, event_weights, session_weights
 
 from .eventlog import EventLog, EventRow
 from .metrics import ServingMetrics, placement_label
-from .models import LoadedModel, ModelHolder
+from .reload import LoadedModel, ModelHolder
 from .state import LiveState, StoredEvent
 
 __all__ = [

@@ -42,8 +42,8 @@ from .engine import Engine
 from .eventlog import EventLog
 from .interceptors import server_interceptors
 from .metrics import ServingMetrics, start_metrics_http_server
-from .models import LoadedModel, ModelHolder, ReloadOutcome
 from .redisread import RedisReader
+from .reload import LoadedModel, ModelHolder, ReloadOutcome
 from .servicer import RecommenderServicer
 from .state import LiveState, async_client_from_url
 

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import redis.asyncio
+
+from recsvc.config import Settings, load_settings
 from recsvc.serving.metrics import ServingMetrics
 from recsvc.serving.redisread import RedisReader
 from recsvc.serving.state import LiveState, async_client_from_url
-
-from recsvc.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository root."""

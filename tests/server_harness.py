@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from factories import block_shop, small_settings
-from recsvc.serving.server import RunningServer, create_server
-from recsvc.training.pipeline import LoadedData, build_model
 
 from recsvc import artifact as art
 from recsvc.config import Settings
+from recsvc.serving.server import RunningServer, create_server
+from recsvc.training.pipeline import LoadedData, build_model
+
+from factories import block_shop, small_settings
 
 T = TypeVar("T")
 

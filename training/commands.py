@@ -190,15 +190,15 @@ def _evaluate_public(protocol: str, args: argparse.Namespace, settings: Settings
 
     report: dict[str, Any]
     if protocol == "session":
-        from .session_protocol import evaluate_sessions, load_session_dataset
+        from .nextclick import evaluate_next_click, load_next_click_data
 
-        table, cases = load_session_dataset(args.data)
-        report = evaluate_sessions(
+        table, cases = load_next_click_data(args.data)
+        report = evaluate_next_click(
             table, cases, settings, dataset=args.dataset or args.data.name, limit=args.limit
         )
         print(f"{report['dataset']}: {report['protocol']}, {report['cases']:,} cases")
     else:
-        from .nbr import evaluate_nbr, load_nbr_dir
+        from .nextbasket import evaluate_nbr, load_nbr_dir
 
         nbr = evaluate_nbr(
             load_nbr_dir(args.data),
@@ -219,15 +219,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     protocol = _protocol(args)
     objective: tuning.Objective
     if protocol == "session":
-        from .session_protocol import load_session_dataset, validation_cases
+        from .nextclick import load_next_click_data, validation_cases
 
         if args.data is None:
             raise ConfigError("--protocol session needs --data DIR")
-        table, _ = load_session_dataset(args.data)  # the test cases are never read
+        table, _ = load_next_click_data(args.data)  # the test cases are never read
         train, cases = validation_cases(table, settings.evaluation.validation_share)
         objective = tuning.SessionObjective(train, cases, settings)
     elif protocol == "nbr":
-        from .nbr import load_nbr_dir
+        from .nextbasket import load_nbr_dir
 
         if args.data is None:
             raise ConfigError("--protocol nbr needs --data DIR")

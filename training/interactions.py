@@ -22,8 +22,8 @@ __all__ = [
     "build_interactions",
     "drop_erased_users",
     "event_type_codes",
-    "session_arrays",
     "trending_popularity",
+    "visit_arrays",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,20 +221,21 @@ def _purchase_basket_counts(
     return counts, decayed
 
 
-def session_arrays(
+def visit_arrays(
     table: pa.Table,
     item_ids: NDArray[np.str_],
     *,
     gap_seconds: int = 30 * 60,
     max_length: int = 200,
 ) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
-    """The shop's sessions, for the item-neighbour model: a known user's events split
-    where more than ``gap_seconds`` pass between two of them, a guest's basket as one
-    session; items in time order, sessions ordered by their first event.
+    """The shop's past visits, for the item-neighbour model (session-kNN's "sessions"):
+    a known user's events split where more than ``gap_seconds`` pass between two of
+    them, a guest's basket as one visit; items in time order, visits ordered by their
+    first event.
 
-    Guests count: anonymous sessions are what the neighbour model serves. A session
+    Guests count: anonymous live sessions are what the neighbour model serves. A visit
     longer than ``max_length`` keeps its last ``max_length`` events (bulk orders say
-    little about what goes with what, and cost quadratic time). Sessions of one event
+    little about what goes with what, and cost quadratic time). Visits of one event
     are dropped: they pair nothing.
 
     Returns:

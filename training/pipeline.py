@@ -29,7 +29,7 @@ from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
 from recsvc.model import Blend
-from recsvc.sessions import SessionNeighbors, SessionParams
+from recsvc.neighbors import NeighborModel
 
 from .blend import fit_user_blend
 from .fit import fit_als
@@ -37,11 +37,11 @@ from .interactions import (
     Interactions,
     build_interactions,
     drop_erased_users,
-    session_arrays,
     trending_popularity,
+    visit_arrays,
 )
 from .loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
-from .sessions import build_session_neighbors, cores
+from .neighbors import build_neighbor_model, cores
 
 __all__ = [
     "BuiltModel",
@@ -170,13 +170,13 @@ def build_model(
 
     t = time.perf_counter()
     ns = settings.neighbors
-    indptr, session_items = session_arrays(
+    indptr, session_items = visit_arrays(
         data.table,
         inter.item_ids,
-        gap_seconds=int(ns.session_gap_minutes * 60),
-        max_length=ns.max_session_length,
+        gap_seconds=int(ns.visit_gap_minutes * 60),
+        max_length=ns.max_visit_length,
     )
-    timings["sessions_seconds"] = time.perf_counter() - t
+    timings["visits_seconds"] = time.perf_counter() - t
     # the session model is built beside the ranking defaults and the blend fit (which
     # do not read it): most of its time is in NumPy and SciPy code that releases the
     # GIL, so with two cores the blend fit comes almost for free (docs/design.md)
@@ -286,16 +286,10 @@ def _session_model(
     ns: NeighborSettings,
     *,
     parallel: bool = True,
-) -> tuple[SessionNeighbors, float]:
+) -> tuple[NeighborModel, float]:
     """The session model and the seconds its build took."""
     t = time.perf_counter()
-    params = SessionParams(
-        neighbors=ns.neighbors,
-        sample_size=ns.sample_size,
-        rerank=ns.rerank,
-        rerank_cases=ns.rerank_cases,
-    )
-    model = build_session_neighbors(indptr, items, n_items, params, parallel=parallel)
+    model = build_neighbor_model(indptr, items, n_items, ns.params(), parallel=parallel)
     return model, time.perf_counter() - t
 
 

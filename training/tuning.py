@@ -45,9 +45,9 @@ from .evaluation import (
     split_last_basket,
     truth_positions,
 )
-from .nbr import NBRData, nbr_splits, training_table
+from .nextbasket import NBRData, nbr_splits, training_table
+from .nextclick import NextClickCases, score_next_item, served_next_click_ranking
 from .pipeline import LoadedData, build_model
-from .session_protocol import SessionCases, score_next_item, served_session_ranking
 
 __all__ = [
     "HoldoutObjective",
@@ -282,7 +282,7 @@ class SessionObjective:
     """HR@20 of the served session ranking on validation cases."""
 
     train: pa.Table
-    cases: SessionCases
+    cases: NextClickCases
     settings: Settings
     name: str = "session"
     metric: str = "hr@20"
@@ -301,7 +301,7 @@ class SessionObjective:
         return model
 
     def score(self, ranker: Ranker) -> float:
-        rank = served_session_ranking(ranker, self.settings, 20)
+        rank = served_next_click_ranking(ranker, self.settings, 20)
         ranked = [rank(p) for p in self._prefixes]
         return score_next_item(ranked, self._targets, (20,))["hr@20"]
 

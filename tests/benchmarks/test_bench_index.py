@@ -9,9 +9,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from factories import bench_script
 
 from recsvc.config import IndexSettings
+
+from factories import bench_script
 
 
 @pytest.fixture(scope="module")

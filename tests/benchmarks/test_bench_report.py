@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from factories import bench_script
 
 MIB = 2**20

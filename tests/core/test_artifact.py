@@ -2,11 +2,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import block_shop, small_settings
-from recsvc.training.pipeline import LoadedData, build_model
 
 from recsvc import artifact as art
 from recsvc.errors import ArtifactError, ChecksumError
+from recsvc.training.pipeline import LoadedData, build_model
+
+from factories import block_shop, small_settings
 
 
 @pytest.fixture()

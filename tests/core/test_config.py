@@ -1,10 +1,11 @@
 from pathlib import Path
 
 import pytest
-from factories import REPO
 
 from recsvc.config import Settings, example_toml, load_settings
 from recsvc.errors import ConfigError
+
+from factories import REPO
 
 ROOT = REPO
 
@@ -52,3 +53,13 @@ def test_settings_are_frozen_and_erasure_path_defaults_under_artifacts() -> None
     assert s.erasure_path == Path("/x/erased_users.txt")
     with pytest.raises(Exception, match="frozen"):
         s.artifact_root = Path("/y")  # type: ignore[misc]
+
+
+def test_old_names_of_the_visit_settings_still_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[neighbors]\nsession_gap_minutes = 45.0\nmax_session_length = 50\n")
+    s = load_settings(cfg)
+    assert (s.neighbors.visit_gap_minutes, s.neighbors.max_visit_length) == (45.0, 50)
+    assert s.neighbors.params().neighbors == 200  # the hyperparameters, declared once
+    with pytest.raises(ConfigError, match=r"neighbors\.neighbors"):
+        load_settings(None, neighbors={"neighbors": 0})

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 import recsvc.serving
 import recsvc.training
+
 from factories import REPO
 
 ROLES = ("training", "serving")

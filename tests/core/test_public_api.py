@@ -14,7 +14,8 @@ PUBLIC = {
         "QualityGateError", "RecsvcError", "StoreError",
     ],
     "recsvc.config": [
-        "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborSettings",
+        "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborParams",
+        "NeighborSettings",
         "RankingSettings",
         "RedisSettings",
         "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",

@@ -5,12 +5,13 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pytest
-from factories import block_shop, small_settings
-from recsvc.training.pipeline import LoadedData, build_model
 
 from recsvc.config import RepeatPolicy
 from recsvc.model import Blend, Model
 from recsvc.ranking import Filters, Query, Ranker, Reason, Strategy, training_user_query
+from recsvc.training.pipeline import LoadedData, build_model
+
+from factories import block_shop, small_settings
 
 
 @pytest.fixture(scope="module")

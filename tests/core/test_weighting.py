@@ -2,11 +2,11 @@ import math
 
 import numpy as np
 import pytest
-from recsvc.serving.engine import _weights
-from recsvc.serving.state import StoredEvent
 
 from recsvc.config import Settings, WeightingSettings
 from recsvc.events import EventType
+from recsvc.serving.engine import _weights
+from recsvc.serving.state import StoredEvent
 from recsvc.weighting import EVENT_TYPES, confidence, event_weights
 
 DAY = 86_400

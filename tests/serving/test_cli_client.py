@@ -19,10 +19,11 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from factories import small_settings
-from server_harness import ServerThread, publish_block_model
 
 from recsvc.store import client_from_url
+
+from factories import small_settings
+from server_harness import ServerThread, publish_block_model
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from recsvc.serving.eventlog import EventLog, EventRow
-from recsvc.training.loading import load_events
 
 from recsvc.errors import StoreError
 from recsvc.events import CANONICAL_COLUMNS, EventType
+from recsvc.serving.eventlog import EventLog, EventRow
+from recsvc.training.loading import load_events
 
 NAME = r"events-\d{8}T\d{6}-\d{6}\.csv"
 

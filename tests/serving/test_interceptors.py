@@ -15,6 +15,9 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+
+from recsvc.config import ServerSettings
+from recsvc.errors import ConfigError
 from recsvc.serving.interceptors import (
     WRITE_METHODS,
     AuthInterceptor,
@@ -23,9 +26,6 @@ from recsvc.serving.interceptors import (
     server_interceptors,
 )
 from recsvc.serving.metrics import ServingMetrics, start_metrics_http_server
-
-from recsvc.config import ServerSettings
-from recsvc.errors import ConfigError
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 

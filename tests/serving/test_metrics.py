@@ -6,9 +6,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from factories import fill_every_metric
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+
 from recsvc.serving.metrics import (
     ITEM_COUNT_BUCKETS,
     LATENCY_BUCKETS_SECONDS,
@@ -16,6 +16,8 @@ from recsvc.serving.metrics import (
     placement_label,
     start_metrics_http_server,
 )
+
+from factories import fill_every_metric
 
 # Dashboards and alert rules read these: renaming one is a breaking change.
 EXPECTED: dict[str, tuple[str, set[str]]] = {

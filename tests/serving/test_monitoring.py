@@ -15,9 +15,11 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from factories import REPO, fill_every_metric
 from prometheus_client import CollectorRegistry
+
 from recsvc.serving.metrics import ServingMetrics
+
+from factories import REPO, fill_every_metric
 
 MONITORING = REPO / "serving" / "monitoring"
 TARGET_LABELS = {"job", "instance"}

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio
-from factories import live_state
-from factories import redis_reader as _reader
-from recsvc.serving.redisread import RedisReader
-from recsvc.serving.state import LiveState, StoredEvent, async_client_from_url, encode_event
 
 from recsvc.errors import StoreError
 from recsvc.events import EventType
 from recsvc.redis_server import find_redis_server, start_private_redis
+from recsvc.serving.redisread import RedisReader
+from recsvc.serving.state import LiveState, StoredEvent, async_client_from_url, encode_event
 from recsvc.store import session_items_key, user_history_key, user_vector_key
+
+from factories import live_state
+from factories import redis_reader as _reader
 
 pytestmark = pytest.mark.integration
 

@@ -15,18 +15,19 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from factories import live_state, small_settings
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
-from recsvc.serving.state import StoredEvent, async_client_from_url
-from server_harness import ServerThread, publish_block_model
 
 from recsvc.client import RecommenderClient
 from recsvc.events import EventType
+from recsvc.serving.state import StoredEvent, async_client_from_url
 from recsvc.v1 import recommender_pb2 as pb
+
+from factories import live_state, small_settings
+from server_harness import ServerThread, publish_block_model
 
 pytestmark = pytest.mark.integration
 

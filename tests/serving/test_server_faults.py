@@ -10,14 +10,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from factories import small_settings
-from server_harness import ServerThread, publish_block_model
 
 from recsvc import artifact as art
 from recsvc.client import RecommenderClient
 from recsvc.config import Settings
 from recsvc.redis_server import PrivateRedis, find_redis_server, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
+
+from factories import small_settings
+from server_harness import ServerThread, publish_block_model
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from factories import REPO
-from recsvc.serving.server import run_event_loop
-from server_harness import publish_block_model
 
 from recsvc.errors import ConfigError
 from recsvc.redis_server import PrivateRedis, start_private_redis
+from recsvc.serving.server import run_event_loop
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+
+from factories import REPO
+from server_harness import publish_block_model
 
 
 async def _loop_name() -> str:

@@ -6,11 +6,11 @@ from typing import Any, NoReturn, cast
 
 import grpc
 import pytest
-from recsvc.serving.engine import Engine
-from recsvc.serving.servicer import RecommenderServicer
 
 from recsvc.config import ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError
+from recsvc.serving.engine import Engine
+from recsvc.serving.servicer import RecommenderServicer
 from recsvc.v1 import recommender_pb2 as pb
 
 

@@ -11,8 +11,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-import recsvc.serving.state as state_module
 import redis
+
+import recsvc.serving.state as state_module
+from recsvc.errors import ConfigError, DataError, StoreError
+from recsvc.events import EventType
 from recsvc.serving.state import (
     ForgetResult,
     LiveState,
@@ -23,9 +26,6 @@ from recsvc.serving.state import (
     user_session_key,
     user_sessions_key,
 )
-
-from recsvc.errors import ConfigError, DataError, StoreError
-from recsvc.events import EventType
 from recsvc.store import session_items_key, user_history_key, user_vector_key
 
 T = TypeVar("T")

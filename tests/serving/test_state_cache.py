@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio
-from factories import live_state, redis_reader
+
+from recsvc.events import EventType
+from recsvc.redis_server import PrivateRedis, start_private_redis
 from recsvc.serving import redisread
 from recsvc.serving.redisread import RedisReader
 from recsvc.serving.state import StoredEvent, async_client_from_url
 
-from recsvc.events import EventType
-from recsvc.redis_server import PrivateRedis, start_private_redis
+from factories import live_state, redis_reader
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
-from factories import small_settings
-from server_harness import ServerThread, publish_block_model
 
 from recsvc.client import RecommenderClient
+
+from factories import small_settings
+from server_harness import ServerThread, publish_block_model
 
 pytestmark = pytest.mark.integration
 

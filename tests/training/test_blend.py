@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from factories import DAY, T0, event_table
-from recsvc.training.blend import MIN_USERS, fit_user_blend
-from recsvc.training.interactions import build_interactions
 
 from recsvc.config import WeightingSettings
 from recsvc.foldin import FoldIn
+from recsvc.training.blend import MIN_USERS, fit_user_blend
+from recsvc.training.interactions import build_interactions
+
+from factories import DAY, T0, event_table
 
 
 def _shop(kind: str, n_users: int = 300, seed: int = 0) -> list[tuple]:

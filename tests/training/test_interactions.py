@@ -2,14 +2,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import DAY, T0, event_table
-from recsvc.training.interactions import build_interactions, drop_erased_users, key_then_time
-from recsvc.training.pipeline import session_revisit_share
-from recsvc.training.splits import VISIT_GAP_SECONDS, split_last_basket
 
 from recsvc.config import WeightingSettings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
+from recsvc.training.interactions import build_interactions, drop_erased_users, key_then_time
+from recsvc.training.pipeline import session_revisit_share
+from recsvc.training.splits import VISIT_GAP_SECONDS, split_last_basket
+
+from factories import DAY, T0, event_table
 
 NO_DECAY = WeightingSettings(half_life_days=0, popularity_half_life_days=0)
 

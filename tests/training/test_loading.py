@@ -8,7 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from factories import SHARED_DATA
+
+from recsvc.errors import ConfigError, DataError, InputRowError
+from recsvc.events import CANONICAL_COLUMNS, EventType
 from recsvc.training import loading
 from recsvc.training.loading import (
     EVENT_SCHEMA,
@@ -18,8 +20,7 @@ from recsvc.training.loading import (
     load_events,
 )
 
-from recsvc.errors import ConfigError, DataError, InputRowError
-from recsvc.events import CANONICAL_COLUMNS, EventType
+from factories import SHARED_DATA
 
 # 2021-03-04T05:06:07Z
 T0 = 1614834367

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import SHARED_DATA, T0, block_shop, event_table, small_settings
-from recsvc.training import pipeline, sessions
+
+from recsvc import artifact as art
+from recsvc.errors import DataError, QualityGateError
+from recsvc.training import neighbors, pipeline
 from recsvc.training.evaluation import evaluate, split_by_cutoff, split_last_basket
 from recsvc.training.pipeline import DataSpec, LoadedData, load_data, repeat_share, train
 from recsvc.training.publish import publish, rollback
 from recsvc.training.synth import SynthConfig, generate
 
-from recsvc import artifact as art
-from recsvc.errors import DataError, QualityGateError
+from factories import SHARED_DATA, T0, block_shop, event_table, small_settings
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_session_model_beside_the_blend_fit_changes_nothing(
     data = load_data(DataSpec((events,), catalog=catalog), settings)
     now = datetime(2026, 1, 1, tzinfo=UTC)
     monkeypatch.setattr(pipeline, "cores", lambda: 2)
-    monkeypatch.setattr(sessions, "cores", lambda: 2)
+    monkeypatch.setattr(neighbors, "cores", lambda: 2)
     two = pipeline.build_model(data, settings, now=now).artifact
     # one step at a time: on one core, or when the settings say so
     serial = small_settings(
@@ -70,7 +71,7 @@ def test_session_model_beside_the_blend_fit_changes_nothing(
         assert np.array_equal(array, one.neighbors[name]), name
     assert np.array_equal(two.popularity, one.popularity)
     monkeypatch.setattr(pipeline, "cores", lambda: 1)
-    monkeypatch.setattr(sessions, "cores", lambda: 1)
+    monkeypatch.setattr(neighbors, "cores", lambda: 1)
     alone = pipeline.build_model(data, settings, now=now).artifact
     assert "neighbors_wait_seconds" not in alone.manifest["timings"]
 
@@ -84,7 +85,7 @@ def test_a_failing_session_model_fails_the_build_on_either_path(
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("session model failed")
 
-    monkeypatch.setattr(pipeline, "build_session_neighbors", broken)
+    monkeypatch.setattr(pipeline, "build_neighbor_model", broken)
     for n in (2, 1):
         monkeypatch.setattr(pipeline, "cores", lambda n=n: n)
         with pytest.raises(ValueError, match="session model failed"):

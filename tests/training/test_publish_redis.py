@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from factories import block_shop, small_settings
-from recsvc.training.pipeline import LoadedData, build_model
-from recsvc.training.publish import publish, rollback
 
 from recsvc import artifact as art
 from recsvc.store import UserVectorStore, encode_vector, user_vector_key
+from recsvc.training.pipeline import LoadedData, build_model
+from recsvc.training.publish import publish, rollback
+
+from factories import block_shop, small_settings
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
-from recsvc.training import synth
-from recsvc.training.synth import SynthConfig, SynthSummary, SynthTruth, generate, ground_truth
 
 from recsvc.errors import ConfigError
+from recsvc.training import synth
+from recsvc.training.synth import SynthConfig, SynthSummary, SynthTruth, generate, ground_truth
 
 IntArray = npt.NDArray[np.int64]
 

@@ -65,13 +65,14 @@ not write to them, so one instance is safe to share across threads.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["FEATURES", "N_FEATURES", "SessionNeighbors", "SessionParams"]
+from recsvc.config import NeighborParams
+
+__all__ = ["FEATURES", "N_FEATURES", "NeighborModel", "NeighborParams"]
 
 IntArray = NDArray[np.int32]
 FloatArray = NDArray[np.float32]
@@ -116,102 +117,6 @@ FEATURES = (
 N_FEATURES = len(FEATURES)
 
 
-@dataclass(frozen=True)
-class SessionParams:
-    """Hyperparameters (defaults: tuned on a Diginetica validation split)."""
-
-    neighbors: int = 200
-    """How many of the most similar training sessions vote (STAN's ``k``)."""
-    sample_size: int = 1000
-    """How many of the most recent training sessions that share an item with the
-    session are compared with it (V-SKNN's ``m``)."""
-    session_decay: float = 4.0
-    """Session item recency: the item ``d`` clicks before the last weighs
-    ``exp(−d / session_decay)`` in the similarity (STAN's ``λ1``)."""
-    recency_decay: float = 80_000.0
-    """Neighbour recency: a training session ``a`` sessions older than the newest
-    weighs ``exp(−a / recency_decay)`` (STAN's ``λ2`` over session order); 0 = off."""
-    neighbor_decay: float = 2.0
-    """Neighbour item position: an item ``d`` clicks from an anchor in a neighbour
-    gets ``exp(−d / neighbor_decay)`` of its vote (STAN's ``λ3``)."""
-    before_weight: float = 0.75
-    """Extra factor for a neighbour's items clicked before the anchor (items after
-    it are what tends to come next)."""
-    anchor_decay: float = 2.0
-    """0: a neighbour's votes are anchored at the most recent shared item (STAN).
-    Positive: every shared item anchors votes, the one ``d`` clicks before the
-    session's last weighted ``exp(−d / anchor_decay)``."""
-    idf: float = 1.0
-    """Exponent of the items' IDF in the similarity (0 = plain STAN, 1 = V-STAN)."""
-    length_exponent: float = 0.25
-    """A candidate of ``L`` distinct items has its similarity divided by
-    ``L ** length_exponent`` (0.5: cosine)."""
-    candidates: int = 100
-    """How many of the best neighbour items are re-ranked."""
-    rule_candidates: int = 50
-    """How many of the last item's strongest rule successors join the candidates."""
-    rule_window: int = 3
-    """The ``rule_window`` feature's rules come from this many last items."""
-    rule_decay: float = 0.5
-    """... the item ``d`` clicks before the last scaled by ``rule_decay ** d``."""
-    embedding_decay: float = 1.0
-    """The session's embedding: its clicks' vectors weighted
-    ``exp(−d / embedding_decay)`` for the click ``d`` before the last."""
-    rule_steps: int = 10
-    """Build: ``b`` counts as following ``a`` when at most this many clicks later."""
-    rule_successors: int = 200
-    """Build: the strongest successors kept per item."""
-    embedding_dim: int = 64
-    """Build: item embedding size (0 = no embedding features)."""
-    embedding_window: int = 3
-    """Build: items at most this many clicks apart co-occur (weight ``1 / gap``)."""
-    recent_fraction: float = 0.1
-    """Build: the ``recent`` feature counts clicks in this newest share of sessions."""
-    rerank: bool = True
-    """Build: fit re-ranking weights (False: the neighbour score alone)."""
-    rerank_holdout: float = 0.1
-    """Build: the re-ranker is fitted on prefix→next cases of this newest share of
-    the training sessions, with a model built from the older ones."""
-    rerank_cases: int = 3_000
-    """Build: about this many such cases are used (every ``⌊n / rerank_cases⌋``-th
-    of the ``n``; fewer than twice as many). Each costs a neighbour search (~1 ms);
-    3,000 score within 0.001 HR@20 / MRR@20 of 10,000 on the Diginetica validation
-    split."""
-    rerank_l2: float = 1e-3
-    """Build: L2 penalty of the re-ranker (on standardised features)."""
-
-    def __post_init__(self) -> None:
-        positive_ints = (
-            self.neighbors,
-            self.sample_size,
-            self.candidates,
-            self.rule_candidates,
-            self.rule_window,
-            self.rule_steps,
-            self.rule_successors,
-            self.embedding_window,
-            self.rerank_cases,
-        )
-        if min(positive_ints) < 1:
-            raise ValueError("counts and windows must be at least 1")
-        if min(self.session_decay, self.neighbor_decay, self.embedding_decay) <= 0:
-            raise ValueError("session_decay, neighbor_decay and embedding_decay must be > 0")
-        non_negative = (
-            self.recency_decay,
-            self.before_weight,
-            self.anchor_decay,
-            self.idf,
-            self.length_exponent,
-            self.rule_decay,
-            self.embedding_dim,
-            self.rerank_l2,
-        )
-        if min(non_negative) < 0:
-            raise ValueError("decays, weights and exponents must be non-negative")
-        if not 0 <= self.recent_fraction <= 1 or not 0 < self.rerank_holdout < 1:
-            raise ValueError("recent_fraction must be in [0, 1], rerank_holdout in (0, 1)")
-
-
 _ARRAY_NAMES = (
     "session_indptr",
     "session_items",
@@ -228,7 +133,7 @@ _ARRAY_NAMES = (
 )
 
 
-class SessionNeighbors:
+class NeighborModel:
     """Scores next items for a live session (see the module docstring).
 
     Arrays (``S`` training sessions, ``N`` clicks, ``I`` items):
@@ -248,7 +153,7 @@ class SessionNeighbors:
 
     def __init__(
         self,
-        params: SessionParams,
+        params: NeighborParams,
         session_indptr: NDArray[np.int64],
         session_items: IntArray,
         session_length: FloatArray,
@@ -312,28 +217,24 @@ class SessionNeighbors:
     def to_arrays(self) -> dict[str, NDArray[Any]]:
         """Every array plus the parameters (as 0-d arrays), for ``np.savez``."""
         out = dict(self._arrays())
-        for name, value in asdict(self.params).items():
+        for name, value in self.params.model_dump().items():
             out[_PARAM_PREFIX + name] = np.asarray(value)
         return out
 
     @classmethod
     def from_arrays(
-        cls, arrays: dict[str, NDArray[Any]] | Any, params: SessionParams | None = None
-    ) -> SessionNeighbors:
+        cls, arrays: dict[str, NDArray[Any]] | Any, params: NeighborParams | None = None
+    ) -> NeighborModel:
         """The inverse of :meth:`to_arrays` (a dict or an opened ``.npz``);
         ``params`` overrides the saved parameters (only the scoring ones take effect:
         the build ones are baked into the arrays)."""
         if params is None:
-            kwargs: dict[str, Any] = {}
-            for f in fields(SessionParams):
-                value = np.asarray(arrays[_PARAM_PREFIX + f.name]).item()
-                if f.type in ("bool", bool):
-                    kwargs[f.name] = bool(value)
-                elif f.type in ("int", int):
-                    kwargs[f.name] = int(value)
-                else:
-                    kwargs[f.name] = float(value)
-            params = SessionParams(**kwargs)
+            params = NeighborParams.model_validate(
+                {
+                    name: np.asarray(arrays[_PARAM_PREFIX + name]).item()
+                    for name in NeighborParams.model_fields
+                }
+            )
         dtypes = {
             "session_indptr": np.int64,
             "item_indptr": np.int64,
@@ -350,14 +251,14 @@ class SessionNeighbors:
         return cls(params, **loaded)
 
     def with_params(
-        self, params: SessionParams, rerank_weights: NDArray[np.float64] | None = None
-    ) -> SessionNeighbors:
+        self, params: NeighborParams, rerank_weights: NDArray[np.float64] | None = None
+    ) -> NeighborModel:
         """The same arrays (shared, not copied) scored with other parameters (and,
         when given, other re-ranking weights)."""
         arrays = self._arrays()
         if rerank_weights is not None:
             arrays["rerank_weights"] = np.asarray(rerank_weights, dtype=np.float64)
-        return SessionNeighbors(params, **arrays)
+        return NeighborModel(params, **arrays)
 
     def nbytes(self) -> int:
         """Memory of the arrays."""

@@ -1,19 +1,18 @@
 import threading
-from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
-from recsvc.training import sessions as ts
-from recsvc.training.sessions import _pair_sums, _top_eigen, build_session_neighbors
 from scipy import sparse
 
-from recsvc import sessions as rs
-from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams
+from recsvc import neighbors as rs
+from recsvc.neighbors import N_FEATURES, NeighborModel, NeighborParams
+from recsvc.training import neighbors as ts
+from recsvc.training.neighbors import _pair_sums, _top_eigen, build_neighbor_model
 
 # neighbour score alone: deterministic, no fitted weights
-KNN = SessionParams(rerank=False, embedding_dim=0, recency_decay=0.0)
+KNN = NeighborParams(rerank=False, embedding_dim=0, recency_decay=0.0)
 
 
 def csr(sessions: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -23,9 +22,9 @@ def csr(sessions: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return indptr, items
 
 
-def build(sessions: list[list[int]], n_items: int, params: SessionParams = KNN) -> SessionNeighbors:
+def build(sessions: list[list[int]], n_items: int, params: NeighborParams = KNN) -> NeighborModel:
     indptr, items = csr(sessions)
-    return build_session_neighbors(indptr, items, n_items, params)
+    return build_neighbor_model(indptr, items, n_items, params)
 
 
 def q(*items: int) -> np.ndarray:
@@ -60,7 +59,7 @@ def test_limit_is_respected() -> None:
 
 
 def test_recent_session_items_weigh_more() -> None:
-    m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, replace(KNN, session_decay=1.0))
+    m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, KNN.model_copy(update=dict(session_decay=1.0)))
     first = m.score(q(0, 2))[0].tolist()
     assert first.index(3) < first.index(1)
     second = m.score(q(2, 0))[0].tolist()
@@ -69,15 +68,15 @@ def test_recent_session_items_weigh_more() -> None:
 
 def test_neighbour_recency_prefers_newer_sessions() -> None:
     sessions = [[0, 1], [0, 2]]  # the second is newer
-    fresh = build(sessions, 3, replace(KNN, recency_decay=1.0))
+    fresh = build(sessions, 3, KNN.model_copy(update=dict(recency_decay=1.0)))
     assert fresh.score(q(0))[0].tolist()[1] == 2
-    old = build(sessions, 3, replace(KNN, recency_decay=0.0))
+    old = build(sessions, 3, KNN.model_copy(update=dict(recency_decay=0.0)))
     s1, s2 = (old.score(q(0))[1][old.score(q(0))[0] == i][0] for i in (1, 2))
     assert s1 == pytest.approx(s2)
 
 
 def test_items_after_the_shared_item_beat_items_before_it() -> None:
-    m = build([[5, 0, 6]] * 3, 7, replace(KNN, before_weight=0.5))
+    m = build([[5, 0, 6]] * 3, 7, KNN.model_copy(update=dict(before_weight=0.5)))
     items = m.score(q(0))[0].tolist()
     assert items.index(6) < items.index(5)
 
@@ -97,7 +96,7 @@ def test_round_trip_through_npz_scores_identically(tmp_path: Path) -> None:
     path = tmp_path / "sessions.npz"
     np.savez(path, **m.to_arrays())
     with np.load(path, allow_pickle=False) as z:
-        back = SessionNeighbors.from_arrays(dict(z))
+        back = NeighborModel.from_arrays(dict(z))
     assert back.params == m.params
     assert back.nbytes() == m.nbytes()
     for session in (q(5), q(3, 4), q(7, 7, 8, 40)):
@@ -127,11 +126,11 @@ def test_one_core_and_two_threads_build_the_same_model(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(ts, "fit_reranker", spy)
     indptr, items = _chain_sessions()
-    params = SessionParams(embedding_dim=8, rerank_cases=500)
+    params = NeighborParams(embedding_dim=8, rerank_cases=500)
     monkeypatch.setattr(ts, "cores", lambda: 2)
-    threaded = build_session_neighbors(indptr, items, 50, params)
+    threaded = build_neighbor_model(indptr, items, 50, params)
     monkeypatch.setattr(ts, "cores", lambda: 1)
-    serial = build_session_neighbors(indptr, items, 50, params)
+    serial = build_neighbor_model(indptr, items, 50, params)
     assert calls[0].startswith("reranker") and calls[1] == "MainThread"
     a, b = threaded.to_arrays(), serial.to_arrays()
     assert a.keys() == b.keys()
@@ -141,7 +140,7 @@ def test_one_core_and_two_threads_build_the_same_model(monkeypatch: pytest.Monke
 
 
 def test_weights_scale_the_session_clicks() -> None:
-    m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, replace(KNN, session_decay=1.0))
+    m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, KNN.model_copy(update=dict(session_decay=1.0)))
     favour_first = m.score(q(0, 2), weights=np.array([100.0, 1.0], dtype=np.float32))[0]
     assert favour_first.tolist().index(1) < favour_first.tolist().index(3)
 
@@ -155,18 +154,18 @@ def test_arrays_are_read_only() -> None:
 
 def test_malformed_input_is_refused() -> None:
     with pytest.raises(ValueError):
-        build_session_neighbors(np.array([0, 3]), np.array([0, 1], dtype=np.int32), 2, KNN)
+        build_neighbor_model(np.array([0, 3]), np.array([0, 1], dtype=np.int32), 2, KNN)
     with pytest.raises(ValueError):
-        build_session_neighbors(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, KNN)
+        build_neighbor_model(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, KNN)
     with pytest.raises(ValueError):
-        SessionParams(neighbors=0)
+        NeighborParams(neighbors=0)
 
 
 @cache
-def _chain_model() -> SessionNeighbors:
+def _chain_model() -> NeighborModel:
     """A model of :func:`_chain_sessions`, built once (the model is read-only)."""
-    params = SessionParams(embedding_dim=8, rerank_cases=3000)
-    return build_session_neighbors(*_chain_sessions(), 50, params)
+    params = NeighborParams(embedding_dim=8, rerank_cases=3000)
+    return build_neighbor_model(*_chain_sessions(), 50, params)
 
 
 @cache
@@ -209,7 +208,9 @@ def test_legacy_rules_ordering_is_kept_on_ties() -> None:
 def test_inverted_index_and_rules_match_a_plain_reference() -> None:
     rng = np.random.default_rng(3)
     sessions = [rng.integers(0, 15, size=rng.integers(1, 9)).tolist() for _ in range(60)]
-    p = replace(KNN, rule_steps=2, rule_successors=4)  # scores 1 and 1/2: exact sums, exact ties
+    p = KNN.model_copy(
+        update=dict(rule_steps=2, rule_successors=4)
+    )  # scores 1 and 1/2: exact sums, exact ties
     m = build(sessions, 16, p)
     for item in range(16):
         holding = [s for s in range(len(sessions)) if item in sessions[s]][::-1]
@@ -258,7 +259,7 @@ def test_pair_sums_match_a_plain_count(block: int, symmetric: bool, distinct: bo
 
 def test_the_reranker_fit_refuses_malformed_input_too() -> None:
     with pytest.raises(ValueError, match="session items must be in"):
-        ts.fit_reranker(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, SessionParams())
+        ts.fit_reranker(np.array([0, 2]), np.array([0, 5], dtype=np.int32), 2, NeighborParams())
     with pytest.raises(ValueError, match="non-decreasing"):
         ts.fit_reranker(np.array([0, 2, 1, 2]), np.array([0, 1], dtype=np.int32), 2, KNN)
 

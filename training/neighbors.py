@@ -1,4 +1,4 @@
-"""Build the session recommender (:class:`recsvc.sessions.SessionNeighbors`) from
+"""Build the session recommender (:class:`recsvc.neighbors.NeighborModel`) from
 training sessions.
 
 Input: sessions as CSR-like arrays, ``session_indptr`` ``(S + 1,)`` int64 into
@@ -44,23 +44,23 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from recsvc.sessions import N_FEATURES, SessionNeighbors, SessionParams, _ranges
+from recsvc.neighbors import N_FEATURES, NeighborModel, NeighborParams, _ranges
 
-__all__ = ["build_session_neighbors", "cores", "fit_reranker"]
+__all__ = ["build_neighbor_model", "cores", "fit_reranker"]
 
 SEED = 0
 MAX_ITERATIONS = 100
 """L-BFGS iterations of the re-ranker fit (validation scores are flat beyond ~100)."""
 
 
-def build_session_neighbors(
+def build_neighbor_model(
     session_indptr: NDArray[np.int64],
     session_items: NDArray[np.int32],
     n_items: int,
-    params: SessionParams | None = None,
+    params: NeighborParams | None = None,
     *,
     parallel: bool = True,
-) -> SessionNeighbors:
+) -> NeighborModel:
     """The session recommender over these training sessions; with ``parallel`` and
     more than one core, the re-ranker's part runs on a second thread.
 
@@ -68,7 +68,7 @@ def build_session_neighbors(
     ``ValueError`` on malformed input (``indptr`` not non-decreasing from 0 to
     ``len(items)``, or an item outside ``0..n_items-1``).
     """
-    params = params or SessionParams()
+    params = params or NeighborParams()
     indptr, items = _checked(session_indptr, session_items, n_items)
     # small dense products (Cholesky QR on (n_items, ~80), the re-ranker's loss):
     # BLAS threads only add overhead, and on a shared 2-core host they spin against
@@ -113,12 +113,12 @@ def fit_reranker(
     session_indptr: NDArray[np.int64],
     session_items: NDArray[np.int32],
     n_items: int,
-    params: SessionParams,
+    params: NeighborParams,
 ) -> NDArray[np.float64]:
     """The re-ranking weights ``(N_FEATURES,)`` fitted on the newest
     ``params.rerank_holdout`` of the sessions, featurised by a model of the older
     ones; zeros but for the neighbour score when there are no usable cases.
-    ``ValueError`` on malformed input, as :func:`build_session_neighbors`."""
+    ``ValueError`` on malformed input, as :func:`build_neighbor_model`."""
     indptr, items = _checked(session_indptr, session_items, n_items)
     n_sessions = len(indptr) - 1
     cut = int(n_sessions * (1 - params.rerank_holdout))
@@ -208,8 +208,8 @@ def _build(
     indptr: NDArray[np.int64],
     items: NDArray[np.int32],
     n_items: int,
-    params: SessionParams,
-) -> SessionNeighbors:
+    params: NeighborParams,
+) -> NeighborModel:
     """Every array but the re-ranking weights (the model scores by neighbours alone),
     from session arrays the public entry points have checked (:func:`_checked`)."""
     n_sessions = len(indptr) - 1
@@ -242,7 +242,7 @@ def _build(
     item_vectors = _embeddings(
         items, session_of, n_items, params.embedding_dim, params.embedding_window
     )
-    return SessionNeighbors(
+    return NeighborModel(
         params,
         session_indptr=indptr,
         session_items=items,

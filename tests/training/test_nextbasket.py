@@ -1,4 +1,4 @@
-"""The next-basket protocol (training/nbr.py): loader, splits, no leakage, real numbers."""
+"""The next-basket protocol (training/nextbasket.py): loader, splits, no leakage, real numbers."""
 
 import gzip
 import json
@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from factories import SHARED_DATA, small_settings
-from recsvc.training import nbr
+
+from recsvc.errors import DataError
+from recsvc.training import nextbasket as nbr
 from recsvc.training.loading import EVENT_SCHEMA
-from recsvc.training.nbr import (
+from recsvc.training.nextbasket import (
     REFERENCE_TIME,
     evaluate_nbr,
     load_nbr_json,
@@ -19,7 +20,7 @@ from recsvc.training.nbr import (
     training_table,
 )
 
-from recsvc.errors import DataError
+from factories import SHARED_DATA, small_settings
 
 SHARED = SHARED_DATA / "tafeng"
 DAY = 86_400

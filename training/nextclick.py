@@ -42,11 +42,11 @@ from .loading import EVENT_SCHEMA
 from .pipeline import LoadedData, build_model
 
 __all__ = [
-    "SessionCases",
-    "evaluate_sessions",
-    "load_session_dataset",
+    "NextClickCases",
+    "evaluate_next_click",
+    "load_next_click_data",
     "score_next_item",
-    "served_session_ranking",
+    "served_next_click_ranking",
     "validation_cases",
 ]
 
@@ -59,7 +59,7 @@ _VIEW = EVENT_TYPES.index(EventType.VIEW)
 
 
 @dataclass(frozen=True)
-class SessionCases:
+class NextClickCases:
     """Test cases in external ids: ``prefixes[i]`` (click order) then ``targets[i]``."""
 
     prefixes: list[list[str]]
@@ -72,7 +72,7 @@ def _lines(path: Path) -> Iterator[str]:
         yield from fh
 
 
-def load_session_dataset(directory: Path) -> tuple[pa.Table, SessionCases]:
+def load_next_click_data(directory: Path) -> tuple[pa.Table, NextClickCases]:
     """Training sessions as an event table, and the test cases."""
     train_path = directory / "train_sessions.txt.gz"
     test_path = directory / "test_cases.tsv.gz"
@@ -112,10 +112,10 @@ def load_session_dataset(directory: Path) -> tuple[pa.Table, SessionCases]:
         prefixes.append(prefix.split())
         targets.append(target)
     log.info("%d training sessions (%d clicks), %d test cases", n_sessions, n, len(targets))
-    return table, SessionCases(prefixes, targets)
+    return table, NextClickCases(prefixes, targets)
 
 
-def served_session_ranking(
+def served_next_click_ranking(
     ranker: Ranker, settings: Settings, k: int
 ) -> Callable[[NDArray[np.int32]], NDArray[np.int64]]:
     """The server's ranking for an anonymous visitor whose live session is the prefix
@@ -135,7 +135,7 @@ def served_session_ranking(
 
 def validation_cases(
     table: pa.Table, share: float, *, max_cases: int = 10_000, seed: int = 0
-) -> tuple[pa.Table, SessionCases]:
+) -> tuple[pa.Table, NextClickCases]:
     """The last ``share`` of the training sessions (by time) as validation cases, every
     prefix → the next click (a seeded sample of ``max_cases``); the rest as the
     training table."""
@@ -159,7 +159,7 @@ def validation_cases(
         pick = np.sort(np.random.default_rng(seed).choice(len(targets), max_cases, replace=False))
         prefixes = [prefixes[i] for i in pick]
         targets = [targets[i] for i in pick]
-    return table.filter(pa.array(~late)), SessionCases(prefixes, targets)
+    return table.filter(pa.array(~late)), NextClickCases(prefixes, targets)
 
 
 def score_next_item(
@@ -179,9 +179,9 @@ def score_next_item(
     return out
 
 
-def evaluate_sessions(
+def evaluate_next_click(
     table: pa.Table,
-    cases: SessionCases,
+    cases: NextClickCases,
     settings: Settings,
     *,
     dataset: str = "diginetica",
@@ -212,7 +212,7 @@ def evaluate_sessions(
     unknown = int((targets < 0).sum())
     if unknown:
         log.warning("%d targets are not in the training sessions (always a miss)", unknown)
-    served = served_session_ranking(ranker, settings, top)
+    served = served_next_click_ranking(ranker, settings, top)
 
     # views, not purchases: the baselines count sessions that clicked each item
     clicked = built.interactions.weights.copy()

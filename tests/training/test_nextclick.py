@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import SHARED_DATA, small_settings
-from recsvc.training.session_protocol import (
-    evaluate_sessions,
-    load_session_dataset,
+
+from recsvc.errors import DataError
+from recsvc.training.nextclick import (
+    evaluate_next_click,
+    load_next_click_data,
     score_next_item,
     validation_cases,
 )
 
-from recsvc.errors import DataError
+from factories import SHARED_DATA, small_settings
 
 SHARED = SHARED_DATA
 
@@ -54,7 +55,7 @@ def walk_data(tmp_path: Path) -> Path:
 
 
 def test_loader_reads_sessions_as_ordered_views_of_pseudo_users(walk_data: Path) -> None:
-    table, cases = load_session_dataset(walk_data)
+    table, cases = load_next_click_data(walk_data)
     assert set(table["event_type"].to_pylist()) == {"view"}
     first = table.slice(0, 3).to_pydict()
     assert first["user_id"][0] == first["basket_id"][0] == "s1"
@@ -68,7 +69,7 @@ def test_loader_names_the_bad_line(tmp_path: Path) -> None:
     with gzip.open(folder / "test_cases.tsv.gz", "wt") as fh:
         fh.write("1 2\t3\nno-target-here\n")
     with pytest.raises(DataError, match=r"test_cases\.tsv\.gz:2"):
-        load_session_dataset(folder)
+        load_next_click_data(folder)
 
 
 def test_score_next_item_by_hand() -> None:
@@ -80,7 +81,7 @@ def test_score_next_item_by_hand() -> None:
 
 
 def test_validation_cases_come_from_the_latest_sessions_only(walk_data: Path) -> None:
-    table, _ = load_session_dataset(walk_data)
+    table, _ = load_next_click_data(walk_data)
     train, cases = validation_cases(table, 0.1)
     held = set(table["user_id"].to_pylist()) - set(train["user_id"].to_pylist())
     assert 100 <= len(held) <= 200  # ~10% of 1,500 sessions
@@ -98,8 +99,8 @@ def test_quality_floor_of_the_served_session_path(walk_data: Path, tmp_path: Pat
     so those are not shown). MRR is where the walk's order shows, so the floor sits
     on it, ~15% under the measured value.
     """
-    table, cases = load_session_dataset(walk_data)
-    report = evaluate_sessions(table, cases, small_settings(tmp_path))
+    table, cases = load_next_click_data(walk_data)
+    report = evaluate_next_click(table, cases, small_settings(tmp_path))
     m = report["metrics"]
     assert report["cases"] == len(cases.targets)
     assert m["served"]["mrr@20"] >= 0.65
@@ -114,9 +115,9 @@ def test_diginetica_session_path_beats_the_published_item_knn(tmp_path: Path) ->
     folder = SHARED / "diginetica"
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent (the shared datasets are not beside the repo)")
-    table, cases = load_session_dataset(folder)
+    table, cases = load_next_click_data(folder)
     settings = small_settings(tmp_path, als={"factors": 16, "iterations": 3})
-    report = evaluate_sessions(table, cases, settings, limit=3000)
+    report = evaluate_next_click(table, cases, settings, limit=3000)
     m = report["metrics"]
     # published on all cases: Item-KNN 0.3575 / 0.1157, SR-GNN 0.5073 / 0.1759
     assert m["served"]["hr@20"] >= 0.45
