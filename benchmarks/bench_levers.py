@@ -12,7 +12,7 @@ What it answers: what did each serving lever of issue #4 buy, measured in one ru
 a shared machine? Variants (:mod:`serve_variant` runs each):
 
 ``redis-py``    one process, asyncio loop, the state read through a redis-py pipeline
-``uncached``    one process, asyncio loop, the thin client (:mod:`serving.redisread`)
+``uncached``    one process, asyncio loop, the thin client (:mod:`recsvc.store.thinreader`)
                 without its client-side cache: Redis is read on every Recommend
 ``thin``        ``uncached`` with the client-side cache on (the default)
 ``overfetch2``  ``thin`` with ``[ranking] overfetch = 2`` (k + k CF candidates, not k + 3k)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from recsvc.artifact import read_artifact
-    from recsvc.redis_server import start_private_redis
+    from recsvc.store.embedded import start_private_redis
 
     variants = [VARIANTS[name] for name in args.variants]
     logs = args.workdir / "levers-logs"

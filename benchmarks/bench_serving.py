@@ -92,7 +92,7 @@ from _shop import Shop, ensure_shop, recsvc_bin
 
 if TYPE_CHECKING:
     from recsvc.artifact import ModelArtifact
-    from recsvc.redis_server import PrivateRedis
+    from recsvc.store.embedded import PrivateRedis
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -388,9 +388,8 @@ def write_foldin_histories(artifact: ModelArtifact, url: str, n_users: int) -> N
     """``n_users`` users with a live history of 10 events and no vector anywhere."""
     import numpy as np
 
-    from recsvc.events import EventType
-    from recsvc.serving.state import StoredEvent, encode_event
-    from recsvc.store import client_from_url, user_history_key
+    from recsvc.events import EventType, LiveEvent
+    from recsvc.store import KeyScheme, client_from_url, encode_event
 
     rng = np.random.default_rng(SEED + 1)
     m = artifact.user_items
@@ -408,14 +407,12 @@ def write_foldin_histories(artifact: ModelArtifact, url: str, n_users: int) -> N
                     items = rng.choice(row, FOLDIN_EVENTS, replace=len(row) < FOLDIN_EVENTS)
                     events = [
                         encode_event(
-                            StoredEvent(
-                                str(artifact.item_ids[item]), kind, now - 60 * (10 - j), 1.0
-                            )
+                            LiveEvent(str(artifact.item_ids[item]), kind, now - 60 * (10 - j), 1.0)
                         )
                         for j, (item, kind) in enumerate(zip(items, kinds, strict=True))
                     ]
                     # oldest pushed first, so the list reads newest first like the server's
-                    key = user_history_key(foldin_user(i))
+                    key = KeyScheme().history(foldin_user(i))
                     pipe.execute_command("LPUSH", key, *events)  # type: ignore[no-untyped-call]
                 pipe.execute()
     finally:
@@ -488,7 +485,7 @@ def start_rig(
 ) -> Rig:
     from recsvc.artifact import read_artifact
     from recsvc.config import RankingSettings
-    from recsvc.redis_server import start_private_redis
+    from recsvc.store.embedded import start_private_redis
 
     setup: dict[str, float] = {}
     done = _timed(setup, "read_artifact")

@@ -8,11 +8,12 @@ Usage::
 
 It builds the settings as ``recsvc serve --artifacts --redis-url --host 127.0.0.1
 --port --metrics-port`` does and runs :func:`serving.server.run` with ``processes``
-and ``event_loop`` (which the CLI does not expose yet). ``--redis-py-read`` turns off
-the thin Redis client for the hot read (:mod:`serving.redisread`), so Recommend reads
-its state through a redis-py pipeline as before it existed, and ``--no-gc-freeze``
-leaves the heap unfrozen after start-up (:func:`serving.server.freeze_heap`); one
-process only for both: the switches do not reach spawned processes. Each serving
+and ``event_loop`` (which the CLI does not expose yet). ``--redis-py-read`` sets
+``[redis] read_client = "redis-py"``: Recommend reads its state through a redis-py
+pipeline instead of the thin reader (:mod:`recsvc.store.thinreader`), and
+``--no-gc-freeze`` leaves the heap unfrozen after start-up
+(:func:`recsvc.serving.server.freeze_heap`; one process only: the switch does not reach
+spawned processes). Each serving
 process prints
 ``recsvc serving on HOST:PORT``.
 """
@@ -36,15 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--event-loop", choices=server.EVENT_LOOPS, default="asyncio")
-    p.add_argument("--redis-py-read", action="store_true", help="no thin client (1 process)")
+    p.add_argument("--redis-py-read", action="store_true", help="read state through redis-py")
     p.add_argument("--state-cache-size", type=int, help="[server] state_cache_size (0 = off)")
     p.add_argument("--overfetch", type=int, help="[ranking] overfetch")
     p.add_argument("--no-gc-freeze", action="store_true", help="heap not frozen (1 process)")
     args = p.parse_args(argv)
-    if (args.redis_py_read or args.no_gc_freeze) and args.processes != 1:
-        p.error("--redis-py-read and --no-gc-freeze work with one process only")
-    if args.redis_py_read:
-        server.RedisReader.for_client = staticmethod(lambda *a, **k: None)  # type: ignore[method-assign]
+    if args.no_gc_freeze and args.processes != 1:
+        p.error("--no-gc-freeze works with one process only")
     if args.no_gc_freeze:
         server.freeze_heap = lambda: None
     cache = {} if args.state_cache_size is None else {"state_cache_size": args.state_cache_size}
@@ -52,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(
         None,
         artifact_root=args.artifacts,
-        redis={"url": args.redis_url},
+        redis={
+            "url": args.redis_url,
+            **({"read_client": "redis-py"} if args.redis_py_read else {}),
+        },
         server={
             "host": "127.0.0.1",
             "port": args.port,

@@ -19,15 +19,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from recsvc.events import EventType
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
-__all__ = ["RecommenderClient", "to_json"]
+__all__ = ["EVENT_TYPES", "RecommenderClient", "to_json"]
 
 _SERVICE = "recsvc.v1.RecommenderService"
 _RETRY_POLICY = {
@@ -45,13 +46,16 @@ _RETRY_POLICY = {
     ]
 }
 
-_EVENT_TYPES = {
-    "view": pb.EVENT_TYPE_VIEW,
-    "add_to_cart": pb.EVENT_TYPE_ADD_TO_CART,
-    "purchase": pb.EVENT_TYPE_PURCHASE,
-    "impression": pb.EVENT_TYPE_IMPRESSION,
-    "click": pb.EVENT_TYPE_CLICK,
-}
+EVENT_TYPES: dict[str, int] = {t.value: t.spec.proto_number for t in EventType}
+"""The event type names the keyword helpers take (``"view"``, ``"purchase"``, ...),
+with their ``recsvc.v1.EventType`` numbers."""
+
+
+def _event_type(name: str) -> pb.EventType:
+    try:
+        return cast(pb.EventType, EVENT_TYPES[name])
+    except KeyError:
+        raise ValueError(f"unknown event type {name!r}; one of {', '.join(EVENT_TYPES)}") from None
 
 
 class RecommenderClient:
@@ -114,7 +118,7 @@ class RecommenderClient:
             user_id=user_id,
             session_id=session_id,
             session_events=[
-                pb.SessionEvent(item_id=i, event_type=_EVENT_TYPES[session_event_type])
+                pb.SessionEvent(item_id=i, event_type=_event_type(session_event_type))
                 for i in session_items
             ],
             k=k,
@@ -170,7 +174,7 @@ class RecommenderClient:
             user_id=user_id,
             session_id=session_id,
             item_id=item_id,
-            event_type=_EVENT_TYPES[event_type],
+            event_type=_event_type(event_type),
             quantity=quantity,
             recommendation_id=recommendation_id,
             placement=placement,

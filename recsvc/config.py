@@ -57,13 +57,7 @@ class WeightingSettings(_Section):
     """How raw events become interaction weights (before ALS confidence)."""
 
     event_weights: dict[EventType, float] = Field(
-        default_factory=lambda: {
-            EventType.PURCHASE: 1.0,
-            EventType.ADD_TO_CART: 0.5,
-            EventType.CLICK: 0.2,
-            EventType.VIEW: 0.1,
-            EventType.IMPRESSION: 0.0,
-        }
+        default_factory=lambda: {t: t.spec.default_weight for t in EventType}
     )
     """Weight of one event of each type; types left out weigh 0 (ignored)."""
 
@@ -296,6 +290,11 @@ class RedisSettings(_Section):
     """Lifetime of a published user vector."""
     socket_timeout_seconds: float = Field(default=0.5, gt=0.0)
     """Per-command timeout; the request path must not wait on a slow Redis."""
+    read_client: Literal["auto", "thin", "redis-py"] = "auto"
+    """What reads a Recommend's state (recsvc/store/reader.py): ``thin``, a pipelined
+    asyncio/hiredis reader with a client-side cache (plain TCP and unix sockets; a fifth
+    of redis-py's CPU per read); ``redis-py``, a redis-py pipeline (any URL, TLS
+    included; no cache); ``auto``, thin where it can speak the URL, else redis-py."""
     publish_batch_size: int = Field(default=10_000, ge=1)
     """Vectors per pipelined batch when publishing."""
 

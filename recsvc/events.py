@@ -1,4 +1,13 @@
-"""The event vocabulary shared by training (files) and serving (RecordEvents).
+"""The event vocabulary shared by training (files), serving (RecordEvents, live state)
+and the wire contract — declared once, here.
+
+Every event type has, in :data:`EVENT_SPECS`: its spelling in files and settings (the
+enum value), its number in the proto's ``EventType`` enum, its one-letter code in live
+state entries in Redis (``state_code``), its default weight in training, and whether it
+says something about the shopper's taste (impressions do not: they are counted, never stored in a
+history or a session). Every mapping elsewhere — request validation, the client's
+keyword helpers, the Redis entry format, the weighting defaults, the CLI's choices — is
+derived from it; a test checks that the proto agrees.
 
 Canonical event table columns (what every loader produces, what the trainer reads):
 
@@ -16,9 +25,17 @@ column                arrow type  meaning
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
-__all__ = ["CANONICAL_COLUMNS", "EventType"]
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "EVENT_SPECS",
+    "EventSpec",
+    "EventType",
+    "LiveEvent",
+]
 
 
 class EventType(StrEnum):
@@ -30,6 +47,36 @@ class EventType(StrEnum):
     CLICK = "click"
     IMPRESSION = "impression"
 
+    @property
+    def spec(self) -> EventSpec:
+        return EVENT_SPECS[self]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """What recsvc knows about one event type."""
+
+    proto_number: int
+    """Its number in ``recsvc.v1.EventType`` (the wire contract)."""
+    state_code: str
+    """One letter in a live-state entry in Redis (part of the stored format)."""
+    default_weight: float
+    """Weight of one such event in training (``[weighting] event_weights``)."""
+    taste: bool
+    """Whether it tells what the shopper likes: kept in live history and sessions."""
+
+
+EVENT_SPECS: Final[dict[EventType, EventSpec]] = {
+    EventType.PURCHASE: EventSpec(proto_number=3, state_code="p", default_weight=1.0, taste=True),
+    EventType.ADD_TO_CART: EventSpec(
+        proto_number=2, state_code="a", default_weight=0.5, taste=True
+    ),
+    EventType.VIEW: EventSpec(proto_number=1, state_code="v", default_weight=0.1, taste=True),
+    EventType.CLICK: EventSpec(proto_number=5, state_code="c", default_weight=0.2, taste=True),
+    EventType.IMPRESSION: EventSpec(
+        proto_number=4, state_code="i", default_weight=0.0, taste=False
+    ),
+}
 
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "user_id",
@@ -39,3 +86,18 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
     "quantity",
     "basket_id",
 )
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """One event of a live shopper: sent inline with a Recommend, recorded by
+    RecordEvents, kept in a history or a session in the live state."""
+
+    item_id: str
+    """Product id (non-empty; may contain any character)."""
+    event_type: EventType
+    """What the shopper did."""
+    timestamp: int
+    """When, in Unix seconds (UTC)."""
+    quantity: float = 1.0
+    """Units (> 0, finite)."""

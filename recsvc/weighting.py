@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.config import WeightingSettings
-from recsvc.events import EventType
+from recsvc.events import EventType, LiveEvent
 
 __all__ = [
     "EVENT_TYPES",
@@ -24,6 +24,7 @@ __all__ = [
     "confidence",
     "event_type_weights",
     "event_weights",
+    "live_event_weights",
     "session_weights",
 ]
 
@@ -68,6 +69,23 @@ def event_weights(
         weights = weights * decay.astype(np.float32)
     return weights.astype(np.float32, copy=False)
 
+
+def live_event_weights(
+    events: Sequence[LiveEvent], now: int, settings: WeightingSettings, *, units: bool = True
+) -> NDArray[np.float32]:
+    """:func:`event_weights` of live events at ``now``: what the server folds in
+    (``units``: quantities count, as in the ALS fit) or scores for buy-again (not
+    ``units``: one order is one, whatever its quantity, as the trainer's purchases)."""
+    return event_weights(
+        [_POSITION[e.event_type] for e in events],
+        [e.quantity if units else 1.0 for e in events],
+        [e.timestamp for e in events],
+        now,
+        settings,
+    )
+
+
+_POSITION = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 #: A live session's events halve in weight every this many newer events.
 SESSION_HALF_LIFE_EVENTS = 5.0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -41,6 +41,7 @@ __all__ = [
     "LOOKUP_LAYERS",
     "LOOKUP_RESULTS",
     "RELOAD_OUTCOMES",
+    "Children",
     "MetricsHTTPServer",
     "ServingMetrics",
     "placement_label",
@@ -104,6 +105,27 @@ def placement_label(raw: str, allowed: Sequence[str]) -> str:
     if not raw:
         return "unknown"
     return raw if raw in allowed else "other"
+
+
+class Children:
+    """The labelled children of one metric, each resolved once.
+
+    ``metric.labels(...)`` costs microseconds; the request path calls this instead:
+    ``lookups("redis", "hit").inc()``. Values go in the metric's label order, and must
+    come from a closed set (the cache keeps every combination it has seen).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram | Gauge) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class ServingMetrics:
@@ -275,7 +297,7 @@ class ServingMetrics:
     def watch_state_cache(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Export ``recsvc_state_cache_lookups_total{result="hit|miss"}`` from
         ``counts()`` = (hits, misses) of the live-state client-side cache, read at each
-        scrape (:class:`serving.redisread.RedisReader` counts them itself)."""
+        scrape (:class:`recsvc.store.thinreader.RedisReader` counts them itself)."""
         self._registry.register(_StateCacheCollector(counts))
 
     def initialize_grpc_methods(self, service: str, methods: Iterable[str]) -> None:

@@ -34,7 +34,8 @@ from prometheus_client import CollectorRegistry
 
 from recsvc.config import Settings
 from recsvc.errors import ConfigError
-from recsvc.redis_server import PrivateRedis, start_private_redis
+from recsvc.store import open_live_state
+from recsvc.store.embedded import PrivateRedis, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -42,10 +43,8 @@ from .engine import Engine
 from .eventlog import EventLog
 from .interceptors import server_interceptors
 from .metrics import ServingMetrics, start_metrics_http_server
-from .redisread import RedisReader
 from .reload import LoadedModel, ModelHolder, ReloadOutcome
 from .servicer import RecommenderServicer
-from .state import LiveState, async_client_from_url
 
 __all__ = [
     "EVENT_LOOPS",
@@ -136,31 +135,15 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         owned.append(private)
         redis_url = private.url
         log.info("no Redis URL configured: started a private Redis at %s", redis_url)
-    client = async_client_from_url(redis_url, socket_timeout=settings.redis.socket_timeout_seconds)
-    owned.append(client)
-    # the hot read (vector + history + session of each Recommend) over a thin pipelined
-    # client; None for URLs it does not speak (TLS, RESP3), which stay on redis-py
-    reader = RedisReader.for_client(
-        client, cache_entries=s.state_cache_size, cache_seconds=s.state_cache_seconds
-    )
-    if reader is not None:
-        owned.append(reader)
-    state = LiveState(
-        client,
-        prefix=settings.redis.prefix,
-        history_max_events=s.history_max_events,
-        history_ttl_seconds=s.history_ttl_seconds,
-        session_max_events=s.session_max_events,
-        session_ttl_seconds=s.session_ttl_seconds,
-        vector_ttl_seconds=settings.redis.vector_ttl_seconds,
-        reader=reader,
-    )
+    state = open_live_state(redis_url, settings)
+    owned.append(state)
     event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
     owned.append(event_log)
 
     registry = CollectorRegistry()
     metrics = ServingMetrics(registry)
-    if reader is not None and s.state_cache_size:
+    reader = state.reader
+    if reader.caches:
         metrics.watch_state_cache(lambda: (reader.cache_hits, reader.cache_misses))
     health_servicer = health.aio.HealthServicer()
     loop = asyncio.get_running_loop()
@@ -333,7 +316,10 @@ def run(settings: Settings, *, processes: int = 1, event_loop: str = "asyncio") 
             update={"redis": settings.redis.model_copy(update={"url": private.url})}
         )
     s = settings.server
-    port = s.port or _free_port(s.host)
+    # The port stays bound here (SO_REUSEPORT, not listening: it takes no connections)
+    # until the processes are gone, so nothing else can take it while they start.
+    reservation = _reserve_port(s.host, s.port)
+    port: int = reservation.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     children = []
     try:
@@ -360,6 +346,7 @@ def run(settings: Settings, *, processes: int = 1, event_loop: str = "asyncio") 
             if child.is_alive():
                 child.kill()
                 child.join()
+        reservation.close()
         if private is not None:
             private.stop()
 
@@ -401,8 +388,14 @@ def _supervise(children: list[Any]) -> int:
     return max(codes, key=abs)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: a free port) with SO_REUSEPORT, so the server
+    processes can bind the same port beside it; raises ConfigError if it is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from exc
+    return sock

@@ -28,7 +28,8 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 from . import validation
-from .engine import Engine, RecommendOutput
+from .calls import RecommendOutput
+from .engine import Engine
 
 __all__ = ["RecommenderServicer"]
 
@@ -87,13 +88,15 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
     raise exc  # abort raises first; this keeps the type checker and AbortError right
 
 
-async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+async def _guard(
+    context: grpc.aio.ServicerContext, method: str, call: Callable[[], Awaitable[T]]
+) -> T:
     if _expired(context):
         await context.abort(*_DEADLINE)
     try:
         return await call()
     except Exception as exc:
-        await _fail(context, exc, type(call).__name__)
+        await _fail(context, exc, method)
 
 
 def _items(out: RecommendOutput) -> list[pb.RecommendedItem]:
@@ -162,7 +165,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 recommendation_id=out.recommendation_id,
             )
 
-        return await _guard(context, call)
+        return await _guard(context, "SimilarItems", call)
 
     async def RecordEvents(  # noqa: N802
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
@@ -176,7 +179,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 ],
             )
 
-        return await _guard(context, call)
+        return await _guard(context, "RecordEvents", call)
 
     async def ForgetUser(  # noqa: N802
         self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
@@ -190,7 +193,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 added_to_erasure_list=out.added_to_erasure_list,
             )
 
-        return await _guard(context, call)
+        return await _guard(context, "ForgetUser", call)
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -215,4 +218,4 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
             )
 
-        return await _guard(context, call)
+        return await _guard(context, "GetModelInfo", call)

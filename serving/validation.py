@@ -15,11 +15,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsvc.config import RepeatPolicy, ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError
-from recsvc.events import EventType
+from recsvc.events import EventType, LiveEvent
 from recsvc.v1 import recommender_pb2 as pb
 
-from .engine import EventInput, FilterSpec, RecommendInput, SimilarInput
-from .state import StoredEvent
+from .calls import NO_FILTERS, EventInput, FilterSpec, RecommendInput, SimilarInput
 
 __all__ = [
     "event_inputs",
@@ -34,13 +33,7 @@ _MAX_FILTER_ITEMS = 1000
 _MAX_FILTER_CATEGORIES = 100
 _MAX_SIMILAR_ITEMS = 100
 
-EVENT_TYPE_FROM_PB: dict[int, EventType] = {
-    pb.EVENT_TYPE_VIEW: EventType.VIEW,
-    pb.EVENT_TYPE_ADD_TO_CART: EventType.ADD_TO_CART,
-    pb.EVENT_TYPE_PURCHASE: EventType.PURCHASE,
-    pb.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
-    pb.EVENT_TYPE_CLICK: EventType.CLICK,
-}
+EVENT_TYPE_FROM_PB: dict[int, EventType] = {t.spec.proto_number: t for t in EventType}
 REPEAT_POLICY_FROM_PB: dict[int, RepeatPolicy | None] = {
     pb.REPEAT_POLICY_UNSPECIFIED: None,
     pb.REPEAT_POLICY_EXCLUDE_PURCHASED: RepeatPolicy.EXCLUDE,
@@ -126,15 +119,10 @@ class _Checker:
         )
 
 
-_NO_FILTERS = FilterSpec()
-"""What a request without ``filters`` asks for (what :meth:`_Checker.filters` makes of
-an empty message), shared: FilterSpec is immutable."""
-
-
 def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> RecommendInput:
     c = _Checker(limits)
     session_events = req.session_events
-    events: list[StoredEvent] = []
+    events: list[LiveEvent] = []
     if session_events:
         now = time.time()
         n = len(session_events)
@@ -145,7 +133,7 @@ def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> Recomme
             item = c.id(f"{p}.item_id", e.item_id, required=True)
             kind = c.event_type(f"{p}.event_type", e.event_type)
             ts = c.time(f"{p}.event_time", e, e.event_time, now)
-            events.append(StoredEvent(item, kind, ts, 1.0))
+            events.append(LiveEvent(item, kind, ts, 1.0))
     repeat_policy = req.repeat_policy
     policy = REPEAT_POLICY_FROM_PB.get(repeat_policy)
     if repeat_policy not in REPEAT_POLICY_FROM_PB:
@@ -155,7 +143,7 @@ def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> Recomme
         session_id=c.id("session_id", req.session_id, required=False),
         session_events=tuple(events),
         k=c.k("k", req.k),
-        filters=c.filters("filters", req.filters) if req.HasField("filters") else _NO_FILTERS,
+        filters=c.filters("filters", req.filters) if req.HasField("filters") else NO_FILTERS,
         repeat_policy=policy,
         non_personalized=req.non_personalized,
         placement=c.placement("placement", req.placement),

@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from recsvc.errors import StoreError
-from recsvc.redis_server import find_redis_server, start_private_redis
 from recsvc.store import client_from_url
+from recsvc.store.embedded import find_redis_server, start_private_redis
 
 # Generous for tests: a loaded CI host must not turn into a flaky timeout.
 _TEST_SOCKET_TIMEOUT = 5.0

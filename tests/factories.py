@@ -16,8 +16,9 @@ import redis.asyncio
 
 from recsvc.config import Settings, load_settings
 from recsvc.serving.metrics import ServingMetrics
-from recsvc.serving.redisread import RedisReader
-from recsvc.serving.state import LiveState, async_client_from_url
+from recsvc.store import KeyScheme, RedisLiveState, StateLimits
+from recsvc.store.reader import StateReader
+from recsvc.store.thinreader import RedisReader
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository root."""
@@ -80,20 +81,21 @@ def small_settings(tmp_path: object = None, **overrides: object) -> Settings:
     return load_settings(None, **base)
 
 
+SMALL_LIMITS = StateLimits(
+    history_max_events=5,
+    history_ttl_seconds=60,
+    session_max_events=3,
+    session_ttl_seconds=60,
+    vector_ttl_seconds=60,
+)
+"""Small live-state bounds: 5 history events, 3 session events, 60 s TTLs."""
+
+
 def live_state(
-    client: redis.asyncio.Redis, prefix: str = "p", reader: RedisReader | None = None
-) -> LiveState:
-    """A LiveState with small bounds (5 history events, 3 session events, 60 s TTLs)."""
-    return LiveState(
-        client,
-        prefix=prefix,
-        history_max_events=5,
-        history_ttl_seconds=60,
-        session_max_events=3,
-        session_ttl_seconds=60,
-        vector_ttl_seconds=60,
-        reader=reader,
-    )
+    client: redis.asyncio.Redis, prefix: str = "p", reader: StateReader | None = None
+) -> RedisLiveState:
+    """A live state with :data:`SMALL_LIMITS` (read through ``reader``, else redis-py)."""
+    return RedisLiveState(client, keys=KeyScheme(prefix), limits=SMALL_LIMITS, reader=reader)
 
 
 @contextlib.asynccontextmanager
@@ -101,15 +103,12 @@ async def redis_reader(
     url: str, timeout: float = 5.0, connections: int = 1, **cache: Any
 ) -> AsyncIterator[RedisReader]:
     """A :class:`RedisReader` on ``url`` (``cache``: its client-side cache options),
-    closed with its redis-py client on exit."""
-    client = async_client_from_url(url, socket_timeout=timeout)
-    reader = RedisReader.for_client(client, connections=connections, **cache)
-    assert reader is not None
+    closed on exit."""
+    reader = RedisReader.from_url(url, socket_timeout=timeout, connections=connections, **cache)
     try:
         yield reader
     finally:
         await reader.aclose()
-        await client.aclose()
 
 
 def bench_script(name: str) -> ModuleType:

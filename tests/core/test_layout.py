@@ -9,6 +9,7 @@ role, imports of the role are relative, so the folder installs as ``recsvc.train
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def test_a_role_imports_neither_the_other_nor_itself_by_absolute_name(role: str)
 
 def test_nothing_imports_a_top_level_role_package() -> None:
     assert _offending(("tests", "benchmarks", "recsvc", *ROLES), ROLES) == []
+    # nor in the code a test or a benchmark runs in a child process (python -c, -m)
+    in_strings = re.compile(
+        r"from\s+(training|serving)(\.\w+)*\s+import\b|-m\s+(training|serving)\.\w"
+    )
+    found = [
+        f"{path.relative_to(REPO)}: {match.group(0)!r}"
+        for folder in ("tests", "benchmarks", "Makefile")
+        for path in ([REPO / folder] if folder == "Makefile" else _sources(folder))
+        for match in in_strings.finditer(path.read_text())
+    ]
+    assert found == []
 
 
 def test_the_role_folders_install_inside_the_project_namespace() -> None:

@@ -15,36 +15,45 @@ from redis.crc import key_slot
 
 from recsvc.errors import ConfigError, DataError, StoreError
 from recsvc.store import (
+    Endpoint,
+    KeyScheme,
     UserVectorStore,
     client_from_url,
     decode_vector,
     encode_vector,
-    session_items_key,
-    user_history_key,
-    user_vector_key,
 )
 
 # --------------------------------------------------------------------------- golden
 
 
 def test_key_scheme_is_pinned() -> None:
-    # Changing these strings orphans every vector already in Redis: migrate, don't edit.
-    assert user_vector_key("cust-42", "20240501-a1b2") == "recsvc:{u:cust-42}:vec:20240501-a1b2"
-    assert user_history_key("cust-42") == "recsvc:{u:cust-42}:hist"
-    assert session_items_key("sess-9") == "recsvc:{s:sess-9}:items"
-    assert user_vector_key("cust-42", "v1", prefix="shop1") == "shop1:{u:cust-42}:vec:v1"
+    # Every key recsvc writes. Changing one of these strings orphans what is already in
+    # Redis: migrate, don't edit.
+    k = KeyScheme()
+    assert k.vector("cust-42", "20240501-a1b2") == "recsvc:{u:cust-42}:vec:20240501-a1b2"
+    assert k.history("cust-42") == "recsvc:{u:cust-42}:hist"
+    assert k.session("sess-9", "cust-42") == "recsvc:{u:cust-42}:sess:sess-9"
+    assert k.user_sessions("cust-42") == "recsvc:{u:cust-42}:sessions"
+    assert k.session("sess-9") == "recsvc:{s:sess-9}:items"
+    assert k.vector_pattern("v1") == "recsvc:{u:*}:vec:v1"
+    head, tail = k.vector_parts("v1")
+    assert head + "cust-42" + tail == k.vector("cust-42", "v1")
+    assert KeyScheme("shop1").vector("cust-42", "v1") == "shop1:{u:cust-42}:vec:v1"
 
 
 def test_a_users_keys_share_one_cluster_slot() -> None:
+    k = KeyScheme()
     keys = [
-        user_vector_key("cust-42", "v1"),
-        user_vector_key("cust-42", "v2"),
-        user_history_key("cust-42"),
-        user_vector_key("cust-42", "v1", prefix="other"),
+        k.vector("cust-42", "v1"),
+        k.vector("cust-42", "v2"),
+        k.history("cust-42"),
+        k.session("s1", "cust-42"),
+        k.user_sessions("cust-42"),
+        KeyScheme("other").vector("cust-42", "v1"),
     ]
-    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert len({key_slot(key.encode()) for key in keys}) == 1
     # ...and the tag really is per user, not one slot for everything.
-    others = {key_slot(user_vector_key(f"cust-{i}", "v1").encode()) for i in range(50)}
+    others = {key_slot(k.vector(f"cust-{i}", "v1").encode()) for i in range(50)}
     assert len(others) > 40
 
 
@@ -92,12 +101,14 @@ def test_encode_rejects_a_matrix() -> None:
 )
 def test_key_builders_reject_unsafe_parts(user_id: str, version: str, prefix: str) -> None:
     with pytest.raises(ValueError):
-        user_vector_key(user_id, version, prefix)
+        KeyScheme(prefix).vector(user_id, version)
 
 
-def test_session_key_rejects_empty_id() -> None:
+def test_session_keys_reject_an_empty_session_id() -> None:
     with pytest.raises(ValueError):
-        session_items_key("")
+        KeyScheme().session("")
+    with pytest.raises(ValueError):
+        KeyScheme().session("", "alice")
 
 
 # --------------------------------------------------------------------------- client
@@ -128,6 +139,41 @@ def test_client_from_url_rejects_bad_urls_without_leaking_the_password() -> None
     assert "s3cret" not in str(info.value)
     with pytest.raises(ConfigError, match="decode_responses"):
         client_from_url("redis://127.0.0.1:6379/0?decode_responses=True")
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("redis://127.0.0.1:6390/2", "127.0.0.1:6390"),
+        ("redis://u:pw@h:1/3?socket_timeout=2&client_name=x", "h:1"),
+        ("unix:///tmp/r.sock?db=1", "/tmp/r.sock"),
+    ],
+)
+def test_the_thin_readers_endpoint_reads_what_it_honours(url: str, where: str) -> None:
+    assert Endpoint.from_url(url).where == where
+    e = Endpoint.from_url("redis://u:pw@h:1/3?socket_timeout=2&client_name=x")
+    assert (e.username, e.password, e.db, e.socket_timeout, e.client_name) == (
+        "u",
+        "pw",
+        3,
+        2.0,
+        "x",
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://h:6380/0",  # TLS: redis-py reads it
+        "redis://h:1/0?protocol=3",
+        "redis://h:1/0?ssl_cert_reqs=none",
+        "redis://u:s3cret@h:1/0?health_check_interval=5",
+    ],
+)
+def test_the_thin_reader_refuses_loudly_what_it_would_not_honour(url: str) -> None:
+    with pytest.raises(ConfigError, match="thin reader") as info:
+        Endpoint.from_url(url)
+    assert "s3cret" not in str(info.value)
 
 
 def test_a_redis_that_is_down_raises_store_error() -> None:
@@ -192,7 +238,7 @@ def test_publish_then_read_back_byte_exact(redis_client: redis.Redis, redis_pref
     assert store.publish("v1", users, factors, ttl_seconds=600, batch_size=500) == len(users)
 
     for i in (0, 499, 500, 2_344):
-        raw = redis_client.get(user_vector_key(users[i], "v1", redis_prefix))
+        raw = redis_client.get(KeyScheme(redis_prefix).vector(users[i], "v1"))
         assert raw == encode_vector(factors[i])
         got = store.get("v1", users[i], 16)
         assert got is not None
@@ -225,7 +271,7 @@ def test_published_vectors_expire(redis_client: redis.Redis, redis_prefix: str) 
     store = UserVectorStore(redis_client, prefix=redis_prefix)
     store.publish("v1", ["a", "b"], _factors(2, 4), ttl_seconds=120)
     for user in ("a", "b"):
-        ttl = redis_client.ttl(user_vector_key(user, "v1", redis_prefix))
+        ttl = redis_client.ttl(KeyScheme(redis_prefix).vector(user, "v1"))
         assert 0 < ttl <= 120
 
 
@@ -263,7 +309,7 @@ def test_delete_version_removes_only_that_version(
     store.publish("v1", users, _factors(250, 4, seed=1), ttl_seconds=600)
     store.publish("v2", users[:10], _factors(10, 4, seed=2), ttl_seconds=600)
     neighbour.publish("v1", users[:5], _factors(5, 4, seed=3), ttl_seconds=600)
-    history = user_history_key("u0", redis_prefix)
+    history = KeyScheme(redis_prefix).history("u0")
     redis_client.set(history, b"kept")
 
     assert store.delete_version("v1", batch_size=100) == 250

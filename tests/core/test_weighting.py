@@ -4,10 +4,8 @@ import numpy as np
 import pytest
 
 from recsvc.config import Settings, WeightingSettings
-from recsvc.events import EventType
-from recsvc.serving.engine import _weights
-from recsvc.serving.state import StoredEvent
-from recsvc.weighting import EVENT_TYPES, confidence, event_weights
+from recsvc.events import EventType, LiveEvent
+from recsvc.weighting import EVENT_TYPES, confidence, event_weights, live_event_weights
 
 DAY = 86_400
 PURCHASE = EVENT_TYPES.index(EventType.PURCHASE)
@@ -56,10 +54,14 @@ def test_live_purchases_count_orders_for_buy_again_and_units_for_the_fold_in() -
     now = 1_700_000_000
     settings = Settings()
     events = [
-        StoredEvent("bulk", EventType.PURCHASE, now, quantity=50.0),
-        StoredEvent("one", EventType.PURCHASE, now, quantity=1.0),
+        LiveEvent("bulk", EventType.PURCHASE, now, quantity=50.0),
+        LiveEvent("one", EventType.PURCHASE, now, quantity=1.0),
     ]
     # buy-again, as the trainer's purchases: one order is one, whatever its units
-    assert _weights(events, now, settings, units=False).tolist() == pytest.approx([1.0, 1.0])
+    assert live_event_weights(
+        events, now, settings.weighting, units=False
+    ).tolist() == pytest.approx([1.0, 1.0])
     # the fold-in, as the ALS fit: 1 + ln(units)
-    assert _weights(events, now, settings).tolist() == pytest.approx([1.0 + np.log(50.0), 1.0])
+    assert live_event_weights(events, now, settings.weighting).tolist() == pytest.approx(
+        [1.0 + np.log(50.0), 1.0]
+    )

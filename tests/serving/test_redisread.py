@@ -1,4 +1,4 @@
-"""serving.redisread.RedisReader against a real Redis: the same replies as redis-py,
+"""recsvc.store.thinreader.RedisReader against a real Redis: the same replies as redis-py,
 in order under pipelining, and redis-py's errors when Redis is down, hung or killed."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from recsvc.errors import StoreError
-from recsvc.events import EventType
-from recsvc.redis_server import find_redis_server, start_private_redis
-from recsvc.serving.redisread import RedisReader
-from recsvc.serving.state import LiveState, StoredEvent, async_client_from_url, encode_event
-from recsvc.store import session_items_key, user_history_key, user_vector_key
+from recsvc.errors import ConfigError, StoreError
+from recsvc.events import EventType, LiveEvent
+from recsvc.store import KeyScheme, LiveState, async_client_from_url, encode_event
+from recsvc.store.embedded import find_redis_server, start_private_redis
+from recsvc.store.reader import PipelineReader, open_reader
+from recsvc.store.thinreader import RedisReader
 
 from factories import live_state
 from factories import redis_reader as _reader
@@ -53,23 +53,23 @@ def _fill(client: redis.Redis, prefix: str, users: int) -> None:
     for u in range(users):
         user = f"user-{u}"
         client.set(
-            user_vector_key(user, "v1", prefix),
+            KeyScheme(prefix).vector(user, "v1"),
             rng.standard_normal(FACTORS).astype("<f4").tobytes(),
         )
         events = [
-            encode_event(StoredEvent(f"item|{u}|{i}", EventType.VIEW, 1_700_000_000 + i))
+            encode_event(LiveEvent(f"item|{u}|{i}", EventType.VIEW, 1_700_000_000 + i))
             for i in range(u % 7)
         ]
         if events:
-            client.lpush(user_history_key(user, prefix), *events)
+            client.lpush(KeyScheme(prefix).history(user), *events)
 
 
 def _commands(prefix: str, u: int) -> list[tuple[Any, ...]]:
     user = f"user-{u}"
     return [
-        ("GET", user_vector_key(user, "v1", prefix)),
-        ("LRANGE", user_history_key(user, prefix), 0, 99),
-        ("LRANGE", session_items_key(f"s{u}", prefix), 0, 9),
+        ("GET", KeyScheme(prefix).vector(user, "v1")),
+        ("LRANGE", KeyScheme(prefix).history(user), 0, 99),
+        ("LRANGE", KeyScheme(prefix).session(f"s{u}"), 0, 9),
     ]
 
 
@@ -113,10 +113,10 @@ def test_a_cancelled_call_does_not_shift_the_replies(
             await asyncio.sleep(0)  # both queued
             first.cancel()
             assert (await second)[0] == redis_client.get(
-                user_vector_key("user-2", "v1", redis_prefix)
+                KeyScheme(redis_prefix).vector("user-2", "v1")
             )
             third = await reader.execute(_commands(redis_prefix, 3))
-            assert third[0] == redis_client.get(user_vector_key("user-3", "v1", redis_prefix))
+            assert third[0] == redis_client.get(KeyScheme(redis_prefix).vector("user-3", "v1"))
 
     asyncio.run(body())
 
@@ -125,7 +125,7 @@ def test_error_reply_raises_response_error_for_that_call_only(
     redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     _fill(redis_client, redis_prefix, 2)
-    redis_client.set(user_history_key("user-0", redis_prefix), b"not a list")
+    redis_client.set(KeyScheme(redis_prefix).history("user-0"), b"not a list")
 
     async def body() -> None:
         async with _reader(redis_url) as reader:
@@ -277,11 +277,15 @@ def test_unix_socket_url_reads_like_redis_py(tmp_path: Path) -> None:
 
 
 def test_unix_socket_and_tls_urls() -> None:
-    unix = async_client_from_url("unix:///tmp/nowhere.sock?db=2")
-    reader = RedisReader.for_client(unix)
-    assert reader is not None and reader.where == "/tmp/nowhere.sock"
-    tls = async_client_from_url("rediss://localhost:6380/0")
-    assert RedisReader.for_client(tls) is None  # stays on redis-py
+    reader = RedisReader.from_url("unix:///tmp/nowhere.sock?db=2", socket_timeout=0.05)
+    assert reader.where == "/tmp/nowhere.sock"
+    url = "rediss://localhost:6380/0"
+    tls = async_client_from_url(url)
+    options = {"socket_timeout": 0.05, "cache_entries": 0, "cache_seconds": 1.0}
+    # auto: TLS stays on redis-py, said in the log; thin: refused at start-up, loudly
+    assert isinstance(open_reader(url, tls, "auto", **options), PipelineReader)
+    with pytest.raises(ConfigError, match="thin reader"):
+        open_reader(url, tls, "thin", **options)
 
 
 def test_live_state_reads_the_same_through_the_reader(
@@ -289,8 +293,8 @@ def test_live_state_reads_the_same_through_the_reader(
 ) -> None:
     _fill(redis_client, redis_prefix, 8)
     redis_client.lpush(
-        session_items_key("s5", redis_prefix),
-        encode_event(StoredEvent("x", EventType.ADD_TO_CART, 5)),
+        KeyScheme(redis_prefix).session("s5"),
+        encode_event(LiveEvent("x", EventType.ADD_TO_CART, 5)),
     )
 
     def state(client: redis.asyncio.Redis, reader: RedisReader | None) -> LiveState:
@@ -298,19 +302,19 @@ def test_live_state_reads_the_same_through_the_reader(
 
     async def body() -> None:
         client = async_client_from_url(redis_url, socket_timeout=5.0)
-        reader = RedisReader.for_client(client)
+        reader = RedisReader.from_url(redis_url, socket_timeout=5.0)
         try:
             plain, fast = state(client, None), state(client, reader)
             for u in range(8):
                 for session in ("", f"s{u}"):
-                    a = await plain.get_user_state("v1", f"user-{u}", session, FACTORS)
-                    b = await fast.get_user_state("v1", f"user-{u}", session, FACTORS)
+                    a = await plain.read_user("v1", f"user-{u}", session, FACTORS)
+                    b = await fast.read_user("v1", f"user-{u}", session, FACTORS)
                     assert (a[0] is None) == (b[0] is None)
                     if a[0] is not None:
                         assert b[0] is not None and a[0].tobytes() == b[0].tobytes()
                     assert a[1:] == b[1:]
-            b = await fast.get_user_state("v1", "", "s5", FACTORS)
-            assert b[2] == [StoredEvent("x", EventType.ADD_TO_CART, 5)]
+            b = await fast.read_user("v1", "", "s5", FACTORS)
+            assert b[2] == [LiveEvent("x", EventType.ADD_TO_CART, 5)]
         finally:
             assert reader is not None
             await reader.aclose()
@@ -321,12 +325,13 @@ def test_live_state_reads_the_same_through_the_reader(
 
 def test_live_state_translates_reader_errors() -> None:
     async def body() -> None:
-        client = async_client_from_url(f"redis://127.0.0.1:{_closed_port()}", socket_timeout=0.05)
-        reader = RedisReader.for_client(client)
+        url = f"redis://127.0.0.1:{_closed_port()}"
+        client = async_client_from_url(url, socket_timeout=0.05)
+        reader = RedisReader.from_url(url, socket_timeout=0.05)
         state = live_state(client, reader=reader)
         try:
             with pytest.raises(StoreError) as caught:
-                await state.get_user_state("v1", "u", "s", FACTORS)
+                await state.read_user("v1", "u", "s", FACTORS)
             assert isinstance(caught.value.__cause__, redis.ConnectionError)
         finally:
             assert reader is not None

@@ -22,8 +22,8 @@ from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsvc.client import RecommenderClient
-from recsvc.events import EventType
-from recsvc.serving.state import StoredEvent, async_client_from_url
+from recsvc.events import EventType, LiveEvent
+from recsvc.store import async_client_from_url
 from recsvc.v1 import recommender_pb2 as pb
 
 from factories import live_state, small_settings
@@ -318,7 +318,7 @@ def test_an_event_recorded_through_another_replica_shows_in_the_next_answer(
         other = async_client_from_url(redis_url, socket_timeout=5.0)
         state = live_state(other, redis_prefix)
         now = int(time.time())
-        events = [StoredEvent(i, EventType.VIEW, now) for i in ("g1i01", "g1i02", "g1i05")]
+        events = [LiveEvent(i, EventType.VIEW, now) for i in ("g1i01", "g1i02", "g1i05")]
         await state.record("", "s-9", events)
         await other.aclose()
 
@@ -342,7 +342,7 @@ def test_a_model_reloaded_away_is_freed_without_the_cycle_collector(
         artifact_root=str(root),
         erasure_list=str(tmp_path / "erased.txt"),
         redis={"url": redis_url, "prefix": redis_prefix},
-        server={"port": 0, "event_log_dir": str(tmp_path / "eventlog")},
+        server={"port": 0, "metrics_port": None, "event_log_dir": str(tmp_path / "eventlog")},
     )
     running = ServerThread(settings)
     try:

@@ -14,7 +14,7 @@ import pytest
 from recsvc import artifact as art
 from recsvc.client import RecommenderClient
 from recsvc.config import Settings
-from recsvc.redis_server import PrivateRedis, find_redis_server, start_private_redis
+from recsvc.store.embedded import PrivateRedis, find_redis_server, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
 
 from factories import small_settings

@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from recsvc.errors import ConfigError
-from recsvc.redis_server import PrivateRedis, start_private_redis
 from recsvc.serving.server import run_event_loop
+from recsvc.store.embedded import PrivateRedis, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -77,7 +77,7 @@ def test_two_processes_share_the_port_and_stop_together(
     script = (
         "import sys\n"
         "from recsvc.config import load_settings\n"
-        "from serving.server import run\n"
+        "from recsvc.serving.server import run\n"
         f"settings = load_settings(None, artifact_root={str(root)!r},"
         f" redis={{'url': {private_redis.url!r}}},"
         f" server={{'host': '127.0.0.1', 'port': {port}, 'metrics_port': {metrics},"
@@ -129,11 +129,11 @@ def test_two_processes_share_the_port_and_stop_together(
 def test_when_one_process_dies_the_others_stop(tmp_path: Path, private_redis: PrivateRedis) -> None:
     root = tmp_path / "artifacts"
     publish_block_model(root)
-    port = _free_port()
+    port = 0  # run() picks one and holds it while its processes start
     script = (
         "import sys\n"
         "from recsvc.config import load_settings\n"
-        "from serving.server import run\n"
+        "from recsvc.serving.server import run\n"
         f"settings = load_settings(None, artifact_root={str(root)!r},"
         f" redis={{'url': {private_redis.url!r}}},"
         f" server={{'host': '127.0.0.1', 'port': {port}, 'metrics_port': None,"

@@ -80,3 +80,20 @@ def test_a_passed_deadline_ends_the_call_before_the_engine_runs() -> None:
     engine = _recommend(ZeroDivisionError("never raised"), context)
     assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert engine.calls == 0
+
+
+def test_a_bug_in_another_rpc_is_logged_with_that_rpcs_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # every RPC but Recommend used to log "bug while serving function"
+    class _Broken:
+        def similar(self, _request: Any) -> NoReturn:
+            raise ZeroDivisionError("boom")
+
+    context = _Context()
+    servicer = RecommenderServicer(cast(Engine, _Broken()), ServerSettings())
+    request = pb.SimilarItemsRequest(item_ids=["a"], k=5)
+    with caplog.at_level(logging.ERROR, logger="recsvc.serving.servicer"), pytest.raises(_Aborted):
+        asyncio.run(servicer.SimilarItems(request, cast(Any, context)))
+    assert context.code == grpc.StatusCode.INTERNAL
+    assert "bug while serving SimilarItems" in caplog.text

@@ -1,4 +1,9 @@
-"""LiveState against a real Redis: keys, encoding, bounds, TTLs, ForgetUser, failures."""
+"""The live-state contract: every LiveState implementation and read path against a real
+Redis — keys, encoding, bounds, TTLs, ForgetUser, failures.
+
+The integration tests take ``with_state``, which runs them once per read path
+(:data:`READ_PATHS`): a Redis Cluster implementation joins by adding its factory here.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,19 @@ import numpy as np
 import pytest
 import redis
 
-import recsvc.serving.state as state_module
 from recsvc.errors import ConfigError, DataError, StoreError
-from recsvc.events import EventType
-from recsvc.serving.state import (
+from recsvc.events import EventType, LiveEvent
+from recsvc.store import (
     ForgetResult,
+    KeyScheme,
     LiveState,
-    StoredEvent,
+    RedisLiveState,
+    StateLimits,
     async_client_from_url,
     decode_event,
     encode_event,
-    user_session_key,
-    user_sessions_key,
 )
-from recsvc.store import session_items_key, user_history_key, user_vector_key
+from recsvc.store.thinreader import RedisReader
 
 T = TypeVar("T")
 
@@ -45,33 +49,53 @@ def _run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+LIMITS = StateLimits(
+    history_max_events=HISTORY_MAX,
+    history_ttl_seconds=HISTORY_TTL,
+    session_max_events=SESSION_MAX,
+    session_ttl_seconds=SESSION_TTL,
+    vector_ttl_seconds=VECTOR_TTL,
+)
+READ_PATHS = ("redis-py", "thin", "thin-cached")
+"""The state's Recommend read through a redis-py pipeline, the thin reader, and the thin
+reader with its client-side cache."""
+
+
 @contextlib.asynccontextmanager
-async def _state(url: str, prefix: str, socket_timeout: float = 5.0) -> AsyncIterator[LiveState]:
+async def _state(
+    url: str, prefix: str, read_path: str = "redis-py", socket_timeout: float = 5.0
+) -> AsyncIterator[LiveState]:
     client = async_client_from_url(url, socket_timeout=socket_timeout)
+    reader = None
+    if read_path != "redis-py":
+        cache = 100 if read_path == "thin-cached" else 0
+        reader = RedisReader.from_url(url, socket_timeout=socket_timeout, cache_entries=cache)
+    state = RedisLiveState(client, keys=KeyScheme(prefix), limits=LIMITS, reader=reader)
     try:
-        yield LiveState(
-            client,
-            prefix=prefix,
-            history_max_events=HISTORY_MAX,
-            history_ttl_seconds=HISTORY_TTL,
-            session_max_events=SESSION_MAX,
-            session_ttl_seconds=SESSION_TTL,
-            vector_ttl_seconds=VECTOR_TTL,
-        )
+        yield state
     finally:
-        await client.aclose()
+        await state.aclose()
 
 
-def _with_state(url: str, prefix: str, body: Callable[[LiveState], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _state(url, prefix) as state:
-            return await body(state)
-
-    return asyncio.run(main())
+WithState = Callable[[Callable[[LiveState], Awaitable[Any]]], Any]
 
 
-def _events(n: int, start: int = 1_700_000_000, item: str = "sku") -> list[StoredEvent]:
-    return [StoredEvent(f"{item}-{i}", EventType.VIEW, start + i) for i in range(n)]
+@pytest.fixture(params=READ_PATHS)
+def with_state(request: pytest.FixtureRequest, redis_url: str, redis_prefix: str) -> WithState:
+    """Run ``body(state)`` on a live state of this test's prefix, on one read path."""
+
+    def run(body: Callable[[LiveState], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with _state(redis_url, redis_prefix, request.param) as state:
+                return await body(state)
+
+        return asyncio.run(main())
+
+    return run
+
+
+def _events(n: int, start: int = 1_700_000_000, item: str = "sku") -> list[LiveEvent]:
+    return [LiveEvent(f"{item}-{i}", EventType.VIEW, start + i) for i in range(n)]
 
 
 def _vector(seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -81,28 +105,13 @@ def _vector(seed: int = 0) -> np.ndarray[Any, np.dtype[np.float32]]:
 # --------------------------------------------------------------------------- unit
 
 
-def test_golden_keys() -> None:
-    assert user_session_key("alice", "s1", "p") == "p:{u:alice}:sess:s1"
-    assert user_sessions_key("alice", "p") == "p:{u:alice}:sessions"
-    # The store's builders this module shares: one hash tag per user.
-    assert user_vector_key("alice", "v1", "p") == "p:{u:alice}:vec:v1"
-    assert user_history_key("alice", "p") == "p:{u:alice}:hist"
-    assert session_items_key("s1", "p") == "p:{s:s1}:items"
-    with pytest.raises(ValueError):
-        user_session_key("", "s1", "p")
-    with pytest.raises(ValueError):
-        user_session_key("alice", "", "p")
-    with pytest.raises(ValueError):
-        user_sessions_key("alice", "p{x}")
-
-
 def test_golden_event_encoding() -> None:
     cases = {
-        StoredEvent("sku-42", EventType.PURCHASE, 1_700_000_000, 2.0): b"1|p|1700000000|2|sku-42",
-        StoredEvent("a|b|c", EventType.ADD_TO_CART, 5, 0.5): b"1|a|5|0.5|a|b|c",
-        StoredEvent("x", EventType.VIEW, 0): b"1|v|0|1|x",
-        StoredEvent("x", EventType.CLICK, 1, 1.25): b"1|c|1|1.25|x",
-        StoredEvent("caf\u00e9", EventType.IMPRESSION, 1, 0.1): "1|i|1|0.1|caf\u00e9".encode(),
+        LiveEvent("sku-42", EventType.PURCHASE, 1_700_000_000, 2.0): b"1|p|1700000000|2|sku-42",
+        LiveEvent("a|b|c", EventType.ADD_TO_CART, 5, 0.5): b"1|a|5|0.5|a|b|c",
+        LiveEvent("x", EventType.VIEW, 0): b"1|v|0|1|x",
+        LiveEvent("x", EventType.CLICK, 1, 1.25): b"1|c|1|1.25|x",
+        LiveEvent("caf\u00e9", EventType.IMPRESSION, 1, 0.1): "1|i|1|0.1|caf\u00e9".encode(),
     }
     for event, raw in cases.items():
         assert encode_event(event) == raw
@@ -112,13 +121,13 @@ def test_golden_event_encoding() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        StoredEvent("", EventType.VIEW, 1),
-        StoredEvent("x", EventType.VIEW, 1, 0.0),
-        StoredEvent("x", EventType.VIEW, 1, float("nan")),
-        StoredEvent("x", EventType.VIEW, 1, float("inf")),
+        LiveEvent("", EventType.VIEW, 1),
+        LiveEvent("x", EventType.VIEW, 1, 0.0),
+        LiveEvent("x", EventType.VIEW, 1, float("nan")),
+        LiveEvent("x", EventType.VIEW, 1, float("inf")),
     ],
 )
-def test_encode_rejects_bad_events(event: StoredEvent) -> None:
+def test_encode_rejects_bad_events(event: LiveEvent) -> None:
     with pytest.raises(ValueError):
         encode_event(event)
 
@@ -138,34 +147,17 @@ def test_client_rejects_bad_settings() -> None:
         async_client_from_url("redis://u:secret@localhost?decode_responses=true")
 
 
-def test_live_state_rejects_bad_limits() -> None:
-    async def body() -> None:
-        client = async_client_from_url("redis://127.0.0.1:1")
-        try:
-            with pytest.raises(ValueError, match="session_max_events"):
-                LiveState(
-                    client,
-                    prefix="p",
-                    history_max_events=1,
-                    history_ttl_seconds=1,
-                    session_max_events=0,
-                    session_ttl_seconds=1,
-                    vector_ttl_seconds=1,
-                )
-            with pytest.raises(ValueError):
-                LiveState(
-                    client,
-                    prefix="a*b",
-                    history_max_events=1,
-                    history_ttl_seconds=1,
-                    session_max_events=1,
-                    session_ttl_seconds=1,
-                    vector_ttl_seconds=1,
-                )
-        finally:
-            await client.aclose()
-
-    _run(body())
+def test_live_state_rejects_bad_limits_and_prefixes() -> None:
+    with pytest.raises(ValueError, match="session_max_events"):
+        StateLimits(
+            history_max_events=1,
+            history_ttl_seconds=1,
+            session_max_events=0,
+            session_ttl_seconds=1,
+            vector_ttl_seconds=1,
+        )
+    with pytest.raises(ValueError):
+        KeyScheme("a*b")
 
 
 # --------------------------------------------------------------------------- Redis
@@ -173,7 +165,7 @@ def test_live_state_rejects_bad_limits() -> None:
 
 @pytest.mark.integration
 def test_vector_round_trip_is_byte_exact(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     vec = _vector()
 
@@ -188,26 +180,26 @@ def test_vector_round_trip_is_byte_exact(
         with pytest.raises(DataError):
             await state.set_vector("v1", "alice", np.full(FACTORS, np.nan, np.float32))
 
-    _with_state(redis_url, redis_prefix, body)
-    key = user_vector_key("alice", "v1", redis_prefix)
+    with_state(body)
+    key = KeyScheme(redis_prefix).vector("alice", "v1")
     assert redis_client.get(key) == vec.astype("<f4").tobytes()
     assert 0 < redis_client.ttl(key) <= VECTOR_TTL
 
 
 @pytest.mark.integration
-def test_record_then_get_user_state(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+def test_record_then_read_user(
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     vec = _vector(1)
-    first = [StoredEvent("b", EventType.VIEW, 20), StoredEvent("a", EventType.CLICK, 10)]
-    second = [StoredEvent("c|x", EventType.PURCHASE, 30, 2.0)]
+    first = [LiveEvent("b", EventType.VIEW, 20), LiveEvent("a", EventType.CLICK, 10)]
+    second = [LiveEvent("c|x", EventType.PURCHASE, 30, 2.0)]
 
     async def body(state: LiveState) -> None:
-        assert await state.get_user_state("v1", "alice", "s1", FACTORS) == (None, [], [])
+        assert await state.read_user("v1", "alice", "s1", FACTORS) == (None, [], [])
         await state.set_vector("v1", "alice", vec)
         await state.record("alice", "s1", first)
         await state.record("alice", "s1", second)
-        got_vec, history, session = await state.get_user_state("v1", "alice", "s1", FACTORS)
+        got_vec, history, session = await state.read_user("v1", "alice", "s1", FACTORS)
         assert got_vec is not None and got_vec.tobytes() == vec.tobytes()
         newest_first = [second[0], first[0], first[1]]
         assert history == newest_first
@@ -216,31 +208,33 @@ def test_record_then_get_user_state(
         # The session is tied to alice: it is not the anonymous session of that id.
         assert await state.get_session("s1") == []
         # No user, no session: nothing to read, no round trip needed.
-        assert await state.get_user_state("v1", "", "", FACTORS) == (None, [], [])
+        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [])
 
-    _with_state(redis_url, redis_prefix, body)
-    assert redis_client.type(user_history_key("alice", redis_prefix)) == b"list"
-    assert redis_client.lindex(user_session_key("alice", "s1", redis_prefix), 0) == (
+    with_state(body)
+    assert redis_client.type(KeyScheme(redis_prefix).history("alice")) == b"list"
+    assert redis_client.lindex(KeyScheme(redis_prefix).session("s1", "alice"), 0) == (
         b"1|p|30|2|c|x"
     )
-    assert redis_client.zrange(user_sessions_key("alice", redis_prefix), 0, -1) == [b"s1"]
+    assert redis_client.zrange(KeyScheme(redis_prefix).user_sessions("alice"), 0, -1) == [b"s1"]
 
 
 @pytest.mark.integration
-def test_anonymous_session(redis_url: str, redis_client: redis.Redis, redis_prefix: str) -> None:
+def test_anonymous_session(
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
     events = _events(2)
 
     async def body(state: LiveState) -> None:
         await state.record("", "anon-1", events)
         assert await state.get_session("anon-1") == events[::-1]
-        assert await state.get_user_state("v1", "", "anon-1", FACTORS) == (
+        assert await state.read_user("v1", "", "anon-1", FACTORS) == (
             None,
             [],
             events[::-1],
         )
 
-    _with_state(redis_url, redis_prefix, body)
-    key = session_items_key("anon-1", redis_prefix)
+    with_state(body)
+    key = KeyScheme(redis_prefix).session("anon-1")
     assert redis_client.llen(key) == 2
     assert 0 < redis_client.ttl(key) <= SESSION_TTL
     assert not list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:*"))
@@ -248,7 +242,7 @@ def test_anonymous_session(redis_url: str, redis_client: redis.Redis, redis_pref
 
 @pytest.mark.integration
 def test_history_and_session_are_bounded(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     events = _events(HISTORY_MAX + 4)
 
@@ -257,22 +251,24 @@ def test_history_and_session_are_bounded(
         await state.record("bob", "s", events[:6])
         for event in events[6:]:
             await state.record("bob", "s", [event])
-        _, history, session = await state.get_user_state("v1", "bob", "s", FACTORS)
+        _, history, session = await state.read_user("v1", "bob", "s", FACTORS)
         assert history == events[::-1][:HISTORY_MAX]
         assert session == events[::-1][:SESSION_MAX]
 
-    _with_state(redis_url, redis_prefix, body)
-    assert redis_client.llen(user_history_key("bob", redis_prefix)) == HISTORY_MAX
-    assert redis_client.llen(user_session_key("bob", "s", redis_prefix)) == SESSION_MAX
+    with_state(body)
+    assert redis_client.llen(KeyScheme(redis_prefix).history("bob")) == HISTORY_MAX
+    assert redis_client.llen(KeyScheme(redis_prefix).session("s", "bob")) == SESSION_MAX
 
 
 @pytest.mark.integration
-def test_ttls_are_set(redis_url: str, redis_client: redis.Redis, redis_prefix: str) -> None:
-    _with_state(redis_url, redis_prefix, lambda state: state.record("carol", "s", _events(1)))
+def test_ttls_are_set(
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    with_state(lambda state: state.record("carol", "s", _events(1)))
     expected = {
-        user_history_key("carol", redis_prefix): HISTORY_TTL,
-        user_session_key("carol", "s", redis_prefix): SESSION_TTL,
-        user_sessions_key("carol", redis_prefix): SESSION_TTL,
+        KeyScheme(redis_prefix).history("carol"): HISTORY_TTL,
+        KeyScheme(redis_prefix).session("s", "carol"): SESSION_TTL,
+        KeyScheme(redis_prefix).user_sessions("carol"): SESSION_TTL,
     }
     for key, ttl in expected.items():
         assert 0 < redis_client.ttl(key) <= ttl, key
@@ -280,18 +276,18 @@ def test_ttls_are_set(redis_url: str, redis_client: redis.Redis, redis_prefix: s
 
 @pytest.mark.integration
 def test_session_index_prunes_long_expired_ids(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
-    index = user_sessions_key("dave", redis_prefix)
+    index = KeyScheme(redis_prefix).user_sessions("dave")
     long_ago = int(time.time()) - 3 * SESSION_TTL
     redis_client.zadd(index, {"old": long_ago, "recent": int(time.time()) - SESSION_TTL})
-    _with_state(redis_url, redis_prefix, lambda state: state.record("dave", "new", _events(1)))
+    with_state(lambda state: state.record("dave", "new", _events(1)))
     assert sorted(redis_client.zrange(index, 0, -1)) == [b"new", b"recent"]
 
 
 @pytest.mark.integration
 def test_forget_deletes_everything_of_the_user(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     async def body(state: LiveState) -> tuple[ForgetResult, ForgetResult]:
         for version in ("v1", "v2", "v3"):
@@ -308,28 +304,28 @@ def test_forget_deletes_everything_of_the_user(
         again = await state.forget("erin", ["v1"])
         return result, again
 
-    result, again = _with_state(redis_url, redis_prefix, body)
+    result, again = with_state(body)
     assert result == ForgetResult(
         deleted_vectors=2, deleted_history_events=HISTORY_MAX, deleted_sessions=2
     )
     assert again == ForgetResult(0, 0, 0)
     left = sorted(redis_client.scan_iter(match=f"{redis_prefix}:*{{u:erin}}*"))
     # v3 was not named: it expires with its TTL (the caller names the live versions).
-    assert left == [user_vector_key("erin", "v3", redis_prefix).encode()]
+    assert left == [KeyScheme(redis_prefix).vector("erin", "v3").encode()]
     survivors = [
-        user_vector_key("frank", "v1", redis_prefix),
-        user_history_key("frank", redis_prefix),
-        user_session_key("frank", "s1", redis_prefix),
-        user_sessions_key("frank", redis_prefix),
-        session_items_key("s1", redis_prefix),
-        session_items_key("anon", redis_prefix),
+        KeyScheme(redis_prefix).vector("frank", "v1"),
+        KeyScheme(redis_prefix).history("frank"),
+        KeyScheme(redis_prefix).session("s1", "frank"),
+        KeyScheme(redis_prefix).user_sessions("frank"),
+        KeyScheme(redis_prefix).session("s1"),
+        KeyScheme(redis_prefix).session("anon"),
     ]
     assert redis_client.exists(*survivors) == len(survivors)
 
 
 @pytest.mark.integration
 def test_forget_leaves_nothing_behind(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     async def body(state: LiveState) -> ForgetResult:
         await state.set_vector("v1", "gina", _vector())
@@ -337,7 +333,7 @@ def test_forget_leaves_nothing_behind(
             await state.record("gina", f"s{i}", _events(2))
         return await state.forget("gina", ["v1"])
 
-    result = _with_state(redis_url, redis_prefix, body)
+    result = with_state(body)
     assert result == ForgetResult(
         deleted_vectors=1, deleted_history_events=HISTORY_MAX, deleted_sessions=5
     )
@@ -349,37 +345,45 @@ def _tie_session_while_forgetting(
 ) -> None:
     """Tie a new session to the user between ForgetUser's read of the index and its
     MULTI (where it builds the session keys), ``times`` times: a real concurrent write."""
-    build = state_module.user_session_key
+    build = KeyScheme.session
     done: list[str] = []
 
-    def racing(user_id: str, session_id: str, prefix: str = "recsvc") -> str:
+    def racing(keys: KeyScheme, session_id: str, user_id: str = "") -> str:
         if len(done) < times:
             late = f"late{len(done)}"
             done.append(late)
-            redis_client.rpush(build(user_id, late, prefix), b"1|v|1|1|x")
-            redis_client.zadd(user_sessions_key(user_id, prefix), {late: int(time.time())})
-        return build(user_id, session_id, prefix)
+            redis_client.rpush(build(keys, late, user_id), b"1|v|1|1|x")
+            redis_client.zadd(keys.user_sessions(user_id), {late: int(time.time())})
+        return build(keys, session_id, user_id)
 
-    monkeypatch.setattr(state_module, "user_session_key", racing)
+    monkeypatch.setattr(KeyScheme, "session", racing)
 
 
 @pytest.mark.integration
 def test_forget_retries_when_a_session_is_tied_meanwhile(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+    with_state: WithState,
+    redis_url: str,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def body(state: LiveState) -> ForgetResult:
         await state.record("hana", "s0", _events(1))
         _tie_session_while_forgetting(monkeypatch, redis_client, times=1)
         return await state.forget("hana", [])
 
-    result = _with_state(redis_url, redis_prefix, body)
+    result = with_state(body)
     assert result == ForgetResult(deleted_vectors=0, deleted_history_events=1, deleted_sessions=2)
     assert not list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:hana}}*"))
 
 
 @pytest.mark.integration
 def test_forget_gives_up_when_sessions_keep_changing(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+    with_state: WithState,
+    redis_url: str,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def body(state: LiveState) -> None:
         await state.record("ida", "s0", _events(1))
@@ -387,9 +391,9 @@ def test_forget_gives_up_when_sessions_keep_changing(
         with pytest.raises(StoreError, match="kept changing"):
             await state.forget("ida", [])
 
-    _with_state(redis_url, redis_prefix, body)
+    with_state(body)
     # Nothing was deleted: each MULTI was aborted as a whole.
-    assert redis_client.exists(user_history_key("ida", redis_prefix)) == 1
+    assert redis_client.exists(KeyScheme(redis_prefix).history("ida")) == 1
 
 
 def _closed_port() -> int:
@@ -412,7 +416,7 @@ def _every_method(state: LiveState) -> list[Callable[[], Awaitable[object]]]:
         state.ping,
         lambda: state.get_vector("v1", "u", FACTORS),
         lambda: state.set_vector("v1", "u", _vector()),
-        lambda: state.get_user_state("v1", "u", "s", FACTORS),
+        lambda: state.read_user("v1", "u", "s", FACTORS),
         lambda: state.get_session("s"),
         lambda: state.record("u", "s", _events(1)),
         lambda: state.forget("u", ["v1"]),
@@ -440,30 +444,30 @@ def test_unavailable_redis_raises_store_error_quickly(server: str) -> None:
 
 @pytest.mark.integration
 def test_redis_errors_are_translated(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     # A key of the wrong type makes Redis answer with an error (WRONGTYPE).
-    redis_client.set(user_history_key("ivan", redis_prefix), b"not a list")
+    redis_client.set(KeyScheme(redis_prefix).history("ivan"), b"not a list")
 
     async def body(state: LiveState) -> None:
         with pytest.raises(StoreError) as caught:
-            await state.get_user_state("v1", "ivan", "s", FACTORS)
+            await state.read_user("v1", "ivan", "s", FACTORS)
         assert isinstance(caught.value.__cause__, redis.ResponseError)
         with pytest.raises(StoreError):
             await state.record("ivan", "s", _events(1))
 
-    _with_state(redis_url, redis_prefix, body)
+    with_state(body)
 
 
 @pytest.mark.integration
 def test_undecodable_entries_are_skipped(
-    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+    with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
-    good = StoredEvent("x", EventType.VIEW, 1)
-    redis_client.lpush(user_history_key("jo", redis_prefix), encode_event(good), b"2|future")
+    good = LiveEvent("x", EventType.VIEW, 1)
+    redis_client.lpush(KeyScheme(redis_prefix).history("jo"), encode_event(good), b"2|future")
 
     async def body(state: LiveState) -> None:
-        _, history, _ = await state.get_user_state("v1", "jo", "", FACTORS)
+        _, history, _ = await state.read_user("v1", "jo", "", FACTORS)
         assert history == [good]
 
-    _with_state(redis_url, redis_prefix, body)
+    with_state(body)

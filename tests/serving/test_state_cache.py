@@ -1,4 +1,4 @@
-"""The reader's client-side cache (serving.redisread, ``cache_entries`` > 0) against a
+"""The reader's client-side cache (recsvc.store.thinreader, ``cache_entries`` > 0) against a
 private Redis: it answers repeated reads without Redis, and never after a write it was
 told about (Redis's invalidation push, or this process's own writes), a lost
 connection, a flush, its age limit or its size limit."""
@@ -15,11 +15,10 @@ import pytest
 import redis
 import redis.asyncio
 
-from recsvc.events import EventType
-from recsvc.redis_server import PrivateRedis, start_private_redis
-from recsvc.serving import redisread
-from recsvc.serving.redisread import RedisReader
-from recsvc.serving.state import StoredEvent, async_client_from_url
+from recsvc.events import EventType, LiveEvent
+from recsvc.store import async_client_from_url, thinreader
+from recsvc.store.embedded import PrivateRedis, start_private_redis
+from recsvc.store.thinreader import RedisReader
 
 from factories import live_state, redis_reader
 
@@ -211,30 +210,29 @@ def test_live_state_reads_its_own_writes_before_any_push(
     private: PrivateRedis, sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # pushes ignored: only LiveState's own invalidation can keep the cache right
-    monkeypatch.setattr(redisread._Connection, "_pushed", lambda self, push: None)
+    monkeypatch.setattr(thinreader._Connection, "_pushed", lambda self, push: None)
 
     async def body() -> None:
         client = async_client_from_url(private.url, socket_timeout=5.0)
-        reader = RedisReader.for_client(client, cache_entries=100)
-        assert reader is not None
+        reader = RedisReader.from_url(private.url, socket_timeout=5.0, cache_entries=100)
         state = live_state(client, reader=reader)
         try:
-            assert await state.get_user_state("v1", "u", "s", 2) == (None, [], [])
-            assert await state.get_user_state("v1", "u", "s", 2) == (None, [], [])
+            assert await state.read_user("v1", "u", "s", 2) == (None, [], [])
+            assert await state.read_user("v1", "u", "s", 2) == (None, [], [])
             assert reader.cache_hits == 1
-            event = StoredEvent("i1", EventType.VIEW, 1_700_000_000)
+            event = LiveEvent("i1", EventType.VIEW, 1_700_000_000)
             await state.record("u", "s", [event])
-            _, history, session = await state.get_user_state("v1", "u", "s", 2)
+            _, history, session = await state.read_user("v1", "u", "s", 2)
             assert history == [event] and session == [event]
             await state.set_vector("v1", "u", np.ones(2, dtype=np.float32))
-            vector, _, _ = await state.get_user_state("v1", "u", "s", 2)
+            vector, _, _ = await state.read_user("v1", "u", "s", 2)
             assert vector is not None and vector.tolist() == [1.0, 1.0]
             await state.forget("u", ["v1"])
-            assert await state.get_user_state("v1", "u", "s", 2) == (None, [], [])
+            assert await state.read_user("v1", "u", "s", 2) == (None, [], [])
             # the anonymous session key too
-            await state.get_user_state("v1", "", "anon", 2)
+            await state.read_user("v1", "", "anon", 2)
             await state.record("", "anon", [event])
-            assert (await state.get_user_state("v1", "", "anon", 2))[2] == [event]
+            assert (await state.read_user("v1", "", "anon", 2))[2] == [event]
         finally:
             await reader.aclose()
             await client.aclose()

@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from recsvc import artifact as art
-from recsvc.store import UserVectorStore, encode_vector, user_vector_key
+from recsvc.store import KeyScheme, UserVectorStore, encode_vector
 from recsvc.training.pipeline import LoadedData, build_model
 from recsvc.training.publish import publish, rollback
 
@@ -35,7 +35,7 @@ def test_publish_writes_every_vector_byte_exact_then_rollback_reloads(
     result = publish(settings, v1.model_version)
     assert result.vectors_written == len(v1.user_ids)
     for i in (0, 17, len(v1.user_ids) - 1):
-        key = user_vector_key(str(v1.user_ids[i]), v1.model_version, redis_prefix)
+        key = KeyScheme(redis_prefix).vector(str(v1.user_ids[i]), v1.model_version)
         assert redis_client.get(key) == encode_vector(v1.user_factors[i])
         assert 0 < redis_client.ttl(key) <= 3600
 
@@ -43,7 +43,7 @@ def test_publish_writes_every_vector_byte_exact_then_rollback_reloads(
     v2 = write_version(root, 2)
     publish(settings, v2.model_version)
     settings.erasure_path.write_text(f"{v1.user_ids[0]}\n")
-    redis_client.delete(user_vector_key(str(v1.user_ids[0]), v1.model_version, redis_prefix))
+    redis_client.delete(KeyScheme(redis_prefix).vector(str(v1.user_ids[0]), v1.model_version))
     back = rollback(settings)
     assert back.version == v1.model_version
     assert back.vectors_written == len(v1.user_ids) - 1

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from recsvc import redis_server
 from recsvc.errors import StoreError
-from recsvc.redis_server import PrivateRedis, find_redis_server, start_private_redis
+from recsvc.store import embedded as redis_server
+from recsvc.store.embedded import PrivateRedis, find_redis_server, start_private_redis
 
 
 def _client(server: PrivateRedis) -> redis.Redis:

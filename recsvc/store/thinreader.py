@@ -1,7 +1,8 @@
 """A thin asyncio Redis client for the one read on Recommend's hot path.
 
-:meth:`serving.state.LiveState.get_user_state` reads a user's vector, history and
-session (GET + LRANGE + LRANGE) on every Recommend. Through redis-py's asyncio
+The state read of every Recommend (:meth:`recsvc.store.state.RedisLiveState.read_user`:
+a user's vector, history and session, GET + LRANGE + LRANGE) goes through a
+:class:`~recsvc.store.reader.StateReader`; this is the fast one. Through redis-py's asyncio
 pipeline that read costs ~100 µs of client CPU per call; the exchange itself (pack,
 one write, one read, parse with hiredis) costs a fifth of it. :class:`RedisReader`
 does only that exchange, and leaves everything else (writes, MULTI, WATCH, PING,
@@ -27,7 +28,7 @@ How it works:
   only. These are redis-py's own exception classes, so callers translate them the
   same way (:func:`recsvc.store.translated_errors`). Reads are idempotent: a call
   that hit a pooled connection Redis had closed is retried once on a fresh one (the
-  same single retry :func:`serving.state.async_client_from_url` configures).
+  same single retry :func:`recsvc.store.clients.async_client_from_url` configures).
 - Cancelling a call (a gRPC deadline) drops its future; its replies are read and
   discarded when they come, so the FIFO stays aligned.
 - Client-side cache (``cache_entries`` > 0): Redis's server-assisted client-side
@@ -48,10 +49,10 @@ How it works:
     is dropped; a Redis that refuses ``HELLO 3`` or ``CLIENT TRACKING`` (older than 6,
     or an ACL without CLIENT) is read without a cache.
 
-:meth:`RedisReader.for_client` builds one from an existing redis-py client's pool
-(same host, port or socket path, db, credentials, timeouts: the URL is parsed in one
-place, :func:`recsvc.store.serving_pool`). It returns None for what this client does
-not speak (TLS, RESP3, credential providers): the caller then keeps using redis-py.
+Where it connects comes from the same Redis URL the redis-py clients use, read by
+:meth:`recsvc.store.clients.Endpoint.from_url`: a URL option it would not honour (TLS,
+RESP3, ``ssl_*``, ...) is a ConfigError at start-up, never a silent fallback; such URLs
+are read through redis-py (:class:`~recsvc.store.reader.PipelineReader`).
 """
 
 from __future__ import annotations
@@ -66,53 +67,14 @@ from typing import Any, Final
 
 import hiredis
 import redis
-import redis.asyncio
+
+from recsvc.store.clients import Endpoint
 
 __all__ = ["RedisReader"]
 
 log = logging.getLogger(__name__)
 
 Command = tuple[Any, ...]
-
-_SUPPORTED_CONNECTIONS: Final = (
-    redis.asyncio.connection.Connection,
-    redis.asyncio.connection.UnixDomainSocketConnection,
-)
-# connection kwargs this client honours; any other one set to a non-default value
-# (a credential provider, TLS options, ...) means: leave the URL to redis-py
-_HONOURED: Final = frozenset(
-    {
-        "host",
-        "port",
-        "path",
-        "db",
-        "username",
-        "password",
-        "socket_timeout",
-        "socket_connect_timeout",
-        "client_name",
-        "protocol",
-        "retry",
-        "encoder_class",
-        "himport_registry",
-        "socket_keepalive",
-        "socket_keepalive_options",
-        "socket_type",
-        "retry_on_timeout",
-        "retry_on_error",
-        "health_check_interval",
-        "lib_name",
-        "lib_version",
-        "encoding",
-        "encoding_errors",
-        "decode_responses",
-        "maint_notifications_pool_handler",
-        "maint_notifications_config",
-        "orig_host_address",
-        "orig_socket_timeout",
-        "orig_socket_connect_timeout",
-    }
-)
 
 
 class _Call:
@@ -322,39 +284,35 @@ class RedisReader:
         """Epoch of each key's last invalidation, kept while calls are in flight."""
         self._in_flight = 0
         self._refused_tracking = False
+        self.caches = cache_entries > 0
         self.cache_hits = 0
         self.cache_misses = 0
 
     @classmethod
-    def for_client(
+    def from_url(
         cls,
-        client: redis.asyncio.Redis,
-        connections: int = 1,
+        url: str,
         *,
+        socket_timeout: float,
+        connections: int = 1,
         cache_entries: int = 0,
         cache_seconds: float = 30.0,
-    ) -> RedisReader | None:
-        """A reader for the Redis ``client`` talks to, or None if it cannot speak it
-        (TLS, RESP3, a credential provider or another option it does not honour)."""
-        pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        if pool.connection_class not in _SUPPORTED_CONNECTIONS:
-            return None
-        if kwargs.get("protocol", 2) not in (2, "2", None) or kwargs.get("decode_responses"):
-            return None
-        if set(kwargs) - _HONOURED:
-            return None
-        timeout = kwargs.get("socket_timeout") or 0.05
+    ) -> RedisReader:
+        """A reader of the Redis at ``url`` (the URL's own ``socket_timeout`` and
+        ``socket_connect_timeout`` win). Raises ConfigError for a URL it cannot speak
+        (see :meth:`recsvc.store.clients.Endpoint.from_url`)."""
+        e = Endpoint.from_url(url)
+        timeout = e.socket_timeout or socket_timeout
         return cls(
-            host=kwargs.get("host", "localhost"),
-            port=int(kwargs.get("port", 6379)),
-            path=kwargs.get("path"),
-            db=int(kwargs.get("db", 0) or 0),
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            client_name=kwargs.get("client_name"),
-            socket_timeout=float(timeout),
-            connect_timeout=float(kwargs.get("socket_connect_timeout") or timeout),
+            host=e.host,
+            port=e.port,
+            path=e.path,
+            db=e.db,
+            username=e.username,
+            password=e.password,
+            client_name=e.client_name,
+            socket_timeout=timeout,
+            connect_timeout=e.socket_connect_timeout or timeout,
             connections=connections,
             cache_entries=cache_entries,
             cache_seconds=cache_seconds,

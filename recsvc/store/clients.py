@@ -1,0 +1,210 @@
+"""Redis URLs into clients: the one place settings become connection options.
+
+Two redis-py clients, built by one function (:func:`connection_pool`) that differ only
+in how long a retry may wait:
+
+- :func:`client_from_url` (blocking): the publisher, tools, tests. A 0.5 s socket
+  timeout by default and a retry backoff capped at 50 ms: a bulk write can afford it.
+- :func:`async_client_from_url` (asyncio): the server's request path, whose budget is
+  tens of milliseconds. A 50 ms socket timeout by default and a 5 ms backoff cap.
+
+Both: connect, read and pool-wait timeouts of ``socket_timeout``; a pool of at most
+``max_connections`` where callers wait instead of opening more; one quick retry on a
+connection error (a pooled socket Redis closed) and none on a timeout — redis-py's
+default is 10 retries with backoff up to 1 s, timeouts included: seconds of stall per
+call while Redis is down or slow; RESP2 replies (the same shapes across redis-py and
+server versions); bytes values, never decoded. Query parameters in the URL win over
+these defaults (``?socket_timeout=2``).
+
+:class:`Endpoint` is the URL read once for the thin reader
+(:mod:`recsvc.store.thinreader`), through redis-py's own URL parser: it refuses, loudly,
+any option it would not honour.
+
+Every redis-py error is translated into :class:`~recsvc.errors.StoreError` by
+:func:`translated_errors`, naming the action, never a key (keys hold customer ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import EqualJitterBackoff
+from redis.connection import UnixDomainSocketConnection, parse_url
+from redis.retry import Retry
+
+from recsvc.errors import ConfigError, StoreError
+
+__all__ = [
+    "Endpoint",
+    "async_client_from_url",
+    "client_from_url",
+    "connection_pool",
+    "redacted_url",
+    "translated_errors",
+]
+
+_BLOCKING_BACKOFF_CAP: Final = 0.05
+_ASYNC_BACKOFF_CAP: Final = 0.005
+#: what Endpoint.from_url accepts from redis-py's URL parser
+_THIN_READER_OPTIONS: Final = frozenset(
+    {
+        "host",
+        "port",
+        "path",
+        "db",
+        "username",
+        "password",
+        "client_name",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "connection_class",
+    }
+)
+
+
+def connection_pool(
+    url: str,
+    *,
+    asyncio: bool,
+    socket_timeout: float,
+    max_connections: int,
+    backoff_cap: float,
+) -> Any:
+    """A blocking connection pool (redis-py's sync or asyncio flavour) for ``url``, with
+    the options of the module docstring. Raises ConfigError for a URL or an option that
+    cannot be used (the password never appears in the message)."""
+    if socket_timeout <= 0 or max_connections <= 0:
+        raise ConfigError("socket_timeout and max_connections must be positive")
+    backoff = EqualJitterBackoff(cap=backoff_cap, base=backoff_cap / 5)
+    pool_class: Any
+    if asyncio:
+        pool_class = redis.asyncio.BlockingConnectionPool
+        retry: Any = redis.asyncio.retry.Retry(
+            backoff, retries=1, supported_errors=(redis.ConnectionError,)
+        )
+    else:
+        pool_class = redis.BlockingConnectionPool
+        retry = Retry(backoff, retries=1, supported_errors=(redis.ConnectionError,))
+    try:
+        pool = pool_class.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=retry,
+            protocol=2,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
+    if pool.connection_kwargs.get("decode_responses"):
+        raise ConfigError(f"Redis URL {redacted_url(url)}: decode_responses must be off")
+    return pool
+
+
+def client_from_url(
+    url: str, *, socket_timeout: float = 0.5, max_connections: int = 64
+) -> redis.Redis:
+    """A blocking client for ``redis://``, ``rediss://`` (TLS) or ``unix://`` URLs.
+
+    Nothing is sent until the first command. Raises ConfigError for a bad URL.
+    """
+    pool = connection_pool(
+        url,
+        asyncio=False,
+        socket_timeout=socket_timeout,
+        max_connections=max_connections,
+        backoff_cap=_BLOCKING_BACKOFF_CAP,
+    )
+    return redis.Redis.from_pool(pool)
+
+
+def async_client_from_url(
+    url: str, *, socket_timeout: float = 0.05, max_connections: int = 64
+) -> redis.asyncio.Redis:
+    """An asyncio client for the request path (``redis://``, ``rediss://``, ``unix://``).
+
+    Nothing is sent until the first command; close it with ``await client.aclose()``.
+    Raises ConfigError for a bad URL.
+    """
+    pool = connection_pool(
+        url,
+        asyncio=True,
+        socket_timeout=socket_timeout,
+        max_connections=max_connections,
+        backoff_cap=_ASYNC_BACKOFF_CAP,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a Redis is and how to log in, read from its URL once (for the thin reader)."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None
+    """Unix socket path (``unix://``); host and port are then unused."""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    client_name: str | None = None
+    socket_timeout: float | None = None
+    """From the URL's query (``?socket_timeout=``), which wins over the caller's."""
+    socket_connect_timeout: float | None = None
+
+    @property
+    def where(self) -> str:
+        """``host:port`` or the socket path: safe to log (no credentials)."""
+        return self.path if self.path else f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint:
+        """Raises ConfigError for a URL the thin reader cannot speak: TLS (``rediss://``),
+        or a query option it would not honour (``protocol``, ``decode_responses``, any
+        ``ssl_*``, ...) — never a silent fallback."""
+        try:
+            options = dict(parse_url(url))  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
+        connection_class = options.get("connection_class")
+        if connection_class not in (None, UnixDomainSocketConnection):
+            raise ConfigError(
+                f"Redis URL {redacted_url(url)}: the thin reader speaks plain TCP and unix "
+                "sockets only (read through redis-py for TLS: [redis] read_client = "
+                '"redis-py", or "auto")'
+            )
+        unknown = sorted(set(options) - _THIN_READER_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"Redis URL {redacted_url(url)}: the thin reader does not honour "
+                f'{", ".join(unknown)} ([redis] read_client = "redis-py" reads through '
+                "redis-py, which does)"
+            )
+        options.pop("connection_class", None)
+        return cls(**options)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return repr(url)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return repr(urlunsplit(parts._replace(netloc=netloc)))
+
+
+@contextmanager
+def translated_errors(action: str) -> Iterator[None]:
+    """Turn any redis-py error raised inside into a StoreError naming ``action``."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis {action} failed: {exc}") from exc

@@ -1,0 +1,100 @@
+"""Every Redis key recsvc reads or writes, built here and nowhere else.
+
+The scheme (pinned by a golden test; change it only with a migration)::
+
+    {prefix}:{u:<user>}:vec:<V>          STRING  user factors of model version V     (TTL)
+    {prefix}:{u:<user>}:hist             LIST    the user's recent events, newest first
+    {prefix}:{u:<user>}:sess:<session>   LIST    a known user's live session, newest first
+    {prefix}:{u:<user>}:sessions         ZSET    the user's session ids, scored by last use
+    {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
+
+``prefix`` defaults to ``recsvc``. ``{u:<user>}`` and ``{s:<session>}`` are Redis Cluster
+*hash tags*: Cluster hashes only the text between the first ``{`` and the next ``}``, so
+every key of one user lands in one slot, and every multi-key operation of one user
+(record, read, ForgetUser) is a single-slot MULTI or pipeline. That is also why the
+prefix may not contain braces (the tag would move into the prefix and put every user in
+one slot). A user id that itself contains ``}`` still works: the tag ends early, but
+identically for all of that user's keys. Versions may hold no ``:`` (``vec:<V>`` stays
+the last segment, so one version's SCAN pattern never matches another's key) and
+neither part holds glob metacharacters.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = ["DEFAULT_PREFIX", "KeyScheme", "checked_version"]
+
+DEFAULT_PREFIX: Final = "recsvc"
+
+_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9._:-]+")
+_VERSION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def checked_version(model_version: str) -> str:
+    """``model_version`` if it can be part of a key, else ValueError."""
+    if not _VERSION_RE.fullmatch(model_version):
+        raise ValueError(f"model_version must match {_VERSION_RE.pattern}, got {model_version!r}")
+    return model_version
+
+
+class KeyScheme:
+    """The keys under one ``prefix`` (validated once, here).
+
+    Builders raise ValueError for a part no key can be made of: an empty user or
+    session id, a malformed model version. They are on the request path, so the checks
+    are the cheap ones above and nothing else.
+    """
+
+    __slots__ = ("_checked_versions", "prefix")
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError(f"key prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
+        self.prefix = prefix
+        self._checked_versions: set[str] = set()
+
+    def _user(self, user_id: str) -> str:
+        if not user_id:
+            raise ValueError("user_id must be a non-empty string (anonymous users have no keys)")
+        return f"{self.prefix}:{{u:{user_id}}}"
+
+    def _version(self, model_version: str) -> str:
+        # checked once per version: this runs on every Recommend
+        if model_version not in self._checked_versions:
+            checked_version(model_version)
+            self._checked_versions.add(model_version)
+        return model_version
+
+    def vector(self, user_id: str, model_version: str) -> str:
+        """The user's factors under ``model_version``: ``{prefix}:{u:<id>}:vec:<V>``."""
+        return f"{self._user(user_id)}:vec:{self._version(model_version)}"
+
+    def history(self, user_id: str) -> str:
+        """The user's recent events: ``{prefix}:{u:<id>}:hist``."""
+        return f"{self._user(user_id)}:hist"
+
+    def session(self, session_id: str, user_id: str = "") -> str:
+        """A live session's events: tied to ``user_id`` when given
+        (``{prefix}:{u:<user>}:sess:<id>``, in the user's slot, found by ForgetUser
+        through :meth:`user_sessions`), anonymous otherwise (``{prefix}:{s:<id>}:items``)."""
+        if not session_id:
+            raise ValueError("session_id must be a non-empty string")
+        if user_id:
+            return f"{self._user(user_id)}:sess:{session_id}"
+        return f"{self.prefix}:{{s:{session_id}}}:items"
+
+    def user_sessions(self, user_id: str) -> str:
+        """The index of the user's session ids: ``{prefix}:{u:<id>}:sessions``."""
+        return f"{self._user(user_id)}:sessions"
+
+    def vector_pattern(self, model_version: str) -> str:
+        """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts
+        are validated to hold no glob metacharacters, so nothing needs escaping)."""
+        return f"{self.prefix}:{{u:*}}:vec:{checked_version(model_version)}"
+
+    def vector_parts(self, model_version: str) -> tuple[str, str]:
+        """``(head, tail)`` with ``head + user_id + tail == vector(user_id, version)``:
+        for writing millions of keys without a call per key (publish)."""
+        return f"{self.prefix}:{{u:", f"}}:vec:{checked_version(model_version)}"

@@ -1,0 +1,378 @@
+"""The live state every replica shares: the interface, and its Redis implementation.
+
+:class:`LiveState` is what the server sees: user vectors per model version, each
+customer's recent history, live sessions, and erasure of a customer's state. It is the
+one seam for every shared-state backend: :class:`RedisLiveState` (one Redis node, or
+the embedded one) implements it today; a Redis Cluster implementation needs nothing
+more, because every multi-key operation below touches one customer's keys only, which
+share a hash slot (:mod:`recsvc.store.keys`). The contract suite
+(tests/serving/test_state.py) runs against every implementation and read path.
+
+Keys are :class:`~recsvc.store.keys.KeyScheme`'s; values are encoded by
+:mod:`recsvc.store.codec`. A session recorded with a user id is *tied* to that user
+(its key carries the user's tag and its id goes into the user's ``sessions`` index),
+which is how ForgetUser finds it without a SCAN. The index is a sorted set rather than a
+plain set so ids of long-expired sessions can be pruned: a client that mints a new
+session id per request would otherwise grow it without bound for as long as the user
+stays active. Lists are bounded (LTRIM to ``*_max_events``) and every write refreshes
+the TTL of the keys it touches, so history expires ``history_ttl_seconds`` after the
+user's last event and a session ``session_ttl_seconds`` after its last event.
+
+Failure: every method is bounded by the client's timeouts and raises
+:class:`~recsvc.errors.StoreError` for any Redis error (translated here, with ``raise
+... from exc``), and ValueError for an argument no key can be built from. Error messages
+name the operation, never a user or session id, so they are safe to log and to return.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, cast
+
+import numpy as np
+import redis
+import redis.asyncio
+from numpy.typing import NDArray
+
+from recsvc.errors import DataError, StoreError
+from recsvc.events import LiveEvent
+from recsvc.store.clients import async_client_from_url, translated_errors
+from recsvc.store.codec import decode_events, decode_vector, encode_event, encode_vector
+from recsvc.store.keys import KeyScheme
+from recsvc.store.reader import Command, PipelineReader, StateReader, open_reader
+
+if TYPE_CHECKING:
+    from recsvc.config import Settings
+
+__all__ = [
+    "ForgetResult",
+    "LiveState",
+    "RedisLiveState",
+    "StateLimits",
+    "UserState",
+    "open_live_state",
+]
+
+#: A single user's factors, shape ``(factors,)``, float32.
+Vector = NDArray[np.float32]
+
+# Attempts of ForgetUser's WATCH/MULTI when a concurrent write touches the session
+# index between reading it and deleting; each attempt is one bounded round trip pair.
+_FORGET_ATTEMPTS: Final = 3
+
+
+class UserState(NamedTuple):
+    """What one request reads: the vector, history and session (newest first)."""
+
+    vector: Vector | None
+    history: list[LiveEvent]
+    session: list[LiveEvent]
+
+
+_NOTHING: Final = UserState(None, [], [])
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """What :meth:`LiveState.forget` deleted."""
+
+    deleted_vectors: int
+    """Vector keys removed (at most one per model version asked for)."""
+    deleted_history_events: int
+    """Entries the user's history list held."""
+    deleted_sessions: int
+    """Sessions tied to the user that still existed."""
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    """How much live state is kept, and for how long (``[server]`` and ``[redis]``)."""
+
+    history_max_events: int
+    history_ttl_seconds: int
+    session_max_events: int
+    session_ttl_seconds: int
+    vector_ttl_seconds: int
+
+    def __post_init__(self) -> None:
+        bad = [name for name, value in vars(self).items() if value <= 0]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StateLimits:
+        s = settings.server
+        return cls(
+            history_max_events=s.history_max_events,
+            history_ttl_seconds=s.history_ttl_seconds,
+            session_max_events=s.session_max_events,
+            session_ttl_seconds=s.session_ttl_seconds,
+            vector_ttl_seconds=settings.redis.vector_ttl_seconds,
+        )
+
+
+class LiveState(Protocol):
+    """The shared live state, as the server uses it (see the module docstring)."""
+
+    async def ping(self) -> None:
+        """Check that the store answers (readiness)."""
+        ...
+
+    async def read_user(
+        self, model_version: str, user_id: str, session_id: str, factors: int
+    ) -> UserState:
+        """Vector, history and session of one request, in one round trip.
+
+        ``user_id`` may be empty (anonymous: no vector, no history, the anonymous
+        session) and so may ``session_id`` (no session). The vector has shape
+        ``(factors,)`` or is None.
+        """
+        ...
+
+    async def get_vector(self, model_version: str, user_id: str, factors: int) -> Vector | None:
+        """The user's factors under ``model_version``, or None."""
+        ...
+
+    async def set_vector(self, model_version: str, user_id: str, vector: Vector) -> None:
+        """Keep a folded-in vector ``(factors,)``; DataError for NaN or infinity."""
+        ...
+
+    async def get_session(self, session_id: str, user_id: str = "") -> list[LiveEvent]:
+        """A session's events, newest first (tied to ``user_id`` when given)."""
+        ...
+
+    async def record(self, user_id: str, session_id: str, events: Sequence[LiveEvent]) -> None:
+        """Append ``events`` to the user's history and to the session, atomically."""
+        ...
+
+    async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
+        """Delete everything held for ``user_id`` at once (ForgetUser)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connections."""
+        ...
+
+
+class RedisLiveState:
+    """:class:`LiveState` in one Redis (a server, or the embedded one).
+
+    Writes go through ``client`` (redis-py asyncio: MULTI, WATCH); the read of every
+    Recommend through ``reader`` (:mod:`recsvc.store.reader`). Safe to share between
+    the tasks of one event loop. Each method is one round trip (``forget``: WATCH,
+    ZRANGE and the MULTI, repeated if a concurrent write races it). If the reader keeps
+    a client-side cache, every write here invalidates the keys it touched once it is
+    done, so a Recommend after a RecordEvents of this process sees the event even
+    before Redis's invalidation push arrives. ``aclose`` closes the client and the
+    reader: this object owns both.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        keys: KeyScheme,
+        limits: StateLimits,
+        reader: StateReader | None = None,
+    ) -> None:
+        self._client = client
+        self._reader: StateReader = reader if reader is not None else PipelineReader(client)
+        self.keys = keys
+        self.limits = limits
+
+    @property
+    def reader(self) -> StateReader:
+        return self._reader
+
+    async def aclose(self) -> None:
+        await self._reader.aclose()
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        with translated_errors("PING"):
+            await self._client.ping()
+
+    async def get_vector(self, model_version: str, user_id: str, factors: int) -> Vector | None:
+        key = self.keys.vector(user_id, model_version)
+        with translated_errors("reading a user vector"):
+            raw = await self._client.get(key)
+        return None if raw is None else _vector(raw, factors, model_version)
+
+    async def set_vector(self, model_version: str, user_id: str, vector: Vector) -> None:
+        key = self.keys.vector(user_id, model_version)
+        if not np.isfinite(vector).all():
+            raise DataError(f"vector for model {model_version} contains NaN or infinity")
+        value = encode_vector(vector)
+        try:
+            with translated_errors("writing a user vector"):
+                await self._client.set(key, value, ex=self.limits.vector_ttl_seconds)
+        finally:
+            self._written([key])
+
+    async def read_user(
+        self, model_version: str, user_id: str, session_id: str, factors: int
+    ) -> UserState:
+        limits = self.limits
+        commands: list[Command] = []
+        if user_id:
+            commands.append(("GET", self.keys.vector(user_id, model_version)))
+            commands.append(
+                ("LRANGE", self.keys.history(user_id), 0, limits.history_max_events - 1)
+            )
+        if session_id:
+            key = self.keys.session(session_id, user_id)
+            commands.append(("LRANGE", key, 0, limits.session_max_events - 1))
+        if not commands:
+            return _NOTHING
+        try:  # translated_errors, inlined: a context manager per call costs ~2 µs
+            replies = await self._reader.execute(commands)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis reading user state failed: {exc}") from exc
+        if not user_id:
+            return UserState(None, [], decode_events(replies[0], "session"))
+        raw, raw_history = replies[0], replies[1]
+        return UserState(
+            None if raw is None else _vector(raw, factors, model_version),
+            decode_events(raw_history, "history") if raw_history else [],
+            decode_events(replies[2], "session") if session_id else [],
+        )
+
+    async def get_session(self, session_id: str, user_id: str = "") -> list[LiveEvent]:
+        key = self.keys.session(session_id, user_id)
+        with translated_errors("reading a session"):
+            raws = await self._client.lrange(key, 0, self.limits.session_max_events - 1)
+        return decode_events(raws, "session")
+
+    async def record(self, user_id: str, session_id: str, events: Sequence[LiveEvent]) -> None:
+        """Append ``events`` to the user's history and to the session, in one MULTI.
+
+        Either id may be empty: no user = an anonymous session only; no session =
+        history only. Within a batch, events are ordered by timestamp, so the newest
+        ends up first; a batch arriving later counts as newer whatever its timestamps.
+        Lists are trimmed to their bounds and their TTLs refreshed. Delivery is
+        at-least-once: should the reply of an applied MULTI be lost with its connection,
+        the client's one retry applies it again.
+        """
+        if not events or not (user_id or session_id):
+            return
+        limits = self.limits
+        encoded = [encode_event(e) for e in sorted(events, key=lambda e: e.timestamp)]
+        commands: list[Command] = []
+        if user_id:
+            commands += _push_bounded(
+                self.keys.history(user_id),
+                encoded,
+                limits.history_max_events,
+                limits.history_ttl_seconds,
+            )
+        if session_id:
+            ttl = limits.session_ttl_seconds
+            key = self.keys.session(session_id, user_id)
+            commands += _push_bounded(key, encoded, limits.session_max_events, ttl)
+            if user_id:
+                index = self.keys.user_sessions(user_id)
+                now = int(time.time())
+                # Prune ids idle for two TTLs: their keys expired long ago, even allowing
+                # for clock skew between replicas. Pruning one whose key still lived
+                # would hide it from ForgetUser. The index lives as long as its newest
+                # session key, since both TTLs are refreshed in the same MULTI.
+                commands += [
+                    ("ZADD", index, now, session_id),
+                    ("ZREMRANGEBYSCORE", index, "-inf", f"({now - 2 * ttl}"),
+                    ("EXPIRE", index, ttl),
+                ]
+        try:
+            with translated_errors("recording events"):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    await pipe.execute()
+        finally:
+            self._written(dict.fromkeys(c[1] for c in commands))
+
+    async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
+        """In one MULTI: the user's vector under each of ``model_versions``, the history
+        and every session tied to the user, plus the session index. The index is
+        WATCHed between reading it and the MULTI, so a session tied concurrently is
+        never left behind (the MULTI is retried). Anonymous sessions the user may have
+        had before logging in carry no user id and are not touched.
+        """
+        keys = self.keys
+        vectors = [keys.vector(user_id, v) for v in dict.fromkeys(model_versions)]
+        hist = keys.history(user_id)
+        index = keys.user_sessions(user_id)
+        with translated_errors("forgetting a user"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                for _ in range(_FORGET_ATTEMPTS):
+                    try:
+                        await pipe.watch(index)
+                        # While watching, commands run at once (not queued).
+                        session_ids = cast("list[bytes]", await pipe.zrange(index, 0, -1))
+                        sessions = [keys.session(sid.decode(), user_id) for sid in session_ids]
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.execute_command("LLEN", hist)
+                        for group in (vectors, sessions):
+                            if group:  # UNLINK needs at least one key
+                                pipe.execute_command("UNLINK", *group)
+                        pipe.execute_command("UNLINK", hist, index)
+                        try:
+                            replies = iter(await pipe.execute())
+                        finally:
+                            self._written([*vectors, *sessions, hist, index])
+                    except redis.WatchError:
+                        continue
+                    n_history = int(next(replies))
+                    n_vectors = int(next(replies)) if vectors else 0
+                    n_sessions = int(next(replies)) if sessions else 0
+                    return ForgetResult(n_vectors, n_history, n_sessions)
+        raise StoreError(
+            f"forgetting a user failed: sessions kept changing over {_FORGET_ATTEMPTS} attempts"
+        )
+
+    def _written(self, keys: Iterable[str]) -> None:
+        """After a write to ``keys`` (done, failed or unknown): a client-side cache must
+        not answer from what it held for them."""
+        self._reader.invalidate(keys)
+
+
+def open_live_state(url: str, settings: Settings) -> RedisLiveState:
+    """The live state at ``url`` as ``settings`` configure it: the request path's client
+    (``[redis] socket_timeout_seconds``), the read path ``[redis] read_client`` with the
+    ``[server] state_cache_*`` client-side cache, key prefix and limits. Nothing is sent
+    until the first call. Raises ConfigError for a URL or settings that cannot work."""
+    r, s = settings.redis, settings.server
+    client = async_client_from_url(url, socket_timeout=r.socket_timeout_seconds)
+    reader = open_reader(
+        url,
+        client,
+        r.read_client,
+        socket_timeout=r.socket_timeout_seconds,
+        cache_entries=s.state_cache_size,
+        cache_seconds=s.state_cache_seconds,
+    )
+    return RedisLiveState(
+        client,
+        keys=KeyScheme(r.prefix),
+        limits=StateLimits.from_settings(settings),
+        reader=reader,
+    )
+
+
+def _push_bounded(key: str, encoded: list[bytes], max_len: int, ttl: int) -> list[Command]:
+    """LPUSH the newest ``max_len`` entries, LTRIM to ``max_len``, refresh the TTL."""
+    return [
+        ("LPUSH", key, *encoded[-max_len:]),
+        ("LTRIM", key, 0, max_len - 1),
+        ("EXPIRE", key, ttl),
+    ]
+
+
+def _vector(raw: Any, factors: int, model_version: str) -> Vector:
+    if not isinstance(raw, bytes):
+        raise StoreError("got text, not bytes, from Redis: the client must not decode responses")
+    try:
+        return decode_vector(raw, factors)
+    except StoreError as exc:
+        raise StoreError(f"user vector of model {model_version}: {exc}") from exc

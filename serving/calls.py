@@ -1,0 +1,124 @@
+"""The call types: what each RPC asks for and answers, in domain terms (no protobuf).
+
+:mod:`.validation` turns requests into the inputs below, the :class:`~.engine.Engine`
+answers with the outputs, and :mod:`.servicer` turns those into responses. Item and
+user ids here are the client's strings; model positions never leave the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from recsvc.config import RepeatPolicy
+from recsvc.events import EventType, LiveEvent
+from recsvc.ranking import Reason, Strategy
+
+__all__ = [
+    "EventInput",
+    "FilterSpec",
+    "ForgetOutput",
+    "RecommendInput",
+    "RecommendOutput",
+    "RecordOutput",
+    "ScoredItem",
+    "SimilarInput",
+]
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """What may be shown, as the client named it."""
+
+    exclude_item_ids: tuple[str, ...] = ()
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    in_stock_only: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.exclude_item_ids
+            or self.include_categories
+            or self.exclude_categories
+            or self.in_stock_only
+        )
+
+
+NO_FILTERS = FilterSpec()
+"""What a request without filters asks for (immutable, so shared)."""
+
+
+@dataclass(frozen=True)
+class RecommendInput:
+    user_id: str
+    """Customer id; empty for an anonymous visitor."""
+    session_id: str
+    """Live session id; may be empty."""
+    session_events: tuple[LiveEvent, ...]
+    """Events sent inline with the request, oldest first."""
+    k: int
+    filters: FilterSpec
+    repeat_policy: RepeatPolicy | None
+    """None = the model's default."""
+    non_personalized: bool
+    """Consent off: nothing tied to the shopper is read or written."""
+    placement: str
+
+
+@dataclass(frozen=True)
+class SimilarInput:
+    item_ids: tuple[str, ...]
+    k: int
+    filters: FilterSpec
+    placement: str
+
+
+class ScoredItem(NamedTuple):
+    """One recommended item (a named tuple: tens of them are built per call)."""
+
+    item_id: str
+    score: float
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class RecommendOutput:
+    items: list[ScoredItem]
+    model_version: str
+    recommendation_id: str
+    strategy: Strategy
+    fallback: bool
+    degraded: bool
+    """Made without the live state (Redis failed or was too slow)."""
+    ignored_item_ids: list[str] = field(default_factory=list)
+    """Inline session items (Recommend) or query items (SimilarItems) the model does
+    not know."""
+
+
+@dataclass(frozen=True)
+class EventInput:
+    user_id: str
+    session_id: str
+    item_id: str
+    event_type: EventType
+    timestamp: int
+    quantity: float
+    recommendation_id: str
+    placement: str
+    non_personalized: bool
+
+
+@dataclass(frozen=True)
+class RecordOutput:
+    accepted: int
+    ignored: list[tuple[int, str]]
+    """(index in the batch, reason): reason "unknown_item" or "erased_user"."""
+
+
+@dataclass(frozen=True)
+class ForgetOutput:
+    deleted_vectors: int
+    deleted_history_events: int
+    deleted_sessions: int
+    added_to_erasure_list: bool
