@@ -336,6 +336,14 @@ class ServerSettings(_Section):
     """User vectors kept in process memory (0 = no in-process cache)."""
     lru_ttl_seconds: float = Field(default=30.0, gt=0.0)
     """How long an in-process vector is trusted before Redis is asked again."""
+    degraded_reserve_seconds: float = Field(default=0.03, ge=0.0)
+    """Recommend waits for the live state only as long as the call's deadline leaves
+    after this reserve, then answers degraded (from the request and the artifact) in
+    the time reserved: a slow Redis makes answers degraded, never late."""
+    degraded_retry_seconds: float = Field(default=0.25, gt=0.0)
+    """After the live state failed or was too slow, Recommend answers degraded without
+    asking it for this long, then tries again: an outage costs one wait, not one per
+    call, and recovery comes within this time of Redis returning."""
     state_cache_size: int = Field(default=10_000, ge=0)
     """Redis keys (user vectors, histories, sessions) whose values each process keeps,
     invalidated by Redis's pushes as soon as another process or replica writes them

@@ -1,36 +1,91 @@
-"""The erasure list: user ids ForgetUser has erased, one per line.
+"""The erasure list: user ids ForgetUser has erased.
 
 The server appends (and fsyncs) before it answers ForgetUser, training drops the
 listed users' events, and publishing skips their vectors — so an erasure holds
 across retraining and rollbacks. Several replicas may share the file: each follows
 it (:meth:`ErasureList.refresh`) and appends with ``O_APPEND``.
+
+Format: a header line, then one id per line as a JSON string, so every id reads back
+exactly as it was erased, whatever characters it holds::
+
+    # recsvc erasure list v2
+    "u00090"
+    "caf\u00e9 \u00a0"
+
+A file without the header is the first format (raw ids, one per line): read with only
+the line feed removed — never stripped, which once turned ``"u00090\u00a0"`` into the
+innocent ``"u00090"`` — and appended to in its own format (ids that reach it are
+printable, so never hold a line feed: :mod:`recsvc.serving.validation`). The file is
+created owner-only (0600): it names customers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Set
 from pathlib import Path
 
-__all__ = ["ErasureList", "append_erasure", "read_erasure_list"]
+from recsvc.errors import DataError
+
+__all__ = ["HEADER", "ErasureList", "append_erasure", "read_erasure_list"]
+
+
+HEADER = "# recsvc erasure list v2"
 
 
 def read_erasure_list(path: Path) -> frozenset[str]:
-    """User ids erased so far; an absent file means nobody was erased."""
+    """User ids erased so far; an absent file means nobody was erased.
+
+    Raises DataError naming the file and line for a line that is not an id.
+    """
     try:
-        with path.open(encoding="utf-8") as fh:
-            return frozenset(line.strip() for line in fh if line.strip())
+        # newline="\n": only a line feed ends a line (a raw id of the first format may
+        # hold any other character)
+        with path.open(encoding="utf-8", newline="\n") as fh:
+            lines = [line.removesuffix("\n") for line in fh]
     except FileNotFoundError:
         return frozenset()
+    if not lines or lines[0] != HEADER:
+        return frozenset(line for line in lines if line)
+    ids = set()
+    for number, line in enumerate(lines[1:], 2):
+        if line.startswith("#"):
+            continue
+        try:
+            user_id = json.loads(line)
+        except ValueError:
+            user_id = None
+        if not isinstance(user_id, str) or not user_id:
+            raise DataError(f"{path}:{number}: not an erased user id (a JSON string): {line!r}")
+        ids.add(user_id)
+    return frozenset(ids)
 
 
 def append_erasure(path: Path, user_id: str) -> None:
     """Append ``user_id`` durably: an erasure acknowledged to a client survives a crash."""
+    if not user_id:
+        raise ValueError("user_id must be a non-empty string")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(user_id + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        if os.fstat(fd).st_size == 0:
+            record = HEADER + "\n" + json.dumps(user_id, ensure_ascii=False) + "\n"
+        elif _has_header(path):
+            record = json.dumps(user_id, ensure_ascii=False) + "\n"
+        else:  # the first format, kept: never rewritten under replicas appending to it
+            if "\n" in user_id:
+                raise ValueError("a line feed cannot be written to a first-format erasure list")
+            record = user_id + "\n"
+        os.write(fd, record.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _has_header(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.readline().rstrip(b"\n") == HEADER.encode()
 
 
 class ErasureList:

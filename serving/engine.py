@@ -79,13 +79,17 @@ class Engine:
 
     # --- Recommend ------------------------------------------------------------------
 
-    async def recommend(self, req: RecommendInput) -> RecommendOutput:
+    async def recommend(
+        self, req: RecommendInput, time_left: float | None = None
+    ) -> RecommendOutput:
+        """The answer to ``req``; ``time_left``: seconds until the call's deadline (None:
+        no deadline), which bounds the wait for the live state."""
         loaded = self.models.require()
         model = loaded.model
         consent = not req.non_personalized
         user = req.user_id if consent and req.user_id not in self.erasures else ""
         profile = await self.profiles.read(
-            loaded, user, req.session_id if consent else "", req.session_events
+            loaded, user, req.session_id if consent else "", req.session_events, time_left
         )
         query = profile.query(
             req.k, _filters(model.item_position, model.category_position, req.filters),

@@ -14,10 +14,13 @@ wins:
 4. the artifact's trained vector;
 5. none (the ranking then serves the session or popular items).
 
-When the live state fails or is slow, the profile is made from what the request and the
-artifact hold (inline session, trained vector and history, the LRU's vector: the last
-one this process saw beats the stale trained one), marked ``degraded`` and counted; the
-next call tries the store again, so recovery needs nothing. Every layer's hits and
+When the live state fails, or does not answer within the call's deadline less
+``[server] degraded_reserve_seconds``, the profile is made from what the request and
+the artifact hold (inline session, trained vector and history, the LRU's vector: the
+last one this process saw beats the stale trained one), marked ``degraded`` and
+counted. For ``[server] degraded_retry_seconds`` after that, calls answer degraded
+without asking the store (an outage costs one wait, not one per call); then the next
+call tries it again, so recovery needs nothing. Every layer's hits and
 misses are counted in ``recsvc_user_vector_lookups_total``.
 
 Weights: training weights were decayed from the data cut-off; they are aged on to now
@@ -28,6 +31,7 @@ position (:func:`recsvc.weighting.session_weights`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -167,6 +171,11 @@ class Profiles:
         self._lookups = Children(metrics.user_vector_lookups)
         self._foldin_seconds = metrics.foldin_seconds
         self._degraded = metrics.degraded_responses.labels(rpc="Recommend")
+        self._reserve = server.degraded_reserve_seconds
+        self._retry_after = server.degraded_retry_seconds
+        self._store_down_until = 0.0
+        """Monotonic time before which the store is not asked (it just failed)."""
+        self._warned_at = -1e9
 
     # --- the read of every Recommend ----------------------------------------------------
 
@@ -176,11 +185,12 @@ class Profiles:
         user_id: str,
         session_id: str,
         inline: Sequence[LiveEvent],
+        time_left: float | None = None,
     ) -> Profile:
         """The shopper of one request. ``user_id`` empty = anonymous (no profile is
         read or written for them; the caller passes "" when consent is off or the
         customer was erased); ``session_id`` empty = no stored session (with consent
-        off the caller passes "" too)."""
+        off the caller passes "" too); ``time_left``: seconds to the call's deadline."""
         model = loaded.model
         now = int(time.time())
         vector: Vector | None = None
@@ -189,7 +199,9 @@ class Profiles:
         degraded = False
         if user_id or session_id:
             try:
-                vector, live, stored_session = await self._read_state(loaded, user_id, session_id)
+                vector, live, stored_session = await self._read_state(
+                    loaded, user_id, session_id, time_left
+                )
             except StoreError as exc:
                 degraded = True
                 self._degraded.inc()
@@ -198,7 +210,7 @@ class Profiles:
                     # the last vector this process saw beats the stale trained one
                     vector = self._cache.get((loaded.version, user_id))
                     self._lookups("lru", "hit" if vector is not None else "miss").inc()
-                log.warning("Recommend degraded: %s", exc)
+                self._warn(exc)
 
         items, weights, bought, bought_weights = self._history(model, user_id, live, now)
         if user_id and vector is None:
@@ -230,14 +242,28 @@ class Profiles:
         )
 
     async def _read_state(
-        self, loaded: LoadedModel, user_id: str, session_id: str
+        self, loaded: LoadedModel, user_id: str, session_id: str, time_left: float | None
     ) -> tuple[Vector | None, list[LiveEvent], list[LiveEvent]]:
-        """Vector, live history and stored session in one round trip. The store's
-        vector wins over the LRU: an event recorded through another replica a moment
-        ago shows here at once. The LRU stands in when the store has no vector (one
-        this process folded in)."""
+        """Vector, live history and stored session in one round trip, within the
+        call's deadline (StoreError otherwise). The store's vector wins over the LRU:
+        an event recorded through another replica a moment ago shows here at once. The
+        LRU stands in when the store has no vector (one this process folded in)."""
+        if time.monotonic() < self._store_down_until:
+            raise StoreError("the live state failed a moment ago; not asked until it may be back")
         version, factors = loaded.version, loaded.model.artifact.factors
-        vector, history, session = await self.state.read_user(version, user_id, session_id, factors)
+        read = self.state.read_user(version, user_id, session_id, factors)
+        try:
+            if time_left is None:
+                vector, history, session = await read
+            else:
+                async with asyncio.timeout(max(0.0, time_left - self._reserve)):
+                    vector, history, session = await read
+        except TimeoutError as exc:
+            self._store_down_until = time.monotonic() + self._retry_after
+            raise StoreError("the live state did not answer within the call's deadline") from exc
+        except StoreError:
+            self._store_down_until = time.monotonic() + self._retry_after
+            raise
         if not user_id:
             return None, history, session
         self._lookups("redis", "hit" if vector is not None else "miss").inc()
@@ -319,6 +345,15 @@ class Profiles:
             await self.state.set_vector(loaded.version, user_id, vector)
         except StoreError as exc:
             log.warning("could not cache the folded-in vector: %s", exc)
+
+    def _warn(self, exc: StoreError) -> None:
+        """One warning per ``degraded_retry_seconds`` at most (every degraded answer is
+        counted in ``recsvc_degraded_responses_total``): an outage must not flood the
+        log with a line per call."""
+        now = time.monotonic()
+        if now - self._warned_at >= self._retry_after:
+            self._warned_at = now
+            log.warning("Recommend answers degraded: %s", exc)
 
     # --- after the shopper acted, and after erasure --------------------------------------
 

@@ -148,7 +148,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if _expired(context):
             await context.abort(*_DEADLINE)
         try:
-            out = await self.engine.recommend(validation.recommend_input(request, self.limits))
+            req = validation.recommend_input(request, self.limits)
+            out = await self.engine.recommend(req, context.time_remaining())
             return _recommend_response(out)
         except Exception as exc:
             await _fail(context, exc, "Recommend")

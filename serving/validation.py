@@ -28,7 +28,10 @@ __all__ = [
 ]
 
 _PLACEMENT = re.compile(r"^[a-z0-9_]{0,32}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ID_RULE = (
+    "must be printable text: no control, format or line-separator characters, no spaces "
+    "other than U+0020 and none at either end"
+)
 _MAX_FILTER_ITEMS = 1000
 _MAX_FILTER_CATEGORIES = 100
 _MAX_SIMILAR_ITEMS = 100
@@ -56,15 +59,18 @@ class _Checker:
             raise InvalidRequestError(self.violations)
 
     def id(self, path: str, value: str, *, required: bool) -> str:
+        """An id is kept byte for byte (erasure, the event log and training match it
+        exactly), so what could read back differently is refused here, once: control,
+        format and separator characters, non-ASCII spaces (Python's ``isprintable``),
+        and leading or trailing spaces."""
         if not value:
             if required:
                 self.bad(path, "is required")
             return value
         if len(value.encode("utf-8")) > self.limits.max_id_bytes:
             self.bad(path, f"is longer than {self.limits.max_id_bytes} bytes")
-        elif _CONTROL.search(value):
-            # line breaks would split event-log rows; no id needs control characters
-            self.bad(path, "must not contain control characters")
+        elif not value.isprintable() or value[0] == " " or value[-1] == " ":
+            self.bad(path, _ID_RULE)
         return value
 
     def ids(self, path: str, values: Sequence[str], limit: int) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -150,7 +151,10 @@ class PrivateRedis:
 
 
 def start_private_redis(
-    *, data_dir: Path | None = None, startup_timeout: float = 10.0
+    *,
+    data_dir: Path | None = None,
+    startup_timeout: float = 10.0,
+    extra_args: Sequence[str] = (),
 ) -> PrivateRedis:
     """Start a private ``redis-server`` on a free loopback port and wait until it answers.
 
@@ -158,6 +162,7 @@ def start_private_redis(
         data_dir: working directory for the server (created if missing, kept after stop).
             Default: a new temporary directory, removed by :meth:`PrivateRedis.stop`.
         startup_timeout: seconds to wait for the server to answer PING on each attempt.
+        extra_args: more ``redis-server`` options (tests: ``--enable-debug-command local``).
 
     Raises:
         StoreError: no ``redis-server`` binary, or it did not come up in time.
@@ -169,7 +174,7 @@ def start_private_redis(
     try:
         for _ in range(_PORT_ATTEMPTS):
             port = _free_port()
-            process = _spawn(binary, port, directory)
+            process = _spawn(binary, port, directory, extra_args)
             try:
                 started = _wait_until_ready(process, port, directory, startup_timeout)
             except BaseException:
@@ -188,7 +193,9 @@ def start_private_redis(
         raise
 
 
-def _spawn(binary: Path, port: int, directory: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    binary: Path, port: int, directory: Path, extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     args = [
         str(binary),
         "--port", str(port),
@@ -198,6 +205,7 @@ def _spawn(binary: Path, port: int, directory: Path) -> subprocess.Popen[bytes]:
         "--dir", str(directory),
         "--daemonize", "no",
         "--loglevel", "warning",
+        *extra_args,
     ]  # fmt: skip
     # The child keeps its own copy of the log descriptor; ours is closed at once.
     with (directory / _LOG_NAME).open("wb") as log:

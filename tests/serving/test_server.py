@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsvc.client import RecommenderClient
+from recsvc.erasure import read_erasure_list
 from recsvc.events import EventType, LiveEvent
 from recsvc.store import async_client_from_url
 from recsvc.v1 import recommender_pb2 as pb
@@ -168,7 +169,7 @@ def test_forget_user_leaves_no_key(
     assert out.deleted_vector_count >= 1 and out.deleted_history_event_count == 1
     assert out.deleted_session_count == 1
     assert list(redis_client.scan_iter(match=f"*{user}*")) == []
-    assert user in (tmp_path / "erased.txt").read_text().split()
+    assert user in read_erasure_list(tmp_path / "erased.txt")
     # erased users' events are ignored from now on, and their profile is not used
     again = client.record_events([client.event("g1i02", "view", user_id=user)])
     assert [e.reason for e in again.ignored_events] == [pb.IGNORE_REASON_ERASED_USER]

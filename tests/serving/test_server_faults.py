@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from recsvc import artifact as art
 from recsvc.client import RecommenderClient
 from recsvc.config import Settings
+from recsvc.store import client_from_url
 from recsvc.store.embedded import PrivateRedis, find_redis_server, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -173,6 +175,57 @@ def test_redis_down_mid_load_fails_no_recommend(tmp_path: Path) -> None:
     finally:
         server.stop()
         redis.stop()
+
+
+@pytest.mark.parametrize("fault", ["CLIENT PAUSE", "DEBUG SLEEP"])
+def test_a_slow_redis_makes_recommend_degraded_never_late(tmp_path: Path, fault: str) -> None:
+    # The defect: Redis's 0.5 s read timeout outlasted the client's 200 ms deadline, so
+    # a paused Redis turned Recommend into DEADLINE_EXCEEDED instead of degraded.
+    root = tmp_path / "artifacts"
+    publish_block_model(root)
+    with start_private_redis(extra_args=["--enable-debug-command", "local"]) as redis_server:
+        server = ServerThread(
+            small_settings(
+                None,
+                artifact_root=str(root),
+                redis={"url": redis_server.url, "socket_timeout_seconds": 0.5},
+                server={"port": 0, "metrics_port": None, "event_log_dir": str(tmp_path / "l")},
+            )
+        )
+        admin = client_from_url(redis_server.url, socket_timeout=5.0)
+        try:
+            degraded: list[bool] = []
+            slow: list[float] = []
+
+            sessions = itertools.count()
+
+            def call(c: RecommenderClient) -> pb.RecommendResponse:
+                started = time.monotonic()
+                # a new session each call: the client-side cache cannot answer it
+                session = f"s{next(sessions)}"
+                resp = c.recommend("g0u03", session_id=session, k=5, timeout=0.2)
+                slow.append(time.monotonic() - started)
+                degraded.append(resp.degraded)
+                assert len(resp.items) == 5
+                return resp
+
+            load = Load(server.target, call)
+            time.sleep(0.3)
+            if fault == "CLIENT PAUSE":
+                admin.execute_command("CLIENT", "PAUSE", 1500)
+            else:  # DEBUG SLEEP blocks the server itself: send it from a thread
+                threading.Thread(
+                    target=admin.execute_command, args=("DEBUG", "SLEEP", 1.5), daemon=True
+                ).start()
+            time.sleep(2.5)
+            load.finish()
+            assert load.failures == []
+            assert any(degraded)
+            assert not degraded[-1]  # back to normal once Redis answers again
+            assert max(slow) < 0.2
+        finally:
+            admin.close()
+            server.stop()
 
 
 def test_recovers_by_itself_when_redis_returns(tmp_path: Path) -> None:

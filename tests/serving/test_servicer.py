@@ -42,7 +42,7 @@ class _Engine:
         self.exc = exc
         self.calls = 0
 
-    async def recommend(self, _request: Any) -> NoReturn:
+    async def recommend(self, _request: Any, _time_left: float | None = None) -> NoReturn:
         self.calls += 1
         raise self.exc
 
