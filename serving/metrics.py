@@ -16,7 +16,9 @@ Conventions (STYLE.md, practice 9):
 
 The ``grpc_server_*`` metrics are named and labelled as go-grpc-prometheus names them,
 so the usual gRPC dashboards and alert rules work unchanged; :mod:`serving.interceptors`
-maintains them. The ``recsvc_*`` metrics are updated by the serving code itself.
+maintains them. The ``recsvc_*`` metrics are updated by the serving code itself. The
+``process_*`` and ``python_*`` series are prometheus_client's standard collectors, the
+names every Python exporter uses, registered on the same registry.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -276,6 +287,18 @@ class ServingMetrics:
             "RPCs admitted by the concurrency limit and not yet finished.",
             registry=r,
         )
+
+        # --- the process (prometheus_client's standard collectors) -------------------
+        # process_*: CPU seconds, resident and virtual memory, open and maximum file
+        # descriptors, start time; read from /proc at each scrape (Linux). python_info:
+        # the interpreter's version, as a label.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # python_gc_*: collections and collected objects per generation (0, 1, 2). The
+        # server freezes the heap after loading because a full collection walks every
+        # object with the event loop stopped (serving.server.freeze_heap); generation-2
+        # collections are the counter to read when tail latency jumps without load.
+        GCCollector(registry=r)
 
         # Series over closed label sets exist from start-up, so rate() and ratios
         # (cache hit rate, reload failures) are defined before the first event.

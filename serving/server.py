@@ -29,7 +29,6 @@ from typing import Any, Final, TypeVar
 import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from recsvc.config import Settings
@@ -43,6 +42,7 @@ from .engine import Engine
 from .eventlog import EventLog
 from .interceptors import server_interceptors
 from .metrics import ServingMetrics, start_metrics_http_server
+from .reflection import enable_server_reflection
 from .reload import LoadedModel, ModelHolder, ReloadOutcome
 from .servicer import RecommenderServicer
 
@@ -177,13 +177,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         RecommenderServicer(engine, s), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     address = f"{s.host}:{s.port}"
     credentials = _credentials(settings)

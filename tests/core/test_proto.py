@@ -106,6 +106,18 @@ def test_descriptor_follows_style_rules() -> None:
             assert value.number == 0 or not value.name.endswith("_UNSPECIFIED"), value.name
 
 
+def test_other_languages_get_their_package_names() -> None:
+    """go_package and java_package, as Go and Java code generated from the contract
+    imports them (buf's PACKAGE_SAME_* rules: the same on every file of recsvc.v1)."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    recommender_pb2.DESCRIPTOR.CopyToProto(proto)
+    options = proto.options
+
+    assert options.go_package == "github.com/recsvc/recsvc/gen/go/recsvc/v1;recsvcv1"
+    assert options.java_package == "io.github.recsvc.v1"
+    assert options.java_multiple_files is True
+
+
 def test_every_element_is_commented(tmp_path: Path) -> None:
     """buf COMMENTS: every message, field, enum, enum value, service and rpc."""
     fds = descriptor_pb2.FileDescriptorSet.FromString(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
@@ -40,6 +41,17 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_recommendations": ("counter", {"strategy", "placement"}),
     "recsvc_recommended_items": ("histogram", set()),
     "recsvc_inflight_requests": ("gauge", set()),
+    # prometheus_client's process, platform and GC collectors
+    "process_cpu_seconds": ("counter", set()),
+    "process_resident_memory_bytes": ("gauge", set()),
+    "process_virtual_memory_bytes": ("gauge", set()),
+    "process_open_fds": ("gauge", set()),
+    "process_max_fds": ("gauge", set()),
+    "process_start_time_seconds": ("gauge", set()),
+    "python_info": ("gauge", {"implementation", "major", "minor", "patchlevel", "version"}),
+    "python_gc_collections": ("counter", {"generation"}),
+    "python_gc_objects_collected": ("counter", {"generation"}),
+    "python_gc_objects_uncollectable": ("counter", {"generation"}),
 }  # fmt: skip
 
 
@@ -187,8 +199,11 @@ def test_metrics_endpoint_serves_the_registry_on_a_free_port_and_stops() -> None
     }
     assert samples[("recsvc_fallbacks_total", (("reason", "unknown_user"),))] == 3.0
     assert ("recsvc_inflight_requests", ()) in samples
-    # the process-wide default collectors are not on a registry of our own
-    assert not any(name.startswith("process_") for name, _ in samples)
+    # this process, from the registry's own process collector (CPU, memory, fds)
+    assert samples[("process_cpu_seconds_total", ())] > 0
+    assert samples[("process_resident_memory_bytes", ())] > 10 * 2**20
+    assert 0 < samples[("process_open_fds", ())] <= samples[("process_max_fds", ())]
+    assert samples[("process_start_time_seconds", ())] < time.time()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     server.shutdown()  # idempotent

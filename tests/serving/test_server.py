@@ -245,9 +245,21 @@ def test_health_and_reflection(server: ServerThread) -> None:
             assert got.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
         req = reflection_pb2.ServerReflectionRequest(list_services="")
-        answer = next(iter(refl.ServerReflectionInfo(iter([req]), timeout=5)))
-        services = {s.name for s in answer.list_services_response.service}
-        assert {"recsvc.v1.RecommenderService", "grpc.health.v1.Health"} <= services
+        # v1 has v1alpha's message layout (tests/serving/test_reflection.py)
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        for call in (refl.ServerReflectionInfo, v1):
+            answer = next(iter(call(iter([req]), timeout=5)))
+            services = {s.name for s in answer.list_services_response.service}
+            assert services == {
+                "recsvc.v1.RecommenderService",
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            }
 
 
 def test_metrics_scrape(server: ServerThread, client: RecommenderClient) -> None:
