@@ -193,7 +193,18 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"{path}: artifact format {manifest.get('format_version')!r} is not supported "
             f"(this build reads format {FORMAT_VERSION})"
         )
+    _check_name(path, str(manifest.get("model_version")))
     return manifest
+
+
+def _check_name(path: Path, model_version: str) -> None:
+    # publish keys the user vectors by the directory's name and the server reads them
+    # by the manifest's model_version: a renamed copy would serve without its vectors
+    if path.name != model_version:
+        raise ArtifactError(
+            f"{path}: directory {path.name!r} holds model version {model_version!r}; "
+            "a version directory must keep its model version as its name"
+        )
 
 
 def verify(path: Path, manifest: dict[str, Any]) -> None:
@@ -259,16 +270,17 @@ def _check_shapes(path: Path, a: ModelArtifact) -> None:
 
 
 def list_versions(root: Path) -> list[str]:
-    """Complete version directories under ``root``, oldest first (by creation time)."""
+    """Version directories under ``root`` whose manifest reads (see
+    :func:`read_manifest`), oldest first (by creation time)."""
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
         if p.is_dir() and (p / MANIFEST).is_file():
             try:
-                created = str(json.loads((p / MANIFEST).read_text()).get("created_at", ""))
-            except (OSError, ValueError):
-                continue  # unreadable: not a version anyone can publish
+                created = str(read_manifest(p)["created_at"])
+            except ArtifactError:
+                continue  # unreadable or renamed: not a version anyone can publish
             found.append((created, p.name))
     return [name for _, name in sorted(found)]
 
@@ -283,13 +295,14 @@ def current_version(root: Path) -> str | None:
 
 
 def resolve(root: Path, version: str | None = None) -> Path:
-    """Directory of ``version`` (default: CURRENT)."""
+    """Directory of ``version`` (default: CURRENT), its manifest read and checked."""
     name = version or current_version(root)
     if name is None:
         raise ArtifactError(f"no model published under {root} (no {CURRENT} file)")
     path = root / name
     if not (path / MANIFEST).is_file():
         raise ArtifactError(f"model version {name} not found under {root}")
+    read_manifest(path)
     return path
 
 

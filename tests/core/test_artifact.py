@@ -1,3 +1,5 @@
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +84,11 @@ def test_failed_write_leaves_nothing(built: art.ModelArtifact, tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_publish_and_rollback_walk_the_stack(tmp_path: Path) -> None:
+def test_publish_and_rollback_walk_the_stack(built: art.ModelArtifact, tmp_path: Path) -> None:
     for name in ("v1", "v2", "v3"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text(f'{{"created_at": "{name}"}}')
+        art.write_artifact(
+            replace(built, manifest={**built.manifest, "model_version": name}), tmp_path
+        )
     assert art.current_version(tmp_path) is None
     with pytest.raises(ArtifactError, match="no model published"):
         art.resolve(tmp_path)
@@ -102,3 +105,22 @@ def test_publish_and_rollback_walk_the_stack(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not found"):
         art.publish_version(tmp_path, "v9")
     assert art.list_versions(tmp_path) == ["v1", "v2", "v3"]
+
+
+def test_a_renamed_version_directory_is_refused(built: art.ModelArtifact, tmp_path: Path) -> None:
+    # its vectors would be published under the directory's name, and the server
+    # would look them up under the manifest's: the copy must never go live
+    path = art.write_artifact(built, tmp_path)
+    art.publish_version(tmp_path, path.name)
+    shutil.copytree(path, tmp_path / "my-copy")
+    expected = rf"my-copy.*{path.name}"
+    with pytest.raises(ArtifactError, match=expected):
+        art.read_manifest(tmp_path / "my-copy")
+    with pytest.raises(ArtifactError, match=expected):
+        art.read_artifact(tmp_path / "my-copy")
+    with pytest.raises(ArtifactError, match=expected):
+        art.resolve(tmp_path, "my-copy")
+    with pytest.raises(ArtifactError, match=expected):
+        art.publish_version(tmp_path, "my-copy")
+    assert art.current_version(tmp_path) == path.name
+    assert art.list_versions(tmp_path) == [path.name]
