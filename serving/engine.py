@@ -345,7 +345,7 @@ class Engine:
         version, second, factor = self._decay
         if second == now and version == model.version:
             return factor
-        age = max(0, now - int(model.artifact.manifest["data"]["cutoff_unix"]))
+        age = max(0, now - model.artifact.manifest.data.cutoff_unix)
         half_life = self.settings.weighting.half_life_days * 86_400.0
         factor = np.float32(np.exp2(-age / half_life)) if half_life > 0 else None
         self._decay = (model.version, now, factor)
@@ -393,7 +393,7 @@ class Engine:
         if u is not None:
             ti, tw = model.user_purchases(u) if purchases_only else model.user_history(u)
             # training weights decay from the data cut-off; age them on to now
-            age = max(0, now - int(model.artifact.manifest["data"]["cutoff_unix"]))
+            age = max(0, now - model.artifact.manifest.data.cutoff_unix)
             half_life = self.settings.weighting.half_life_days * 86_400.0
             items.append(ti)
             weights.append(tw * np.float32(np.exp2(-age / half_life)) if half_life > 0 else tw)

@@ -48,7 +48,7 @@ class LoadedModel:
     @property
     def trained_at(self) -> datetime:
         """When the trainer built the model (the manifest's ``created_at``)."""
-        return datetime.fromisoformat(self.model.artifact.manifest["created_at"])
+        return self.model.artifact.manifest.created_at
 
 
 class ModelHolder:

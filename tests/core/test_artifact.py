@@ -34,8 +34,9 @@ def test_round_trip_is_exact(built: art.ModelArtifact, tmp_path: Path) -> None:
     ):
         assert np.array_equal(getattr(loaded, name), getattr(built, name)), name
     assert (loaded.user_items != built.user_items).nnz == 0
-    assert loaded.manifest["format_version"] == art.FORMAT_VERSION
-    assert set(loaded.manifest["files"]) == {p.name for p in path.iterdir()} - {"manifest.json"}
+    assert loaded.manifest == built.manifest
+    assert loaded.manifest.format_version == art.FORMAT_VERSION == 2
+    assert set(loaded.manifest.files) == {p.name for p in path.iterdir()} - {"manifest.json"}
     q = built.user_factors[:3]
     assert np.array_equal(loaded.index.search(q, 5)[1], built.index.search(q, 5)[1])
     assert not list((tmp_path / "root").glob(".tmp-*"))
@@ -64,8 +65,8 @@ def test_missing_file_and_unknown_format_are_refused(
     with pytest.raises(ChecksumError, match="missing"):
         art.read_artifact(path)
     manifest = path / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 99'))
-    with pytest.raises(ArtifactError, match=r"format 99"):
+    manifest.write_text(manifest.read_text().replace('"format_version": 2', '"format_version": 99'))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: artifact format 99"):
         art.read_manifest(path)
     with pytest.raises(ArtifactError, match="not a model artifact"):
         art.read_manifest(tmp_path / "nowhere")
@@ -87,7 +88,8 @@ def test_failed_write_leaves_nothing(built: art.ModelArtifact, tmp_path: Path) -
 def test_publish_and_rollback_walk_the_stack(built: art.ModelArtifact, tmp_path: Path) -> None:
     for name in ("v1", "v2", "v3"):
         art.write_artifact(
-            replace(built, manifest={**built.manifest, "model_version": name}), tmp_path
+            replace(built, manifest=built.manifest.model_copy(update={"model_version": name})),
+            tmp_path,
         )
     assert art.current_version(tmp_path) is None
     with pytest.raises(ArtifactError, match="no model published"):
