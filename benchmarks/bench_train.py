@@ -306,20 +306,21 @@ def run_recsvc(shop: Shop, workdir: Path, factors: int, iterations: int) -> dict
     try:
         cmd = recsvc_command(shop, artifacts, factors, iterations)
         m = run_measured(cmd, workdir / "recsvc-train.log")
-        manifest = json.loads(next(artifacts.glob("*/manifest.json")).read_text())
+        from recsvc.artifact import read_manifest
+
+        manifest = read_manifest(next(artifacts.glob("*/manifest.json")).parent)
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)
-    timings = {k.removesuffix("_seconds"): float(v) for k, v in manifest["timings"].items()}
+    timings = {k.removesuffix("_seconds"): v for k, v in manifest.timings.items()}
     return {
         **asdict(m),
         "timings": timings,
         "unrecorded_seconds": m.wall_seconds - main_thread_seconds(timings),
-        "data": {
-            k: manifest["data"][k]
-            for k in ("events", "guest_events", "users", "items", "interactions")
-        },
-        "index_kind": manifest["index"]["kind"],
-        "index_recall": manifest["index"]["recall"],
+        "data": manifest.data.model_dump(
+            include={"events", "guest_events", "users", "items", "interactions"}
+        ),
+        "index_kind": manifest.index.kind,
+        "index_recall": manifest.index.recall,
     }
 
 
