@@ -158,16 +158,18 @@ def ensure_shop(n_items: int, workdir: Path, n_events: int | None = None) -> Sho
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"recsvc train exited {done.returncode}:\n{tail}")
     version = (artifacts / "CURRENT").read_text().strip()
-    manifest = json.loads((artifacts / version / "manifest.json").read_text())
+    from recsvc.artifact import read_manifest
+
+    manifest = read_manifest(artifacts / version)
     saved = {
         "trainer_format": TRAINER_FORMAT,
         "config": asdict(config),
         "version_path": f"artifacts/{version}",
         "version": version,
-        "model_items": int(manifest["data"]["items"]),
-        "model_users": int(manifest["data"]["users"]),
-        "index_kind": manifest["index"]["kind"],
-        "index_recall": float(manifest["index"]["recall"]),
+        "model_items": manifest.data.items,
+        "model_users": manifest.data.users,
+        "index_kind": manifest.index.kind,
+        "index_recall": manifest.index.recall,
         "build_seconds": time.perf_counter() - t,
         "train_command": " ".join(cmd),
         "git": git_revision(),

@@ -515,7 +515,7 @@ def start_rig(
             cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
             cmd += ["--metrics-port", str(metrics_port)]
         else:
-            # recsvc serve's CLI has no process count yet: serving.server.run through
+            # recsvc serve's CLI has no process count yet: recsvc.serving.server.run through
             # serve_variant.py, the same settings otherwise
             metrics_port = free_port_run(args.processes)
             cmd = [sys.executable, str(HERE / "serve_variant.py")]

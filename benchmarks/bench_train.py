@@ -306,27 +306,29 @@ def run_recsvc(shop: Shop, workdir: Path, factors: int, iterations: int) -> dict
     try:
         cmd = recsvc_command(shop, artifacts, factors, iterations)
         m = run_measured(cmd, workdir / "recsvc-train.log")
-        manifest = json.loads(next(artifacts.glob("*/manifest.json")).read_text())
+        from recsvc.artifact import read_manifest
+
+        manifest = read_manifest(next(artifacts.glob("*/manifest.json")).parent)
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)
-    timings = {k.removesuffix("_seconds"): float(v) for k, v in manifest["timings"].items()}
+    timings = {k.removesuffix("_seconds"): v for k, v in manifest.timings.items()}
     return {
         **asdict(m),
         "timings": timings,
         "unrecorded_seconds": m.wall_seconds - main_thread_seconds(timings),
-        "data": {
-            k: manifest["data"][k]
-            for k in ("events", "guest_events", "users", "items", "interactions")
-        },
-        "index_kind": manifest["index"]["kind"],
-        "index_recall": manifest["index"]["recall"],
+        "data": manifest.data.model_dump(
+            include={"events", "guest_events", "users", "items", "interactions"}
+        ),
+        "index_kind": manifest.index.kind,
+        "index_recall": manifest.index.recall,
     }
 
 
 def imports_only(workdir: Path) -> dict[str, Any]:
     """A process that only imports what ``recsvc train`` imports: the fixed RSS floor."""
     m = run_measured(
-        [sys.executable, "-c", "import recsvc.cli, training.pipeline"], workdir / "imports.log"
+        [sys.executable, "-c", "import recsvc.cli, recsvc.training.pipeline"],
+        workdir / "imports.log",
     )
     return asdict(m)
 
@@ -729,7 +731,7 @@ def _step_rows(sizes: list[dict[str, Any]]) -> tuple[list[Row], list[Row]]:
     manifest.append(
         ("not in the manifest (wall - main-thread steps)", "recsvc/unrecorded_seconds", _s)
     )
-    steps: list[Row] = [("imports (recsvc.cli, training.pipeline)", "imports", _s)]
+    steps: list[Row] = [("imports (recsvc.cli, recsvc.training.pipeline)", "imports", _s)]
     steps += [(f"`{name}`", f"steps/{name}", _s) for name in STEPS_PATCHED]
     steps += [
         ("rest of `main` (settings, artifact object, ...)", "main_unaccounted", _s),
@@ -824,7 +826,7 @@ METHOD_NOTES = [
     "run. The machine is shared: "
     "compare CPU times and the load averages when wall times disagree.",
     "- The step breakdown is one extra in-process `recsvc train` with timers wrapped around "
-    "`training.pipeline` functions; it is not one of the timed repeats.",
+    "`recsvc.training.pipeline` functions; it is not one of the timed repeats.",
     "",
 ]
 

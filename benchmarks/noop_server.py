@@ -17,7 +17,7 @@ front of the no-op. That server is *not* the floor; the benchmark runs it beside
 floor to measure what the interceptors alone cost.
 
 What makes it the floor of *this* server: the same ``grpc.aio`` server, the same
-server options as :func:`serving.server.create_server`, one process, the asyncio event
+server options as :func:`recsvc.serving.server.create_server`, one process, the asyncio event
 loop ``recsvc serve`` runs on, the heap frozen once started as ``recsvc serve`` freezes
 it, and the generated servicer glue. To match a server
 run as several processes on one port, start as many with ``--reuseport``; to match
@@ -44,7 +44,7 @@ import grpc
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
-# What serving.server.create_server passes; keep the two in step.
+# What recsvc.serving.server.create_server passes; keep the two in step.
 SERVER_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
 MODEL_VERSION = "20261122T210108Z-b63ccbd0"
 """A model version of the shape recsvc writes (the response carries it twice)."""
@@ -99,7 +99,7 @@ async def serve(
     pb_grpc.add_RecommenderServiceServicer_to_server(NoopRecommender(), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    gc.collect()  # as `recsvc serve` does once started (serving.server.freeze_heap)
+    gc.collect()  # as `recsvc serve` does once started (recsvc.serving.server.freeze_heap)
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

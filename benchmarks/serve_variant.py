@@ -7,12 +7,12 @@ Usage::
         [--redis-py-read] [--state-cache-size N] [--overfetch N] [--no-gc-freeze]
 
 It builds the settings as ``recsvc serve --artifacts --redis-url --host 127.0.0.1
---port --metrics-port`` does and runs :func:`serving.server.run` with ``processes``
+--port --metrics-port`` does and runs :func:`recsvc.serving.server.run` with ``processes``
 and ``event_loop`` (which the CLI does not expose yet). ``--redis-py-read`` sets
 ``[redis] read_client = "redis-py"``: Recommend reads its state through a redis-py
 pipeline instead of the thin reader (:mod:`recsvc.store.thinreader`), and
 ``--no-gc-freeze`` leaves the heap unfrozen after start-up
-(:func:`recsvc.serving.server.freeze_heap`; one process only: the switch does not reach
+(:func:`recsvc.recsvc.serving.server.freeze_heap`; one process only: the switch does not reach
 spawned processes). Each serving
 process prints
 ``recsvc serving on HOST:PORT``.

@@ -8,7 +8,8 @@ Layout under the artifact root::
       erased_users.txt         erasure list (ForgetUser appends; training honours it)
       20261122T201500Z-1a2b3c4d/
         manifest.json          format/model version, dates, counts, config, metrics,
-                               sha256 of every other file
+                               re-ranker weights by name, sha256 of every other file
+                               (the schema: recsvc.manifest)
         item_factors.npy       (n_items, factors) float32
         user_factors.npy       (n_users, factors) float32
         item_ids.npy           (n_items,) unicode
@@ -20,8 +21,8 @@ Layout under the artifact root::
         categories.npy         (n_categories,) unicode
         item_available.npy     (n_items,) bool
         index.faiss            faiss.write_index of the item index
-        neighbors.npz          arrays of the item-neighbour model (recsvc.neighbors),
-                               when training built one
+        neighbors.npz          arrays and parameters of the item-neighbour model
+                               (recsvc.neighbors), when training built one
 
 Arrays are ``.npy``/``.npz`` read with ``allow_pickle=False``. A version is written
 to a temporary sibling directory and renamed into place, so a reader never sees a
@@ -43,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recsvc.errors import ArtifactError, ChecksumError
 from recsvc.index import ItemIndex
+from recsvc.manifest import FORMAT_VERSION, FileEntry, Manifest, describe, parse
 
 __all__ = [
     "FORMAT_VERSION",
@@ -62,12 +65,13 @@ __all__ = [
     "write_artifact",
 ]
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 PUBLISHED = "PUBLISHED.json"
 INDEX_FILE = "index.faiss"
 NEIGHBORS_FILE = "neighbors.npz"
+_RERANK_WEIGHTS_V1 = "rerank_weights"
+"""The array of neighbors.npz that held the re-ranker's weights in format 1."""
 
 _ARRAYS = (
     "item_factors",
@@ -85,7 +89,7 @@ _ARRAYS = (
 class ModelArtifact:
     """A trained model in memory: exactly what is written to and read from disk."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     item_factors: NDArray[np.float32]
     user_factors: NDArray[np.float32]
     item_ids: NDArray[np.str_]
@@ -100,11 +104,13 @@ class ModelArtifact:
     item_available: NDArray[np.bool_]
     index: ItemIndex
     neighbors: dict[str, NDArray[Any]] | None = None
-    """Arrays of the item-neighbour model (:mod:`recsvc.neighbors`), if built."""
+    """Arrays and parameters of the item-neighbour model, if built: its
+    :meth:`~recsvc.neighbors.NeighborModel.to_arrays` but the re-ranker's weights,
+    which the manifest keeps by name (``manifest.neighbors``)."""
 
     @property
     def model_version(self) -> str:
-        return str(self.manifest["model_version"])
+        return self.manifest.model_version
 
     @property
     def factors(self) -> int:
@@ -129,9 +135,10 @@ def _sha256(path: Path) -> str:
 def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
     """Write ``artifact`` as ``root/<model_version>/``; returns that directory.
 
-    The manifest gains ``files`` (sha256 and size of every file) and
+    The manifest gains ``files`` (sha256 and size of every file) and the current
     ``format_version``. Refuses to overwrite an existing version.
     """
+    _check_neighbors(root / artifact.model_version, artifact)
     root.mkdir(parents=True, exist_ok=True)
     final = root / artifact.model_version
     if final.exists():
@@ -149,10 +156,13 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
             # numpy's stub reads ** as its keyword arguments (allow_pickle)
             np.savez(tmp / NEIGHBORS_FILE, **artifact.neighbors)  # type: ignore[arg-type]
         files = {
-            p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
+            p.name: FileEntry(sha256=_sha256(p), bytes=p.stat().st_size)
+            for p in sorted(tmp.iterdir())
         }
-        manifest = {**artifact.manifest, "format_version": FORMAT_VERSION, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        manifest = artifact.manifest.model_copy(
+            update={"format_version": FORMAT_VERSION, "files": files}
+        )
+        (tmp / MANIFEST).write_text(manifest.to_json())
         for p in tmp.iterdir():
             _fsync(p)
         os.rename(tmp, final)
@@ -180,29 +190,53 @@ def _load_csr(path: Path) -> sp.csr_matrix:
         return sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape)
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of the version directory ``path``."""
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the version directory ``path``, checked against the schema
+    (format 1 upgraded) and against the directory's name."""
     try:
-        manifest: dict[str, Any] = json.loads((path / MANIFEST).read_text())
+        raw = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path} is not a model artifact (no {MANIFEST})") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"cannot read {path / MANIFEST}: {exc}") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: artifact format {manifest.get('format_version')!r} is not supported "
-            f"(this build reads format {FORMAT_VERSION})"
-        )
+    try:
+        manifest = parse(raw, lambda: _rerank_weights_v1(path, raw))
+    except pydantic.ValidationError as exc:
+        raise ArtifactError(f"{path / MANIFEST}: {describe(exc)}") from exc
+    except ValueError as exc:
+        raise ArtifactError(f"{path / MANIFEST}: {exc}") from exc
+    _check_name(path, manifest.model_version)
     return manifest
 
 
-def verify(path: Path, manifest: dict[str, Any]) -> None:
+def _rerank_weights_v1(path: Path, raw: dict[str, Any]) -> list[float] | None:
+    """Format 1 only: the re-ranker weights neighbors.npz holds by position."""
+    if NEIGHBORS_FILE not in (raw.get("files") or {}):
+        return None
+    try:
+        with np.load(path / NEIGHBORS_FILE, allow_pickle=False) as z:
+            return [float(w) for w in z[_RERANK_WEIGHTS_V1]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"cannot read the re-ranker weights of {path}: {exc}") from exc
+
+
+def _check_name(path: Path, model_version: str) -> None:
+    # publish keys the user vectors by the directory's name and the server reads them
+    # by the manifest's model_version: a renamed copy would serve without its vectors
+    if path.name != model_version:
+        raise ArtifactError(
+            f"{path}: directory {path.name!r} holds model version {model_version!r}; "
+            "a version directory must keep its model version as its name"
+        )
+
+
+def verify(path: Path, manifest: Manifest) -> None:
     """Check every file against its manifest checksum; raise ChecksumError on a mismatch."""
-    for name, meta in manifest["files"].items():
+    for name, meta in manifest.files.items():
         file = path / name
         if not file.is_file():
             raise ChecksumError(f"{path}: file {name} listed in the manifest is missing")
-        if file.stat().st_size != meta["bytes"] or _sha256(file) != meta["sha256"]:
+        if file.stat().st_size != meta.bytes or _sha256(file) != meta.sha256:
             raise ChecksumError(f"{path}: checksum of {name} does not match the manifest")
 
 
@@ -216,15 +250,14 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         user_items = _load_csr(path / "user_items.npz")
         user_purchases = _load_csr(path / "user_purchases.npz")
         neighbors = None
-        if NEIGHBORS_FILE in manifest["files"]:
+        if NEIGHBORS_FILE in manifest.files:
             with np.load(path / NEIGHBORS_FILE, allow_pickle=False) as z:
-                neighbors = {name: z[name] for name in z.files}
+                # format 1 kept the re-ranker's weights here; the manifest has them now
+                neighbors = {name: z[name] for name in z.files if name != _RERANK_WEIGHTS_V1}
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"cannot read arrays of {path}: {exc}") from exc
-    idx = manifest["index"]
-    index = ItemIndex.load(
-        path / INDEX_FILE, idx["kind"], float(idx["max_norm_sq"]), int(idx["ef_search"])
-    )
+    idx = manifest.index
+    index = ItemIndex.load(path / INDEX_FILE, idx.kind, idx.max_norm_sq, idx.ef_search)
     artifact = ModelArtifact(
         manifest=manifest,
         user_items=user_items,
@@ -234,6 +267,7 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         **arrays,
     )
     _check_shapes(path, artifact)
+    _check_neighbors(path, artifact)
     return artifact
 
 
@@ -255,20 +289,28 @@ def _check_shapes(path: Path, a: ModelArtifact) -> None:
         raise ArtifactError(f"{path}: index holds {a.index.ntotal} items, not {n_items}")
 
 
+def _check_neighbors(path: Path, a: ModelArtifact) -> None:
+    if (a.neighbors is None) != (a.manifest.neighbors is None):
+        raise ArtifactError(
+            f"{path}: the neighbour model's arrays and its manifest section must come together"
+        )
+
+
 # --- the CURRENT pointer and the publish stack --------------------------------------
 
 
 def list_versions(root: Path) -> list[str]:
-    """Complete version directories under ``root``, oldest first (by creation time)."""
+    """Version directories under ``root`` whose manifest reads (see
+    :func:`read_manifest`), oldest first (by creation time)."""
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
         if p.is_dir() and (p / MANIFEST).is_file():
             try:
-                created = str(json.loads((p / MANIFEST).read_text()).get("created_at", ""))
-            except (OSError, ValueError):
-                continue  # unreadable: not a version anyone can publish
+                created = read_manifest(p).created_at
+            except ArtifactError:
+                continue  # unreadable or renamed: not a version anyone can publish
             found.append((created, p.name))
     return [name for _, name in sorted(found)]
 
@@ -283,13 +325,14 @@ def current_version(root: Path) -> str | None:
 
 
 def resolve(root: Path, version: str | None = None) -> Path:
-    """Directory of ``version`` (default: CURRENT)."""
+    """Directory of ``version`` (default: CURRENT), its manifest read and checked."""
     name = version or current_version(root)
     if name is None:
         raise ArtifactError(f"no model published under {root} (no {CURRENT} file)")
     path = root / name
     if not (path / MANIFEST).is_file():
         raise ArtifactError(f"model version {name} not found under {root}")
+    read_manifest(path)
     return path
 
 

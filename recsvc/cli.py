@@ -149,8 +149,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         m = art.read_manifest(root / name)
         mark = "*" if name == current else " "
         print(
-            f"{mark} {name}  users={m['data']['users']:,} items={m['data']['items']:,} "
-            f"cutoff={m['data']['cutoff']} index={m['index']['kind']}"
+            f"{mark} {name}  users={m.data.users:,} items={m.data.items:,} "
+            f"cutoff={m.data.cutoff.isoformat()} index={m.index.kind}"
         )
     return 0
 

@@ -7,7 +7,7 @@ requests, so nothing here is computed per call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from recsvc.artifact import ModelArtifact
 from recsvc.config import RepeatPolicy
 from recsvc.foldin import FoldIn
+from recsvc.manifest import BlendWeights, RankingSection
 from recsvc.neighbors import NeighborModel
 
 __all__ = ["Blend", "Model", "NeighborScorer", "RankingDefaults"]
@@ -59,14 +60,9 @@ class Blend:
         return replace(self, cf=self.cf + self.neighbors, neighbors=0.0)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Blend:
-        return cls(
-            **{
-                f: float(values[f])
-                for f in ("cf", "repeat", "neighbors", "popularity")
-                if f in values
-            }
-        )
+    def from_weights(cls, weights: BlendWeights) -> Blend:
+        """The blend a manifest records."""
+        return cls(weights.cf, weights.repeat, weights.neighbors, weights.popularity)
 
 
 @dataclass(frozen=True)
@@ -83,18 +79,13 @@ class RankingDefaults:
     """Whether items of the live session may be recommended again by default."""
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> RankingDefaults:
-        section = manifest.get("ranking", {})
-        if "user_blend" in section:
-            user = Blend.from_dict(section["user_blend"])
-        else:  # format of the first artifacts: a single buy-again weight
-            weight = float(section.get("repeat_weight", 0.5))
-            user = Blend(cf=1.0 - weight, repeat=weight)
+    def from_manifest(cls, ranking: RankingSection) -> RankingDefaults:
+        """The defaults of the manifest's ``ranking`` section."""
         return cls(
-            repeat_policy=RepeatPolicy(section.get("repeat_policy", RepeatPolicy.ALLOW)),
-            user=user,
-            session=Blend.from_dict(section.get("session_blend", {})),
-            session_repeats=bool(section.get("session_repeats", False)),
+            repeat_policy=ranking.repeat_policy,
+            user=Blend.from_weights(ranking.user_blend),
+            session=Blend.from_weights(ranking.session_blend),
+            session_repeats=ranking.session_repeats,
         )
 
 
@@ -129,14 +120,10 @@ class Model:
         self.category_position = {str(x): i for i, x in enumerate(a.categories.tolist())}
         # stable sort: ties in popularity keep catalogue order, so answers are reproducible
         self.popular_order = np.argsort(-a.popularity, kind="stable")
-        als = a.manifest.get("config", {}).get("als", {})
-        self.foldin = FoldIn(
-            a.item_factors,
-            regularization=float(als.get("regularization", 0.05)),
-            alpha=float(als.get("alpha", 10.0)),
-        )
+        als = a.manifest.config.als
+        self.foldin = FoldIn(a.item_factors, regularization=als.regularization, alpha=als.alpha)
         self.neighbors = _neighbors(a)
-        self.defaults = RankingDefaults.from_manifest(a.manifest)
+        self.defaults = RankingDefaults.from_manifest(a.manifest.ranking)
 
     @property
     def version(self) -> str:
@@ -161,6 +148,9 @@ def _row(m: sp.csr_matrix, user: int) -> tuple[NDArray[np.int32], NDArray[np.flo
 
 
 def _neighbors(a: ModelArtifact) -> NeighborScorer | None:
-    if a.neighbors is None:
+    if a.neighbors is None or a.manifest.neighbors is None:
         return None
-    return NeighborModel.from_arrays(a.neighbors)
+    # the weights by name, in the order of the features the code computes now
+    return NeighborModel.from_arrays(
+        {**a.neighbors, "rerank_weights": a.manifest.neighbors.vector()}
+    )

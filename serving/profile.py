@@ -150,7 +150,7 @@ class _Aging:
         version, second, factor = self._last
         if second == now and version == model.version:
             return factor
-        age = max(0, now - int(model.artifact.manifest["data"]["cutoff_unix"]))
+        age = max(0, now - model.artifact.manifest.data.cutoff_unix)
         factor = np.float32(np.exp2(-age / self._half_life)) if self._half_life > 0 else None
         self._last = (model.version, now, factor)
         return factor

@@ -48,7 +48,7 @@ class LoadedModel:
     @property
     def trained_at(self) -> datetime:
         """When the trainer built the model (the manifest's ``created_at``)."""
-        return datetime.fromisoformat(self.model.artifact.manifest["created_at"])
+        return self.model.artifact.manifest.created_at
 
 
 class ModelHolder:
@@ -68,6 +68,9 @@ class ModelHolder:
         self._lock = asyncio.Lock()
         self.loaded_versions: list[str] = []
         """Every version this process has served, oldest first (for ForgetUser)."""
+        self._refusal: str | None = None
+        """The last refusal logged: CURRENT is polled every few seconds, and the same
+        refusal is logged once (each attempt still counts as a failure)."""
 
     @property
     def current(self) -> LoadedModel | None:
@@ -105,8 +108,10 @@ class ModelHolder:
     def _finish(
         self, outcome: ReloadOutcome, loaded: LoadedModel | None, error: str | None
     ) -> ReloadOutcome:
-        if error:
+        if error and error != self._refusal:
             log.error("model reload failed: %s", error)
+        if outcome is not ReloadOutcome.UNCHANGED:
+            self._refusal = error
         if self._on_reload is not None:
             self._on_reload(outcome, loaded)
         return outcome

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar, cast
+from typing import NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -201,21 +201,20 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.GetModelInfoResponse:
         async def call() -> pb.GetModelInfoResponse:
             loaded = self.engine.models.require()
-            m: dict[str, Any] = loaded.model.artifact.manifest
-            metrics = {k: float(v) for k, v in m.get("metrics", {}).items()}
+            m = loaded.model.artifact.manifest
             return pb.GetModelInfoResponse(
                 model_version=loaded.version,
                 trained_at=_ts(loaded.trained_at),
-                data_cutoff=_ts(int(m["data"]["cutoff_unix"])),
+                data_cutoff=_ts(m.data.cutoff_unix),
                 loaded_at=_ts(loaded.loaded_at),
-                metrics=metrics,
+                metrics=m.metrics,
                 item_count=loaded.model.n_items,
                 user_count=len(loaded.model.user_position),
                 factors=loaded.model.artifact.factors,
-                index_type=m["index"]["kind"],
-                index_recall_at_k=float(m["index"]["recall"]),
-                index_recall_k=int(m["index"]["recall_k"]),
-                format_version=int(m["format_version"]),
+                index_type=m.index.kind,
+                index_recall_at_k=m.index.recall,
+                index_recall_k=m.index.recall_k,
+                format_version=m.format_version,
                 default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
             )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 import redis.asyncio
 
 from recsvc.config import Settings, load_settings
+from recsvc.model import Model
+from recsvc.ranking import Query, Ranker, training_user_query
 from recsvc.serving.metrics import ServingMetrics
 from recsvc.store import KeyScheme, RedisLiveState, StateLimits
 from recsvc.store.reader import StateReader
@@ -24,6 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 """The repository root."""
 SHARED_DATA = REPO.parent / "shared" / "data"
 """The public datasets (``../shared/data``); tests that need them skip without it."""
+
+FORMAT1_ARTIFACT = REPO / "tests" / "core" / "data" / "format1" / "20261201T120000Z-14a92ee2"
+"""A format-1 artifact of a tiny synthetic shop (``tests/core/data/README.md``)."""
+FORMAT1_ANSWERS = FORMAT1_ARTIFACT.parent.parent / "format1-answers.json"
+"""What :func:`answers` gave on it when format 1 was current."""
 
 DAY = 86_400
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -79,6 +87,25 @@ def small_settings(tmp_path: object = None, **overrides: object) -> Settings:
         base["artifact_root"] = f"{tmp_path}/artifacts"
     base.update(overrides)
     return load_settings(None, **base)
+
+
+def answers(model: Model) -> dict[str, Any]:
+    """Top 10 (items, scores, reasons) for each training user, for the last five
+    items of their history as an anonymous session, and for both together."""
+    ranker = Ranker(model)
+    out: dict[str, Any] = {}
+    for user in range(len(model.user_position)):
+        query = training_user_query(model, user, 10)
+        items = model.user_history(user)[0][-5:]
+        session = {"session_items": items, "session_weights": np.ones(len(items), np.float32)}
+        for name, q in (
+            ("user", query),
+            ("session", Query(k=10, **session)),
+            ("user+session", replace(query, **session)),
+        ):
+            r = ranker.recommend(q)
+            out[f"{name} {user}"] = [r.items.tolist(), r.scores.tolist(), r.reasons.tolist()]
+    return out
 
 
 SMALL_LIMITS = StateLimits(

@@ -18,6 +18,7 @@ from recsvc.errors import ConfigError
 
 if TYPE_CHECKING:
     from recsvc.config import Settings
+    from recsvc.manifest import BlendWeights
 
     from .pipeline import DataSpec
 
@@ -100,11 +101,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(_data_spec(args), settings, progress=interactive())
     m = result.artifact.manifest
     print(
-        f"trained {result.artifact.model_version}: {m['data']['users']:,} users, "
-        f"{m['data']['items']:,} items, {m['data']['interactions']:,} interactions; "
-        f"index {m['index']['kind']} (recall@{m['index']['recall_k']} {m['index']['recall']:.4f}); "
-        f"repeat share {m['ranking']['repeat_share']:.3f} -> {m['ranking']['repeat_policy']}; "
-        f"blend {_blend_text(m['ranking']['user_blend'])}"
+        f"trained {m.model_version}: {m.data.users:,} users, "
+        f"{m.data.items:,} items, {m.data.interactions:,} interactions; "
+        f"index {m.index.kind} (recall@{m.index.recall_k} {m.index.recall:.4f}); "
+        f"repeat share {m.ranking.repeat_share:.3f} -> {m.ranking.repeat_policy.value}; "
+        f"blend {_blend_text(m.ranking.user_blend)}"
     )
     print(f"artifact: {result.path}")
     if args.publish:
@@ -113,8 +114,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _blend_text(blend: dict[str, float]) -> str:
-    return " ".join(f"{name} {weight:.2f}" for name, weight in blend.items() if weight)
+def _blend_text(blend: BlendWeights) -> str:
+    return " ".join(f"{name} {weight:.2f}" for name, weight in blend.model_dump().items() if weight)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:

@@ -127,7 +127,7 @@ def evaluate(
         metrics=metrics,
         model={
             "model_version": built.artifact.model_version,
-            "ranking": built.artifact.manifest["ranking"],
+            "ranking": built.artifact.manifest.ranking.as_json(),
             "als": settings.als.model_dump(mode="json"),
             "items": model.n_items,
             "train_users": len(model.user_position),

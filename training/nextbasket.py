@@ -347,7 +347,7 @@ def evaluate_nbr(
             {"seed": seed, "users": len(positions), "metrics": metrics, "seconds": seconds}
         )
         model_info = {
-            "ranking": built.artifact.manifest["ranking"],
+            "ranking": built.artifact.manifest.ranking.as_json(),
             "als": settings.als.model_dump(mode="json"),
             "weighting": settings.weighting.model_dump(mode="json"),
             "items": model.n_items,

@@ -281,7 +281,7 @@ def evaluate_next_click(
         "served_ranking_latency": latency,
         "model": {
             "model_version": built.artifact.model_version,
-            "ranking": built.artifact.manifest["ranking"],
+            "ranking": built.artifact.manifest.ranking.as_json(),
             "als": settings.als.model_dump(mode="json"),
             "items": model.n_items,
             "train_sessions": len(model.user_position),

@@ -28,6 +28,17 @@ from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
+from recsvc.manifest import (
+    BlendFitReport,
+    BlendWeights,
+    DataSection,
+    IndexSection,
+    Manifest,
+    NeighborsSection,
+    RankingSection,
+    SourceSummary,
+    TrainedSettings,
+)
 from recsvc.model import Blend
 from recsvc.neighbors import NeighborModel
 
@@ -200,7 +211,7 @@ def build_model(
                 factors.item_factors,
                 FoldIn(factors.item_factors, settings.als.regularization, settings.als.alpha),
                 settings.weighting,
-                allow_repeats=ranking["repeat_policy"] == RepeatPolicy.ALLOW.value,
+                allow_repeats=ranking.repeat_policy is RepeatPolicy.ALLOW,
                 half_lives=(
                     POPULARITY_HALF_LIVES
                     if settings.weighting.popularity_half_life_days is None
@@ -217,12 +228,16 @@ def build_model(
                 user = fitted.blend
                 if settings.ranking.repeat_weight is not None:
                     user = user.with_repeat_weight(settings.ranking.repeat_weight)
-                ranking["user_blend"] = asdict(user)
-                ranking["user_blend_fit"] = {
-                    "recall@20": fitted.recall,
-                    "users": fitted.users,
-                    "popularity_half_life_days": fitted.popularity_half_life_days,
-                }
+                ranking = ranking.model_copy(
+                    update={
+                        "user_blend": BlendWeights(**asdict(user)),
+                        "user_blend_fit": BlendFitReport(
+                            recall_at_20=fitted.recall,
+                            users=fitted.users,
+                            popularity_half_life_days=fitted.popularity_half_life_days,
+                        ),
+                    }
+                )
         t = time.perf_counter()
         if session_model is not None:
             neighbors, timings["neighbors_seconds"] = session_model.result()
@@ -238,29 +253,35 @@ def build_model(
     created = now or datetime.now(UTC)
     version = new_model_version(factors.item_factors, created)
     timings["catalog_version_seconds"] = time.perf_counter() - t
-    manifest: dict[str, Any] = {
-        "model_version": version,
-        "created_at": created.isoformat(timespec="microseconds"),
-        "data": {
-            "cutoff": datetime.fromtimestamp(inter.reference_time, UTC).isoformat(),
-            "cutoff_unix": inter.reference_time,
+    neighbor_arrays = neighbors.to_arrays() if neighbors is not None else None
+    rerank_weights = neighbor_arrays.pop("rerank_weights") if neighbor_arrays else None
+    manifest = Manifest(
+        model_version=version,
+        created_at=created,
+        data=DataSection(
+            cutoff=datetime.fromtimestamp(inter.reference_time, UTC),
+            cutoff_unix=inter.reference_time,
             **inter.stats,
-            "erased_events": data.erased_events,
-            "catalog_items_without_events": n_catalog_only,
-            "sources": [asdict(s) for s in data.summaries],
-        },
-        "config": settings.model_dump(mode="json"),
-        "index": {
-            "kind": index.kind,
-            "max_norm_sq": index.max_norm_sq,
-            "ef_search": settings.index.hnsw_ef_search,
-            "recall_k": settings.index.recall_k,
-            "recall": recall,
-        },
-        "ranking": ranking,
-        "metrics": {f"index_recall_at_{settings.index.recall_k}": recall},
-        "timings": timings,
-    }
+            erased_events=data.erased_events,
+            catalog_items_without_events=n_catalog_only,
+            sources=tuple(SourceSummary(**asdict(s)) for s in data.summaries),
+        ),
+        config=TrainedSettings.of(settings),
+        index=IndexSection(
+            kind=index.kind,
+            max_norm_sq=index.max_norm_sq,
+            ef_search=settings.index.hnsw_ef_search,
+            recall_k=settings.index.recall_k,
+            recall=recall,
+        ),
+        ranking=ranking,
+        neighbors=(
+            NeighborsSection.from_vector(rerank_weights) if rerank_weights is not None else None
+        ),
+        metrics={f"index_recall_at_{settings.index.recall_k}": recall},
+        timings=timings,
+        files={},
+    )
     artifact = ModelArtifact(
         manifest=manifest,
         item_factors=factors.item_factors,
@@ -274,7 +295,7 @@ def build_model(
         categories=categories,
         item_available=available,
         index=index,
-        neighbors=neighbors.to_arrays() if neighbors is not None else None,
+        neighbors=neighbor_arrays,
     )
     return BuiltModel(artifact, inter, timings)
 
@@ -301,7 +322,8 @@ def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> Trai
     built = build_model(data, settings, progress=progress)
     artifact = built.artifact
     timings = {"load_seconds": load_seconds, **built.timings}
-    artifact.manifest["timings"] = timings
+    # a copy: write_seconds, added below, cannot be in the manifest it times
+    artifact.manifest = artifact.manifest.model_copy(update={"timings": dict(timings)})
     t = time.perf_counter()
     path = write_artifact(artifact, settings.artifact_root)
     timings["write_seconds"] = time.perf_counter() - t
@@ -351,7 +373,7 @@ def session_revisit_share(indptr: NDArray[np.int64], items: NDArray[np.int32]) -
     return float((len(pairs) - distinct) / later)
 
 
-def _ranking_defaults(table: pa.Table, settings: Settings, revisit_share: float) -> dict[str, Any]:
+def _ranking_defaults(table: pa.Table, settings: Settings, revisit_share: float) -> RankingSection:
     """The shop's repeat policy and blends, from its measured repeat behaviour."""
     rs = settings.ranking
     share = repeat_share(table, settings.evaluation.validation_share)
@@ -375,14 +397,15 @@ def _ranking_defaults(table: pa.Table, settings: Settings, revisit_share: float)
         if rs.session_repeats is not None
         else revisit_share >= rs.auto_repeat_threshold
     )
-    return {
-        "repeat_policy": policy.value,
-        "repeat_share": share,
-        "session_revisit_share": revisit_share,
-        "user_blend": asdict(user),
-        "session_blend": asdict(session),
-        "session_repeats": session_repeats,
-    }
+    return RankingSection(
+        repeat_policy=policy,
+        repeat_share=share,
+        session_revisit_share=revisit_share,
+        user_blend=BlendWeights(**asdict(user)),
+        session_blend=BlendWeights(**asdict(session)),
+        session_repeats=session_repeats,
+        user_blend_fit=None,
+    )
 
 
 def _catalog_arrays(

@@ -42,12 +42,12 @@ def _latest(root: Path) -> str:
 def _check_gate(path: Path, settings: Settings) -> None:
     manifest = art.read_manifest(path)
     art.verify(path, manifest)
-    recall = float(manifest["index"]["recall"])
+    index = manifest.index
     floor = settings.index.recall_floor
-    if recall < floor:
+    if index.recall < floor:
         raise QualityGateError(
-            f"{path.name}: {manifest['index']['kind']} index recall@{manifest['index']['recall_k']}"
-            f" is {recall:.4f}, below the floor {floor:.4f}; not published (index.kind"
+            f"{path.name}: {index.kind} index recall@{index.recall_k}"
+            f" is {index.recall:.4f}, below the floor {floor:.4f}; not published (index.kind"
             " 'normscan' or 'exact' are exact; or lower index.recall_floor)"
         )
 

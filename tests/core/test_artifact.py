@@ -1,3 +1,5 @@
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,9 @@ def test_round_trip_is_exact(built: art.ModelArtifact, tmp_path: Path) -> None:
     ):
         assert np.array_equal(getattr(loaded, name), getattr(built, name)), name
     assert (loaded.user_items != built.user_items).nnz == 0
-    assert loaded.manifest["format_version"] == art.FORMAT_VERSION
-    assert set(loaded.manifest["files"]) == {p.name for p in path.iterdir()} - {"manifest.json"}
+    assert loaded.manifest == built.manifest
+    assert loaded.manifest.format_version == art.FORMAT_VERSION == 2
+    assert set(loaded.manifest.files) == {p.name for p in path.iterdir()} - {"manifest.json"}
     q = built.user_factors[:3]
     assert np.array_equal(loaded.index.search(q, 5)[1], built.index.search(q, 5)[1])
     assert not list((tmp_path / "root").glob(".tmp-*"))
@@ -62,8 +65,8 @@ def test_missing_file_and_unknown_format_are_refused(
     with pytest.raises(ChecksumError, match="missing"):
         art.read_artifact(path)
     manifest = path / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 99'))
-    with pytest.raises(ArtifactError, match=r"format 99"):
+    manifest.write_text(manifest.read_text().replace('"format_version": 2', '"format_version": 99'))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: artifact format 99"):
         art.read_manifest(path)
     with pytest.raises(ArtifactError, match="not a model artifact"):
         art.read_manifest(tmp_path / "nowhere")
@@ -82,10 +85,12 @@ def test_failed_write_leaves_nothing(built: art.ModelArtifact, tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_publish_and_rollback_walk_the_stack(tmp_path: Path) -> None:
+def test_publish_and_rollback_walk_the_stack(built: art.ModelArtifact, tmp_path: Path) -> None:
     for name in ("v1", "v2", "v3"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text(f'{{"created_at": "{name}"}}')
+        art.write_artifact(
+            replace(built, manifest=built.manifest.model_copy(update={"model_version": name})),
+            tmp_path,
+        )
     assert art.current_version(tmp_path) is None
     with pytest.raises(ArtifactError, match="no model published"):
         art.resolve(tmp_path)
@@ -102,3 +107,22 @@ def test_publish_and_rollback_walk_the_stack(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not found"):
         art.publish_version(tmp_path, "v9")
     assert art.list_versions(tmp_path) == ["v1", "v2", "v3"]
+
+
+def test_a_renamed_version_directory_is_refused(built: art.ModelArtifact, tmp_path: Path) -> None:
+    # its vectors would be published under the directory's name, and the server
+    # would look them up under the manifest's: the copy must never go live
+    path = art.write_artifact(built, tmp_path)
+    art.publish_version(tmp_path, path.name)
+    shutil.copytree(path, tmp_path / "my-copy")
+    expected = rf"my-copy.*{path.name}"
+    with pytest.raises(ArtifactError, match=expected):
+        art.read_manifest(tmp_path / "my-copy")
+    with pytest.raises(ArtifactError, match=expected):
+        art.read_artifact(tmp_path / "my-copy")
+    with pytest.raises(ArtifactError, match=expected):
+        art.resolve(tmp_path, "my-copy")
+    with pytest.raises(ArtifactError, match=expected):
+        art.publish_version(tmp_path, "my-copy")
+    assert art.current_version(tmp_path) == path.name
+    assert art.list_versions(tmp_path) == [path.name]

@@ -1,13 +1,19 @@
 """The console script as a user runs it: one-line errors, exit codes, end to end."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from recsvc import artifact as art
 from recsvc.cli import main
+from recsvc.errors import ArtifactError
+from recsvc.training.pipeline import LoadedData, build_model
+
+from factories import block_shop, small_settings
 
 RECSVC = [sys.executable, "-m", "recsvc"]
 
@@ -125,3 +131,18 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == "recsvc 0.1.0"
+
+
+def test_publishing_a_renamed_version_directory_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "artifacts"
+    built = build_model(LoadedData(block_shop(), None, (), 0), small_settings())
+    version = art.write_artifact(built.artifact, root).name
+    art.publish_version(root, version)
+    shutil.copytree(root / version, root / "my-copy")
+    code = main(["-q", "publish", "--version", "my-copy", "--artifacts", str(root)])
+    assert code == ArtifactError.exit_code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "my-copy" in err and version in err
+    assert (root / "CURRENT").read_text().strip() == version

@@ -66,6 +66,7 @@ def test_nothing_imports_a_top_level_role_package() -> None:
     # nor in the code a test or a benchmark runs in a child process (python -c, -m)
     in_strings = re.compile(
         r"from\s+(training|serving)(\.\w+)*\s+import\b|-m\s+(training|serving)\.\w"
+        r"|\bimport\s+([\w.]+,\s*)*(training|serving)\.\w"
     )
     found = [
         f"{path.relative_to(REPO)}: {match.group(0)!r}"

@@ -28,6 +28,11 @@ PUBLIC = {
         "FORMAT_VERSION", "ModelArtifact", "current_version", "list_versions", "publish_version",
         "read_artifact", "resolve", "rollback", "rollback_target", "write_artifact",
     ],
+    "recsvc.manifest": [
+        "FEATURES_V1", "FORMAT_VERSION", "BlendFitReport", "BlendWeights", "DataSection",
+        "FileEntry", "IndexSection", "Manifest", "NeighborsSection", "RankingSection",
+        "SourceSummary", "TrainedSettings", "describe", "parse", "upgrade_v1",
+    ],
     "recsvc.index": [
         "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
     ],

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
+from recsvc import artifact as art
 from recsvc.client import RecommenderClient
 from recsvc.erasure import read_erasure_list
 from recsvc.events import EventType, LiveEvent
@@ -144,6 +145,13 @@ def test_model_info(client: RecommenderClient, shop_root: Path) -> None:
     assert info.item_count == 24 and info.user_count == 60 and info.factors == 2
     assert info.index_type == "exact" and info.index_recall_at_k == 1.0
     assert info.trained_at.seconds > 0 and info.loaded_at.seconds >= info.trained_at.seconds
+    m = art.read_manifest(shop_root / info.model_version)
+    assert info.trained_at.ToDatetime(tzinfo=UTC) == m.created_at
+    assert info.data_cutoff.ToSeconds() == m.data.cutoff_unix
+    assert dict(info.metrics) == m.metrics == {"index_recall_at_20": 1.0}
+    assert info.index_recall_k == m.index.recall_k == 20
+    assert info.format_version == m.format_version == 2
+    assert info.default_repeat_policy == pb.REPEAT_POLICY_EXCLUDE_PURCHASED  # no one re-buys
 
 
 def test_non_personalized_reads_and_writes_nothing(

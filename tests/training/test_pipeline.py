@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recsvc import artifact as art
+from recsvc.config import RepeatPolicy
 from recsvc.errors import DataError, QualityGateError
 from recsvc.training import neighbors, pipeline
 from recsvc.training.evaluation import evaluate, split_by_cutoff, split_last_basket
@@ -32,12 +33,14 @@ def test_train_writes_a_complete_artifact(shop: tuple[Path, Path], tmp_path: Pat
     result = train(DataSpec((events,), catalog=catalog), settings)
     loaded = art.read_artifact(result.path)
     m = loaded.manifest
-    assert m["data"]["users"] == len(loaded.user_ids) > 100
-    assert m["data"]["events"] == 60_000
-    assert m["config"]["als"]["factors"] == 16
-    assert m["index"]["kind"] == "exact" and m["index"]["recall"] == 1.0
-    assert m["ranking"]["repeat_policy"] in {"allow", "exclude"}
-    assert set(m["timings"]) >= {"load_seconds", "fit_seconds", "index_seconds"}
+    assert m == result.artifact.manifest
+    assert m.data.users == len(loaded.user_ids) > 100
+    assert m.data.events == 60_000
+    assert m.config.als.factors == 16
+    assert m.index.kind == "exact" and m.index.recall == 1.0
+    assert m.ranking.repeat_policy in {RepeatPolicy.ALLOW, RepeatPolicy.EXCLUDE}
+    assert set(m.timings) >= {"load_seconds", "fit_seconds", "index_seconds"}
+    assert m.neighbors is not None and m.neighbors.rerank_weights is not None
     # the catalogue reached the artifact: categories and stock flags
     assert len(loaded.categories) > 1
     assert (loaded.item_category >= 0).mean() > 0.99
@@ -61,10 +64,11 @@ def test_session_model_beside_the_blend_fit_changes_nothing(
         tmp_path, als={"factors": 16, "iterations": 5}, neighbors={"parallel_build": False}
     )
     one = pipeline.build_model(data, serial, now=now).artifact
-    assert "neighbors_wait_seconds" in two.manifest["timings"]
-    assert "neighbors_wait_seconds" not in one.manifest["timings"]
-    assert two.manifest["ranking"] == one.manifest["ranking"]
-    assert "user_blend" in two.manifest["ranking"]
+    assert "neighbors_wait_seconds" in two.manifest.timings
+    assert "neighbors_wait_seconds" not in one.manifest.timings
+    assert two.manifest.ranking == one.manifest.ranking
+    assert two.manifest.ranking.user_blend_fit is not None
+    assert two.manifest.neighbors == one.manifest.neighbors
     assert two.neighbors is not None and one.neighbors is not None
     assert two.neighbors.keys() == one.neighbors.keys()
     for name, array in two.neighbors.items():
@@ -73,7 +77,7 @@ def test_session_model_beside_the_blend_fit_changes_nothing(
     monkeypatch.setattr(pipeline, "cores", lambda: 1)
     monkeypatch.setattr(neighbors, "cores", lambda: 1)
     alone = pipeline.build_model(data, settings, now=now).artifact
-    assert "neighbors_wait_seconds" not in alone.manifest["timings"]
+    assert "neighbors_wait_seconds" not in alone.manifest.timings
 
 
 def test_a_failing_session_model_fails_the_build_on_either_path(
@@ -99,7 +103,7 @@ def test_publish_refuses_an_index_below_the_recall_floor(
     poor = {"kind": "ivf", "ivf_nlist": 60, "ivf_nprobe": 1, "recall_floor": 0.95}
     settings = small_settings(tmp_path, als={"factors": 16, "iterations": 3}, index=poor)
     result = train(DataSpec((events,)), settings)
-    recall = result.artifact.manifest["index"]["recall"]
+    recall = result.artifact.manifest.index.recall
     assert recall < 0.95
     with pytest.raises(QualityGateError, match="below the floor"):
         publish(settings, result.artifact.model_version)
@@ -135,7 +139,7 @@ def test_erased_users_never_reach_the_fit(tmp_path: Path) -> None:
     result = train(DataSpec((events,)), settings)
     assert "gone" not in result.artifact.user_ids.tolist()
     assert "only-gone-bought-this" not in result.artifact.item_ids.tolist()
-    assert result.artifact.manifest["data"]["erased_events"] == 1
+    assert result.artifact.manifest.data.erased_events == 1
 
 
 def test_too_little_data_is_a_clear_error(tmp_path: Path) -> None:
