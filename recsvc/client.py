@@ -10,6 +10,13 @@ done by gRPC's own retry policy so they respect the deadline::
         for item in response.items:
             print(item.item_id, item.score)
 
+Several replicas: give a target that resolves to all of them (a headless Kubernetes
+service ``dns:///recsvc.shop.svc:50051``, or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``) and
+``balanced=True``: calls go round robin over the replicas whose health service says
+SERVING, so one that drains (SIGTERM) or has no model yet leaves the rotation before it
+stops answering. Leave it off behind an L4 load balancer (a ClusterIP service): the
+only backend the client sees would then be taken out of rotation whole.
+
 Requests and responses are the generated messages of :mod:`recsvc.v1`; keyword
 helpers build the common requests.
 """
@@ -68,8 +75,13 @@ class RecommenderClient:
         timeout: float = 0.2,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        balanced: bool = False,
     ) -> None:
-        options = [("grpc.service_config", json.dumps(_RETRY_POLICY)), ("grpc.enable_retries", 1)]
+        config: dict[str, Any] = dict(_RETRY_POLICY)
+        if balanced:
+            config["loadBalancingConfig"] = [{"round_robin": {}}]
+            config["healthCheckConfig"] = {"serviceName": _SERVICE}
+        options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
         self.channel = (
             grpc.secure_channel(target, credentials, options=options)
             if credentials is not None

@@ -317,7 +317,12 @@ class ServerSettings(_Section):
     max_concurrency: int = Field(default=256, ge=1)
     """Calls in flight above this are refused with RESOURCE_EXHAUSTED."""
     grace_seconds: float = Field(default=10.0, ge=0.0)
-    """On SIGTERM, how long calls in flight may take to finish."""
+    """On SIGTERM, after the drain, how long calls in flight may take to finish."""
+    drain_seconds: float = Field(default=5.0, ge=0.0)
+    """On SIGTERM, health turns NOT_SERVING at once and the server keeps serving this
+    long, so load balancers (a Kubernetes readiness probe, clients' health-checked
+    round robin) take it out of rotation before it stops accepting calls; then calls in
+    flight finish within ``grace_seconds``. SIGINT (Ctrl-C) skips the drain."""
     reload_poll_seconds: float = Field(default=5.0, gt=0.0)
     """How often the CURRENT pointer is checked for a new model (SIGHUP checks at once)."""
     default_k: int = Field(default=10, ge=1)

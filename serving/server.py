@@ -78,32 +78,46 @@ class RunningServer:
     _owned: list[Any] = field(default_factory=list)
     _stop_watch: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _draining: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once shutdown began: a model loaded from then on leaves health NOT_SERVING."""
 
     async def reload(self) -> ReloadOutcome:
         return await self.models.reload()
 
+    async def set_not_serving(self) -> None:
+        """Health NOT_SERVING (load balancers stop sending), calls still answered; a
+        model reloaded from now on does not turn it back to SERVING."""
+        self._draining.set()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, let calls in flight finish within
         ``grace`` seconds, then release Redis, the event log and /metrics."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.set_not_serving()
         self._stop_watch.set()
         await self.server.stop(grace)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for resource in reversed(self._owned):
-            close = getattr(resource, "aclose", None)
-            if close is not None:
-                await close()
-            elif isinstance(resource, PrivateRedis):
-                await asyncio.to_thread(resource.stop)
-            else:
-                resource.close() if hasattr(resource, "close") else resource.shutdown()
+        await _release(self._owned)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+
+async def _release(owned: list[Any]) -> None:
+    """Close what a server owns, newest first: /metrics, the event log, the live
+    state's connections, a private Redis."""
+    for resource in reversed(owned):
+        close = getattr(resource, "aclose", None)
+        if close is not None:
+            await close()
+        elif isinstance(resource, PrivateRedis):
+            await asyncio.to_thread(resource.stop)
+        else:
+            resource.close() if hasattr(resource, "close") else resource.shutdown()
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -128,93 +142,133 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     """
     s = settings.server
     faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
+    root = settings.artifact_root
+    if not root.is_dir():
+        # a mistyped --artifacts would otherwise be created and served without a model
+        raise ConfigError(
+            f"artifact root {root} is not a directory: train and publish a model there "
+            "first (recsvc train --publish), or fix --artifacts"
+        )
     owned: list[Any] = []
-    redis_url = settings.redis.url
-    if redis_url is None:
-        private = await asyncio.to_thread(start_private_redis)
-        owned.append(private)
-        redis_url = private.url
-        log.info("no Redis URL configured: started a private Redis at %s", redis_url)
-    state = open_live_state(redis_url, settings)
-    owned.append(state)
-    event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
-    owned.append(event_log)
+    try:
+        redis_url = settings.redis.url
+        if redis_url is None:
+            private = await asyncio.to_thread(start_private_redis)
+            owned.append(private)
+            redis_url = private.url
+            log.info("no Redis URL configured: started a private Redis at %s", redis_url)
+        state = open_live_state(redis_url, settings)
+        owned.append(state)
+        event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
+        owned.append(event_log)
 
-    registry = CollectorRegistry()
-    metrics = ServingMetrics(registry)
-    reader = state.reader
-    if reader.caches:
-        metrics.watch_state_cache(lambda: (reader.cache_hits, reader.cache_misses))
-    health_servicer = health.aio.HealthServicer()
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task[None]] = set()  # keep references: the loop holds tasks weakly
+        registry = CollectorRegistry()
+        metrics = ServingMetrics(registry)
+        reader = state.reader
+        if reader.caches:
+            metrics.watch_state_cache(lambda: (reader.cache_hits, reader.cache_misses))
+        health_servicer = health.aio.HealthServicer()
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[None]] = set()  # keep references: the loop holds tasks weakly
+        draining = asyncio.Event()
 
-    def on_reload(outcome: ReloadOutcome, loaded: LoadedModel | None) -> None:
-        metrics.model_reloads.labels(outcome=outcome.value).inc()
-        if loaded is not None:
-            metrics.set_model(
-                loaded.version,
-                loaded.model.artifact.index.kind,
-                loaded.loaded_at.timestamp(),
-                loaded.trained_at.timestamp(),
+        def on_reload(outcome: ReloadOutcome, loaded: LoadedModel | None) -> None:
+            metrics.model_reloads.labels(outcome=outcome.value).inc()
+            if loaded is not None:
+                metrics.set_model(
+                    loaded.version,
+                    loaded.model.artifact.index.kind,
+                    loaded.loaded_at.timestamp(),
+                    loaded.trained_at.timestamp(),
+                )
+                pending.add(task := loop.create_task(_serving(health_servicer, draining)))
+                task.add_done_callback(pending.discard)
+
+        models = ModelHolder(
+            settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
+        )
+        engine = Engine(settings, models, state, event_log, metrics)
+
+        server = grpc.aio.server(
+            interceptors=server_interceptors(s, metrics),
+            options=[
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ],
+        )
+        pb_grpc.add_RecommenderServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            RecommenderServicer(engine, s), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
+        )
+        address = f"{s.host}:{s.port}"
+        credentials = _credentials(settings)
+        if s.port:
+            # a taken port is said in one line (grpc's own refusal is a log line from
+            # its C core and a RuntimeError without the reason)
+            _reserve_port(s.host, s.port, reuse=reuse_port).close()
+        try:
+            port = (
+                server.add_secure_port(address, credentials)
+                if credentials
+                else server.add_insecure_port(address)
             )
-            pending.add(task := loop.create_task(_serving(health_servicer)))
-            task.add_done_callback(pending.discard)
+        except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+            raise ConfigError(f"cannot serve on {address}: grpc could not bind it") from exc
+        metrics_port = None
+        if s.metrics_port is not None:
+            try:
+                http_server, metrics_port = start_metrics_http_server(
+                    registry, s.host, s.metrics_port
+                )
+            except OSError as exc:
+                where = f"{s.host}:{s.metrics_port}"
+                raise ConfigError(f"cannot serve /metrics on {where}: {exc.strerror}") from exc
+            owned.append(http_server)
 
-    models = ModelHolder(
-        settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
-    )
-    engine = Engine(settings, models, state, event_log, metrics)
-
-    server = grpc.aio.server(
-        interceptors=server_interceptors(s, metrics),
-        options=[
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-        ],
-    )
-    pb_grpc.add_RecommenderServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        RecommenderServicer(engine, s), server
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
-    )
-    address = f"{s.host}:{s.port}"
-    credentials = _credentials(settings)
-    port = (
-        server.add_secure_port(address, credentials)
-        if credentials
-        else server.add_insecure_port(address)
-    )
-    metrics_port = None
-    if s.metrics_port is not None:
-        http_server, metrics_port = start_metrics_http_server(registry, s.host, s.metrics_port)
-        owned.append(http_server)
-
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    metrics.initialize_grpc_methods(
-        SERVICE_NAME, [m.name for m in pb.DESCRIPTOR.services_by_name["RecommenderService"].methods]
-    )
-    await server.start()
-    running = RunningServer(
-        server, port, metrics_port, engine, models, health_servicer, registry, redis_url, owned
-    )
-    await models.reload()
-    running._tasks.append(
-        asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
-    )
-    running._tasks.append(asyncio.create_task(_sync_periodically(event_log, running._stop_watch)))
-    running._tasks.append(
-        asyncio.create_task(_follow_erasures(engine, s.reload_poll_seconds, running._stop_watch))
-    )
-    log.info(
-        "serving %s on %s:%d (metrics :%s), model %s",
-        SERVICE_NAME, s.host, port, metrics_port,
-        models.current.version if models.current else "none yet",
-    )  # fmt: skip
-    return running
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        metrics.initialize_grpc_methods(
+            SERVICE_NAME,
+            [m.name for m in pb.DESCRIPTOR.services_by_name["RecommenderService"].methods],
+        )
+        await server.start()
+        running = RunningServer(
+            server,
+            port,
+            metrics_port,
+            engine,
+            models,
+            health_servicer,
+            registry,
+            redis_url,
+            owned,
+            _draining=draining,
+        )
+        await models.reload()
+        running._tasks.append(
+            asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
+        )
+        running._tasks.append(
+            asyncio.create_task(_sync_periodically(event_log, running._stop_watch))
+        )
+        running._tasks.append(
+            asyncio.create_task(
+                _follow_erasures(engine, s.reload_poll_seconds, running._stop_watch)
+            )
+        )
+        log.info(
+            "serving %s on %s:%d (metrics :%s), model %s",
+            SERVICE_NAME, s.host, port, metrics_port,
+            models.current.version if models.current else "none yet",
+        )  # fmt: skip
+        return running
+    except BaseException:
+        # a failed start leaves nothing behind: no private redis-server, no temp dir
+        await _release(owned)
+        raise
 
 
 async def _sync_periodically(event_log: EventLog, stop: asyncio.Event, every: float = 1.0) -> None:
@@ -233,24 +287,49 @@ async def _follow_erasures(engine: Engine, every: float, stop: asyncio.Event) ->
         await asyncio.to_thread(engine.refresh_erasures)
 
 
-async def _serving(health_servicer: health.aio.HealthServicer) -> None:
+async def _serving(health_servicer: health.aio.HealthServicer, draining: asyncio.Event) -> None:
+    if draining.is_set():
+        return
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
 async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the model at once."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the model at once.
+
+    SIGTERM drains as Kubernetes expects: health NOT_SERVING at once, calls still
+    served for ``[server] drain_seconds`` while load balancers take the replica out,
+    then no new calls and those in flight finish within ``grace_seconds``. SIGINT
+    (Ctrl-C) skips the drain; a second signal ends the drain early.
+    """
+    s = settings.server
     running = await create_server(settings, reuse_port=reuse_port)
     freeze_heap()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    drain = asyncio.Event()
+    drain.set()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            drain.set()  # a second signal: stop draining now
+            return
+        if signum == signal.SIGTERM and s.drain_seconds > 0:
+            drain.clear()
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(running.reload()))
-    print(f"recsvc serving on {settings.server.host}:{running.port}", flush=True)
+    print(f"recsvc serving on {s.host}:{running.port}", flush=True)
     await stop.wait()
-    log.info("shutting down: draining calls for up to %.1fs", settings.server.grace_seconds)
-    await running.stop(settings.server.grace_seconds)
+    await running.set_not_serving()
+    if not drain.is_set():
+        log.info("draining: NOT_SERVING, still answering for %.1fs", s.drain_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drain.wait(), timeout=s.drain_seconds)
+    log.info("shutting down: calls in flight have %.1fs to finish", s.grace_seconds)
+    await running.stop(s.grace_seconds)
 
 
 def freeze_heap() -> None:
@@ -383,14 +462,16 @@ def _supervise(children: list[Any]) -> int:
     return max(codes, key=abs)
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (0: a free port) with SO_REUSEPORT, so the server
-    processes can bind the same port beside it; raises ConfigError if it is taken."""
+def _reserve_port(host: str, port: int, *, reuse: bool = True) -> socket.socket:
+    """A socket bound to ``host:port`` (0: a free port), with SO_REUSEPORT when
+    ``reuse`` so server processes can bind the same port beside it; ConfigError (one
+    line: "cannot serve on HOST:PORT: Address already in use") if it is taken."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
