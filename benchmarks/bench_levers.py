@@ -3,7 +3,9 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_levers.py
-        [--variants redis-py uncached thin overfetch2 nofreeze uvloop p2 p2-uvloop]
+        [--variants redis-py uncached thin overfetch2 nofreeze uvloop p2 p2-uvloop
+                    (the default) or any of these and rpcache-loop rpcache-thread
+                    rpcache-worker]
         [--scenario cached]
         [--concurrency 32] [--channels 4] [--repeats 3]
         [--duration 3] [--warmup 1] [--open-fraction 0.5] [--out benchmarks/results/levers]
@@ -15,6 +17,12 @@ a shared machine? Variants (:mod:`serve_variant` runs each):
 ``uncached``    one process, asyncio loop, the thin client (:mod:`recsvc.store.thinreader`)
                 without its client-side cache: Redis is read on every Recommend
 ``thin``        ``uncached`` with the client-side cache on (the default)
+``rpcache-loop``    the state read through redis-py's own client-side cache
+                (``cache_config``, RESP3 key tracking) instead of the thin client: a
+                sync ``redis.Redis`` (redis-py caches only there, and only single
+                commands) called on the event loop (:mod:`redispy_cache_reader`)
+``rpcache-thread``  the same client called through ``asyncio.to_thread`` on every read
+``rpcache-worker``  the same client called on one dedicated thread (one read at a time)
 ``overfetch2``  ``thin`` with ``[ranking] overfetch = 2`` (k + k CF candidates, not k + 3k)
 ``nofreeze``    ``thin`` with the heap left unfrozen after start-up (the cycle collector's
                 full passes walk every imported object, as before ``freeze_heap``)
@@ -35,8 +43,11 @@ an open-loop pass: each variant and its floor at the same Poisson rate, that
 fraction of the variant's median closed-loop throughput, for the client p99 at the
 same offered load. Reported per variant: medians of throughput, client p50/p99,
 server handling p50 (its ``grpc_server_handling_seconds``, all processes summed),
-server CPU per request, and the ratios to its floor. Writes ``<out>/results.json``
-and ``<out>/README.md``.
+server CPU per request, the share of state reads its client-side cache answered
+(``recsvc_state_cache_lookups_total``), and the ratios to its floor. Writes
+``<out>/results.json`` and ``<out>/README.md``. The Redis is the first ``redis-server``
+on ``PATH`` (:func:`recsvc.store.embedded.find_redis_server`); the ``rpcache-*`` variants
+need Redis >= 7.4, which redis-py requires for its cache. The report names its version.
 """
 
 # ruff: noqa: PLC0415
@@ -87,10 +98,19 @@ class Variant:
     overfetch: int | None = None
     """``[ranking] overfetch``; None = the default."""
     gc_freeze: bool = True
+    redis_py_cache: str | None = None
+    """``loop`` or ``thread``: the state read through redis-py's client-side cache."""
 
     @property
     def floor(self) -> str:
         return f"floor-p{self.processes}-{self.event_loop}"
+
+    @property
+    def reader(self) -> str:
+        """How Recommend reads its state."""
+        if self.redis_py_cache:
+            return f"redis-py cache, {self.redis_py_cache}"
+        return "thin" if self.thin_reader else "redis-py pipeline"
 
 
 VARIANTS = {
@@ -99,6 +119,9 @@ VARIANTS = {
         Variant("redis-py", 1, "asyncio", thin_reader=False, state_cache=False),
         Variant("uncached", 1, "asyncio", state_cache=False),
         Variant("thin", 1, "asyncio"),
+        Variant("rpcache-loop", 1, "asyncio", redis_py_cache="loop"),
+        Variant("rpcache-thread", 1, "asyncio", redis_py_cache="thread"),
+        Variant("rpcache-worker", 1, "asyncio", redis_py_cache="worker"),
         Variant("overfetch2", 1, "asyncio", overfetch=2),
         Variant("nofreeze", 1, "asyncio", gc_freeze=False),
         Variant("uvloop", 1, "uvloop"),
@@ -190,6 +213,8 @@ def start_variant(v: Variant, artifacts: Path, redis_url: str, logs: Path) -> Si
     cmd += ["--processes", str(v.processes), "--event-loop", v.event_loop]
     if not v.thin_reader:
         cmd.append("--redis-py-read")
+    if v.redis_py_cache:
+        cmd += ["--redis-py-cache", v.redis_py_cache]
     if not v.state_cache:
         cmd += ["--state-cache-size", "0"]
     if v.overfetch is not None:
@@ -293,7 +318,30 @@ def one_run(
         run["server_p50_ms"] = None if p50 is None else p50 * 1e3
         run["server_p99_ms"] = None if p99 is None else p99 * 1e3
         run["handled"] = buckets[-1][1] if buckets else 0.0
+        lookups = {
+            dict(labels).get("result"): value
+            for (sample, labels), value in diff.items()
+            if sample == "recsvc_state_cache_lookups_total"
+        }
+        if lookups:
+            run["state_cache_hits"] = lookups.get("hit", 0.0)
+            run["state_cache_misses"] = lookups.get("miss", 0.0)
+        run["degraded"] = sum(
+            value
+            for (sample, _), value in diff.items()
+            if sample == "recsvc_degraded_responses_total"
+        )
     return run
+
+
+def redis_version(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return str(client.info("server")["redis_version"])
+    finally:
+        client.close()
 
 
 def _med(runs: list[dict[str, Any]], path: str) -> float | None:
@@ -309,7 +357,8 @@ def summary(
     out: dict[str, Any] = {
         "processes": v.processes,
         "event_loop": v.event_loop,
-        "thin_reader": v.thin_reader,
+        "thin_reader": v.thin_reader and not v.redis_py_cache,
+        "reader": v.reader,
         "state_cache": v.state_cache and v.thin_reader,
         "qps": _med(s, "qps"),
         "floor_qps": _med(f, "qps"),
@@ -326,6 +375,11 @@ def summary(
     }
     if out["qps"] and out["floor_qps"]:
         out["ratio"] = out["qps"] / out["floor_qps"]
+    out["degraded"] = sum(r.get("degraded", 0.0) for r in s)
+    hits = sum(r.get("state_cache_hits", 0.0) for r in s)
+    misses = sum(r.get("state_cache_misses", 0.0) for r in s)
+    if hits + misses:
+        out["state_cache_hit_share"] = hits / (hits + misses)
     key = f"{v.name}@open"
     if open_runs.get(key):
         o, of = open_runs[key], open_runs[f"{v.floor}@open/{v.name}"]
@@ -344,6 +398,13 @@ def render(report: dict[str, Any]) -> str:
     def f(x: Any, spec: str = ".2f") -> str:
         return "–" if x is None else format(x, spec)
 
+    def cache_cell(s: dict[str, Any]) -> str:
+        share = s.get("state_cache_hit_share")
+        cached = s.get("state_cache") or str(s.get("reader", "")).startswith("redis-py cache")
+        if not cached:
+            return "no"
+        return "yes" if share is None else f"yes, {share:.1%} hits"
+
     lines = [
         "# Serving levers, side by side",
         "",
@@ -354,13 +415,14 @@ def render(report: dict[str, Any]) -> str:
         f"closed loop at concurrency {report['config']['concurrency']} over "
         f"{report['config']['channels']} client channels; {report['config']['repeats']} "
         f"repeats of {report['config']['duration']:g} s per side, medians. Each variant's "
-        "floor is the no-op server with the same process count and event loop.",
+        "floor is the no-op server with the same process count and event loop. "
+        f"Redis {report.get('redis_version', 'version not recorded')}.",
         "",
         "```",
         report["command"],
         "```",
         "",
-        "| variant | procs | loop | thin read | state cache | req/s | floor req/s | ratio "
+        "| variant | procs | loop | state read | state cache | req/s | floor req/s | ratio "
         "| server p50 ms | client p99 ms | floor p99 ms | server CPU µs/req "
         "| floor CPU µs/req | other load |",
         "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -368,8 +430,8 @@ def render(report: dict[str, Any]) -> str:
     for name, s in report["variants"].items():
         lines.append(
             f"| {name} | {s['processes']} | {s['event_loop']} "
-            f"| {'yes' if s['thin_reader'] else 'no'} "
-            f"| {'yes' if s.get('state_cache') else 'no'} "
+            f"| {s.get('reader') or ('thin' if s['thin_reader'] else 'redis-py pipeline')} "
+            f"| {cache_cell(s)} "
             f"| {f(s['qps'], ',.0f')} | {f(s['floor_qps'], ',.0f')} | {f(s.get('ratio'))} "
             f"| {f(s['server_p50_ms'], '.3f')} | {f(s['client_p99_ms'], '.1f')} "
             f"| {f(s['floor_p99_ms'], '.1f')} | {f(s['server_cpu_us_per_request'], ',.0f')} "
@@ -398,13 +460,22 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", "Ratios of each repeat (variant ÷ its floor, same repeat):", ""]
     for name, s in report["variants"].items():
         lines.append(f"- {name}: {', '.join(f'{r:.2f}' for r in s['ratio_runs'])}")
+    degraded = {name: s["degraded"] for name, s in report["variants"].items() if s.get("degraded")}
+    if degraded:
+        lines += [
+            "",
+            "Degraded answers (the state read failed; answered without it) in the closed-loop "
+            "runs: " + ", ".join(f"{name} {n:,.0f}" for name, n in degraded.items()) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description="Serving levers side by side against their floors.")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    # the rpcache-* variants need Redis >= 7.4, more than most hosts have: named only
+    default = [name for name, v in VARIANTS.items() if not v.redis_py_cache]
+    p.add_argument("--variants", nargs="+", default=default, choices=list(VARIANTS))
     p.add_argument("--scenario", default="cached", choices=["cached"])
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--channels", type=int, default=4)
@@ -443,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         redis = start_private_redis()
         owned.append(redis)
         args.redis_pid = redis.pid
+        report["redis_version"] = redis_version(redis.url)
         publish_vectors(artifact, redis.url)
         gen = LoadGen(logs / "loadgen.log")
         owned.append(gen)
@@ -479,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  #{r + 1} {name:<22} {run['qps']:7.0f} qps, "
                     f"p99 {run['latency_ms'].get('p99', 0):6.2f} ms"
                     + (f", server p50 {srv:.3f} ms" if srv else "")
-                    + (f", errors {run['errors']}" if run["errors"] else ""),
+                    + (f", errors {run['errors']}" if run["errors"] else "")
+                    + (f", degraded {run['degraded']:.0f}" if run.get("degraded") else ""),
                     flush=True,
                 )
         open_runs: dict[str, list[dict[str, Any]]] = {}
