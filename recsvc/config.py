@@ -363,6 +363,9 @@ class ServerSettings(_Section):
     """Events kept per session."""
     session_ttl_seconds: int = Field(default=30 * 60, ge=60)
     """A session expires this long after its last event."""
+    event_dedupe_seconds: int = Field(default=24 * 3600, ge=60)
+    """How long the ids of applied events are remembered per user (or anonymous
+    session), so RecordEvents retried within it applies each event once."""
     session_weight_boost: float = Field(default=3.0, gt=0.0)
     """Session events weigh this much more than stored history in the fold-in:
     what the shopper did seconds ago says most about what they want now."""

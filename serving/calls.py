@@ -7,6 +7,7 @@ user ids here are the client's strings; model positions never leave the engine.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -107,6 +108,28 @@ class EventInput:
     recommendation_id: str
     placement: str
     non_personalized: bool
+    event_id: str = ""
+    """The client's id of the event; empty: derived from its content (:attr:`key`)."""
+
+    @property
+    def key(self) -> str:
+        """The id that makes the event idempotent: the client's, else ``c:`` and a hash
+        of everything the event says (so an exact repeat is applied once)."""
+        if self.event_id:
+            return self.event_id
+        content = "\x1f".join(
+            (
+                self.user_id,
+                self.session_id,
+                self.item_id,
+                self.event_type.value,
+                str(self.timestamp),
+                repr(float(self.quantity)),
+                self.recommendation_id,
+                self.placement,
+            )
+        )
+        return "c:" + hashlib.blake2b(content.encode(), digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)

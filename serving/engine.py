@@ -146,7 +146,7 @@ class Engine:
         metrics = self.metrics
         ignored: list[tuple[int, str]] = []
         log_rows: list[EventRow] = []
-        live: dict[tuple[str, str], list[LiveEvent]] = {}
+        live: dict[tuple[str, str], tuple[list[LiveEvent], list[str]]] = {}
         for index, e in enumerate(events):
             placement = placement_label(e.placement, self.server.placements)
             if e.event_type in (EventType.IMPRESSION, EventType.CLICK):
@@ -163,37 +163,44 @@ class Engine:
                 # aggregate counters only: nothing tied to the shopper is kept
                 metrics.events.labels(event_type=e.event_type.value).inc()
                 continue
-            log_rows.append(
-                EventRow(
-                    user_id=e.user_id,
-                    item_id=e.item_id,
-                    timestamp=e.timestamp,
-                    event_type=e.event_type.value,
-                    quantity=e.quantity,
-                    basket_id=f"{e.session_id or e.user_id}@{e.timestamp}"
-                    if e.event_type is EventType.PURCHASE
-                    else "",
+            key = e.key
+            if e.user_id:  # training reads user events; anonymous sessions live in the store
+                log_rows.append(
+                    EventRow(
+                        user_id=e.user_id,
+                        item_id=e.item_id,
+                        timestamp=e.timestamp,
+                        event_type=e.event_type.value,
+                        quantity=e.quantity,
+                        basket_id=f"{e.session_id or e.user_id}@{e.timestamp}"
+                        if e.event_type is EventType.PURCHASE
+                        else "",
+                        event_id=key,
+                    )
                 )
-            )
             if e.item_id not in model.item_position:
                 ignored.append((index, "unknown_item"))
                 metrics.events_ignored.labels(reason="unknown_item").inc()
                 continue
             metrics.events.labels(event_type=e.event_type.value).inc()
             if e.event_type.spec.taste and (e.user_id or e.session_id):
-                stored = LiveEvent(e.item_id, e.event_type, e.timestamp, e.quantity)
-                live.setdefault((e.user_id, e.session_id), []).append(stored)
-        # Live state first: if the store cannot take the batch, StoreError (UNAVAILABLE)
-        # reaches the client before anything is logged, so a retry does not log twice.
-        for (user_id, session_id), batch in live.items():
-            await self.state.record(user_id, session_id, batch)
-            if user_id:
-                await self.profiles.refresh(loaded, user_id)
-        # Training reads user events only; anonymous-session events live in the store.
-        rows = [r for r in log_rows if r.user_id]
-        if rows:
+                batch, keys = live.setdefault((e.user_id, e.session_id), ([], []))
+                batch.append(LiveEvent(e.item_id, e.event_type, e.timestamp, e.quantity))
+                keys.append(key)
+        # Acknowledged = durable and applied once. The live state applies each event at
+        # most once (its id), so a retry after any failure below (UNAVAILABLE) applies
+        # nothing twice and completes what the first attempt left undone; the log may
+        # then hold a row twice, and the loader keeps the first row of an id.
+        for (user_id, session_id), (batch, keys) in live.items():
+            applied = await self.state.record(user_id, session_id, batch, keys)
+            if applied < len(batch):
+                metrics.events_ignored.labels(reason="duplicate").inc(len(batch) - applied)
+        if log_rows:
             # off the event loop: the log's periodic fsync can take milliseconds
-            await asyncio.to_thread(self.event_log.append, rows)
+            await asyncio.to_thread(self.event_log.append, log_rows)
+        # the next Recommend on any replica reflects what the shopper just did
+        for user_id in dict.fromkeys(u for u, _ in live if u):
+            await self.profiles.refresh(loaded, user_id)
         return RecordOutput(accepted=len(events) - len(ignored), ignored=ignored)
 
     # --- ForgetUser -----------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Files are named ``events-<UTC yyyymmddThhmmss>-<seq>.csv`` after the moment they were
 opened and start with the header ``user_id,item_id,timestamp,event_type,quantity,
-basket_id``; quoting is the csv module's (minimal), so ids with commas or quotes load
+basket_id,event_id``; quoting is the csv module's (minimal), so ids with commas or quotes load
 unchanged with :func:`training.loading.load_events`. A file is created on the first
 append after start or rotation (no header-only files, which the loader rejects) and
 rotates once the next batch would take it past ``max_bytes``; a single batch larger
@@ -80,6 +80,9 @@ class EventRow:
     """Units (> 0)."""
     basket_id: str = ""
     """Order or basket; empty means ``user_id@timestamp`` to the loader."""
+    event_id: str = ""
+    """The event's id (RecordEvents' ``event_id``, or one derived from its content): a
+    retried batch may log an event twice, and the loader keeps the first row of an id."""
 
 
 class EventLog:
@@ -261,7 +264,7 @@ class EventLog:
 
 def _header() -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(CANONICAL_COLUMNS)
+    csv.writer(buffer, lineterminator="\n").writerow((*CANONICAL_COLUMNS, "event_id"))
     return buffer.getvalue().encode()
 
 
@@ -286,6 +289,7 @@ def _encode(rows: Sequence[EventRow]) -> bytes:
                 str(row.event_type),
                 str(int(quantity)) if quantity.is_integer() else repr(quantity),
                 row.basket_id,
+                row.event_id,
             )
         )
     return buffer.getvalue().encode()
@@ -299,7 +303,7 @@ def _problem(row: EventRow) -> str | None:
         return "empty user_id"
     if not row.item_id:
         return "empty item_id"
-    for name in ("user_id", "item_id", "basket_id"):
+    for name in ("user_id", "item_id", "basket_id", "event_id"):
         if _LINE_BREAKS.search(getattr(row, name)):
             return f"{name} contains a line break"
     if str(row.event_type) not in _EVENT_TYPES:

@@ -196,6 +196,7 @@ def event_inputs(req: pb.RecordEventsRequest, limits: ServerSettings) -> list[Ev
                 ),
                 placement=c.placement(f"{p}.placement", e.placement),
                 non_personalized=e.non_personalized,
+                event_id=c.id(f"{p}.event_id", e.event_id, required=False),
             )
         )
     c.raise_if_any()

@@ -6,7 +6,9 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{u:<user>}:hist             LIST    the user's recent events, newest first
     {prefix}:{u:<user>}:sess:<session>   LIST    a known user's live session, newest first
     {prefix}:{u:<user>}:sessions         ZSET    the user's session ids, scored by last use
+    {prefix}:{u:<user>}:seen             ZSET    event ids applied, scored by when (dedupe)
     {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
+    {prefix}:{s:<session>}:seen          ZSET    an anonymous session's applied event ids
 
 ``prefix`` defaults to ``recsvc``. ``{u:<user>}`` and ``{s:<session>}`` are Redis Cluster
 *hash tags*: Cluster hashes only the text between the first ``{`` and the next ``}``, so
@@ -88,6 +90,16 @@ class KeyScheme:
     def user_sessions(self, user_id: str) -> str:
         """The index of the user's session ids: ``{prefix}:{u:<id>}:sessions``."""
         return f"{self._user(user_id)}:sessions"
+
+    def seen(self, user_id: str = "", session_id: str = "") -> str:
+        """The ids of the events applied to the user (or, for an anonymous visitor, to
+        the session) lately, so a retried event is applied once:
+        ``{prefix}:{u:<user>}:seen`` or ``{prefix}:{s:<session>}:seen``."""
+        if user_id:
+            return f"{self._user(user_id)}:seen"
+        if not session_id:
+            raise ValueError("a user_id or a session_id is required")
+        return f"{self.prefix}:{{s:{session_id}}}:seen"
 
     def vector_pattern(self, model_version: str) -> str:
         """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts

@@ -14,8 +14,10 @@ Keys are :class:`~recsvc.store.keys.KeyScheme`'s; values are encoded by
 which is how ForgetUser finds it without a SCAN. The index is a sorted set rather than a
 plain set so ids of long-expired sessions can be pruned: a client that mints a new
 session id per request would otherwise grow it without bound for as long as the user
-stays active. Lists are bounded (LTRIM to ``*_max_events``) and every write refreshes
-the TTL of the keys it touches, so history expires ``history_ttl_seconds`` after the
+stays active. Events are applied at most once each: their ids go into the customer's
+(or anonymous session's) ``seen`` set in the same server-side script that appends them.
+Lists are bounded (LTRIM to ``*_max_events``) and every write refreshes the TTL of the
+keys it touches, so history expires ``history_ttl_seconds`` after the
 user's last event and a session ``session_ttl_seconds`` after its last event.
 
 Failure: every method is bounded by the client's timeouts and raises
@@ -95,6 +97,10 @@ class StateLimits:
     session_max_events: int
     session_ttl_seconds: int
     vector_ttl_seconds: int
+    dedupe_seconds: int = 24 * 3600
+    """How long an applied event's id is remembered (retries within it apply once)."""
+    dedupe_max_ids: int = 10_000
+    """Most ids remembered per user or anonymous session (the oldest go first)."""
 
     def __post_init__(self) -> None:
         bad = [name for name, value in vars(self).items() if value <= 0]
@@ -110,6 +116,7 @@ class StateLimits:
             session_max_events=s.session_max_events,
             session_ttl_seconds=s.session_ttl_seconds,
             vector_ttl_seconds=settings.redis.vector_ttl_seconds,
+            dedupe_seconds=s.event_dedupe_seconds,
         )
 
 
@@ -143,8 +150,17 @@ class LiveState(Protocol):
         """A session's events, newest first (tied to ``user_id`` when given)."""
         ...
 
-    async def record(self, user_id: str, session_id: str, events: Sequence[LiveEvent]) -> None:
-        """Append ``events`` to the user's history and to the session, atomically."""
+    async def record(
+        self,
+        user_id: str,
+        session_id: str,
+        events: Sequence[LiveEvent],
+        event_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Append ``events`` to the user's history and to the session, atomically, each
+        at most once: an event whose id (``event_ids[i]`` for ``events[i]``; None: the
+        session id and the encoded event) was applied within the dedupe window is
+        skipped. Returns how many were applied."""
         ...
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
@@ -181,6 +197,7 @@ class RedisLiveState:
         self._reader: StateReader = reader if reader is not None else PipelineReader(client)
         self.keys = keys
         self.limits = limits
+        self._record = client.register_script(_RECORD)
 
     @property
     def reader(self) -> StateReader:
@@ -245,52 +262,60 @@ class RedisLiveState:
             raws = await self._client.lrange(key, 0, self.limits.session_max_events - 1)
         return decode_events(raws, "session")
 
-    async def record(self, user_id: str, session_id: str, events: Sequence[LiveEvent]) -> None:
-        """Append ``events`` to the user's history and to the session, in one MULTI.
+    async def record(
+        self,
+        user_id: str,
+        session_id: str,
+        events: Sequence[LiveEvent],
+        event_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Append ``events`` to the user's history and to the session, at most once each,
+        in one server-side script (:data:`_RECORD`, atomic like a MULTI).
 
         Either id may be empty: no user = an anonymous session only; no session =
-        history only. Within a batch, events are ordered by timestamp, so the newest
-        ends up first; a batch arriving later counts as newer whatever its timestamps.
-        Lists are trimmed to their bounds and their TTLs refreshed. Delivery is
-        at-least-once: should the reply of an applied MULTI be lost with its connection,
-        the client's one retry applies it again.
+        history only. An event whose id is in the user's (or the anonymous session's)
+        ``seen`` set is skipped: a retry after a lost answer applies nothing twice (with
+        no ids, an event and its session are its id: an identical one is applied once). The
+        set keeps ids for ``dedupe_seconds`` and at most ``dedupe_max_ids`` of them.
+        Within a batch, events are ordered by timestamp, so the newest ends up first; a
+        batch arriving later counts as newer whatever its timestamps. Lists are trimmed
+        to their bounds and their TTLs refreshed. Returns how many were applied.
         """
+        if event_ids is not None and len(event_ids) != len(events):
+            raise ValueError("one event id per event")
         if not events or not (user_id or session_id):
-            return
-        limits = self.limits
-        encoded = [encode_event(e) for e in sorted(events, key=lambda e: e.timestamp)]
-        commands: list[Command] = []
+            return 0
+        limits, keys = self.limits, self.keys
+        order = sorted(range(len(events)), key=lambda i: events[i].timestamp)
+        touched = [keys.seen(user_id, session_id)]
         if user_id:
-            commands += _push_bounded(
-                self.keys.history(user_id),
-                encoded,
-                limits.history_max_events,
-                limits.history_ttl_seconds,
-            )
+            touched.append(keys.history(user_id))
         if session_id:
-            ttl = limits.session_ttl_seconds
-            key = self.keys.session(session_id, user_id)
-            commands += _push_bounded(key, encoded, limits.session_max_events, ttl)
+            touched.append(keys.session(session_id, user_id))
             if user_id:
-                index = self.keys.user_sessions(user_id)
-                now = int(time.time())
-                # Prune ids idle for two TTLs: their keys expired long ago, even allowing
-                # for clock skew between replicas. Pruning one whose key still lived
-                # would hide it from ForgetUser. The index lives as long as its newest
-                # session key, since both TTLs are refreshed in the same MULTI.
-                commands += [
-                    ("ZADD", index, now, session_id),
-                    ("ZREMRANGEBYSCORE", index, "-inf", f"({now - 2 * ttl}"),
-                    ("EXPIRE", index, ttl),
-                ]
+                touched.append(keys.user_sessions(user_id))
+        args: list[Any] = [
+            int(time.time()),
+            limits.dedupe_seconds,
+            limits.dedupe_max_ids,
+            "1" if user_id else "0",
+            "1" if session_id else "0",
+            limits.history_max_events,
+            limits.history_ttl_seconds,
+            limits.session_max_events,
+            limits.session_ttl_seconds,
+            session_id,
+        ]
+        for i in order:
+            encoded = encode_event(events[i])
+            event_id = f"{session_id}|".encode() + encoded if event_ids is None else event_ids[i]
+            args += [event_id, encoded]
         try:
             with translated_errors("recording events"):
-                async with self._client.pipeline(transaction=True) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    await pipe.execute()
+                applied = await self._record(keys=touched, args=args)
         finally:
-            self._written(dict.fromkeys(c[1] for c in commands))
+            self._written(touched)
+        return int(applied)
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
         """In one MULTI: the user's vector under each of ``model_versions``, the history
@@ -303,6 +328,7 @@ class RedisLiveState:
         vectors = [keys.vector(user_id, v) for v in dict.fromkeys(model_versions)]
         hist = keys.history(user_id)
         index = keys.user_sessions(user_id)
+        seen = keys.seen(user_id)
         with translated_errors("forgetting a user"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for _ in range(_FORGET_ATTEMPTS):
@@ -316,11 +342,11 @@ class RedisLiveState:
                         for group in (vectors, sessions):
                             if group:  # UNLINK needs at least one key
                                 pipe.execute_command("UNLINK", *group)
-                        pipe.execute_command("UNLINK", hist, index)
+                        pipe.execute_command("UNLINK", hist, index, seen)
                         try:
                             replies = iter(await pipe.execute())
                         finally:
-                            self._written([*vectors, *sessions, hist, index])
+                            self._written([*vectors, *sessions, hist, index, seen])
                     except redis.WatchError:
                         continue
                     n_history = int(next(replies))
@@ -360,13 +386,49 @@ def open_live_state(url: str, settings: Settings) -> RedisLiveState:
     )
 
 
-def _push_bounded(key: str, encoded: list[bytes], max_len: int, ttl: int) -> list[Command]:
-    """LPUSH the newest ``max_len`` entries, LTRIM to ``max_len``, refresh the TTL."""
-    return [
-        ("LPUSH", key, *encoded[-max_len:]),
-        ("LTRIM", key, 0, max_len - 1),
-        ("EXPIRE", key, ttl),
-    ]
+_RECORD: Final = """
+-- KEYS: seen, [history], [session, [sessions index]]  (one hash slot: the user's or
+-- the anonymous session's tag)
+-- ARGV: now, dedupe seconds, dedupe max ids, has history, has session,
+--       history max, history ttl, session max, session ttl, session id,
+--       then (event id, encoded event) pairs, oldest first
+local now = tonumber(ARGV[1])
+local seen = KEYS[1]
+local at = 2
+local history, session, index
+if ARGV[4] == "1" then history = KEYS[at]; at = at + 1 end
+if ARGV[5] == "1" then session = KEYS[at]; at = at + 1 end
+if history and session then index = KEYS[at] end
+redis.call("ZREMRANGEBYSCORE", seen, "-inf", "(" .. (now - tonumber(ARGV[2])))
+local fresh = {}
+for i = 11, #ARGV, 2 do
+  if redis.call("ZADD", seen, "NX", now, ARGV[i]) == 1 then
+    fresh[#fresh + 1] = ARGV[i + 1]
+  end
+end
+redis.call("ZREMRANGEBYRANK", seen, 0, -tonumber(ARGV[3]) - 1)
+redis.call("EXPIRE", seen, tonumber(ARGV[2]))
+if #fresh == 0 then return 0 end
+local function push(key, max, ttl)
+  redis.call("LPUSH", key, unpack(fresh))
+  redis.call("LTRIM", key, 0, max - 1)
+  redis.call("EXPIRE", key, ttl)
+end
+if history then push(history, tonumber(ARGV[6]), tonumber(ARGV[7])) end
+if session then
+  local ttl = tonumber(ARGV[9])
+  push(session, tonumber(ARGV[8]), ttl)
+  if index then
+    -- ids idle for two TTLs expired long ago, clock skew between replicas allowed
+    -- for; pruning one whose key still lived would hide it from ForgetUser
+    redis.call("ZADD", index, now, ARGV[10])
+    redis.call("ZREMRANGEBYSCORE", index, "-inf", "(" .. (now - 2 * ttl))
+    redis.call("EXPIRE", index, ttl)
+  end
+end
+return #fresh
+"""
+"""Apply a batch of events at most once each (:meth:`RedisLiveState.record`)."""
 
 
 def _vector(raw: Any, factors: int, model_version: str) -> Vector:

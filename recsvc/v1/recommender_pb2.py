@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsvc/v1/recommender.proto\x12\trecsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\x07\x46ilters\x12\x18\n\x10\x65xclude_item_ids\x18\x01 \x03(\t\x12\x1a\n\x12include_categories\x18\x02 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x03 \x03(\t\x12\x15\n\rin_stock_only\x18\x04 \x01(\x08\"y\n\x0cSessionEvent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12(\n\nevent_type\x18\x02 \x01(\x0e\x32\x14.recsvc.v1.EventType\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0esession_events\x18\x03 \x03(\x0b\x32\x17.recsvc.v1.SessionEvent\x12\t\n\x01k\x18\x04 \x01(\x05\x12#\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x12.recsvc.v1.Filters\x12.\n\rrepeat_policy\x18\x06 \x01(\x0e\x32\x17.recsvc.v1.RepeatPolicy\x12\x18\n\x10non_personalized\x18\x07 \x01(\x08\x12\x11\n\tplacement\x18\x08 \x01(\t\"T\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12!\n\x06reason\x18\x03 \x01(\x0e\x32\x11.recsvc.v1.Reason\"\xd5\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\x12%\n\x08strategy\x18\x04 \x01(\x0e\x32\x13.recsvc.v1.Strategy\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10ignored_item_ids\x18\x07 \x03(\t\"j\n\x13SimilarItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Filters\x12\x11\n\tplacement\x18\x04 \x01(\t\"\x8d\x01\n\x14SimilarItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10ignored_item_ids\x18\x03 \x03(\t\x12\x19\n\x11recommendation_id\x18\x04 \x01(\t\"\xf1\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12(\n\nevent_type\x18\x04 \x01(\x0e\x32\x14.recsvc.v1.EventType\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x06 \x01(\x02\x12\x19\n\x11recommendation_id\x18\x07 \x01(\t\x12\x11\n\tplacement\x18\x08 \x01(\t\x12\x18\n\x10non_personalized\x18\t \x01(\x08\"7\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsvc.v1.Event\"F\n\x0cIgnoredEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.recsvc.v1.IgnoreReason\"_\n\x14RecordEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12/\n\x0eignored_events\x18\x02 \x03(\x0b\x32\x17.recsvc.v1.IgnoredEvent\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x95\x01\n\x12\x46orgetUserResponse\x12\x1c\n\x14\x64\x65leted_vector_count\x18\x01 \x01(\x03\x12#\n\x1b\x64\x65leted_history_event_count\x18\x02 \x01(\x03\x12\x1d\n\x15\x64\x65leted_session_count\x18\x03 \x01(\x03\x12\x1d\n\x15\x61\x64\x64\x65\x64_to_erasure_list\x18\x04 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xfc\x03\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\ntrained_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x61ta_cutoff\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.recsvc.v1.GetModelInfoResponse.MetricsEntry\x12\x12\n\nitem_count\x18\x06 \x01(\x03\x12\x12\n\nuser_count\x18\x07 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\x08 \x01(\x05\x12\x12\n\nindex_type\x18\t \x01(\t\x12\x19\n\x11index_recall_at_k\x18\n \x01(\x01\x12\x16\n\x0eindex_recall_k\x18\x0b \x01(\x05\x12\x16\n\x0e\x66ormat_version\x18\x0c \x01(\x05\x12\x36\n\x15\x64\x65\x66\x61ult_repeat_policy\x18\r \x01(\x0e\x32\x17.recsvc.v1.RepeatPolicy\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa2\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x02\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x03\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x04\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x05*s\n\x0cRepeatPolicy\x12\x1d\n\x19REPEAT_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fREPEAT_POLICY_EXCLUDE_PURCHASED\x10\x01\x12\x1f\n\x1bREPEAT_POLICY_ALLOW_REPEATS\x10\x02*\x81\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tREASON_CF\x10\x01\x12\x12\n\x0eREASON_SESSION\x10\x02\x12\x14\n\x10REASON_BUY_AGAIN\x10\x03\x12\x12\n\x0eREASON_POPULAR\x10\x04\x12\x12\n\x0eREASON_SIMILAR\x10\x05*k\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_PERSONALIZED\x10\x01\x12\x14\n\x10STRATEGY_SESSION\x10\x02\x12\x14\n\x10STRATEGY_POPULAR\x10\x03*l\n\x0cIgnoreReason\x12\x1d\n\x19IGNORE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIGNORE_REASON_UNKNOWN_ITEM\x10\x01\x12\x1d\n\x19IGNORE_REASON_ERASED_USER\x10\x02\x32\x9a\x03\n\x12RecommenderService\x12\x46\n\tRecommend\x12\x1b.recsvc.v1.RecommendRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.recsvc.v1.SimilarItemsRequest\x1a\x1f.recsvc.v1.SimilarItemsResponse\x12O\n\x0cRecordEvents\x12\x1e.recsvc.v1.RecordEventsRequest\x1a\x1f.recsvc.v1.RecordEventsResponse\x12I\n\nForgetUser\x12\x1c.recsvc.v1.ForgetUserRequest\x1a\x1d.recsvc.v1.ForgetUserResponse\x12O\n\x0cGetModelInfo\x12\x1e.recsvc.v1.GetModelInfoRequest\x1a\x1f.recsvc.v1.GetModelInfoResponseBK\n\x13io.github.recsvc.v1P\x01Z2github.com/recsvc/recsvc/gen/go/recsvc/v1;recsvcv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsvc/v1/recommender.proto\x12\trecsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\x07\x46ilters\x12\x18\n\x10\x65xclude_item_ids\x18\x01 \x03(\t\x12\x1a\n\x12include_categories\x18\x02 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x03 \x03(\t\x12\x15\n\rin_stock_only\x18\x04 \x01(\x08\"y\n\x0cSessionEvent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12(\n\nevent_type\x18\x02 \x01(\x0e\x32\x14.recsvc.v1.EventType\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0esession_events\x18\x03 \x03(\x0b\x32\x17.recsvc.v1.SessionEvent\x12\t\n\x01k\x18\x04 \x01(\x05\x12#\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x12.recsvc.v1.Filters\x12.\n\rrepeat_policy\x18\x06 \x01(\x0e\x32\x17.recsvc.v1.RepeatPolicy\x12\x18\n\x10non_personalized\x18\x07 \x01(\x08\x12\x11\n\tplacement\x18\x08 \x01(\t\"T\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12!\n\x06reason\x18\x03 \x01(\x0e\x32\x11.recsvc.v1.Reason\"\xd5\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11recommendation_id\x18\x03 \x01(\t\x12%\n\x08strategy\x18\x04 \x01(\x0e\x32\x13.recsvc.v1.Strategy\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10ignored_item_ids\x18\x07 \x03(\t\"j\n\x13SimilarItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x12.recsvc.v1.Filters\x12\x11\n\tplacement\x18\x04 \x01(\t\"\x8d\x01\n\x14SimilarItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsvc.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10ignored_item_ids\x18\x03 \x03(\t\x12\x19\n\x11recommendation_id\x18\x04 \x01(\t\"\x83\x02\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12(\n\nevent_type\x18\x04 \x01(\x0e\x32\x14.recsvc.v1.EventType\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x06 \x01(\x02\x12\x19\n\x11recommendation_id\x18\x07 \x01(\t\x12\x11\n\tplacement\x18\x08 \x01(\t\x12\x18\n\x10non_personalized\x18\t \x01(\x08\x12\x10\n\x08\x65vent_id\x18\n \x01(\t\"7\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsvc.v1.Event\"F\n\x0cIgnoredEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.recsvc.v1.IgnoreReason\"_\n\x14RecordEventsResponse\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x01 \x01(\x05\x12/\n\x0eignored_events\x18\x02 \x03(\x0b\x32\x17.recsvc.v1.IgnoredEvent\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x95\x01\n\x12\x46orgetUserResponse\x12\x1c\n\x14\x64\x65leted_vector_count\x18\x01 \x01(\x03\x12#\n\x1b\x64\x65leted_history_event_count\x18\x02 \x01(\x03\x12\x1d\n\x15\x64\x65leted_session_count\x18\x03 \x01(\x03\x12\x1d\n\x15\x61\x64\x64\x65\x64_to_erasure_list\x18\x04 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xfc\x03\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\ntrained_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x61ta_cutoff\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.recsvc.v1.GetModelInfoResponse.MetricsEntry\x12\x12\n\nitem_count\x18\x06 \x01(\x03\x12\x12\n\nuser_count\x18\x07 \x01(\x03\x12\x0f\n\x07\x66\x61\x63tors\x18\x08 \x01(\x05\x12\x12\n\nindex_type\x18\t \x01(\t\x12\x19\n\x11index_recall_at_k\x18\n \x01(\x01\x12\x16\n\x0eindex_recall_k\x18\x0b \x01(\x05\x12\x16\n\x0e\x66ormat_version\x18\x0c \x01(\x05\x12\x36\n\x15\x64\x65\x66\x61ult_repeat_policy\x18\r \x01(\x0e\x32\x17.recsvc.v1.RepeatPolicy\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa2\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x02\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x03\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x04\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x05*s\n\x0cRepeatPolicy\x12\x1d\n\x19REPEAT_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fREPEAT_POLICY_EXCLUDE_PURCHASED\x10\x01\x12\x1f\n\x1bREPEAT_POLICY_ALLOW_REPEATS\x10\x02*\x81\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tREASON_CF\x10\x01\x12\x12\n\x0eREASON_SESSION\x10\x02\x12\x14\n\x10REASON_BUY_AGAIN\x10\x03\x12\x12\n\x0eREASON_POPULAR\x10\x04\x12\x12\n\x0eREASON_SIMILAR\x10\x05*k\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x19\n\x15STRATEGY_PERSONALIZED\x10\x01\x12\x14\n\x10STRATEGY_SESSION\x10\x02\x12\x14\n\x10STRATEGY_POPULAR\x10\x03*l\n\x0cIgnoreReason\x12\x1d\n\x19IGNORE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIGNORE_REASON_UNKNOWN_ITEM\x10\x01\x12\x1d\n\x19IGNORE_REASON_ERASED_USER\x10\x02\x32\x9a\x03\n\x12RecommenderService\x12\x46\n\tRecommend\x12\x1b.recsvc.v1.RecommendRequest\x1a\x1c.recsvc.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.recsvc.v1.SimilarItemsRequest\x1a\x1f.recsvc.v1.SimilarItemsResponse\x12O\n\x0cRecordEvents\x12\x1e.recsvc.v1.RecordEventsRequest\x1a\x1f.recsvc.v1.RecordEventsResponse\x12I\n\nForgetUser\x12\x1c.recsvc.v1.ForgetUserRequest\x1a\x1d.recsvc.v1.ForgetUserResponse\x12O\n\x0cGetModelInfo\x12\x1e.recsvc.v1.GetModelInfoRequest\x1a\x1f.recsvc.v1.GetModelInfoResponseBK\n\x13io.github.recsvc.v1P\x01Z2github.com/recsvc/recsvc/gen/go/recsvc/v1;recsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\023io.github.recsvc.v1P\001Z2github.com/recsvc/recsvc/gen/go/recsvc/v1;recsvcv1'
   _globals['_GETMODELINFORESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=2311
-  _globals['_EVENTTYPE']._serialized_end=2473
-  _globals['_REPEATPOLICY']._serialized_start=2475
-  _globals['_REPEATPOLICY']._serialized_end=2590
-  _globals['_REASON']._serialized_start=2593
-  _globals['_REASON']._serialized_end=2722
-  _globals['_STRATEGY']._serialized_start=2724
-  _globals['_STRATEGY']._serialized_end=2831
-  _globals['_IGNOREREASON']._serialized_start=2833
-  _globals['_IGNOREREASON']._serialized_end=2941
+  _globals['_EVENTTYPE']._serialized_start=2329
+  _globals['_EVENTTYPE']._serialized_end=2491
+  _globals['_REPEATPOLICY']._serialized_start=2493
+  _globals['_REPEATPOLICY']._serialized_end=2608
+  _globals['_REASON']._serialized_start=2611
+  _globals['_REASON']._serialized_end=2740
+  _globals['_STRATEGY']._serialized_start=2742
+  _globals['_STRATEGY']._serialized_end=2849
+  _globals['_IGNOREREASON']._serialized_start=2851
+  _globals['_IGNOREREASON']._serialized_end=2959
   _globals['_FILTERS']._serialized_start=75
   _globals['_FILTERS']._serialized_end=189
   _globals['_SESSIONEVENT']._serialized_start=191
@@ -60,23 +60,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIMILARITEMSRESPONSE']._serialized_start=973
   _globals['_SIMILARITEMSRESPONSE']._serialized_end=1114
   _globals['_EVENT']._serialized_start=1117
-  _globals['_EVENT']._serialized_end=1358
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=1360
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=1415
-  _globals['_IGNOREDEVENT']._serialized_start=1417
-  _globals['_IGNOREDEVENT']._serialized_end=1487
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1489
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1584
-  _globals['_FORGETUSERREQUEST']._serialized_start=1586
-  _globals['_FORGETUSERREQUEST']._serialized_end=1622
-  _globals['_FORGETUSERRESPONSE']._serialized_start=1625
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1774
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1776
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1797
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1800
-  _globals['_GETMODELINFORESPONSE']._serialized_end=2308
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=2262
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=2308
-  _globals['_RECOMMENDERSERVICE']._serialized_start=2944
-  _globals['_RECOMMENDERSERVICE']._serialized_end=3354
+  _globals['_EVENT']._serialized_end=1376
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=1378
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=1433
+  _globals['_IGNOREDEVENT']._serialized_start=1435
+  _globals['_IGNOREDEVENT']._serialized_end=1505
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1507
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1602
+  _globals['_FORGETUSERREQUEST']._serialized_start=1604
+  _globals['_FORGETUSERREQUEST']._serialized_end=1640
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1643
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1792
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1794
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1815
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1818
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2326
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=2280
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=2326
+  _globals['_RECOMMENDERSERVICE']._serialized_start=2962
+  _globals['_RECOMMENDERSERVICE']._serialized_end=3372
 # @@protoc_insertion_point(module_scope)

@@ -164,7 +164,7 @@ class SimilarItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized")
+    __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class Event(_message.Message):
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     item_id: str
@@ -183,7 +184,8 @@ class Event(_message.Message):
     recommendation_id: str
     placement: str
     non_personalized: bool
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quantity: _Optional[float] = ..., recommendation_id: _Optional[str] = ..., placement: _Optional[str] = ..., non_personalized: _Optional[bool] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quantity: _Optional[float] = ..., recommendation_id: _Optional[str] = ..., placement: _Optional[str] = ..., non_personalized: _Optional[bool] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class RecordEventsRequest(_message.Message):
     __slots__ = ("events",)

@@ -94,10 +94,15 @@ class RecommenderServiceServicer:
         """Records a batch of live shopper events. Valid events update session and
         user state at once, so the next Recommend reflects them, and are appended
         to the event log that the next training run reads.
+        Acknowledged means durable and applied once: an answer comes only after
+        the events are in the live state and in the event log, and an event whose
+        event_id was applied before (within the server's dedupe window) is
+        acknowledged again without being applied twice. So a batch may always be
+        retried, with the same event_ids, after any failure.
         Errors: INVALID_ARGUMENT if any event is malformed; the whole batch is
         then rejected and nothing is recorded, so a client can fix and resend it.
-        UNAVAILABLE when the state store cannot take the batch; nothing is
-        recorded and the batch may be retried.
+        UNAVAILABLE when the state store or the event log cannot take the batch:
+        retry it (part of it may have been applied; the retry completes it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

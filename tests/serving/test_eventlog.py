@@ -63,7 +63,7 @@ def test_files_load_with_load_events_unchanged(tmp_path: Path) -> None:
     assert files == [current]
     assert _loaded(files) == [_as_loaded(r) for r in rows]
     text = files[0].read_text()
-    assert text.startswith(",".join(CANONICAL_COLUMNS) + "\n")
+    assert text.startswith(",".join((*CANONICAL_COLUMNS, "event_id")) + "\n")
     assert '"sku,""1"""' in text
 
 
