@@ -106,7 +106,8 @@ class EventLog:
         self.max_bytes = max_bytes
         self.fsync_interval_seconds = fsync_interval_seconds
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            # owner-only: the rows name customers (a directory that exists keeps its mode)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create event log directory {self.directory}: {exc}") from exc
         self._lock = threading.Lock()
@@ -202,7 +203,7 @@ class EventLog:
             try:
                 # O_EXCL: another replica (or an earlier run within the same second)
                 # may already own this name; O_APPEND: each write lands at the end.
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             except FileExistsError:
                 continue
             except OSError as exc:

@@ -11,6 +11,7 @@ INTERNAL without details.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -76,10 +77,20 @@ def _expired(context: grpc.aio.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
+def _in_time(context: grpc.aio.ServicerContext) -> None:
+    """Raise CancelledError if the deadline passed while the call was served: the
+    client has gone, and an answer sent now fails inside grpc, which logs an
+    ExecuteBatchError traceback per call. Cancelled, the call is counted as
+    DEADLINE_EXCEEDED (serving/interceptors.py) and logged at debug level by grpc."""
+    if _expired(context):
+        raise asyncio.CancelledError
+
+
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
     """End the call for ``exc`` (raised while serving ``method``): a recsvc error as its
     status, an abort as it is, anything else as INTERNAL, logged as a bug. Call it from
     the ``except`` block, so the log carries the traceback."""
+    _in_time(context)
     if isinstance(exc, RecsvcError):
         await _abort(context, exc)
     elif not isinstance(exc, grpc.aio.AbortError):
@@ -94,9 +105,11 @@ async def _guard(
     if _expired(context):
         await context.abort(*_DEADLINE)
     try:
-        return await call()
+        response = await call()
     except Exception as exc:
         await _fail(context, exc, method)
+    _in_time(context)
+    return response
 
 
 def _items(out: RecommendOutput) -> list[pb.RecommendedItem]:
@@ -150,9 +163,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         try:
             req = validation.recommend_input(request, self.limits)
             out = await self.engine.recommend(req, context.time_remaining())
-            return _recommend_response(out)
+            response = _recommend_response(out)
         except Exception as exc:
             await _fail(context, exc, "Recommend")
+        _in_time(context)
+        return response
 
     async def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext

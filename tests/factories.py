@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import redis.asyncio
 
-from recsvc.config import Settings, load_settings
+from recsvc.config import Settings
 from recsvc.model import Model
 from recsvc.ranking import Query, Ranker, training_user_query
 from recsvc.serving.metrics import ServingMetrics
@@ -86,7 +86,10 @@ def small_settings(tmp_path: object = None, **overrides: object) -> Settings:
     if tmp_path is not None:
         base["artifact_root"] = f"{tmp_path}/artifacts"
     base.update(overrides)
-    return load_settings(None, **base)
+    # Settings itself, not load_settings: that one treats None as "flag not given" and
+    # drops it, so server={"metrics_port": None} would serve /metrics on the default
+    # port (and collide with every other server doing so)
+    return Settings(**base)
 
 
 def answers(model: Model) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,13 @@ def test_bad_settings(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError):
         EventLog(blocker / "sub", max_bytes=10)
+
+
+def test_the_log_is_owner_only(tmp_path: Path) -> None:
+    # the rows name customers: 0644 let every local user read them
+    directory = tmp_path / "log"
+    with EventLog(directory, max_bytes=1 << 20) as log:
+        log.append(_rows(2))
+    (path,) = log.files()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
