@@ -1,5 +1,6 @@
 """The console script as a user runs it: one-line errors, exit codes, end to end."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -38,6 +39,49 @@ def test_missing_column_and_missing_file(
     err = capsys.readouterr().err
     assert "user_id" in err and "Traceback" not in err
     assert main(["-q", "train", "--events", str(tmp_path / "nope.csv")]) == 3
+
+
+HEADER = b"user_id,item_id,timestamp\n"
+ROWS = b"u1,i1,1700000000\nu2,i2,1700000100\n"
+BAD_FILES = {
+    "empty.csv": b"",
+    "header.csv": HEADER,
+    "binary.csv": b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)),
+    "utf16.csv": (HEADER + ROWS).decode().encode("utf-16"),
+    "latin1-header.csv": b"user_id,item_id,timestamp,pr\xe9f\n" + ROWS,
+    "repeated.csv": b"user_id,item_id,timestamp,user_id\nu1,i1,1700000000,u9\n",
+    "truncated.csv.gz": gzip.compress(
+        HEADER + b"".join(b"u%d,i%d,%d\n" % (n, n % 97, 1_700_000_000 + n) for n in range(5000))
+    )[:10_000],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+@pytest.mark.parametrize("skip", [[], ["--skip-bad-rows"]])
+def test_a_file_that_cannot_be_events_is_one_line_and_status_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, skip: list[str]
+) -> None:
+    events, arts = tmp_path / name, tmp_path / "artifacts"
+    events.write_bytes(BAD_FILES[name])
+    assert main(["-q", "train", "--events", str(events), "--artifacts", str(arts), *skip]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"recsvc train: error: {events}") and err.count("\n") == 1, err
+    assert not arts.exists() or not any(arts.iterdir())
+
+
+def test_a_value_that_is_not_utf8_stops_the_run_or_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events, arts = tmp_path / "e.csv", tmp_path / "artifacts"
+    events.write_bytes(HEADER + ROWS + b"u3,caf\xe9,1700000200\nu1,i2,1700000300\n")
+    assert main(["-q", "train", "--events", str(events), "--artifacts", str(arts)]) == 3
+    err = capsys.readouterr().err
+    assert f"{events}:4: column 'item_id': expected UTF-8 text" in err
+    assert (
+        main(["-q", "train", "--events", str(events), "--artifacts", str(arts), "--skip-bad-rows"])
+        == 0
+    )
+    assert "2 users, 2 items" in capsys.readouterr().out
 
 
 def test_bad_setting_fails_before_any_work(
