@@ -54,12 +54,14 @@ Layouts
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import logging
 import os
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -286,6 +288,11 @@ class Catalog:
 # --------------------------------------------------------------------------- input files
 
 
+def _one_line(exc: BaseException) -> str:
+    """A lower library's message on one line (pyarrow's Parquet errors take several)."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
 class _RowHandler:
     """CSV invalid-row callback: counts skipped rows, or remembers the first for the error."""
 
@@ -293,6 +300,8 @@ class _RowHandler:
         self.skip = skip
         self.skipped = 0
         self.first: Any = None
+        self.undecodable: bytes | None = None
+        """The text of a malformed row that pyarrow could not decode (see _quiet)."""
 
     def __call__(self, row: Any) -> str:
         if self.skip:
@@ -301,6 +310,28 @@ class _RowHandler:
         if self.first is None:
             self.first = row
         return "error"
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """While reading with this handler: pyarrow decodes a malformed row's text as
+        UTF-8 before it calls the handler, and when that fails it prints the
+        UnicodeDecodeError as an "Exception ignored" traceback and stops the read.
+        Keep the row's bytes here instead (the unraisable's object is this handler),
+        for a one-line error; any other unraisable exception goes where it went."""
+        previous = sys.unraisablehook
+
+        def hook(args: Any) -> None:
+            if args.object is self and isinstance(args.exc_value, UnicodeDecodeError):
+                self.undecodable = self.undecodable or bytes(args.exc_value.object)
+                return
+            previous(args)
+
+        sys.unraisablehook = hook
+        try:
+            yield
+        finally:
+            if sys.unraisablehook is hook:  # else someone hooked in since: leave theirs
+                sys.unraisablehook = previous
 
 
 class _Source:
@@ -348,7 +379,7 @@ class _Source:
             with self._stream() as stream:
                 head = stream.read(_TEXT_SNIFF_BYTES)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{self.name}: cannot read {self.kind}: {exc}") from exc
+            raise DataError(f"{self.name}: cannot read {self.kind}: {_one_line(exc)}") from exc
         self.head = head
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise DataError(f"{self.name}: UTF-16 text; events files must be UTF-8 (save as UTF-8)")
@@ -361,21 +392,23 @@ class _Source:
             )
 
     def _header(self) -> list[str]:
+        skip = _RowHandler(skip=True)
         try:
             if self.kind == "parquet":
                 schema = pq.ParquetFile(self.name).schema_arrow
                 self.types = dict(zip(schema.names, schema.types, strict=True))
                 return list(schema.names)
             # Only the names matter here: rows are checked when the file is read.
-            reader = pacsv.open_csv(
-                self._stream(),
-                read_options=pacsv.ReadOptions(block_size=1 << 20),
-                parse_options=pacsv.ParseOptions(
-                    invalid_row_handler=lambda row: "skip", newlines_in_values=True
-                ),
-            )
-            names = list(reader.schema.names)
-            reader.close()
+            with skip.quiet():
+                reader = pacsv.open_csv(
+                    self._stream(),
+                    read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
+                    parse_options=pacsv.ParseOptions(
+                        invalid_row_handler=skip, newlines_in_values=True
+                    ),
+                )
+                names = list(reader.schema.names)
+                reader.close()
             return names
         except UnicodeDecodeError as exc:  # pyarrow decodes the names for the schema
             raise DataError(
@@ -385,7 +418,9 @@ class _Source:
         except (pa.ArrowException, OSError) as exc:
             if "Empty CSV file" in str(exc):  # no line found in the first block
                 raise DataError(self._no_header()) from exc
-            raise DataError(f"{self.name}: cannot read {self.kind}: {exc}") from exc
+            if skip.undecodable is not None:  # in the first block: as the full read would
+                raise self._undecodable_row(str(exc), skip.undecodable) from exc
+            raise DataError(f"{self.name}: cannot read {self.kind}: {_one_line(exc)}") from exc
 
     def _no_header(self) -> str:
         """Why the CSV reader found no header line in the file's first block."""
@@ -443,20 +478,21 @@ class _Source:
             # _decode) rather than an unreadable file. Quoted values may hold line
             # breaks: without newlines_in_values a block boundary inside one is a
             # parse error.
-            reader = pacsv.open_csv(
-                self._stream(),
-                read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
-                parse_options=pacsv.ParseOptions(
-                    invalid_row_handler=self.handler, newlines_in_values=True
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=include,
-                    column_types=dict.fromkeys(include, pa.binary()),
-                    strings_can_be_null=True,
-                    null_values=[""],
-                ),
-            )
-            yield from reader
+            with self.handler.quiet():
+                reader = pacsv.open_csv(
+                    self._stream(),
+                    read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
+                    parse_options=pacsv.ParseOptions(
+                        invalid_row_handler=self.handler, newlines_in_values=True
+                    ),
+                    convert_options=pacsv.ConvertOptions(
+                        include_columns=include,
+                        column_types=dict.fromkeys(include, pa.binary()),
+                        strings_can_be_null=True,
+                        null_values=[""],
+                    ),
+                )
+                yield from reader
         except (pa.ArrowException, OSError) as exc:
             row = self.handler.first
             if row is not None:
@@ -468,7 +504,28 @@ class _Source:
                     f"{row.expected_columns} comma-separated fields",
                     f"{row.actual_columns} fields: {row.text}",
                 ) from exc
-            raise DataError(f"{self.name}: cannot read {self.kind}: {exc}") from exc
+            if self.handler.undecodable is not None:
+                raise self._undecodable_row(str(exc), self.handler.undecodable) from exc
+            raise DataError(f"{self.name}: cannot read {self.kind}: {_one_line(exc)}") from exc
+
+    def _undecodable_row(self, message: str, text: bytes) -> DataError:
+        """A malformed row that is not UTF-8: pyarrow could not hand it to the handler,
+        so it cannot be skipped either; its place and shape are in pyarrow's message."""
+        record = re.search(r"Row #(\d+)", message)
+        line = self.line_of(int(record.group(1))) if record else 0
+        shape = re.search(r"Expected (\d+) columns, got (\d+)", message)
+        expected, got = shape.groups() if shape else ("?", "?")
+        shown = text.decode("utf-8", "backslashreplace")
+        if not self.handler.skip:
+            return InputRowError(
+                self.name, line, "(row)", f"{expected} comma-separated fields",
+                f"{got} fields: {shown}",
+            )  # fmt: skip
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return DataError(
+            f"{self.name}:{line}: a malformed row ({got} fields, expected {expected}) that "
+            f"is not UTF-8 cannot be skipped; fix it or save the file as UTF-8: {shown!r}"
+        )
 
     def where(self, first_line: int, index: int) -> int:
         """Line (CSV) or row number (Parquet) of row ``index`` of a batch whose first
@@ -516,24 +573,37 @@ def _is_utf8(value: bytes) -> bool:
 
 
 def _decode(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[_Check]]:
-    """The batch with its byte columns (every CSV column; Parquet's byte arrays) as
-    UTF-8 strings, and a check per column holding values that are not UTF-8 (those
-    values become null)."""
+    """The batch with its byte columns (every CSV column; Parquet's byte arrays and
+    strings) as UTF-8 strings, and a check per column holding values that are not
+    UTF-8 (those values become null)."""
     arrays: list[pa.Array] = []
     checks: list[_Check] = []
     for name, arr in zip(batch.schema.names, batch.columns, strict=True):
-        if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
-            arrays.append(arr)
-            continue
-        try:
-            arrays.append(pc.cast(arr, pa.string()))  # validates UTF-8 at memory speed
-        except pa.ArrowInvalid:
-            # the slow path, for a batch holding a value that is not UTF-8
-            bad = pa.array([v is not None and not _is_utf8(v) for v in arr.to_pylist()])
-            checks.append(_Check(name, bad, _EXPECT_UTF8, arr))
-            valid = pc.if_else(bad, pa.scalar(None, arr.type), arr)
-            arrays.append(pc.cast(valid, pa.string()))
+        text, bad, raw = _utf8(arr)
+        arrays.append(text)
+        if bad is not None:
+            checks.append(_Check(name, bad, _EXPECT_UTF8, raw))
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names), checks
+
+
+def _utf8(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array]:
+    """A byte or string column as checked UTF-8 strings (other types as they are), the
+    mask of values that are not UTF-8 (None when all are) and the column as bytes."""
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        try:  # Parquet's reader does not check that its strings are UTF-8
+            arr.validate(full=True)
+            return arr, None, arr
+        except pa.ArrowInvalid:
+            arr = arr.view(pa.large_binary() if pa.types.is_large_string(arr.type) else pa.binary())
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        return arr, None, arr
+    try:
+        return pc.cast(arr, pa.string()), None, arr  # validates UTF-8 at memory speed
+    except pa.ArrowInvalid:
+        # the slow path, for a batch holding a value that is not UTF-8
+        bad = pa.array([v is not None and not _is_utf8(v) for v in arr.to_pylist()])
+        valid = pc.if_else(bad, pa.scalar(None, arr.type), arr)
+        return pc.cast(valid, pa.string()), bad, arr
 
 
 def _to_string(arr: pa.Array) -> pa.Array:

@@ -486,6 +486,44 @@ def test_skip_bad_rows_drops_and_counts_rows_that_are_not_utf8(tmp_path: Path) -
     check_invariant(summary)
 
 
+def test_a_malformed_row_that_is_not_utf8_is_one_line_and_not_skipped(tmp_path: Path) -> None:
+    # pyarrow decodes a malformed row's text before it calls the skipping callback; it
+    # printed the UnicodeDecodeError as "Exception ignored" (an error under pytest)
+    data = b"user_id,item_id,timestamp\nu1,i1,1\nu1,i2,2\n\xff\xfe,2\nu4,i5,6\n"
+    path = write_bytes(tmp_path, "e.csv", data)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert (info.value.line, info.value.got) == (4, "2 fields: \\xff\\xfe,2")
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert ":4: a malformed row (2 fields, expected 3) that is not UTF-8 cannot be skipped" in (
+        one_line(info, path)
+    )
+
+
+def test_parquet_strings_that_are_not_utf8_are_bad_values(tmp_path: Path) -> None:
+    # Parquet's reader takes a string column's bytes as they are
+    path = tmp_path / "e.parquet"
+    ids = pa.array([b"a", b"\x80b", b"c"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"user_id": ids, "item_id": ids, "timestamp": [T0] * 3}), path)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert (info.value.line, info.value.column, info.value.got) == (2, "user_id", "\\x80b")
+    table, _ = load_events(path, skip_bad_rows=True)
+    assert column(table, "user_id") == ["a", "c"]
+
+
+def test_a_corrupt_parquet_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"], "timestamp": [T0]}), path)
+    data = bytearray(path.read_bytes())
+    data[4] = 0xFF  # the first page header: pyarrow's message takes two lines
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert "cannot read parquet: " in one_line(info, path)
+
+
 def test_a_repeated_header_column_is_refused(tmp_path: Path) -> None:
     text = f"user_id,item_id,timestamp,item_id\nu,i,{T0},j\n"
     path = write(tmp_path, "e.csv", text)
