@@ -2,13 +2,19 @@
 
 import gzip
 import json
+import shlex
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from recsvc.artifact import write_artifact
 from recsvc.cli import main
+from recsvc.training.pipeline import LoadedData, build_model
+
+from factories import block_shop, small_settings
 
 RECSVC = [sys.executable, "-m", "recsvc"]
 
@@ -136,6 +142,55 @@ def test_synth_train_publish_models_evaluate_rollback(tmp_path: Path) -> None:
         data["metrics"]["served"]
     )
     assert data["protocol"] == "last basket per user"
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact root holding two trained versions (what `recsvc models` lists)."""
+    root = tmp_path_factory.mktemp("artifacts")
+    data = LoadedData(block_shop(), None, (), 0)
+    for day in (1, 2):
+        now = datetime(2030, 1, day, tzinfo=UTC)
+        write_artifact(build_model(data, small_settings(), now=now).artifact, root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["models", "--artifacts"], 141),  # 128 + SIGPIPE, as the shell reports
+        # argparse ignores errors writing its own help and version: status 0
+        (["--help"], 0),
+        (["--version"], 0),
+        (["train", "--help"], 0),
+    ],
+)
+def test_a_reader_that_closes_the_pipe_early_ends_the_run_quietly(
+    args: list[str], status: int, two_versions: Path
+) -> None:
+    if args[-1] == "--artifacts":
+        args = [*args, str(two_versions)]
+    # the reader is gone before recsvc writes a byte: every write fails
+    proc = subprocess.Popen([*RECSVC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == status, err
+    assert err == ""
+
+
+def test_recsvc_models_piped_into_head(two_versions: Path) -> None:
+    command = f"{shlex.join(RECSVC)} models --artifacts {shlex.quote(str(two_versions))}"
+    result = subprocess.run(
+        ["sh", "-c", f"{command} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.count("\n") == 1 and "users=" in result.stdout
 
 
 def test_help_lists_every_subcommand() -> None:
