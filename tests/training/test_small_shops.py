@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from recsvc.artifact import ModelArtifact, read_artifact, write_artifact
+from recsvc.cli import main
 from recsvc.config import RepeatPolicy, Settings
 from recsvc.errors import DataError
 from recsvc.events import EventType
@@ -356,3 +358,13 @@ def test_the_blend_is_fitted_when_users_have_history_before_their_last_visit() -
     artifact = build(replace(REPORTED, layout="baskets"))  # visits three days apart
     assert artifact.manifest["ranking"]["user_blend_fit"]["users"] == 300
     check_answers(artifact)
+
+
+def test_the_reported_file_trains_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.csv"
+    pacsv.write_csv(REPORTED.table().select(["user_id", "item_id", "timestamp"]), events)
+    argv = ["-q", "train", "--events", str(events), "--artifacts", str(tmp_path / "a")]
+    assert main([*argv, "--factors", "3", "--iterations", "2"]) == 0, capsys.readouterr().err
+    assert "trained" in capsys.readouterr().out
