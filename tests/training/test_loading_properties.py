@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from recsvc.errors import DataError, InputRowError
@@ -298,15 +298,21 @@ def load_or_refuse(data: bytes, name: str) -> None:
         path = Path(directory) / name
         path.write_bytes(data)
         for skip in (False, True):
+            mode = "skipping" if skip else "strict"
             try:
                 table, summary = load_events(path, skip_bad_rows=skip)
             except InputRowError as exc:
                 assert not skip, f"skip_bad_rows raised {exc}"
                 assert "\n" not in str(exc) and str(exc).startswith(str(path))
+                if not data.startswith((b"PAR1", b"\x1f\x8b")):  # a line of the file
+                    assert 2 <= exc.line <= data.count(b"\n") + 1, exc
+                event(f"{mode}: a bad row")
             except DataError as exc:
                 assert "\n" not in str(exc) and str(exc).startswith(str(path)), str(exc)
+                event(f"{mode}: refused")
             else:
                 check_clean(table, summary)
+                event(f"{mode}: loaded")
 
 
 VALID = (
@@ -342,13 +348,38 @@ def mangled(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+HEADER_END = VALID.index(b"\n") + 1
+
+#: What a hand-edited or mis-exported CSV gets wrong: separators, quotes, line
+#: breaks, accents in UTF-8 or in Latin-1, missing and extra cells.
+EDITS = st.lists(
+    st.sampled_from([b",", b'"', b"\n", b"\r\n", b"\n\n", b"x", b"7", b"-", b" ", "é".encode(),
+                     "é".encode("latin-1"), b"2023-13-01", b"1e99", b"purchase"]),
+    min_size=1, max_size=4,
+).map(b"".join)  # fmt: skip
+
+
+@st.composite
+def edited(draw: st.DrawFn) -> bytes:
+    """The valid CSV with a few edits of the kind people make."""
+    data = bytearray(VALID)
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(HEADER_END, len(data)))  # the header stays
+        if draw(st.booleans()):
+            data[at:at] = draw(EDITS)
+        else:
+            del data[at : at + draw(st.integers(1, 6))]
+    return bytes(data)
+
+
 @settings()
 @given(
     st.one_of(
         st.binary(max_size=512),
-        st.binary(max_size=512).map(lambda b: VALID[:58] + b),  # a good header, then junk
+        st.binary(max_size=512).map(lambda b: VALID[:HEADER_END] + b),  # a header, then junk
         st.binary(max_size=512).map(lambda b: b"PAR1" + b),
         mangled(),
+        edited(),
     ),
     st.sampled_from(["e.csv", "e.csv.gz", "e.parquet", "e.txt"]),
 )
