@@ -43,7 +43,12 @@ _DETERMINISTIC = {
 settings.register_profile("ci", max_examples=150, **_DETERMINISTIC)
 settings.register_profile("slow", max_examples=1000, **_DETERMINISTIC)
 settings.register_profile(
-    "explore", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "explore",
+    max_examples=500,
+    database=None,  # a failure prints its reproduce_failure blob instead
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
