@@ -19,6 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -331,6 +334,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``recsvc``; the exit status.
+
+    A reader that closes the pipe early (``recsvc models | head -1``) ends the run
+    quietly with status 141, 128 + SIGPIPE: what a shell reports for ``cat``, ``grep``
+    or ``git`` cut off the same way (they die of the signal), so scripts that check
+    pipelines treat recsvc as they treat them; 0 would claim that all was written.
+    Python ignores SIGPIPE (restoring its default would also kill the process on a
+    socket's EPIPE), so the write raises BrokenPipeError instead.
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe of its own (a socket, a subprocess): not the reader's doing
+        # Python flushes stdout again at exit: point it at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says POLLERR)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a stream without one
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # --config, -v and -q default to absent (argparse.SUPPRESS): see _common_flags

@@ -89,18 +89,22 @@ def fit_user_blend(
 ) -> BlendFit | None:
     """The best blend, and popularity half-life among ``half_lives`` (days), on each
     sampled returning user's last basket; None when fewer than MIN_USERS users have two
-    baskets (too little to fit on)."""
+    baskets and events before the visit of the last (too little to fit on)."""
     try:
         split = split_last_basket(table)
     except DataError:  # no purchases at all (a views-only shop): nothing to fit on
         return None
-    users = sorted(split.truth)
+    before = split.train
+    # a user whose every event lies in the visit of their last basket (all within
+    # VISIT_GAP_SECONDS of it) has nothing to fold in: not a held-out user. When that
+    # is everyone, nothing is left to train on at all.
+    with_history = set(pc.unique(before["user_id"].drop_null()).to_pylist())
+    users = sorted(u for u in split.truth if u in with_history)
     if len(users) < MIN_USERS:
         return None
     rng = np.random.default_rng(seed)
     if len(users) > max_users:  # enough to tell blends apart; the fit stays ~1 s
         users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
-    before = split.train
     now = int(pc.max(before["timestamp"]).as_py())
     position = pc.index_in(before["item_id"], value_set=pa.array(item_ids.tolist(), pa.string()))
     items_all = position.to_numpy(zero_copy_only=False)
@@ -171,8 +175,6 @@ def fit_user_blend(
                         allow_repeats,
                     )
                 )
-    if len(starts) < MIN_USERS:
-        return None
     grid: dict[str, float] = {}
     best: tuple[float, Blend, float] | None = None
     repeats = _REPEAT if allow_repeats else (0.0,)
@@ -222,7 +224,8 @@ def _signals(
     cf = np.maximum(scores[candidates], 0.0)
     cf = cf / cf.max() if len(cf) and cf.max() > 0 else cf
     repeat = np.zeros(len(candidates), np.float32)
-    if allow_repeats and len(own):
+    # the weights may all have decayed to 0 (purchases ~150 half-lives before the cut)
+    if allow_repeats and len(own) and own_weight.max() > 0:
         at = np.searchsorted(own, candidates)
         hit = (at < len(own)) & (own[np.minimum(at, len(own) - 1)] == candidates)
         repeat[hit] = own_weight[at[hit]] / own_weight.max()

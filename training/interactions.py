@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from recsvc.config import WeightingSettings
 from recsvc.errors import DataError
 from recsvc.events import EventType
-from recsvc.weighting import EVENT_TYPES, event_weights
+from recsvc.weighting import EVENT_TYPES, event_type_weights, event_weights
 
 __all__ = [
     "DEFAULT_POPULARITY_HALF_LIFE",
@@ -135,7 +135,7 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
         table, known, rows, cols, type_codes, per_order[known], n_users, n_items
     )
     if weights.nnz == 0:
-        raise DataError("every event weighs 0 under the configured event weights")
+        raise DataError(_weightless(type_codes[known], timestamps[known], reference_time, settings))
     return Interactions(
         user_ids=user_ids,
         item_ids=item_ids,
@@ -152,6 +152,29 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
             "items": n_items,
             "interactions": int(weights.nnz),
         },
+    )
+
+
+def _weightless(
+    type_codes: NDArray[np.int64],
+    timestamps: NDArray[np.int64],
+    reference_time: int,
+    settings: WeightingSettings,
+) -> str:
+    """Why every known user's event weighs 0: their types, or the time decay."""
+    typed = event_type_weights(settings)[type_codes] > 0
+    if not typed.any():
+        kinds = sorted({EVENT_TYPES[c].value for c in np.unique(type_codes).tolist()})
+        return (
+            f"every user's event weighs 0: their types ({', '.join(kinds)}) have weight 0 "
+            f"in weighting.event_weights"
+        )
+    # float32 weights: ~150 half-lives take a weight to 0
+    age_days = (reference_time - int(timestamps[typed].max())) / 86_400
+    return (
+        f"every user's event weighs 0 after the time decay: the newest that counts is "
+        f"{age_days:,.0f} days older than the newest event "
+        f"(weighting.half_life_days={settings.half_life_days:g})"
     )
 
 

@@ -7,9 +7,11 @@ of what was read, kept and removed. :func:`load_catalog` reads the item catalogu
 How it reads
 ------------
 CSV is streamed with :func:`pyarrow.csv.open_csv` in blocks of a few MB, every column
-as a string (so ids like ``00123`` keep their zeros, and empty cells are nulls); each
-block is converted column by column with :mod:`pyarrow.compute` and only the
-converted canonical columns are kept, so memory is bounded by the output table.
+as bytes then decoded as UTF-8 text (so ids like ``00123`` keep their zeros, and empty
+cells are nulls); quoted values may hold commas and line breaks; a UTF-8 byte-order
+mark is dropped. Each block is converted column by column with :mod:`pyarrow.compute`
+and only the converted canonical columns are kept, so memory is bounded by the output
+table.
 Parquet is streamed in batches with its native types and converted the same way.
 Batches are converted on a small thread pool while the next one is read.
 
@@ -19,10 +21,19 @@ by shape, checked with masks (the calendar too) and cast group by group; a value
 still fails its cast is found by bisection.
 
 A bad value either raises :class:`~recsvc.errors.InputRowError` naming the file, the
-line (header = line 1, data from line 2; assumes no blank lines and no
-quoted newlines) or, for Parquet, the row number (first row = 1), the column and what
-was expected; or, with ``skip_bad_rows=True``, the row is dropped and counted under
-``removed["bad_row"]``.
+line (header = line 1; blank lines and line breaks inside quoted values counted) or,
+for Parquet, the row number (first row = 1), the column and what was expected; or,
+with ``skip_bad_rows=True``, the row is dropped and counted under
+``removed["bad_row"]``. A value that is not UTF-8 is a bad value like any other: CSV's
+separators and quotes are ASCII and no byte of a multi-byte UTF-8 character is, so a
+stray byte (one Latin-1 "é") cannot shift the row boundaries and the other rows read as
+they are.
+
+A file that cannot be events at all raises :class:`~recsvc.errors.DataError` with one
+line naming it, with or without ``skip_bad_rows``: empty, no data rows, not text (a
+NUL byte in its first 8 KB: a spreadsheet, an archive, UTF-16), a header that is not
+UTF-8, a column to be read that the header names twice, a Parquet column of lists or
+structs, a corrupt or truncated gzip or Parquet file.
 
 Layouts
 -------
@@ -43,10 +54,14 @@ Layouts
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
+import io
 import logging
 import os
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -100,6 +115,8 @@ fees (BANK CHARGES, AMAZONFEE, CRUK), test items (TEST*) and gift vouchers."""
 # per-batch Python overhead is noise and small enough that memory stays bounded.
 _CSV_BLOCK_BYTES = 4 << 20
 _PARQUET_BATCH_ROWS = 1 << 17
+# A CSV file holds no NUL byte; a binary file (or UTF-16 text) shows one within a few KB.
+_TEXT_SNIFF_BYTES = 8192
 
 # Typed scalars: pyarrow converts a bare Python value on every call, ~0.1 ms each
 # (it retries a failing optional import of dateutil), which adds up over many batches.
@@ -122,6 +139,7 @@ _EXPECT_QUANTITY = "a number > 0"
 _EXPECT_NUMBER = "a number"
 _EXPECT_EVENT_TYPE = "one of " + ", ".join(e.value for e in EventType)
 _EXPECT_AVAILABLE = "true/false, yes/no or 1/0"
+_EXPECT_UTF8 = "UTF-8 text (is the file in another encoding? save it as UTF-8)"
 
 _EVENT_ALIASES: dict[str, EventType] = {
     **{e.value: e for e in EventType},
@@ -270,6 +288,11 @@ class Catalog:
 # --------------------------------------------------------------------------- input files
 
 
+def _one_line(exc: BaseException) -> str:
+    """A lower library's message on one line (pyarrow's Parquet errors take several)."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
 class _RowHandler:
     """CSV invalid-row callback: counts skipped rows, or remembers the first for the error."""
 
@@ -277,6 +300,8 @@ class _RowHandler:
         self.skip = skip
         self.skipped = 0
         self.first: Any = None
+        self.undecodable: bytes | None = None
+        """The text of a malformed row that pyarrow could not decode (see _quiet)."""
 
     def __call__(self, row: Any) -> str:
         if self.skip:
@@ -285,6 +310,28 @@ class _RowHandler:
         if self.first is None:
             self.first = row
         return "error"
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """While reading with this handler: pyarrow decodes a malformed row's text as
+        UTF-8 before it calls the handler, and when that fails it prints the
+        UnicodeDecodeError as an "Exception ignored" traceback and stops the read.
+        Keep the row's bytes here instead (the unraisable's object is this handler),
+        for a one-line error; any other unraisable exception goes where it went."""
+        previous = sys.unraisablehook
+
+        def hook(args: Any) -> None:
+            if args.object is self and isinstance(args.exc_value, UnicodeDecodeError):
+                self.undecodable = self.undecodable or bytes(args.exc_value.object)
+                return
+            previous(args)
+
+        sys.unraisablehook = hook
+        try:
+            yield
+        finally:
+            if sys.unraisablehook is hook:  # else someone hooked in since: leave theirs
+                sys.unraisablehook = previous
 
 
 class _Source:
@@ -314,28 +361,74 @@ class _Source:
             self.kind = "csv+gzip"
         else:
             self.kind = "csv"
-        # Rows are located by file line for CSV (header = 1) and by row for Parquet.
+        # Batches are located by record: CSV's header is record 1, so its data start at
+        # record 2; Parquet's first row is row 1. where() turns a record into a line.
         self.first_line = 1 if self.kind == "parquet" else 2
         self.unit = "row" if self.kind == "parquet" else "line"
+        self.types: dict[str, pa.DataType] = {}  # Parquet's column types
+        self.head = b""  # the first bytes of a CSV file's text (decompressed)
+        if self.kind != "parquet":
+            self._check_text()
         self.columns: list[str] = self._header()
 
+    def _check_text(self) -> None:
+        """Refuse a file that is not text, even with ``skip_bad_rows``: its "rows" would
+        be garbage. CSV never holds a NUL byte; UTF-16 text holds one in every ASCII
+        character, and binary formats (zip, xlsx, images) within their first bytes."""
+        try:
+            with self._stream() as stream:
+                head = stream.read(_TEXT_SNIFF_BYTES)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{self.name}: cannot read {self.kind}: {_one_line(exc)}") from exc
+        self.head = head
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DataError(f"{self.name}: UTF-16 text; events files must be UTF-8 (save as UTF-8)")
+        nul = head.find(b"\0")
+        if nul >= 0:
+            raise DataError(
+                f"{self.name}: binary content (a NUL byte at byte {nul:,}"
+                f"{' after decompression' if self.kind == 'csv+gzip' else ''}); "
+                f"expected CSV text (UTF-8), gzip CSV or Parquet"
+            )
+
     def _header(self) -> list[str]:
+        skip = _RowHandler(skip=True)
         try:
             if self.kind == "parquet":
-                return list(pq.ParquetFile(self.name).schema_arrow.names)
+                schema = pq.ParquetFile(self.name).schema_arrow
+                self.types = dict(zip(schema.names, schema.types, strict=True))
+                return list(schema.names)
             # Only the names matter here: rows are checked when the file is read.
-            reader = pacsv.open_csv(
-                self._stream(),
-                read_options=pacsv.ReadOptions(block_size=1 << 20),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
-            )
-            names = list(reader.schema.names)
-            reader.close()
+            with skip.quiet():
+                reader = pacsv.open_csv(
+                    self._stream(),
+                    read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
+                    parse_options=pacsv.ParseOptions(
+                        invalid_row_handler=skip, newlines_in_values=True
+                    ),
+                )
+                names = list(reader.schema.names)
+                reader.close()
             return names
+        except UnicodeDecodeError as exc:  # pyarrow decodes the names for the schema
+            raise DataError(
+                f"{self.name}:1: the header is not UTF-8 text ({exc.reason} at byte "
+                f"{exc.start}); save the file as UTF-8"
+            ) from exc
         except (pa.ArrowException, OSError) as exc:
-            if "Empty CSV file" in str(exc):
-                raise DataError(f"{self.name}: empty file (no header, no rows)") from exc
-            raise DataError(f"{self.name}: cannot read {self.kind}: {exc}") from exc
+            if "Empty CSV file" in str(exc):  # no line found in the first block
+                raise DataError(self._no_header()) from exc
+            if skip.undecodable is not None:  # in the first block: as the full read would
+                raise self._undecodable_row(str(exc), skip.undecodable) from exc
+            raise DataError(f"{self.name}: cannot read {self.kind}: {_one_line(exc)}") from exc
+
+    def _no_header(self) -> str:
+        """Why the CSV reader found no header line in the file's first block."""
+        if not self.head.strip():
+            return f"{self.name}: empty file (no header, no rows)"
+        if len(self.head) < _TEXT_SNIFF_BYTES and not re.search(rb"[\r\n]", self.head.strip()):
+            return f"{self.name}: no data rows (one line, no line break)"
+        return f"{self.name}: no line break in the first MB; not a CSV file"
 
     def _stream(self) -> Any:
         return pa.input_stream(self.name, compression="gzip" if self.kind == "csv+gzip" else None)
@@ -349,6 +442,29 @@ class _Source:
                     f"{self.name}: missing column {name!r} ({what}); columns found: {found}"
                 )
 
+    def check_unique(self, include: list[str]) -> None:
+        """Raise DataError for a column to be read that the header names twice: which
+        one is meant is ambiguous (a column that is not read may repeat)."""
+        for name in include:
+            at = [i + 1 for i, c in enumerate(self.columns) if c == name]
+            if len(at) > 1:
+                header = ":1" if self.kind != "parquet" else ""
+                raise DataError(
+                    f"{self.name}{header}: column {name!r} appears {len(at)} times "
+                    f"(columns {', '.join(map(str, at))}); rename all but one"
+                )
+
+    def check_types(self, include: list[str]) -> None:
+        """Raise DataError for a Parquet column of a type no canonical column can come
+        from (lists, structs, maps): text, numbers, booleans and times convert."""
+        for name in include:
+            t = self.types.get(name)
+            if t is not None and pa.types.is_nested(t):
+                raise DataError(
+                    f"{self.name}: column {name!r} holds {t} values; expected text, "
+                    f"numbers or timestamps"
+                )
+
     def batches(self, include: list[str]) -> Iterator[pa.RecordBatch]:
         """Yield batches of the included columns, translating reader errors."""
         try:
@@ -358,22 +474,29 @@ class _Source:
                 return
             # use_threads=False: as fast here as threaded, and only then does the
             # invalid-row callback get the line number of the malformed row.
-            reader = pacsv.open_csv(
-                self._stream(),
-                read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=self.handler),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=include,
-                    column_types=dict.fromkeys(include, pa.string()),
-                    strings_can_be_null=True,
-                    null_values=[""],
-                ),
-            )
-            yield from reader
+            # Bytes, not strings: a value that is not UTF-8 is then one bad value (see
+            # _decode) rather than an unreadable file. Quoted values may hold line
+            # breaks: without newlines_in_values a block boundary inside one is a
+            # parse error.
+            with self.handler.quiet():
+                reader = pacsv.open_csv(
+                    self._stream(),
+                    read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
+                    parse_options=pacsv.ParseOptions(
+                        invalid_row_handler=self.handler, newlines_in_values=True
+                    ),
+                    convert_options=pacsv.ConvertOptions(
+                        include_columns=include,
+                        column_types=dict.fromkeys(include, pa.binary()),
+                        strings_can_be_null=True,
+                        null_values=[""],
+                    ),
+                )
+                yield from reader
         except (pa.ArrowException, OSError) as exc:
             row = self.handler.first
             if row is not None:
-                line = row.number if row.number is not None else 0
+                line = self.line_of(row.number) if row.number is not None else 0
                 raise InputRowError(
                     self.name,
                     line,
@@ -381,14 +504,106 @@ class _Source:
                     f"{row.expected_columns} comma-separated fields",
                     f"{row.actual_columns} fields: {row.text}",
                 ) from exc
-            raise DataError(f"{self.name}: cannot read {self.kind}: {exc}") from exc
+            if self.handler.undecodable is not None:
+                raise self._undecodable_row(str(exc), self.handler.undecodable) from exc
+            raise DataError(f"{self.name}: cannot read {self.kind}: {_one_line(exc)}") from exc
+
+    def _undecodable_row(self, message: str, text: bytes) -> DataError:
+        """A malformed row that is not UTF-8: pyarrow could not hand it to the handler,
+        so it cannot be skipped either; its place and shape are in pyarrow's message."""
+        record = re.search(r"Row #(\d+)", message)
+        line = self.line_of(int(record.group(1))) if record else 0
+        shape = re.search(r"Expected (\d+) columns, got (\d+)", message)
+        expected, got = shape.groups() if shape else ("?", "?")
+        shown = text.decode("utf-8", "backslashreplace")
+        if not self.handler.skip:
+            return InputRowError(
+                self.name, line, "(row)", f"{expected} comma-separated fields",
+                f"{got} fields: {shown}",
+            )  # fmt: skip
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return DataError(
+            f"{self.name}:{line}: a malformed row ({got} fields, expected {expected}) that "
+            f"is not UTF-8 cannot be skipped; fix it or save the file as UTF-8: {shown!r}"
+        )
 
     def where(self, first_line: int, index: int) -> int:
-        """Line (CSV) or row number (Parquet) of a batch row."""
-        return first_line + index
+        """Line (CSV) or row number (Parquet) of row ``index`` of a batch whose first
+        row is record ``first_line``."""
+        record = first_line + index
+        return record if self.kind == "parquet" else self.line_of(record)
+
+    def line_of(self, record: int) -> int:
+        """The file line on which CSV record ``record`` (header = 1) starts.
+
+        Records are lines unless quoted values hold line breaks or blank lines are
+        skipped; the file is read again up to the record to count them. This runs only
+        to report a bad row (~1.5 s per million rows before it); the count stays the
+        record's number if the file cannot be read again.
+        """
+        try:
+            with self._stream() as stream:
+                text = io.TextIOWrapper(
+                    stream, encoding="utf-8", errors="surrogateescape", newline=""
+                )
+                reader = csv.reader(text, strict=False)
+                seen, line = 0, 0
+                for fields in reader:
+                    if not fields:  # a blank line: the CSV reader skips it
+                        line = reader.line_num
+                        continue
+                    seen += 1
+                    if seen == record:
+                        return line + 1
+                    line = reader.line_num
+        except (csv.Error, pa.ArrowException, OSError, UnicodeError):
+            pass
+        return record
 
 
 # --------------------------------------------------------------------------- conversions
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decode(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[_Check]]:
+    """The batch with its byte columns (every CSV column; Parquet's byte arrays and
+    strings) as UTF-8 strings, and a check per column holding values that are not
+    UTF-8 (those values become null)."""
+    arrays: list[pa.Array] = []
+    checks: list[_Check] = []
+    for name, arr in zip(batch.schema.names, batch.columns, strict=True):
+        text, bad, raw = _utf8(arr)
+        arrays.append(text)
+        if bad is not None:
+            checks.append(_Check(name, bad, _EXPECT_UTF8, raw))
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names), checks
+
+
+def _utf8(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array]:
+    """A byte or string column as checked UTF-8 strings (other types as they are), the
+    mask of values that are not UTF-8 (None when all are) and the column as bytes."""
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        try:  # Parquet's reader does not check that its strings are UTF-8
+            arr.validate(full=True)
+            return arr, None, arr
+        except pa.ArrowInvalid:
+            arr = arr.view(pa.large_binary() if pa.types.is_large_string(arr.type) else pa.binary())
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        return arr, None, arr
+    try:
+        return pc.cast(arr, pa.string()), None, arr  # validates UTF-8 at memory speed
+    except pa.ArrowInvalid:
+        # the slow path, for a batch holding a value that is not UTF-8
+        bad = pa.array([v is not None and not _is_utf8(v) for v in arr.to_pylist()])
+        valid = pc.if_else(bad, pa.scalar(None, arr.type), arr)
+        return pc.cast(valid, pa.string()), bad, arr
 
 
 def _to_string(arr: pa.Array) -> pa.Array:
@@ -607,6 +822,8 @@ def _bad_rows(
             ((pc.index(c.bad, _TRUE).as_py(), c) for c in checks), key=lambda pair: pair[0]
         )
         got = check.raw[index].as_py()
+        if isinstance(got, bytes):  # not UTF-8: its bytes, \x-escaped
+            got = got.decode("utf-8", "backslashreplace")
         raise InputRowError(
             source.name,
             source.where(first_line, index),
@@ -842,10 +1059,15 @@ def load_events(
             _convert_events, mapping=mapping, default_event_type=default_event_type
         )
 
+    source.check_unique(include)
+    source.check_types(include)
+
     def process(batch: pa.RecordBatch, line: int) -> tuple[pa.RecordBatch, dict[str, int]]:
+        batch, undecodable = _decode(batch)
         converted = convert(batch)
         counts = dict.fromkeys(removed, 0)
-        keep = _bad_rows(source, converted.checks, line, skip_bad_rows)
+        # first, so that a value that is not UTF-8 is reported as such, not as missing
+        keep = _bad_rows(source, undecodable + converted.checks, line, skip_bad_rows)
         if keep is not None:
             counts["bad_row"] = batch.num_rows - pc.sum(keep).as_py()
         for reason, mask in converted.removals:
@@ -922,22 +1144,27 @@ def load_catalog(path: str | Path, *, skip_bad_rows: bool = False) -> Catalog:
     """
     source = _Source(path, skip_bad_rows)
     source.require(["item_id"], "required")
-    repeated = sorted({c for c in source.columns if source.columns.count(c) > 1})
-    if repeated:
-        raise DataError(f"{source.name}: repeated column names: {', '.join(map(repr, repeated))}")
+    source.check_unique(list(source.columns))
+    source.check_types(
+        [c for c in ("item_id", "category", "available", "title") if c in source.columns]
+    )
     parts: dict[str, list[pa.Array]] = {name: [] for name in source.columns}
     parts["available"] = []
     skipped = 0
     rows_read = 0
     line = source.first_line
-    for batch in source.batches(list(source.columns)):
-        n = batch.num_rows
+    for raw_batch in source.batches(list(source.columns)):
+        n = raw_batch.num_rows
         if n == 0:
             continue
+        batch, undecodable = _decode(raw_batch)
         columns = {name: batch.column(name) for name in source.columns}
         raw_item = columns["item_id"]
         columns["item_id"] = _to_string(raw_item)
-        checks = [_Check("item_id", _missing(columns["item_id"]), "a non-empty item id", raw_item)]
+        checks = [
+            *undecodable,
+            _Check("item_id", _missing(columns["item_id"]), "a non-empty item id", raw_item),
+        ]
         if "available" in columns:
             raw = columns["available"]
             columns["available"], bad = _booleans(raw)

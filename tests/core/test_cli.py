@@ -1,14 +1,18 @@
 """The console script as a user runs it: one-line errors, exit codes, end to end."""
 
+import gzip
 import json
+import shlex
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from recsvc import artifact as art
+from recsvc.artifact import write_artifact
 from recsvc.cli import main
 from recsvc.errors import ArtifactError
 from recsvc.training.pipeline import LoadedData, build_model
@@ -44,6 +48,49 @@ def test_missing_column_and_missing_file(
     err = capsys.readouterr().err
     assert "user_id" in err and "Traceback" not in err
     assert main(["-q", "train", "--events", str(tmp_path / "nope.csv")]) == 3
+
+
+HEADER = b"user_id,item_id,timestamp\n"
+ROWS = b"u1,i1,1700000000\nu2,i2,1700000100\n"
+BAD_FILES = {
+    "empty.csv": b"",
+    "header.csv": HEADER,
+    "binary.csv": b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)),
+    "utf16.csv": (HEADER + ROWS).decode().encode("utf-16"),
+    "latin1-header.csv": b"user_id,item_id,timestamp,pr\xe9f\n" + ROWS,
+    "repeated.csv": b"user_id,item_id,timestamp,user_id\nu1,i1,1700000000,u9\n",
+    "truncated.csv.gz": gzip.compress(
+        HEADER + b"".join(b"u%d,i%d,%d\n" % (n, n % 97, 1_700_000_000 + n) for n in range(5000))
+    )[:10_000],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+@pytest.mark.parametrize("skip", [[], ["--skip-bad-rows"]])
+def test_a_file_that_cannot_be_events_is_one_line_and_status_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, skip: list[str]
+) -> None:
+    events, arts = tmp_path / name, tmp_path / "artifacts"
+    events.write_bytes(BAD_FILES[name])
+    assert main(["-q", "train", "--events", str(events), "--artifacts", str(arts), *skip]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"recsvc train: error: {events}") and err.count("\n") == 1, err
+    assert not arts.exists() or not any(arts.iterdir())
+
+
+def test_a_value_that_is_not_utf8_stops_the_run_or_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events, arts = tmp_path / "e.csv", tmp_path / "artifacts"
+    events.write_bytes(HEADER + ROWS + b"u3,caf\xe9,1700000200\nu1,i2,1700000300\n")
+    assert main(["-q", "train", "--events", str(events), "--artifacts", str(arts)]) == 3
+    err = capsys.readouterr().err
+    assert f"{events}:4: column 'item_id': expected UTF-8 text" in err
+    assert (
+        main(["-q", "train", "--events", str(events), "--artifacts", str(arts), "--skip-bad-rows"])
+        == 0
+    )
+    assert "2 users, 2 items" in capsys.readouterr().out
 
 
 def test_bad_setting_fails_before_any_work(
@@ -98,6 +145,55 @@ def test_synth_train_publish_models_evaluate_rollback(tmp_path: Path) -> None:
         data["metrics"]["served"]
     )
     assert data["protocol"] == "last basket per user"
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact root holding two trained versions (what `recsvc models` lists)."""
+    root = tmp_path_factory.mktemp("artifacts")
+    data = LoadedData(block_shop(), None, (), 0)
+    for day in (1, 2):
+        now = datetime(2030, 1, day, tzinfo=UTC)
+        write_artifact(build_model(data, small_settings(), now=now).artifact, root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["models", "--artifacts"], 141),  # 128 + SIGPIPE, as the shell reports
+        # argparse ignores errors writing its own help and version: status 0
+        (["--help"], 0),
+        (["--version"], 0),
+        (["train", "--help"], 0),
+    ],
+)
+def test_a_reader_that_closes_the_pipe_early_ends_the_run_quietly(
+    args: list[str], status: int, two_versions: Path
+) -> None:
+    if args[-1] == "--artifacts":
+        args = [*args, str(two_versions)]
+    # the reader is gone before recsvc writes a byte: every write fails
+    proc = subprocess.Popen([*RECSVC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == status, err
+    assert err == ""
+
+
+def test_recsvc_models_piped_into_head(two_versions: Path) -> None:
+    command = f"{shlex.join(RECSVC)} models --artifacts {shlex.quote(str(two_versions))}"
+    result = subprocess.run(
+        ["sh", "-c", f"{command} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.count("\n") == 1 and "users=" in result.stdout
 
 
 def test_help_lists_every_subcommand() -> None:

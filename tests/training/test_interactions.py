@@ -76,6 +76,21 @@ def test_only_guests_is_a_data_error() -> None:
         build_interactions(table, NO_DECAY)
 
 
+def test_weightless_events_say_whether_their_types_or_their_age_weigh_0() -> None:
+    views = event_table(
+        [("a", "x", T0, "impression", 1, "1"), ("b", "y", T0, "impression", 1, "2")]
+    )
+    with pytest.raises(DataError, match=r"their types \(impression\) have weight 0"):
+        build_interactions(views, WeightingSettings())
+    # the only event that counts is 100 years older than the newest (an impression):
+    # ~200 half-lives take its float32 weight to 0
+    old = event_table(
+        [("a", "x", T0 - 36_500 * DAY, "purchase", 1, "1"), ("b", "y", T0, "impression", 1, "2")]
+    )
+    with pytest.raises(DataError, match=r"after the time decay: .* 36,500 days older"):
+        build_interactions(old, WeightingSettings())
+
+
 def test_erased_users_never_reach_the_matrix(tmp_path: Path) -> None:
     path = tmp_path / "erased.txt"
     path.write_text("bob\n\n")

@@ -388,7 +388,10 @@ def test_explicitly_mapped_optional_column_must_exist(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("", "empty file"),
+        ("\n\r\n", "empty file"),
         ("user_id,item_id,timestamp\n", "no data rows"),
+        ("user_id,item_id,timestamp", r"no data rows \(one line, no line break\)"),
+        ("x" * (2 << 20), "no line break in the first MB; not a CSV file"),
     ],
 )
 def test_empty_input(tmp_path: Path, text: str, message: str) -> None:
@@ -417,6 +420,174 @@ def test_corrupt_gzip_is_a_data_error(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b"user_id,item_id,timestamp\n" + b"u,i,1\n" * 1000)[:60])
     with pytest.raises(DataError, match=r"e\.csv\.gz"):
         load_events(path)
+
+
+# --------------------------------------------------------------------------- bad files
+# Issue #14, defect 10: every file that cannot be used stops the load with one line
+# naming the file (and the line and column where there is one); never a traceback.
+
+
+def write_bytes(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    return path
+
+
+def one_line(exc: pytest.ExceptionInfo[DataError], path: Path) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(str(path)), message
+    return message
+
+
+@pytest.mark.parametrize("name", ["e.csv", "e.csv.gz"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_binary_file_is_refused_even_when_skipping(tmp_path: Path, name: str, skip: bool) -> None:
+    # a spreadsheet saved under the wrong name: zip bytes, NULs within the first KB
+    data = b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 8
+    path = write_bytes(tmp_path, name, data)
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=skip)
+    assert "binary content (a NUL byte at byte 5" in one_line(info, path)
+
+
+def test_utf16_text_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path, "e.csv", f"user_id,item_id,timestamp\nu,i,{T0}\n".encode("utf-16"))
+    with pytest.raises(DataError) as info:
+        load_events(path)
+    assert "UTF-16 text; events files must be UTF-8" in one_line(info, path)
+
+
+def test_a_header_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path, "e.csv", b"user_id,item_id,timestamp,pr\xe9f\nu,i,1\n")
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert ":1: the header is not UTF-8 text" in one_line(info, path)
+
+
+LATIN1 = b"user_id,item_id,timestamp\nu1,i1,1\nu2,caf\xe9,2\nu3,i3,3\n"
+
+
+@pytest.mark.parametrize("name", ["e.csv", "e.csv.gz"])
+def test_a_value_that_is_not_utf8_names_its_line_and_column(tmp_path: Path, name: str) -> None:
+    path = write_bytes(tmp_path, name, LATIN1)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert (info.value.line, info.value.column) == (3, "item_id")
+    assert "expected UTF-8 text" in one_line(info, path)
+    assert info.value.got == "caf\\xe9"  # the bytes, escaped
+
+
+def test_skip_bad_rows_drops_and_counts_rows_that_are_not_utf8(tmp_path: Path) -> None:
+    # CSV's separators are ASCII, and no byte of a multi-byte UTF-8 character is: a
+    # bad byte stays within its value, and the other rows read as they are
+    table, summary = load_events(write_bytes(tmp_path, "e.csv", LATIN1), skip_bad_rows=True)
+    assert column(table, "item_id") == ["i1", "i3"]
+    assert summary.removed == {"bad_row": 1}
+    check_invariant(summary)
+
+
+def test_a_malformed_row_that_is_not_utf8_is_one_line_and_not_skipped(tmp_path: Path) -> None:
+    # pyarrow decodes a malformed row's text before it calls the skipping callback; it
+    # printed the UnicodeDecodeError as "Exception ignored" (an error under pytest)
+    data = b"user_id,item_id,timestamp\nu1,i1,1\nu1,i2,2\n\xff\xfe,2\nu4,i5,6\n"
+    path = write_bytes(tmp_path, "e.csv", data)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert (info.value.line, info.value.got) == (4, "2 fields: \\xff\\xfe,2")
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert ":4: a malformed row (2 fields, expected 3) that is not UTF-8 cannot be skipped" in (
+        one_line(info, path)
+    )
+
+
+def test_parquet_strings_that_are_not_utf8_are_bad_values(tmp_path: Path) -> None:
+    # Parquet's reader takes a string column's bytes as they are
+    path = tmp_path / "e.parquet"
+    ids = pa.array([b"a", b"\x80b", b"c"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"user_id": ids, "item_id": ids, "timestamp": [T0] * 3}), path)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert (info.value.line, info.value.column, info.value.got) == (2, "user_id", "\\x80b")
+    table, _ = load_events(path, skip_bad_rows=True)
+    assert column(table, "user_id") == ["a", "c"]
+
+
+def test_a_corrupt_parquet_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"], "timestamp": [T0]}), path)
+    data = bytearray(path.read_bytes())
+    data[4] = 0xFF  # the first page header: pyarrow's message takes two lines
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert "cannot read parquet: " in one_line(info, path)
+
+
+def test_a_repeated_header_column_is_refused(tmp_path: Path) -> None:
+    text = f"user_id,item_id,timestamp,item_id\nu,i,{T0},j\n"
+    path = write(tmp_path, "e.csv", text)
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert ":1: column 'item_id' appears 2 times (columns 2, 4)" in one_line(info, path)
+    # a repeated column that is not read is no ambiguity
+    text = f"user_id,item_id,timestamp,note,note\nu,i,{T0},a,b\n"
+    assert load_events(write(tmp_path, "e2.csv", text))[0].num_rows == 1
+
+
+def test_a_parquet_column_of_lists_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": [["i", "j"]], "timestamp": [T0]}), path)
+    with pytest.raises(DataError) as info:
+        load_events(path)
+    assert "column 'item_id' holds list<element: string> values" in one_line(info, path)
+
+
+def test_parquet_bytes_that_are_not_utf8_are_bad_values(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    ids = pa.array([b"a", b"\xff\xfe", b"c"], pa.binary())
+    pq.write_table(pa.table({"user_id": ids, "item_id": ids, "timestamp": [T0] * 3}), path)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert (info.value.line, info.value.column) == (2, "user_id")
+    table, summary = load_events(path, skip_bad_rows=True)
+    assert column(table, "item_id") == ["a", "c"] and summary.removed == {"bad_row": 1}
+
+
+def test_bom_crlf_and_quoted_line_breaks_read_as_they_should(tmp_path: Path) -> None:
+    text = f'user_id,item_id,timestamp\r\n"u\r\n1",i1,{T0}\r\n"u2","i,2",{T0}\r\n'
+    table, _ = load_events(write_bytes(tmp_path, "e.csv", b"\xef\xbb\xbf" + text.encode()))
+    assert column(table, "user_id") == ["u\r\n1", "u2"]
+    assert column(table, "item_id") == ["i1", "i,2"]
+
+
+def test_quoted_line_breaks_across_read_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loading, "_CSV_BLOCK_BYTES", 1 << 10)
+    rows = "".join(f'u{n},"line\nbreak",{T0 + n}\n' for n in range(500))
+    table, _ = load_events(write(tmp_path, "e.csv", "user_id,item_id,timestamp\n" + rows))
+    assert table.num_rows == 500 and set(column(table, "item_id")) == {"line\nbreak"}
+
+
+def test_lines_count_quoted_line_breaks_and_blank_lines(tmp_path: Path) -> None:
+    text = f'user_id,item_id,timestamp\n"u\n1",i1,{T0}\n\nu2,i2,{T0}\nu3,,{T0}\n'
+    path = write(tmp_path, "e.csv", text)
+    with pytest.raises(InputRowError) as info:
+        load_events(path)
+    assert info.value.line == 6  # records 4, lines 6: "u\n1" takes two, one is blank
+    with pytest.raises(InputRowError) as info:
+        load_events(write(tmp_path, "m.csv", text.replace(",,", ",")))
+    assert info.value.line == 6  # the reader's malformed row, counted the same way
+
+
+def test_a_truncated_gzip_is_one_line_even_when_skipping(tmp_path: Path) -> None:
+    data = b"user_id,item_id,timestamp\n" + b"".join(b"u%d,i,%d\n" % (n, n) for n in range(9000))
+    path = tmp_path / "e.csv.gz"
+    path.write_bytes(gzip.compress(data)[:4000])
+    with pytest.raises(DataError) as info:
+        load_events(path, skip_bad_rows=True)
+    assert "cannot read csv+gzip" in one_line(info, path)
 
 
 # --------------------------------------------------------------------------- online retail
@@ -557,5 +728,7 @@ def test_catalog_missing_column_and_empty(tmp_path: Path) -> None:
         load_catalog(write(tmp_path, "c.csv", "sku\na\n"))
     with pytest.raises(DataError, match="no data rows"):
         load_catalog(write(tmp_path, "c2.csv", "item_id,title\n"))
-    with pytest.raises(DataError, match="repeated column names: 'title'"):
+    with pytest.raises(
+        DataError, match=r"c3\.csv:1: column 'title' appears 2 times \(columns 2, 3\)"
+    ):
         load_catalog(write(tmp_path, "c3.csv", "item_id,title,title\na,x,y\n"))
