@@ -188,6 +188,9 @@ class ColumnMapping:
     """Units column (> 0); absent or empty cells mean 1."""
     basket_id: str | None = "basket_id"
     """Order / basket column; absent or empty cells mean ``f"{user_id}@{timestamp}"``."""
+    event_id: str | None = "event_id"
+    """Event id column (the server's event log has one); a row repeating an id read
+    before is dropped, absent or empty cells are never dropped."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -203,7 +206,7 @@ class ColumnMapping:
         or ``quantity=-`` means the file has no such column. Raises ConfigError.
         """
         known = {f.name for f in fields(cls)}
-        optional = {"event_type", "quantity", "basket_id"}
+        optional = {"event_type", "quantity", "basket_id", "event_id"}
         values: dict[str, str | None] = {}
         for part in (p.strip() for p in spec.split(",")):
             if not part:
@@ -245,7 +248,8 @@ class LoadSummary:
     rows_kept: int
     """Rows in the returned table."""
     removed: dict[str, int]
-    """Rows removed, by reason (every reason of the layout is present, maybe 0)."""
+    """Rows removed, by reason (every reason of the layout is present, maybe 0;
+    ``repeated_event_id`` when the file has an ``event_id`` column)."""
     guest_rows: int
     """Kept rows without a user (null ``user_id``)."""
     users: int
@@ -891,6 +895,9 @@ def _convert_events(
         columns["basket_id"] = _to_string(batch.column(mapping.basket_id))
     else:
         columns["basket_id"] = pa.nulls(n, pa.string())
+    if mapping.event_id is not None and mapping.event_id in names:
+        # not a column of the table: it only decides which rows repeat an event
+        columns["event_id"] = _to_string(batch.column(mapping.event_id))
     return _Converted(columns, checks)
 
 
@@ -999,6 +1006,31 @@ def _map_batches(
 # --------------------------------------------------------------------------- public API
 
 
+def _drop_repeated(
+    batches: list[pa.RecordBatch], event_ids: list[pa.Array | None], seen: set[str]
+) -> tuple[list[pa.RecordBatch], int]:
+    """``batches`` without the rows whose event id is in ``seen`` or came earlier (in
+    file order); ``seen`` gains the ids kept. A set of ids costs ~100 bytes per logged
+    event: event logs, not the bulk history (which has no ids), go through it."""
+    kept, dropped = [], 0
+    for batch, ids in zip(batches, event_ids, strict=True):
+        if ids is None or ids.null_count == len(ids):
+            kept.append(batch)
+            continue
+        keep = np.ones(len(ids), dtype=bool)
+        for row, event_id in enumerate(ids.to_pylist()):
+            if event_id is None:
+                continue
+            if event_id in seen:
+                keep[row] = False
+            else:
+                seen.add(event_id)
+        n = len(keep) - int(keep.sum())
+        dropped += n
+        kept.append(batch.filter(pa.array(keep)) if n else batch)
+    return kept, dropped
+
+
 def load_events(
     path: str | Path,
     *,
@@ -1006,6 +1038,7 @@ def load_events(
     mapping: ColumnMapping | None = None,
     skip_bad_rows: bool = False,
     default_event_type: EventType = EventType.PURCHASE,
+    seen_event_ids: set[str] | None = None,
 ) -> tuple[pa.Table, LoadSummary]:
     """Read an event file into the canonical event table (see :data:`EVENT_SCHEMA`).
 
@@ -1016,6 +1049,10 @@ def load_events(
         skip_bad_rows: drop rows with bad values (and malformed CSV rows) and count them
             as ``removed["bad_row"]`` instead of raising :class:`InputRowError`.
         default_event_type: the event type of rows without one (``events`` layout).
+        seen_event_ids: event ids kept from earlier files, updated with this file's:
+            a row whose ``event_id`` is in it (or earlier in this file) is dropped and
+            counted as ``removed["repeated_event_id"]`` — a retried RecordEvents the
+            event logs of two replicas hold. Rows without an id are never dropped.
 
     Returns:
         The table (chunked, one chunk per input batch, rows in file order) and a summary.
@@ -1045,7 +1082,7 @@ def load_events(
         source.require(required, "required")
         defaults = ColumnMapping()
         include = list(dict.fromkeys(required))
-        for name in ("event_type", "quantity", "basket_id"):
+        for name in ("event_type", "quantity", "basket_id", "event_id"):
             column = getattr(mapping, name)
             if column is None:
                 continue
@@ -1055,6 +1092,8 @@ def load_events(
                 source.require([column], f"mapped to {name}")
         include = list(dict.fromkeys(include))
         removed = {"bad_row": 0}
+        if mapping.event_id is not None and mapping.event_id in source.columns:
+            removed["repeated_event_id"] = 0
         convert = functools.partial(
             _convert_events, mapping=mapping, default_event_type=default_event_type
         )
@@ -1062,7 +1101,9 @@ def load_events(
     source.check_unique(include)
     source.check_types(include)
 
-    def process(batch: pa.RecordBatch, line: int) -> tuple[pa.RecordBatch, dict[str, int]]:
+    def process(
+        batch: pa.RecordBatch, line: int
+    ) -> tuple[pa.RecordBatch, dict[str, int], pa.Array | None]:
         batch, undecodable = _decode(batch)
         converted = convert(batch)
         counts = dict.fromkeys(removed, 0)
@@ -1076,12 +1117,17 @@ def load_events(
             if count:
                 counts[reason] = count
                 keep = pc.invert(hit) if keep is None else pc.and_not(keep, hit)
-        return _finish_batch(converted.columns, keep), counts
+        ids = converted.columns.get("event_id")
+        if ids is not None and keep is not None:
+            ids = ids.filter(keep)
+        return _finish_batch(converted.columns, keep), counts, ids
 
     batches: list[pa.RecordBatch] = []
+    event_ids: list[pa.Array | None] = []
     rows_read = 0
-    for batch, counts in _map_batches(source, include, process):
+    for batch, counts, ids in _map_batches(source, include, process):
         batches.append(batch)
+        event_ids.append(ids)
         rows_read += batch.num_rows
         for reason, count in counts.items():
             removed[reason] += count
@@ -1089,10 +1135,15 @@ def load_events(
     removed["bad_row"] += source.handler.skipped
     rows_read += source.handler.skipped
 
+    if any(ids is not None for ids in event_ids):
+        seen = set() if seen_event_ids is None else seen_event_ids
+        batches, repeated = _drop_repeated(batches, event_ids, seen)
+        removed["repeated_event_id"] += repeated
     table = pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
     if rows_read == 0:
         raise DataError(f"{source.name}: no data rows (empty or header only)")
-    if table.num_rows == 0:
+    if table.num_rows == 0 and not removed.get("repeated_event_id"):
+        # (a log whose every row repeats an earlier file's is fine: nothing new in it)
         reasons = ", ".join(f"{k}={v}" for k, v in removed.items() if v)
         raise DataError(f"{source.name}: no rows left after cleaning {rows_read} rows ({reasons})")
     # Distinct counts hash every id (seconds at 10M rows): do users and items at once.

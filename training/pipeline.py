@@ -51,7 +51,13 @@ from .interactions import (
     trending_popularity,
     visit_arrays,
 )
-from .loading import Catalog, ColumnMapping, LoadSummary, load_catalog, load_events
+from .loading import (
+    Catalog,
+    ColumnMapping,
+    LoadSummary,
+    load_catalog,
+    load_events,
+)
 from .neighbors import build_neighbor_model, cores
 
 __all__ = [
@@ -108,12 +114,15 @@ def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
     if not spec.events:
         raise DataError("no events file given")
     tables, summaries = [], []
+    # ids of the events kept so far: a retried RecordEvents may sit in two replicas' logs
+    seen_event_ids: set[str] = set()
     for path in spec.events:
         table, summary = load_events(
             path,
             format=spec.format,  # type: ignore[arg-type]
             mapping=spec.mapping,
             skip_bad_rows=spec.skip_bad_rows,
+            seen_event_ids=seen_event_ids,
         )
         tables.append(table)
         summaries.append(summary)

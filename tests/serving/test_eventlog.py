@@ -31,7 +31,7 @@ def _loaded(paths: list[Path]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for path in paths:
         table, summary = load_events(path)
-        assert summary.removed == {"bad_row": 0}
+        assert summary.removed == {"bad_row": 0, "repeated_event_id": 0}
         out.extend(table.to_pylist())
     return out
 
@@ -225,3 +225,19 @@ def test_the_log_is_owner_only(tmp_path: Path) -> None:
     (path,) = log.files()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_a_retried_event_logged_twice_loads_once(tmp_path: Path) -> None:
+    # a retried RecordEvents may log an event again, in this replica's log or another's
+    first = EventRow("alice", "sku-1", 1_700_000_000, "purchase", 1.0, "", "e1")
+    second = EventRow("alice", "sku-2", 1_700_000_001, "view", 1.0, "", "e2")
+    unnamed = EventRow("bob", "sku-3", 1_700_000_002, "view")  # no id: never dropped
+    with EventLog(tmp_path / "a", max_bytes=1 << 20) as log:
+        log.append([first, second, first, unnamed, unnamed])
+    with EventLog(tmp_path / "b", max_bytes=1 << 20) as other:
+        other.append([second])
+    seen: set[str] = set()
+    tables = [load_events(path, seen_event_ids=seen) for path in (*log.files(), *other.files())]
+    assert [t.num_rows for t, _ in tables] == [4, 0]
+    assert [s.removed["repeated_event_id"] for _, s in tables] == [1, 1]
+    assert seen == {"e1", "e2"}

@@ -18,6 +18,7 @@ import redis
 from recsvc.client import RecommenderClient
 from recsvc.store import KeyScheme, client_from_url, decode_event
 from recsvc.store.embedded import PrivateRedis, start_private_redis
+from recsvc.training.loading import load_events
 from recsvc.v1 import recommender_pb2 as pb
 
 from factories import small_settings
@@ -88,6 +89,12 @@ def test_a_retry_after_a_failure_between_the_writes_applies_once(
         logged = _logged(tmp_path)
         assert {event_id for _, event_id in logged} == {"e1", "e2"}
         assert logged.count(("g0i01", "e1")) == 1
+        # training reads each event once, however often a retry logged it
+        seen: set[str] = set()
+        files = sorted((tmp_path / "log").glob("events-*.csv"))
+        loaded = [load_events(f, seen_event_ids=seen)[0] for f in files]
+        items = [i for table in loaded for i in table["item_id"].to_pylist()]
+        assert sorted(items) == ["g0i01", "g0i02"]
     finally:
         admin.close()
 
