@@ -1,0 +1,118 @@
+"""Request validation, property-based: any message gives a domain input that keeps the
+limits, or InvalidRequestError naming fields that exist — never another exception.
+
+(The server-level fuzzer, tests/serving/test_fuzz.py, sends such messages over the wire;
+this checks the validation itself, fast and exhaustively.)
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recsvc.config import ServerSettings
+from recsvc.errors import InvalidRequestError
+from recsvc.serving import validation
+from recsvc.v1 import recommender_pb2 as pb
+
+LIMITS = ServerSettings(max_k=50, max_session_events=5, max_batch_events=5, max_id_bytes=16)
+
+# ids: mostly plausible, sometimes hostile (controls, separators, long, empty)
+ids = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=24),
+    st.sampled_from(["", "u1", " u1", "u1 ", "u\u00a01", "a\nb", "x" * 17, "é" * 9]),
+)
+timestamps = st.builds(
+    lambda s, n: (s, n),
+    st.integers(-(2**40), 2**40),
+    st.integers(-5, 1_000_000_005),
+)
+enum_numbers = st.integers(-3, 9)
+
+
+def _time(message: object, value: tuple[int, int] | None) -> None:
+    if value is not None:
+        stamp = message.event_time  # type: ignore[attr-defined]
+        stamp.seconds, stamp.nanos = value
+
+
+@st.composite
+def recommend_requests(draw: st.DrawFn) -> pb.RecommendRequest:
+    req = pb.RecommendRequest(
+        user_id=draw(ids),
+        session_id=draw(ids),
+        k=draw(st.integers(-10, 100)),
+        repeat_policy=draw(enum_numbers),  # type: ignore[arg-type]
+        non_personalized=draw(st.booleans()),
+        placement=draw(st.sampled_from(["", "home", "HOME", "a" * 40, "pdp_2"])),
+    )
+    for _ in range(draw(st.integers(0, 7))):
+        e = req.session_events.add(item_id=draw(ids), event_type=draw(enum_numbers))  # type: ignore[arg-type]
+        _time(e, draw(st.none() | timestamps))
+    if draw(st.booleans()):
+        req.filters.exclude_item_ids.extend(draw(st.lists(ids, max_size=3)))
+        req.filters.in_stock_only = draw(st.booleans())
+    return req
+
+
+@st.composite
+def event_requests(draw: st.DrawFn) -> pb.RecordEventsRequest:
+    req = pb.RecordEventsRequest()
+    for _ in range(draw(st.integers(0, 7))):
+        e = req.events.add(
+            user_id=draw(ids),
+            session_id=draw(ids),
+            item_id=draw(ids),
+            event_type=draw(enum_numbers),  # type: ignore[arg-type]
+            quantity=draw(st.floats(width=32, allow_nan=True, allow_infinity=True)),
+            recommendation_id=draw(ids),
+            event_id=draw(ids),
+        )
+        _time(e, draw(st.none() | timestamps))
+    return req
+
+
+def _fields_exist(error: InvalidRequestError, names: set[str]) -> None:
+    assert error.violations
+    for v in error.violations:
+        root = v.field.split("[", 1)[0].split(".", 1)[0]
+        assert root in names, v.field
+
+
+def _id_ok(value: str) -> bool:
+    return value == "" or (
+        value.isprintable()
+        and value[0] != " "
+        and value[-1] != " "
+        and len(value.encode()) <= LIMITS.max_id_bytes
+    )
+
+
+@given(recommend_requests())
+def test_recommend_requests_validate_or_name_their_bad_fields(req: pb.RecommendRequest) -> None:
+    try:
+        out = validation.recommend_input(req, LIMITS)
+    except InvalidRequestError as error:
+        _fields_exist(error, set(pb.RecommendRequest.DESCRIPTOR.fields_by_name))
+        return
+    assert 1 <= out.k <= LIMITS.max_k
+    assert _id_ok(out.user_id) and _id_ok(out.session_id)
+    assert len(out.session_events) <= LIMITS.max_session_events
+    assert all(e.item_id and _id_ok(e.item_id) for e in out.session_events)
+
+
+@given(event_requests())
+def test_event_batches_validate_or_name_their_bad_fields(req: pb.RecordEventsRequest) -> None:
+    try:
+        events = validation.event_inputs(req, LIMITS)
+    except InvalidRequestError as error:
+        _fields_exist(error, set(pb.RecordEventsRequest.DESCRIPTOR.fields_by_name))
+        return
+    assert len(events) <= LIMITS.max_batch_events
+    for e in events:
+        assert e.item_id and all(_id_ok(x) for x in (e.user_id, e.session_id, e.event_id))
+        assert math.isfinite(e.quantity) and e.quantity > 0
+        assert 0 <= e.timestamp < 253_402_300_800
+        assert e.key  # every accepted event has the id that makes it idempotent
