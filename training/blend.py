@@ -89,17 +89,18 @@ def fit_user_blend(
 ) -> BlendFit | None:
     """The best blend, and popularity half-life among ``half_lives`` (days), on each
     sampled returning user's last basket; None when fewer than MIN_USERS users have two
-    baskets and events before the visit of the last (too little to fit on)."""
+    baskets (too little to fit on), or when no event lies before the visits of the
+    last baskets (nothing to fold in)."""
     try:
         split = split_last_basket(table)
     except DataError:  # no purchases at all (a views-only shop): nothing to fit on
         return None
     before = split.train
-    # a user whose every event lies in the visit of their last basket (all within
-    # VISIT_GAP_SECONDS of it) has nothing to fold in: not a held-out user. When that
-    # is everyone, nothing is left to train on at all.
-    with_history = set(pc.unique(before["user_id"].drop_null()).to_pylist())
-    users = sorted(u for u in split.truth if u in with_history)
+    if before.num_rows == 0:
+        # every event lies in the visit of a last basket (within VISIT_GAP_SECONDS of
+        # it): nothing is left to fold in or to take popularity from
+        return None
+    users = sorted(split.truth)
     if len(users) < MIN_USERS:
         return None
     rng = np.random.default_rng(seed)
@@ -137,6 +138,8 @@ def fit_user_blend(
     starts: list[int] = (
         np.flatnonzero(np.r_[True, u_ids[1:] != u_ids[:-1]]).tolist() if len(u_ids) else []
     )
+    if len(starts) < MIN_USERS:  # the sampled users hold too little history to fit on
+        return None
     ends = [*starts[1:], len(u_ids)]
     item_index = {str(x): i for i, x in enumerate(item_ids.tolist())}
 
