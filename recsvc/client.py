@@ -120,12 +120,15 @@ class RecommenderClient:
         include_categories: Sequence[str] = (),
         exclude_categories: Sequence[str] = (),
         in_stock_only: bool = False,
+        attributes: Sequence[pb.AttributeFilter] = (),
         repeat_policy: pb.RepeatPolicy = pb.REPEAT_POLICY_UNSPECIFIED,
         non_personalized: bool = False,
         placement: str = "",
         timeout: float | None = None,
     ) -> pb.RecommendResponse:
-        """Recommendations; ``session_items`` become inline session events, oldest first."""
+        """Recommendations; ``session_items`` become inline session events, oldest first;
+        ``attributes`` filter on the live catalogue (:meth:`attribute_in`,
+        :meth:`attribute_range`)."""
         request = pb.RecommendRequest(
             user_id=user_id,
             session_id=session_id,
@@ -139,6 +142,7 @@ class RecommenderClient:
                 include_categories=include_categories,
                 exclude_categories=exclude_categories,
                 in_stock_only=in_stock_only,
+                attributes=attributes,
             ),
             repeat_policy=repeat_policy,
             non_personalized=non_personalized,
@@ -152,16 +156,72 @@ class RecommenderClient:
         *,
         k: int = 0,
         in_stock_only: bool = False,
+        attributes: Sequence[pb.AttributeFilter] = (),
         placement: str = "",
         timeout: float | None = None,
     ) -> pb.SimilarItemsResponse:
         request = pb.SimilarItemsRequest(
             item_ids=item_ids,
             k=k,
-            filters=pb.Filters(in_stock_only=in_stock_only),
+            filters=pb.Filters(in_stock_only=in_stock_only, attributes=attributes),
             placement=placement,
         )
         return self._call(self.stub.SimilarItems, request, timeout)  # type: ignore[no-any-return]
+
+    def upsert_items(
+        self, items: Iterable[pb.CatalogItem], *, timeout: float | None = None
+    ) -> pb.UpsertItemsResponse:
+        """Add or replace live catalogue items (at most 1000 per call; :meth:`item`)."""
+        request = pb.UpsertItemsRequest(items=list(items))
+        return self._call(self.stub.UpsertItems, request, timeout)  # type: ignore[no-any-return]
+
+    def withdraw_items(
+        self, item_ids: Sequence[str], *, timeout: float | None = None
+    ) -> pb.WithdrawItemsResponse:
+        """Withdraw items from the live catalogue (at most 1000 per call)."""
+        request = pb.WithdrawItemsRequest(item_ids=item_ids)
+        return self._call(self.stub.WithdrawItems, request, timeout)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def item(
+        item_id: str,
+        *,
+        category_path: Sequence[str] = (),
+        available: bool = True,
+        price: float | None = None,
+        title: str = "",
+        labels: dict[str, str] | None = None,
+        numbers: dict[str, float] | None = None,
+    ) -> pb.CatalogItem:
+        """Build one live catalogue item for :meth:`upsert_items`."""
+        item = pb.CatalogItem(
+            item_id=item_id,
+            category_path=category_path,
+            available=available,
+            title=title,
+            labels=labels or {},
+            numbers=numbers or {},
+        )
+        if price is not None:
+            item.price = price
+        return item
+
+    @staticmethod
+    def attribute_in(name: str, values: Sequence[str]) -> pb.AttributeFilter:
+        """A filter: the string attribute ``name`` equals one of ``values``."""
+        return pb.AttributeFilter(name=name, values=pb.StringValues(values=values))
+
+    @staticmethod
+    def attribute_range(
+        name: str, low: float | None = None, high: float | None = None
+    ) -> pb.AttributeFilter:
+        """A filter: the numeric attribute ``name`` (``price`` too) in [low, high]."""
+        bounds = pb.NumberRange()
+        if low is not None:
+            bounds.min = low
+        if high is not None:
+            bounds.max = high
+        return pb.AttributeFilter(name=name, range=bounds)
 
     def record_events(
         self, events: Iterable[pb.Event], *, timeout: float | None = None

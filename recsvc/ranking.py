@@ -86,6 +86,10 @@ class Filters:
     """When set, only items of these categories."""
     exclude_categories: IntArray = field(default_factory=lambda: _EMPTY_INT)
     in_stock_only: bool = False
+    shown: NDArray[np.bool_] | None = None
+    """``(n_items,)``: only items True here (the live catalogue's shown items and a
+    request's attribute and live-category filters, combined by the caller); None = no
+    such limit."""
 
     @property
     def is_empty(self) -> bool:
@@ -94,6 +98,7 @@ class Filters:
             and self.include_categories is None
             and len(self.exclude_categories) == 0
             and not self.in_stock_only
+            and self.shown is None
         )
 
 
@@ -343,7 +348,7 @@ class Ranker:
         hide_bought = policy is RepeatPolicy.EXCLUDE and len(query.purchased_items) > 0
         if f.is_empty and not hide_session and not hide_bought:
             return None
-        allowed = np.ones(self._n_items, dtype=bool)
+        allowed = np.ones(self._n_items, dtype=bool) if f.shown is None else f.shown.copy()
         if f.in_stock_only:
             allowed &= self._available
         if f.include_categories is not None:

@@ -16,6 +16,7 @@ from recsvc.events import EventType, LiveEvent
 from recsvc.ranking import Reason, Strategy
 
 __all__ = [
+    "AttributeFilter",
     "EventInput",
     "FilterSpec",
     "ForgetOutput",
@@ -28,6 +29,22 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class AttributeFilter:
+    """One attribute predicate of a request: ``values`` (a string attribute equal to one
+    of them) or a ``low``/``high`` range (a numeric attribute, bounds included, None =
+    open). Items without the attribute never match."""
+
+    name: str
+    values: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return not self.values
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """What may be shown, as the client named it."""
 
@@ -35,6 +52,7 @@ class FilterSpec:
     include_categories: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
     in_stock_only: bool = False
+    attributes: tuple[AttributeFilter, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -43,6 +61,7 @@ class FilterSpec:
             or self.include_categories
             or self.exclude_categories
             or self.in_stock_only
+            or self.attributes
         )
 
 

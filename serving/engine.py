@@ -19,10 +19,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc import artifact as art
+from recsvc.catalog import CatalogItem
 from recsvc.config import Settings
 from recsvc.erasure import ErasureList
-from recsvc.errors import NotFoundError
+from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
 from recsvc.events import EventType, LiveEvent
+from recsvc.model import Model
 from recsvc.ranking import Filters, Reason
 from recsvc.store import LiveState
 
@@ -36,6 +38,7 @@ from .calls import (
     ScoredItem,
     SimilarInput,
 )
+from .catalog import LiveCatalog
 from .eventlog import EventLog, EventRow
 from .metrics import Children, ServingMetrics, placement_label
 from .profile import Profiles
@@ -58,6 +61,7 @@ class Engine:
         state: LiveState,
         event_log: EventLog,
         metrics: ServingMetrics,
+        catalog: LiveCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -66,6 +70,7 @@ class Engine:
         self.event_log = event_log
         self.metrics = metrics
         self.profiles = Profiles(settings, state, metrics)
+        self.catalog = catalog
         self.erasures = ErasureList(settings.erasure_path)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
@@ -76,6 +81,52 @@ class Engine:
         """Pick up erasures other replicas appended to the shared erasure list."""
         for user in self.erasures.refresh():
             self.profiles.forget(user)
+
+    def _filters(self, model: Model, spec: FilterSpec) -> Filters:
+        """The ranking's filters of ``spec``, with the live catalogue: items it hides
+        are never shown, and categories are matched on live category paths."""
+        view = self.catalog.view(model) if self.catalog is not None else None
+        shown = view.shown if view is not None else None
+        if spec.is_empty and shown is None:
+            return _NO_FILTERS
+        items, categories = model.item_position, model.category_position
+        include_categories = (
+            np.array([categories[c] for c in spec.include_categories if c in categories], np.int32)
+            if spec.include_categories
+            else None
+        )
+        exclude_categories = np.array(
+            [categories[c] for c in spec.exclude_categories if c in categories], np.int32
+        )
+        if view is not None and (view.live or spec.attributes):
+            mask = np.ones(model.n_items, dtype=bool) if shown is None else shown.copy()
+            if view.live and spec.include_categories:
+                mask &= view.categories(spec.include_categories)
+                include_categories = None
+            if view.live and spec.exclude_categories:
+                mask &= ~view.categories(spec.exclude_categories)
+                exclude_categories = np.zeros(0, np.int32)
+            if spec.attributes:
+                mask &= view.matching(spec.attributes)
+            shown = mask
+        elif spec.attributes:  # no live catalogue: no item has an attribute
+            raise InvalidRequestError(
+                [
+                    FieldViolation(
+                        f"filters.attributes[{i}].name", f"no item has attribute {f.name!r}"
+                    )
+                    for i, f in enumerate(spec.attributes)
+                ]
+            )
+        return Filters(
+            exclude_items=np.array(
+                [items[i] for i in spec.exclude_item_ids if i in items], np.int32
+            ),
+            include_categories=include_categories,
+            exclude_categories=exclude_categories,
+            in_stock_only=spec.in_stock_only,
+            shown=shown,
+        )
 
     # --- Recommend ------------------------------------------------------------------
 
@@ -91,10 +142,7 @@ class Engine:
         profile = await self.profiles.read(
             loaded, user, req.session_id if consent else "", req.session_events, time_left
         )
-        query = profile.query(
-            req.k, _filters(model.item_position, model.category_position, req.filters),
-            req.repeat_policy,
-        )  # fmt: skip
+        query = profile.query(req.k, self._filters(model, req.filters), req.repeat_policy)
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
         self._index_seconds.observe(time.perf_counter() - t)
@@ -124,9 +172,7 @@ class Engine:
         if not known:
             raise NotFoundError(f"none of the {len(req.item_ids)} item ids is in the model")
         ranking = loaded.ranker.similar(
-            np.array(known, np.int32),
-            req.k,
-            _filters(model.item_position, model.category_position, req.filters),
+            np.array(known, np.int32), req.k, self._filters(model, req.filters)
         )
         return RecommendOutput(
             items=_scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons),
@@ -203,6 +249,22 @@ class Engine:
             await self.profiles.refresh(loaded, user_id)
         return RecordOutput(accepted=len(events) - len(ignored), ignored=ignored)
 
+    # --- the live catalogue ------------------------------------------------------------
+
+    async def upsert_items(self, items: Sequence[CatalogItem]) -> int:
+        """Write ``items`` into the live catalogue; its version (StoreError when the
+        store cannot take them; a retry is harmless)."""
+        return await self._catalog().store.upsert(items)
+
+    async def withdraw_items(self, item_ids: Sequence[str]) -> int:
+        """Withdraw ``item_ids`` from the live catalogue; its version."""
+        return await self._catalog().store.withdraw(item_ids)
+
+    def _catalog(self) -> LiveCatalog:
+        if self.catalog is None:
+            raise StoreError("this server runs without a live catalogue")
+        return self.catalog
+
     # --- ForgetUser -----------------------------------------------------------------
 
     async def forget(self, user_id: str) -> ForgetOutput:
@@ -230,26 +292,6 @@ def _recommendation_id(model_version: str) -> str:
     # id needs to be unique, not unguessable, so the seeded generator (re-seeded from
     # os.urandom in every process, forked ones included) instead of a getrandom call
     return f"{model_version}.{_random_bits(128):032x}"
-
-
-def _filters(items: dict[str, int], categories: dict[str, int], spec: FilterSpec) -> Filters:
-    if spec.is_empty:
-        return _NO_FILTERS
-    exclude = np.array([items[i] for i in spec.exclude_item_ids if i in items], np.int32)
-    include = (
-        np.array([categories[c] for c in spec.include_categories if c in categories], np.int32)
-        if spec.include_categories
-        else None
-    )
-    exclude_c = np.array(
-        [categories[c] for c in spec.exclude_categories if c in categories], np.int32
-    )
-    return Filters(
-        exclude_items=exclude,
-        include_categories=include,
-        exclude_categories=exclude_c,
-        in_stock_only=spec.in_stock_only,
-    )
 
 
 def _scored(

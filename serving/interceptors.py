@@ -69,7 +69,8 @@ Continuation = Callable[[CallDetails], Awaitable[Handler | None]]
 RECOMMENDER_SERVICE: Final = "recsvc.v1.RecommenderService"
 
 WRITE_METHODS: Final[frozenset[str]] = frozenset(
-    {f"/{RECOMMENDER_SERVICE}/RecordEvents", f"/{RECOMMENDER_SERVICE}/ForgetUser"}
+    f"/{RECOMMENDER_SERVICE}/{method}"
+    for method in ("RecordEvents", "ForgetUser", "UpsertItems", "WithdrawItems")
 )
 """The RPCs that change state: the ones the token protects unless ``auth_all_rpcs``."""
 

@@ -32,12 +32,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from recsvc.config import Settings
-from recsvc.errors import ConfigError
-from recsvc.store import open_live_state
+from recsvc.errors import ConfigError, StoreError
+from recsvc.store import KeyScheme, open_live_state
+from recsvc.store.catalog import CatalogStore
 from recsvc.store.embedded import PrivateRedis, start_private_redis
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
+from .catalog import LiveCatalog
 from .engine import Engine
 from .eventlog import EventLog
 from .interceptors import server_interceptors
@@ -159,6 +161,13 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             log.info("no Redis URL configured: started a private Redis at %s", redis_url)
         state = open_live_state(redis_url, settings)
         owned.append(state)
+        catalog_store = CatalogStore.open(
+            redis_url,
+            KeyScheme(settings.redis.prefix),
+            socket_timeout=max(settings.redis.socket_timeout_seconds, 1.0),
+        )
+        owned.append(catalog_store)
+        catalog = LiveCatalog(catalog_store)
         event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
         owned.append(event_log)
 
@@ -187,7 +196,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         models = ModelHolder(
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
-        engine = Engine(settings, models, state, event_log, metrics)
+        engine = Engine(settings, models, state, event_log, metrics, catalog)
 
         server = grpc.aio.server(
             interceptors=server_interceptors(s, metrics),
@@ -247,7 +256,10 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             owned,
             _draining=draining,
         )
+        with contextlib.suppress(StoreError):  # a Redis down at start: the follower retries
+            await catalog.load()
         await models.reload()
+        running._tasks.append(asyncio.create_task(catalog.follow(running._stop_watch)))
         running._tasks.append(
             asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
         )

@@ -217,6 +217,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         async def call() -> pb.GetModelInfoResponse:
             loaded = self.engine.models.require()
             m = loaded.model.artifact.manifest
+            catalog = self.engine.catalog
             return pb.GetModelInfoResponse(
                 model_version=loaded.version,
                 trained_at=_ts(loaded.trained_at),
@@ -231,6 +232,26 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 index_recall_k=m.index.recall_k,
                 format_version=m.format_version,
                 default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
+                catalog_version=catalog.version if catalog is not None else 0,
+                catalog_item_count=len(catalog.items) if catalog is not None else 0,
             )
 
         return await _guard(context, "GetModelInfo", call)
+
+    async def UpsertItems(  # noqa: N802
+        self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertItemsResponse:
+        async def call() -> pb.UpsertItemsResponse:
+            items = validation.catalog_items(request, self.limits)
+            return pb.UpsertItemsResponse(catalog_version=await self.engine.upsert_items(items))
+
+        return await _guard(context, "UpsertItems", call)
+
+    async def WithdrawItems(  # noqa: N802
+        self, request: pb.WithdrawItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WithdrawItemsResponse:
+        async def call() -> pb.WithdrawItemsResponse:
+            ids = validation.withdrawn_ids(request, self.limits)
+            return pb.WithdrawItemsResponse(catalog_version=await self.engine.withdraw_items(ids))
+
+        return await _guard(context, "WithdrawItems", call)

@@ -10,24 +10,40 @@ import math
 import re
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from recsvc.catalog import ATTRIBUTE_NAME, CatalogItem
 from recsvc.config import RepeatPolicy, ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.events import EventType, LiveEvent
 from recsvc.v1 import recommender_pb2 as pb
 
-from .calls import NO_FILTERS, EventInput, FilterSpec, RecommendInput, SimilarInput
+from .calls import (
+    NO_FILTERS,
+    AttributeFilter,
+    EventInput,
+    FilterSpec,
+    RecommendInput,
+    SimilarInput,
+)
 
 __all__ = [
+    "catalog_items",
     "event_inputs",
     "forget_user_id",
     "recommend_input",
     "similar_input",
+    "withdrawn_ids",
 ]
 
 _PLACEMENT = re.compile(r"^[a-z0-9_]{0,32}$")
+_ATTRIBUTE = re.compile(ATTRIBUTE_NAME)
+_MAX_ATTRIBUTE_FILTERS = 20
+_MAX_FILTER_VALUES = 100
+_MAX_CATEGORY_DEPTH = 8
+_MAX_TITLE_BYTES = 1000
 _ID_RULE = (
     "must be printable text: no control, format or line-separator characters, no spaces "
     "other than U+0020 and none at either end"
@@ -122,7 +138,55 @@ class _Checker:
                 f"{path}.exclude_categories", f.exclude_categories, _MAX_FILTER_CATEGORIES
             ),
             in_stock_only=f.in_stock_only,
+            attributes=self.attribute_filters(f"{path}.attributes", f.attributes),
         )
+
+    def name(self, path: str, value: str) -> str:
+        """An attribute name: lower_snake_case, at most 64 characters."""
+        if not _ATTRIBUTE.match(value):
+            self.bad(path, "must be lower_snake_case letters, digits and '_', at most 64")
+        return value
+
+    def number(self, path: str, value: float, *, minimum: float | None = None) -> float:
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            floor = "" if minimum is None else f" >= {minimum:g}"
+            self.bad(path, f"must be a finite number{floor}")
+        return float(value)
+
+    def attribute_filters(
+        self, path: str, filters: Sequence[pb.AttributeFilter]
+    ) -> tuple[AttributeFilter, ...]:
+        if len(filters) > _MAX_ATTRIBUTE_FILTERS:
+            self.bad(path, f"has {len(filters)} entries; at most {_MAX_ATTRIBUTE_FILTERS}")
+        out = []
+        for i, f in enumerate(filters[:_MAX_ATTRIBUTE_FILTERS]):
+            p = f"{path}[{i}]"
+            name = self.name(f"{p}.name", f.name)
+            which = f.WhichOneof("match")
+            if which == "values":
+                values = self.ids(f"{p}.values.values", f.values.values, _MAX_FILTER_VALUES)
+                if not values:
+                    self.bad(f"{p}.values.values", "is required: at least one value")
+                out.append(AttributeFilter(name, values=values))
+            elif which == "range":
+                r = f.range
+                low = self.number(f"{p}.range.min", r.min) if r.HasField("min") else None
+                high = self.number(f"{p}.range.max", r.max) if r.HasField("max") else None
+                if low is not None and high is not None and low > high:
+                    self.bad(f"{p}.range", "min exceeds max")
+                out.append(AttributeFilter(name, low=low, high=high))
+            else:
+                self.bad(p, "needs values or a range")
+        return tuple(out)
+
+    def stamp(self, path: str, message: Any, name: str) -> int | None:
+        if not message.HasField(name):
+            return None
+        value = getattr(message, name)
+        if not 0 <= value.nanos < 1_000_000_000 or not 0 <= value.seconds < 253_402_300_800:
+            self.bad(f"{path}.{name}", "is not a valid timestamp")
+            return None
+        return int(value.seconds)
 
 
 def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> RecommendInput:
@@ -201,6 +265,70 @@ def event_inputs(req: pb.RecordEventsRequest, limits: ServerSettings) -> list[Ev
         )
     c.raise_if_any()
     return out
+
+
+def catalog_items(req: pb.UpsertItemsRequest, limits: ServerSettings) -> list[CatalogItem]:
+    """The items of an UpsertItems batch, stamped now; InvalidRequestError naming every
+    bad field (the batch is then applied not at all)."""
+    c = _Checker(limits)
+    now = int(time.time())
+    n = len(req.items)
+    if n > limits.max_batch_events:
+        c.bad("items", f"has {n} items; at most {limits.max_batch_events}")
+    out = []
+    for i, item in enumerate(req.items[: limits.max_batch_events]):
+        p = f"items[{i}]"
+        if len(item.category_path) > _MAX_CATEGORY_DEPTH:
+            c.bad(f"{p}.category_path", f"has more than {_MAX_CATEGORY_DEPTH} levels")
+        for field_name, mapping, limit in (
+            ("labels", item.labels, 32),
+            ("numbers", item.numbers, 32),
+        ):
+            if len(mapping) > limit:
+                c.bad(f"{p}.{field_name}", f"has {len(mapping)} entries; at most {limit}")
+        labels = {
+            c.name(f"{p}.labels[{k!r}]", k): c.id(f"{p}.labels[{k!r}]", v, required=True)
+            for k, v in item.labels.items()
+        }
+        numbers = {
+            c.name(f"{p}.numbers[{k!r}]", k): c.number(f"{p}.numbers[{k!r}]", v)
+            for k, v in item.numbers.items()
+        }
+        if "price" in numbers:
+            c.bad(f"{p}.numbers['price']", "is the price field's: set price")
+        if len(item.title.encode("utf-8")) > _MAX_TITLE_BYTES:
+            c.bad(f"{p}.title", f"is longer than {_MAX_TITLE_BYTES} bytes")
+        start = c.stamp(p, item, "available_from")
+        end = c.stamp(p, item, "available_until")
+        if start is not None and end is not None and start >= end:
+            c.bad(f"{p}.available_until", "must lie after available_from")
+        out.append(
+            CatalogItem(
+                item_id=c.id(f"{p}.item_id", item.item_id, required=True),
+                category=c.ids(f"{p}.category_path", item.category_path, _MAX_CATEGORY_DEPTH),
+                available=item.available if item.HasField("available") else True,
+                price=c.number(f"{p}.price", item.price, minimum=0.0)
+                if item.HasField("price")
+                else None,
+                title=item.title,
+                labels=labels,
+                numbers=numbers,
+                available_from=start,
+                available_until=end,
+                updated_at=now,
+            )
+        )
+    c.raise_if_any()
+    return out
+
+
+def withdrawn_ids(req: pb.WithdrawItemsRequest, limits: ServerSettings) -> list[str]:
+    c = _Checker(limits)
+    if not req.item_ids:
+        c.bad("item_ids", "is required: at least one item id")
+    ids = c.ids("item_ids", req.item_ids, limits.max_batch_events)
+    c.raise_if_any()
+    return list(ids)
 
 
 def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:

@@ -9,6 +9,9 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{u:<user>}:seen             ZSET    event ids applied, scored by when (dedupe)
     {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
     {prefix}:{s:<session>}:seen          ZSET    an anonymous session's applied event ids
+    {prefix}:{cat}:items                 HASH    the live catalogue: item id -> record
+    {prefix}:{cat}:log                   STREAM  its changes, for replicas to follow
+    {prefix}:{cat}:seq                   STRING  the number of the last change
 
 ``prefix`` defaults to ``recsvc``. ``{u:<user>}`` and ``{s:<session>}`` are Redis Cluster
 *hash tags*: Cluster hashes only the text between the first ``{`` and the next ``}``, so
@@ -100,6 +103,13 @@ class KeyScheme:
         if not session_id:
             raise ValueError("a user_id or a session_id is required")
         return f"{self.prefix}:{{s:{session_id}}}:seen"
+
+    def catalog(self) -> tuple[str, str, str]:
+        """The live catalogue's keys: its records, its change stream and its change
+        counter, all in one hash slot (``{cat}``) so a change and its announcement are
+        one atomic script."""
+        tag = f"{self.prefix}:{{cat}}"
+        return f"{tag}:items", f"{tag}:log", f"{tag}:seq"
 
     def vector_pattern(self, model_version: str) -> str:
         """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts

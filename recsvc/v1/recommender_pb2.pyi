@@ -70,16 +70,42 @@ IGNORE_REASON_UNKNOWN_ITEM: IgnoreReason
 IGNORE_REASON_ERASED_USER: IgnoreReason
 
 class Filters(_message.Message):
-    __slots__ = ("exclude_item_ids", "include_categories", "exclude_categories", "in_stock_only")
+    __slots__ = ("exclude_item_ids", "include_categories", "exclude_categories", "in_stock_only", "attributes")
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     IN_STOCK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     include_categories: _containers.RepeatedScalarFieldContainer[str]
     exclude_categories: _containers.RepeatedScalarFieldContainer[str]
     in_stock_only: bool
-    def __init__(self, exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ...) -> None: ...
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
+    def __init__(self, exclude_item_ids: _Optional[_Iterable[str]] = ..., include_categories: _Optional[_Iterable[str]] = ..., exclude_categories: _Optional[_Iterable[str]] = ..., in_stock_only: _Optional[bool] = ..., attributes: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ...) -> None: ...
+
+class AttributeFilter(_message.Message):
+    __slots__ = ("name", "values", "range")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: StringValues
+    range: NumberRange
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Union[StringValues, _Mapping]] = ..., range: _Optional[_Union[NumberRange, _Mapping]] = ...) -> None: ...
+
+class StringValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NumberRange(_message.Message):
+    __slots__ = ("min", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: float
+    max: float
+    def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
     __slots__ = ("item_id", "event_type", "event_time")
@@ -232,7 +258,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "trained_at", "data_cutoff", "loaded_at", "metrics", "item_count", "user_count", "factors", "index_type", "index_recall_at_k", "index_recall_k", "format_version", "default_repeat_policy")
+    __slots__ = ("model_version", "trained_at", "data_cutoff", "loaded_at", "metrics", "item_count", "user_count", "factors", "index_type", "index_recall_at_k", "index_recall_k", "format_version", "default_repeat_policy", "catalog_version", "catalog_item_count")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +279,8 @@ class GetModelInfoResponse(_message.Message):
     INDEX_RECALL_K_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_REPEAT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     trained_at: _timestamp_pb2.Timestamp
     data_cutoff: _timestamp_pb2.Timestamp
@@ -266,4 +294,66 @@ class GetModelInfoResponse(_message.Message):
     index_recall_k: int
     format_version: int
     default_repeat_policy: RepeatPolicy
-    def __init__(self, model_version: _Optional[str] = ..., trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_cutoff: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., factors: _Optional[int] = ..., index_type: _Optional[str] = ..., index_recall_at_k: _Optional[float] = ..., index_recall_k: _Optional[int] = ..., format_version: _Optional[int] = ..., default_repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ...) -> None: ...
+    catalog_version: int
+    catalog_item_count: int
+    def __init__(self, model_version: _Optional[str] = ..., trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_cutoff: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., factors: _Optional[int] = ..., index_type: _Optional[str] = ..., index_recall_at_k: _Optional[float] = ..., index_recall_k: _Optional[int] = ..., format_version: _Optional[int] = ..., default_repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., catalog_version: _Optional[int] = ..., catalog_item_count: _Optional[int] = ...) -> None: ...
+
+class CatalogItem(_message.Message):
+    __slots__ = ("item_id", "category_path", "available", "price", "title", "labels", "numbers", "available_from", "available_until")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NumbersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_PATH_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FROM_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    category_path: _containers.RepeatedScalarFieldContainer[str]
+    available: bool
+    price: float
+    title: str
+    labels: _containers.ScalarMap[str, str]
+    numbers: _containers.ScalarMap[str, float]
+    available_from: _timestamp_pb2.Timestamp
+    available_until: _timestamp_pb2.Timestamp
+    def __init__(self, item_id: _Optional[str] = ..., category_path: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ..., price: _Optional[float] = ..., title: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., numbers: _Optional[_Mapping[str, float]] = ..., available_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., available_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CatalogItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[CatalogItem, _Mapping]]] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("catalog_version",)
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog_version: int
+    def __init__(self, catalog_version: _Optional[int] = ...) -> None: ...
+
+class WithdrawItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WithdrawItemsResponse(_message.Message):
+    __slots__ = ("catalog_version",)
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog_version: int
+    def __init__(self, catalog_version: _Optional[int] = ...) -> None: ...

@@ -60,6 +60,16 @@ class RecommenderServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/UpsertItems',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.WithdrawItems = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/WithdrawItems',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -123,8 +133,31 @@ class RecommenderServiceServicer:
 
     def GetModelInfo(self, request, context):
         """Describes the model this replica serves: version, training times, offline
-        metrics and sizes.
+        metrics and sizes, and the live catalogue's version.
         Errors: UNAVAILABLE when no model is loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertItems(self, request, context):
+        """Adds or replaces items of the live catalogue (stock, price, category,
+        attributes, a window of availability), shared by every replica and
+        versioned apart from the model: the change reaches every replica's next
+        answer within a second, without retraining. An item the catalogue marks
+        unavailable, or outside its window, is never recommended. Idempotent: a
+        batch may be retried.
+        Errors: INVALID_ARGUMENT naming every bad field (the batch is then not
+        applied at all); UNAVAILABLE when the catalogue store cannot take it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawItems(self, request, context):
+        """Withdraws items from the live catalogue: no RPC returns them again (until
+        an UpsertItems brings them back) and the next training drops them.
+        Idempotent. Errors as for UpsertItems.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +190,16 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'WithdrawItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawItems,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -295,6 +338,60 @@ class RecommenderService:
             '/recsvc.v1.RecommenderService/GetModelInfo',
             recsvc_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
             recsvc_dot_v1_dot_recommender__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/UpsertItems',
+            recsvc_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/WithdrawItems',
+            recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,15 @@ LOWER_SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 UPPER_SNAKE_CASE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
 
 #: the RPCs of the contract; a change here is a change of the public API
-RPCS = {"Recommend", "SimilarItems", "RecordEvents", "ForgetUser", "GetModelInfo"}
+RPCS = {
+    "Recommend",
+    "SimilarItems",
+    "RecordEvents",
+    "ForgetUser",
+    "GetModelInfo",
+    "UpsertItems",
+    "WithdrawItems",
+}
 
 
 def upper_snake(name: str) -> str:
@@ -89,7 +97,9 @@ def test_descriptor_follows_style_rules() -> None:
         for field in message.fields:
             assert LOWER_SNAKE_CASE.match(field.name), field.full_name
         for oneof in message.oneofs:
-            assert LOWER_SNAKE_CASE.match(oneof.name), oneof.full_name
+            # proto3 `optional` fields sit in synthetic oneofs named `_<field>`
+            synthetic = [f.name for f in oneof.fields] == [oneof.name.removeprefix("_")]
+            assert synthetic or LOWER_SNAKE_CASE.match(oneof.name), oneof.full_name
 
     # ENUM_PASCAL_CASE, ENUM_VALUE_UPPER_SNAKE_CASE, ENUM_ZERO_VALUE_SUFFIX,
     # ENUM_VALUE_PREFIX

@@ -1,0 +1,270 @@
+"""The live catalogue as this replica sees it: followed from the store, kept in memory.
+
+:class:`LiveCatalog` loads a snapshot of the catalogue at start-up and then follows its
+change stream (:class:`recsvc.store.catalog.CatalogStore`): a change written through any
+replica reaches this one's next answer within a blocking read (well under a second).
+Requests never wait for the store: they read :class:`CatalogView`, the catalogue laid
+over the served model's item positions — which items may be shown, their live
+categories and attributes — rebuilt for each model and updated in place per change.
+
+What a view answers:
+
+- ``shown``: items that may be recommended (not withdrawn, available, inside their
+  window); None while nothing is hidden (the common case costs nothing per request).
+  Items the live catalogue does not know are shown. Windows are re-checked every
+  second (:meth:`LiveCatalog.tick`), for the items that have one.
+- category and attribute masks for a request's filters: a category matches any level
+  of an item's live path (or its trained category when the live catalogue does not
+  know it); string attributes by equality or set membership, numeric ones (``price``
+  included) by range; an item without the attribute does not match.
+
+If the store fails, the replica keeps serving the catalogue it has and retries; a
+replica that finds a gap in the changes (it fell behind the stream's trimming) reloads
+the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recsvc.catalog import CatalogItem
+from recsvc.errors import FieldViolation, InvalidRequestError, StoreError
+from recsvc.model import Model
+from recsvc.store.catalog import CatalogChange, CatalogStore
+
+from .calls import AttributeFilter
+
+__all__ = ["CatalogView", "LiveCatalog"]
+
+log = logging.getLogger(__name__)
+
+BoolArray = NDArray[np.bool_]
+
+_FOLLOW_BLOCK_MS: Final = 1_000
+_RETRY_SECONDS: Final = 1.0
+
+
+class CatalogView:
+    """The live catalogue over one model's item positions (see the module docstring).
+
+    Every per-item fact is an array over the model's positions, so a request's filter
+    is a few vectorised passes. Updated in place by :class:`LiveCatalog` on the event
+    loop; read by requests on the same loop, so a request sees one consistent state
+    between its awaits.
+    """
+
+    def __init__(self, model: Model, items: Iterable[CatalogItem], now: float) -> None:
+        self.model = model
+        n = model.n_items
+        self._shown = np.ones(n, dtype=bool)
+        self._n_hidden = 0
+        # category paths as codes, one row per item (-1 pads): the trained category
+        # until the live catalogue says otherwise
+        self._category_code: dict[str, int] = {}
+        trained = model.artifact.item_category
+        names = model.artifact.categories.tolist()
+        self._paths = np.full((n, 1), -1, dtype=np.int32)
+        for code, name in enumerate(names):
+            self._category_code[str(name)] = code
+        known = trained >= 0
+        self._paths[known, 0] = trained[known]
+        self._labels: dict[str, NDArray[np.int32]] = {}
+        self._label_code: dict[str, dict[str, int]] = {}
+        self._numbers: dict[str, NDArray[np.float64]] = {}
+        self._windowed: dict[int, CatalogItem] = {}
+        self._live = False
+        for item in items:
+            self.apply(item, now)
+
+    # --- updates ---------------------------------------------------------------------
+
+    def apply(self, item: CatalogItem, now: float) -> None:
+        """Lay ``item``'s record over its position (no-op for an item the model lacks)."""
+        pos = self.model.item_position.get(item.item_id)
+        if pos is None:
+            return
+        self._live = True
+        self._set_hidden(pos, not item.shown(now))
+        if item.available_from is not None or item.available_until is not None:
+            self._windowed[pos] = item
+        else:
+            self._windowed.pop(pos, None)
+        self._set_path(pos, item.category)
+        for codes in self._labels.values():
+            codes[pos] = -1
+        for name, label in item.labels.items():
+            if name not in self._labels:
+                self._labels[name] = np.full(self.model.n_items, -1, dtype=np.int32)
+            vocab = self._label_code.setdefault(name, {})
+            self._labels[name][pos] = vocab.setdefault(label, len(vocab))
+        for numbers in self._numbers.values():
+            numbers[pos] = math.nan
+        for name in {"price", *item.numbers}:
+            number = item.number(name)
+            if math.isnan(number) and name not in self._numbers:
+                continue
+            if name not in self._numbers:
+                self._numbers[name] = np.full(self.model.n_items, np.nan)
+            self._numbers[name][pos] = number
+
+    def _set_path(self, pos: int, path: Sequence[str]) -> None:
+        if len(path) > self._paths.shape[1]:
+            wider = np.full((self._paths.shape[0], len(path)), -1, dtype=np.int32)
+            wider[:, : self._paths.shape[1]] = self._paths
+            self._paths = wider
+        row = self._paths[pos]
+        row[:] = -1
+        for level, name in enumerate(path):
+            row[level] = self._category_code.setdefault(name, len(self._category_code))
+
+    def tick(self, now: float) -> None:
+        """Re-check the windows: items whose start or end passed show or hide."""
+        for pos, item in self._windowed.items():
+            self._set_hidden(pos, not item.shown(now))
+
+    def _set_hidden(self, pos: int, hidden: bool) -> None:
+        if self._shown[pos] == hidden:
+            self._shown[pos] = not hidden
+            self._n_hidden += 1 if hidden else -1
+
+    # --- reads -----------------------------------------------------------------------
+
+    @property
+    def shown(self) -> BoolArray | None:
+        """Items that may be recommended, None when all may (read it, never write: it is
+        the view's own array)."""
+        return self._shown if self._n_hidden else None
+
+    @property
+    def live(self) -> bool:
+        """Whether the live catalogue knows any of the model's items (then categories
+        are matched here, on live paths)."""
+        return self._live
+
+    @property
+    def attributes(self) -> set[str]:
+        """Attribute names a filter may name now (``price`` once any item has one)."""
+        return {*self._labels, *self._numbers}
+
+    def categories(self, names: Sequence[str]) -> BoolArray:
+        """Items whose live category path (or, for items the live catalogue does not
+        know, trained category) holds any of ``names``."""
+        codes = [self._category_code[n] for n in dict.fromkeys(names) if n in self._category_code]
+        if not codes:
+            return np.zeros(self.model.n_items, dtype=bool)
+        inside = np.isin(self._paths, np.array(codes, dtype=np.int32))
+        hit: BoolArray = np.logical_or.reduce(inside, axis=1)
+        return hit
+
+    def matching(
+        self, filters: Sequence[AttributeFilter], path: str = "filters.attributes"
+    ) -> BoolArray:
+        """Items matching every filter; InvalidRequestError naming each filter whose
+        attribute no item has, or whose kind (string, number) it does not match."""
+        bad = []
+        for i, f in enumerate(filters):
+            if f.name not in self._numbers and f.name not in self._labels:
+                bad.append(FieldViolation(f"{path}[{i}].name", f"no item has attribute {f.name!r}"))
+            elif f.numeric and f.name not in self._numbers:
+                bad.append(FieldViolation(f"{path}[{i}].range", f"{f.name!r} holds strings"))
+            elif not f.numeric and f.name not in self._labels:
+                bad.append(FieldViolation(f"{path}[{i}].values", f"{f.name!r} holds numbers"))
+        if bad:
+            raise InvalidRequestError(bad)
+        out: BoolArray = np.ones(self.model.n_items, dtype=bool)
+        for f in filters:
+            if f.numeric:
+                column = self._numbers[f.name]
+                out &= ~np.isnan(column)
+                with np.errstate(invalid="ignore"):
+                    if f.low is not None:
+                        out &= column >= f.low
+                    if f.high is not None:
+                        out &= column <= f.high
+            else:
+                vocab = self._label_code[f.name]
+                codes = [vocab[v] for v in f.values if v in vocab]
+                out &= np.isin(self._labels[f.name], np.array(codes, dtype=np.int32))
+        return out
+
+
+class LiveCatalog:
+    """This replica's copy of the live catalogue, followed from ``store``."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
+        self.items: dict[str, CatalogItem] = {}
+        self.seq = 0
+        self._entry = "0-0"
+        self._views: dict[str, CatalogView] = {}
+        self._loaded = False
+
+    @property
+    def version(self) -> int:
+        """The number of the last change this replica applied."""
+        return self.seq
+
+    def view(self, model: Model) -> CatalogView:
+        """The catalogue over ``model``'s items (built once per model)."""
+        view = self._views.get(model.version)
+        if view is None:
+            view = CatalogView(model, self.items.values(), time.time())
+            # only the served model's view is kept up to date: one at a time
+            self._views = {model.version: view}
+        return view
+
+    async def load(self) -> None:
+        """Load the whole catalogue (StoreError if the store cannot be read)."""
+        snapshot = await self.store.snapshot()
+        self.items = snapshot.items
+        self.seq, self._entry = snapshot.seq, snapshot.entry_id
+        now = time.time()
+        self._views = {v: CatalogView(view.model, self.items.values(), now)
+                       for v, view in self._views.items()}  # fmt: skip
+        self._loaded = True
+
+    def apply(self, changes: Sequence[CatalogChange]) -> bool:
+        """Apply ``changes`` in order; False (nothing applied) on a gap in their numbers."""
+        now = time.time()
+        for change in changes:
+            if change.seq <= self.seq:
+                continue  # read twice across a snapshot: already in
+            if change.seq != self.seq + 1:
+                return False
+            for item in change.items:
+                self.items[item.item_id] = item
+                for view in self._views.values():
+                    view.apply(item, now)
+            self.seq, self._entry = change.seq, change.entry_id
+        return True
+
+    def tick(self) -> None:
+        now = time.time()
+        for view in self._views.values():
+            view.tick(now)
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Load, then apply changes as they come, until ``stop`` is set; store failures
+        are retried (the replica serves what it has meanwhile)."""
+        while not stop.is_set():
+            try:
+                if not self._loaded:
+                    await self.load()
+                changes = await self.store.changes(self._entry, block_ms=_FOLLOW_BLOCK_MS)
+                if not self.apply(changes):
+                    log.warning("catalogue changes missed (behind the stream): reloading")
+                    self._loaded = False
+                self.tick()
+            except StoreError as exc:
+                log.warning("following the catalogue failed, retrying: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=_RETRY_SECONDS)

@@ -1,0 +1,192 @@
+"""The live catalogue through two real servers sharing one Redis: a change made through
+one reaches both servers' next answers within a second; filters on live attributes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recsvc.client import RecommenderClient
+
+from factories import small_settings
+from server_harness import ServerThread, publish_block_model
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "catalogue-token"
+
+
+@pytest.fixture()
+def servers(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[list[ServerThread]]:
+    root = tmp_path / "artifacts"
+    publish_block_model(root)
+    running = []
+    try:
+        for name in ("a", "b"):
+            settings = small_settings(
+                None,
+                artifact_root=str(root),
+                erasure_list=str(tmp_path / "erased.txt"),
+                redis={"url": redis_url, "prefix": redis_prefix},
+                server={
+                    "port": 0,
+                    "metrics_port": None,
+                    "auth_token": TOKEN,
+                    "event_log_dir": str(tmp_path / name),
+                },
+            )
+            running.append(ServerThread(settings))
+        yield running
+    finally:
+        for server in running:
+            server.stop()
+
+
+@pytest.fixture()
+def clients(servers: list[ServerThread]) -> Iterator[list[RecommenderClient]]:
+    clients = [RecommenderClient(s.target, timeout=5.0, token=TOKEN) for s in servers]
+    yield clients
+    for c in clients:
+        c.close()
+
+
+def _soon(check: Callable[[], bool], within: float = 1.0) -> float:
+    """Seconds until ``check()`` holds; fails after ``within``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, "not reached within the time allowed"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def _everywhere(clients: list[RecommenderClient]) -> set[str]:
+    """Every item any RPC of any server returns for the g0 group."""
+    seen: set[str] = set()
+    for c in clients:
+        seen |= {i.item_id for i in c.recommend("g0u01", k=30).items}
+        seen |= {i.item_id for i in c.recommend("", session_items=["g0i01"], k=30).items}
+        seen |= {i.item_id for i in c.similar(["g0i02"], k=30).items}
+    return seen
+
+
+def test_an_item_set_unavailable_or_withdrawn_leaves_every_servers_next_answer(
+    clients: list[RecommenderClient],
+) -> None:
+    before = _everywhere(clients)
+    assert {"g0i03", "g0i05"} <= before
+    a, b = clients
+    version = a.upsert_items([a.item("g0i03", available=False, category_path=["g0"])])
+    assert version.catalog_version == 1
+    b.withdraw_items(["g0i05"])
+    took = _soon(lambda: not {"g0i03", "g0i05"} & _everywhere(clients))
+    assert took < 1.0
+    assert {c.model_info().catalog_version for c in clients} == {2}
+    # back in stock: shown again, everywhere
+    b.upsert_items([b.item("g0i03", available=True)])
+    _soon(lambda: "g0i03" in _everywhere(clients))
+    assert "g0i05" not in _everywhere(clients)
+
+
+def test_attribute_and_live_category_filters(clients: list[RecommenderClient]) -> None:
+    a, b = clients
+    a.upsert_items(
+        [
+            a.item("g0i01", price=10.0, labels={"brand": "nord"}, category_path=["home", "lamps"]),
+            a.item("g0i02", price=50.0, labels={"brand": "sud"}, category_path=["home"]),
+            a.item("g0i04", price=90.0, labels={"brand": "nord"}),
+        ]
+    )
+
+    def items(**filters: object) -> set[str]:
+        # a visitor with no history: every item that passes the filters comes back
+        return {i.item_id for i in b.recommend("", k=30, **filters).items}  # type: ignore[arg-type]
+
+    _soon(lambda: items(attributes=[b.attribute_in("brand", ["nord"])]) == {"g0i01", "g0i04"})
+    assert items(attributes=[b.attribute_range("price", 20, 100)]) == {"g0i02", "g0i04"}
+    assert items(
+        attributes=[b.attribute_in("brand", ["nord"]), b.attribute_range("price", high=50)]
+    ) == {"g0i01"}
+    # a category matches any level of the live path; the trained g0/g1 still work
+    assert items(include_categories=["lamps"]) == {"g0i01"}
+    assert items(include_categories=["home"]) == {"g0i01", "g0i02"}
+    assert items(include_categories=["g1"]) and all(
+        i.startswith("g1") for i in items(include_categories=["g1"])
+    )
+
+
+def _violations(call: Callable[[], object]) -> list[str]:
+    from google.rpc import error_details_pb2  # noqa: PLC0415
+    from grpc_status import rpc_status  # noqa: PLC0415
+
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None
+    fields = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def test_bad_catalogue_input_is_refused_whole_naming_each_field(
+    clients: list[RecommenderClient],
+) -> None:
+    a, _ = clients
+    a.upsert_items([a.item("g0i01", price=10.0, labels={"brand": "nord"})])
+    version = a.model_info().catalog_version
+    # one good item and three bad ones: nothing of the batch is applied
+    bad_window = a.item("g0i02")
+    bad_window.available_from.FromSeconds(2_000_000_000)
+    bad_window.available_until.FromSeconds(1_000_000_000)
+    fields = _violations(
+        lambda: a.upsert_items(
+            [
+                a.item("g0i03"),
+                a.item("g0i04", price=-1.0),
+                a.item("g0i05", labels={"Brand Name": "x"}),
+                bad_window,
+            ]
+        )
+    )
+    assert fields == [
+        "items[1].price",
+        "items[2].labels['Brand Name']",
+        "items[3].available_until",
+    ]
+    assert a.model_info().catalog_version == version
+    assert _violations(lambda: a.upsert_items([a.item(f"x{i}") for i in range(1001)])) == ["items"]
+    nord = [a.attribute_in("brand", ["nord"])]
+    _soon(lambda: [i.item_id for i in a.recommend("", k=30, attributes=nord).items] == ["g0i01"])
+    assert _violations(
+        lambda: a.recommend("g0u01", attributes=[a.attribute_in("colour", ["red"])])
+    ) == ["filters.attributes[0].name"]
+    assert _violations(
+        lambda: a.recommend("g0u01", attributes=[a.attribute_range("price", 50, 10)])
+    ) == ["filters.attributes[0].range"]
+    assert _violations(
+        lambda: a.recommend("g0u01", attributes=[a.attribute_range("brand", 1, 2)])
+    ) == ["filters.attributes[0].range"]
+
+
+def test_an_item_past_its_window_is_hidden(clients: list[RecommenderClient]) -> None:
+    a, _ = clients
+    ended = a.item("g0i06")
+    ended.available_until.FromSeconds(int(time.time()) - 1)
+    later = a.item("g0i07")
+    later.available_from.FromSeconds(int(time.time()) + 3600)
+    a.upsert_items([ended, later])
+    _soon(lambda: not {"g0i06", "g0i07"} & _everywhere(clients))
+
+
+def test_catalogue_writes_need_the_token(servers: list[ServerThread]) -> None:
+    with RecommenderClient(servers[0].target, timeout=5.0) as anonymous:
+        with pytest.raises(grpc.RpcError) as caught:
+            anonymous.withdraw_items(["g0i01"])
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
