@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMAND_GROUP",
     "Handler",
+    "add_client_flags",
     "add_settings_flags",
     "build_parser",
     "interactive",
     "main",
+    "rpc",
     "settings_from_args",
 ]
 
@@ -190,7 +192,9 @@ def _print(response: Any, as_json: bool) -> None:
         print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}")
 
 
-def _rpc(args: argparse.Namespace, call: Callable[[Any], Any]) -> int:
+def rpc(args: argparse.Namespace, call: Callable[[Any], Any]) -> int:
+    """Call the server with the client of ``args`` and print the answer (as JSON with
+    ``--json``); one line and status 1 for an error status."""
     import grpc
 
     with _client(args) as client:
@@ -208,7 +212,7 @@ def _split(text: str | None) -> list[str]:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    return _rpc(
+    return rpc(
         args,
         lambda c: c.recommend(
             args.user or "",
@@ -225,9 +229,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
-    return _rpc(
-        args, lambda c: c.similar(_split(args.items), k=args.k, in_stock_only=args.in_stock)
-    )
+    return rpc(args, lambda c: c.similar(_split(args.items), k=args.k, in_stock_only=args.in_stock))
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
@@ -238,18 +240,19 @@ def _cmd_events(args: argparse.Namespace) -> int:
         ]
         return c.record_events(events)
 
-    return _rpc(args, call)
+    return rpc(args, call)
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
-    return _rpc(args, lambda c: c.forget_user(args.user))
+    return rpc(args, lambda c: c.forget_user(args.user))
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    return _rpc(args, lambda c: c.model_info())
+    return rpc(args, lambda c: c.model_info())
 
 
-def _add_client_flags(p: argparse.ArgumentParser) -> None:
+def add_client_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a subcommand that talks to a running server."""
     g = p.add_argument_group("connection")
     g.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT")
     g.add_argument("--timeout", type=float, default=2.0, help="deadline per call, seconds")
@@ -270,7 +273,7 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p = sub.add_parser(
         "recommend", parents=[common], help="ask a running server for recommendations"
     )
-    _add_client_flags(p)
+    add_client_flags(p)
     p.add_argument("--user", help="customer id (omit for an anonymous visitor)")
     p.add_argument("--session", help="session id")
     p.add_argument(
@@ -285,7 +288,7 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.set_defaults(handler=_cmd_recommend)
 
     p = sub.add_parser("similar", parents=[common], help="items similar to given items")
-    _add_client_flags(p)
+    add_client_flags(p)
     p.add_argument("--items", required=True, metavar="A,B", help="item ids")
     p.add_argument("--k", type=int, default=10, help="how many items")
     p.add_argument("--in-stock", action="store_true", help="only items in stock")
@@ -294,7 +297,7 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p = sub.add_parser(
         "events", parents=[common], help="record live events (view, add_to_cart, purchase, ...)"
     )
-    _add_client_flags(p)
+    add_client_flags(p)
     p.add_argument("--items", required=True, metavar="A,B", help="item ids, one event each")
     p.add_argument(
         "--type", default="view", choices=[t.value for t in EventType], help="event type"
@@ -304,12 +307,12 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.set_defaults(handler=_cmd_events)
 
     p = sub.add_parser("forget", parents=[common], help="erase a user (ForgetUser)")
-    _add_client_flags(p)
+    add_client_flags(p)
     p.add_argument("--user", required=True, help="customer id to erase")
     p.set_defaults(handler=_cmd_forget)
 
     p = sub.add_parser("info", parents=[common], help="what model the server serves")
-    _add_client_flags(p)
+    add_client_flags(p)
     p.set_defaults(handler=_cmd_info)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsvc.cli import add_settings_flags, interactive, settings_from_args
+from recsvc.cli import add_client_flags, add_settings_flags, interactive, rpc, settings_from_args
 from recsvc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -281,6 +282,34 @@ def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="nbr/session: folder of the public dataset")
 
 
+def _cmd_catalog_load(args: argparse.Namespace) -> int:
+    from .catalog_sync import catalog_messages, read_catalog_file
+
+    catalog = read_catalog_file(args.file, skip_bad_rows=args.skip_bad_rows)
+    batches = list(catalog_messages(catalog, separator=args.separator))
+    sent = 0
+
+    def send(client: Any) -> Any:
+        nonlocal sent
+        answer = None
+        for batch in batches:
+            answer = client.upsert_items(batch)
+            sent += len(batch)
+            if interactive():
+                print(f"\r{sent:,} items", end="", file=sys.stderr, flush=True)
+        return answer
+
+    status = rpc(args, send)
+    if status == 0:
+        print(f"loaded {sent:,} items from {args.file} ({catalog.skipped_rows} rows skipped)")
+    return status
+
+
+def _cmd_catalog_withdraw(args: argparse.Namespace) -> int:
+    ids = [i for i in args.items.split(",") if i]
+    return rpc(args, lambda c: c.withdraw_items(ids))
+
+
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the training subcommands to ``sub`` (the ``recsvc`` subparsers)."""
     p = sub.add_parser(
@@ -346,3 +375,26 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_publish, extra=EXTRA)
+
+    p = sub.add_parser(
+        "catalog", parents=[common], help="the live catalogue of a running server: load, withdraw"
+    )
+    catalog = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    q = catalog.add_parser(
+        "load",
+        parents=[common],
+        help="add or replace the items of a catalogue file (CSV/Parquet), 1000 per call",
+    )
+    q.add_argument("file", type=Path, help="item_id, category, available, title, price, ...")
+    q.add_argument("--separator", default=">", help="between category levels (default '>')")
+    q.add_argument(
+        "--skip-bad-rows", action="store_true", help="drop and count bad rows instead of stopping"
+    )
+    add_client_flags(q)
+    q.set_defaults(handler=_cmd_catalog_load, extra=EXTRA, command="catalog load")
+    q = catalog.add_parser(
+        "withdraw", parents=[common], help="withdraw items (no RPC returns them)"
+    )
+    q.add_argument("--items", required=True, metavar="A,B", help="item ids")
+    add_client_flags(q)
+    q.set_defaults(handler=_cmd_catalog_withdraw, command="catalog withdraw")
