@@ -55,6 +55,12 @@ def _add_data_flags(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     g.add_argument(
         "--skip-bad-rows", action="store_true", help="drop and count bad rows instead of stopping"
     )
+    g.add_argument(
+        "--live-catalog",
+        action="store_true",
+        help="read the live catalogue from --redis-url: its categories and stock win over "
+        "--catalog's, withdrawn items' events are dropped",
+    )
 
 
 def _data_spec(args: argparse.Namespace) -> DataSpec:
@@ -68,6 +74,7 @@ def _data_spec(args: argparse.Namespace) -> DataSpec:
         mapping=mapping,
         catalog=args.catalog,
         skip_bad_rows=args.skip_bad_rows,
+        live_catalog=args.live_catalog,
     )
 
 

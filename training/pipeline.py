@@ -7,6 +7,7 @@ shipped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -18,13 +19,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
+from recsvc.catalog import CatalogItem
 from recsvc.config import NeighborSettings, RepeatPolicy, Settings
 from recsvc.erasure import read_erasure_list
-from recsvc.errors import DataError
+from recsvc.errors import ConfigError, DataError
 from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
@@ -41,6 +44,8 @@ from recsvc.manifest import (
 )
 from recsvc.model import Blend
 from recsvc.neighbors import NeighborModel
+from recsvc.store import KeyScheme
+from recsvc.store.catalog import CatalogStore
 
 from .blend import fit_user_blend
 from .fit import fit_als
@@ -83,6 +88,10 @@ class DataSpec:
     mapping: ColumnMapping | None = None
     catalog: Path | None = None
     skip_bad_rows: bool = False
+    live_catalog: bool = False
+    """Read the live catalogue from ``[redis] url`` (what the servers serve): its
+    categories and availability win over the file's, and withdrawn items' events are
+    dropped."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,63 @@ def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
     if n_erased:
         log.info("dropped %d events of %d erased users", n_erased, len(erased))
     catalog = load_catalog(spec.catalog, skip_bad_rows=spec.skip_bad_rows) if spec.catalog else None
+    if spec.live_catalog:
+        live = read_live_catalog(settings)
+        withdrawn = sorted(i.item_id for i in live.values() if i.withdrawn)
+        if withdrawn:
+            kept = pc.invert(pc.is_in(table["item_id"], value_set=pa.array(withdrawn, pa.string())))
+            log.info(
+                "dropped %d events of %d withdrawn items",
+                table.num_rows - pc.sum(kept).as_py(),
+                len(withdrawn),
+            )
+            table = table.filter(kept)
+        catalog = merge_live_catalog(catalog, live)
     return LoadedData(table, catalog, tuple(summaries), n_erased)
+
+
+def read_live_catalog(settings: Settings) -> dict[str, CatalogItem]:
+    """Every record of the live catalogue at ``[redis] url`` (ConfigError without one,
+    StoreError when it cannot be read)."""
+    url = settings.redis.url
+    if url is None:
+        raise ConfigError("the live catalogue is read from [redis] url (--redis-url)")
+
+    async def snapshot() -> dict[str, CatalogItem]:
+        store = CatalogStore.open(url, KeyScheme(settings.redis.prefix), socket_timeout=10.0)
+        try:
+            return (await store.snapshot()).items
+        finally:
+            await store.aclose()
+
+    return asyncio.run(snapshot())
+
+
+def merge_live_catalog(catalog: Catalog | None, live: dict[str, CatalogItem]) -> Catalog:
+    """``catalog`` (a file's, maybe none) with the live records laid over it: an item's
+    category is the most specific level of its live path, its availability whether it
+    is shown now."""
+    rows: dict[str, tuple[str | None, bool, str | None]] = {}
+    if catalog is not None:
+        for item_id, category, available, title in zip(
+            catalog.item_id.to_pylist(),
+            catalog.category.to_pylist(),
+            catalog.available.to_pylist(),
+            catalog.title.to_pylist(),
+            strict=True,
+        ):
+            rows[item_id] = (category, bool(available), title)
+    now = time.time()
+    for item in live.values():
+        category = item.category[-1] if item.category else None
+        rows[item.item_id] = (category, item.shown(now), item.title or None)
+    ids = list(rows)
+    return Catalog(
+        item_id=pa.array(ids, pa.string()),
+        category=pa.array([rows[i][0] for i in ids], pa.string()),
+        available=pa.array([rows[i][1] for i in ids], pa.bool_()),
+        title=pa.array([rows[i][2] for i in ids], pa.string()),
+    )
 
 
 def repeat_share(table: pa.Table, share: float) -> float:
