@@ -2,8 +2,9 @@
 
 Starts ``recsvc serve`` on the published model (a private Redis, embedded
 defaults), then, over gRPC: a known customer's recommendations next to what they
-bought; an anonymous visitor who views a few items of one category and sees the
-recommendations follow; the model info; then SIGTERM and a clean exit.
+bought; the top item going out of stock in the live catalogue and leaving the next
+answer; an anonymous visitor who views a few items of one category and sees the
+recommendations follow; the model info; then a stop and a clean exit.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _READY = re.compile(r"recsvc serving on (\S+):(\d+)")
 
 
 def _start(artifacts: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "recsvc.cli", "-q", "serve", "--artifacts", str(artifacts),
+    cmd = [sys.executable, "-m", "recsvc", "-q", "serve", "--artifacts", str(artifacts),
            "--port", "0", "--metrics-port", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -83,6 +84,18 @@ def main(argv: list[str] | None = None) -> int:
             rec = to_json(client.recommend(user, k=8, placement="home"))
             _show(f"Recommended for {user} (strategy {rec['strategy']}):", rec["items"], category)
 
+            # the shop marks the top item out of stock: the next answer leaves it out
+            gone = str(rec["items"][0]["item_id"])
+            client.upsert_items([client.item(gone, available=False)])
+            print(f"\n... the shop marks {gone} out of stock (live catalogue, no retraining)")
+            started = time.monotonic()
+            while gone in [i.item_id for i in client.recommend(user, k=8).items]:
+                time.sleep(0.01)
+            seconds = time.monotonic() - started
+            now = to_json(client.recommend(user, k=8, placement="home"))
+            _show(f"Recommended for {user} {seconds * 1000:.0f} ms later:", now["items"], category)
+            client.upsert_items([client.item(gone, available=True)])  # back in stock
+
             # an anonymous visitor views three items of one category, one at a time
             cat = Counter(category.values()).most_common(3)[-1][0]
             pool = [str(i) for i in model.item_ids[model.popularity.argsort()[::-1]]]
@@ -106,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            # SIGINT: stop now (SIGTERM drains first, for load balancers; none here)
+            proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=30)
     print(f"\nserver stopped cleanly (exit {code})" if code == 0 else f"server exit {code}")
     return code
