@@ -273,6 +273,13 @@ class RankingSettings(_Section):
     """Candidates fetched from the index per requested item, so filters still leave k
     (k + 60 at most; a search that still falls short widens). Without filters at most
     2 per item: the blend's headroom."""
+    live_popularity_weight: float = Field(default=1.0, ge=0.0)
+    """Weight of live popularity (what sells now, counted from RecordEvents by every
+    replica) beside the trained popularity, in the ranking's prior and the popular
+    lists: 1 = equal footing; 0 = trained popularity only."""
+    live_popularity_half_life_hours: float = Field(default=6.0, gt=0.0)
+    """Live popularity halves every this many hours: short enough that a trend shows
+    within minutes and fades within a day."""
     auto_repeat_threshold: float = Field(default=0.15, ge=0.0, le=1.0)
     """``auto`` allows repeats when at least this share of a user's next purchases
     are items they bought before (measured by the trainer)."""

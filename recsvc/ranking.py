@@ -39,6 +39,7 @@ from recsvc.model import Blend, Model
 
 __all__ = [
     "Filters",
+    "Popularity",
     "Query",
     "Ranker",
     "Ranking",
@@ -103,6 +104,17 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class Popularity:
+    """Item popularity as the ranking weighs it: the blend's prior and the order of the
+    popular fallback. The model's own (trained) unless the caller has a live one."""
+
+    prior: FloatArray
+    """``(n_items,)`` in [0, 1]."""
+    order: IntArray
+    """Every item, most popular first."""
+
+
+@dataclass(frozen=True)
 class Query:
     """One request's signals, in model positions."""
 
@@ -126,6 +138,8 @@ class Query:
     """None = the model's default."""
     repeat_weight: float | None = None
     """None = the model's default."""
+    popularity: Popularity | None = None
+    """None = the model's trained popularity."""
 
 
 @dataclass(frozen=True)
@@ -174,14 +188,17 @@ class Ranker:
         self._item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
         pop = a.popularity.astype(np.float32)
         top = float(pop.max()) if len(pop) and pop.max() > 0 else 1.0
-        self._prior = pop / top
-        """Popularity scaled to [0, 1]: the blend's prior."""
+        self.popularity = Popularity(
+            (pop / top).astype(np.float32), model.popular_order.astype(np.int32)
+        )
+        """The trained popularity: the prior scaled to [0, 1] and the popular order."""
 
     def recommend(self, query: Query) -> Ranking:
         """Top ``query.k`` items for ``query``."""
         k = min(query.k, self._n_items)
         if k <= 0:
             return Ranking(_EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8), Strategy.POPULAR, True)
+        popularity = query.popularity or self.popularity
         defaults = self.model.defaults
         policy = query.repeat_policy
         if policy is None or policy is RepeatPolicy.AUTO:
@@ -206,7 +223,7 @@ class Ranker:
             and neighbor_source is None
             and (blend.popularity == 0.0 or strategy is Strategy.POPULAR)
         ):
-            return self._popular(k, allowed, strategy=Strategy.POPULAR, fallback=True)
+            return self._popular(k, allowed, popularity, strategy=Strategy.POPULAR, fallback=True)
 
         signals = _Signals(
             vector=vector if blend.cf > 0 else None,
@@ -226,7 +243,9 @@ class Ranker:
             headroom = min(headroom, k)
         fetch = min(self._n_items, k + min(headroom, 60))
         while True:
-            items, scores, reasons = self._blend(signals, blend, fetch, k, allowed, cf_reason)
+            items, scores, reasons = self._blend(
+                signals, blend, fetch, k, allowed, cf_reason, popularity
+            )
             if len(items) >= k or fetch >= self._n_items or signals.vector is None:
                 break
             fetch = min(self._n_items, fetch * 4)
@@ -240,12 +259,21 @@ class Ranker:
                     k,
                     allowed,
                     lambda left: self._blend(
-                        _Signals(fill_vector, None, None), Blend(), fetch, k, left, cf_reason
+                        _Signals(fill_vector, None, None),
+                        Blend(),
+                        fetch,
+                        k,
+                        left,
+                        cf_reason,
+                        popularity,
                     ),
                 )
         if len(items) < k:  # still too few: popular items that pass the filters
             items, scores, reasons = self._fill(
-                (items, scores, reasons), k, allowed, lambda left: self._popular(k, left).parts
+                (items, scores, reasons),
+                k,
+                allowed,
+                lambda left: self._popular(k, left, popularity).parts,
             )
         return Ranking(items[:k], scores[:k], reasons[:k], strategy, False)
 
@@ -407,6 +435,7 @@ class Ranker:
         k: int,
         allowed: NDArray[np.bool_] | None,
         cf_reason: Reason,
+        popularity: Popularity,
     ) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
         """Candidates from every source, each signal scaled to [0, 1], summed with the
         blend's weights, best first."""
@@ -421,7 +450,7 @@ class Ranker:
         if signals.neighbors is not None:
             parts.append(signals.neighbors[0])
         if blend.popularity > 0:
-            parts.append(self.model.popular_order[: max(100, 2 * k)].astype(np.int32))
+            parts.append(popularity.order[: max(100, 2 * k)])
         if not parts:
             return _EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8)
         cand = parts[0] if len(parts) == 1 else _union(parts)
@@ -462,7 +491,7 @@ class Ranker:
                 best_part = np.maximum(best_part, part)
             reasons[wins] = reason
         if blend.popularity > 0:
-            part = blend.popularity * self._prior[cand]
+            part = blend.popularity * popularity.prior[cand]
             if score is None or best_part is None:
                 score = part + np.float32(0.0)
                 reasons[part > 0.0] = Reason.POPULAR
@@ -480,16 +509,17 @@ class Ranker:
         self,
         k: int,
         allowed: NDArray[np.bool_] | None,
+        popularity: Popularity,
         *,
         strategy: Strategy = Strategy.POPULAR,
         fallback: bool = False,
     ) -> Ranking:
-        order = self.model.popular_order
+        order = popularity.order
         head = order if allowed is None else order[allowed[order]]
-        picked = head[:k].astype(np.int32)
+        picked = head[:k]
         return Ranking(
             picked,
-            self._prior[picked],
+            popularity.prior[picked],
             np.full(len(picked), Reason.POPULAR, dtype=np.int8),
             strategy,
             fallback,

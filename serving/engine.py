@@ -11,6 +11,7 @@ A Recommend reads as: profile -> query -> rank -> count -> answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from numpy.typing import NDArray
 
 from recsvc import artifact as art
 from recsvc.catalog import CatalogItem
-from recsvc.config import Settings
+from recsvc.config import RankingSettings, Settings, WeightingSettings
 from recsvc.erasure import ErasureList
 from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
 from recsvc.events import EventType, LiveEvent
@@ -41,10 +42,13 @@ from .calls import (
 from .catalog import LiveCatalog
 from .eventlog import EventLog, EventRow
 from .metrics import Children, ServingMetrics, placement_label
+from .popularity import LivePopularity, event_weight
 from .profile import Profiles
 from .reload import ModelHolder
 
 __all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
 
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}
 _NO_FILTERS = Filters()
@@ -62,6 +66,7 @@ class Engine:
         event_log: EventLog,
         metrics: ServingMetrics,
         catalog: LiveCatalog | None = None,
+        popularity: LivePopularity | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -71,6 +76,7 @@ class Engine:
         self.metrics = metrics
         self.profiles = Profiles(settings, state, metrics)
         self.catalog = catalog
+        self.popularity = popularity
         self.erasures = ErasureList(settings.erasure_path)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
@@ -142,7 +148,8 @@ class Engine:
         profile = await self.profiles.read(
             loaded, user, req.session_id if consent else "", req.session_events, time_left
         )
-        query = profile.query(req.k, self._filters(model, req.filters), req.repeat_policy)
+        live = self.popularity.of(model, loaded.ranker) if self.popularity is not None else None
+        query = profile.query(req.k, self._filters(model, req.filters), req.repeat_policy, live)
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
         self._index_seconds.observe(time.perf_counter() - t)
@@ -193,6 +200,9 @@ class Engine:
         ignored: list[tuple[int, str]] = []
         log_rows: list[EventRow] = []
         live: dict[tuple[str, str], tuple[list[LiveEvent], list[str]]] = {}
+        # live popularity: events whose live state dedupes them count once applied (by
+        # position in their group), the others at once (popularity is approximate)
+        trend = _Trend(self.settings.weighting, self.settings.ranking)
         for index, e in enumerate(events):
             placement = placement_label(e.placement, self.server.placements)
             if e.event_type in (EventType.IMPRESSION, EventType.CLICK):
@@ -208,6 +218,7 @@ class Engine:
             if e.non_personalized:
                 # aggregate counters only: nothing tied to the shopper is kept
                 metrics.events.labels(event_type=e.event_type.value).inc()
+                trend.add(e)
                 continue
             key = e.key
             if e.user_id:  # training reads user events; anonymous sessions live in the store
@@ -225,28 +236,39 @@ class Engine:
                     )
                 )
             if e.item_id not in model.item_position:
+                # a new product: it counts towards live popularity from its first sale
                 ignored.append((index, "unknown_item"))
                 metrics.events_ignored.labels(reason="unknown_item").inc()
+                trend.add(e)
                 continue
             metrics.events.labels(event_type=e.event_type.value).inc()
             if e.event_type.spec.taste and (e.user_id or e.session_id):
                 batch, keys = live.setdefault((e.user_id, e.session_id), ([], []))
                 batch.append(LiveEvent(e.item_id, e.event_type, e.timestamp, e.quantity))
                 keys.append(key)
+                trend.pending(e.user_id, e.session_id, e)
+            else:
+                trend.add(e)
         # Acknowledged = durable and applied once. The live state applies each event at
         # most once (its id), so a retry after any failure below (UNAVAILABLE) applies
         # nothing twice and completes what the first attempt left undone; the log may
         # then hold a row twice, and the loader keeps the first row of an id.
         for (user_id, session_id), (batch, keys) in live.items():
             applied = await self.state.record(user_id, session_id, batch, keys)
-            if applied < len(batch):
-                metrics.events_ignored.labels(reason="duplicate").inc(len(batch) - applied)
+            if len(applied) < len(batch):
+                metrics.events_ignored.labels(reason="duplicate").inc(len(batch) - len(applied))
+            trend.applied(user_id, session_id, applied)
         if log_rows:
             # off the event loop: the log's periodic fsync can take milliseconds
             await asyncio.to_thread(self.event_log.append, log_rows)
         # the next Recommend on any replica reflects what the shopper just did
         for user_id in dict.fromkeys(u for u, _ in live if u):
             await self.profiles.refresh(loaded, user_id)
+        if self.popularity is not None and trend.weights:
+            try:
+                await self.popularity.count(trend.weights)
+            except StoreError as exc:  # approximate counters: the events themselves are in
+                log.warning("counting live popularity failed: %s", exc)
         return RecordOutput(accepted=len(events) - len(ignored), ignored=ignored)
 
     # --- the live catalogue ------------------------------------------------------------
@@ -282,6 +304,33 @@ class Engine:
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+class _Trend:
+    """The live-popularity weights of one RecordEvents batch, by item."""
+
+    def __init__(self, weighting: WeightingSettings, ranking: RankingSettings) -> None:
+        self._weighting = weighting
+        self._half_life = ranking.live_popularity_half_life_hours * 3600.0
+        self._now = time.time()
+        self._pending: dict[tuple[str, str], list[EventInput]] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, e: EventInput) -> None:
+        w = event_weight(
+            e.event_type, e.quantity, e.timestamp, self._now, self._weighting, self._half_life
+        )
+        if w > 0:
+            self.weights[e.item_id] = self.weights.get(e.item_id, 0.0) + w
+
+    def pending(self, user_id: str, session_id: str, e: EventInput) -> None:
+        self._pending.setdefault((user_id, session_id), []).append(e)
+
+    def applied(self, user_id: str, session_id: str, positions: Sequence[int]) -> None:
+        group = self._pending.get((user_id, session_id), [])
+        for i in positions:
+            self.add(group[i])
+
 
 _random_bits = random.getrandbits
 

@@ -46,7 +46,7 @@ from recsvc.config import RepeatPolicy, Settings
 from recsvc.errors import StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
-from recsvc.ranking import Filters, Query
+from recsvc.ranking import Filters, Popularity, Query
 from recsvc.store import LiveState
 from recsvc.weighting import EVENT_TYPES, live_event_weights, session_weights
 
@@ -90,7 +90,13 @@ class Profile:
     degraded: bool
     """Made without the live state."""
 
-    def query(self, k: int, filters: Filters, repeat_policy: RepeatPolicy | None) -> Query:
+    def query(
+        self,
+        k: int,
+        filters: Filters,
+        repeat_policy: RepeatPolicy | None,
+        popularity: Popularity | None = None,
+    ) -> Query:
         # whether what the shopper just looked at may be shown again is the ranker's
         # call: the shop's measured default, or the request's repeat policy
         return Query(
@@ -104,6 +110,7 @@ class Profile:
             session_weights=self.session_weights,
             filters=filters,
             repeat_policy=repeat_policy,
+            popularity=popularity,
         )
 
 

@@ -33,9 +33,10 @@ from prometheus_client import CollectorRegistry
 
 from recsvc.config import Settings
 from recsvc.errors import ConfigError, StoreError
-from recsvc.store import KeyScheme, open_live_state
+from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
 from recsvc.store.embedded import PrivateRedis, start_private_redis
+from recsvc.store.trending import Trending
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -44,6 +45,7 @@ from .engine import Engine
 from .eventlog import EventLog
 from .interceptors import server_interceptors
 from .metrics import ServingMetrics, start_metrics_http_server
+from .popularity import LivePopularity
 from .reflection import enable_server_reflection
 from .reload import LoadedModel, ModelHolder, ReloadOutcome
 from .servicer import RecommenderServicer
@@ -168,6 +170,18 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         )
         owned.append(catalog_store)
         catalog = LiveCatalog(catalog_store)
+        trending_client = async_client_from_url(
+            redis_url, socket_timeout=max(settings.redis.socket_timeout_seconds, 1.0)
+        )
+        owned.append(trending_client)
+        popularity = LivePopularity(
+            Trending(
+                trending_client,
+                KeyScheme(settings.redis.prefix),
+                settings.ranking.live_popularity_half_life_hours * 3600.0,
+            ),
+            settings.ranking.live_popularity_weight,
+        )
         event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
         owned.append(event_log)
 
@@ -196,7 +210,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         models = ModelHolder(
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
-        engine = Engine(settings, models, state, event_log, metrics, catalog)
+        engine = Engine(settings, models, state, event_log, metrics, catalog, popularity)
 
         server = grpc.aio.server(
             interceptors=server_interceptors(s, metrics),
@@ -260,6 +274,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             await catalog.load()
         await models.reload()
         running._tasks.append(asyncio.create_task(catalog.follow(running._stop_watch)))
+        running._tasks.append(asyncio.create_task(popularity.follow(running._stop_watch)))
         running._tasks.append(
             asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
         )

@@ -12,6 +12,8 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{cat}:items                 HASH    the live catalogue: item id -> record
     {prefix}:{cat}:log                   STREAM  its changes, for replicas to follow
     {prefix}:{cat}:seq                   STRING  the number of the last change
+    {prefix}:{trend}:items               ZSET    live popularity, forward-decayed scores
+    {prefix}:{trend}:epoch               STRING  the epoch of those scores (Unix seconds)
 
 ``prefix`` defaults to ``recsvc``. ``{u:<user>}`` and ``{s:<session>}`` are Redis Cluster
 *hash tags*: Cluster hashes only the text between the first ``{`` and the next ``}``, so
@@ -110,6 +112,11 @@ class KeyScheme:
         one atomic script."""
         tag = f"{self.prefix}:{{cat}}"
         return f"{tag}:items", f"{tag}:log", f"{tag}:seq"
+
+    def trending(self) -> tuple[str, str]:
+        """Live popularity's keys: its scores and their epoch, in one hash slot."""
+        tag = f"{self.prefix}:{{trend}}"
+        return f"{tag}:items", f"{tag}:epoch"
 
     def vector_pattern(self, model_version: str) -> str:
         """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts

@@ -156,11 +156,11 @@ class LiveState(Protocol):
         session_id: str,
         events: Sequence[LiveEvent],
         event_ids: Sequence[str] | None = None,
-    ) -> int:
+    ) -> tuple[int, ...]:
         """Append ``events`` to the user's history and to the session, atomically, each
         at most once: an event whose id (``event_ids[i]`` for ``events[i]``; None: the
         session id and the encoded event) was applied within the dedupe window is
-        skipped. Returns how many were applied."""
+        skipped. Returns the positions (in ``events``) of those applied now."""
         ...
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
@@ -268,7 +268,7 @@ class RedisLiveState:
         session_id: str,
         events: Sequence[LiveEvent],
         event_ids: Sequence[str] | None = None,
-    ) -> int:
+    ) -> tuple[int, ...]:
         """Append ``events`` to the user's history and to the session, at most once each,
         in one server-side script (:data:`_RECORD`, atomic like a MULTI).
 
@@ -279,12 +279,13 @@ class RedisLiveState:
         set keeps ids for ``dedupe_seconds`` and at most ``dedupe_max_ids`` of them.
         Within a batch, events are ordered by timestamp, so the newest ends up first; a
         batch arriving later counts as newer whatever its timestamps. Lists are trimmed
-        to their bounds and their TTLs refreshed. Returns how many were applied.
+        to their bounds and their TTLs refreshed. Returns the positions (in ``events``)
+        of the events applied now.
         """
         if event_ids is not None and len(event_ids) != len(events):
             raise ValueError("one event id per event")
         if not events or not (user_id or session_id):
-            return 0
+            return ()
         limits, keys = self.limits, self.keys
         order = sorted(range(len(events)), key=lambda i: events[i].timestamp)
         touched = [keys.seen(user_id, session_id)]
@@ -315,7 +316,7 @@ class RedisLiveState:
                 applied = await self._record(keys=touched, args=args)
         finally:
             self._written(touched)
-        return int(applied)
+        return tuple(order[int(i)] for i in applied)
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
         """In one MULTI: the user's vector under each of ``model_versions``, the history
@@ -401,14 +402,16 @@ if ARGV[5] == "1" then session = KEYS[at]; at = at + 1 end
 if history and session then index = KEYS[at] end
 redis.call("ZREMRANGEBYSCORE", seen, "-inf", "(" .. (now - tonumber(ARGV[2])))
 local fresh = {}
+local applied = {}
 for i = 11, #ARGV, 2 do
   if redis.call("ZADD", seen, "NX", now, ARGV[i]) == 1 then
     fresh[#fresh + 1] = ARGV[i + 1]
+    applied[#applied + 1] = (i - 11) / 2
   end
 end
 redis.call("ZREMRANGEBYRANK", seen, 0, -tonumber(ARGV[3]) - 1)
 redis.call("EXPIRE", seen, tonumber(ARGV[2]))
-if #fresh == 0 then return 0 end
+if #fresh == 0 then return applied end
 local function push(key, max, ttl)
   redis.call("LPUSH", key, unpack(fresh))
   redis.call("LTRIM", key, 0, max - 1)
@@ -426,7 +429,7 @@ if session then
     redis.call("EXPIRE", index, ttl)
   end
 end
-return #fresh
+return applied
 """
 """Apply a batch of events at most once each (:meth:`RedisLiveState.record`)."""
 

@@ -226,3 +226,24 @@ def test_a_catalogue_file_loads_through_the_cli(
     cmd[5] = str(bad)
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert refused.returncode == 3 and "lower_snake_case" in refused.stderr
+
+
+def test_a_burst_of_purchases_moves_every_servers_popular_list_within_seconds(
+    clients: list[RecommenderClient],
+) -> None:
+    a, b = clients
+
+    def popular() -> list[str]:
+        return [i.item_id for i in b.recommend("", k=5).items]  # a visitor: popular items
+
+    before = popular()
+    tail = [i.item_id for i in b.recommend("", k=30).items][-1]  # the least popular
+    assert tail not in before
+    burst = [
+        a.event(tail, "purchase", user_id=f"shopper{n}", session_id=f"s{n}") for n in range(40)
+    ]
+    assert a.record_events(burst).accepted_count == 40
+    took = _soon(lambda: popular()[0] == tail, within=3.0)
+    assert took < 3.0  # one read of the counters: ~1 s
+    # a category-popular list follows too (through the filter)
+    assert [i.item_id for i in b.recommend("", k=1, include_categories=[tail[:2]]).items] == [tail]

@@ -154,7 +154,7 @@ def test_model_info(client: RecommenderClient, shop_root: Path) -> None:
     assert info.default_repeat_policy == pb.REPEAT_POLICY_EXCLUDE_PURCHASED  # no one re-buys
 
 
-def test_non_personalized_reads_and_writes_nothing(
+def test_non_personalized_keeps_nothing_about_the_shopper(
     client: RecommenderClient, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     events = [client.event("g1i01", "view", user_id="g0u02", session_id="np")]
@@ -162,7 +162,13 @@ def test_non_personalized_reads_and_writes_nothing(
     assert client.record_events(events).accepted_count == 1
     resp = client.recommend("g0u02", session_id="np", k=5, non_personalized=True)
     assert resp.strategy == pb.STRATEGY_POPULAR
-    assert list(redis_client.scan_iter(match=f"{redis_prefix}:*")) == []
+    # The view still counts toward the shop's trending items, an aggregate with
+    # no id in it; nothing is stored under the shopper or the session.
+    keys = sorted(k.decode() for k in redis_client.scan_iter(match=f"{redis_prefix}:*"))
+    assert keys == [f"{redis_prefix}:{{trend}}:epoch", f"{redis_prefix}:{{trend}}:items"]
+    assert redis_client.zrange(f"{redis_prefix}:{{trend}}:items", 0, -1) == [b"g1i01"]
+    dump = b"".join(redis_client.dump(k) or b"" for k in keys)
+    assert b"g0u02" not in dump
 
 
 def test_forget_user_leaves_no_key(
