@@ -3,7 +3,8 @@
 Every RPC validates its request into a domain input (:mod:`serving.validation`),
 calls the :class:`~serving.engine.Engine`, and converts the result. Errors are
 translated here, in one place: a :class:`~recsvc.errors.RecsvcError` becomes its
-own status (INVALID_ARGUMENT carries a google.rpc.BadRequest detail), a passed
+own status (INVALID_ARGUMENT carries a google.rpc.BadRequest detail, kept small
+enough for any client to receive), a passed
 deadline ends the call with DEADLINE_EXCEEDED, and anything else — a bug, never
 something a client caused — is logged once with its traceback and reported as
 INTERNAL without details.
@@ -12,9 +13,9 @@ INTERNAL without details.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar, cast
+from typing import Final, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,7 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from recsvc.config import RepeatPolicy, ServerSettings
-from recsvc.errors import InvalidRequestError, RecsvcError
+from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
 from recsvc.ranking import Strategy
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -31,7 +32,12 @@ from . import validation
 from .calls import RecommendOutput
 from .engine import Engine
 
-__all__ = ["RecommenderServicer"]
+__all__ = [
+    "ERROR_BUDGET_BYTES",
+    "MAX_VIOLATIONS_LISTED",
+    "RecommenderServicer",
+    "bad_request_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +58,66 @@ _REPEAT = {
 }
 
 
+MAX_VIOLATIONS_LISTED: Final = 20
+"""Field violations an INVALID_ARGUMENT names one by one; the rest are counted in a
+last one, ``... and 997 more``."""
+
+ERROR_BUDGET_BYTES: Final = 8 * 1024
+"""Most bytes an INVALID_ARGUMENT adds to the trailing metadata, as sent: the status
+message (percent-encoded, in ``grpc-message``) and the google.rpc.Status that repeats
+it with the BadRequest (base64, in ``grpc-status-details-bin``). A grpc client refuses
+trailers past its metadata limit as RESOURCE_EXHAUSTED, which clients are told to retry:
+a bad batch listing all of its 1,000 bad fields was retried forever (issue #14, defect
+6). With grpcio 1.85's defaults, measured here over loopback, 40 of 40 calls got their
+status with 10.7 KB of trailers, 6 of 40 were refused at 12 KB and half at 16 KB."""
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: RecsvcError) -> None:
     if isinstance(exc, InvalidRequestError):
-        detail = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in exc.violations
-            ]
-        )
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc)[:1000])
-        status.details.add().Pack(detail)
-        await context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(rpc_status.to_status(bad_request_status(exc.violations)))
     await context.abort(exc.grpc_code, str(exc))
+
+
+def bad_request_status(violations: Sequence[FieldViolation]) -> status_pb2.Status:
+    """INVALID_ARGUMENT with a google.rpc.BadRequest of ``violations``: the first
+    :data:`MAX_VIOLATIONS_LISTED`, fewer if their text would pass
+    :data:`ERROR_BUDGET_BYTES`, then one counting the rest. The message lists the same."""
+    listed = min(len(violations), MAX_VIOLATIONS_LISTED)
+    while True:
+        status = _invalid_argument(violations, listed)
+        if listed == 0 or _trailer_bytes(status) <= ERROR_BUDGET_BYTES:
+            return status
+        listed -= 1
+
+
+def _invalid_argument(violations: Sequence[FieldViolation], listed: int) -> status_pb2.Status:
+    shown = [(v.field, v.description) for v in violations[:listed]]
+    parts = [f"{field}: {description}" for field, description in shown]
+    rest = violations[listed:]
+    if rest:
+        more = f"... and {len(rest)} more"
+        # under the field they all belong to (events[3].item_id → events), if one
+        tops = {v.field.partition(".")[0].partition("[")[0] for v in rest}
+        shown.append((tops.pop() if len(tops) == 1 else "", more))
+        parts.append(more)
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in shown
+        ]
+    )
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="; ".join(parts))
+    status.details.add().Pack(detail)
+    return status
+
+
+def _trailer_bytes(status: status_pb2.Status) -> int:
+    """Bytes ``status`` takes in the trailers: its message percent-encoded (every byte
+    outside printable ASCII, and '%', as three) and the whole of it base64-encoded."""
+    message = status.message.encode("utf-8")
+    escaped = sum(1 for b in message if b < 0x20 or b > 0x7E or b == 0x25)
+    size: int = status.ByteSize()
+    return len(message) + 2 * escaped + 4 * -(-size // 3)
 
 
 _DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began")

@@ -384,3 +384,34 @@ def test_a_model_reloaded_away_is_freed_without_the_cycle_collector(
             gc.enable()
     finally:
         running.stop()
+
+
+def test_a_large_invalid_batch_is_invalid_argument_not_resource_exhausted(
+    client: RecommenderClient,
+) -> None:
+    """Issue #14, defect 6: 1,000 events with 300-character user ids made a 49,947-byte
+    BadRequest, over the client's limit on trailing metadata, so the stock client saw
+    RESOURCE_EXHAUSTED, which the docs say to retry."""
+    events = [client.event(f"g0i{i % 12:02d}", user_id="u" * 300) for i in range(1000)]
+    try:
+        client.record_events(events)
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details() or ""
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    else:
+        raise AssertionError("the batch was accepted")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert status is not None
+    assert len(status.SerializeToString()) + len(details.encode()) <= 8 * 1024
+    (detail,) = status.details
+    bad = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad)
+    violations = [(v.field, v.description) for v in bad.field_violations]
+    listed = violations[:-1]
+    assert listed[:2] == [
+        ("events[0].user_id", "is longer than 256 bytes"),
+        ("events[1].user_id", "is longer than 256 bytes"),
+    ]
+    assert violations[-1] == ("events", f"... and {1000 - len(listed)} more")
+    assert details.endswith(f"; ... and {1000 - len(listed)} more")
+    assert details.startswith("events[0].user_id: is longer than 256 bytes; events[1].user_id")
