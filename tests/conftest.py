@@ -9,6 +9,13 @@ Each test that uses ``redis_client`` writes only under its own ``redis_prefix`` 
 its keys are deleted afterwards (SCAN + UNLINK, never FLUSHALL), so a shared server is
 left as it was found. Tests that use ``redis_url`` are marked ``integration``
 automatically as a safety net; mark them explicitly too.
+
+Hypothesis: every property test is deterministic (``derandomize=True``, no example
+database), so CI and a developer see the same examples. ``HYPOTHESIS_PROFILE`` picks
+the profile: ``ci`` (the default: 150 examples per property) or ``slow`` (1,000, for a
+longer search before a release); ``explore`` draws new random examples on each run
+and is for looking for bugs locally, never for CI. Tests that build models take a
+share of the profile's examples (see tests/training/test_small_shops.py).
 """
 
 from __future__ import annotations
@@ -20,10 +27,25 @@ from uuid import uuid4
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from recsvc.errors import StoreError
 from recsvc.store import client_from_url
 from recsvc.store.embedded import find_redis_server, start_private_redis
+
+_DETERMINISTIC = {
+    "derandomize": True,
+    "database": None,
+    "deadline": None,  # a loaded shared host must not fail a property on time
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow],
+}
+settings.register_profile("ci", max_examples=150, **_DETERMINISTIC)
+settings.register_profile("slow", max_examples=1000, **_DETERMINISTIC)
+settings.register_profile(
+    "explore", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Generous for tests: a loaded CI host must not turn into a flaky timeout.
 _TEST_SOCKET_TIMEOUT = 5.0
