@@ -1,13 +1,15 @@
 """A real server in-process: its own event loop on a thread, bound to a free port.
 
 Tests stay synchronous and talk to it over loopback gRPC like any client. For faults
-that need a process of their own (SIGKILL, RSS, a log of its own): :class:`ServeProcess`
-runs ``recsvc serve``.
+that need processes of their own (SIGKILL, RSS, load from outside the server's
+process): :class:`ServeProcess` runs ``recsvc serve``, :class:`LoadGenerator` runs
+tests/loadgen.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -17,8 +19,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,7 +81,10 @@ class ServerThread:
             self.loop.close()
 
 
-# --- a server in a process of its own ---------------------------------------------------
+# --- processes of their own: the server, and a load generator --------------------------
+
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+"""The load generator script (tests/loadgen.py), run as a process of its own."""
 
 
 def free_port() -> int:
@@ -197,3 +204,84 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait(30)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the load generator made (tests/loadgen.py)."""
+
+    caller: int
+    start: float
+    """Wall-clock Unix seconds."""
+    end: float
+    code: str
+    """The status code's name."""
+    degraded: bool | None = None
+    """Recommend: the answer was made without Redis."""
+    version: str | None = None
+    """Recommend: the model version that answered."""
+
+
+class LoadGenerator:
+    """tests/loadgen.py in a process of its own: ``callers`` clients with the client's
+    default 200 ms deadline, each calling ``rpc`` ``rate`` times a second, for at most
+    ``duration`` seconds. Results are read from its files once it is done."""
+
+    def __init__(
+        self,
+        target: str,
+        rpc: str,
+        directory: Path,
+        *,
+        callers: int = 4,
+        rate: float = 50.0,
+        duration: float = 8.0,
+        token: str | None = None,
+        run: str = "lg",
+    ) -> None:
+        self.rpc, self.callers, self.rate, self.duration = rpc, callers, rate, duration
+        directory.mkdir(parents=True, exist_ok=True)
+        self.out = directory / f"{run}-calls.jsonl"
+        self.acked_path = directory / f"{run}-acked.txt"
+        args = [
+            sys.executable, str(LOADGEN), "--target", target, "--rpc", rpc,
+            "--callers", str(callers), "--rate", str(rate), "--duration", str(duration),
+            "--out", str(self.out), "--acked", str(self.acked_path), "--run", run,
+        ]  # fmt: skip
+        if token:
+            args += ["--token", token]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "started"
+        self.started = time.time()
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+    def wait(self) -> None:
+        """Until it has run its duration (and its callers' last calls ended)."""
+        assert self.process.wait(self.duration + 30) == 0
+
+    def stop(self) -> None:
+        """End the run now (SIGTERM), and wait for it."""
+        self.process.send_signal(signal.SIGTERM)
+        self.wait()
+
+    def calls(self) -> list[Call]:
+        return [Call(**json.loads(line)) for line in self.out.read_text().splitlines()]
+
+    def codes(self) -> Counter[str]:
+        return Counter(call.code for call in self.calls())
+
+    def acked(self) -> list[str]:
+        """RecordEvents: the events acknowledged, ``user|item|timestamp`` each."""
+        if not self.acked_path.exists():
+            return []
+        return self.acked_path.read_text().splitlines()
