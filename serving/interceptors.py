@@ -45,6 +45,7 @@ import inspect
 import logging
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Iterable
 from time import perf_counter
 from typing import Any, Final
@@ -498,6 +499,8 @@ class _MethodMetrics:
                     response = await behavior(request, context)
                 except BaseException as exc:
                     self._finish(_code_after_error(context.code(), exc, context), start)
+                    _release_frames(exc)
+                    del request  # this frame stays in the traceback too
                     raise
                 self._finish(_as_status_code(context.code()) or grpc.StatusCode.OK, start)
                 return response
@@ -513,6 +516,8 @@ class _MethodMetrics:
                 response = behavior(request, recorder)
             except BaseException as exc:
                 self._finish(_code_after_error(recorder.code(), exc, context), start)
+                _release_frames(exc)
+                del request
                 raise
             self._finish(_as_status_code(recorder.code()) or grpc.StatusCode.OK, start)
             return response
@@ -570,6 +575,24 @@ class _StatusRecorder:
     def abort_with_status(self, status: Any) -> None:
         self._code = status.code
         self._context.abort_with_status(status)
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames ``exc``, and the errors it chains, came
+    through: the request, what the handler made of it, the handler's own error.
+
+    grpc.aio keeps the AbortError of an aborted call on the call's state, and its
+    traceback reaches the call's frames, which reach the context and so the state
+    again: a reference cycle that kept the request and all the handler built from it
+    until the cycle collector ran. Refused 4 MiB requests held ~8 MiB each that way
+    (166 MiB after 20 in a row); the frames are done with once the call has failed, and
+    only the executing one (the caller's) is left as it is."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _code_after_error(code: Any, exc: BaseException, context: Any) -> grpc.StatusCode:

@@ -42,6 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _STRATEGY = {
     Strategy.PERSONALIZED: pb.STRATEGY_PERSONALIZED,
@@ -141,12 +142,19 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
 
 
 async def _guard(
-    context: grpc.aio.ServicerContext, method: str, call: Callable[[], Awaitable[T]]
+    context: grpc.aio.ServicerContext,
+    method: str,
+    call: Callable[[R], Awaitable[T]],
+    request: R,
 ) -> T:
+    """``await call(request)``, its errors ended by :func:`_fail`. ``call`` is a method,
+    never a closure over the request: a failed call's frames are cleared (the metrics
+    interceptor does it, see its ``_release_frames``) but a closure's cells are not,
+    and grpc keeps the failure, and so them, until the cycle collector runs."""
     if _expired(context):
         await context.abort(*_DEADLINE)
     try:
-        return await call()
+        return await call(request)
     except Exception as exc:
         await _fail(context, exc, method)
 
@@ -209,65 +217,65 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimilarItemsResponse:
-        async def call() -> pb.SimilarItemsResponse:
-            out = self.engine.similar(validation.similar_input(request, self.limits))
-            return pb.SimilarItemsResponse(
-                items=_items(out),
-                model_version=out.model_version,
-                ignored_item_ids=out.ignored_item_ids,
-                recommendation_id=out.recommendation_id,
-            )
-
-        return await _guard(context, "SimilarItems", call)
+        return await _guard(context, "SimilarItems", self._similar, request)
 
     async def RecordEvents(  # noqa: N802
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordEventsResponse:
-        async def call() -> pb.RecordEventsResponse:
-            out = await self.engine.record_events(validation.event_inputs(request, self.limits))
-            return pb.RecordEventsResponse(
-                accepted_count=out.accepted,
-                ignored_events=[
-                    pb.IgnoredEvent(index=i, reason=_IGNORE[reason]) for i, reason in out.ignored
-                ],
-            )
-
-        return await _guard(context, "RecordEvents", call)
+        return await _guard(context, "RecordEvents", self._record, request)
 
     async def ForgetUser(  # noqa: N802
         self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.ForgetUserResponse:
-        async def call() -> pb.ForgetUserResponse:
-            out = await self.engine.forget(validation.forget_user_id(request, self.limits))
-            return pb.ForgetUserResponse(
-                deleted_vector_count=out.deleted_vectors,
-                deleted_history_event_count=out.deleted_history_events,
-                deleted_session_count=out.deleted_sessions,
-                added_to_erasure_list=out.added_to_erasure_list,
-            )
-
-        return await _guard(context, "ForgetUser", call)
+        return await _guard(context, "ForgetUser", self._forget, request)
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        async def call() -> pb.GetModelInfoResponse:
-            loaded = self.engine.models.require()
-            m = loaded.model.artifact.manifest
-            return pb.GetModelInfoResponse(
-                model_version=loaded.version,
-                trained_at=_ts(loaded.trained_at),
-                data_cutoff=_ts(m.data.cutoff_unix),
-                loaded_at=_ts(loaded.loaded_at),
-                metrics=m.metrics,
-                item_count=loaded.model.n_items,
-                user_count=len(loaded.model.user_position),
-                factors=loaded.model.artifact.factors,
-                index_type=m.index.kind,
-                index_recall_at_k=m.index.recall,
-                index_recall_k=m.index.recall_k,
-                format_version=m.format_version,
-                default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
-            )
+        return await _guard(context, "GetModelInfo", self._model_info, request)
 
-        return await _guard(context, "GetModelInfo", call)
+    async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
+        out = self.engine.similar(validation.similar_input(request, self.limits))
+        return pb.SimilarItemsResponse(
+            items=_items(out),
+            model_version=out.model_version,
+            ignored_item_ids=out.ignored_item_ids,
+            recommendation_id=out.recommendation_id,
+        )
+
+    async def _record(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
+        out = await self.engine.record_events(validation.event_inputs(request, self.limits))
+        return pb.RecordEventsResponse(
+            accepted_count=out.accepted,
+            ignored_events=[
+                pb.IgnoredEvent(index=i, reason=_IGNORE[reason]) for i, reason in out.ignored
+            ],
+        )
+
+    async def _forget(self, request: pb.ForgetUserRequest) -> pb.ForgetUserResponse:
+        out = await self.engine.forget(validation.forget_user_id(request, self.limits))
+        return pb.ForgetUserResponse(
+            deleted_vector_count=out.deleted_vectors,
+            deleted_history_event_count=out.deleted_history_events,
+            deleted_session_count=out.deleted_sessions,
+            added_to_erasure_list=out.added_to_erasure_list,
+        )
+
+    async def _model_info(self, request: pb.GetModelInfoRequest) -> pb.GetModelInfoResponse:
+        loaded = self.engine.models.require()
+        m = loaded.model.artifact.manifest
+        return pb.GetModelInfoResponse(
+            model_version=loaded.version,
+            trained_at=_ts(loaded.trained_at),
+            data_cutoff=_ts(m.data.cutoff_unix),
+            loaded_at=_ts(loaded.loaded_at),
+            metrics=m.metrics,
+            item_count=loaded.model.n_items,
+            user_count=len(loaded.model.user_position),
+            factors=loaded.model.artifact.factors,
+            index_type=m.index.kind,
+            index_recall_at_k=m.index.recall,
+            index_recall_k=m.index.recall_k,
+            format_version=m.format_version,
+            default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
+        )
