@@ -30,7 +30,7 @@ returns a marker) and a behaviour that aborts INVALID_ARGUMENT on the marker; th
 interceptors above copy the handler's deserializer, so the one grpc calls is that one.
 
 Scope: only unary-unary handlers are measured and limited (every ``recsvc.v1`` RPC is
-unary); streaming handlers pass through unchanged. The health and reflection services
+unary); streaming handlers pass through those two unchanged. The health and reflection services
 are never asked for a token and never count against the concurrency limit: an
 orchestrator probing a saturated replica must get an answer, not RESOURCE_EXHAUSTED.
 Unknown methods are left to gRPC (UNIMPLEMENTED) and are not counted, so a client
