@@ -316,24 +316,46 @@ def list_versions(root: Path) -> list[str]:
 
 
 def current_version(root: Path) -> str | None:
-    """The version CURRENT names, or None when nothing was published."""
+    """The version CURRENT names, or None when nothing was published.
+
+    Whatever the file holds is returned, bytes that are not UTF-8 as lone surrogates
+    (never a UnicodeDecodeError): :func:`resolve` is what refuses a bad name."""
     try:
-        name = (root / CURRENT).read_text().strip()
+        name = (root / CURRENT).read_bytes().decode("utf-8", "surrogateescape").strip()
     except FileNotFoundError:
         return None
     return name or None
 
 
 def resolve(root: Path, version: str | None = None) -> Path:
-    """Directory of ``version`` (default: CURRENT), its manifest read and checked."""
+    """Directory of ``version`` (default: CURRENT), its manifest read and checked.
+
+    ``version`` must be the name of a directory of ``root``: a path (``../other/v``,
+    ``/srv/v``), ``.``, ``..`` or unprintable text is refused, so neither CURRENT nor a
+    rollback stack can make the server load a model from outside the artifact root."""
     name = version or current_version(root)
     if name is None:
         raise ArtifactError(f"no model published under {root} (no {CURRENT} file)")
+    if not _is_version_name(name):
+        raise ArtifactError(
+            f"{name!r} is not the name of a version directory of {root} "
+            "(a path, '.', '..' or unprintable text)"
+        )
     path = root / name
     if not (path / MANIFEST).is_file():
         raise ArtifactError(f"model version {name} not found under {root}")
     read_manifest(path)
     return path
+
+
+def _is_version_name(name: str) -> bool:
+    return (
+        name.isprintable()  # no control, format, separator or undecodable characters
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and name == name.strip()
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

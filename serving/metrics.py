@@ -52,6 +52,7 @@ __all__ = [
     "LOOKUP_LAYERS",
     "LOOKUP_RESULTS",
     "RELOAD_OUTCOMES",
+    "UNPARSEABLE_REASONS",
     "Children",
     "MetricsHTTPServer",
     "ServingMetrics",
@@ -100,6 +101,10 @@ RELOAD_OUTCOMES: Final[tuple[str, ...]] = ("success", "failure", "unchanged")
 
 FALLBACK_REASONS: Final[tuple[str, ...]] = ("no_signal", "store_unavailable", "unknown_user")
 """Fallback reasons whose series exist (at 0) from start-up; others may be added."""
+
+UNPARSEABLE_REASONS: Final[tuple[str, ...]] = ("decode_error", "other")
+"""Why request bytes did not parse: protobuf's DecodeError (corrupt wire format, a
+string field that is not UTF-8, nesting too deep), or any other error of the parser."""
 
 _GRPC_LABELS: Final = ("grpc_type", "grpc_service", "grpc_method")
 _MODEL_VERSIONS_KEPT: Final = 16
@@ -169,6 +174,17 @@ class ServingMetrics:
             "Time from the start of an RPC's handler to its final status, in seconds.",
             _GRPC_LABELS,
             buckets=LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
+
+        # rpc: the method's name (Recommend, ..., Check, ServerReflectionInfo): only
+        # methods the server has, never a name a client made up;
+        # reason: UNPARSEABLE_REASONS
+        self.unparseable_requests = Counter(
+            "recsvc_unparseable_requests_total",
+            "Requests whose bytes did not parse as the method's request message, answered "
+            "INVALID_ARGUMENT, by RPC and reason (decode_error, other).",
+            ("rpc", "reason"),
             registry=r,
         )
 

@@ -3,7 +3,8 @@
 Every RPC validates its request into a domain input (:mod:`serving.validation`),
 calls the :class:`~serving.engine.Engine`, and converts the result. Errors are
 translated here, in one place: a :class:`~recsvc.errors.RecsvcError` becomes its
-own status (INVALID_ARGUMENT carries a google.rpc.BadRequest detail), a passed
+own status (INVALID_ARGUMENT carries a google.rpc.BadRequest detail, kept small
+enough for any client to receive), a passed
 deadline ends the call with DEADLINE_EXCEEDED, and anything else — a bug, never
 something a client caused — is logged once with its traceback and reported as
 INTERNAL without details.
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar, cast
+from typing import Final, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,7 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from recsvc.config import RepeatPolicy, ServerSettings
-from recsvc.errors import InvalidRequestError, RecsvcError
+from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
 from recsvc.ranking import Strategy
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -32,11 +33,17 @@ from . import validation
 from .calls import RecommendOutput
 from .engine import Engine
 
-__all__ = ["RecommenderServicer"]
+__all__ = [
+    "ERROR_BUDGET_BYTES",
+    "MAX_VIOLATIONS_LISTED",
+    "RecommenderServicer",
+    "bad_request_status",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _STRATEGY = {
     Strategy.PERSONALIZED: pb.STRATEGY_PERSONALIZED,
@@ -53,20 +60,66 @@ _REPEAT = {
 }
 
 
+MAX_VIOLATIONS_LISTED: Final = 20
+"""Field violations an INVALID_ARGUMENT names one by one; the rest are counted in a
+last one, ``... and 997 more``."""
+
+ERROR_BUDGET_BYTES: Final = 8 * 1024
+"""Most bytes an INVALID_ARGUMENT adds to the trailing metadata, as sent: the status
+message (percent-encoded, in ``grpc-message``) and the google.rpc.Status that repeats
+it with the BadRequest (base64, in ``grpc-status-details-bin``). A grpc client refuses
+trailers past its metadata limit as RESOURCE_EXHAUSTED, which clients are told to retry:
+a bad batch listing all of its 1,000 bad fields was retried forever (issue #14, defect
+6). With grpcio 1.85's defaults, measured here over loopback, 40 of 40 calls got their
+status with 10.7 KB of trailers, 6 of 40 were refused at 12 KB and half at 16 KB."""
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: RecsvcError) -> None:
     if isinstance(exc, InvalidRequestError):
-        detail = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in exc.violations
-            ]
-        )
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc)[:1000])
-        status.details.add().Pack(detail)
-        await context.abort_with_status(rpc_status.to_status(status))
+        await context.abort_with_status(rpc_status.to_status(bad_request_status(exc.violations)))
     await context.abort(exc.grpc_code, str(exc))
+
+
+def bad_request_status(violations: Sequence[FieldViolation]) -> status_pb2.Status:
+    """INVALID_ARGUMENT with a google.rpc.BadRequest of ``violations``: the first
+    :data:`MAX_VIOLATIONS_LISTED`, fewer if their text would pass
+    :data:`ERROR_BUDGET_BYTES`, then one counting the rest. The message lists the same."""
+    listed = min(len(violations), MAX_VIOLATIONS_LISTED)
+    while True:
+        status = _invalid_argument(violations, listed)
+        if listed == 0 or _trailer_bytes(status) <= ERROR_BUDGET_BYTES:
+            return status
+        listed -= 1
+
+
+def _invalid_argument(violations: Sequence[FieldViolation], listed: int) -> status_pb2.Status:
+    shown = [(v.field, v.description) for v in violations[:listed]]
+    parts = [f"{field}: {description}" for field, description in shown]
+    rest = violations[listed:]
+    if rest:
+        more = f"... and {len(rest)} more"
+        # under the field they all belong to (events[3].item_id → events), if one
+        tops = {v.field.partition(".")[0].partition("[")[0] for v in rest}
+        shown.append((tops.pop() if len(tops) == 1 else "", more))
+        parts.append(more)
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in shown
+        ]
+    )
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="; ".join(parts))
+    status.details.add().Pack(detail)
+    return status
+
+
+def _trailer_bytes(status: status_pb2.Status) -> int:
+    """Bytes ``status`` takes in the trailers: its message percent-encoded (every byte
+    outside printable ASCII, and '%', as three) and the whole of it base64-encoded."""
+    message = status.message.encode("utf-8")
+    escaped = sum(1 for b in message if b < 0x20 or b > 0x7E or b == 0x25)
+    size: int = status.ByteSize()
+    return len(message) + 2 * escaped + 4 * -(-size // 3)
 
 
 _DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began")
@@ -100,12 +153,19 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
 
 
 async def _guard(
-    context: grpc.aio.ServicerContext, method: str, call: Callable[[], Awaitable[T]]
+    context: grpc.aio.ServicerContext,
+    method: str,
+    call: Callable[[R], Awaitable[T]],
+    request: R,
 ) -> T:
+    """``await call(request)``, its errors ended by :func:`_fail`. ``call`` is a method,
+    never a closure over the request: a failed call's frames are cleared (the metrics
+    interceptor does it, see its ``_release_frames``) but a closure's cells are not,
+    and grpc keeps the failure, and so them, until the cycle collector runs."""
     if _expired(context):
         await context.abort(*_DEADLINE)
     try:
-        response = await call()
+        response = await call(request)
     except Exception as exc:
         await _fail(context, exc, method)
     _in_time(context)
@@ -172,86 +232,86 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimilarItemsResponse:
-        async def call() -> pb.SimilarItemsResponse:
-            out = self.engine.similar(validation.similar_input(request, self.limits))
-            return pb.SimilarItemsResponse(
-                items=_items(out),
-                model_version=out.model_version,
-                ignored_item_ids=out.ignored_item_ids,
-                recommendation_id=out.recommendation_id,
-            )
-
-        return await _guard(context, "SimilarItems", call)
+        return await _guard(context, "SimilarItems", self._similar, request)
 
     async def RecordEvents(  # noqa: N802
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordEventsResponse:
-        async def call() -> pb.RecordEventsResponse:
-            out = await self.engine.record_events(validation.event_inputs(request, self.limits))
-            return pb.RecordEventsResponse(
-                accepted_count=out.accepted,
-                ignored_events=[
-                    pb.IgnoredEvent(index=i, reason=_IGNORE[reason]) for i, reason in out.ignored
-                ],
-            )
-
-        return await _guard(context, "RecordEvents", call)
+        return await _guard(context, "RecordEvents", self._record, request)
 
     async def ForgetUser(  # noqa: N802
         self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.ForgetUserResponse:
-        async def call() -> pb.ForgetUserResponse:
-            out = await self.engine.forget(validation.forget_user_id(request, self.limits))
-            return pb.ForgetUserResponse(
-                deleted_vector_count=out.deleted_vectors,
-                deleted_history_event_count=out.deleted_history_events,
-                deleted_session_count=out.deleted_sessions,
-                added_to_erasure_list=out.added_to_erasure_list,
-            )
-
-        return await _guard(context, "ForgetUser", call)
+        return await _guard(context, "ForgetUser", self._forget, request)
 
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        async def call() -> pb.GetModelInfoResponse:
-            loaded = self.engine.models.require()
-            m = loaded.model.artifact.manifest
-            catalog = self.engine.catalog
-            return pb.GetModelInfoResponse(
-                model_version=loaded.version,
-                trained_at=_ts(loaded.trained_at),
-                data_cutoff=_ts(m.data.cutoff_unix),
-                loaded_at=_ts(loaded.loaded_at),
-                metrics=m.metrics,
-                item_count=loaded.model.n_items,
-                user_count=len(loaded.model.user_position),
-                factors=loaded.model.artifact.factors,
-                index_type=m.index.kind,
-                index_recall_at_k=m.index.recall,
-                index_recall_k=m.index.recall_k,
-                format_version=m.format_version,
-                default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
-                catalog_version=catalog.version if catalog is not None else 0,
-                catalog_item_count=len(catalog.items) if catalog is not None else 0,
-            )
-
-        return await _guard(context, "GetModelInfo", call)
+        return await _guard(context, "GetModelInfo", self._model_info, request)
 
     async def UpsertItems(  # noqa: N802
         self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertItemsResponse:
-        async def call() -> pb.UpsertItemsResponse:
-            items = validation.catalog_items(request, self.limits)
-            return pb.UpsertItemsResponse(catalog_version=await self.engine.upsert_items(items))
-
-        return await _guard(context, "UpsertItems", call)
+        return await _guard(context, "UpsertItems", self._upsert, request)
 
     async def WithdrawItems(  # noqa: N802
         self, request: pb.WithdrawItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.WithdrawItemsResponse:
-        async def call() -> pb.WithdrawItemsResponse:
-            ids = validation.withdrawn_ids(request, self.limits)
-            return pb.WithdrawItemsResponse(catalog_version=await self.engine.withdraw_items(ids))
+        return await _guard(context, "WithdrawItems", self._withdraw, request)
 
-        return await _guard(context, "WithdrawItems", call)
+    async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
+        out = self.engine.similar(validation.similar_input(request, self.limits))
+        return pb.SimilarItemsResponse(
+            items=_items(out),
+            model_version=out.model_version,
+            ignored_item_ids=out.ignored_item_ids,
+            recommendation_id=out.recommendation_id,
+        )
+
+    async def _record(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
+        out = await self.engine.record_events(validation.event_inputs(request, self.limits))
+        return pb.RecordEventsResponse(
+            accepted_count=out.accepted,
+            ignored_events=[
+                pb.IgnoredEvent(index=i, reason=_IGNORE[reason]) for i, reason in out.ignored
+            ],
+        )
+
+    async def _forget(self, request: pb.ForgetUserRequest) -> pb.ForgetUserResponse:
+        out = await self.engine.forget(validation.forget_user_id(request, self.limits))
+        return pb.ForgetUserResponse(
+            deleted_vector_count=out.deleted_vectors,
+            deleted_history_event_count=out.deleted_history_events,
+            deleted_session_count=out.deleted_sessions,
+            added_to_erasure_list=out.added_to_erasure_list,
+        )
+
+    async def _model_info(self, request: pb.GetModelInfoRequest) -> pb.GetModelInfoResponse:
+        loaded = self.engine.models.require()
+        m = loaded.model.artifact.manifest
+        catalog = self.engine.catalog
+        return pb.GetModelInfoResponse(
+            model_version=loaded.version,
+            trained_at=_ts(loaded.trained_at),
+            data_cutoff=_ts(m.data.cutoff_unix),
+            loaded_at=_ts(loaded.loaded_at),
+            metrics=m.metrics,
+            item_count=loaded.model.n_items,
+            user_count=len(loaded.model.user_position),
+            factors=loaded.model.artifact.factors,
+            index_type=m.index.kind,
+            index_recall_at_k=m.index.recall,
+            index_recall_k=m.index.recall_k,
+            format_version=m.format_version,
+            default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
+            catalog_version=catalog.version if catalog is not None else 0,
+            catalog_item_count=len(catalog.items) if catalog is not None else 0,
+        )
+
+    async def _upsert(self, request: pb.UpsertItemsRequest) -> pb.UpsertItemsResponse:
+        items = validation.catalog_items(request, self.limits)
+        return pb.UpsertItemsResponse(catalog_version=await self.engine.upsert_items(items))
+
+    async def _withdraw(self, request: pb.WithdrawItemsRequest) -> pb.WithdrawItemsResponse:
+        ids = validation.withdrawn_ids(request, self.limits)
+        return pb.WithdrawItemsResponse(catalog_version=await self.engine.withdraw_items(ids))

@@ -1,18 +1,35 @@
 """A real server in-process: its own event loop on a thread, bound to a free port.
 
-Tests stay synchronous and talk to it over loopback gRPC like any client.
+Tests stay synchronous and talk to it over loopback gRPC like any client. For faults
+that need processes of their own (SIGKILL, RSS, load from outside the server's
+process): :class:`ServeProcess` runs ``recsvc serve``, :class:`LoadGenerator` runs
+tests/loadgen.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from recsvc import artifact as art
 from recsvc.config import Settings
@@ -62,3 +79,209 @@ class ServerThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+# --- processes of their own: the server, and a load generator --------------------------
+
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+"""The load generator script (tests/loadgen.py), run as a process of its own."""
+
+
+def free_port() -> int:
+    """A port the kernel just considered free on loopback (another process may take it
+    before it is used: good enough for a test's server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.02)
+
+
+class ServeProcess:
+    """``recsvc serve`` in a process of its own (``python -m recsvc serve``): the real
+    command, signals and all, so a test can SIGKILL it, read its RSS and its log.
+
+    The gRPC port is chosen once, so a restart serves at the same address; /metrics is
+    on a port of its own choosing. ``env`` adds ``RECSVC_*`` settings.
+    """
+
+    def __init__(
+        self, artifacts: Path, redis_url: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.artifacts = artifacts
+        self.redis_url = redis_url
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self, timeout: float = 120.0) -> ServeProcess:
+        """Start it and wait until it serves (its health says SERVING)."""
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "recsvc", "serve", "--artifacts", str(self.artifacts),
+                 "--redis-url", self.redis_url, "--port", str(self.port), "--metrics-port", "0"],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            )  # fmt: skip
+        process = self.process
+
+        def up() -> bool:
+            assert process.poll() is None, f"recsvc serve exited:\n{self.log_text()}"
+            match = re.search(r"\(metrics :(\d+)\)", self.log_text())
+            return match is not None and self.health() == health_pb2.HealthCheckResponse.SERVING
+
+        wait_for(up, timeout, f"recsvc serve on {self.target}")
+        match = re.search(r"\(metrics :(\d+)\)", self.log_text())
+        assert match is not None
+        self.metrics_port = int(match.group(1))
+        return self
+
+    def health(self, timeout: float = 2.0) -> int | None:
+        """The health status of the whole server, None when it does not answer."""
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout
+                )
+            except grpc.RpcError:
+                return None
+        return int(answer.status)
+
+    def log_text(self) -> str:
+        """What this run of the process wrote (stdout and stderr) so far."""
+        with self.log.open("rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode("utf-8", "replace")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        """Resident set size of the server process now."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no cleanup, as a crash or the OOM killer would."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Its exit status."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return 0 if process is None else process.returncode
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(30)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the load generator made (tests/loadgen.py)."""
+
+    caller: int
+    start: float
+    """Wall-clock Unix seconds."""
+    end: float
+    code: str
+    """The status code's name."""
+    degraded: bool | None = None
+    """Recommend: the answer was made without Redis."""
+    version: str | None = None
+    """Recommend: the model version that answered."""
+
+
+class LoadGenerator:
+    """tests/loadgen.py in a process of its own: ``callers`` clients with the client's
+    default 200 ms deadline, each calling ``rpc`` ``rate`` times a second, for at most
+    ``duration`` seconds. Results are read from its files once it is done."""
+
+    def __init__(
+        self,
+        target: str,
+        rpc: str,
+        directory: Path,
+        *,
+        callers: int = 4,
+        rate: float = 50.0,
+        duration: float = 8.0,
+        token: str | None = None,
+        run: str = "lg",
+    ) -> None:
+        self.rpc, self.callers, self.rate, self.duration = rpc, callers, rate, duration
+        directory.mkdir(parents=True, exist_ok=True)
+        self.out = directory / f"{run}-calls.jsonl"
+        self.acked_path = directory / f"{run}-acked.txt"
+        args = [
+            sys.executable, str(LOADGEN), "--target", target, "--rpc", rpc,
+            "--callers", str(callers), "--rate", str(rate), "--duration", str(duration),
+            "--out", str(self.out), "--acked", str(self.acked_path), "--run", run,
+        ]  # fmt: skip
+        if token:
+            args += ["--token", token]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "started"
+        self.started = time.time()
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+    def wait(self) -> None:
+        """Until it has run its duration (and its callers' last calls ended)."""
+        assert self.process.wait(self.duration + 30) == 0
+
+    def stop(self) -> None:
+        """End the run now (SIGTERM), and wait for it."""
+        self.process.send_signal(signal.SIGTERM)
+        self.wait()
+
+    def calls(self) -> list[Call]:
+        return [Call(**json.loads(line)) for line in self.out.read_text().splitlines()]
+
+    def codes(self) -> Counter[str]:
+        return Counter(call.code for call in self.calls())
+
+    def acked(self) -> list[str]:
+        """RecordEvents: the events acknowledged, ``user|item|timestamp`` each."""
+        if not self.acked_path.exists():
+            return []
+        return self.acked_path.read_text().splitlines()

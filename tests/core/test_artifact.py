@@ -126,3 +126,31 @@ def test_a_renamed_version_directory_is_refused(built: art.ModelArtifact, tmp_pa
         art.publish_version(tmp_path, "my-copy")
     assert art.current_version(tmp_path) == path.name
     assert art.list_versions(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize(
+    "pointer",
+    ["../elsewhere/{v}", "{tmp}/elsewhere/{v}", "{v}/../../elsewhere/{v}", "..", ".", "{v}/."],
+)
+def test_current_must_name_a_directory_of_the_root(
+    built: art.ModelArtifact, tmp_path: Path, pointer: str
+) -> None:
+    # a valid model outside the root: CURRENT must not reach it
+    root = tmp_path / "root"
+    version = art.write_artifact(built, root).name
+    art.write_artifact(built, tmp_path / "elsewhere")
+    (root / art.CURRENT).write_text(pointer.format(v=version, tmp=tmp_path) + "\n")
+    with pytest.raises(ArtifactError, match="not the name of a version directory"):
+        art.resolve(root)
+    with pytest.raises(ArtifactError, match="not the name of a version directory"):
+        art.publish_version(root, pointer.format(v=version, tmp=tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00\x81garbage", b"v1\x00", b"\x1b[31mv1"])
+def test_garbage_in_current_is_refused_as_an_artifact_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / art.CURRENT).write_bytes(content)
+    name = art.current_version(tmp_path)  # never UnicodeDecodeError
+    assert name
+    with pytest.raises(ArtifactError, match="not the name of a version directory") as err:
+        art.resolve(tmp_path)
+    assert str(err.value).isascii()  # logged as it is, whatever the bytes were

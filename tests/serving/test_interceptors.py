@@ -23,6 +23,7 @@ from recsvc.serving.interceptors import (
     AuthInterceptor,
     ConcurrencyLimitInterceptor,
     MetricsInterceptor,
+    RequestParsingInterceptor,
     server_interceptors,
 )
 from recsvc.serving.metrics import ServingMetrics, start_metrics_http_server
@@ -405,6 +406,7 @@ def test_server_chain_counts_unauthenticated_calls_without_taking_a_slot() -> No
         chain = server_interceptors(settings, metrics)
         assert [type(i) for i in chain] == [
             MetricsInterceptor,
+            RequestParsingInterceptor,
             AuthInterceptor,
             ConcurrencyLimitInterceptor,
         ]
@@ -440,7 +442,11 @@ def test_server_chain_counts_unauthenticated_calls_without_taking_a_slot() -> No
 def test_server_chain_leaves_out_auth_without_a_token() -> None:
     metrics = ServingMetrics(CollectorRegistry())
     chain = server_interceptors(ServerSettings(), metrics)
-    assert [type(i) for i in chain] == [MetricsInterceptor, ConcurrencyLimitInterceptor]
+    assert [type(i) for i in chain] == [
+        MetricsInterceptor,
+        RequestParsingInterceptor,
+        ConcurrencyLimitInterceptor,
+    ]
 
 
 def test_wrapped_handlers_are_built_once_per_method_handler() -> None:
@@ -480,3 +486,87 @@ class _FakeContext:
 
     def time_remaining(self) -> None:
         return None
+
+
+# --- request bytes that do not parse ------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_unparseable_request_bytes_are_invalid_argument_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #14, defect 5: grpc parses the request before any handler runs, and a parse
+    error ended the call UNKNOWN, with the exception's class in the details, a 7-line
+    traceback per call and no count in grpc_server_handled_total."""
+    caplog.set_level(logging.INFO)
+    garbage = b"\xff\xff\xff\xff"  # a field tag whose varint never ends: corrupt
+
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        metrics = ServingMetrics(registry)
+        chain = server_interceptors(ServerSettings(), metrics)
+        async with _serve(chain, _Servicer(), registry) as s:
+            for method in ("Recommend", "GetModelInfo", "ForgetUser"):
+                raw = s.channel.unary_unary(f"/{SERVICE}/{method}")
+                for _ in range(5):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await raw(garbage, timeout=TIMEOUT)
+                    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert "DecodeError" not in (err.value.details() or "")
+            # the health service too, its unary and its streaming method
+            check = s.channel.unary_unary("/grpc.health.v1.Health/Check")
+            assert await _code_of(check(garbage, timeout=TIMEOUT)) == (
+                grpc.StatusCode.INVALID_ARGUMENT
+            )
+            watch = s.channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage, timeout=TIMEOUT)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in watch:
+                    pass
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # a valid request still parses and is answered
+            info = await s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=TIMEOUT)
+            assert info.model_version == "m-1"
+            samples = await _scrape(s.metrics_port)
+
+        for method in ("Recommend", "GetModelInfo", "ForgetUser"):
+            labels = _grpc_labels(method, grpc_code="INVALID_ARGUMENT")
+            assert samples[("grpc_server_handled_total", labels)] == 5.0
+            unknown = _grpc_labels(method, grpc_code="UNKNOWN")
+            assert samples.get(("grpc_server_handled_total", unknown)) is None
+            unparseable = frozenset({("rpc", method), ("reason", "decode_error")})
+            assert samples[("recsvc_unparseable_requests_total", unparseable)] == 5.0
+        check_labels = frozenset({("rpc", "Check"), ("reason", "decode_error")})
+        assert samples[("recsvc_unparseable_requests_total", check_labels)] == 1.0
+
+    asyncio.run(scenario())
+    # 17 unparseable calls within a second: one warning line, no traceback
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].exc_info is None
+    assert "Recommend" in warnings[0].getMessage()
+
+
+@pytest.mark.integration
+def test_unparseable_requests_are_logged_once_per_interval_with_the_count_since(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="recsvc.serving.interceptors")
+    now = [1000.0]
+
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        metrics = ServingMetrics(registry)
+        parsing = RequestParsingInterceptor(metrics, log_interval_seconds=60, clock=lambda: now[0])
+        async with _serve([MetricsInterceptor(metrics), parsing], _Servicer(), registry) as s:
+            raw = s.channel.unary_unary(f"/{SERVICE}/SimilarItems")
+            for step in (0.0, 1.0, 1.0, 59.0, 0.5):  # lines at 1000 and 1061
+                now[0] += step
+                assert await _code_of(raw(b"\x0a\x05ab", timeout=TIMEOUT)) == (
+                    grpc.StatusCode.INVALID_ARGUMENT  # a string field cut short
+                )
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "SimilarItems" in lines[0] and "at most one line per 60s" in lines[0]
+    assert lines[1].endswith("; 2 more like it since the last such line")

@@ -41,6 +41,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_recommendations": ("counter", {"strategy", "placement"}),
     "recsvc_recommended_items": ("histogram", set()),
     "recsvc_inflight_requests": ("gauge", set()),
+    "recsvc_unparseable_requests": ("counter", {"rpc", "reason"}),
     # prometheus_client's process, platform and GC collectors
     "process_cpu_seconds": ("counter", set()),
     "process_resident_memory_bytes": ("gauge", set()),
@@ -67,7 +68,10 @@ def _families(registry: CollectorRegistry) -> dict[str, tuple[str, set[str]]]:
 
 def test_every_metric_has_its_pinned_name_type_and_labels() -> None:
     registry = CollectorRegistry()
-    fill_every_metric(ServingMetrics(registry))
+    metrics = ServingMetrics(registry)
+    fill_every_metric(metrics)
+    # not in fill_every_metric: the dashboard has no panel for it yet (test_monitoring)
+    metrics.unparseable_requests.labels(rpc="Recommend", reason="decode_error").inc()
 
     assert _families(registry) == EXPECTED
 
