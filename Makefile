@@ -107,7 +107,7 @@ bench-serving-1m: $(STAMP)  ## the same at 1M items (20M events), concurrency 32
 		--out benchmarks/results/serving-1m
 
 .PHONY: bench-publish
-bench-publish: $(STAMP)  ## serving throughput while vectors are published, unpaced vs paced (~13 min) -> benchmarks/results/publish
+bench-publish: $(STAMP)  ## serving throughput while vectors are published, unpaced vs paced (~15 min) -> benchmarks/results/publish
 	$(PY) benchmarks/bench_publish.py --variants unpaced paced 10000:1000 --repeats 5 \
 		--out benchmarks/results/publish
 
