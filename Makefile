@@ -106,6 +106,11 @@ bench-serving-1m: $(STAMP)  ## the same at 1M items (20M events), concurrency 32
 	$(PY) benchmarks/bench_serving.py --catalogues 1000000 --concurrency 32 --repeats 3 \
 		--out benchmarks/results/serving-1m
 
+.PHONY: bench-publish
+bench-publish: $(STAMP)  ## serving throughput while vectors are published, unpaced vs paced (~15 min) -> benchmarks/results/publish
+	$(PY) benchmarks/bench_publish.py --variants unpaced paced 10000:1000 --repeats 5 \
+		--out benchmarks/results/publish
+
 bench-report: $(STAMP)  ## the results' headline figures beside their targets -> benchmarks/results/README.md
 	$(PY) benchmarks/report.py
 

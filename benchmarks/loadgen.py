@@ -22,7 +22,10 @@ Optional in ``run``: ``"channels": N`` spreads the calls round robin over N chan
 each its own TCP connection (a server of several SO_REUSEPORT processes gets the
 connections spread by the kernel; one connection stays with one process), and
 ``metrics_url`` may be a list (one endpoint per server process: the texts come back
-as lists).
+as lists), ``"at": T`` starts the window at ``T`` on ``time.monotonic()``'s clock
+(instead of after ``warmup``; everything before it is warm-up) and ``"timeline": true``
+returns when each call completed or failed (``timeline``), so another process can
+line its own work up with the window (:mod:`bench_publish`).
 
 How it measures:
 
@@ -104,6 +107,10 @@ class Window:
     send_lags: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     warmup_errors: Counter[str] = field(default_factory=Counter)
+    done_at: list[float] = field(default_factory=list)
+    """When each call completed inside the window (``timeline`` runs)."""
+    failed_at: list[tuple[float, str]] = field(default_factory=list)
+    """When each call failed and with which code, if it was sent inside the window."""
     arrivals: int = 0
     dropped: int = 0
 
@@ -181,10 +188,13 @@ async def closed_loop(
                 await call(pool.next(), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 (w.errors if t0 >= w.start else w.warmup_errors)[exc.code().name] += 1
+                if t0 >= w.start:
+                    w.failed_at.append((time.perf_counter(), exc.code().name))
                 continue
             t1 = time.perf_counter()
             if w.start <= t1 < w.end:
                 w.completed += 1
+                w.done_at.append(t1)
             if t0 >= w.start:
                 w.latencies.append(t1 - t0)
 
@@ -213,10 +223,13 @@ async def open_loop(
             await call(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             (w.errors if due >= w.start else w.warmup_errors)[exc.code().name] += 1
+            if due >= w.start:
+                w.failed_at.append((time.perf_counter(), exc.code().name))
             return
         t1 = time.perf_counter()
         if w.start <= t1 < w.end:
             w.completed += 1
+            w.done_at.append(t1)
         if w.start <= due < w.end:
             w.latencies.append(t1 - t0)
             w.intended_latencies.append(t1 - due)
@@ -313,7 +326,12 @@ class LoadGenerator:
         gc.collect()
         gc.disable()
         try:
-            start_at = time.perf_counter() + warmup
+            if "at" in spec:
+                # a start on time.monotonic()'s clock, so another process can schedule
+                # its own work against this window (bench_publish.py)
+                start_at = float(spec["at"]) - time.monotonic() + time.perf_counter()
+            else:
+                start_at = time.perf_counter() + warmup
             end_at = start_at + duration
             runner: Awaitable[Window]
             if spec["mode"] == "closed":
@@ -354,6 +372,13 @@ class LoadGenerator:
             "metrics_before": start["metrics"],
             "metrics_after": end["metrics"],
         }
+        if spec.get("timeline"):
+            # seconds from the window's start, and the start on time.monotonic()'s clock
+            result["timeline"] = {
+                "start_monotonic": w.start - time.perf_counter() + time.monotonic(),
+                "done": [round(t - w.start, 5) for t in w.done_at],
+                "failed": [[round(t - w.start, 5), code] for t, code in w.failed_at],
+            }
         if spec["mode"] == "open":
             result["intended_latency_ms"] = percentiles(w.intended_latencies)
             result["send_lag_ms"] = percentiles(w.send_lags)

@@ -302,8 +302,18 @@ class RedisSettings(_Section):
     asyncio/hiredis reader with a client-side cache (plain TCP and unix sockets; a fifth
     of redis-py's CPU per read); ``redis-py``, a redis-py pipeline (any URL, TLS
     included; no cache); ``auto``, thin where it can speak the URL, else redis-py."""
-    publish_batch_size: int = Field(default=10_000, ge=1)
-    """Vectors per pipelined batch when publishing."""
+    publish_batch_size: int = Field(default=1_000, ge=1)
+    """Vectors per pipelined batch when publishing. 1,000 SETs are ~2 ms of Redis's
+    thread and ~7 ms of the publisher's CPU, in 5 bursts a second at the default rate;
+    10,000 were ~20 ms and 70 ms (benchmarks/results/publish)."""
+    publish_rate_per_second: float = Field(default=5_000.0, ge=0.0, allow_inf_nan=False)
+    """Most user vectors ``recsvc publish`` writes per second, so that loading a new
+    model leaves Redis and the servers their CPU; 0 = as fast as Redis answers (an
+    offline load into an idle Redis). A vector costs ~9 µs of CPU (7 in the publisher,
+    2 in Redis): 5,000/s is 1% of Redis's thread and 0.05 of a core, little enough
+    that a server sharing 2 cores with Redis and the publisher keeps >= 0.9x its
+    throughput even if it pays for all of it; 1M users take 200 s
+    (benchmarks/results/publish)."""
 
 
 class ServerSettings(_Section):

@@ -63,6 +63,15 @@ def _load_vectors(path: Path, settings: Settings, *, progress: bool) -> int:
     if erased:
         keep = ~np.isin(user_ids, np.array(sorted(erased), dtype=user_ids.dtype))
         user_ids, factors = user_ids[keep], factors[keep]
+    rate = settings.redis.publish_rate_per_second
+    if rate:
+        log.info(
+            "loading %d user vectors of %s at %g/s, about %.0f s ([redis] publish_rate_per_second)",
+            len(user_ids),
+            path.name,
+            rate,
+            len(user_ids) / rate,
+        )
     client = client_from_url(settings.redis.url, socket_timeout=10.0)
     try:
         store = UserVectorStore(client, prefix=settings.redis.prefix)
@@ -72,6 +81,7 @@ def _load_vectors(path: Path, settings: Settings, *, progress: bool) -> int:
             factors,
             ttl_seconds=settings.redis.vector_ttl_seconds,
             batch_size=settings.redis.publish_batch_size,
+            rate_per_second=rate,
             progress=progress,
         )
     finally:

@@ -14,6 +14,8 @@ assume one Redis node; a cluster client would route these per slot
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeAlias
 
@@ -56,7 +58,8 @@ class UserVectorStore:
         factors: FactorMatrix,
         *,
         ttl_seconds: int,
-        batch_size: int = 10_000,
+        batch_size: int = 1_000,
+        rate_per_second: float = 0.0,
         progress: bool = False,
     ) -> int:
         """Write every user's vector of ``model_version`` with a TTL; return how many.
@@ -66,6 +69,12 @@ class UserVectorStore:
         SETs: a failure part-way leaves the earlier batches written, which is harmless
         because readers only use a version once it is complete and current, and a
         re-run overwrites. Existing keys of the version are overwritten.
+
+        ``rate_per_second`` > 0 paces the writes for a Redis that is serving: each
+        batch takes at least ``batch_size / rate_per_second`` seconds, its write
+        included (the rest is slept), so ``n`` vectors take at least
+        ``n / rate_per_second`` seconds, and time lost to a slow batch is not made up
+        by a burst. 0 writes as fast as Redis answers (an idle Redis, an offline load).
 
         Raises ValueError for mismatched shapes or bad arguments, DataError for
         non-finite factors, StoreError when Redis fails.
@@ -78,6 +87,8 @@ class UserVectorStore:
             )
         if ttl_seconds <= 0 or batch_size <= 0:
             raise ValueError("ttl_seconds and batch_size must be positive")
+        if not math.isfinite(rate_per_second) or rate_per_second < 0:
+            raise ValueError(f"rate_per_second must be finite and >= 0, got {rate_per_second}")
         if not all(user_ids):
             raise ValueError("user_ids must be non-empty strings")
         # Block by block: factors may be a memory-mapped file larger than we want to copy.
@@ -95,6 +106,7 @@ class UserVectorStore:
             translated_errors(f"publish of model {model_version}"),
         ):
             for start in range(0, len(user_ids), batch_size):
+                began = time.monotonic()
                 stop = min(start + batch_size, len(user_ids))
                 # One bytes object per batch, sliced per row: far cheaper than
                 # encode_vector() per row, with the same layout.
@@ -112,6 +124,12 @@ class UserVectorStore:
                         )
                     written += sum(1 for ok in pipe.execute() if ok)
                 bar.update(stop - start)
+                if rate_per_second:
+                    # From this batch's own start, not the publish's: after a slow batch
+                    # (Redis busy) the next waits its share instead of catching up at
+                    # full speed just when Redis can least afford it.
+                    pause = began + (stop - start) / rate_per_second - time.monotonic()
+                    time.sleep(max(0.0, pause))
         return written
 
     def get(self, model_version: str, user_id: str, factors: int) -> Vector | None:

@@ -250,6 +250,35 @@ def test_publish_then_read_back_byte_exact(redis_client: redis.Redis, redis_pref
 
 
 @pytest.mark.integration
+def test_a_paced_publish_takes_n_over_rate_and_writes_every_vector(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    # Issue #14, defect 7: a publish into a serving Redis is paced. 600 vectors at
+    # 1,000/s in batches of 70 (the last one partial) take at least 0.6 s.
+    store = UserVectorStore(redis_client, prefix=redis_prefix)
+    users = [f"u{i}" for i in range(600)]
+    factors = _factors(len(users), 16, seed=3)
+    started = time.monotonic()
+    written = store.publish(
+        "paced", users, factors, ttl_seconds=600, batch_size=70, rate_per_second=1_000
+    )
+    paced = time.monotonic() - started
+    assert written == len(users)
+    assert paced >= len(users) / 1_000
+    keys = KeyScheme(redis_prefix)
+    raws = redis_client.mget([keys.vector(user, "paced") for user in users])
+    assert raws == [encode_vector(row) for row in factors]
+
+    # rate 0 is unpaced: the same load goes as fast as Redis answers (milliseconds
+    # here; the bound is the paced time, so a busy machine does not make it flaky)
+    started = time.monotonic()
+    assert store.publish("fast", users, factors, ttl_seconds=600, batch_size=70) == 600
+    assert time.monotonic() - started < len(users) / 1_000
+    raws = redis_client.mget([keys.vector(user, "fast") for user in users])
+    assert raws == [encode_vector(row) for row in factors]
+
+
+@pytest.mark.integration
 def test_publish_reads_memory_mapped_and_float64_factors(
     redis_client: redis.Redis, redis_prefix: str, tmp_path: Path
 ) -> None:
@@ -341,6 +370,9 @@ def test_publish_validates_before_writing() -> None:
             store.publish("v1", ["a"], _factors(1, 4), ttl_seconds=0)
         with pytest.raises(ValueError, match="non-empty"):
             store.publish("v1", ["a", ""], _factors(2, 4), ttl_seconds=60)
+        for rate in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="rate_per_second"):
+                store.publish("v1", ["a"], _factors(1, 4), ttl_seconds=60, rate_per_second=rate)
         bad = _factors(2, 4)
         bad[1, 2] = np.nan
         with pytest.raises(DataError, match="NaN"):

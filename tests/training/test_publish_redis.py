@@ -1,5 +1,6 @@
 """Publishing loads user vectors into a real Redis, byte-exact, under versioned keys."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,22 @@ def test_publish_writes_every_vector_byte_exact_then_rollback_reloads(
     assert store.get(v1.model_version, str(v1.user_ids[0]), 4) is None  # stays forgotten
     got = store.get(v1.model_version, str(v1.user_ids[1]), 4)
     assert got is not None and np.array_equal(got, v1.user_factors[1])
+
+
+def test_publish_paces_the_vectors_by_the_setting(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    # [redis] publish_rate_per_second reaches UserVectorStore.publish: the block shop's
+    # 60 users at 120 vectors/s take at least half a second, and CURRENT moves after.
+    redis_settings = {"url": redis_url, "prefix": redis_prefix, "vector_ttl_seconds": 3600}
+    redis_settings |= {"publish_rate_per_second": 120.0, "publish_batch_size": 16}
+    settings = small_settings(tmp_path, redis=redis_settings)
+    v1 = write_version(settings.artifact_root, 1)
+    started = time.monotonic()
+    result = publish(settings, v1.model_version)
+    assert time.monotonic() - started >= len(v1.user_ids) / 120.0
+    assert result.vectors_written == len(v1.user_ids) == 60
+    assert art.current_version(settings.artifact_root) == v1.model_version
+    keys = KeyScheme(redis_prefix)
+    raws = redis_client.mget([keys.vector(str(u), v1.model_version) for u in v1.user_ids])
+    assert raws == [encode_vector(row) for row in v1.user_factors]
