@@ -41,7 +41,7 @@ from server_harness import ServerThread, publish_block_model
 pytestmark = pytest.mark.slow
 
 SUBCOMMANDS = (
-    "synth", "train", "evaluate", "tune", "publish",  # recsvc.training.commands
+    "synth", "train", "evaluate", "tune", "publish", "catalog",  # recsvc.training.commands
     "serve",  # recsvc.serving.commands
     "models", "recommend", "similar", "events", "forget", "info",  # recsvc.cli
 )  # fmt: skip
@@ -243,6 +243,7 @@ def test_help_lists_every_subcommand(client_install: ClientInstall) -> None:
         (["train", "--events", "events.csv"], "train"),
         (["synth", "--events", "events.csv"], "train"),
         (["publish"], "train"),
+        (["catalog", "load", "items.csv"], "train"),
         (["serve"], "serve"),
         (["models"], "serve"),
     ],
@@ -257,7 +258,7 @@ def test_a_role_command_names_the_extra_to_install(
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()  # one line, no traceback
     assert re.fullmatch(
-        rf"recsvc {command[0]}: error: needs [\w.]+, which this install lacks: "
+        rf"recsvc {command[0]}( load)?: error: needs [\w.]+, which this install lacks: "
         rf"pip install 'recsvc\[{extra}\]'",
         line,
     ), line
