@@ -22,7 +22,8 @@ PUBLIC = {
         "load_settings",
     ],
     "recsvc.ranking": [
-        "Filters", "Query", "Ranker", "Ranking", "Reason", "Strategy", "training_user_query",
+        "Filters", "Popularity", "Query", "Ranker", "Ranking", "Reason", "Strategy",
+        "training_user_query",
     ],
     "recsvc.artifact": [
         "FORMAT_VERSION", "ModelArtifact", "current_version", "list_versions", "publish_version",
