@@ -53,6 +53,11 @@ _RETRY_POLICY = {
     ]
 }
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""The largest request a server takes (its ``grpc.max_receive_message_length``). grpc
+answers a larger one RESOURCE_EXHAUSTED, the status that otherwise means "shedding
+load, retry": the client refuses it before sending instead."""
+
 EVENT_TYPES: dict[str, int] = {t.value: t.spec.proto_number for t in EventType}
 """The event type names the keyword helpers take (``"view"``, ``"purchase"``, ...),
 with their ``recsvc.v1.EventType`` numbers."""
@@ -106,6 +111,12 @@ class RecommenderClient:
         self.channel.close()
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        size = request.ByteSize()
+        if size > MAX_REQUEST_BYTES:
+            raise ValueError(
+                f"{type(request).__name__} is {size:,} bytes; a server takes at most "
+                f"{MAX_REQUEST_BYTES:,}: send it in smaller batches"
+            )
         return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
 
     def recommend(

@@ -162,3 +162,4 @@ def fill_every_metric(m: ServingMetrics) -> None:
     m.recommendations.labels(strategy="personalized", placement="home").inc()
     m.recommended_items.observe(10)
     m.inflight_requests.set(0)
+    m.unparseable_requests.labels(rpc="Recommend", reason="decode_error").inc()

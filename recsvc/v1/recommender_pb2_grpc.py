@@ -147,7 +147,7 @@ class RecommenderServiceServicer:
         answer within a second, without retraining. An item the catalogue marks
         unavailable, or outside its window, is never recommended. Idempotent: a
         batch may be retried.
-        Errors: INVALID_ARGUMENT naming every bad field (the batch is then not
+        Errors: INVALID_ARGUMENT naming the bad fields (the batch is then not
         applied at all); UNAVAILABLE when the catalogue store cannot take it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
