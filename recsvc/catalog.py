@@ -27,6 +27,7 @@ from typing import Any, Final
 __all__ = [
     "ATTRIBUTE_NAME",
     "RECORD_VERSION",
+    "AttributeFilter",
     "CatalogItem",
 ]
 
@@ -36,6 +37,40 @@ RECORD_VERSION: Final = 1
 ATTRIBUTE_NAME: Final = r"^[a-z][a-z0-9_]{0,63}$"
 """What an attribute name may be: lower-case snake case, at most 64 characters
 (``price`` is the numeric attribute the price is filtered by)."""
+
+
+@dataclass(frozen=True)
+class AttributeFilter:
+    """One attribute predicate (of a request's filters or a rule's target): ``values``
+    (a string attribute equal to one of them) or a ``low``/``high`` range (a numeric
+    attribute, bounds included, None = open). Items without the attribute never
+    match."""
+
+    name: str
+    values: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return not self.values
+
+    def to_record(self) -> dict[str, Any]:
+        if self.values:
+            return {"name": self.name, "values": list(self.values)}
+        return {"name": self.name, "min": self.low, "max": self.high}
+
+    @classmethod
+    def from_record(cls, record: Any) -> AttributeFilter:
+        """Inverse of :meth:`to_record`; KeyError, TypeError or ValueError if malformed."""
+        if "values" in record:
+            return cls(str(record["name"]), values=tuple(str(v) for v in record["values"]))
+        low, high = record.get("min"), record.get("max")
+        return cls(
+            str(record["name"]),
+            low=None if low is None else float(low),
+            high=None if high is None else float(high),
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,11 @@ class CatalogItem:
     """Withdrawn by the shop: never returned by any RPC, dropped from training."""
     updated_at: int = 0
     """Unix seconds of the change that wrote this record."""
+
+    @property
+    def key(self) -> str:
+        """Its key in the shared store (:class:`recsvc.store.records.RecordLog`)."""
+        return self.item_id
 
     def shown(self, now: float) -> bool:
         """Whether it may be recommended at ``now`` (Unix seconds)."""

@@ -192,9 +192,13 @@ def _print(response: Any, as_json: bool) -> None:
         print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}")
 
 
-def rpc(args: argparse.Namespace, call: Callable[[Any], Any]) -> int:
+def rpc(
+    args: argparse.Namespace,
+    call: Callable[[Any], Any],
+    show: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
     """Call the server with the client of ``args`` and print the answer (as JSON with
-    ``--json``); one line and status 1 for an error status."""
+    ``--json``, through ``show`` if given); one line and status 1 for an error status."""
     import grpc
 
     with _client(args) as client:
@@ -203,7 +207,12 @@ def rpc(args: argparse.Namespace, call: Callable[[Any], Any]) -> int:
         except grpc.RpcError as exc:
             print(f"recsvc {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    _print(response, args.json)
+    if show is not None:
+        from recsvc.client import to_json
+
+        show(to_json(response))
+    else:
+        _print(response, args.json)
     return 0
 
 
@@ -224,12 +233,22 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             in_stock_only=args.in_stock,
             non_personalized=args.non_personalized,
             placement=args.placement or "",
+            max_per_category=args.max_per_category,
         ),
     )
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
-    return rpc(args, lambda c: c.similar(_split(args.items), k=args.k, in_stock_only=args.in_stock))
+    return rpc(
+        args,
+        lambda c: c.similar(
+            _split(args.items),
+            k=args.k,
+            in_stock_only=args.in_stock,
+            placement=args.placement or "",
+            max_per_category=args.max_per_category,
+        ),
+    )
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
@@ -249,6 +268,38 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     return rpc(args, lambda c: c.model_info())
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    if args.rules_command == "load":
+        from recsvc.rulefile import read_rules
+
+        rules = read_rules(args.file)
+        return rpc(args, lambda c: c.set_rules(rules, replace_all=args.replace))
+    if args.rules_command == "delete":
+        return rpc(args, lambda c: c.delete_rules(args.ids))
+    if args.json:
+        return rpc(args, lambda c: c.list_rules())
+    return rpc(args, lambda c: c.list_rules(), show=_show_rules)
+
+
+def _show_rules(data: dict[str, Any]) -> None:
+    print(f"rules_version: {data.get('rules_version', 0)}")
+    for r in data.get("rules", []):
+        target = (
+            "items " + ",".join(r.get("item_ids", []))
+            if r.get("item_ids")
+            else " ".join(
+                [f"categories {','.join(r['categories'])}"] * bool(r.get("categories"))
+                + [f"attributes {json.dumps(r['attributes'])}"] * bool(r.get("attributes"))
+            )
+        )
+        how = f"position {r.get('position')}" if r["action"] == "pin" else f"weight {r['weight']}"
+        where = ",".join(r.get("placements", [])) or "every placement"
+        window = f" {r.get('starts_at', '…')} to {r.get('ends_at', '…')}" * bool(
+            r.get("starts_at") or r.get("ends_at")
+        )
+        print(f"{r['rule_id']}: {r['action']} {target}, {how}, {where}{window}")
 
 
 def add_client_flags(p: argparse.ArgumentParser) -> None:
@@ -284,7 +335,10 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.add_argument("--categories", metavar="C1,C2", help="only items of these categories")
     p.add_argument("--in-stock", action="store_true", help="only items in stock")
     p.add_argument("--non-personalized", action="store_true", help="consent off: no profile used")
-    p.add_argument("--placement", help="where the list is shown (metrics label)")
+    p.add_argument("--placement", help="where the list is shown (metrics, rules, settings)")
+    p.add_argument(
+        "--max-per-category", type=int, default=0, metavar="N", help="diversity: N per category"
+    )
     p.set_defaults(handler=_cmd_recommend)
 
     p = sub.add_parser("similar", parents=[common], help="items similar to given items")
@@ -292,6 +346,10 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.add_argument("--items", required=True, metavar="A,B", help="item ids")
     p.add_argument("--k", type=int, default=10, help="how many items")
     p.add_argument("--in-stock", action="store_true", help="only items in stock")
+    p.add_argument("--placement", help="where the list is shown (metrics, rules, settings)")
+    p.add_argument(
+        "--max-per-category", type=int, default=0, metavar="N", help="diversity: N per category"
+    )
     p.set_defaults(handler=_cmd_similar)
 
     p = sub.add_parser(
@@ -314,6 +372,27 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p = sub.add_parser("info", parents=[common], help="what model the server serves")
     add_client_flags(p)
     p.set_defaults(handler=_cmd_info)
+
+    p = sub.add_parser(
+        "rules",
+        parents=[common],
+        help="merchandising rules of a running server: load, list, delete",
+    )
+    actions = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    q = actions.add_parser(
+        "load", parents=[common], help="set the rules of a TOML file ([[rule]] tables)"
+    )
+    q.add_argument("file", type=Path, help="rules file (see docs/api.md, Merchandising rules)")
+    q.add_argument(
+        "--replace", action="store_true", help="delete every rule not in the file, in one change"
+    )
+    add_client_flags(q)
+    q = actions.add_parser("list", parents=[common], help="the rules the server applies")
+    add_client_flags(q)
+    q = actions.add_parser("delete", parents=[common], help="delete rules by id")
+    q.add_argument("ids", nargs="+", metavar="RULE_ID")
+    add_client_flags(q)
+    p.set_defaults(handler=_cmd_rules)
 
 
 # --- parser -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from recsvc.events import EventType
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
-__all__ = ["EVENT_TYPES", "RecommenderClient", "to_json"]
+__all__ = ["EVENT_TYPES", "MAX_REQUEST_BYTES", "RULE_ACTIONS", "RecommenderClient", "to_json"]
 
 _SERVICE = "recsvc.v1.RecommenderService"
 _RETRY_POLICY = {
@@ -57,6 +57,13 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """The largest request a server takes (its ``grpc.max_receive_message_length``). grpc
 answers a larger one RESOURCE_EXHAUSTED, the status that otherwise means "shedding
 load, retry": the client refuses it before sending instead."""
+
+RULE_ACTIONS: dict[str, int] = {
+    "boost": pb.RULE_ACTION_BOOST,
+    "bury": pb.RULE_ACTION_BURY,
+    "pin": pb.RULE_ACTION_PIN,
+}
+"""The rule actions :meth:`RecommenderClient.rule` takes, with their numbers."""
 
 EVENT_TYPES: dict[str, int] = {t.value: t.spec.proto_number for t in EventType}
 """The event type names the keyword helpers take (``"view"``, ``"purchase"``, ...),
@@ -135,6 +142,7 @@ class RecommenderClient:
         repeat_policy: pb.RepeatPolicy = pb.REPEAT_POLICY_UNSPECIFIED,
         non_personalized: bool = False,
         placement: str = "",
+        max_per_category: int = 0,
         timeout: float | None = None,
     ) -> pb.RecommendResponse:
         """Recommendations; ``session_items`` become inline session events, oldest first;
@@ -158,6 +166,7 @@ class RecommenderClient:
             repeat_policy=repeat_policy,
             non_personalized=non_personalized,
             placement=placement,
+            max_per_category=max_per_category,
         )
         return self._call(self.stub.Recommend, request, timeout)  # type: ignore[no-any-return]
 
@@ -169,6 +178,7 @@ class RecommenderClient:
         in_stock_only: bool = False,
         attributes: Sequence[pb.AttributeFilter] = (),
         placement: str = "",
+        max_per_category: int = 0,
         timeout: float | None = None,
     ) -> pb.SimilarItemsResponse:
         request = pb.SimilarItemsRequest(
@@ -176,6 +186,7 @@ class RecommenderClient:
             k=k,
             filters=pb.Filters(in_stock_only=in_stock_only, attributes=attributes),
             placement=placement,
+            max_per_category=max_per_category,
         )
         return self._call(self.stub.SimilarItems, request, timeout)  # type: ignore[no-any-return]
 
@@ -216,6 +227,68 @@ class RecommenderClient:
         if price is not None:
             item.price = price
         return item
+
+    def set_rules(
+        self,
+        rules: Iterable[pb.Rule],
+        *,
+        replace_all: bool = False,
+        timeout: float | None = None,
+    ) -> pb.SetRulesResponse:
+        """Add or replace merchandising rules (:meth:`rule`); ``replace_all``: delete
+        every other rule in the same change."""
+        request = pb.SetRulesRequest(rules=list(rules), replace_all=replace_all)
+        return self._call(self.stub.SetRules, request, timeout)  # type: ignore[no-any-return]
+
+    def delete_rules(
+        self, rule_ids: Sequence[str], *, timeout: float | None = None
+    ) -> pb.DeleteRulesResponse:
+        request = pb.DeleteRulesRequest(rule_ids=rule_ids)
+        return self._call(self.stub.DeleteRules, request, timeout)  # type: ignore[no-any-return]
+
+    def list_rules(self, *, timeout: float | None = None) -> pb.ListRulesResponse:
+        request = pb.ListRulesRequest()
+        return self._call(self.stub.ListRules, request, timeout)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def rule(
+        rule_id: str,
+        action: str,
+        *,
+        item_ids: Sequence[str] = (),
+        categories: Sequence[str] = (),
+        attributes: Sequence[pb.AttributeFilter] = (),
+        weight: float = 0.0,
+        position: int = 0,
+        placements: Sequence[str] = (),
+        starts_at: float | None = None,
+        ends_at: float | None = None,
+    ) -> pb.Rule:
+        """Build one merchandising rule for :meth:`set_rules`: ``action`` is ``boost``
+        or ``bury`` (with a ``weight``) or ``pin`` (with a ``position``, 1 = first);
+        its items are ``item_ids``, or ``categories`` and/or ``attributes``; times are
+        Unix seconds."""
+        try:
+            number = RULE_ACTIONS[action]
+        except KeyError:
+            raise ValueError(
+                f"unknown rule action {action!r}; one of {', '.join(RULE_ACTIONS)}"
+            ) from None
+        rule = pb.Rule(
+            rule_id=rule_id,
+            action=cast(pb.RuleAction, number),
+            item_ids=item_ids,
+            categories=categories,
+            attributes=attributes,
+            weight=weight,
+            position=position,
+            placements=placements,
+        )
+        if starts_at is not None:
+            rule.starts_at.FromNanoseconds(int(starts_at * 1e9))
+        if ends_at is not None:
+            rule.ends_at.FromNanoseconds(int(ends_at * 1e9))
+        return rule
 
     @staticmethod
     def attribute_in(name: str, values: Sequence[str]) -> pb.AttributeFilter:
@@ -277,6 +350,7 @@ _ENUM_FIELDS = {
     "strategy": "STRATEGY_",
     "default_repeat_policy": "REPEAT_POLICY_",
     "event_type": "EVENT_TYPE_",
+    "action": "RULE_ACTION_",
 }
 
 

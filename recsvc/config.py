@@ -38,6 +38,7 @@ __all__ = [
     "IndexSettings",
     "NeighborParams",
     "NeighborSettings",
+    "PlacementSettings",
     "RankingSettings",
     "RedisSettings",
     "RepeatPolicy",
@@ -406,6 +407,15 @@ class ServerSettings(_Section):
     """Require the token on every RPC, not just the writing ones."""
 
 
+class PlacementSettings(_Section):
+    """What one placement's answers get (``[placements.<name>]``)."""
+
+    max_per_category: int = Field(default=0, ge=0, le=500)
+    """Diversity: at most this many items of one category in an answer for this
+    placement (an item's most specific category); 0: no cap. A request's
+    max_per_category overrides it."""
+
+
 class EvaluationSettings(_Section):
     """Offline evaluation."""
 
@@ -439,6 +449,9 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     server: ServerSettings = ServerSettings()
+    placements: dict[str, PlacementSettings] = {}
+    """Per-placement settings by placement name (``[placements.pdp]``,
+    ``max_per_category = 2``); a placement not named here gets the defaults."""
 
     @property
     def erasure_path(self) -> Path:
@@ -512,12 +525,21 @@ def example_toml() -> str:
         value = getattr(defaults, name)
         if isinstance(value, BaseModel):
             sections.append((name, value))
+        elif name == "placements":
+            continue  # a table of sections: shown, commented, at the end
         else:
             lines += _toml_field(name, info.description, value)
     for name, section in sections:
         lines += ["", f"[{name}]"]
         for field_name, info in type(section).model_fields.items():
             lines += _toml_field(field_name, info.description, getattr(section, field_name))
+    doc = " ".join((Settings.model_fields["placements"].description or "").split())
+    lines += ["", f"# {doc}", "# [placements.pdp]"]
+    for field_name, info in PlacementSettings.model_fields.items():
+        lines += [
+            line if line.startswith("#") else f"# {line}"
+            for line in _toml_field(field_name, info.description, 2)
+        ]
     return "\n".join(lines) + "\n"
 
 

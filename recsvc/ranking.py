@@ -68,6 +68,7 @@ class Reason(IntEnum):
     BUY_AGAIN = 3
     POPULAR = 4
     SIMILAR = 5
+    PINNED = 6
 
 
 class Strategy(StrEnum):
@@ -276,6 +277,15 @@ class Ranker:
                 lambda left: self._popular(k, left, popularity).parts,
             )
         return Ranking(items[:k], scores[:k], reasons[:k], strategy, False)
+
+    def allowed(self, query: Query) -> NDArray[np.bool_] | None:
+        """The mask of items ``query`` may be shown (its filters, the live catalogue's
+        shown items, its repeat policy), as :meth:`recommend` applies it; None when
+        every item may."""
+        policy = query.repeat_policy
+        if policy is None or policy is RepeatPolicy.AUTO:
+            policy = self.model.defaults.repeat_policy
+        return self._allowed(query, policy)
 
     def _fill(
         self,

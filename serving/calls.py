@@ -11,12 +11,12 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from recsvc.catalog import AttributeFilter
 from recsvc.config import RepeatPolicy
 from recsvc.events import EventType, LiveEvent
 from recsvc.ranking import Reason, Strategy
 
 __all__ = [
-    "AttributeFilter",
     "EventInput",
     "FilterSpec",
     "ForgetOutput",
@@ -26,22 +26,6 @@ __all__ = [
     "ScoredItem",
     "SimilarInput",
 ]
-
-
-@dataclass(frozen=True)
-class AttributeFilter:
-    """One attribute predicate of a request: ``values`` (a string attribute equal to one
-    of them) or a ``low``/``high`` range (a numeric attribute, bounds included, None =
-    open). Items without the attribute never match."""
-
-    name: str
-    values: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def numeric(self) -> bool:
-        return not self.values
 
 
 @dataclass(frozen=True)
@@ -84,6 +68,8 @@ class RecommendInput:
     non_personalized: bool
     """Consent off: nothing tied to the shopper is read or written."""
     placement: str
+    max_per_category: int = 0
+    """Diversity cap; 0: the placement's setting."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +78,8 @@ class SimilarInput:
     k: int
     filters: FilterSpec
     placement: str
+    max_per_category: int = 0
+    """Diversity cap; 0: the placement's setting."""
 
 
 class ScoredItem(NamedTuple):
@@ -114,6 +102,11 @@ class RecommendOutput:
     ignored_item_ids: list[str] = field(default_factory=list)
     """Inline session items (Recommend) or query items (SimilarItems) the model does
     not know."""
+    item_rule_ids: list[tuple[str, ...]] | None = None
+    """Per item, the merchandising rules that moved or placed it; None: no rule
+    applied to the request."""
+    applied_rule_ids: tuple[str, ...] = ()
+    """Every rule that touched the answer."""
 
 
 @dataclass(frozen=True)

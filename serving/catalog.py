@@ -18,39 +18,31 @@ What a view answers:
   know it); string attributes by equality or set membership, numeric ones (``price``
   included) by range; an item without the attribute does not match.
 
-If the store fails, the replica keeps serving the catalogue it has and retries; a
-replica that finds a gap in the changes (it fell behind the stream's trimming) reloads
-the snapshot.
+Following, failures and gaps are :class:`serving.follow.Follower`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
-from recsvc.catalog import CatalogItem
-from recsvc.errors import FieldViolation, InvalidRequestError, StoreError
+from recsvc.catalog import AttributeFilter, CatalogItem
+from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.model import Model
-from recsvc.store.catalog import CatalogChange, CatalogStore
+from recsvc.store.catalog import CatalogStore
 
-from .calls import AttributeFilter
+from .follow import Follower
 
 __all__ = ["CatalogView", "LiveCatalog"]
 
 log = logging.getLogger(__name__)
 
 BoolArray = NDArray[np.bool_]
-
-_FOLLOW_BLOCK_MS: Final = 1_000
-_RETRY_SECONDS: Final = 1.0
 
 
 class CatalogView:
@@ -82,6 +74,10 @@ class CatalogView:
         self._numbers: dict[str, NDArray[np.float64]] = {}
         self._windowed: dict[int, CatalogItem] = {}
         self._live = False
+        self.revision = 0
+        """Counts the records laid over the view: what was derived from its
+        categories and attributes at one revision holds until the next."""
+        self._leaves: tuple[int, NDArray[np.int32]] | None = None
         for item in items:
             self.apply(item, now)
 
@@ -93,6 +89,7 @@ class CatalogView:
         if pos is None:
             return
         self._live = True
+        self.revision += 1
         self._set_hidden(pos, not item.shown(now))
         if item.available_from is not None or item.available_until is not None:
             self._windowed[pos] = item
@@ -165,6 +162,18 @@ class CatalogView:
         hit: BoolArray = np.logical_or.reduce(inside, axis=1)
         return hit
 
+    def leaf_categories(self) -> NDArray[np.int32]:
+        """Each item's most specific category as a code (-1: none), live path first:
+        what a diversity cap counts. Read it, never write: it is cached."""
+        if self._leaves is None or self._leaves[0] != self.revision:
+            paths = self._paths
+            depth = (paths >= 0).sum(axis=1)
+            leaves = np.where(
+                depth > 0, paths[np.arange(len(paths)), np.maximum(depth - 1, 0)], -1
+            ).astype(np.int32)
+            self._leaves = (self.revision, leaves)
+        return self._leaves[1]
+
     def matching(
         self, filters: Sequence[AttributeFilter], path: str = "filters.attributes"
     ) -> BoolArray:
@@ -197,21 +206,19 @@ class CatalogView:
         return out
 
 
-class LiveCatalog:
+class LiveCatalog(Follower[CatalogItem]):
     """This replica's copy of the live catalogue, followed from ``store``."""
 
+    store: CatalogStore
+
     def __init__(self, store: CatalogStore) -> None:
-        self.store = store
-        self.items: dict[str, CatalogItem] = {}
-        self.seq = 0
-        self._entry = "0-0"
+        super().__init__(store)
         self._views: dict[str, CatalogView] = {}
-        self._loaded = False
 
     @property
-    def version(self) -> int:
-        """The number of the last change this replica applied."""
-        return self.seq
+    def items(self) -> dict[str, CatalogItem]:
+        """Every record by item id, withdrawn ones included."""
+        return self.records
 
     def view(self, model: Model) -> CatalogView:
         """The catalogue over ``model``'s items (built once per model)."""
@@ -222,49 +229,15 @@ class LiveCatalog:
             self._views = {model.version: view}
         return view
 
-    async def load(self) -> None:
-        """Load the whole catalogue (StoreError if the store cannot be read)."""
-        snapshot = await self.store.snapshot()
-        self.items = snapshot.items
-        self.seq, self._entry = snapshot.seq, snapshot.entry_id
-        now = time.time()
+    def reloaded(self, now: float) -> None:
         self._views = {v: CatalogView(view.model, self.items.values(), now)
                        for v, view in self._views.items()}  # fmt: skip
-        self._loaded = True
 
-    def apply(self, changes: Sequence[CatalogChange]) -> bool:
-        """Apply ``changes`` in order; False (nothing applied) on a gap in their numbers."""
-        now = time.time()
-        for change in changes:
-            if change.seq <= self.seq:
-                continue  # read twice across a snapshot: already in
-            if change.seq != self.seq + 1:
-                return False
-            for item in change.items:
-                self.items[item.item_id] = item
-                for view in self._views.values():
-                    view.apply(item, now)
-            self.seq, self._entry = change.seq, change.entry_id
-        return True
+    def changed(self, record: CatalogItem, now: float) -> None:
+        for view in self._views.values():
+            view.apply(record, now)
 
     def tick(self) -> None:
         now = time.time()
         for view in self._views.values():
             view.tick(now)
-
-    async def follow(self, stop: asyncio.Event) -> None:
-        """Load, then apply changes as they come, until ``stop`` is set; store failures
-        are retried (the replica serves what it has meanwhile)."""
-        while not stop.is_set():
-            try:
-                if not self._loaded:
-                    await self.load()
-                changes = await self.store.changes(self._entry, block_ms=_FOLLOW_BLOCK_MS)
-                if not self.apply(changes):
-                    log.warning("catalogue changes missed (behind the stream): reloading")
-                    self._loaded = False
-                self.tick()
-            except StoreError as exc:
-                log.warning("following the catalogue failed, retrying: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=_RETRY_SECONDS)

@@ -3,8 +3,9 @@
 Starts ``recsvc serve`` on the published model (a private Redis, embedded
 defaults), then, over gRPC: a known customer's recommendations next to what they
 bought; the top item going out of stock in the live catalogue and leaving the next
-answer; an anonymous visitor who views a few items of one category and sees the
-recommendations follow; the model info; then a stop and a clean exit.
+answer; a merchandising pin and a cap per category; an anonymous visitor who views a
+few items of one category and sees the recommendations follow; the model info; then a
+stop and a clean exit.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def _show(title: str, items: list[dict[str, object]], category: dict[str, str]) 
     for rank, item in enumerate(items, 1):
         iid = str(item["item_id"])
         score = float(str(item["score"]))
-        print(f"  {rank:2d}. {iid:<10} {category.get(iid, '?'):>5}  {score:.3f}  {item['reason']}")
+        rules = item.get("rule_ids")
+        tag = f"  rule {','.join(map(str, rules))}" if isinstance(rules, list) and rules else ""
+        where = f"{category.get(iid, '?'):>5}"
+        print(f"  {rank:2d}. {iid:<10} {where}  {score:.3f}  {item['reason']}{tag}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
             # the shop marks the top item out of stock: the next answer leaves it out
             gone = str(rec["items"][0]["item_id"])
-            client.upsert_items([client.item(gone, available=False)])
+            # an upsert replaces the item's record: send all of it, not only the stock
+            gone_path = [category[gone]] if gone in category else []
+            client.upsert_items([client.item(gone, available=False, category_path=gone_path)])
             print(f"\n... the shop marks {gone} out of stock (live catalogue, no retraining)")
             started = time.monotonic()
             while gone in [i.item_id for i in client.recommend(user, k=8).items]:
@@ -94,7 +100,28 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.monotonic() - started
             now = to_json(client.recommend(user, k=8, placement="home"))
             _show(f"Recommended for {user} {seconds * 1000:.0f} ms later:", now["items"], category)
-            client.upsert_items([client.item(gone, available=True)])  # back in stock
+            client.upsert_items([client.item(gone, category_path=gone_path)])  # back in stock
+
+            # merchandising: a promoted item pinned first on "home", two items per category
+            shown = {str(i["item_id"]) for i in now["items"]}
+            promo = next(
+                str(i) for i in model.item_ids[model.popularity.argsort()] if str(i) not in shown
+            )
+            client.set_rules(
+                [
+                    client.rule(
+                        "demo-promo", "pin", item_ids=[promo], position=1, placements=["home"]
+                    )
+                ]
+            )
+            print(f"\n... the shop pins {promo} first on the home page and caps each category at 2")
+            while client.recommend(user, k=8, placement="home").items[0].item_id != promo:
+                time.sleep(0.01)
+            merch = to_json(client.recommend(user, k=8, placement="home", max_per_category=2))
+            applied = ", ".join(merch["applied_rule_ids"])
+            title = f"Recommended for {user} on home, rules applied ({applied}):"
+            _show(title, merch["items"], category)
+            client.delete_rules(["demo-promo"])
 
             # an anonymous visitor views three items of one category, one at a time
             cat = Counter(category.values()).most_common(3)[-1][0]

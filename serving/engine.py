@@ -14,19 +14,21 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from recsvc import artifact as art
 from recsvc.catalog import CatalogItem
-from recsvc.config import RankingSettings, Settings, WeightingSettings
+from recsvc.config import RankingSettings, RepeatPolicy, Settings, WeightingSettings
 from recsvc.erasure import ErasureList
 from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
-from recsvc.ranking import Filters, Reason
+from recsvc.ranking import Filters, Popularity, Query, Ranking, Reason
+from recsvc.rules import Rule, RuleAction
 from recsvc.store import LiveState
 
 from .calls import (
@@ -39,18 +41,21 @@ from .calls import (
     ScoredItem,
     SimilarInput,
 )
-from .catalog import LiveCatalog
+from .catalog import CatalogView, LiveCatalog
 from .eventlog import EventLog, EventRow
 from .metrics import Children, ServingMetrics, placement_label
 from .popularity import LivePopularity, event_weight
 from .profile import Profiles
-from .reload import ModelHolder
+from .reload import LoadedModel, ModelHolder
+from .rules import CompiledRule, LiveRules, Merchandised, merchandise
 
 __all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}
+_FETCH_MORE = 300
+"""At most this many candidates past k when rules or a cap reshape the list."""
 _NO_FILTERS = Filters()
 """What an empty FilterSpec becomes (immutable, so shared by every request)."""
 
@@ -67,6 +72,7 @@ class Engine:
         metrics: ServingMetrics,
         catalog: LiveCatalog | None = None,
         popularity: LivePopularity | None = None,
+        rules: LiveRules | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -77,21 +83,22 @@ class Engine:
         self.profiles = Profiles(settings, state, metrics)
         self.catalog = catalog
         self.popularity = popularity
+        self.rules = rules
         self.erasures = ErasureList(settings.erasure_path)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
         self._index_seconds = metrics.index_search_seconds
         self._recommended_items = metrics.recommended_items
+        self._rule_applications = Children(metrics.rule_applications)
 
     def refresh_erasures(self) -> None:
         """Pick up erasures other replicas appended to the shared erasure list."""
         for user in self.erasures.refresh():
             self.profiles.forget(user)
 
-    def _filters(self, model: Model, spec: FilterSpec) -> Filters:
-        """The ranking's filters of ``spec``, with the live catalogue: items it hides
-        are never shown, and categories are matched on live category paths."""
-        view = self.catalog.view(model) if self.catalog is not None else None
+    def _filters(self, model: Model, spec: FilterSpec, view: CatalogView | None) -> Filters:
+        """The ranking's filters of ``spec``, with the live catalogue's ``view``: items
+        it hides are never shown, and categories are matched on live category paths."""
         shown = view.shown if view is not None else None
         if spec.is_empty and shown is None:
             return _NO_FILTERS
@@ -149,7 +156,12 @@ class Engine:
             loaded, user, req.session_id if consent else "", req.session_events, time_left
         )
         live = self.popularity.of(model, loaded.ranker) if self.popularity is not None else None
-        query = profile.query(req.k, self._filters(model, req.filters), req.repeat_policy, live)
+        view = self.catalog.view(model) if self.catalog is not None else None
+        filters = self._filters(model, req.filters, view)
+        rules = self._rules(model, view, req.placement)
+        cap = req.max_per_category or self._cap(req.placement)
+        k = _fetch(req.k, rules, cap) if rules or cap else req.k
+        query = profile.query(k, filters, req.repeat_policy, live)
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
         self._index_seconds.observe(time.perf_counter() - t)
@@ -157,10 +169,8 @@ class Engine:
         self._recommended(ranking.strategy.value, placement).inc()
         if ranking.fallback:
             self._fallbacks("store_unavailable" if profile.degraded else "no_signal").inc()
-        items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
-        self._recommended_items.observe(len(items))
-        return RecommendOutput(
-            items=items,
+        out = RecommendOutput(
+            items=[],
             model_version=loaded.version,
             recommendation_id=_recommendation_id(loaded.version),
             strategy=ranking.strategy,
@@ -168,6 +178,24 @@ class Engine:
             degraded=profile.degraded,
             ignored_item_ids=profile.ignored_item_ids,
         )
+        if rules or cap:
+            ranker = loaded.ranker
+
+            def rank(fetch: int) -> Ranking:
+                return ranker.recommend(replace(query, k=fetch))
+
+            out = self._merchandised(
+                loaded, out, ranking, k, req.k, rules, cap, view,
+                allowed=lambda: ranker.allowed(query),
+                popularity=query.popularity or ranker.popularity,
+                rank=rank,
+            )  # fmt: skip
+        else:
+            out.items.extend(
+                _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
+            )
+        self._recommended_items.observe(len(out.items))
+        return out
 
     # --- SimilarItems ---------------------------------------------------------------
 
@@ -178,11 +206,16 @@ class Engine:
         ignored = [i for i in req.item_ids if i not in model.item_position]
         if not known:
             raise NotFoundError(f"none of the {len(req.item_ids)} item ids is in the model")
-        ranking = loaded.ranker.similar(
-            np.array(known, np.int32), req.k, self._filters(model, req.filters)
-        )
-        return RecommendOutput(
-            items=_scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons),
+        view = self.catalog.view(model) if self.catalog is not None else None
+        filters = self._filters(model, req.filters, view)
+        rules = self._rules(model, view, req.placement)
+        cap = req.max_per_category or self._cap(req.placement)
+        k = _fetch(req.k, rules, cap) if rules or cap else req.k
+        ranker = loaded.ranker
+        given = np.array(known, np.int32)
+        ranking = ranker.similar(given, k, filters)
+        out = RecommendOutput(
+            items=[],
             model_version=loaded.version,
             recommendation_id=_recommendation_id(loaded.version),
             strategy=ranking.strategy,
@@ -190,6 +223,116 @@ class Engine:
             degraded=False,
             ignored_item_ids=ignored,
         )
+        if not (rules or cap):
+            out.items.extend(
+                _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
+            )
+            return out
+
+        def allowed() -> NDArray[np.bool_]:
+            query = Query(k=req.k, filters=filters, repeat_policy=RepeatPolicy.ALLOW)
+            mask = ranker.allowed(query)
+            mask = np.ones(model.n_items, dtype=bool) if mask is None else mask
+            mask[given] = False
+            return mask
+
+        live = self.popularity.of(model, ranker) if self.popularity is not None else None
+        return self._merchandised(
+            loaded, out, ranking, k, req.k, rules, cap, view,
+            allowed=allowed,
+            popularity=live or ranker.popularity,
+            rank=lambda fetch: ranker.similar(given, fetch, filters),
+        )  # fmt: skip
+
+    # --- merchandising rules and the diversity cap ------------------------------------
+
+    def _rules(self, model: Model, view: CatalogView | None, placement: str) -> list[CompiledRule]:
+        if self.rules is None or not self.rules.records:
+            return []
+        return self.rules.active(model, view, placement, time.time())
+
+    def _cap(self, placement: str) -> int:
+        settings = self.settings.placements.get(placement)
+        return settings.max_per_category if settings is not None else 0
+
+    def _merchandised(
+        self,
+        loaded: LoadedModel,
+        out: RecommendOutput,
+        ranking: Ranking,
+        fetched: int,
+        k: int,
+        rules: list[CompiledRule],
+        cap: int,
+        view: CatalogView | None,
+        *,
+        allowed: Callable[[], NDArray[np.bool_] | None],
+        popularity: Popularity,
+        rank: Callable[[int], Ranking],
+    ) -> RecommendOutput:
+        """``out`` with the items of ``ranking`` (``fetched`` asked for) after the rules
+        and the cap, ``k`` of them; the ranking widens once if the cap left too few."""
+        model = loaded.model
+        category = None
+        if cap:
+            category = (
+                view.leaf_categories()
+                if view is not None and view.live
+                else model.artifact.item_category
+            )
+        pins = any(c.rule.action is RuleAction.PIN for c in rules)
+        mask = allowed() if pins else None
+
+        def shaped(r: Ranking) -> Merchandised:
+            return merchandise(
+                r.items, r.scores, r.reasons, k, rules,
+                allowed=mask, popular=popularity.order, category=category, cap=cap,
+            )  # fmt: skip
+
+        m = shaped(ranking)
+        if cap and len(m.items) < k and len(ranking.items) >= fetched < model.n_items:
+            m = shaped(rank(min(model.n_items, fetched * 4)))
+        actions = {c.rule.rule_id: c.rule.action.value for c in rules}
+        for rule_id in m.applied:
+            self._rule_applications(actions[rule_id]).inc()
+        items = _scored(model.artifact.item_ids, m.items, m.scores, m.reasons)
+        return replace(out, items=items, item_rule_ids=m.rule_ids, applied_rule_ids=m.applied)
+
+    async def set_rules(self, rules: Sequence[Rule], *, replace_all: bool) -> int:
+        """Write ``rules`` (``replace_all``: and delete every other); their version.
+        InvalidRequestError for a predicate naming an attribute no item has."""
+        live = self._live_rules()
+        bad: list[FieldViolation] = []
+        model = self.models.require().model
+        view = self.catalog.view(model) if self.catalog is not None else None
+        for i, rule in enumerate(rules):
+            if not rule.attributes:
+                continue
+            path = f"rules[{i}].attributes"
+            if view is None:
+                bad.append(FieldViolation(path, "this server has no live catalogue"))
+                continue
+            try:
+                view.matching(rule.attributes, path)
+            except InvalidRequestError as exc:
+                bad.extend(exc.violations)
+        if bad:
+            raise InvalidRequestError(bad)
+        return await live.store.put(rules, replace_all=replace_all)
+
+    async def delete_rules(self, rule_ids: Sequence[str]) -> tuple[int, int]:
+        """Delete ``rule_ids``; the rules' version and how many were rules."""
+        return await self._live_rules().store.delete(rule_ids)
+
+    def list_rules(self) -> tuple[list[Rule], int]:
+        """This replica's rules (deleted ones left out) and their version."""
+        live = self._live_rules()
+        return live.rules(), live.version
+
+    def _live_rules(self) -> LiveRules:
+        if self.rules is None:
+            raise StoreError("this server runs without merchandising rules")
+        return self.rules
 
     # --- RecordEvents ---------------------------------------------------------------
 
@@ -333,6 +476,15 @@ class _Trend:
 
 
 _random_bits = random.getrandbits
+
+
+def _fetch(k: int, rules: Sequence[CompiledRule], cap: int) -> int:
+    """Candidates to rank for an answer of ``k`` that ``rules`` and ``cap`` reshape:
+    room for boosted items to climb and for the cap to skip (3k, at least k + 20), or
+    for the pins' items alone."""
+    if cap or any(c.rule.action is not RuleAction.PIN for c in rules):
+        return k + min(max(2 * k, 20), _FETCH_MORE)
+    return k + len(rules)
 
 
 def _recommendation_id(model_version: str) -> str:

@@ -83,7 +83,14 @@ RECOMMENDER_SERVICE: Final = "recsvc.v1.RecommenderService"
 
 WRITE_METHODS: Final[frozenset[str]] = frozenset(
     f"/{RECOMMENDER_SERVICE}/{method}"
-    for method in ("RecordEvents", "ForgetUser", "UpsertItems", "WithdrawItems")
+    for method in (
+        "RecordEvents",
+        "ForgetUser",
+        "UpsertItems",
+        "WithdrawItems",
+        "SetRules",
+        "DeleteRules",
+    )
 )
 """The RPCs that change state: the ones the token protects unless ``auth_all_rpcs``."""
 

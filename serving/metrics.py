@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -44,6 +44,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from recsvc.events import EventType
+
+if TYPE_CHECKING:
+    from .follow import Follower
 
 __all__ = [
     "FALLBACK_REASONS",
@@ -297,6 +300,31 @@ class ServingMetrics:
             registry=r,
         )
 
+        # --- the live world: catalogue, rules --------------------------------------------
+        # collection: catalogue | rules (serving.follow.Follower); read at each scrape
+        self.live_version = Gauge(
+            "recsvc_live_version",
+            "Version (number of the last change applied) of each shared collection this "
+            "replica follows: the live catalogue, the merchandising rules.",
+            ("collection",),
+            registry=r,
+        )
+        self.live_records = Gauge(
+            "recsvc_live_records",
+            "Records this replica holds of each shared collection (catalogue items and "
+            "rules, withdrawn and deleted ones included).",
+            ("collection",),
+            registry=r,
+        )
+        # action: boost | bury | pin
+        self.rule_applications = Counter(
+            "recsvc_rule_applications_total",
+            "Answers a merchandising rule touched (moved, placed or buried an item of), "
+            "by the rule's action.",
+            ("action",),
+            registry=r,
+        )
+
         # --- load --------------------------------------------------------------------------
         self.inflight_requests = Gauge(
             "recsvc_inflight_requests",
@@ -327,6 +355,8 @@ class ServingMetrics:
             self.fallbacks.labels(reason=reason)
         for event_type in EventType:
             self.events.labels(event_type=event_type.value)
+        for action in ("boost", "bury", "pin"):
+            self.rule_applications.labels(action=action)
 
         self._registry = r
         self._lock = threading.Lock()
@@ -363,6 +393,12 @@ class ServingMetrics:
             kept = [v for v in self._model_versions if v != model_version]
             kept.append(model_version)
             self._model_versions = tuple(kept[-_MODEL_VERSIONS_KEPT:])
+
+    def follow_live(self, collection: str, follower: Follower[Any]) -> None:
+        """Export ``follower``'s version and record count as ``collection``'s, read at
+        each scrape (nothing on the request path)."""
+        self.live_version.labels(collection=collection).set_function(lambda: follower.version)
+        self.live_records.labels(collection=collection).set_function(lambda: len(follower.records))
 
     def model_version_label(self, raw: str) -> str:
         """The ``model_version`` label for a version a client sent back (impressions,

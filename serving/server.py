@@ -36,6 +36,7 @@ from recsvc.errors import ConfigError, StoreError
 from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
 from recsvc.store.embedded import PrivateRedis, start_private_redis
+from recsvc.store.rules import RuleStore
 from recsvc.store.trending import Trending
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -48,6 +49,7 @@ from .metrics import ServingMetrics, start_metrics_http_server
 from .popularity import LivePopularity
 from .reflection import enable_server_reflection
 from .reload import LoadedModel, ModelHolder, ReloadOutcome
+from .rules import LiveRules
 from .servicer import RecommenderServicer
 
 __all__ = [
@@ -163,22 +165,18 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             log.info("no Redis URL configured: started a private Redis at %s", redis_url)
         state = open_live_state(redis_url, settings)
         owned.append(state)
-        catalog_store = CatalogStore.open(
-            redis_url,
-            KeyScheme(settings.redis.prefix),
-            socket_timeout=max(settings.redis.socket_timeout_seconds, 1.0),
-        )
-        owned.append(catalog_store)
+        timeout = max(settings.redis.socket_timeout_seconds, 1.0)
+        keys = KeyScheme(settings.redis.prefix)
+        catalog_store = CatalogStore.open(redis_url, keys, socket_timeout=timeout)
+        rule_store = RuleStore.open(redis_url, keys, socket_timeout=timeout)
+        owned += [catalog_store, rule_store]
         catalog = LiveCatalog(catalog_store)
-        trending_client = async_client_from_url(
-            redis_url, socket_timeout=max(settings.redis.socket_timeout_seconds, 1.0)
-        )
+        rules = LiveRules(rule_store)
+        trending_client = async_client_from_url(redis_url, socket_timeout=timeout)
         owned.append(trending_client)
         popularity = LivePopularity(
             Trending(
-                trending_client,
-                KeyScheme(settings.redis.prefix),
-                settings.ranking.live_popularity_half_life_hours * 3600.0,
+                trending_client, keys, settings.ranking.live_popularity_half_life_hours * 3600.0
             ),
             settings.ranking.live_popularity_weight,
         )
@@ -187,6 +185,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
 
         registry = CollectorRegistry()
         metrics = ServingMetrics(registry)
+        metrics.follow_live("catalogue", catalog)
+        metrics.follow_live("rules", rules)
         reader = state.reader
         if reader.caches:
             metrics.watch_state_cache(lambda: (reader.cache_hits, reader.cache_misses))
@@ -210,7 +210,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         models = ModelHolder(
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
-        engine = Engine(settings, models, state, event_log, metrics, catalog, popularity)
+        engine = Engine(settings, models, state, event_log, metrics, catalog, popularity, rules)
 
         server = grpc.aio.server(
             interceptors=server_interceptors(s, metrics),
@@ -270,10 +270,12 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             owned,
             _draining=draining,
         )
-        with contextlib.suppress(StoreError):  # a Redis down at start: the follower retries
-            await catalog.load()
+        for follower in (catalog, rules):
+            with contextlib.suppress(StoreError):  # a Redis down at start: it retries
+                await follower.load()
         await models.reload()
         running._tasks.append(asyncio.create_task(catalog.follow(running._stop_watch)))
+        running._tasks.append(asyncio.create_task(rules.follow(running._stop_watch)))
         running._tasks.append(asyncio.create_task(popularity.follow(running._stop_watch)))
         running._tasks.append(
             asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))

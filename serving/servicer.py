@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from recsvc.config import RepeatPolicy, ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
 from recsvc.ranking import Strategy
+from recsvc.rules import Rule, RuleAction
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -191,9 +192,55 @@ def _recommend_response(out: RecommendOutput) -> pb.RecommendResponse:
         ignored_item_ids=out.ignored_item_ids,
     )
     add = response.items.add
-    for item_id, score, reason in out.items:
-        add(item_id=item_id, score=score, reason=reason)
+    if out.item_rule_ids is None:
+        for item_id, score, reason in out.items:
+            add(item_id=item_id, score=score, reason=reason)
+        return response
+    for (item_id, score, reason), rule_ids in zip(out.items, out.item_rule_ids, strict=True):
+        add(item_id=item_id, score=score, reason=reason, rule_ids=rule_ids)
+    response.applied_rule_ids.extend(out.applied_rule_ids)
     return response
+
+
+def _items_with_rules(out: RecommendOutput) -> list[pb.RecommendedItem]:
+    items = _items(out)
+    if out.item_rule_ids is not None:
+        for item, rule_ids in zip(items, out.item_rule_ids, strict=True):
+            item.rule_ids.extend(rule_ids)
+    return items
+
+
+_RULE_ACTION_TO_PB = {action: number for number, action in validation.RULE_ACTION_FROM_PB.items()}
+
+
+def _rule(rule: Rule) -> pb.Rule:
+    """The message of ``rule`` (ListRules)."""
+    return pb.Rule(
+        rule_id=rule.rule_id,
+        action=cast(pb.RuleAction, _RULE_ACTION_TO_PB[rule.action]),
+        item_ids=rule.item_ids,
+        categories=rule.categories,
+        attributes=[
+            pb.AttributeFilter(name=a.name, values=pb.StringValues(values=a.values))
+            if a.values
+            else pb.AttributeFilter(name=a.name, range=pb.NumberRange(min=a.low, max=a.high))
+            for a in rule.attributes
+        ],
+        weight=0.0 if rule.action is RuleAction.PIN else rule.weight,
+        position=rule.position,
+        placements=rule.placements,
+        starts_at=_instant(rule.starts_at),
+        ends_at=_instant(rule.ends_at),
+    )
+
+
+def _instant(seconds: float | None) -> Timestamp | None:
+    """Unix ``seconds``, fraction kept, as a Timestamp."""
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
 
 
 def _ts(value: datetime | float | int | None) -> Timestamp | None:
@@ -259,13 +306,29 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.WithdrawItemsResponse:
         return await _guard(context, "WithdrawItems", self._withdraw, request)
 
+    async def SetRules(  # noqa: N802
+        self, request: pb.SetRulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRulesResponse:
+        return await _guard(context, "SetRules", self._set_rules, request)
+
+    async def DeleteRules(  # noqa: N802
+        self, request: pb.DeleteRulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteRulesResponse:
+        return await _guard(context, "DeleteRules", self._delete_rules, request)
+
+    async def ListRules(  # noqa: N802
+        self, request: pb.ListRulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRulesResponse:
+        return await _guard(context, "ListRules", self._list_rules, request)
+
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
         out = self.engine.similar(validation.similar_input(request, self.limits))
         return pb.SimilarItemsResponse(
-            items=_items(out),
+            items=_items_with_rules(out),
             model_version=out.model_version,
             ignored_item_ids=out.ignored_item_ids,
             recommendation_id=out.recommendation_id,
+            applied_rule_ids=out.applied_rule_ids,
         )
 
     async def _record(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
@@ -290,6 +353,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         loaded = self.engine.models.require()
         m = loaded.model.artifact.manifest
         catalog = self.engine.catalog
+        rules = self.engine.rules
         return pb.GetModelInfoResponse(
             model_version=loaded.version,
             trained_at=_ts(loaded.trained_at),
@@ -306,11 +370,27 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             default_repeat_policy=_REPEAT[loaded.model.defaults.repeat_policy],
             catalog_version=catalog.version if catalog is not None else 0,
             catalog_item_count=len(catalog.items) if catalog is not None else 0,
+            rules_version=rules.version if rules is not None else 0,
+            live_rule_count=rules.live_count() if rules is not None else 0,
         )
 
     async def _upsert(self, request: pb.UpsertItemsRequest) -> pb.UpsertItemsResponse:
         items = validation.catalog_items(request, self.limits)
         return pb.UpsertItemsResponse(catalog_version=await self.engine.upsert_items(items))
+
+    async def _set_rules(self, request: pb.SetRulesRequest) -> pb.SetRulesResponse:
+        rules = validation.rules(request, self.limits)
+        version = await self.engine.set_rules(rules, replace_all=request.replace_all)
+        return pb.SetRulesResponse(rules_version=version)
+
+    async def _delete_rules(self, request: pb.DeleteRulesRequest) -> pb.DeleteRulesResponse:
+        ids = validation.deleted_rule_ids(request, self.limits)
+        version, deleted = await self.engine.delete_rules(ids)
+        return pb.DeleteRulesResponse(rules_version=version, deleted_count=deleted)
+
+    async def _list_rules(self, request: pb.ListRulesRequest) -> pb.ListRulesResponse:
+        rules, version = self.engine.list_rules()
+        return pb.ListRulesResponse(rules=[_rule(r) for r in rules], rules_version=version)
 
     async def _withdraw(self, request: pb.WithdrawItemsRequest) -> pb.WithdrawItemsResponse:
         ids = validation.withdrawn_ids(request, self.limits)

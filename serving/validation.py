@@ -14,15 +14,15 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsvc.catalog import ATTRIBUTE_NAME, CatalogItem
+from recsvc.catalog import ATTRIBUTE_NAME, AttributeFilter, CatalogItem
 from recsvc.config import RepeatPolicy, ServerSettings
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.events import EventType, LiveEvent
+from recsvc.rules import Rule, RuleAction
 from recsvc.v1 import recommender_pb2 as pb
 
 from .calls import (
     NO_FILTERS,
-    AttributeFilter,
     EventInput,
     FilterSpec,
     RecommendInput,
@@ -30,13 +30,23 @@ from .calls import (
 )
 
 __all__ = [
+    "RULE_ACTION_FROM_PB",
     "catalog_items",
+    "deleted_rule_ids",
     "event_inputs",
     "forget_user_id",
     "recommend_input",
+    "rules",
     "similar_input",
     "withdrawn_ids",
 ]
+
+RULE_ACTION_FROM_PB: dict[int, RuleAction] = {
+    pb.RULE_ACTION_BOOST: RuleAction.BOOST,
+    pb.RULE_ACTION_BURY: RuleAction.BURY,
+    pb.RULE_ACTION_PIN: RuleAction.PIN,
+}
+_MAX_BOOST = 100.0
 
 _PLACEMENT = re.compile(r"^[a-z0-9_]{0,32}$")
 _ATTRIBUTE = re.compile(ATTRIBUTE_NAME)
@@ -102,6 +112,11 @@ class _Checker:
                 path, f"must be between 0 and {self.limits.max_k} (0 = {self.limits.default_k})"
             )
         return value or self.limits.default_k
+
+    def cap(self, path: str, value: int) -> int:
+        if value < 0 or value > self.limits.max_k:
+            self.bad(path, f"must be between 0 and {self.limits.max_k} (0 = the placement's)")
+        return value
 
     def placement(self, path: str, value: str) -> str:
         if value and not _PLACEMENT.match(value):  # "" (none) is valid
@@ -180,13 +195,19 @@ class _Checker:
         return tuple(out)
 
     def stamp(self, path: str, message: Any, name: str) -> int | None:
+        """The timestamp field ``name`` of ``message`` in whole Unix seconds."""
+        exact = self.instant(path, message, name)
+        return None if exact is None else int(exact)
+
+    def instant(self, path: str, message: Any, name: str) -> float | None:
+        """The timestamp field ``name`` of ``message`` in Unix seconds, fraction kept."""
         if not message.HasField(name):
             return None
         value = getattr(message, name)
         if not 0 <= value.nanos < 1_000_000_000 or not 0 <= value.seconds < 253_402_300_800:
             self.bad(f"{path}.{name}", "is not a valid timestamp")
             return None
-        return int(value.seconds)
+        return float(value.seconds + value.nanos / 1e9)
 
 
 def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> RecommendInput:
@@ -217,6 +238,7 @@ def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> Recomme
         repeat_policy=policy,
         non_personalized=req.non_personalized,
         placement=c.placement("placement", req.placement),
+        max_per_category=c.cap("max_per_category", req.max_per_category),
     )
     c.raise_if_any()
     return result
@@ -231,6 +253,7 @@ def similar_input(req: pb.SimilarItemsRequest, limits: ServerSettings) -> Simila
         k=c.k("k", req.k),
         filters=c.filters("filters", req.filters),
         placement=c.placement("placement", req.placement),
+        max_per_category=c.cap("max_per_category", req.max_per_category),
     )
     c.raise_if_any()
     return result
@@ -322,13 +345,18 @@ def catalog_items(req: pb.UpsertItemsRequest, limits: ServerSettings) -> list[Ca
     return out
 
 
-def withdrawn_ids(req: pb.WithdrawItemsRequest, limits: ServerSettings) -> list[str]:
+def _id_batch(path: str, what: str, values: Sequence[str], limits: ServerSettings) -> list[str]:
+    """A batch of ids (``item_ids``, ``rule_ids``): at least one, at most a batch."""
     c = _Checker(limits)
-    if not req.item_ids:
-        c.bad("item_ids", "is required: at least one item id")
-    ids = c.ids("item_ids", req.item_ids, limits.max_batch_events)
+    if not values:
+        c.bad(path, f"is required: at least one {what} id")
+    ids = c.ids(path, values, limits.max_batch_events)
     c.raise_if_any()
     return list(ids)
+
+
+def withdrawn_ids(req: pb.WithdrawItemsRequest, limits: ServerSettings) -> list[str]:
+    return _id_batch("item_ids", "item", req.item_ids, limits)
 
 
 def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:
@@ -336,3 +364,85 @@ def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:
     user = c.id("user_id", req.user_id, required=True)
     c.raise_if_any()
     return user
+
+
+def rules(req: pb.SetRulesRequest, limits: ServerSettings) -> list[Rule]:
+    """The rules of a SetRules batch, stamped now; InvalidRequestError naming every bad
+    field (the batch is then applied not at all). Attribute names are checked against
+    the live catalogue by the engine."""
+    c = _Checker(limits)
+    now = int(time.time())
+    n = len(req.rules)
+    if n > limits.max_batch_events:
+        c.bad("rules", f"has {n} rules; at most {limits.max_batch_events}")
+    if n == 0 and not req.replace_all:
+        c.bad("rules", "is required: at least one rule (or replace_all to delete them all)")
+    out: list[Rule] = []
+    seen: set[str] = set()
+    for i, r in enumerate(req.rules[: limits.max_batch_events]):
+        p = f"rules[{i}]"
+        rule_id = c.id(f"{p}.rule_id", r.rule_id, required=True)
+        if rule_id in seen:
+            c.bad(f"{p}.rule_id", f"repeats {rule_id!r}: one rule per id in a batch")
+        seen.add(rule_id)
+        action = RULE_ACTION_FROM_PB.get(r.action)
+        if action is None:
+            c.bad(f"{p}.action", "is required: BOOST, BURY or PIN")
+        items = c.ids(f"{p}.item_ids", r.item_ids, limits.max_k)
+        categories = c.ids(f"{p}.categories", r.categories, _MAX_FILTER_CATEGORIES)
+        attributes = c.attribute_filters(f"{p}.attributes", r.attributes)
+        if not items and not categories and not attributes:
+            c.bad(p, "needs its items: item_ids, or categories and/or attributes")
+        elif items and (categories or attributes):
+            c.bad(f"{p}.item_ids", "is one kind of target; categories and attributes another")
+        weight = r.weight
+        if action is RuleAction.BOOST and not (1.0 < weight <= _MAX_BOOST):
+            c.bad(f"{p}.weight", f"a boost multiplies scores: above 1, at most {_MAX_BOOST:g}")
+        elif action is RuleAction.BURY and not (0.0 < weight < 1.0):
+            c.bad(f"{p}.weight", "a bury multiplies scores: between 0 and 1, both excluded")
+        elif action is RuleAction.PIN and weight != 0.0:
+            c.bad(f"{p}.weight", "a pin has no weight: leave it unset")
+        position = r.position
+        if action is RuleAction.PIN:
+            last = position + max(len(items), 1) - 1
+            if position < 1:
+                c.bad(f"{p}.position", "a pin needs a position, 1 or more")
+            elif last > limits.max_k:
+                c.bad(
+                    f"{p}.position",
+                    f"pins items up to position {last}; no answer holds more than {limits.max_k}",
+                )
+        elif position != 0:
+            c.bad(f"{p}.position", "only a pin has a position: leave it unset")
+        placements = []
+        for j, name in enumerate(r.placements):
+            if not name:
+                c.bad(f"{p}.placements[{j}]", "is empty")
+            placements.append(c.placement(f"{p}.placements[{j}]", name))
+        start = c.instant(p, r, "starts_at")
+        end = c.instant(p, r, "ends_at")
+        if start is not None and end is not None and start >= end:
+            c.bad(f"{p}.ends_at", "must lie after starts_at")
+        if action is None:
+            continue
+        out.append(
+            Rule(
+                rule_id=rule_id,
+                action=action,
+                item_ids=items,
+                categories=categories,
+                attributes=attributes,
+                weight=1.0 if action is RuleAction.PIN else float(weight),
+                position=position if action is RuleAction.PIN else 0,
+                placements=tuple(placements),
+                starts_at=start,
+                ends_at=end,
+                updated_at=now,
+            )
+        )
+    c.raise_if_any()
+    return out
+
+
+def deleted_rule_ids(req: pb.DeleteRulesRequest, limits: ServerSettings) -> list[str]:
+    return _id_batch("rule_ids", "rule", req.rule_ids, limits)

@@ -163,3 +163,6 @@ def fill_every_metric(m: ServingMetrics) -> None:
     m.recommended_items.observe(10)
     m.inflight_requests.set(0)
     m.unparseable_requests.labels(rpc="Recommend", reason="decode_error").inc()
+    m.rule_applications.labels(action="pin").inc()
+    m.live_version.labels(collection="rules").set(3)
+    m.live_records.labels(collection="rules").set(2)

@@ -20,8 +20,9 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsvc import artifact as art
+from recsvc.client import RecommenderClient
 from recsvc.config import Settings
 from recsvc.serving.server import RunningServer, create_server
 from recsvc.training.pipeline import LoadedData, build_model
@@ -56,6 +58,82 @@ def publish_block_model(
     if publish:
         art.publish_version(root, path.name)
     return path.name
+
+
+@contextmanager
+def replicas(
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    *,
+    token: str,
+    n: int = 2,
+    **sections: Any,
+) -> Iterator[list[ServerThread]]:
+    """``n`` servers of the block model (published once) sharing one Redis: the
+    replicas of one deployment. ``sections``: more settings (``placements={...}``)."""
+    root = tmp_path / "artifacts"
+    publish_block_model(root)
+    running: list[ServerThread] = []
+    try:
+        for i in range(n):
+            settings = small_settings(
+                None,
+                artifact_root=str(root),
+                erasure_list=str(tmp_path / "erased.txt"),
+                redis={"url": redis_url, "prefix": redis_prefix},
+                server={
+                    "port": 0,
+                    "metrics_port": None,
+                    "auth_token": token,
+                    "event_log_dir": str(tmp_path / f"replica-{i}"),
+                },
+                **sections,
+            )
+            running.append(ServerThread(settings))
+        yield running
+    finally:
+        for server in running:
+            server.stop()
+
+
+@contextmanager
+def clients_of(servers: list[ServerThread], token: str) -> Iterator[list[RecommenderClient]]:
+    """A client of each of ``servers``, with ``token`` and a 5 s deadline."""
+    clients = [RecommenderClient(s.target, timeout=5.0, token=token) for s in servers]
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            c.close()
+
+
+def soon(check: Callable[[], bool], within: float = 1.0) -> float:
+    """Seconds until ``check()`` holds; fails after ``within``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, "not reached within the time allowed"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def violations(call: Callable[[], object]) -> list[str]:
+    """The fields ``call()``'s INVALID_ARGUMENT names (it must fail so)."""
+    import pytest  # noqa: PLC0415
+    from google.rpc import error_details_pb2  # noqa: PLC0415
+    from grpc_status import rpc_status  # noqa: PLC0415
+
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None
+    fields = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
 
 
 class ServerThread:

@@ -166,7 +166,7 @@ def read_live_catalog(settings: Settings) -> dict[str, CatalogItem]:
     async def snapshot() -> dict[str, CatalogItem]:
         store = CatalogStore.open(url, KeyScheme(settings.redis.prefix), socket_timeout=10.0)
         try:
-            return (await store.snapshot()).items
+            return (await store.snapshot()).records
         finally:
             await store.aclose()
 

@@ -106,12 +106,22 @@ class KeyScheme:
             raise ValueError("a user_id or a session_id is required")
         return f"{self.prefix}:{{s:{session_id}}}:seen"
 
+    def records(self, tag: str) -> tuple[str, str, str]:
+        """A shared record collection's keys (:mod:`recsvc.store.records`): its
+        records, its change stream and its change counter, all in one hash slot
+        (``{<tag>}``) so a change and its announcement are one atomic script."""
+        slot = f"{self.prefix}:{{{tag}}}"
+        return f"{slot}:items", f"{slot}:log", f"{slot}:seq"
+
     def catalog(self) -> tuple[str, str, str]:
-        """The live catalogue's keys: its records, its change stream and its change
-        counter, all in one hash slot (``{cat}``) so a change and its announcement are
-        one atomic script."""
-        tag = f"{self.prefix}:{{cat}}"
-        return f"{tag}:items", f"{tag}:log", f"{tag}:seq"
+        """The live catalogue's keys: :meth:`records` of ``cat``
+        (:class:`recsvc.store.catalog.CatalogStore`)."""
+        return self.records("cat")
+
+    def rules(self) -> tuple[str, str, str]:
+        """The merchandising rules' keys: :meth:`records` of ``rules``
+        (:class:`recsvc.store.rules.RuleStore`)."""
+        return self.records("rules")
 
     def trending(self) -> tuple[str, str]:
         """Live popularity's keys: its scores and their epoch, in one hash slot."""

@@ -33,6 +33,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_BUY_AGAIN: _ClassVar[Reason]
     REASON_POPULAR: _ClassVar[Reason]
     REASON_SIMILAR: _ClassVar[Reason]
+    REASON_PINNED: _ClassVar[Reason]
 
 class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,13 @@ class IgnoreReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IGNORE_REASON_UNSPECIFIED: _ClassVar[IgnoreReason]
     IGNORE_REASON_UNKNOWN_ITEM: _ClassVar[IgnoreReason]
     IGNORE_REASON_ERASED_USER: _ClassVar[IgnoreReason]
+
+class RuleAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RULE_ACTION_UNSPECIFIED: _ClassVar[RuleAction]
+    RULE_ACTION_BOOST: _ClassVar[RuleAction]
+    RULE_ACTION_BURY: _ClassVar[RuleAction]
+    RULE_ACTION_PIN: _ClassVar[RuleAction]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_VIEW: EventType
 EVENT_TYPE_ADD_TO_CART: EventType
@@ -61,6 +69,7 @@ REASON_SESSION: Reason
 REASON_BUY_AGAIN: Reason
 REASON_POPULAR: Reason
 REASON_SIMILAR: Reason
+REASON_PINNED: Reason
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_PERSONALIZED: Strategy
 STRATEGY_SESSION: Strategy
@@ -68,6 +77,10 @@ STRATEGY_POPULAR: Strategy
 IGNORE_REASON_UNSPECIFIED: IgnoreReason
 IGNORE_REASON_UNKNOWN_ITEM: IgnoreReason
 IGNORE_REASON_ERASED_USER: IgnoreReason
+RULE_ACTION_UNSPECIFIED: RuleAction
+RULE_ACTION_BOOST: RuleAction
+RULE_ACTION_BURY: RuleAction
+RULE_ACTION_PIN: RuleAction
 
 class Filters(_message.Message):
     __slots__ = ("exclude_item_ids", "include_categories", "exclude_categories", "in_stock_only", "attributes")
@@ -118,7 +131,7 @@ class SessionEvent(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement")
+    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +140,7 @@ class RecommendRequest(_message.Message):
     REPEAT_POLICY_FIELD_NUMBER: _ClassVar[int]
     NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     session_events: _containers.RepeatedCompositeFieldContainer[SessionEvent]
@@ -135,20 +149,23 @@ class RecommendRequest(_message.Message):
     repeat_policy: RepeatPolicy
     non_personalized: bool
     placement: str
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ...) -> None: ...
+    max_per_category: int
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "reason")
+    __slots__ = ("item_id", "score", "reason", "rule_ids")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RULE_IDS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     reason: Reason
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ...) -> None: ...
+    rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ..., rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids")
+    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids", "applied_rule_ids")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +173,7 @@ class RecommendResponse(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_RULE_IDS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     recommendation_id: str
@@ -163,31 +181,36 @@ class RecommendResponse(_message.Message):
     fallback: bool
     degraded: bool
     ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    applied_rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_ids", "k", "filters", "placement")
+    __slots__ = ("item_ids", "k", "filters", "placement", "max_per_category")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     filters: Filters
     placement: str
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., placement: _Optional[str] = ...) -> None: ...
+    max_per_category: int
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("items", "model_version", "ignored_item_ids", "recommendation_id")
+    __slots__ = ("items", "model_version", "ignored_item_ids", "recommendation_id", "applied_rule_ids")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_RULE_IDS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
     recommendation_id: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+    applied_rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized", "event_id")
@@ -258,7 +281,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "trained_at", "data_cutoff", "loaded_at", "metrics", "item_count", "user_count", "factors", "index_type", "index_recall_at_k", "index_recall_k", "format_version", "default_repeat_policy", "catalog_version", "catalog_item_count")
+    __slots__ = ("model_version", "trained_at", "data_cutoff", "loaded_at", "metrics", "item_count", "user_count", "factors", "index_type", "index_recall_at_k", "index_recall_k", "format_version", "default_repeat_policy", "catalog_version", "catalog_item_count", "rules_version", "live_rule_count")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +304,8 @@ class GetModelInfoResponse(_message.Message):
     DEFAULT_REPEAT_POLICY_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     CATALOG_ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIVE_RULE_COUNT_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     trained_at: _timestamp_pb2.Timestamp
     data_cutoff: _timestamp_pb2.Timestamp
@@ -296,7 +321,9 @@ class GetModelInfoResponse(_message.Message):
     default_repeat_policy: RepeatPolicy
     catalog_version: int
     catalog_item_count: int
-    def __init__(self, model_version: _Optional[str] = ..., trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_cutoff: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., factors: _Optional[int] = ..., index_type: _Optional[str] = ..., index_recall_at_k: _Optional[float] = ..., index_recall_k: _Optional[int] = ..., format_version: _Optional[int] = ..., default_repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., catalog_version: _Optional[int] = ..., catalog_item_count: _Optional[int] = ...) -> None: ...
+    rules_version: int
+    live_rule_count: int
+    def __init__(self, model_version: _Optional[str] = ..., trained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_cutoff: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., factors: _Optional[int] = ..., index_type: _Optional[str] = ..., index_recall_at_k: _Optional[float] = ..., index_recall_k: _Optional[int] = ..., format_version: _Optional[int] = ..., default_repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., catalog_version: _Optional[int] = ..., catalog_item_count: _Optional[int] = ..., rules_version: _Optional[int] = ..., live_rule_count: _Optional[int] = ...) -> None: ...
 
 class CatalogItem(_message.Message):
     __slots__ = ("item_id", "category_path", "available", "price", "title", "labels", "numbers", "available_from", "available_until")
@@ -357,3 +384,67 @@ class WithdrawItemsResponse(_message.Message):
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     catalog_version: int
     def __init__(self, catalog_version: _Optional[int] = ...) -> None: ...
+
+class Rule(_message.Message):
+    __slots__ = ("rule_id", "action", "item_ids", "categories", "attributes", "weight", "position", "placements", "starts_at", "ends_at")
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    rule_id: str
+    action: RuleAction
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
+    weight: float
+    position: int
+    placements: _containers.RepeatedScalarFieldContainer[str]
+    starts_at: _timestamp_pb2.Timestamp
+    ends_at: _timestamp_pb2.Timestamp
+    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[_Union[RuleAction, str]] = ..., item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ..., weight: _Optional[float] = ..., position: _Optional[int] = ..., placements: _Optional[_Iterable[str]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetRulesRequest(_message.Message):
+    __slots__ = ("rules", "replace_all")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_ALL_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[Rule]
+    replace_all: bool
+    def __init__(self, rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., replace_all: _Optional[bool] = ...) -> None: ...
+
+class SetRulesResponse(_message.Message):
+    __slots__ = ("rules_version",)
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    rules_version: int
+    def __init__(self, rules_version: _Optional[int] = ...) -> None: ...
+
+class DeleteRulesRequest(_message.Message):
+    __slots__ = ("rule_ids",)
+    RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteRulesResponse(_message.Message):
+    __slots__ = ("rules_version", "deleted_count")
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    rules_version: int
+    deleted_count: int
+    def __init__(self, rules_version: _Optional[int] = ..., deleted_count: _Optional[int] = ...) -> None: ...
+
+class ListRulesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRulesResponse(_message.Message):
+    __slots__ = ("rules", "rules_version")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    RULES_VERSION_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[Rule]
+    rules_version: int
+    def __init__(self, rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rules_version: _Optional[int] = ...) -> None: ...

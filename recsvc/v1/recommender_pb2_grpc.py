@@ -70,6 +70,21 @@ class RecommenderServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsResponse.FromString,
                 _registered_method=True)
+        self.SetRules = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/SetRules',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.SetRulesRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRules = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/DeleteRules',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.DeleteRulesRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.DeleteRulesResponse.FromString,
+                _registered_method=True)
+        self.ListRules = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/ListRules',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -163,6 +178,38 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRules(self, request, context):
+        """Adds or replaces merchandising rules (boost, bury, pin; see Rule), shared
+        by every replica and applied after ranking from the next answer on (within
+        a second). With replace_all, every rule not in the request is deleted in
+        the same change: the request is then the whole rule set (a file sync).
+        Idempotent.
+        Errors: INVALID_ARGUMENT naming the bad fields (nothing is applied):
+        a rule without items or with both kinds of target, a boost weight not
+        above 1, a bury weight outside (0, 1), a pin placing items past position
+        500 (no answer is that long), an attribute no catalogue item has;
+        UNAVAILABLE when the rules store cannot take them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRules(self, request, context):
+        """Deletes merchandising rules by id; unknown ids are not an error.
+        Errors: INVALID_ARGUMENT for no or malformed ids; UNAVAILABLE as above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRules(self, request, context):
+        """Lists the merchandising rules this replica applies (those past their end
+        included, deleted ones not), by rule_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +247,21 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.WithdrawItems,
                     request_deserializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsResponse.SerializeToString,
+            ),
+            'SetRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRules,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetRulesRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.SetRulesResponse.SerializeToString,
+            ),
+            'DeleteRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRules,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.DeleteRulesRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.DeleteRulesResponse.SerializeToString,
+            ),
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +454,87 @@ class RecommenderService:
             '/recsvc.v1.RecommenderService/WithdrawItems',
             recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsRequest.SerializeToString,
             recsvc_dot_v1_dot_recommender__pb2.WithdrawItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/SetRules',
+            recsvc_dot_v1_dot_recommender__pb2.SetRulesRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.SetRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/DeleteRules',
+            recsvc_dot_v1_dot_recommender__pb2.DeleteRulesRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.DeleteRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/ListRules',
+            recsvc_dot_v1_dot_recommender__pb2.ListRulesRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.ListRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,5 @@
-"""The live catalogue's records and stored formats, and its Redis store."""
+"""The live catalogue's records and stored formats, and its Redis store; the rules'
+store, on the same record layer."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 import redis
 
 from recsvc.catalog import CatalogItem
+from recsvc.rules import Rule, RuleAction
 from recsvc.store import KeyScheme, async_client_from_url
 from recsvc.store.catalog import CatalogStore
+from recsvc.store.rules import RuleStore
 
 T = TypeVar("T")
 
@@ -83,16 +86,16 @@ def test_changes_are_followed_in_order_from_a_snapshot(
     empty, first, start, second, third, changes, none_yet, end = _with_store(
         redis_url, redis_prefix, body
     )
-    assert (empty.seq, empty.items) == (0, {})
+    assert (empty.seq, empty.records) == (0, {})
     assert (first, second, third) == (1, 2, 3)
-    assert start.seq == 1 and start.items["sofa-1"] == SOFA
-    assert [(c.seq, c.op, [i.item_id for i in c.items]) for c in changes] == [
+    assert start.seq == 1 and start.records["sofa-1"] == SOFA
+    assert [(c.seq, c.op, [i.item_id for i in c.records]) for c in changes] == [
         (2, "withdraw", ["lamp"]),
         (3, "upsert", ["lamp"]),
     ]
-    assert changes[0].items[0].withdrawn and changes[0].items[0].updated_at == 1_700_000_500
+    assert changes[0].records[0].withdrawn and changes[0].records[0].updated_at == 1_700_000_500
     assert none_yet == []
-    assert end.seq == 3 and end.items["lamp"] == CatalogItem("lamp", price=25.0, updated_at=9)
+    assert end.seq == 3 and end.records["lamp"] == CatalogItem("lamp", price=25.0, updated_at=9)
     items, log, seq = KeyScheme(redis_prefix).catalog()
     assert redis_client.hlen(items) == 2 and redis_client.xlen(log) == 3
     assert redis_client.get(seq) == b"3"
@@ -109,4 +112,36 @@ def test_a_follower_blocks_until_a_change_comes(redis_url: str, redis_prefix: st
         return await asyncio.wait_for(waiting, timeout=2.0)
 
     changes = _with_store(redis_url, redis_prefix, body)
-    assert [c.items[0].item_id for c in changes] == ["new-sku"]
+    assert [c.records[0].item_id for c in changes] == ["new-sku"]
+
+
+@pytest.mark.integration
+def test_the_rules_share_the_record_layer_set_replace_all_and_delete(
+    redis_url: str, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    boost = Rule("b", RuleAction.BOOST, item_ids=("x",), weight=2.0, updated_at=1)
+    pin = Rule("p", RuleAction.PIN, item_ids=("y",), position=1, updated_at=1)
+    bury = Rule("d", RuleAction.BURY, categories=("c",), weight=0.5, updated_at=2)
+
+    async def body() -> tuple[Any, ...]:
+        client = async_client_from_url(redis_url, socket_timeout=5.0)
+        store = RuleStore(client, KeyScheme(redis_prefix))
+        try:
+            first = await store.put([boost, pin])
+            replaced = await store.put([bury], replace_all=True)  # b and p go, d comes
+            after_replace = (await store.snapshot()).records
+            deleted = await store.delete(["d", "d", "unknown"], now=9)
+            again = await store.delete(["d"])  # already deleted: nothing written
+            return first, replaced, after_replace, deleted, again, await store.snapshot()
+        finally:
+            await client.aclose()
+
+    first, replaced, after_replace, deleted, again, end = asyncio.run(body())
+    assert (first, replaced) == (1, 2)
+    assert after_replace["d"] == bury
+    assert after_replace["b"].deleted and after_replace["p"].deleted
+    assert deleted == (3, 1) and again == (3, 0)
+    assert end.seq == 3 and all(r.deleted for r in end.records.values())
+    items, log, seq = KeyScheme(redis_prefix).rules()
+    assert redis_client.hlen(items) == 3 and redis_client.xlen(log) == 3
+    assert redis_client.get(seq) == b"3"

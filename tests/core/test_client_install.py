@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 SUBCOMMANDS = (
     "synth", "train", "evaluate", "tune", "publish", "catalog",  # recsvc.training.commands
     "serve",  # recsvc.serving.commands
-    "models", "recommend", "similar", "events", "forget", "info",  # recsvc.cli
+    "models", "recommend", "similar", "events", "forget", "info", "rules",  # recsvc.cli
 )  # fmt: skip
 CLIENT_SIZE_LIMIT = 50 * 10**6
 """Bytes the client install may add to site-packages (measured: 23 MB, nearly all of

@@ -32,6 +32,9 @@ RPCS = {
     "GetModelInfo",
     "UpsertItems",
     "WithdrawItems",
+    "SetRules",
+    "DeleteRules",
+    "ListRules",
 }
 
 
@@ -203,6 +206,7 @@ def test_recommend_request_round_trips() -> None:
         repeat_policy=recommender_pb2.REPEAT_POLICY_ALLOW_REPEATS,
         non_personalized=True,
         placement="pdp",
+        max_per_category=2,
     )
     # every field is set, so the round trip covers the whole message
     assert {f.name for f, _ in request.ListFields()} == {f.name for f in request.DESCRIPTOR.fields}

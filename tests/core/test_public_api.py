@@ -16,6 +16,7 @@ PUBLIC = {
     "recsvc.config": [
         "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborParams",
         "NeighborSettings",
+        "PlacementSettings",
         "RankingSettings",
         "RedisSettings",
         "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",

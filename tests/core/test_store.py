@@ -35,6 +35,11 @@ def test_key_scheme_is_pinned() -> None:
     assert k.session("sess-9", "cust-42") == "recsvc:{u:cust-42}:sess:sess-9"
     assert k.user_sessions("cust-42") == "recsvc:{u:cust-42}:sessions"
     assert k.session("sess-9") == "recsvc:{s:sess-9}:items"
+    assert k.seen("cust-42") == "recsvc:{u:cust-42}:seen"
+    assert k.seen(session_id="sess-9") == "recsvc:{s:sess-9}:seen"
+    assert k.catalog() == ("recsvc:{cat}:items", "recsvc:{cat}:log", "recsvc:{cat}:seq")
+    assert k.rules() == ("recsvc:{rules}:items", "recsvc:{rules}:log", "recsvc:{rules}:seq")
+    assert k.trending() == ("recsvc:{trend}:items", "recsvc:{trend}:epoch")
     assert k.vector_pattern("v1") == "recsvc:{u:*}:vec:v1"
     head, tail = k.vector_parts("v1")
     assert head + "cust-42" + tail == k.vector("cust-42", "v1")

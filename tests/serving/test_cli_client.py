@@ -108,7 +108,8 @@ def test_recommend_json_for_a_known_user(server: ServerThread) -> None:
     assert data["recommendation_id"].startswith(data["model_version"])
     assert len(data["items"]) == 5
     for item in data["items"]:
-        assert set(item) == {"item_id", "score", "reason"}
+        assert set(item) == {"item_id", "score", "reason", "rule_ids"}
+        assert item["rule_ids"] == []  # no merchandising rule is set
         assert item["item_id"].startswith("g0")
         assert isinstance(item["score"], float)
         assert item["reason"] in {"cf", "buy_again"}
@@ -235,3 +236,40 @@ def test_unreachable_target_fails_fast(server: ServerThread) -> None:
     line = one_line_error(result)
     assert line.startswith("recsvc recommend: UNAVAILABLE")
     assert elapsed < 10  # interpreter start-up included; the deadline is 2 s
+
+
+def test_rules_load_list_and_delete(server: ServerThread, tmp_path: Path) -> None:
+    # a placement no other test asks for: the module's server is shared
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nid = "cli-pin"\naction = "pin"\nitems = ["g1i04"]\nposition = 1\n'
+        'placements = ["cli_test"]\n'
+    )
+    target = ["--target", server.target]
+    line = one_line_error(run("rules", "load", str(rules), *target))
+    assert "UNAUTHENTICATED" in line
+    loaded = run("rules", "load", str(rules), *target, "--token", TOKEN, "--json")
+    assert loaded.returncode == 0, loaded.stderr
+    version = int(json.loads(loaded.stdout)["rules_version"])
+    listed = run("rules", "list", *target)
+    assert listed.returncode == 0 and listed.stdout.splitlines() == [
+        f"rules_version: {version}",
+        "cli-pin: pin items g1i04, position 1, cli_test",
+    ]
+
+    def first(placement: str) -> str:
+        data = call_json(server, "recommend", "--user", "g0u02", "--placement", placement)
+        return str(data["items"][0]["item_id"])
+
+    deadline = time.monotonic() + 2
+    while first("cli_test") != "g1i04":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert first("home") != "g1i04"
+    # a file error: one line naming the rule and the key, nothing sent
+    rules.write_text('[[rule]]\nid = "x"\naction = "boost"\nweight = "big"\n')
+    assert "rule 1 (x): weight must be a number" in one_line_error(
+        run("rules", "load", str(rules), *target, "--token", TOKEN)
+    )
+    deleted = run("rules", "delete", "cli-pin", *target, "--token", TOKEN, "--json")
+    assert json.loads(deleted.stdout)["deleted_count"] == 1

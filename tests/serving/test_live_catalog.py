@@ -4,7 +4,7 @@ one reaches both servers' next answers within a second; filters on live attribut
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,8 +12,7 @@ import pytest
 
 from recsvc.client import RecommenderClient
 
-from factories import small_settings
-from server_harness import ServerThread, publish_block_model
+from server_harness import ServerThread, clients_of, replicas, soon, violations
 
 pytestmark = pytest.mark.integration
 
@@ -22,45 +21,14 @@ TOKEN = "catalogue-token"
 
 @pytest.fixture()
 def servers(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[list[ServerThread]]:
-    root = tmp_path / "artifacts"
-    publish_block_model(root)
-    running = []
-    try:
-        for name in ("a", "b"):
-            settings = small_settings(
-                None,
-                artifact_root=str(root),
-                erasure_list=str(tmp_path / "erased.txt"),
-                redis={"url": redis_url, "prefix": redis_prefix},
-                server={
-                    "port": 0,
-                    "metrics_port": None,
-                    "auth_token": TOKEN,
-                    "event_log_dir": str(tmp_path / name),
-                },
-            )
-            running.append(ServerThread(settings))
+    with replicas(tmp_path, redis_url, redis_prefix, token=TOKEN) as running:
         yield running
-    finally:
-        for server in running:
-            server.stop()
 
 
 @pytest.fixture()
 def clients(servers: list[ServerThread]) -> Iterator[list[RecommenderClient]]:
-    clients = [RecommenderClient(s.target, timeout=5.0, token=TOKEN) for s in servers]
-    yield clients
-    for c in clients:
-        c.close()
-
-
-def _soon(check: Callable[[], bool], within: float = 1.0) -> float:
-    """Seconds until ``check()`` holds; fails after ``within``."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < within, "not reached within the time allowed"
-        time.sleep(0.02)
-    return time.monotonic() - started
+    with clients_of(servers, TOKEN) as clients:
+        yield clients
 
 
 def _everywhere(clients: list[RecommenderClient]) -> set[str]:
@@ -82,12 +50,12 @@ def test_an_item_set_unavailable_or_withdrawn_leaves_every_servers_next_answer(
     version = a.upsert_items([a.item("g0i03", available=False, category_path=["g0"])])
     assert version.catalog_version == 1
     b.withdraw_items(["g0i05"])
-    took = _soon(lambda: not {"g0i03", "g0i05"} & _everywhere(clients))
+    took = soon(lambda: not {"g0i03", "g0i05"} & _everywhere(clients))
     assert took < 1.0
     assert {c.model_info().catalog_version for c in clients} == {2}
     # back in stock: shown again, everywhere
     b.upsert_items([b.item("g0i03", available=True)])
-    _soon(lambda: "g0i03" in _everywhere(clients))
+    soon(lambda: "g0i03" in _everywhere(clients))
     assert "g0i05" not in _everywhere(clients)
 
 
@@ -105,7 +73,7 @@ def test_attribute_and_live_category_filters(clients: list[RecommenderClient]) -
         # a visitor with no history: every item that passes the filters comes back
         return {i.item_id for i in b.recommend("", k=30, **filters).items}  # type: ignore[arg-type]
 
-    _soon(lambda: items(attributes=[b.attribute_in("brand", ["nord"])]) == {"g0i01", "g0i04"})
+    soon(lambda: items(attributes=[b.attribute_in("brand", ["nord"])]) == {"g0i01", "g0i04"})
     assert items(attributes=[b.attribute_range("price", 20, 100)]) == {"g0i02", "g0i04"}
     assert items(
         attributes=[b.attribute_in("brand", ["nord"]), b.attribute_range("price", high=50)]
@@ -118,23 +86,6 @@ def test_attribute_and_live_category_filters(clients: list[RecommenderClient]) -
     )
 
 
-def _violations(call: Callable[[], object]) -> list[str]:
-    from google.rpc import error_details_pb2  # noqa: PLC0415
-    from grpc_status import rpc_status  # noqa: PLC0415
-
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
 def test_bad_catalogue_input_is_refused_whole_naming_each_field(
     clients: list[RecommenderClient],
 ) -> None:
@@ -145,7 +96,7 @@ def test_bad_catalogue_input_is_refused_whole_naming_each_field(
     bad_window = a.item("g0i02")
     bad_window.available_from.FromSeconds(2_000_000_000)
     bad_window.available_until.FromSeconds(1_000_000_000)
-    fields = _violations(
+    fields = violations(
         lambda: a.upsert_items(
             [
                 a.item("g0i03"),
@@ -161,16 +112,16 @@ def test_bad_catalogue_input_is_refused_whole_naming_each_field(
         "items[3].available_until",
     ]
     assert a.model_info().catalog_version == version
-    assert _violations(lambda: a.upsert_items([a.item(f"x{i}") for i in range(1001)])) == ["items"]
+    assert violations(lambda: a.upsert_items([a.item(f"x{i}") for i in range(1001)])) == ["items"]
     nord = [a.attribute_in("brand", ["nord"])]
-    _soon(lambda: [i.item_id for i in a.recommend("", k=30, attributes=nord).items] == ["g0i01"])
-    assert _violations(
+    soon(lambda: [i.item_id for i in a.recommend("", k=30, attributes=nord).items] == ["g0i01"])
+    assert violations(
         lambda: a.recommend("g0u01", attributes=[a.attribute_in("colour", ["red"])])
     ) == ["filters.attributes[0].name"]
-    assert _violations(
+    assert violations(
         lambda: a.recommend("g0u01", attributes=[a.attribute_range("price", 50, 10)])
     ) == ["filters.attributes[0].range"]
-    assert _violations(
+    assert violations(
         lambda: a.recommend("g0u01", attributes=[a.attribute_range("brand", 1, 2)])
     ) == ["filters.attributes[0].range"]
 
@@ -182,7 +133,7 @@ def test_an_item_past_its_window_is_hidden(clients: list[RecommenderClient]) -> 
     later = a.item("g0i07")
     later.available_from.FromSeconds(int(time.time()) + 3600)
     a.upsert_items([ended, later])
-    _soon(lambda: not {"g0i06", "g0i07"} & _everywhere(clients))
+    soon(lambda: not {"g0i06", "g0i07"} & _everywhere(clients))
 
 
 def test_catalogue_writes_need_the_token(servers: list[ServerThread]) -> None:
@@ -217,7 +168,7 @@ def test_a_catalogue_file_loads_through_the_cli(
 
     # g0i02 is out of stock, g0i08's window ended in 2001: hidden; 'rating' holds an 'x',
     # so it is a string attribute; price is a number
-    _soon(lambda: {"g0i02", "g0i08"}.isdisjoint(visitor()) and "g0i01" in visitor())
+    soon(lambda: {"g0i02", "g0i08"}.isdisjoint(visitor()) and "g0i01" in visitor())
     assert visitor(include_categories=["Lamps"]) == {"g0i01"}
     assert visitor(attributes=[b.attribute_range("price", 10, 20)]) == {"g0i01"}
     assert visitor(attributes=[b.attribute_in("rating", ["4.5"])]) == {"g0i01"}
@@ -243,7 +194,7 @@ def test_a_burst_of_purchases_moves_every_servers_popular_list_within_seconds(
         a.event(tail, "purchase", user_id=f"shopper{n}", session_id=f"s{n}") for n in range(40)
     ]
     assert a.record_events(burst).accepted_count == 40
-    took = _soon(lambda: popular()[0] == tail, within=3.0)
+    took = soon(lambda: popular()[0] == tail, within=3.0)
     assert took < 3.0  # one read of the counters: ~1 s
     # a category-popular list follows too (through the filter)
     assert [i.item_id for i in b.recommend("", k=1, include_categories=[tail[:2]]).items] == [tail]

@@ -41,6 +41,9 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_recommendations": ("counter", {"strategy", "placement"}),
     "recsvc_recommended_items": ("histogram", set()),
     "recsvc_inflight_requests": ("gauge", set()),
+    "recsvc_live_version": ("gauge", {"collection"}),
+    "recsvc_live_records": ("gauge", {"collection"}),
+    "recsvc_rule_applications": ("counter", {"action"}),
     "recsvc_unparseable_requests": ("counter", {"rpc", "reason"}),
     # prometheus_client's process, platform and GC collectors
     "process_cpu_seconds": ("counter", set()),
