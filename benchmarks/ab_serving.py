@@ -48,8 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="runs per side (default 2)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    out_dir = args.out.resolve()  # the runs work from a neutral directory
     sides = {"old": _git("rev-parse", args.old), "new": _git("rev-parse", args.new)}
-    args.out.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="ab-serving-") as tmp:
         work = Path(tmp)
@@ -65,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(1, args.rounds + 1):
                 for side in sides:
                     tree = work / side
-                    out = args.out / f"{side}{i}"
+                    out = out_dir / f"{side}{i}"
                     print(f"round {i}: {side} ({sides[side][:10]})", flush=True)
-                    with (args.out / f"{side}{i}.log").open("w") as log:
+                    with (out_dir / f"{side}{i}.log").open("w") as log:
                         subprocess.run(
                             [sys.executable, str(tree / "benchmarks" / "bench_serving.py"),
                              "--quick", "--workdir", str(work / f"shop-{side}"), "--out", str(out)],
@@ -82,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     check=False,
                     capture_output=True,
                 )
-    (args.out / "README.md").write_text(_report(sides, runs, args))
-    print((args.out / "README.md").read_text())
+    (out_dir / "README.md").write_text(_report(sides, runs, args))
+    print((out_dir / "README.md").read_text())
     return 0
 
 
