@@ -189,7 +189,9 @@ def _print(response: Any, as_json: bool) -> None:
         if value not in ("", [], {}, None, False):
             print(f"{key}: {value}")
     for rank, item in enumerate(items or [], 1):
-        print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}")
+        rules = item.get("rule_ids") or []
+        tag = f"  rules {','.join(rules)}" if rules else ""
+        print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}{tag}")
 
 
 def rpc(
@@ -286,14 +288,16 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 def _show_rules(data: dict[str, Any]) -> None:
     print(f"rules_version: {data.get('rules_version', 0)}")
     for r in data.get("rules", []):
-        target = (
-            "items " + ",".join(r.get("item_ids", []))
-            if r.get("item_ids")
-            else " ".join(
-                [f"categories {','.join(r['categories'])}"] * bool(r.get("categories"))
-                + [f"attributes {json.dumps(r['attributes'])}"] * bool(r.get("attributes"))
-            )
-        )
+        parts = [f"items {','.join(r['item_ids'])}"] if r.get("item_ids") else []
+        if r.get("categories"):
+            parts.append(f"categories {','.join(r['categories'])}")
+        for a in r.get("attributes", []):
+            if "values" in a:
+                parts.append(f"{a['name']} in {','.join(a['values'].get('values', []))}")
+            else:
+                bounds = a.get("range", {})
+                parts.append(f"{a['name']} {bounds.get('min', '')}..{bounds.get('max', '')}")
+        target = "; ".join(parts)
         how = f"position {r.get('position')}" if r["action"] == "pin" else f"weight {r['weight']}"
         where = ",".join(r.get("placements", [])) or "every placement"
         window = f" {r.get('starts_at', '…')} to {r.get('ends_at', '…')}" * bool(
