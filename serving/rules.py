@@ -166,34 +166,39 @@ def merchandise(
     cut to ``k`` (see the module docstring). ``allowed``: what may be shown (None:
     everything), for items a pin brings in; ``popular``: every item, most popular
     first, where a predicate pin looks when no ranked item matches."""
-    scores = scores.astype(np.float32, copy=True)
     touched: dict[int, list[str]] = {}  # item position -> rule ids
     applied: dict[str, None] = {}
-    before = set(items[:k].tolist())
+    pin_rules = [c for c in rules if c.rule.action is RuleAction.PIN]
 
     # 1. boost and bury
-    for c in rules:
-        if c.rule.action is RuleAction.PIN:
-            continue
-        hit = c.hits(items)
-        if not hit.any():
-            continue
-        scores[hit] *= np.float32(c.rule.weight)
-        for pos in items[hit].tolist():
-            touched.setdefault(pos, []).append(c.rule.rule_id)
-            if c.rule.action is RuleAction.BURY and pos in before:
+    weighed = [c for c in rules if c.rule.action is not RuleAction.PIN]
+    if weighed:
+        scores = scores.astype(np.float32, copy=True)
+        before = items[:k]
+        for c in weighed:
+            hit = c.hits(items)
+            if not hit.any():
+                continue
+            scores[hit] *= np.float32(c.rule.weight)
+            for pos in items[hit].tolist():
+                touched.setdefault(pos, []).append(c.rule.rule_id)
+            if c.rule.action is RuleAction.BURY and hit[: len(before)].any():
                 applied.setdefault(c.rule.rule_id)  # it pushed an item down or out
-    order = np.argsort(-scores, kind="stable")
-    items, scores, reasons = items[order], scores[order], reasons[order]
+        order = np.argsort(-scores, kind="stable")
+        items, scores, reasons = items[order], scores[order], reasons[order]
+    if not pin_rules and not (cap > 0 and category is not None):
+        top = items[:k]
+        rule_ids = [tuple(touched.get(pos, _NO_IDS)) for pos in top.tolist()]
+        for ids in rule_ids:
+            for rule_id in ids:
+                applied.setdefault(rule_id)
+        return Merchandised(top, scores[:k], reasons[:k], rule_ids, tuple(applied))
 
     # 2. pins
     index = {pos: i for i, pos in enumerate(items.tolist())}
     pins: list[tuple[int, int, str]] = []  # (slot, item, rule id)
     taken: set[int] = set()
-    for c in sorted(
-        (c for c in rules if c.rule.action is RuleAction.PIN),
-        key=lambda c: (c.rule.position, c.rule.rule_id),
-    ):
+    for c in sorted(pin_rules, key=lambda c: (c.rule.position, c.rule.rule_id)):
         slot = c.rule.position - 1
         for pos in _pinned(c, items, allowed, popular, taken):
             pins.append((slot, pos, c.rule.rule_id))
