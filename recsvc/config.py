@@ -281,6 +281,14 @@ class RankingSettings(_Section):
     live_popularity_half_life_hours: float = Field(default=6.0, gt=0.0)
     """Live popularity halves every this many hours: short enough that a trend shows
     within minutes and fades within a day."""
+    new_item_evidence: float = Field(default=2.0, gt=0.0)
+    """New products (live catalogue items the model lacks): what their attributes'
+    guess of their place is worth, in shoppers' meetings (co-views, co-purchases).
+    Their place mixes the two as ``(n·met + evidence·attributes) / (n + evidence)``,
+    and a trained item's similar list weighs them by ``n / (n + evidence)``."""
+    max_new_items: int = Field(default=10_000, ge=0)
+    """At most this many new products are placed and served (the newest by their
+    catalogue update); 0 = none."""
     auto_repeat_threshold: float = Field(default=0.15, ge=0.0, le=1.0)
     """``auto`` allows repeats when at least this share of a user's next purchases
     are items they bought before (measured by the trainer)."""

@@ -152,6 +152,9 @@ class Ranking:
     reasons: NDArray[np.int8]
     strategy: Strategy
     fallback: bool
+    popularity_weight: float = 0.0
+    """What the blend weighed the popularity prior by (1 for a popular list): the
+    score an item with no other signal gets per unit of prior."""
 
     @property
     def parts(self) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
@@ -276,7 +279,7 @@ class Ranker:
                 allowed,
                 lambda left: self._popular(k, left, popularity).parts,
             )
-        return Ranking(items[:k], scores[:k], reasons[:k], strategy, False)
+        return Ranking(items[:k], scores[:k], reasons[:k], strategy, False, blend.popularity)
 
     def allowed(self, query: Query) -> NDArray[np.bool_] | None:
         """The mask of items ``query`` may be shown (its filters, the live catalogue's
@@ -310,8 +313,25 @@ class Ranker:
             np.concatenate([reasons, extra_reasons[extra]]),
         )
 
-    def similar(self, items: IntArray, k: int, filters: Filters | None = None) -> Ranking:
-        """Items like ``items`` (positions): cosine similarity to their mean direction.
+    def direction(self, items: IntArray, extra: FloatArray | None = None) -> FloatArray:
+        """The mean of the unit vectors of ``items`` (positions) and of the rows of
+        ``extra`` (unit directions of items the model lacks): what :meth:`similar`
+        looks near."""
+        unit = self.model.artifact.item_factors[items] / self._item_norms[items, None]
+        if extra is not None and len(extra):
+            unit = np.concatenate([unit, extra])
+        direction: FloatArray = unit.mean(axis=0).astype(np.float32)
+        return direction
+
+    def similar(
+        self,
+        items: IntArray,
+        k: int,
+        filters: Filters | None = None,
+        direction: FloatArray | None = None,
+    ) -> Ranking:
+        """Items like ``items`` (positions): cosine similarity to their mean direction
+        (``direction``, when given: see :meth:`direction`).
 
         Candidates come from the inner-product index (over-fetched) and are
         re-ranked by cosine, so long (popular) vectors do not crowd out close
@@ -323,10 +343,9 @@ class Ranker:
         allowed[items] = False
         y = self.model.artifact.item_factors
         norms = self._item_norms
-        if k <= 0 or len(items) == 0:
+        if k <= 0 or (len(items) == 0 and direction is None):
             return Ranking(_EMPTY_INT, _EMPTY_FLOAT, np.zeros(0, np.int8), Strategy.SESSION, False)
-        unit = y[items] / norms[items, None]
-        query = unit.mean(axis=0).astype(np.float32)
+        query = self.direction(items) if direction is None else direction
         fetch = min(self._n_items, max(k * self.overfetch * 4, 100) + len(items))
         while True:
             _, ids = self.model.artifact.index.search(query[None, :], fetch)
@@ -533,6 +552,7 @@ class Ranker:
             np.full(len(picked), Reason.POPULAR, dtype=np.int8),
             strategy,
             fallback,
+            1.0,
         )
 
 

@@ -73,6 +73,9 @@ class CatalogView:
         self._label_code: dict[str, dict[str, int]] = {}
         self._numbers: dict[str, NDArray[np.float64]] = {}
         self._windowed: dict[int, CatalogItem] = {}
+        self._new_labels: set[str] = set()
+        self._new_numbers: set[str] = set()
+        """Attribute names only new products have (filters may name them)."""
         self._live = False
         self.revision = 0
         """Counts the records laid over the view: what was derived from its
@@ -87,6 +90,10 @@ class CatalogView:
         """Lay ``item``'s record over its position (no-op for an item the model lacks)."""
         pos = self.model.item_position.get(item.item_id)
         if pos is None:
+            # a new product (:mod:`.newitems`): its attributes may be filtered on
+            self._new_labels.update(item.labels)
+            self._new_numbers.update(n for n in ("price", *item.numbers)
+                                     if not math.isnan(item.number(n)))  # fmt: skip
             return
         self._live = True
         self.revision += 1
@@ -150,7 +157,7 @@ class CatalogView:
     @property
     def attributes(self) -> set[str]:
         """Attribute names a filter may name now (``price`` once any item has one)."""
-        return {*self._labels, *self._numbers}
+        return {*self._labels, *self._numbers, *self._new_labels, *self._new_numbers}
 
     def categories(self, names: Sequence[str]) -> BoolArray:
         """Items whose live category path (or, for items the live catalogue does not
@@ -161,6 +168,21 @@ class CatalogView:
         inside = np.isin(self._paths, np.array(codes, dtype=np.int32))
         hit: BoolArray = np.logical_or.reduce(inside, axis=1)
         return hit
+
+    def labelled(self, name: str, value: str) -> BoolArray:
+        """Items whose string attribute ``name`` is ``value``."""
+        codes = self._labels.get(name)
+        code = self._label_code.get(name, {}).get(value)
+        if codes is None or code is None:
+            return np.zeros(self.model.n_items, dtype=bool)
+        hit: BoolArray = codes == code
+        return hit
+
+    def leaf_names(self, positions: Sequence[int]) -> list[str]:
+        """The most specific category name of each item at ``positions`` ('' = none)."""
+        names = list(self._category_code)  # codes are given in insertion order
+        leaves = self.leaf_categories()
+        return [names[c] if c >= 0 else "" for c in leaves[list(positions)].tolist()]
 
     def leaf_categories(self) -> NDArray[np.int32]:
         """Each item's most specific category as a code (-1: none), live path first:
@@ -180,18 +202,21 @@ class CatalogView:
         """Items matching every filter; InvalidRequestError naming each filter whose
         attribute no item has, or whose kind (string, number) it does not match."""
         bad = []
+        numbers, labels = {*self._numbers, *self._new_numbers}, {*self._labels, *self._new_labels}
         for i, f in enumerate(filters):
-            if f.name not in self._numbers and f.name not in self._labels:
+            if f.name not in numbers and f.name not in labels:
                 bad.append(FieldViolation(f"{path}[{i}].name", f"no item has attribute {f.name!r}"))
-            elif f.numeric and f.name not in self._numbers:
+            elif f.numeric and f.name not in numbers:
                 bad.append(FieldViolation(f"{path}[{i}].range", f"{f.name!r} holds strings"))
-            elif not f.numeric and f.name not in self._labels:
+            elif not f.numeric and f.name not in labels:
                 bad.append(FieldViolation(f"{path}[{i}].values", f"{f.name!r} holds numbers"))
         if bad:
             raise InvalidRequestError(bad)
         out: BoolArray = np.ones(self.model.n_items, dtype=bool)
         for f in filters:
-            if f.numeric:
+            if f.name not in (self._numbers if f.numeric else self._labels):
+                out[:] = False  # only new products have it
+            elif f.numeric:
                 column = self._numbers[f.name]
                 out &= ~np.isnan(column)
                 with np.errstate(invalid="ignore"):

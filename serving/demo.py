@@ -3,9 +3,10 @@
 Starts ``recsvc serve`` on the published model (a private Redis, embedded
 defaults), then, over gRPC: a known customer's recommendations next to what they
 bought; the top item going out of stock in the live catalogue and leaving the next
-answer; a merchandising pin and a cap per category; an anonymous visitor who views a
-few items of one category and sees the recommendations follow; the model info; then a
-stop and a clean exit.
+answer; a merchandising pin and a cap per category; a product launched today answered
+for from its category, then listed beside the item shoppers pair it with; an anonymous
+visitor who views a few items of one category and sees the recommendations follow;
+then a stop and a clean exit.
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def _show(title: str, items: list[dict[str, object]], category: dict[str, str]) 
         tag = f"  rule {','.join(map(str, rules))}" if isinstance(rules, list) and rules else ""
         where = f"{category.get(iid, '?'):>5}"
         print(f"  {rank:2d}. {iid:<10} {where}  {score:.3f}  {item['reason']}{tag}")
+
+
+def _answers(client: RecommenderClient, item_id: str) -> bool:
+    """Whether SimilarItems answers for ``item_id`` (NOT_FOUND: not yet)."""
+    try:
+        client.similar([item_id], k=1)
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +139,30 @@ def main(argv: list[str] | None = None) -> int:
             cat = Counter(category.values()).most_common(3)[-1][0]
             pool = [str(i) for i in model.item_ids[model.popularity.argsort()[::-1]]]
             viewed = [i for i in pool if category.get(i) == cat][5:8]
+
+            # a product launched today: answered for at once, then paired by shoppers
+            launched = "NEW-0001"
+            category[launched] = cat
+            client.upsert_items([client.item(launched, category_path=[cat], title="New")])
+            print(f"\n... the shop launches {launched} in {cat} (never sold, not in the model)")
+            started = time.monotonic()
+            while not _answers(client, launched):
+                time.sleep(0.05)
+            like = to_json(client.similar([launched], k=5))
+            _show(f"Similar to {launched}, {time.monotonic() - started:.1f} s later (from its "
+                  "category):", like["items"], category)  # fmt: skip
+            partner = viewed[0]
+            client.record_events(
+                [client.event(i, "view", session_id=f"demo-pair-{n}")
+                 for n in range(8) for i in (partner, launched)]
+            )  # fmt: skip
+            print(f"\n... 8 shoppers view {launched} beside {partner}")
+            started = time.monotonic()
+            while launched not in [i.item_id for i in client.similar([partner], k=8).items]:
+                time.sleep(0.05)
+            paired = to_json(client.similar([partner], k=8))
+            _show(f"Similar to {partner}, {time.monotonic() - started:.1f} s later:",
+                  paired["items"], category)  # fmt: skip
             session = "demo-visitor-session"
             before = to_json(client.recommend(session_id=session, k=8))
             _show("Anonymous visitor, nothing viewed yet (strategy "

@@ -44,6 +44,7 @@ from .calls import (
 from .catalog import CatalogView, LiveCatalog
 from .eventlog import EventLog, EventRow
 from .metrics import Children, ServingMetrics, placement_label
+from .newitems import NewItemLane, NewItems, merge_new
 from .popularity import LivePopularity, event_weight
 from .profile import Profiles
 from .reload import LoadedModel, ModelHolder
@@ -73,6 +74,7 @@ class Engine:
         catalog: LiveCatalog | None = None,
         popularity: LivePopularity | None = None,
         rules: LiveRules | None = None,
+        new_items: NewItems | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -84,12 +86,14 @@ class Engine:
         self.catalog = catalog
         self.popularity = popularity
         self.rules = rules
+        self.new_items = new_items
         self.erasures = ErasureList(settings.erasure_path)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
         self._index_seconds = metrics.index_search_seconds
         self._recommended_items = metrics.recommended_items
         self._rule_applications = Children(metrics.rule_applications)
+        self._new_recommended = Children(metrics.new_items_recommended)
 
     def refresh_erasures(self) -> None:
         """Pick up erasures other replicas appended to the shared erasure list."""
@@ -194,6 +198,10 @@ class Engine:
             out.items.extend(
                 _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
             )
+        lane = self.new_items.of(model) if self.new_items is not None else None
+        if lane is not None and ranking.popularity_weight > 0:
+            new = lane.popular(req.filters, time.time(), req.k, ranking.popularity_weight)
+            out = self._with_new(out, new, req.k, cap, view, lane, "Recommend")
         self._recommended_items.observe(len(out.items))
         return out
 
@@ -202,10 +210,20 @@ class Engine:
     def similar(self, req: SimilarInput) -> RecommendOutput:
         loaded = self.models.require()
         model = loaded.model
+        lane = self.new_items.of(model) if self.new_items is not None else None
         known = [model.item_position[i] for i in req.item_ids if i in model.item_position]
-        ignored = [i for i in req.item_ids if i not in model.item_position]
-        if not known:
-            raise NotFoundError(f"none of the {len(req.item_ids)} item ids is in the model")
+        # new products with a place in the model's space count as known
+        new_rows = [] if lane is None else [
+            lane.position[i] for i in req.item_ids
+            if i in lane.position and lane.placed[lane.position[i]]
+        ]  # fmt: skip
+        placed = {lane.records[r].item_id for r in new_rows} if lane is not None else set()
+        ignored = [i for i in req.item_ids if i not in model.item_position and i not in placed]
+        if not known and not new_rows:
+            raise NotFoundError(
+                f"none of the {len(req.item_ids)} item ids is in the model or a new "
+                "product the live catalogue can place"
+            )
         view = self.catalog.view(model) if self.catalog is not None else None
         filters = self._filters(model, req.filters, view)
         rules = self._rules(model, view, req.placement)
@@ -213,7 +231,12 @@ class Engine:
         k = _fetch(req.k, rules, cap) if rules or cap else req.k
         ranker = loaded.ranker
         given = np.array(known, np.int32)
-        ranking = ranker.similar(given, k, filters)
+        direction = (
+            ranker.direction(given, lane.vectors[new_rows])
+            if lane is not None and (new_rows or len(lane.met))
+            else None
+        )
+        ranking = ranker.similar(given, k, filters, direction)
         out = RecommendOutput(
             items=[],
             model_version=loaded.version,
@@ -227,7 +250,7 @@ class Engine:
             out.items.extend(
                 _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
             )
-            return out
+            return self._similar_new(out, req, cap, view, lane, direction)
 
         def allowed() -> NDArray[np.bool_]:
             query = Query(k=req.k, filters=filters, repeat_policy=RepeatPolicy.ALLOW)
@@ -237,12 +260,61 @@ class Engine:
             return mask
 
         live = self.popularity.of(model, ranker) if self.popularity is not None else None
-        return self._merchandised(
+        out = self._merchandised(
             loaded, out, ranking, k, req.k, rules, cap, view,
             allowed=allowed,
             popularity=live or ranker.popularity,
-            rank=lambda fetch: ranker.similar(given, fetch, filters),
+            rank=lambda fetch: ranker.similar(given, fetch, filters, direction),
         )  # fmt: skip
+        return self._similar_new(out, req, cap, view, lane, direction)
+
+    # --- new products ------------------------------------------------------------------
+
+    def _similar_new(
+        self,
+        out: RecommendOutput,
+        req: SimilarInput,
+        cap: int,
+        view: CatalogView | None,
+        lane: NewItemLane | None,
+        direction: NDArray[np.float32] | None,
+    ) -> RecommendOutput:
+        """``out`` with the new products shoppers put near ``direction``."""
+        if lane is None or direction is None:
+            return out
+        unit = direction / max(float(np.linalg.norm(direction)), 1e-12)
+        new = lane.similar(unit, req.filters, time.time(), req.k, set(req.item_ids))
+        return self._with_new(out, new, req.k, cap, view, lane, "SimilarItems")
+
+    def _with_new(
+        self,
+        out: RecommendOutput,
+        new: list[ScoredItem],
+        k: int,
+        cap: int,
+        view: CatalogView | None,
+        lane: NewItemLane,
+        rpc: str,
+    ) -> RecommendOutput:
+        """``out`` with the new products ``new`` merged in by score (pins stay, the
+        cap holds)."""
+        if not new:
+            return out
+        category = None
+        if cap and view is not None:
+            model = view.model
+            ids = [it.item_id for it in out.items]
+            names = view.leaf_names([model.item_position[i] for i in ids])
+            category = dict(zip(ids, names, strict=True))
+            category.update((it.item_id, lane.leaf[lane.position[it.item_id]]) for it in new)
+        items, origin = merge_new(out.items, new, k, category=category, cap=cap)
+        taken = sum(1 for o in origin if o < 0)
+        if taken:
+            self._new_recommended(rpc).inc(taken)
+        rule_ids = out.item_rule_ids
+        if rule_ids is not None:
+            rule_ids = [rule_ids[o] if o >= 0 else () for o in origin]
+        return replace(out, items=items, item_rule_ids=rule_ids)
 
     # --- merchandising rules and the diversity cap ------------------------------------
 
@@ -346,6 +418,10 @@ class Engine:
         # live popularity: events whose live state dedupes them count once applied (by
         # position in their group), the others at once (popularity is approximate)
         trend = _Trend(self.settings.weighting, self.settings.ranking)
+        # new products: which trained items each session put them with
+        new_items = self.new_items
+        meetings: dict[str, tuple[list[str], list[str], EventInput]] = {}
+        together: dict[str, list[str]] = {}
         for index, e in enumerate(events):
             placement = placement_label(e.placement, self.server.placements)
             if e.event_type in (EventType.IMPRESSION, EventType.CLICK):
@@ -379,11 +455,17 @@ class Engine:
                     )
                 )
             if e.item_id not in model.item_position:
-                # a new product: it counts towards live popularity from its first sale
+                # a new product: it counts towards live popularity from its first sale,
+                # and is placed by the trained items of its session
                 ignored.append((index, "unknown_item"))
                 metrics.events_ignored.labels(reason="unknown_item").inc()
                 trend.add(e)
+                if new_items is not None and new_items.is_new(model, e.item_id):
+                    meetings.setdefault(e.session_id or f"u:{e.user_id}", ([], [], e))[0].append(
+                        e.item_id
+                    )
                 continue
+            together.setdefault(e.session_id or f"u:{e.user_id}", []).append(e.item_id)
             metrics.events.labels(event_type=e.event_type.value).inc()
             if e.event_type.spec.taste and (e.user_id or e.session_id):
                 batch, keys = live.setdefault((e.user_id, e.session_id), ([], []))
@@ -407,12 +489,35 @@ class Engine:
         # the next Recommend on any replica reflects what the shopper just did
         for user_id in dict.fromkeys(u for u, _ in live if u):
             await self.profiles.refresh(loaded, user_id)
+        if meetings and new_items is not None:
+            await self._count_meetings(model, new_items, meetings, together)
         if self.popularity is not None and trend.weights:
             try:
                 await self.popularity.count(trend.weights)
             except StoreError as exc:  # approximate counters: the events themselves are in
                 log.warning("counting live popularity failed: %s", exc)
         return RecordOutput(accepted=len(events) - len(ignored), ignored=ignored)
+
+    async def _count_meetings(
+        self,
+        model: Model,
+        new_items: NewItems,
+        meetings: dict[str, tuple[list[str], list[str], EventInput]],
+        together: dict[str, list[str]],
+    ) -> None:
+        """Count each session's new products with its trained items: the session's
+        stored ones (read once per session holding a new product) and this batch's."""
+        sessions: dict[str, tuple[list[str], list[str]]] = {}
+        try:
+            for group, (new, others, e) in meetings.items():
+                if e.session_id:
+                    stored = await self.state.get_session(e.session_id, e.user_id)
+                    others.extend(ev.item_id for ev in reversed(stored))  # oldest first
+                others.extend(together.get(group, ()))
+                sessions[group] = (new, others)
+            await new_items.count(model, sessions)
+        except StoreError as exc:  # approximate counts, like live popularity
+            log.warning("counting new products' meetings failed: %s", exc)
 
     # --- the live catalogue ------------------------------------------------------------
 

@@ -324,6 +324,21 @@ class ServingMetrics:
             ("action",),
             registry=r,
         )
+        # state: known | placed | met | selling
+        self.new_items = Gauge(
+            "recsvc_new_items",
+            "New products (live catalogue items the served model lacks), by state: known, "
+            "placed (has a direction: attributes or meetings), met (shoppers put it with "
+            "trained items), selling (has live popularity).",
+            ("state",),
+            registry=r,
+        )
+        self.new_items_recommended = Counter(
+            "recsvc_new_items_recommended_total",
+            "New products placed in answers, by RPC.",
+            ("rpc",),
+            registry=r,
+        )
 
         # --- load --------------------------------------------------------------------------
         self.inflight_requests = Gauge(
@@ -357,6 +372,10 @@ class ServingMetrics:
             self.events.labels(event_type=event_type.value)
         for action in ("boost", "bury", "pin"):
             self.rule_applications.labels(action=action)
+        for state in ("known", "placed", "met", "selling"):
+            self.new_items.labels(state=state)
+        for rpc in ("Recommend", "SimilarItems"):
+            self.new_items_recommended.labels(rpc=rpc)
 
         self._registry = r
         self._lock = threading.Lock()
@@ -399,6 +418,20 @@ class ServingMetrics:
         each scrape (nothing on the request path)."""
         self.live_version.labels(collection=collection).set_function(lambda: follower.version)
         self.live_records.labels(collection=collection).set_function(lambda: len(follower.records))
+
+    def watch_new_items(self, lane: Callable[[], Any]) -> None:
+        """Export the new products' counts of ``lane()`` (a
+        :class:`serving.newitems.NewItemLane` or None), read at each scrape."""
+
+        def counter(state: str) -> Callable[[], float]:
+            def count() -> float:
+                current = lane()
+                return 0.0 if current is None else float(current.counts()[state])
+
+            return count
+
+        for state in ("known", "placed", "met", "selling"):
+            self.new_items.labels(state=state).set_function(counter(state))
 
     def model_version_label(self, raw: str) -> str:
         """The ``model_version`` label for a version a client sent back (impressions,

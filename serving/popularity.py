@@ -10,8 +10,11 @@ order — blended with the trained popularity::
 
 so a burst of purchases through any replica moves every replica's popular lists (and,
 through filters, its category-popular ones) at the next read, and with no live events
-the trained popularity rules alone. Reading never touches a request: a request takes
-the last computed :class:`~recsvc.ranking.Popularity` (recomputed only when the head
+the trained popularity rules alone. New products (:mod:`.newitems`) have no trained
+part: their prior is the live part alone, on the same scale.
+
+Reading never touches a request: a request takes the last computed
+:class:`~recsvc.ranking.Popularity` (recomputed only when the head or the new products
 changed). If the store fails, the last head stays in use.
 """
 
@@ -70,7 +73,10 @@ class LivePopularity:
         self.trending = trending
         self.weight = weight
         self.head: tuple[tuple[str, float], ...] = ()
-        self._cache: tuple[str, tuple[tuple[str, float], ...], Popularity | None] | None = None
+        self.new_ids: frozenset[str] = frozenset()
+        """The live catalogue's new products (set by :class:`.newitems.NewItems`): they
+        share the live scale with the model's items."""
+        self._cache: tuple[str, object, object, Popularity | None] | None = None
 
     async def count(self, weights: dict[str, float]) -> None:
         """Add events' weights (by item); StoreError when the store fails."""
@@ -82,12 +88,27 @@ class LivePopularity:
     def of(self, model: Model, ranker: Ranker) -> Popularity | None:
         """The popularity to rank ``model``'s items by now; None while no live event
         touches its items (the trained one then rules alone)."""
-        cached = self._cache
-        if cached is not None and cached[0] == model.version and cached[1] is self.head:
-            return cached[2]
-        popularity = _blend(model, ranker.popularity, self.head, self.weight)
-        self._cache = (model.version, self.head, popularity)
+        cached, head, new = self._cache, self.head, self.new_ids
+        if (
+            cached is not None
+            and cached[0] == model.version
+            and cached[1] is head
+            and cached[2] is new
+        ):
+            return cached[3]
+        popularity = _blend(model, ranker.popularity, head, self.weight, _top(model, head, new))
+        self._cache = (model.version, head, new, popularity)
         return popularity
+
+    def new_prior(self, item_ids: Sequence[str], model: Model) -> list[float]:
+        """The prior of new products ``item_ids`` (not in ``model``): their live part
+        alone, ``weight · live / top / (1 + weight)``; 0 for an item without sales."""
+        head = dict(self.head)
+        top = _top(model, self.head, self.new_ids)
+        if top <= 0 or self.weight <= 0:
+            return [0.0] * len(item_ids)
+        scale = self.weight / top / (1.0 + self.weight)
+        return [max(head.get(i, 0.0), 0.0) * scale for i in item_ids]
 
     async def follow(self, stop: asyncio.Event, every: float = 1.0) -> None:
         """Read the head every ``every`` seconds until ``stop`` is set."""
@@ -100,18 +121,31 @@ class LivePopularity:
                 await asyncio.wait_for(stop.wait(), timeout=every)
 
 
+def _top(model: Model, head: Sequence[tuple[str, float]], new: frozenset[str]) -> float:
+    """The largest live score of an item the shop sells (the model's or a new one's):
+    the live scale's 1 (an id nobody sells, however often sent, does not set it)."""
+    known = model.item_position
+    return max((s for i, s in head if i in known or i in new), default=0.0)
+
+
 def _blend(
-    model: Model, trained: Popularity, head: Sequence[tuple[str, float]], weight: float
+    model: Model,
+    trained: Popularity,
+    head: Sequence[tuple[str, float]],
+    weight: float,
+    top: float,
 ) -> Popularity | None:
     positions = model.item_position
     live_items = [(positions[i], s) for i, s in head if i in positions and s > 0]
-    if not live_items or weight <= 0:
+    if weight <= 0 or top <= 0:
         return None
+    prior = trained.prior.astype(np.float64)
+    prior /= 1.0 + weight
+    if not live_items:  # only new products sell: the trained order, on the live scale
+        return Popularity(prior.astype(np.float32), trained.order)
     at = np.array([p for p, _ in live_items], dtype=np.int32)
     live = np.array([s for _, s in live_items], dtype=np.float64)
-    prior = trained.prior.astype(np.float64)
-    prior[at] += weight * live / live.max()
-    prior /= 1.0 + weight
+    prior[at] += weight * live / top / (1.0 + weight)
     # re-sort the part of the order live counts can move: the trained head and the live
     # items; the tail keeps its trained order below them
     head_items = np.unique(np.concatenate([trained.order[:_TRAINED_HEAD], at]))

@@ -33,8 +33,10 @@ from prometheus_client import CollectorRegistry
 
 from recsvc.config import Settings
 from recsvc.errors import ConfigError, StoreError
+from recsvc.model import Model
 from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
+from recsvc.store.cooccur import CoOccurrence
 from recsvc.store.embedded import PrivateRedis, start_private_redis
 from recsvc.store.rules import RuleStore
 from recsvc.store.trending import Trending
@@ -46,6 +48,7 @@ from .engine import Engine
 from .eventlog import EventLog
 from .interceptors import server_interceptors
 from .metrics import ServingMetrics, start_metrics_http_server
+from .newitems import NewItems
 from .popularity import LivePopularity
 from .reflection import enable_server_reflection
 from .reload import LoadedModel, ModelHolder, ReloadOutcome
@@ -180,6 +183,13 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             ),
             settings.ranking.live_popularity_weight,
         )
+        new_items = NewItems(
+            catalog,
+            CoOccurrence(trending_client, keys),
+            popularity,
+            evidence=settings.ranking.new_item_evidence,
+            max_items=settings.ranking.max_new_items,
+        )
         event_log = EventLog(settings.event_log_path, max_bytes=s.event_log_max_bytes)
         owned.append(event_log)
 
@@ -187,6 +197,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         metrics = ServingMetrics(registry)
         metrics.follow_live("catalogue", catalog)
         metrics.follow_live("rules", rules)
+        metrics.watch_new_items(lambda: new_items.lane)
         reader = state.reader
         if reader.caches:
             metrics.watch_state_cache(lambda: (reader.cache_hits, reader.cache_misses))
@@ -210,7 +221,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         models = ModelHolder(
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
-        engine = Engine(settings, models, state, event_log, metrics, catalog, popularity, rules)
+        engine = Engine(
+            settings, models, state, event_log, metrics, catalog, popularity, rules, new_items
+        )
 
         server = grpc.aio.server(
             interceptors=server_interceptors(s, metrics),
@@ -277,6 +290,12 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         running._tasks.append(asyncio.create_task(catalog.follow(running._stop_watch)))
         running._tasks.append(asyncio.create_task(rules.follow(running._stop_watch)))
         running._tasks.append(asyncio.create_task(popularity.follow(running._stop_watch)))
+
+        def served() -> Model | None:
+            loaded = models.current
+            return None if loaded is None else loaded.model
+
+        running._tasks.append(asyncio.create_task(new_items.follow(running._stop_watch, served)))
         running._tasks.append(
             asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
         )

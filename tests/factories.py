@@ -166,3 +166,5 @@ def fill_every_metric(m: ServingMetrics) -> None:
     m.rule_applications.labels(action="pin").inc()
     m.live_version.labels(collection="rules").set(3)
     m.live_records.labels(collection="rules").set(2)
+    m.new_items.labels(state="known").set(4)
+    m.new_items_recommended.labels(rpc="SimilarItems").inc()

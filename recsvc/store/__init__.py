@@ -13,6 +13,11 @@ module                      holds
 :mod:`.thinreader`          the thin pipelined asyncio/hiredis reader with
                             server-assisted client-side caching
 :mod:`.vectors`             published user vectors (the publisher's bulk writes)
+:mod:`.records`             shared record collections (a hash, a change stream)
+:mod:`.catalog`             the live catalogue, a record collection
+:mod:`.rules`               the merchandising rules, a record collection
+:mod:`.trending`            live popularity: forward-decayed counters per item
+:mod:`.cooccur`             what new products are viewed and bought with
 :mod:`.embedded`            a private ``redis-server`` for tests, the demo and
                             ``recsvc serve`` without a Redis URL
 ==========================  =====================================================

@@ -128,6 +128,11 @@ class KeyScheme:
         tag = f"{self.prefix}:{{trend}}"
         return f"{tag}:items", f"{tag}:epoch"
 
+    def cooccurrence(self, item_id: str) -> str:
+        """What a new product was viewed or bought with (:mod:`recsvc.store.cooccur`):
+        ``{prefix}:{n:<item>}:co``, one sorted set per new item."""
+        return f"{self.prefix}:{{n:{item_id}}}:co"
+
     def vector_pattern(self, model_version: str) -> str:
         """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts
         are validated to hold no glob metacharacters, so nothing needs escaping)."""

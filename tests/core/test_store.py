@@ -40,6 +40,7 @@ def test_key_scheme_is_pinned() -> None:
     assert k.catalog() == ("recsvc:{cat}:items", "recsvc:{cat}:log", "recsvc:{cat}:seq")
     assert k.rules() == ("recsvc:{rules}:items", "recsvc:{rules}:log", "recsvc:{rules}:seq")
     assert k.trending() == ("recsvc:{trend}:items", "recsvc:{trend}:epoch")
+    assert k.cooccurrence("sku-7") == "recsvc:{n:sku-7}:co"
     assert k.vector_pattern("v1") == "recsvc:{u:*}:vec:v1"
     head, tail = k.vector_parts("v1")
     assert head + "cust-42" + tail == k.vector("cust-42", "v1")

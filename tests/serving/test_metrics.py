@@ -44,6 +44,8 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_live_version": ("gauge", {"collection"}),
     "recsvc_live_records": ("gauge", {"collection"}),
     "recsvc_rule_applications": ("counter", {"action"}),
+    "recsvc_new_items": ("gauge", {"state"}),
+    "recsvc_new_items_recommended": ("counter", {"rpc"}),
     "recsvc_unparseable_requests": ("counter", {"rpc", "reason"}),
     # prometheus_client's process, platform and GC collectors
     "process_cpu_seconds": ("counter", set()),

@@ -1,0 +1,78 @@
+"""What new products are viewed and bought with, counted live by every replica.
+
+A new product (an item of the live catalogue the served model was not trained on)
+has no vector until the next training. Shoppers place it among other items as soon
+as they meet it: for every event on a new item, the items of the same session (or
+the same batch of a user's events) are counted into one sorted set per new item,
+``{prefix}:{n:<item>}:co`` (:meth:`recsvc.store.keys.KeyScheme.cooccurrence`): member
+= a trained item, score = how often the two met. :mod:`serving.newitems` turns the
+counts into a vector in the model's space.
+
+The counts are aggregates of items, never tied to a shopper (like live popularity,
+they outlive an erasure: nothing in them names a person). Each set keeps its
+``max_items`` most counted members and expires ``ttl_seconds`` after its last
+update: by then the next training knows the item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import redis.asyncio
+
+from recsvc.store.clients import translated_errors
+from recsvc.store.keys import KeyScheme
+
+__all__ = ["CoOccurrence"]
+
+
+class CoOccurrence:
+    """The co-occurrence counts of new items in one Redis. StoreError on failure."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        keys: KeyScheme,
+        *,
+        ttl_seconds: int = 30 * 24 * 3600,
+        max_items: int = 200,
+    ) -> None:
+        if ttl_seconds <= 0 or max_items <= 0:
+            raise ValueError("ttl_seconds and max_items must be positive")
+        self._client = client
+        self._keys = keys
+        self.ttl_seconds = ttl_seconds
+        self.max_items = max_items
+
+    async def add(self, counts: Mapping[str, Mapping[str, float]]) -> None:
+        """Count meetings: ``counts[new_item][other_item]`` is how often they met."""
+        if not any(counts.values()):
+            return
+        with translated_errors("counting what new items are seen with"):
+            # one key per command: every command stays in its own hash slot
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item, others in counts.items():
+                    if not others:
+                        continue
+                    key = self._keys.cooccurrence(item)
+                    for other, n in others.items():
+                        pipe.zincrby(key, n, other)
+                    # keep the most counted (a long tail of one-off meetings is noise)
+                    pipe.zremrangebyrank(key, 0, -self.max_items - 1)
+                    pipe.expire(key, self.ttl_seconds)
+                await pipe.execute()
+
+    async def read(self, items: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
+        """Each of ``items``' counted meetings, most counted first (none: left out)."""
+        if not items:
+            return {}
+        with translated_errors("reading what new items are seen with"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for item in items:
+                    pipe.zrevrange(self._keys.cooccurrence(item), 0, -1, withscores=True)
+                replies = await pipe.execute()
+        return {
+            item: [(other.decode(), float(n)) for other, n in reply]
+            for item, reply in zip(items, replies, strict=True)
+            if reply
+        }

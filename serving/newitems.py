@@ -1,0 +1,454 @@
+"""New products: items the live catalogue sells that the served model was not trained on.
+
+Such an item has no vector, no trained popularity and no neighbours until the next
+training; without help it could never be recommended. Each replica gives it a place
+in the model's own vector space from what is known of it, refreshed every second
+(:meth:`NewItems.follow`):
+
+- **What shoppers put it with.** Every replica counts, for each event on a new item,
+  the trained items of the same session (:class:`recsvc.store.cooccur.CoOccurrence`).
+  The count-weighted mean of their unit vectors is where shoppers place the item:
+  the item side of a fold-in, with co-views and co-purchases as its only ratings.
+- **What the shop says of it.** The mean unit vector of the trained items that share
+  its most specific live category and (where at least :data:`_MIN_PEERS` items do)
+  its string attributes (brand, colour), and the IDF-weighted mean over the words of
+  its title of the trained items whose titles hold them (rare words weigh most,
+  words in over 5% of titles not at all). Nothing else is known on day one, and
+  products of one category, brand or product line sell to the same shoppers.
+
+The two are mixed as evidence accumulates: ``v = (n·cooc + β·content) / (n + β)``
+with ``n`` the meetings counted and ``β`` = ``ranking.new_item_evidence`` (a prior
+worth β meetings), then scaled to unit length.
+
+Where a new item shows:
+
+- **SimilarItems of a new item** answers from ``v`` at once (from its attributes
+  before anyone met it).
+- **SimilarItems of trained items** lists a new item by its cosine to the query
+  times ``n / (n + β)``: only once shoppers have put the two together, and more
+  confidently with every meeting (an attribute guess alone never crowds out a
+  trained neighbour).
+- **Popular lists and popularity-weighted blends**: a new item's sales count into
+  live popularity like any item's (:mod:`.popularity`); its prior is the live part
+  alone, on the same scale as the trained items' blended prior, so it climbs the
+  popular and category-popular lists as it sells.
+
+Filters, withdrawal and availability windows apply to new items as to trained ones;
+merchandising rules act on trained items only (a new item is theirs after the next
+training), and a diversity cap counts new items too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recsvc.catalog import CatalogItem
+from recsvc.errors import StoreError
+from recsvc.model import Model
+from recsvc.ranking import Reason
+from recsvc.store.cooccur import CoOccurrence
+
+from .calls import FilterSpec, ScoredItem
+from .catalog import CatalogView, LiveCatalog
+from .popularity import LivePopularity
+
+__all__ = ["NewItemLane", "NewItems", "content_vectors", "merge_new"]
+
+log = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float32]
+
+_MIN_PEERS: Final = 3
+"""An attribute narrows the category's peers only while at least this many remain."""
+_COMMON_WORD: Final = 0.05
+"""Title words held by more than this share of the trained titles say nothing."""
+_SESSION_ITEMS: Final = 20
+"""A new item is counted with at most this many of its session's newest items."""
+_TITLE_INDEX_SECONDS: Final = 600.0
+"""The trained items' title index is rebuilt at most this often (titles rarely
+change; a new item's own title is read at every refresh)."""
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def title_words(title: str) -> set[str]:
+    """The words of a title that can match: letters only, two or more, lower case."""
+    return {w.lower() for w in _WORD.findall(title)}
+
+
+class TitleIndex:
+    """Which trained items' titles hold each word (of the live catalogue's records)."""
+
+    def __init__(self, model: Model, records: Iterable[CatalogItem]) -> None:
+        positions: defaultdict[str, list[int]] = defaultdict(list)
+        titled = 0
+        for record in records:
+            pos = model.item_position.get(record.item_id)
+            if pos is None or not record.title:
+                continue
+            titled += 1
+            for word in title_words(record.title):
+                positions[word].append(pos)
+        limit = max(_MIN_PEERS, _COMMON_WORD * titled)
+        self.items = {
+            w: np.array(p, dtype=np.int32) for w, p in positions.items() if len(p) <= limit
+        }
+        self.titled = titled
+        self.built_at = time.monotonic()
+
+    def vector(self, title: str, unit: FloatArray) -> FloatArray | None:
+        """IDF-weighted mean, over ``title``'s words, of the mean unit vector of the
+        trained items whose titles hold the word; None when no word matches."""
+        total: FloatArray | None = None
+        for word in sorted(title_words(title)):
+            hits = self.items.get(word)
+            if hits is None:
+                continue
+            part = unit[hits].mean(axis=0) * math.log(self.titled / len(hits))
+            total = part if total is None else total + part
+        return total
+
+
+def content_vectors(
+    model: Model,
+    view: CatalogView | None,
+    records: Sequence[CatalogItem],
+    unit: FloatArray,
+    titles: TitleIndex | None,
+) -> list[FloatArray | None]:
+    """What the shop says of each of ``records`` (new items), as a direction in
+    ``model``'s space (see the module docstring); None where nothing matches."""
+    peers_of: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] = {}
+    out: list[FloatArray | None] = []
+    for record in records:
+        parts: list[FloatArray] = []
+        if view is not None and record.category:
+            key = (record.category[-1], tuple(sorted(record.labels.items())))
+            if key not in peers_of:
+                peers_of[key] = _peers_vector(view, key[0], record.labels, unit)
+            peer = peers_of[key]
+            if peer is not None:
+                parts.append(_unit(peer))
+        if titles is not None and record.title:
+            words = titles.vector(record.title, unit)
+            if words is not None:
+                parts.append(_unit(words))
+        out.append(_unit(np.sum(parts, axis=0)) if parts else None)
+    return out
+
+
+def _peers_vector(
+    view: CatalogView, leaf: str, labels: Mapping[str, str], unit: FloatArray
+) -> FloatArray | None:
+    peers = view.categories([leaf])
+    if not peers.any():
+        return None
+    for name, value in sorted(labels.items()):
+        narrower = peers & view.labelled(name, value)
+        if narrower.sum() >= _MIN_PEERS:
+            peers = narrower
+    mean: FloatArray = unit[peers].mean(axis=0)
+    return mean
+
+
+def _unit(v: FloatArray) -> FloatArray:
+    norm = float(np.linalg.norm(v))
+    return (v / norm).astype(np.float32) if norm > 0 else v.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NewItemLane:
+    """The new items over one model, as requests read them (immutable: a refresh
+    builds the next one)."""
+
+    model_version: str
+    records: tuple[CatalogItem, ...]
+    vectors: FloatArray
+    """``(m, factors)`` unit rows; zero where nothing places the item."""
+    placed: NDArray[np.bool_]
+    """``(m,)`` whether the item has a direction."""
+    confidence: NDArray[np.float32]
+    """``(m,)`` ``n / (n + β)``: what shoppers' meetings vouch for its place."""
+    prior: NDArray[np.float32]
+    """``(m,)`` its live popularity on the blended prior's scale (0: no sales)."""
+    position: Mapping[str, int]
+    """Item id -> row."""
+    leaf: tuple[str, ...]
+    """Each item's most specific live category ('' = none)."""
+    met: NDArray[np.int64] = field(init=False)
+    """Rows shoppers have put with trained items (confidence > 0), placed."""
+    selling: NDArray[np.int64] = field(init=False)
+    """Rows with live sales (prior > 0), best-selling first."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "met", np.flatnonzero(self.placed & (self.confidence > 0)))
+        rows = np.flatnonzero(self.prior > 0)
+        object.__setattr__(self, "selling", rows[np.argsort(-self.prior[rows], kind="stable")])
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+    def counts(self) -> dict[str, int]:
+        """How many are known, placed, met by shoppers, selling (the metric's states)."""
+        return {
+            "known": self.size,
+            "placed": int(self.placed.sum()),
+            "met": len(self.met),
+            "selling": len(self.selling),
+        }
+
+    def passes(self, row: int, spec: FilterSpec, now: float) -> bool:
+        """Whether ``spec`` and the live catalogue let item ``row`` be shown."""
+        record = self.records[row]
+        if not record.shown(now) or record.item_id in spec.exclude_item_ids:
+            return False
+        path = record.category
+        if spec.include_categories and not any(c in path for c in spec.include_categories):
+            return False
+        if any(c in path for c in spec.exclude_categories):
+            return False
+        for f in spec.attributes:
+            if f.numeric:
+                number = record.number(f.name)
+                if math.isnan(number):
+                    return False
+                if (f.low is not None and number < f.low) or (
+                    f.high is not None and number > f.high
+                ):
+                    return False
+            elif record.labels.get(f.name) not in f.values:
+                return False
+        return True
+
+    def popular(self, spec: FilterSpec, now: float, k: int, weight: float) -> list[ScoredItem]:
+        """The ``k`` best-selling new items ``spec`` allows, scored ``weight · prior``
+        (what a trained item with no other signal scores in the same blend)."""
+        out = []
+        for row in self.selling.tolist():
+            if self.passes(row, spec, now):
+                score = float(weight * self.prior[row])
+                out.append(ScoredItem(self.records[row].item_id, score, Reason.POPULAR))
+                if len(out) == k:
+                    break
+        return out
+
+    def similar(
+        self, direction: FloatArray, spec: FilterSpec, now: float, k: int, skip: set[str]
+    ) -> list[ScoredItem]:
+        """The ``k`` new items closest to ``direction`` (unit) that shoppers have met,
+        scored by cosine times confidence."""
+        rows = self.met
+        if len(rows) == 0:
+            return []
+        scores = (self.vectors[rows] @ direction) * self.confidence[rows]
+        order = np.argsort(-scores, kind="stable")
+        out = []
+        for i in order.tolist():
+            row, score = int(rows[i]), float(scores[i])
+            if score <= 0:
+                break
+            item_id = self.records[row].item_id
+            if item_id not in skip and self.passes(row, spec, now):
+                out.append(ScoredItem(item_id, score, Reason.SIMILAR))
+                if len(out) == k:
+                    break
+        return out
+
+
+def merge_new(
+    items: Sequence[ScoredItem],
+    new: Sequence[ScoredItem],
+    k: int,
+    *,
+    category: Mapping[str, str] | None = None,
+    cap: int = 0,
+) -> tuple[list[ScoredItem], list[int]]:
+    """``items`` (an answer, best first) with ``new`` items merged in by score: pinned
+    items keep their places, every other place goes to the best of both, and with a
+    ``cap`` at most ``cap`` items per ``category`` (item id -> leaf category) are
+    kept. Returns the answer and, for each of its items, its index in ``items`` (-1:
+    a new item)."""
+    if not new:
+        return list(items[:k]), list(range(min(k, len(items))))
+    pinned = {i: it for i, it in enumerate(items) if it.reason is Reason.PINNED and i < k}
+    free = [(it, i) for i, it in enumerate(items) if i not in pinned]
+    free += [(it, -1) for it in new]
+    free.sort(key=lambda pair: -pair[0].score)  # stable: an answer's item first on ties
+    counts: Counter[str] = Counter()
+    if cap and category is not None:
+        counts.update(category.get(it.item_id, "") for it in pinned.values())
+    out: list[tuple[ScoredItem, int]] = []
+    chosen = iter(free)
+    for slot in range(k):
+        if slot in pinned:
+            out.append((pinned[slot], slot))
+            continue
+        for it, origin in chosen:
+            if cap and category is not None:
+                leaf = category.get(it.item_id, "")
+                if leaf and counts[leaf] >= cap:
+                    continue
+                counts[leaf] += 1
+            out.append((it, origin))
+            break
+    return [it for it, _ in out], [origin for _, origin in out]
+
+
+class NewItems:
+    """This replica's new items (see the module docstring)."""
+
+    def __init__(
+        self,
+        catalog: LiveCatalog,
+        cooccurrence: CoOccurrence,
+        popularity: LivePopularity | None,
+        *,
+        evidence: float = 2.0,
+        max_items: int = 10_000,
+    ) -> None:
+        self.catalog = catalog
+        self.cooccurrence = cooccurrence
+        self.popularity = popularity
+        self.evidence = evidence
+        self.max_items = max_items
+        self.lane: NewItemLane | None = None
+        self._unit: tuple[str, FloatArray] | None = None
+        self._titles: tuple[str, TitleIndex] | None = None
+
+    def of(self, model: Model) -> NewItemLane | None:
+        """The new items of ``model``; None when there are none (or not yet read)."""
+        lane = self.lane
+        if lane is None or lane.model_version != model.version or lane.size == 0:
+            return None
+        return lane
+
+    def candidates(self, model: Model) -> list[CatalogItem]:
+        """Records of the live catalogue ``model`` does not know, not withdrawn: the
+        newest :attr:`max_items` of them."""
+        known = model.item_position
+        new = [r for r in self.catalog.items.values() if not r.withdrawn and r.key not in known]
+        if len(new) > self.max_items:
+            new.sort(key=lambda r: (-r.updated_at, r.item_id))
+            new = new[: self.max_items]
+        new.sort(key=lambda r: r.item_id)
+        return new
+
+    def is_new(self, model: Model, item_id: str) -> bool:
+        """Whether ``item_id`` is a new item of the live catalogue for ``model``."""
+        if item_id in model.item_position:
+            return False
+        record = self.catalog.items.get(item_id)
+        return record is not None and not record.withdrawn
+
+    async def count(
+        self, model: Model, sessions: Mapping[str, tuple[Sequence[str], Sequence[str]]]
+    ) -> None:
+        """Count meetings: ``sessions`` maps a session to its new items and the trained
+        items they met there (newest last). StoreError when the store fails."""
+        counts: dict[str, dict[str, float]] = {}
+        for new, others in sessions.values():
+            known = [o for o in dict.fromkeys(reversed(others)) if o in model.item_position]
+            for item in dict.fromkeys(new):
+                row = counts.setdefault(item, {})
+                for other in known[:_SESSION_ITEMS]:
+                    row[other] = row.get(other, 0.0) + 1.0
+        await self.cooccurrence.add(counts)
+
+    async def refresh(self, model: Model) -> None:
+        """Rebuild the lane of ``model`` from the live catalogue, the counts and live
+        popularity (StoreError when the counts cannot be read: the last lane stays)."""
+        records = self.candidates(model)
+        if self.popularity is not None:
+            ids = frozenset(r.item_id for r in records)
+            if ids != self.popularity.new_ids:  # kept otherwise: its identity keys a cache
+                self.popularity.new_ids = ids
+        if not records:
+            self.lane = NewItemLane(
+                model.version, (), np.zeros((0, 0), np.float32), np.zeros(0, bool),
+                np.zeros(0, np.float32), np.zeros(0, np.float32), {}, (),
+            )  # fmt: skip
+            return
+        met = await self.cooccurrence.read([r.item_id for r in records])
+        view = self.catalog.view(model)
+        unit = self._unit_vectors(model)
+        titles = await self._title_index(model)
+        content = content_vectors(model, view, records, unit, titles)
+        m, factors = len(records), unit.shape[1]
+        vectors = np.zeros((m, factors), np.float32)
+        placed = np.zeros(m, bool)
+        confidence = np.zeros(m, np.float32)
+        beta = self.evidence
+        for row, record in enumerate(records):
+            pairs = [(model.item_position.get(o), n) for o, n in met.get(record.item_id, ())]
+            pairs = [(p, n) for p, n in pairs if p is not None]
+            n = float(sum(c for _, c in pairs))
+            v = content[row]
+            if pairs:
+                at = np.array([p for p, _ in pairs], np.int32)
+                w = np.array([c for _, c in pairs], np.float32)
+                shoppers = (w[:, None] * unit[at]).sum(axis=0) / n
+                v = shoppers if v is None else (n * shoppers + beta * v) / (n + beta)
+                confidence[row] = n / (n + beta)
+            if v is not None:
+                vectors[row] = _unit(v)
+                placed[row] = True
+        prior = np.zeros(m, np.float32)
+        if self.popularity is not None:
+            prior[:] = self.popularity.new_prior([r.item_id for r in records], model)
+        self.lane = NewItemLane(
+            model_version=model.version,
+            records=tuple(records),
+            vectors=vectors,
+            placed=placed,
+            confidence=confidence,
+            prior=prior,
+            position={r.item_id: i for i, r in enumerate(records)},
+            leaf=tuple(r.category[-1] if r.category else "" for r in records),
+        )
+
+    def _unit_vectors(self, model: Model) -> FloatArray:
+        if self._unit is None or self._unit[0] != model.version:
+            y = model.artifact.item_factors
+            norms = np.linalg.norm(y, axis=1, keepdims=True)
+            self._unit = (model.version, (y / np.where(norms > 0, norms, 1.0)).astype(np.float32))
+        return self._unit[1]
+
+    async def _title_index(self, model: Model) -> TitleIndex | None:
+        cached = self._titles
+        if (
+            cached is None
+            or cached[0] != model.version
+            or time.monotonic() - cached[1].built_at > _TITLE_INDEX_SECONDS
+        ):
+            records = list(self.catalog.items.values())
+            # off the event loop: 100k titles take a few hundred milliseconds
+            index = await asyncio.to_thread(TitleIndex, model, records)
+            self._titles = cached = (model.version, index)
+        return cached[1] if cached[1].titled else None
+
+    async def follow(
+        self, stop: asyncio.Event, model: Callable[[], Model | None], every: float = 1.0
+    ) -> None:
+        """Refresh the lane of the served model every ``every`` seconds until ``stop``."""
+        while not stop.is_set():
+            served = model()
+            if served is not None:
+                try:
+                    await self.refresh(served)
+                except StoreError as exc:
+                    log.warning("reading new items' meetings failed, keeping the last: %s", exc)
+            del served  # a model reloaded away goes at once, not after the wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
