@@ -79,6 +79,10 @@ _SESSION_ITEMS: Final = 20
 _TITLE_INDEX_SECONDS: Final = 600.0
 """The trained items' title index is rebuilt at most this often (titles rarely
 change; a new item's own title is read at every refresh)."""
+_CLOCK_MARGIN: Final = 10.0
+"""Seconds of counts re-read at each refresh: replicas' clocks may differ this much."""
+_PLACE_ON_LOOP: Final = 200
+"""Records placed on the event loop at once; more go to a thread."""
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
@@ -306,8 +310,25 @@ def merge_new(
     return [it for it, _ in out], [origin for _, origin in out]
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One new item's place, with what it was computed from (compared by identity)."""
+
+    record: CatalogItem
+    met: list[tuple[str, float]] | None
+    content: FloatArray | None
+    vector: FloatArray | None
+    confidence: float
+
+
 class NewItems:
-    """This replica's new items (see the module docstring)."""
+    """This replica's new items (see the module docstring).
+
+    A refresh costs what changed since the last one: the meetings of the items whose
+    counts moved (:meth:`CoOccurrence.touched`), the attribute places of the records
+    that changed, and one stack of the rows; everything is read afresh when the served
+    model changes, and the trained titles' index every :data:`_TITLE_INDEX_SECONDS`.
+    """
 
     def __init__(
         self,
@@ -324,8 +345,13 @@ class NewItems:
         self.evidence = evidence
         self.max_items = max_items
         self.lane: NewItemLane | None = None
-        self._unit: tuple[str, FloatArray] | None = None
-        self._titles: tuple[str, TitleIndex] | None = None
+        self._version = ""
+        self._unit: FloatArray | None = None
+        self._titles: TitleIndex | None = None
+        self._met: dict[str, list[tuple[str, float]]] = {}
+        self._read_until: float | None = None
+        self._content: dict[str, tuple[CatalogItem, FloatArray | None]] = {}
+        self._rows: dict[str, _Row] = {}
 
     def of(self, model: Model) -> NewItemLane | None:
         """The new items of ``model``; None when there are none (or not yet read)."""
@@ -337,6 +363,8 @@ class NewItems:
     def candidates(self, model: Model) -> list[CatalogItem]:
         """Records of the live catalogue ``model`` does not know, not withdrawn: the
         newest :attr:`max_items` of them."""
+        if self.max_items == 0:
+            return []
         known = model.item_position
         new = [r for r in self.catalog.items.values() if not r.withdrawn and r.key not in known]
         if len(new) > self.max_items:
@@ -347,7 +375,7 @@ class NewItems:
 
     def is_new(self, model: Model, item_id: str) -> bool:
         """Whether ``item_id`` is a new item of the live catalogue for ``model``."""
-        if item_id in model.item_position:
+        if self.max_items == 0 or item_id in model.item_position:
             return False
         record = self.catalog.items.get(item_id)
         return record is not None and not record.withdrawn
@@ -356,7 +384,7 @@ class NewItems:
         self, model: Model, sessions: Mapping[str, tuple[Sequence[str], Sequence[str]]]
     ) -> None:
         """Count meetings: ``sessions`` maps a session to its new items and the trained
-        items they met there (newest last). StoreError when the store fails."""
+        items they met there (oldest first). StoreError when the store fails."""
         counts: dict[str, dict[str, float]] = {}
         for new, others in sessions.values():
             known = [o for o in dict.fromkeys(reversed(others)) if o in model.item_position]
@@ -367,43 +395,91 @@ class NewItems:
         await self.cooccurrence.add(counts)
 
     async def refresh(self, model: Model) -> None:
-        """Rebuild the lane of ``model`` from the live catalogue, the counts and live
-        popularity (StoreError when the counts cannot be read: the last lane stays)."""
+        """Bring the lane of ``model`` up to date with the live catalogue, the counts and
+        live popularity (StoreError when the counts cannot be read: the last lane
+        stays)."""
+        now = time.time()
+        if model.version != self._version:
+            self._version = model.version
+            self._unit = _unit_rows(model.artifact.item_factors)
+            self._titles = None
+            self._met, self._read_until, self._content, self._rows = {}, None, {}, {}
         records = self.candidates(model)
-        if self.popularity is not None:
-            ids = frozenset(r.item_id for r in records)
-            if ids != self.popularity.new_ids:  # kept otherwise: its identity keys a cache
-                self.popularity.new_ids = ids
-        if not records:
-            self.lane = NewItemLane(
-                model.version, (), np.zeros((0, 0), np.float32), np.zeros(0, bool),
-                np.zeros(0, np.float32), np.zeros(0, np.float32), {}, (),
-            )  # fmt: skip
+        ids = {r.item_id for r in records}
+        if self.popularity is not None and ids != self.popularity.new_ids:
+            self.popularity.new_ids = frozenset(ids)  # kept otherwise: it keys a cache
+        await self._read_meetings(ids, now)
+        await self._place(model, records)
+        self._build(model, records)
+
+    async def _read_meetings(self, ids: set[str], now: float) -> None:
+        if self._read_until is None:
+            wanted = sorted(ids)
+        else:
+            # replicas' clocks differ a little: re-read a margin of what was read
+            touched = await self.cooccurrence.touched(self._read_until - _CLOCK_MARGIN)
+            wanted = [i for i in touched if i in ids]
+        if wanted:
+            met = await self.cooccurrence.read(wanted)
+            for item in wanted:
+                if item in met:
+                    self._met[item] = met[item]
+                else:
+                    self._met.pop(item, None)
+        self._read_until = now
+        for gone in [i for i in self._met if i not in ids]:
+            del self._met[gone]
+
+    async def _place(self, model: Model, records: Sequence[CatalogItem]) -> None:
+        """Attribute places of records that changed (all of them when the title index
+        is rebuilt)."""
+        assert self._unit is not None
+        titles = self._titles
+        if titles is None or time.monotonic() - titles.built_at > _TITLE_INDEX_SECONDS:
+            every = list(self.catalog.items.values())
+            # off the event loop: 100k titles take a few hundred milliseconds
+            titles = await asyncio.to_thread(TitleIndex, model, every)
+            self._titles, self._content = titles, {}
+        changed = [r for r in records if self._content.get(r.item_id, (None,))[0] is not r]
+        if not changed:
             return
-        met = await self.cooccurrence.read([r.item_id for r in records])
         view = self.catalog.view(model)
-        unit = self._unit_vectors(model)
-        titles = await self._title_index(model)
-        content = content_vectors(model, view, records, unit, titles)
-        m, factors = len(records), unit.shape[1]
+        index = titles if titles.titled else None
+        if len(changed) > _PLACE_ON_LOOP:
+            placed = await asyncio.to_thread(
+                content_vectors, model, view, changed, self._unit, index
+            )
+        else:
+            placed = content_vectors(model, view, changed, self._unit, index)
+        for record, vector in zip(changed, placed, strict=True):
+            self._content[record.item_id] = (record, vector)
+
+    def _build(self, model: Model, records: Sequence[CatalogItem]) -> None:
+        assert self._unit is not None
+        m, factors = len(records), self._unit.shape[1]
         vectors = np.zeros((m, factors), np.float32)
         placed = np.zeros(m, bool)
         confidence = np.zeros(m, np.float32)
-        beta = self.evidence
+        rows: dict[str, _Row] = {}
         for row, record in enumerate(records):
-            pairs = [(model.item_position.get(o), n) for o, n in met.get(record.item_id, ())]
-            pairs = [(p, n) for p, n in pairs if p is not None]
-            n = float(sum(c for _, c in pairs))
-            v = content[row]
-            if pairs:
-                at = np.array([p for p, _ in pairs], np.int32)
-                w = np.array([c for _, c in pairs], np.float32)
-                shoppers = (w[:, None] * unit[at]).sum(axis=0) / n
-                v = shoppers if v is None else (n * shoppers + beta * v) / (n + beta)
-                confidence[row] = n / (n + beta)
+            item = record.item_id
+            met = self._met.get(item)
+            content = self._content.get(item, (None, None))[1]
+            cached = self._rows.get(item)
+            if (
+                cached is not None
+                and cached.met is met
+                and cached.content is content
+                and cached.record is record
+            ):
+                v, c = cached.vector, cached.confidence  # nothing it depends on changed
+            else:
+                v, c = self._direction(model, content, met)
+            rows[item] = _Row(record, met, content, v, c)
             if v is not None:
-                vectors[row] = _unit(v)
-                placed[row] = True
+                vectors[row], placed[row] = v, True
+            confidence[row] = c
+        self._rows = rows
         prior = np.zeros(m, np.float32)
         if self.popularity is not None:
             prior[:] = self.popularity.new_prior([r.item_id for r in records], model)
@@ -418,25 +494,23 @@ class NewItems:
             leaf=tuple(r.category[-1] if r.category else "" for r in records),
         )
 
-    def _unit_vectors(self, model: Model) -> FloatArray:
-        if self._unit is None or self._unit[0] != model.version:
-            y = model.artifact.item_factors
-            norms = np.linalg.norm(y, axis=1, keepdims=True)
-            self._unit = (model.version, (y / np.where(norms > 0, norms, 1.0)).astype(np.float32))
-        return self._unit[1]
-
-    async def _title_index(self, model: Model) -> TitleIndex | None:
-        cached = self._titles
-        if (
-            cached is None
-            or cached[0] != model.version
-            or time.monotonic() - cached[1].built_at > _TITLE_INDEX_SECONDS
-        ):
-            records = list(self.catalog.items.values())
-            # off the event loop: 100k titles take a few hundred milliseconds
-            index = await asyncio.to_thread(TitleIndex, model, records)
-            self._titles = cached = (model.version, index)
-        return cached[1] if cached[1].titled else None
+    def _direction(
+        self, model: Model, content: FloatArray | None, met: list[tuple[str, float]] | None
+    ) -> tuple[FloatArray | None, float]:
+        """An item's unit direction from its attribute place ``content`` and its
+        meetings ``met``, and the confidence the meetings give it."""
+        assert self._unit is not None
+        pairs = [(model.item_position.get(o), n) for o, n in met or ()]
+        known = [(p, n) for p, n in pairs if p is not None]
+        if not known:
+            return content, 0.0
+        at = np.array([p for p, _ in known], np.int32)
+        w = np.array([n for _, n in known], np.float32)
+        n = float(w.sum())
+        shoppers = (w[:, None] * self._unit[at]).sum(axis=0) / n
+        beta = self.evidence
+        v = shoppers if content is None else (n * shoppers + beta * content) / (n + beta)
+        return _unit(v), n / (n + beta)
 
     async def follow(
         self, stop: asyncio.Event, model: Callable[[], Model | None], every: float = 1.0
@@ -452,3 +526,9 @@ class NewItems:
             del served  # a model reloaded away goes at once, not after the wait
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every)
+
+
+def _unit_rows(y: FloatArray) -> FloatArray:
+    norms = np.linalg.norm(y, axis=1, keepdims=True)
+    unit: FloatArray = (y / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return unit

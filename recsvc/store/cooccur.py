@@ -11,11 +11,14 @@ counts into a vector in the model's space.
 The counts are aggregates of items, never tied to a shopper (like live popularity,
 they outlive an erasure: nothing in them names a person). Each set keeps its
 ``max_items`` most counted members and expires ``ttl_seconds`` after its last
-update: by then the next training knows the item.
+update: by then the next training knows the item. A second sorted set,
+``{prefix}:{n}:touched``, scores each new item by when its counts last changed, so a
+replica re-reads only what changed since its last read (:meth:`CoOccurrence.touched`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import redis.asyncio
@@ -44,10 +47,14 @@ class CoOccurrence:
         self.ttl_seconds = ttl_seconds
         self.max_items = max_items
 
-    async def add(self, counts: Mapping[str, Mapping[str, float]]) -> None:
+    async def add(
+        self, counts: Mapping[str, Mapping[str, float]], now: float | None = None
+    ) -> None:
         """Count meetings: ``counts[new_item][other_item]`` is how often they met."""
         if not any(counts.values()):
             return
+        at = now if now is not None else time.time()
+        touched = self._keys.cooccurrence_touched()
         with translated_errors("counting what new items are seen with"):
             # one key per command: every command stays in its own hash slot
             async with self._client.pipeline(transaction=False) as pipe:
@@ -60,7 +67,16 @@ class CoOccurrence:
                     # keep the most counted (a long tail of one-off meetings is noise)
                     pipe.zremrangebyrank(key, 0, -self.max_items - 1)
                     pipe.expire(key, self.ttl_seconds)
+                    pipe.zadd(touched, {item: at})
+                pipe.zremrangebyscore(touched, "-inf", at - self.ttl_seconds)
+                pipe.expire(touched, self.ttl_seconds)
                 await pipe.execute()
+
+    async def touched(self, since: float) -> list[str]:
+        """New items whose counts changed at or after ``since`` (Unix seconds)."""
+        with translated_errors("reading which new items were seen"):
+            raw = await self._client.zrangebyscore(self._keys.cooccurrence_touched(), since, "+inf")
+        return [item.decode() for item in raw if isinstance(item, bytes)]
 
     async def read(self, items: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
         """Each of ``items``' counted meetings, most counted first (none: left out)."""

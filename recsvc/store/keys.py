@@ -133,6 +133,11 @@ class KeyScheme:
         ``{prefix}:{n:<item>}:co``, one sorted set per new item."""
         return f"{self.prefix}:{{n:{item_id}}}:co"
 
+    def cooccurrence_touched(self) -> str:
+        """When each new item's meetings last changed (:mod:`recsvc.store.cooccur`):
+        ``{prefix}:{n}:touched``, a sorted set scored by Unix seconds."""
+        return f"{self.prefix}:{{n}}:touched"
+
     def vector_pattern(self, model_version: str) -> str:
         """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts
         are validated to hold no glob metacharacters, so nothing needs escaping)."""

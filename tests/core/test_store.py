@@ -41,6 +41,7 @@ def test_key_scheme_is_pinned() -> None:
     assert k.rules() == ("recsvc:{rules}:items", "recsvc:{rules}:log", "recsvc:{rules}:seq")
     assert k.trending() == ("recsvc:{trend}:items", "recsvc:{trend}:epoch")
     assert k.cooccurrence("sku-7") == "recsvc:{n:sku-7}:co"
+    assert k.cooccurrence_touched() == "recsvc:{n}:touched"
     assert k.vector_pattern("v1") == "recsvc:{u:*}:vec:v1"
     head, tail = k.vector_parts("v1")
     assert head + "cust-42" + tail == k.vector("cust-42", "v1")

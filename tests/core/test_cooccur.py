@@ -1,0 +1,105 @@
+"""New products' meetings in a real Redis: counted, trimmed, expiring; a replica's
+refresh re-reads only the items whose counts changed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from recsvc.catalog import CatalogItem
+from recsvc.model import Model
+from recsvc.serving.catalog import LiveCatalog
+from recsvc.serving.newitems import NewItems
+from recsvc.store import KeyScheme, async_client_from_url
+from recsvc.store.catalog import CatalogStore
+from recsvc.store.cooccur import CoOccurrence
+from recsvc.training.pipeline import LoadedData, build_model
+
+from factories import block_shop, small_settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_meetings_are_counted_trimmed_and_expire(
+    redis_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    keys = KeyScheme(redis_prefix)
+
+    async def main() -> Any:
+        client = async_client_from_url(redis_url, socket_timeout=5.0)
+        try:
+            co = CoOccurrence(client, keys, ttl_seconds=600, max_items=2)
+            await co.add({"new": {"a": 3.0, "b": 2.0, "c": 1.0}}, now=1000.0)
+            await co.add({"new": {"a": 1.0, "b": 1.0}, "other": {"a": 1.0}}, now=2000.0)
+            await co.add({"empty": {}}, now=3000.0)
+            return (
+                await co.read(["new", "other", "nobody"]),
+                await co.touched(since=1500.0),
+                await co.touched(since=0.0),
+            )
+        finally:
+            await client.aclose()
+
+    met, recent, every = asyncio.run(main())
+    # the two most counted are kept; c (met once) was trimmed
+    assert met == {"new": [("a", 4.0), ("b", 3.0)], "other": [("a", 1.0)]}
+    assert sorted(recent) == ["new", "other"] and sorted(every) == ["new", "other"]
+    ttl = redis_client.ttl(keys.cooccurrence("new"))
+    assert 0 < ttl <= 600
+    assert redis_client.ttl(keys.cooccurrence_touched()) > 0
+
+
+class CountingReads(CoOccurrence):
+    """CoOccurrence that remembers which items each read asked for."""
+
+    reads: list[list[str]]
+
+    async def read(self, items: Sequence[str]) -> dict[str, list[tuple[str, float]]]:
+        self.reads.append(sorted(items))
+        return await super().read(items)
+
+
+def test_a_refresh_reads_only_what_changed(redis_url: str, redis_prefix: str) -> None:
+    built = build_model(LoadedData(block_shop(), None, (), 0), small_settings(None))
+    model = Model(built.artifact)
+    keys = KeyScheme(redis_prefix)
+
+    async def main() -> Any:
+        client = async_client_from_url(redis_url, socket_timeout=5.0)
+        store = CatalogStore.open(redis_url, keys, socket_timeout=5.0)
+        try:
+            await store.upsert([CatalogItem("new-a", title="a"), CatalogItem("new-b", title="b")])
+            catalog = LiveCatalog(store)
+            await catalog.load()
+            co = CountingReads(client, keys)
+            co.reads = []
+            new = NewItems(catalog, co, None)
+            await new.refresh(model)  # the first refresh reads every new item
+            first = new.lane
+            await new.count(model, {"s1": (["new-b"], ["g0i01", "g0i02"])})
+            await new.refresh(model)
+            second = new.lane
+            await new.refresh(model)  # nothing changed since (but the clock margin)
+            return co.reads, first, second, new.lane
+        finally:
+            await client.aclose()
+            await store.aclose()
+
+    reads, first, second, third = asyncio.run(main())
+    assert reads[0] == ["new-a", "new-b"]
+    assert reads[1] == ["new-b"]  # only the item whose counts moved
+    assert first is not None and second is not None and third is not None
+    assert first.counts()["met"] == 0 and second.counts()["met"] == 1
+    b = second.position["new-b"]
+    assert second.confidence[b] == pytest.approx(2 / (2 + 2))
+    g0 = model.artifact.item_factors[[model.item_position["g0i01"], model.item_position["g0i02"]]]
+    g0 = g0 / np.linalg.norm(g0, axis=1, keepdims=True)
+    direction = g0.mean(axis=0) / np.linalg.norm(g0.mean(axis=0))
+    assert float(second.vectors[b] @ direction) > 0.999
+    # unchanged inputs give the same place, computed once
+    assert np.array_equal(third.vectors, second.vectors)
