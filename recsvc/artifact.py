@@ -23,6 +23,7 @@ Layout under the artifact root::
         index.faiss            faiss.write_index of the item index
         neighbors.npz          arrays and parameters of the item-neighbour model
                                (recsvc.neighbors), when training built one
+        bought_together.npz    co-purchase counts (recsvc.cobuy), when counted
 
 Arrays are ``.npy``/``.npz`` read with ``allow_pickle=False``. A version is written
 to a temporary sibling directory and renamed into place, so a reader never sees a
@@ -48,6 +49,7 @@ import pydantic
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from recsvc.cobuy import CoPurchases
 from recsvc.errors import ArtifactError, ChecksumError
 from recsvc.index import ItemIndex
 from recsvc.manifest import FORMAT_VERSION, FileEntry, Manifest, describe, parse
@@ -70,6 +72,7 @@ CURRENT = "CURRENT"
 PUBLISHED = "PUBLISHED.json"
 INDEX_FILE = "index.faiss"
 NEIGHBORS_FILE = "neighbors.npz"
+BOUGHT_TOGETHER_FILE = "bought_together.npz"
 _RERANK_WEIGHTS_V1 = "rerank_weights"
 """The array of neighbors.npz that held the re-ranker's weights in format 1."""
 
@@ -107,6 +110,8 @@ class ModelArtifact:
     """Arrays and parameters of the item-neighbour model, if built: its
     :meth:`~recsvc.neighbors.NeighborModel.to_arrays` but the re-ranker's weights,
     which the manifest keeps by name (``manifest.neighbors``)."""
+    bought_together: dict[str, NDArray[Any]] | None = None
+    """Co-purchase counts, if counted: :meth:`recsvc.cobuy.CoPurchases.to_arrays`."""
 
     @property
     def model_version(self) -> str:
@@ -155,6 +160,8 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
         if artifact.neighbors is not None:
             # numpy's stub reads ** as its keyword arguments (allow_pickle)
             np.savez(tmp / NEIGHBORS_FILE, **artifact.neighbors)  # type: ignore[arg-type]
+        if artifact.bought_together is not None:
+            np.savez(tmp / BOUGHT_TOGETHER_FILE, **artifact.bought_together)  # type: ignore[arg-type]
         files = {
             p.name: FileEntry(sha256=_sha256(p), bytes=p.stat().st_size)
             for p in sorted(tmp.iterdir())
@@ -254,6 +261,10 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
             with np.load(path / NEIGHBORS_FILE, allow_pickle=False) as z:
                 # format 1 kept the re-ranker's weights here; the manifest has them now
                 neighbors = {name: z[name] for name in z.files if name != _RERANK_WEIGHTS_V1}
+        bought_together = None
+        if BOUGHT_TOGETHER_FILE in manifest.files:
+            with np.load(path / BOUGHT_TOGETHER_FILE, allow_pickle=False) as z:
+                bought_together = {name: z[name] for name in z.files}
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"cannot read arrays of {path}: {exc}") from exc
     idx = manifest.index
@@ -264,6 +275,7 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         user_purchases=user_purchases,
         index=index,
         neighbors=neighbors,
+        bought_together=bought_together,
         **arrays,
     )
     _check_shapes(path, artifact)
@@ -294,6 +306,19 @@ def _check_neighbors(path: Path, a: ModelArtifact) -> None:
         raise ArtifactError(
             f"{path}: the neighbour model's arrays and its manifest section must come together"
         )
+    if (a.bought_together is None) != (a.manifest.bought_together is None):
+        raise ArtifactError(
+            f"{path}: the co-purchase counts and their manifest section must come together"
+        )
+    if a.bought_together is not None:
+        try:
+            co = CoPurchases.from_arrays(a.bought_together)
+        except (KeyError, ValueError) as exc:
+            raise ArtifactError(f"{path}: bought-together counts: {exc}") from exc
+        if len(co.baskets) != len(a.item_ids):
+            raise ArtifactError(
+                f"{path}: bought-together counts for {len(co.baskets)} items, not {len(a.item_ids)}"
+            )
 
 
 # --- the CURRENT pointer and the publish stack --------------------------------------

@@ -249,6 +249,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
             in_stock_only=args.in_stock,
             placement=args.placement or "",
             max_per_category=args.max_per_category,
+            mode=args.mode.replace("-", "_") if args.mode else "",
         ),
     )
 
@@ -345,9 +346,16 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     )
     p.set_defaults(handler=_cmd_recommend)
 
-    p = sub.add_parser("similar", parents=[common], help="items similar to given items")
+    p = sub.add_parser(
+        "similar", parents=[common], help="items similar to given items, or bought with them"
+    )
     add_client_flags(p)
-    p.add_argument("--items", required=True, metavar="A,B", help="item ids")
+    p.add_argument("--items", required=True, metavar="A,B", help="item ids (a product, a cart)")
+    p.add_argument(
+        "--mode",
+        choices=("similar", "bought-together"),
+        help="similar items, or items bought with the given ones (default: the placement's)",
+    )
     p.add_argument("--k", type=int, default=10, help="how many items")
     p.add_argument("--in-stock", action="store_true", help="only items in stock")
     p.add_argument("--placement", help="where the list is shown (metrics, rules, settings)")

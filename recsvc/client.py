@@ -77,6 +77,22 @@ def _event_type(name: str) -> pb.EventType:
         raise ValueError(f"unknown event type {name!r}; one of {', '.join(EVENT_TYPES)}") from None
 
 
+SIMILAR_MODES: dict[str, int] = {
+    "": pb.SIMILAR_MODE_UNSPECIFIED,
+    "similar": pb.SIMILAR_MODE_SIMILAR,
+    "bought_together": pb.SIMILAR_MODE_BOUGHT_TOGETHER,
+}
+"""SimilarItems' modes by name ("": the placement's setting)."""
+
+
+def _similar_mode(name: str) -> pb.SimilarMode:
+    try:
+        return cast(pb.SimilarMode, SIMILAR_MODES[name])
+    except KeyError:
+        known = ", ".join(m for m in SIMILAR_MODES if m)
+        raise ValueError(f"unknown similar mode {name!r}; one of {known}") from None
+
+
 class RecommenderClient:
     """Blocking client; one channel, safe to share between threads."""
 
@@ -179,14 +195,18 @@ class RecommenderClient:
         attributes: Sequence[pb.AttributeFilter] = (),
         placement: str = "",
         max_per_category: int = 0,
+        mode: str = "",
         timeout: float | None = None,
     ) -> pb.SimilarItemsResponse:
+        """Items like ``item_ids`` (``mode="similar"``) or bought with them
+        (``mode="bought_together"``); empty: the placement's setting."""
         request = pb.SimilarItemsRequest(
             item_ids=item_ids,
             k=k,
             filters=pb.Filters(in_stock_only=in_stock_only, attributes=attributes),
             placement=placement,
             max_per_category=max_per_category,
+            mode=_similar_mode(mode),
         )
         return self._call(self.stub.SimilarItems, request, timeout)  # type: ignore[no-any-return]
 

@@ -44,6 +44,7 @@ __all__ = [
     "RepeatPolicy",
     "ServerSettings",
     "Settings",
+    "SimilarMode",
     "WeightingSettings",
     "example_toml",
     "load_settings",
@@ -137,6 +138,15 @@ class RepeatPolicy(StrEnum):
     """Decided by the trainer from the shop's measured repeat behaviour."""
     ALLOW = "allow"
     EXCLUDE = "exclude"
+
+
+class SimilarMode(StrEnum):
+    """What SimilarItems looks for."""
+
+    SIMILAR = "similar"
+    """Items close in the model's item space (substitutes)."""
+    BOUGHT_TOGETHER = "bought_together"
+    """Items the shop's baskets hold with the given ones (complements)."""
 
 
 class NeighborParams(_Section):
@@ -422,6 +432,10 @@ class PlacementSettings(_Section):
     """Diversity: at most this many items of one category in an answer for this
     placement (an item's most specific category); 0: no cap. A request's
     max_per_category overrides it."""
+    similar_mode: SimilarMode = SimilarMode.SIMILAR
+    """What SimilarItems answers for this placement when the request names no mode:
+    ``similar`` (substitutes) or ``bought_together`` (a product page's "bought
+    together", a cart's complements)."""
 
 
 class EvaluationSettings(_Section):
@@ -543,10 +557,11 @@ def example_toml() -> str:
             lines += _toml_field(field_name, info.description, getattr(section, field_name))
     doc = " ".join((Settings.model_fields["placements"].description or "").split())
     lines += ["", f"# {doc}", "# [placements.pdp]"]
+    example = {"max_per_category": 2, "similar_mode": SimilarMode.BOUGHT_TOGETHER.value}
     for field_name, info in PlacementSettings.model_fields.items():
         lines += [
             line if line.startswith("#") else f"# {line}"
-            for line in _toml_field(field_name, info.description, 2)
+            for line in _toml_field(field_name, info.description, example[field_name])
         ]
     return "\n".join(lines) + "\n"
 

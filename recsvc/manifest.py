@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "BlendFitReport",
     "BlendWeights",
+    "BoughtTogetherSection",
     "DataSection",
     "FileEntry",
     "IndexSection",
@@ -279,6 +280,21 @@ class NeighborsSection(_Schema):
         return np.array([self.rerank_weights[f] for f in FEATURES], dtype=np.float64)
 
 
+class BoughtTogetherSection(_Schema):
+    """The co-purchase counts (``bought_together.npz``, :mod:`recsvc.cobuy`)."""
+
+    baskets: int = Field(ge=0)
+    """Purchase baskets counted (of 2 to ``max_basket`` distinct items)."""
+    pairs: int = Field(ge=0)
+    """Item pairs kept (each item's strongest ``max_partners``)."""
+    max_partners: int = Field(ge=1)
+    """Partners kept per item."""
+    min_support: int = Field(ge=1)
+    """A pair met in fewer baskets was dropped."""
+    max_basket: int = Field(ge=2)
+    """Baskets of more distinct items were left out."""
+
+
 class FileEntry(_Schema):
     """One file of the version directory."""
 
@@ -310,6 +326,10 @@ class Manifest(_Schema):
     neighbors: NeighborsSection | None
     """The item-neighbour model's weights; None when training built none (then there
     is no ``neighbors.npz``)."""
+    bought_together: BoughtTogetherSection | None = None
+    """The co-purchase counts behind SimilarItems' bought-together mode; None when
+    training counted none (models trained before it; then no
+    ``bought_together.npz``)."""
     metrics: dict[str, float]
     """Quality measured at training time, by name (e.g. ``index_recall_at_20``),
     fractions in [0, 1]."""

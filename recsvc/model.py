@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recsvc.artifact import ModelArtifact
+from recsvc.cobuy import BoughtTogether, CoPurchases
 from recsvc.config import RepeatPolicy
 from recsvc.foldin import FoldIn
 from recsvc.manifest import BlendWeights, RankingSection
@@ -111,6 +112,8 @@ class Model:
     foldin: FoldIn = field(init=False, repr=False)
     neighbors: NeighborScorer | None = field(init=False, repr=False)
     """The item-neighbour model, when the artifact has one."""
+    bought_together: BoughtTogether | None = field(init=False, repr=False)
+    """The co-purchase ranking, when the artifact has its counts."""
     defaults: RankingDefaults = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,11 @@ class Model:
         als = a.manifest.config.als
         self.foldin = FoldIn(a.item_factors, regularization=als.regularization, alpha=als.alpha)
         self.neighbors = _neighbors(a)
+        self.bought_together = (
+            BoughtTogether(CoPurchases.from_arrays(a.bought_together))
+            if a.bought_together is not None
+            else None
+        )
         self.defaults = RankingDefaults.from_manifest(a.manifest.ranking)
 
     @property

@@ -69,6 +69,7 @@ class Reason(IntEnum):
     POPULAR = 4
     SIMILAR = 5
     PINNED = 6
+    BOUGHT_TOGETHER = 7
 
 
 class Strategy(StrEnum):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from recsvc.catalog import AttributeFilter
-from recsvc.config import RepeatPolicy
+from recsvc.config import RepeatPolicy, SimilarMode
 from recsvc.events import EventType, LiveEvent
 from recsvc.ranking import Reason, Strategy
 
@@ -80,6 +80,8 @@ class SimilarInput:
     placement: str
     max_per_category: int = 0
     """Diversity cap; 0: the placement's setting."""
+    mode: SimilarMode | None = None
+    """None: the placement's setting."""
 
 
 class ScoredItem(NamedTuple):
@@ -107,6 +109,8 @@ class RecommendOutput:
     applied to the request."""
     applied_rule_ids: tuple[str, ...] = ()
     """Every rule that touched the answer."""
+    mode: SimilarMode | None = None
+    """SimilarItems: the mode that answered."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,14 +23,15 @@ from numpy.typing import NDArray
 
 from recsvc import artifact as art
 from recsvc.catalog import CatalogItem
-from recsvc.config import RankingSettings, RepeatPolicy, Settings, WeightingSettings
+from recsvc.config import RankingSettings, RepeatPolicy, Settings, SimilarMode, WeightingSettings
 from recsvc.erasure import ErasureList
 from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
-from recsvc.ranking import Filters, Popularity, Query, Ranking, Reason
+from recsvc.ranking import Filters, Popularity, Query, Ranker, Ranking, Reason, Strategy
 from recsvc.rules import Rule, RuleAction
 from recsvc.store import LiveState
+from recsvc.store.cooccur import CoOccurrence
 
 from .calls import (
     EventInput,
@@ -57,6 +59,12 @@ log = logging.getLogger(__name__)
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}
 _FETCH_MORE = 300
 """At most this many candidates past k when rules or a cap reshape the list."""
+_BASKET_PAIRS = 20
+"""A basket's distinct items counted as pairs at most (a bulk order pairs little)."""
+_LIVE_PARTNERS = 50
+"""Partners read per item from the live co-purchase counts."""
+_DEGRADED_LOG_SECONDS = 60.0
+"""A degraded SimilarItems is logged at most once this often (each one is counted)."""
 _NO_FILTERS = Filters()
 """What an empty FilterSpec becomes (immutable, so shared by every request)."""
 
@@ -75,6 +83,7 @@ class Engine:
         popularity: LivePopularity | None = None,
         rules: LiveRules | None = None,
         new_items: NewItems | None = None,
+        co_purchases: CoOccurrence | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -87,6 +96,9 @@ class Engine:
         self.popularity = popularity
         self.rules = rules
         self.new_items = new_items
+        self.co_purchases = co_purchases
+        """Trained items bought together since training (kind "b"), shared."""
+        self._degraded_logged = -math.inf
         self.erasures = ErasureList(settings.erasure_path)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
@@ -207,9 +219,14 @@ class Engine:
 
     # --- SimilarItems ---------------------------------------------------------------
 
-    def similar(self, req: SimilarInput) -> RecommendOutput:
+    async def similar(self, req: SimilarInput, time_left: float | None = None) -> RecommendOutput:
+        """The answer to ``req``; ``time_left``: seconds until the call's deadline (None:
+        no deadline), which bounds the wait for live co-purchases."""
         loaded = self.models.require()
         model = loaded.model
+        mode = req.mode or self._similar_mode(req.placement)
+        if mode is SimilarMode.BOUGHT_TOGETHER and model.bought_together is None:
+            mode = SimilarMode.SIMILAR  # a model trained before co-purchases were counted
         lane = self.new_items.of(model) if self.new_items is not None else None
         known = [model.item_position[i] for i in req.item_ids if i in model.item_position]
         # new products with a place in the model's space count as known
@@ -236,15 +253,30 @@ class Engine:
             if lane is not None and (new_rows or len(lane.met))
             else None
         )
-        ranking = ranker.similar(given, k, filters, direction)
+        degraded = False
+        if mode is SimilarMode.BOUGHT_TOGETHER and len(given):
+            bought, degraded = await self._live_co_purchases(model, given, time_left)
+
+            def rank(fetch: int) -> Ranking:
+                return self._bought_together(ranker, given, fetch, filters, direction, bought)
+
+            lane = None  # new products' meetings are not co-purchase counts
+        else:
+            mode = SimilarMode.SIMILAR
+
+            def rank(fetch: int) -> Ranking:
+                return ranker.similar(given, fetch, filters, direction)
+
+        ranking = rank(k)
         out = RecommendOutput(
             items=[],
             model_version=loaded.version,
             recommendation_id=_recommendation_id(loaded.version),
             strategy=ranking.strategy,
             fallback=False,
-            degraded=False,
+            degraded=degraded,
             ignored_item_ids=ignored,
+            mode=mode,
         )
         if not (rules or cap):
             out.items.extend(
@@ -264,9 +296,78 @@ class Engine:
             loaded, out, ranking, k, req.k, rules, cap, view,
             allowed=allowed,
             popularity=live or ranker.popularity,
-            rank=lambda fetch: ranker.similar(given, fetch, filters, direction),
+            rank=rank,
         )  # fmt: skip
         return self._similar_new(out, req, cap, view, lane, direction)
+
+    # --- bought together -----------------------------------------------------------------
+
+    def _similar_mode(self, placement: str) -> SimilarMode:
+        settings = self.settings.placements.get(placement)
+        return settings.similar_mode if settings is not None else SimilarMode.SIMILAR
+
+    async def _live_co_purchases(
+        self, model: Model, given: NDArray[np.int32], time_left: float | None
+    ) -> tuple[dict[int, dict[int, float]], bool]:
+        """What ``given`` were bought with since training (positions), and whether that
+        could not be read in time (then: nothing, degraded)."""
+        if self.co_purchases is None:
+            return {}, False
+        budget = self.settings.redis.socket_timeout_seconds
+        if time_left is not None:
+            budget = min(budget, 0.5 * time_left)
+        ids = model.artifact.item_ids[given].tolist()
+        try:
+            async with asyncio.timeout(max(budget, 0.0)):
+                met = await self.co_purchases.read(ids, limit=_LIVE_PARTNERS)
+        except (TimeoutError, StoreError) as exc:
+            self.metrics.degraded_responses.labels(rpc="SimilarItems").inc()
+            self._log_degraded(exc)
+            return {}, True
+        position = model.item_position
+        return {
+            position[item]: {position[o]: n for o, n in partners if o in position}
+            for item, partners in met.items()
+            if item in position
+        }, False
+
+    def _log_degraded(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._degraded_logged > _DEGRADED_LOG_SECONDS:
+            self._degraded_logged = now
+            log.warning("SimilarItems answered without live co-purchases: %r", exc)
+
+    def _bought_together(
+        self,
+        ranker: Ranker,
+        given: NDArray[np.int32],
+        k: int,
+        filters: Filters,
+        direction: NDArray[np.float32] | None,
+        live: dict[int, dict[int, float]],
+    ) -> Ranking:
+        """The ``k`` items bought with ``given`` that ``filters`` allow, best first;
+        similar items fill a list too few co-purchases leave short, scored below."""
+        model = ranker.model
+        assert model.bought_together is not None
+        items, scores = model.bought_together.score(given, live)
+        allowed = ranker.allowed(Query(k=k, filters=filters, repeat_policy=RepeatPolicy.ALLOW))
+        if allowed is not None:
+            keep = allowed[items]
+            items, scores = items[keep], scores[keep]
+        items, scores = items[:k], scores[:k]
+        reasons = np.full(len(items), Reason.BOUGHT_TOGETHER, dtype=np.int8)
+        if len(items) < k:
+            fill = ranker.similar(given, k + len(items), filters, direction)
+            extra = ~np.isin(fill.items, items)
+            more, more_scores = fill.items[extra][: k - len(items)], fill.scores[extra]
+            floor = float(scores[-1]) if len(scores) else 1.0
+            top = float(more_scores[0]) if len(more_scores) and more_scores[0] > 0 else 1.0
+            squeezed = 0.5 * floor * np.maximum(more_scores[: len(more)], 0.0) / top
+            items = np.concatenate([items, more]).astype(np.int32)
+            scores = np.concatenate([scores, squeezed]).astype(np.float32)
+            reasons = np.concatenate([reasons, fill.reasons[extra][: len(more)]])
+        return Ranking(items, scores.astype(np.float32), reasons, Strategy.SESSION, False)
 
     # --- new products ------------------------------------------------------------------
 
@@ -478,11 +579,19 @@ class Engine:
         # most once (its id), so a retry after any failure below (UNAVAILABLE) applies
         # nothing twice and completes what the first attempt left undone; the log may
         # then hold a row twice, and the loader keeps the first row of an id.
+        baskets: list[list[str]] = []
         for (user_id, session_id), (batch, keys) in live.items():
             applied = await self.state.record(user_id, session_id, batch, keys)
             if len(applied) < len(batch):
                 metrics.events_ignored.labels(reason="duplicate").inc(len(batch) - len(applied))
             trend.applied(user_id, session_id, applied)
+            # bought together: the purchases a session (or a user's batch) applied now,
+            # so a retried batch counts nothing twice
+            bought = [
+                batch[i].item_id for i in applied if batch[i].event_type is EventType.PURCHASE
+            ]
+            if len(set(bought)) > 1:
+                baskets.append(bought)
         if log_rows:
             # off the event loop: the log's periodic fsync can take milliseconds
             await asyncio.to_thread(self.event_log.append, log_rows)
@@ -491,6 +600,11 @@ class Engine:
             await self.profiles.refresh(loaded, user_id)
         if meetings and new_items is not None:
             await self._count_meetings(model, new_items, meetings, together)
+        if baskets and self.co_purchases is not None:
+            try:
+                await self.co_purchases.add(_pairs(baskets))
+            except StoreError as exc:  # approximate counts, like live popularity
+                log.warning("counting co-purchases failed: %s", exc)
         if self.popularity is not None and trend.weights:
             try:
                 await self.popularity.count(trend.weights)
@@ -581,6 +695,20 @@ class _Trend:
 
 
 _random_bits = random.getrandbits
+
+
+def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
+    """Each item's partners in ``baskets``, each pair counted once per basket (a basket's
+    first 20 distinct items)."""
+    counts: dict[str, dict[str, float]] = {}
+    for basket in baskets:
+        items = list(dict.fromkeys(basket))[:_BASKET_PAIRS]
+        for a in items:
+            row = counts.setdefault(a, {})
+            for b in items:
+                if a != b:
+                    row[b] = row.get(b, 0.0) + 1.0
+    return counts
 
 
 def _fetch(k: int, rules: Sequence[CompiledRule], cap: int) -> int:

@@ -222,8 +222,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
         engine = Engine(
-            settings, models, state, event_log, metrics, catalog, popularity, rules, new_items
-        )
+            settings, models, state, event_log, metrics, catalog, popularity, rules, new_items,
+            CoOccurrence(trending_client, keys, kind="b"),
+        )  # fmt: skip
 
         server = grpc.aio.server(
             interceptors=server_interceptors(s, metrics),

@@ -23,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from recsvc.config import RepeatPolicy, ServerSettings
+from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
 from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
 from recsvc.ranking import Strategy
 from recsvc.rules import Rule, RuleAction
@@ -123,6 +123,10 @@ def _trailer_bytes(status: status_pb2.Status) -> int:
     return len(message) + 2 * escaped + 4 * -(-size // 3)
 
 
+_SIMILAR_MODE_TO_PB = {
+    SimilarMode.SIMILAR: pb.SIMILAR_MODE_SIMILAR,
+    SimilarMode.BOUGHT_TOGETHER: pb.SIMILAR_MODE_BOUGHT_TOGETHER,
+}
 _DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before work began")
 
 
@@ -279,7 +283,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def SimilarItems(  # noqa: N802
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimilarItemsResponse:
-        return await _guard(context, "SimilarItems", self._similar, request)
+        # _guard inlined: the call needs the time left before its deadline
+        if _expired(context):
+            await context.abort(*_DEADLINE)
+        try:
+            response = await self._similar(request, context.time_remaining())
+        except Exception as exc:
+            await _fail(context, exc, "SimilarItems")
+        _in_time(context)
+        return response
 
     async def RecordEvents(  # noqa: N802
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
@@ -321,14 +333,18 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.ListRulesResponse:
         return await _guard(context, "ListRules", self._list_rules, request)
 
-    async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
-        out = self.engine.similar(validation.similar_input(request, self.limits))
+    async def _similar(
+        self, request: pb.SimilarItemsRequest, time_left: float | None
+    ) -> pb.SimilarItemsResponse:
+        out = await self.engine.similar(validation.similar_input(request, self.limits), time_left)
         return pb.SimilarItemsResponse(
             items=_items_with_rules(out),
             model_version=out.model_version,
             ignored_item_ids=out.ignored_item_ids,
             recommendation_id=out.recommendation_id,
             applied_rule_ids=out.applied_rule_ids,
+            mode=_SIMILAR_MODE_TO_PB[out.mode or SimilarMode.SIMILAR],
+            degraded=out.degraded,
         )
 
     async def _record(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:

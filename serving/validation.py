@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsvc.catalog import ATTRIBUTE_NAME, AttributeFilter, CatalogItem
-from recsvc.config import RepeatPolicy, ServerSettings
+from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.events import EventType, LiveEvent
 from recsvc.rules import Rule, RuleAction
@@ -63,6 +63,11 @@ _MAX_FILTER_CATEGORIES = 100
 _MAX_SIMILAR_ITEMS = 100
 
 EVENT_TYPE_FROM_PB: dict[int, EventType] = {t.spec.proto_number: t for t in EventType}
+SIMILAR_MODE_FROM_PB: dict[int, SimilarMode | None] = {
+    pb.SIMILAR_MODE_UNSPECIFIED: None,
+    pb.SIMILAR_MODE_SIMILAR: SimilarMode.SIMILAR,
+    pb.SIMILAR_MODE_BOUGHT_TOGETHER: SimilarMode.BOUGHT_TOGETHER,
+}
 REPEAT_POLICY_FROM_PB: dict[int, RepeatPolicy | None] = {
     pb.REPEAT_POLICY_UNSPECIFIED: None,
     pb.REPEAT_POLICY_EXCLUDE_PURCHASED: RepeatPolicy.EXCLUDE,
@@ -248,7 +253,10 @@ def similar_input(req: pb.SimilarItemsRequest, limits: ServerSettings) -> Simila
     c = _Checker(limits)
     if not req.item_ids:
         c.bad("item_ids", "is required: at least one item id")
+    if req.mode not in SIMILAR_MODE_FROM_PB:
+        c.bad("mode", f"unknown value {req.mode}")
     result = SimilarInput(
+        mode=SIMILAR_MODE_FROM_PB.get(req.mode),
         item_ids=c.ids("item_ids", req.item_ids, _MAX_SIMILAR_ITEMS),
         k=c.k("k", req.k),
         filters=c.filters("filters", req.filters),

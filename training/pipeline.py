@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
 from recsvc.catalog import CatalogItem
+from recsvc.cobuy import MAX_BASKET, MAX_PARTNERS, MIN_SUPPORT, count_co_purchases
 from recsvc.config import NeighborSettings, RepeatPolicy, Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import ConfigError, DataError
@@ -34,6 +35,7 @@ from recsvc.index import ItemIndex, measure_recall
 from recsvc.manifest import (
     BlendFitReport,
     BlendWeights,
+    BoughtTogetherSection,
     DataSection,
     IndexSection,
     Manifest,
@@ -323,6 +325,9 @@ def build_model(
         else:
             neighbors = None
     t = time.perf_counter()
+    co = count_co_purchases(data.table, inter.item_ids)
+    timings["bought_together_seconds"] = time.perf_counter() - t
+    t = time.perf_counter()
     category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
     created = now or datetime.now(UTC)
     version = new_model_version(factors.item_factors, created)
@@ -352,6 +357,13 @@ def build_model(
         neighbors=(
             NeighborsSection.from_vector(rerank_weights) if rerank_weights is not None else None
         ),
+        bought_together=BoughtTogetherSection(
+            baskets=co.n_baskets,
+            pairs=int(co.partners.nnz),
+            max_partners=MAX_PARTNERS,
+            min_support=MIN_SUPPORT,
+            max_basket=MAX_BASKET,
+        ),
         metrics={f"index_recall_at_{settings.index.recall_k}": recall},
         timings=timings,
         files={},
@@ -370,6 +382,7 @@ def build_model(
         item_available=available,
         index=index,
         neighbors=neighbor_arrays,
+        bought_together=co.to_arrays(),
     )
     return BuiltModel(artifact, inter, timings)
 

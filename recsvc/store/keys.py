@@ -128,15 +128,18 @@ class KeyScheme:
         tag = f"{self.prefix}:{{trend}}"
         return f"{tag}:items", f"{tag}:epoch"
 
-    def cooccurrence(self, item_id: str) -> str:
-        """What a new product was viewed or bought with (:mod:`recsvc.store.cooccur`):
-        ``{prefix}:{n:<item>}:co``, one sorted set per new item."""
-        return f"{self.prefix}:{{n:{item_id}}}:co"
+    def cooccurrence(self, item_id: str, kind: str = "n") -> str:
+        """What an item met (:mod:`recsvc.store.cooccur`), one sorted set per item:
+        ``{prefix}:{n:<item>}:co`` what a new product was viewed or bought with,
+        ``{prefix}:{b:<item>}:co`` what a trained item was bought with since
+        training."""
+        return f"{self.prefix}:{{{kind}:{item_id}}}:co"
 
-    def cooccurrence_touched(self) -> str:
-        """When each new item's meetings last changed (:mod:`recsvc.store.cooccur`):
-        ``{prefix}:{n}:touched``, a sorted set scored by Unix seconds."""
-        return f"{self.prefix}:{{n}}:touched"
+    def cooccurrence_touched(self, kind: str = "n") -> str:
+        """When each item's meetings of ``kind`` last changed
+        (:mod:`recsvc.store.cooccur`): ``{prefix}:{n}:touched``, scored by Unix
+        seconds."""
+        return f"{self.prefix}:{{{kind}}}:touched"
 
     def vector_pattern(self, model_version: str) -> str:
         """SCAN MATCH pattern of every user's vector under ``model_version`` (both parts

@@ -34,6 +34,13 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_POPULAR: _ClassVar[Reason]
     REASON_SIMILAR: _ClassVar[Reason]
     REASON_PINNED: _ClassVar[Reason]
+    REASON_BOUGHT_TOGETHER: _ClassVar[Reason]
+
+class SimilarMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIMILAR_MODE_UNSPECIFIED: _ClassVar[SimilarMode]
+    SIMILAR_MODE_SIMILAR: _ClassVar[SimilarMode]
+    SIMILAR_MODE_BOUGHT_TOGETHER: _ClassVar[SimilarMode]
 
 class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -70,6 +77,10 @@ REASON_BUY_AGAIN: Reason
 REASON_POPULAR: Reason
 REASON_SIMILAR: Reason
 REASON_PINNED: Reason
+REASON_BOUGHT_TOGETHER: Reason
+SIMILAR_MODE_UNSPECIFIED: SimilarMode
+SIMILAR_MODE_SIMILAR: SimilarMode
+SIMILAR_MODE_BOUGHT_TOGETHER: SimilarMode
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_PERSONALIZED: Strategy
 STRATEGY_SESSION: Strategy
@@ -185,32 +196,38 @@ class RecommendResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_ids", "k", "filters", "placement", "max_per_category")
+    __slots__ = ("item_ids", "k", "filters", "placement", "max_per_category", "mode")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
     filters: Filters
     placement: str
     max_per_category: int
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ...) -> None: ...
+    mode: SimilarMode
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ..., mode: _Optional[_Union[SimilarMode, str]] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("items", "model_version", "ignored_item_ids", "recommendation_id", "applied_rule_ids")
+    __slots__ = ("items", "model_version", "ignored_item_ids", "recommendation_id", "applied_rule_ids", "mode", "degraded")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     APPLIED_RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
     recommendation_id: str
     applied_rule_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    mode: SimilarMode
+    degraded: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[SimilarMode, str]] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized", "event_id")

@@ -75,7 +75,8 @@ def test_format1_upgrade_keeps_every_value_and_names_the_weights() -> None:
     # everything format 1 had comes out as it went in, byte for byte in JSON; settings
     # added since come with their defaults
     again = m.as_json()
-    del again["neighbors"], again["ranking"]["user_blend_fit"]
+    assert again["bought_together"] is None  # sections added since: absent in format 1
+    del again["neighbors"], again["ranking"]["user_blend_fit"], again["bought_together"]
     assert _within(raw["config"], again.pop("config"))
     assert again == {k: v for k, v in raw.items() if k != "config"}
     # a fitted blend's report, present when the trainer fitted one, is kept

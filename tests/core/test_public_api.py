@@ -19,7 +19,8 @@ PUBLIC = {
         "PlacementSettings",
         "RankingSettings",
         "RedisSettings",
-        "RepeatPolicy", "ServerSettings", "Settings", "WeightingSettings", "example_toml",
+        "RepeatPolicy", "ServerSettings", "Settings", "SimilarMode", "WeightingSettings",
+        "example_toml",
         "load_settings",
     ],
     "recsvc.ranking": [
@@ -31,9 +32,14 @@ PUBLIC = {
         "read_artifact", "resolve", "rollback", "rollback_target", "write_artifact",
     ],
     "recsvc.manifest": [
-        "FEATURES_V1", "FORMAT_VERSION", "BlendFitReport", "BlendWeights", "DataSection",
+        "FEATURES_V1", "FORMAT_VERSION", "BlendFitReport", "BlendWeights",
+        "BoughtTogetherSection", "DataSection",
         "FileEntry", "IndexSection", "Manifest", "NeighborsSection", "RankingSection",
         "SourceSummary", "TrainedSettings", "describe", "parse", "upgrade_v1",
+    ],
+    "recsvc.cobuy": [
+        "MAX_BASKET", "MAX_PARTNERS", "MIN_SUPPORT", "BoughtTogether", "CoPurchases",
+        "count_co_purchases",
     ],
     "recsvc.index": [
         "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",

@@ -42,6 +42,7 @@ def test_key_scheme_is_pinned() -> None:
     assert k.trending() == ("recsvc:{trend}:items", "recsvc:{trend}:epoch")
     assert k.cooccurrence("sku-7") == "recsvc:{n:sku-7}:co"
     assert k.cooccurrence_touched() == "recsvc:{n}:touched"
+    assert k.cooccurrence("sku-7", "b") == "recsvc:{b:sku-7}:co"
     assert k.vector_pattern("v1") == "recsvc:{u:*}:vec:v1"
     head, tail = k.vector_parts("v1")
     assert head + "cust-42" + tail == k.vector("cust-42", "v1")
