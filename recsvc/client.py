@@ -371,6 +371,7 @@ _ENUM_FIELDS = {
     "default_repeat_policy": "REPEAT_POLICY_",
     "event_type": "EVENT_TYPE_",
     "action": "RULE_ACTION_",
+    "mode": "SIMILAR_MODE_",
 }
 
 
