@@ -854,6 +854,8 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         "codes": codes,
         "rule_applications": rules,
         "degraded": _sum(diff, "recsvc_degraded_responses_total"),
+        # full collections walk every object not frozen at start-up (a live catalogue's)
+        "gc_generation2_collections": _sum(diff, "python_gc_collections_total", generation="2"),
     }
 
 
@@ -1386,6 +1388,7 @@ def sync_phase(
         "server_codes": view["codes"],
         "degraded": view["degraded"],
         "rule_applications": view["rule_applications"],
+        "gc_generation2_collections": view["gc_generation2_collections"],
         "upsert_calls": n_upserts,
         "upsert_handling_mean_ms": _sum(diff, f"{HANDLING}_sum", grpc_method="UpsertItems")
         / n_upserts
@@ -1955,8 +1958,9 @@ def sync_markdown(syncs: dict[str, Any]) -> list[str]:
             "client p50 ms before / during / after | client p99 ms before / during / after | "
             "worst call ms before / during | worst 1-s p99 ms before / during | QPS before / "
             "during | server p99 ms before / during | UpsertItems handling mean / p99 ms | "
-            "sync client CPU s | other work, cores (during) |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "sync client CPU s | server's full GC collections (during) | other work, cores "
+            "(during) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in sync["runs"]:
             ph, sy = r["phases"], r["sync"]
@@ -1985,6 +1989,7 @@ def sync_markdown(syncs: dict[str, Any]) -> list[str]:
                 f"{_ms(ph['before']['server_p99_ms'])} / {_ms(ph['during']['server_p99_ms'])} | "
                 f"{_ms(ph['during']['upsert_handling_mean_ms'])} / "
                 f"{_ms(ph['during']['upsert_handling_p99_ms'])} | {sy['cpu_seconds']:.1f} | "
+                f"{ph['during'].get('gc_generation2_collections', 0):.0f} | "
                 f"{_ms(ph['during']['other_load_cores'])} |"
             )
         ratio = summary.get("p99_during_over_before")
@@ -2191,6 +2196,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             "## Profile of the live scenario",
             "",
             "See [`profile-live.md`](profile-live.md) and `profile-live.svg`.",
+            "",
+        ]
+    if report.get("engine_path"):
+        lines += [
+            "## The live path step by step",
+            "",
+            "[`engine-path.md`](engine-path.md) (`benchmarks/bench_live_path.py`, its command "
+            "there): the engine in process, cached and live and the layers between them, each "
+            "step of a Recommend timed, and a catalogue sync's work step by step.",
             "",
         ]
     lines += [
@@ -2714,6 +2728,8 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace, *, final: bo
             (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return
     report["targets"] = evaluate_targets(report)
+    # bench_live_path.py's breakdown, when it was written beside this report
+    report["engine_path"] = bool(report["live"]) and (args.out / "engine-path.md").exists()
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "README.md").write_text(render_markdown(report))
     if final:
