@@ -1070,9 +1070,11 @@ def profile(
     reply = json.loads(gen.process.stdout.readline())
     if "error" in reply:
         raise RuntimeError(f"load generator: {reply['error']}")
+    if svg.exists():
+        svg.write_text(_relative(svg.read_text()))
     summary = summarise_profile(raw) if raw.exists() else {}
     text = render_profile(summary, commands, reply, scenario)
-    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.md").write_text(_relative(text))
     return {
         "commands": [shlex.join(c) for c in commands],
         "qps_under_profiling": reply["qps"],
@@ -2721,6 +2723,11 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _relative(text: str) -> str:
+    """``text`` with this checkout's paths relative to it (commands as run from its root)."""
+    return text.replace(f"{REPO}/", "")
+
+
 def write_outputs(report: dict[str, Any], args: argparse.Namespace, *, final: bool = False) -> None:
     if args.quick:
         if final:
@@ -2730,8 +2737,8 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace, *, final: bo
     report["targets"] = evaluate_targets(report)
     # bench_live_path.py's breakdown, when it was written beside this report
     report["engine_path"] = bool(report["live"]) and (args.out / "engine-path.md").exists()
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "README.md").write_text(render_markdown(report))
+    (args.out / "results.json").write_text(_relative(json.dumps(report, indent=2) + "\n"))
+    (args.out / "README.md").write_text(_relative(render_markdown(report)))
     if final:
         plots(report, args.out)
 
