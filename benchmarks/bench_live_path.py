@@ -109,20 +109,29 @@ def _wrap(owner: Any, attribute: str, totals: dict[str, list[float]], label: str
 
 async def start(shop: Any, artifact: Any, tmp: Path, name: str) -> tuple[Any, Any]:
     """A private Redis with the user vectors and a server of ``shop`` on it."""
-    from recsvc.config import load_settings
-    from recsvc.serving.server import create_server
     from recsvc.store.embedded import start_private_redis
 
     redis = await asyncio.to_thread(start_private_redis)
-    await asyncio.to_thread(publish_vectors, artifact, redis.url)
+    try:
+        return redis, await _serve(shop, artifact, tmp, name, redis.url)
+    except BaseException:
+        redis.stop()  # nothing left running when the server cannot start
+        raise
+
+
+async def _serve(shop: Any, artifact: Any, tmp: Path, name: str, url: str) -> Any:
+    from recsvc.config import load_settings
+    from recsvc.serving.server import create_server
+
+    await asyncio.to_thread(publish_vectors, artifact, url)
     settings = load_settings(
         None,
         artifact_root=shop.artifacts,
-        redis={"url": redis.url},
+        redis={"url": url},
         server={"host": "127.0.0.1", "port": 0, "metrics_port": 0, "event_log_dir": tmp / name},
         erasure_list=tmp / f"{name}-erased.txt",
     )
-    return redis, await create_server(settings)
+    return await create_server(settings)
 
 
 async def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
