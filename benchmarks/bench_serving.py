@@ -6,6 +6,8 @@ Usage::
         [--duration 2.5] [--warmup 0.5] [--concurrency 1 8 32 64] [--rates auto | R ...] \\
         [--out benchmarks/results/serving] [--workdir /tmp/recsvc-bench] [--profile-seconds 20]
     .venv/bin/python benchmarks/bench_serving.py --quick      # make bench-quick (< 3 min)
+    .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 --scenarios cached live \\
+        --concurrency 1 8 32 --sync-repeats 3 --out benchmarks/results/live-catalogue
 
 Method
 ------
@@ -38,6 +40,15 @@ Scenarios (every request is built up front, serialized once, cycled in order):
 ``session_sid``  the same with a session id (one Redis LRANGE, empty)
 ``filter``       ``cached`` with ``in_stock_only``: 90% of the shop is out of stock,
                  so ~90% of the candidates are rejected (measured below)
+``live``         ``cached`` (placement ``home``) on a second ``recsvc serve`` of the same
+                 model whose live catalogue holds every item of the shop (two-level
+                 category path, 2% unavailable, price, brand of 50, rating), loaded
+                 with ``recsvc catalog load``, and 10 rules (5 boosts by predicate, 3
+                 buries of 20 items, 2 pins; :mod:`_live`) with ``recsvc rules load``;
+                 each request filters on a price range keeping ~80% of the items.
+                 Only with ``--scenarios ... live``; measured together with ``cached``
+                 at the same load (each repeat runs both, back to back), so the
+                 ratio live/cached (issue #15: server p50 ≤ 1.25×) is of one run
 
 Each measured point (catalogue, scenario, closed-loop concurrency or open-loop rate)
 runs ``--repeats`` times on both servers, alternating (recsvc, floor, floor, recsvc,
@@ -55,7 +66,17 @@ the same seeded Poisson schedule.
 
 With ``--profile-seconds`` > 0, py-spy records the recsvc server for that long under
 the ``cached`` load at concurrency 32 (a flame graph and raw stacks), summarised in
-``profile.md``.
+``profile.md`` (and the live server under the ``live`` load, ``profile-live.md``).
+
+Catalogue sync (``--sync-repeats N``, with ``live``): while the load generator runs
+closed-loop requests (``--sync-pool``, default ``live``) at ``--sync-concurrency`` on
+the live server, this script runs ``recsvc catalog load FILE`` against it, N times,
+alternating two files that differ in every item (:mod:`_live`). Per run: the
+command's wall and CPU time, when its first and last change reached Redis (a thread
+reads the change counter every 20 ms), when the server had applied the last one, and
+for the window before / during / after the sync the calls completed, failed (by
+status code) and their latency (client p50/p99/max, the worst 1-s p99, the server's
+histogram), the CPU of each process.
 
 Outputs: ``<out>/results.json`` (every run), ``<out>/README.md`` (tables),
 ``latency_vs_concurrency.png`` and ``latency_vs_catalogue.png``; with ``--quick``
@@ -87,12 +108,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import _live
 from _env import git_revision, machine, versions
+from _live import LiveSetup
 from _shop import Shop, ensure_shop, recsvc_bin
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from recsvc.artifact import ModelArtifact
     from recsvc.store.embedded import PrivateRedis
+    from recsvc.v1 import recommender_pb2 as pb
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -118,7 +145,16 @@ SCENARIOS: dict[str, str] = {
     "session": "anonymous, 5 inline session events, no session id, k=10",
     "session_sid": "anonymous, 5 inline session events + session id (Redis LRANGE), k=10",
     "filter": "cached user + in_stock_only (90% of items out of stock), k=10",
+    "live": "cached user, placement home, on a server with a live catalogue of every item "
+    "(category path, availability, price, brand of 50, rating) and 10 active rules (5 "
+    "boosts by predicate, 3 buries of 20 items, 2 pins); each request filters on a price "
+    "range keeping ~80% of the items, k=10",
 }
+PAIRED = ("cached", "live")
+"""Scenarios measured together, alternating, when both are planned at the same load:
+``live``'s figures are read against ``cached``'s of the same repeats."""
+LIVE_RULES_MAX_P50_RATIO = 1.25
+"""Issue #15: server p50 with a live catalogue, 10 rules and a filter ≤ 1.25× cached."""
 
 
 # --------------------------------------------------------------------------- plan
@@ -140,7 +176,23 @@ class Point:
 
 
 def plan(args: argparse.Namespace) -> list[Point]:
-    """The points to measure, in order (open-loop points after their reference)."""
+    """The points to measure, in order (open-loop points after their reference): every
+    scenario but ``live`` by default, only those of ``--scenarios`` when given."""
+    points = _plan(args)
+    if args.scenarios is None:
+        return points
+    wanted = set(args.scenarios)
+    chosen = [p for p in points if p.scenario in wanted]
+    if "live" in wanted:
+        main = max(args.catalogues)
+        for n in sorted(args.catalogues, reverse=True):
+            levels = args.concurrency if n == main else [1, 32]
+            chosen += [Point(n, "live", "closed", c) for c in levels]
+    # keep the catalogues largest first, as the rigs are started
+    return sorted(chosen, key=lambda p: -p.catalogue)
+
+
+def _plan(args: argparse.Namespace) -> list[Point]:
     if args.quick:
         n = args.catalogues[-1]
         return [
@@ -340,6 +392,20 @@ class LoadGen:
 
 
 @dataclass
+class LiveRig:
+    """The second ``recsvc serve`` of a catalogue, for the ``live`` scenario: its own
+    Redis (the same user vectors), a live catalogue of every item and 10 rules, loaded
+    through ``recsvc catalog load`` and ``recsvc rules load`` as a shop loads them."""
+
+    redis: PrivateRedis
+    server: Server
+    metrics_url: str | list[str]
+    setup: LiveSetup
+    report: dict[str, Any] = field(default_factory=dict)
+    """What was loaded, how long it took, what the server says it holds."""
+
+
+@dataclass
 class Rig:
     """Everything running for one catalogue: shop, Redis, recsvc, the request pools."""
 
@@ -351,6 +417,18 @@ class Rig:
     pools: dict[str, int] = field(default_factory=dict)
     filter_rejection: dict[str, float] = field(default_factory=dict)
     setup_seconds: dict[str, float] = field(default_factory=dict)
+    live: LiveRig | None = None
+    """The server of the ``live`` scenario, when it is planned."""
+
+    def serving(self, scenario: str) -> tuple[Server, str | list[str], dict[str, int]]:
+        """The recsvc server that answers ``scenario``, its /metrics and its pids
+        (Redis included)."""
+        if scenario == "live":
+            if self.live is None:
+                raise RuntimeError("the live scenario needs its server (start_rig)")
+            live = self.live
+            return live.server, live.metrics_url, {**live.server.pids(), "redis": live.redis.pid}
+        return self.server, self.metrics_url, {**self.server.pids(), "redis": self.redis.pid}
 
 
 def _timed(store: dict[str, float], name: str) -> Callable[[], None]:
@@ -419,8 +497,10 @@ def write_foldin_histories(artifact: ModelArtifact, url: str, n_users: int) -> N
         client.close()
 
 
-def build_requests(artifact: ModelArtifact, n_foldin: int) -> dict[str, list[bytes]]:
-    """The serialized request pools of every scenario."""
+def build_requests(
+    artifact: ModelArtifact, n_foldin: int, live_filters: pb.Filters | None = None
+) -> dict[str, list[bytes]]:
+    """The serialized request pools of every scenario (``live`` with ``live_filters``)."""
     import numpy as np
 
     from recsvc.v1 import recommender_pb2 as pb
@@ -453,6 +533,15 @@ def build_requests(artifact: ModelArtifact, n_foldin: int) -> dict[str, list[byt
         "session": [ser(session_request(s)) for s in sessions],
         "session_sid": [ser(session_request(s, f"bench-s{i:05d}")) for i, s in enumerate(sessions)],
     }
+    if live_filters is not None:
+        pools["live"] = [
+            ser(
+                pb.RecommendRequest(
+                    user_id=u, k=10, filters=live_filters, placement=_live.PLACEMENT
+                )
+            )
+            for u in user_ids
+        ]
     if n_foldin:
         pools["foldin"] = [
             ser(pb.RecommendRequest(user_id=foldin_user(i), k=10)) for i in range(n_foldin)
@@ -509,42 +598,134 @@ def start_rig(
             done = _timed(setup, "write_foldin_histories")
             write_foldin_histories(artifact, redis.url, n_foldin)
             done()
-        if args.processes == 1:
-            metrics_port = _free_port()
-            cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
-            cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
-            cmd += ["--metrics-port", str(metrics_port)]
-        else:
-            # recsvc serve's CLI has no process count yet: recsvc.serving.server.run through
-            # serve_variant.py, the same settings otherwise
-            metrics_port = free_port_run(args.processes)
-            cmd = [sys.executable, str(HERE / "serve_variant.py")]
-            cmd += ["--artifacts", str(shop.artifacts), "--redis-url", redis.url]
-            cmd += ["--port", str(_free_port()), "--metrics-port", str(metrics_port)]
-            cmd += ["--processes", str(args.processes)]
         done = _timed(setup, "start_recsvc")
-        name = f"recsvc-{shop.config.n_items}"
-        server = start_server(
-            name, cmd, "recsvc serving on", logs / f"{name}.log", count=args.processes
-        )
-        if args.processes > 1:
-            server.serving_pids = spawned_children(server.pid)
+        server, metrics_url = start_recsvc(f"recsvc-{shop.config.n_items}", shop, redis, args, logs)
         done()
     except BaseException:
         redis.stop()
         raise
-    urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(args.processes)]
-    rig = Rig(shop, redis, server, urls[0] if len(urls) == 1 else urls)
+    rig = Rig(shop, redis, server, metrics_url)
     rig.setup_seconds = setup
     rig.pools["published_vectors"] = written
     rig.pools["foldin_users"] = n_foldin
     if any(p.scenario == "filter" for p in points):
         rig.filter_rejection = filter_rejection(artifact, RankingSettings().overfetch)
-    for scenario, requests in build_requests(artifact, n_foldin).items():
+    live_filters = None
+    if any(p.scenario == "live" for p in points):
+        try:
+            rig.live = start_live(shop, artifact, args, logs)
+        except BaseException:
+            server.stop()
+            redis.stop()
+            raise
+        live_filters = rig.live.setup.filters()
+    for scenario, requests in build_requests(artifact, n_foldin, live_filters).items():
         for side in ("service", "floor"):
             gen.send_pool(pool_name(shop.config.n_items, scenario, side), requests)
         rig.pools[scenario] = len(requests)
     return rig
+
+
+def start_recsvc(
+    name: str, shop: Shop, redis: PrivateRedis, args: argparse.Namespace, logs: Path
+) -> tuple[Server, str | list[str]]:
+    """``recsvc serve`` of ``shop`` on ``redis`` (``args.processes`` processes); the
+    server and its /metrics URL (a list for several processes)."""
+    if args.processes == 1:
+        metrics_port = _free_port()
+        cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
+        cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
+        cmd += ["--metrics-port", str(metrics_port)]
+    else:
+        # recsvc serve's CLI has no process count yet: recsvc.serving.server.run through
+        # serve_variant.py, the same settings otherwise
+        metrics_port = free_port_run(args.processes)
+        cmd = [sys.executable, str(HERE / "serve_variant.py")]
+        cmd += ["--artifacts", str(shop.artifacts), "--redis-url", redis.url]
+        cmd += ["--port", str(_free_port()), "--metrics-port", str(metrics_port)]
+        cmd += ["--processes", str(args.processes)]
+    server = start_server(
+        name, cmd, "recsvc serving on", logs / f"{name}.log", count=args.processes
+    )
+    if args.processes > 1:
+        server.serving_pids = spawned_children(server.pid)
+    urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(args.processes)]
+    return server, urls[0] if len(urls) == 1 else urls
+
+
+def pool_users(artifact: ModelArtifact) -> NDArray[np.int64]:
+    """Model positions of the cached-user pool (as :func:`build_requests` draws them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    users: NDArray[np.int64] = rng.choice(
+        len(artifact.user_ids), min(POOL_USERS, len(artifact.user_ids)), False
+    )
+    return users
+
+
+def start_live(
+    shop: Shop, artifact: ModelArtifact, args: argparse.Namespace, logs: Path
+) -> LiveRig:
+    """The ``live`` scenario's server: a private Redis with the user vectors, ``recsvc
+    serve``, then the live catalogue and the rules loaded through the CLI."""
+    from recsvc.config import RankingSettings
+    from recsvc.store.embedded import start_private_redis
+
+    n = shop.config.n_items
+    setup = _live.prepare(shop, artifact, args.workdir / f"live-{n}", pool_users(artifact))
+    timings: dict[str, float] = {}
+    done = _timed(timings, "start_redis")
+    redis = start_private_redis()
+    done()
+    try:
+        done = _timed(timings, "publish_vectors")
+        publish_vectors(artifact, redis.url)
+        done()
+        done = _timed(timings, "start_recsvc")
+        server, metrics_url = start_recsvc(f"recsvc-{n}-live", shop, redis, args, logs)
+        done()
+        try:
+            catalogue = _live.load_catalogue(server.target, setup.catalogues[0])
+            rules = _live.load_rules(server.target, setup.rules)
+            # the replica follows the change stream: wait until it has both
+            info: dict[str, Any] = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                info = _live.model_info(server.target)
+                if int(info.get("catalog_item_count", 0)) >= setup.facts["catalogue_items"] and int(
+                    info.get("live_rule_count", 0)
+                ) >= len(setup.rule_ids):
+                    break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"the live server did not take the catalogue and rules: {info}")
+        except BaseException:
+            server.stop()
+            raise
+    except BaseException:
+        redis.stop()
+        raise
+    fetch = 10 * RankingSettings().overfetch
+    report = {
+        "setup_seconds": timings,
+        "facts": setup.facts,
+        "candidates": _live.candidate_rejection(artifact, setup, pool_users(artifact), fetch),
+        "catalogue_load": {k: v for k, v in catalogue.items() if "monotonic" not in k},
+        "rules_load": {k: v for k, v in rules.items() if "monotonic" not in k},
+        "model_info": {
+            k: info.get(k)
+            for k in ("catalog_version", "catalog_item_count", "rules_version", "live_rule_count")
+        },
+        "server_command": shlex.join(server.command),
+    }
+    print(
+        f"[{n:,} items] live server: {setup.facts['catalogue_items']:,} items loaded in "
+        f"{catalogue['seconds']:.1f}s (recsvc catalog load, no other load), "
+        f"{info.get('live_rule_count')} live rules",
+        flush=True,
+    )
+    return LiveRig(redis, server, metrics_url, setup, report)
 
 
 def pool_name(catalogue: int, scenario: str, side: str) -> str:
@@ -648,6 +829,12 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         and dict(labels).get("grpc_method") == "Recommend"
         and value
     }
+    # answers a merchandising rule touched, by the rule's action (the live scenario)
+    rules = {
+        dict(labels)["action"]: value
+        for (name, labels), value in diff.items()
+        if name == "recsvc_rule_applications_total" and value
+    }
 
     def ms(x: float | None) -> float | None:
         return None if x is None else x * 1e3
@@ -665,6 +852,10 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         "lookups": lookups,
         "strategies": strategies,
         "codes": codes,
+        "rule_applications": rules,
+        "degraded": _sum(diff, "recsvc_degraded_responses_total"),
+        # full collections walk every object not frozen at start-up (a live catalogue's)
+        "gc_generation2_collections": _sum(diff, "python_gc_collections_total", generation="2"),
     }
 
 
@@ -834,28 +1025,33 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- profile
 
 
-def profile(gen: LoadGen, rig: Rig, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """py-spy on recsvc under ``cached`` load at concurrency 32: flame graph + raw."""
+def profile(
+    gen: LoadGen, rig: Rig, args: argparse.Namespace, out: Path, scenario: str = "cached"
+) -> dict[str, Any]:
+    """py-spy on recsvc under ``scenario``'s load at concurrency 32: flame graph + raw
+    (``profile.*`` for ``cached``, ``profile-<scenario>.*`` for another)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         print("py-spy not found: no profile (pip install py-spy)", flush=True)
         return {}
     seconds = math.ceil(args.profile_seconds)  # py-spy takes whole seconds
-    point = Point(rig.shop.config.n_items, "cached", "closed", 32)
+    point = Point(rig.shop.config.n_items, scenario, "closed", 32)
+    server, metrics_url, pids = rig.serving(scenario)
     command = {
         "op": "run",
-        "target": rig.server.target,
+        "target": server.target,
         "pool": pool_name(point.catalogue, point.scenario, "service"),
         "mode": "closed",
         "concurrency": 32,
         "warmup": 1.0,
         "duration": 2 * seconds + 3,
-        "metrics_url": rig.metrics_url,
-        "pids": {**rig.server.pids(), "redis": rig.redis.pid},
+        "metrics_url": metrics_url,
+        "pids": pids,
         "channels": args.channels,
     }
-    svg, raw = out / "profile.svg", args.workdir / "serving-profile-raw.txt"
-    pid = str(rig.server.pid)
+    stem = "profile" if scenario == "cached" else f"profile-{scenario}"
+    svg, raw = out / f"{stem}.svg", args.workdir / f"serving-{stem}-raw.txt"
+    pid = str(server.pid)
     commands = [
         [spy, "record", "--pid", pid, "--duration", str(seconds), "--rate", "100", "-o", str(svg)],
         [
@@ -874,9 +1070,11 @@ def profile(gen: LoadGen, rig: Rig, args: argparse.Namespace, out: Path) -> dict
     reply = json.loads(gen.process.stdout.readline())
     if "error" in reply:
         raise RuntimeError(f"load generator: {reply['error']}")
+    if svg.exists():
+        svg.write_text(_relative(svg.read_text()))
     summary = summarise_profile(raw) if raw.exists() else {}
-    text = render_profile(summary, commands, reply)
-    (out / "profile.md").write_text(text)
+    text = render_profile(summary, commands, reply, scenario)
+    (out / f"{stem}.md").write_text(_relative(text))
     return {
         "commands": [shlex.join(c) for c in commands],
         "qps_under_profiling": reply["qps"],
@@ -1010,7 +1208,10 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
 
 
 def render_profile(
-    summary: dict[str, Any], commands: list[list[str]], reply: dict[str, Any]
+    summary: dict[str, Any],
+    commands: list[list[str]],
+    reply: dict[str, Any],
+    scenario: str = "cached",
 ) -> str:
     m = machine()
     per_request = reply["cpu_seconds"]["server"] / max(1, reply["completed"]) * 1e6
@@ -1020,12 +1221,15 @@ def render_profile(
     def us(share: float) -> str:
         return f"{share * loop_us:,.0f}"
 
+    what = "cached user, k=10" if scenario == "cached" else f"`{scenario}`: {SCENARIOS[scenario]}"
+    stem = "profile" if scenario == "cached" else f"profile-{scenario}"
     lines = [
-        "# Profile of `recsvc serve` under Recommend load (cached user, k=10, concurrency 32)",
+        f"# Profile of `recsvc serve` under Recommend load ({what}, concurrency 32)",
         "",
         f"Recorded {datetime.now(UTC).isoformat(timespec='seconds')} on {_machine_line(m)}.",
         "",
-        "Commands (meanwhile the load generator drove the cached-user scenario of the largest "
+        "Commands (meanwhile the load generator drove the "
+        f"{'cached-user' if scenario == 'cached' else f'`{scenario}`'} scenario of the largest "
         f"catalogue at concurrency 32: {reply['qps']:.0f} requests/s while sampled, the "
         f"server using {per_request:,.0f} µs of CPU per request; py-spy pauses the process "
         "to sample, so throughput is lower than unprofiled):",
@@ -1034,7 +1238,7 @@ def render_profile(
         *[shlex.join(c) for c in commands],
         "```",
         "",
-        "The flame graph is `profile.svg` (first command, Python frames). The tables come "
+        f"The flame graph is `{stem}.svg` (first command, Python frames). The tables come "
         "from the second command (native frames too, every thread, idle samples kept). "
         "Shares are of the event-loop thread's *busy* samples (not waiting in epoll); "
         "µs/request spreads the process's measured CPU per request over them "
@@ -1087,6 +1291,289 @@ def render_profile(
         "",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- catalogue sync
+
+
+SYNC_PHASES = ("before", "during", "after")
+
+
+def _sync_snapshot(pids: dict[str, int], metrics_url: str | list[str]) -> dict[str, Any]:
+    """Now (monotonic clock), the CPU seconds of ``pids`` and of the machine, /metrics."""
+    from loadgen import cpu_seconds, machine_busy_seconds, scrape
+
+    at = time.monotonic()
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu["machine"] = machine_busy_seconds()
+    urls = metrics_url if isinstance(metrics_url, list) else [metrics_url]
+    texts = [scrape(url) for url in urls]
+    return {"at": at, "cpu": cpu, "metrics": texts if isinstance(metrics_url, list) else texts[0]}
+
+
+def _catalogue_version(metrics: str | list[str]) -> int:
+    """The catalogue version the replica (the first process) has applied."""
+    text = metrics[0] if isinstance(metrics, list) else metrics
+    key = ("recsvc_live_version", (("collection", "catalogue"),))
+    return int(parse_metrics(text).get(key, 0.0))
+
+
+class SeqWatch:
+    """A thread reading the live catalogue's change counter in Redis every 20 ms: when
+    the sync's first and last change were written (the server is not asked)."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        from recsvc.store import KeyScheme, client_from_url
+
+        self._client = client_from_url(url, socket_timeout=5.0)
+        self._key = KeyScheme().catalog()[2]
+        self.changes: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.is_set():
+            seq = int(self._client.get(self._key) or 0)
+            if seq != last:
+                self.changes.append((time.monotonic(), seq))
+                last = seq
+            self._stop.wait(0.02)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join(5)
+        self._client.close()
+        return self.changes
+
+
+def _latency_stats(latencies: list[float]) -> dict[str, float]:
+    from loadgen import percentiles
+
+    return percentiles(latencies)
+
+
+def sync_phase(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    done: list[tuple[float, float]],
+    failed: list[tuple[float, str]],
+    sync_cpu: float = 0.0,
+) -> dict[str, Any]:
+    """Calls completed between snapshots ``a`` and ``b`` (``done``: completion time and
+    latency, monotonic clock), failures by code, the server's own view, CPU."""
+    t0, t1 = a["at"], b["at"]
+    span = t1 - t0
+    latencies = [lat for t, lat in done if t0 <= t < t1]
+    codes: dict[str, int] = {}
+    for t, code in failed:
+        if t0 <= t < t1:
+            codes[code] = codes.get(code, 0) + 1
+    cpu = {name: b["cpu"][name] - a["cpu"][name] for name in a["cpu"]}
+    diff = metric_diff(a["metrics"], b["metrics"])
+    view = server_view(diff)
+    upserts = histogram(diff, HANDLING, grpc_method="UpsertItems")
+    n_upserts = upserts[-1][1] if upserts else 0.0
+    servers = sum(v for k, v in cpu.items() if k.startswith("server"))
+    ours = servers + cpu.get("redis", 0.0) + cpu.get("loadgen", 0.0) + sync_cpu
+    return {
+        "seconds": span,
+        "completed": len(latencies),
+        "qps": len(latencies) / span if span > 0 else None,
+        "failed": codes,
+        "latency_ms": _latency_stats(latencies),
+        "server_p50_ms": view["handling_p50_ms"],
+        "server_p99_ms": view["handling_p99_ms"],
+        "server_codes": view["codes"],
+        "degraded": view["degraded"],
+        "rule_applications": view["rule_applications"],
+        "gc_generation2_collections": view["gc_generation2_collections"],
+        "upsert_calls": n_upserts,
+        "upsert_handling_mean_ms": _sum(diff, f"{HANDLING}_sum", grpc_method="UpsertItems")
+        / n_upserts
+        * 1e3
+        if n_upserts
+        else None,
+        "upsert_handling_p99_ms": (histogram_quantile(0.99, upserts) or 0.0) * 1e3
+        if n_upserts
+        else None,
+        "server_cores": servers / span if span > 0 else None,
+        "redis_cores": cpu.get("redis", 0.0) / span if span > 0 else None,
+        "loadgen_cores": cpu.get("loadgen", 0.0) / span if span > 0 else None,
+        "sync_client_cores": sync_cpu / span if span > 0 else None,
+        "other_load_cores": max(0.0, cpu["machine"] - ours) / span if span > 0 else None,
+    }
+
+
+def sync_once(
+    gen: LoadGen, rig: Rig, args: argparse.Namespace, path: Path, r: int
+) -> dict[str, Any]:
+    """One ``recsvc catalog load PATH`` into the live server while the load generator
+    runs closed-loop ``args.sync_pool`` requests at ``args.sync_concurrency``."""
+    assert rig.live is not None
+    live = rig.live
+    n = rig.shop.config.n_items
+    server, metrics_url, pids = rig.serving("live")
+    pids = {**pids, "loadgen": gen.process.pid}
+    # the window: --sync-before s, the sync (sized from the load with nothing else
+    # running, generously), --sync-after s at least
+    expected = max(10.0, 4.0 * live.report["catalogue_load"]["seconds"])
+    duration = args.sync_before + expected + args.sync_after
+    start = time.monotonic() + 1.0  # 1 s of load before the window: warm-up
+    sync_at = start + args.sync_before
+    command = {
+        "op": "run", "target": server.target,
+        "pool": pool_name(n, args.sync_pool, "service"), "mode": "closed",
+        "concurrency": args.sync_concurrency, "channels": args.channels,
+        "at": start, "duration": duration, "timeline": True,
+    }  # fmt: skip
+    # sent now, answered after the window: meanwhile this process runs the sync
+    assert gen.process.stdin is not None and gen.process.stdout is not None
+    gen.process.stdin.write((json.dumps(command) + "\n").encode())
+    gen.process.stdin.flush()
+    load = os.getloadavg()[0]
+    time.sleep(max(0.0, start - time.monotonic()))
+    edges = [_sync_snapshot(pids, metrics_url)]
+    time.sleep(max(0.0, sync_at - time.monotonic()))
+    edges.append(_sync_snapshot(pids, metrics_url))
+    version_before = _catalogue_version(edges[-1]["metrics"])
+    watch = SeqWatch(live.redis.url)
+    try:
+        sync = _live.load_catalogue(server.target, path)
+    finally:
+        changes = watch.stop()
+    edges.append(_sync_snapshot(pids, metrics_url))
+    # the replica applies the changes from the stream: when had it applied the last?
+    last_seq = changes[-1][1] if changes else version_before
+    applied_at = None
+    while time.monotonic() < start + duration:
+        if _catalogue_version(_sync_snapshot({}, metrics_url)["metrics"]) >= last_seq:
+            applied_at = time.monotonic()
+            break
+        time.sleep(0.05)
+    time.sleep(max(0.0, start + duration - time.monotonic()))
+    edges.append(_sync_snapshot(pids, metrics_url))
+    line = gen.process.stdout.readline()
+    raw: dict[str, Any] = json.loads(line)
+    if "error" in raw:
+        raise RuntimeError(f"load generator: {raw['error']}")
+    tl = raw["timeline"]
+    origin = tl["start_monotonic"]
+    done = [(origin + t, lat) for t, lat in zip(tl["done"], tl["latency"], strict=True)]
+    failed = [(origin + t, code) for t, code in tl["failed"]]
+    # the sync's own start and end (the snapshots around it are milliseconds apart)
+    edges[1]["at"], edges[2]["at"] = sync["start_monotonic"], sync["end_monotonic"]
+    phases = {
+        name: sync_phase(
+            edges[i], edges[i + 1], done, failed, sync["cpu_seconds"] if i == 1 else 0.0
+        )
+        for i, name in enumerate(SYNC_PHASES)
+    }
+    written = [(t, seq) for t, seq in changes if seq > version_before]
+    # per whole second of the window: calls completed, their p99 and worst latency
+    seconds = []
+    for k in range(math.floor(duration)):
+        lat = [x for t, x in done if start + k <= t < start + k + 1]
+        stats = _latency_stats(lat)
+        phase = (
+            "before" if start + k + 1 <= sync["start_monotonic"]
+            else "after" if start + k >= sync["end_monotonic"]
+            else "during"
+        )  # fmt: skip
+        seconds.append(
+            {
+                "second": k,
+                "phase": phase,
+                "completed": len(lat),
+                "p99_ms": stats.get("p99"),
+                "max_ms": stats.get("max"),
+            }
+        )
+    run = {
+        "repeat": r,
+        "file": path.name,
+        "items": live.setup.facts["catalogue_items"],
+        "loadavg_before": load,
+        "sync": {
+            "seconds": sync["seconds"],
+            "cpu_seconds": sync["cpu_seconds"],
+            "command": shlex.join(["recsvc", *sync["command"][1:]]),
+            "output": sync["output"],
+            "changes_written": len(written),
+            "first_change_after_seconds": written[0][0] - sync["start_monotonic"]
+            if written
+            else None,
+            "writes_span_seconds": written[-1][0] - written[0][0] if written else None,
+            "applied_after_return_seconds": applied_at - sync["end_monotonic"]
+            if applied_at is not None
+            else None,
+            "catalogue_version": [version_before, last_seq],
+        },
+        "window_covers_sync": sync["end_monotonic"] <= start + duration - 1.0,
+        "phases": phases,
+        "seconds": seconds,
+        "errors": raw["errors"],
+        "warmup_errors": raw["warmup_errors"],
+        "completed": raw["completed"],
+    }
+    return run
+
+
+def measure_syncs(gen: LoadGen, rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.sync_repeats`` syncs of the whole catalogue under load, alternating the
+    two files (B over A, A over B, ...: every record changes each time)."""
+    assert rig.live is not None
+    runs = []
+    for r in range(args.sync_repeats):
+        path = rig.live.setup.catalogues[(r + 1) % 2]
+        run = sync_once(gen, rig, args, path, r)
+        runs.append(run)
+        ph = run["phases"]
+        print(
+            f"    #{r + 1} sync {run['sync']['seconds']:.1f}s ({run['sync']['changes_written']} "
+            f"changes), failed {sum(sum(p['failed'].values()) for p in ph.values())}, client p99 "
+            f"before {ph['before']['latency_ms'].get('p99', 0):.1f} / during "
+            f"{ph['during']['latency_ms'].get('p99', 0):.1f} / after "
+            f"{ph['after']['latency_ms'].get('p99', 0):.1f} ms",
+            flush=True,
+        )
+        time.sleep(2.0)
+    summary: dict[str, Any] = {
+        "sync_seconds": median([r["sync"]["seconds"] for r in runs]),
+        "writes_span_seconds": median([r["sync"]["writes_span_seconds"] or 0.0 for r in runs]),
+        "failed_calls": sum(sum(p["failed"].values()) for r in runs for p in r["phases"].values()),
+        "errors_in_window": sum(sum(r["errors"].values()) for r in runs),
+    }
+    for name in SYNC_PHASES:
+        for path in ("latency_ms/p50", "latency_ms/p99", "latency_ms/max", "qps",
+                     "server_p50_ms", "server_p99_ms"):  # fmt: skip
+            values = [get(r["phases"][name], path) for r in runs]
+            if all(isinstance(v, int | float) for v in values):
+                _set(summary, f"{name}/{path}", median(values))
+    ratios = [
+        r["phases"]["during"]["latency_ms"]["p99"] / r["phases"]["before"]["latency_ms"]["p99"]
+        for r in runs
+        if r["phases"]["before"]["latency_ms"].get("p99")
+        and r["phases"]["during"]["latency_ms"].get("p99")
+    ]
+    summary["p99_during_over_before"] = median(ratios) if ratios else None
+    summary["p99_during_over_before_per_run"] = ratios
+    return {
+        "config": {
+            "repeats": args.sync_repeats,
+            "concurrency": args.sync_concurrency,
+            "pool": args.sync_pool,
+            "before_seconds": args.sync_before,
+            "after_seconds": args.sync_after,
+            "channels": args.channels,
+        },
+        "initial_load": rig.live.report["catalogue_load"],
+        "summary": summary,
+        "runs": runs,
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -1231,11 +1718,18 @@ def interceptor_table(entries: list[dict[str, Any]]) -> list[str]:
 
 def check_table(entries: list[dict[str, Any]]) -> list[str]:
     """Evidence that each scenario did what it claims, from the server's own counters."""
+    rules = any(e["scenario"] == "live" for e in entries)
     lines = [
         "| items | scenario | load | strategy (server counters) | user-vector lookups per "
-        "request | fold-ins per request | items in a response | errors | other work on the "
-        "machine, cores (recsvc / floor runs, median) |",
-        "|---:|---|---:|---|---|---:|---:|---|---:|",
+        "request | fold-ins per request | items in a response | "
+        + (
+            "rule applications per answer, by action (server counters) | rules the sample "
+            "answer names (its items a rule placed or moved) | "
+            if rules
+            else ""
+        )
+        + "errors | other work on the machine, cores (recsvc / floor runs, median) |",
+        "|---:|---|---:|---|---|---:|---:|" + ("---|---|" if rules else "") + "---|---:|",
     ]
     for e in entries:
         run = e["service_runs"][len(e["service_runs"]) // 2]
@@ -1249,12 +1743,83 @@ def check_table(entries: list[dict[str, Any]]) -> list[str]:
         )
         errors = {**run["errors"]}
         load = f"c={int(e['level'])}" if e["mode"] == "closed" else f"{e['level']:.0f}/s"
+        rule_cells = ""
+        if rules:
+            applied = ", ".join(
+                f"{k} {v / handled:.2f}"
+                for k, v in sorted(srv.get("rule_applications", {}).items())
+            )
+            named = run["sample"].get("applied_rule_ids", [])
+            rule_cells = (
+                f"{applied or '-'} | "
+                + (
+                    f"{len(named)}: {', '.join(named)} ({run['sample'].get('items_with_rules', 0)} "
+                    "items)"
+                    if named
+                    else "-"
+                )
+                + " | "
+            )
         lines.append(
             f"| {e['model_items']:,} | {e['scenario']} | {load} | {strategies or '-'} | "
             f"{lookups or '-'} | {srv.get('foldins', 0) / handled:.2f} | "
-            f"{run['sample']['items']} | {errors or 'none'} | "
+            f"{run['sample']['items']} | {rule_cells}{errors or 'none'} | "
             f"{_ms(get(e['median']['service'], 'other_load_cores'))} / "
             f"{_ms(get(e['median']['floor'], 'other_load_cores'))} |"
+        )
+    return lines
+
+
+def same_load(entries: list[dict[str, Any]], e: dict[str, Any], scenario: str) -> Any:
+    """The entry of ``scenario`` measured at ``e``'s catalogue and load, or None."""
+    return next(
+        (
+            c
+            for c in entries
+            if c["scenario"] == scenario
+            and (c["catalogue"], c["mode"], c["level"]) == (e["catalogue"], e["mode"], e["level"])
+        ),
+        None,
+    )
+
+
+def live_table(entries: list[dict[str, Any]]) -> list[str]:
+    """``live`` beside ``cached`` of the same repeats: server p50 and the other figures."""
+    lines = [
+        "| items | c | server p50 ms: cached / live | live ÷ cached (per-repeat median, range) | "
+        "server mean ms: cached / live (÷) | server p99 ms: cached / live | QPS: cached / live "
+        "/ floor | server CPU µs/req: cached / live (÷) | client p50 / p99 ms: cached / live | "
+        f"p50 ≤ {LIVE_RULES_MAX_P50_RATIO}× cached |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for e in entries:
+        vs = e.get("vs_cached")
+        if e["scenario"] != "live" or not vs:
+            continue
+        cached = same_load(entries, e, "cached")
+        if cached is None:
+            continue
+        s, c = e["median"]["service"], cached["median"]["service"]
+        p50 = vs["server_handling_p50_ms"]
+        per = p50["per_repeat"]
+        ratio = p50["ratio_of_medians"]
+        met = ratio is not None and ratio <= LIVE_RULES_MAX_P50_RATIO
+        spread = f"{p50['per_repeat_median']:.2f}, {min(per):.2f}–{max(per):.2f}" if per else "-"
+        mean = vs["server_handling_mean_ms"]["ratio_of_medians"]
+        cpu = vs["cpu_us_per_request_server"]["ratio_of_medians"]
+        lines.append(
+            f"| {e['model_items']:,} | {int(e['level'])} | "
+            f"{_ms(get(c, 'server/handling_p50_ms'))} / {_ms(get(s, 'server/handling_p50_ms'))} | "
+            f"**{ratio:.2f}×** ({spread}) | "
+            f"{_ms(get(c, 'server/handling_mean_ms'))} / {_ms(get(s, 'server/handling_mean_ms'))}"
+            f"{_ratio(mean)} | "
+            f"{_ms(get(c, 'server/handling_p99_ms'))} / {_ms(get(s, 'server/handling_p99_ms'))} | "
+            f"{c['qps']:,.0f} / {s['qps']:,.0f} / {e['median']['floor']['qps']:,.0f} | "
+            f"{get(c, 'cpu_us_per_request/server'):,.0f} / "
+            f"{get(s, 'cpu_us_per_request/server'):,.0f}{_ratio(cpu)} | "
+            f"{_ms(get(c, 'latency_ms/p50'))} / {_ms(get(c, 'latency_ms/p99'))} ; "
+            f"{_ms(get(s, 'latency_ms/p50'))} / {_ms(get(s, 'latency_ms/p99'))} | "
+            f"{'met' if met else '**not met**'} |"
         )
     return lines
 
@@ -1328,7 +1893,124 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": p50 is not None and p50 <= TARGETS["session_server_p50_ms_max"],
                 }
             )
+    for e in sorted(entry("live", "closed"), key=lambda e: -e["level"]):
+        vs = e.get("vs_cached")
+        if not vs:
+            continue
+        ratio = vs["server_handling_p50_ms"]["ratio_of_medians"]
+        cached = same_load(report["points"], e, "cached")
+        live_p50 = _ms(get(e["median"]["service"], "server/handling_p50_ms"))
+        cached_p50 = (
+            _ms(get(cached["median"]["service"], "server/handling_p50_ms")) if cached else "-"
+        )
+        found.append(
+            {
+                "target": f"Recommend, cached user, {items}, with a live catalogue, 10 active "
+                "rules and an attribute filter: server p50 ≤ "
+                f"{LIVE_RULES_MAX_P50_RATIO}× cached's in the same run (issue #15; "
+                f"concurrency {int(e['level'])})",
+                "measured": f"{ratio:.2f}× ({live_p50} vs {cached_p50} ms)"
+                if ratio is not None
+                else "-",
+                "met": ratio is not None and ratio <= LIVE_RULES_MAX_P50_RATIO,
+            }
+        )
+    for n, sync in sorted(report.get("sync", {}).items()):
+        summary = sync["summary"]
+        found.append(
+            {
+                "target": f"A catalogue sync of {int(n):,} items (recsvc catalog load) under "
+                f"closed-loop load (concurrency {sync['config']['concurrency']}): completes in "
+                "seconds and fails no concurrent call (issue #15)",
+                "measured": f"{summary['sync_seconds']:.1f} s (median of "
+                f"{len(sync['runs'])}), {summary['failed_calls']} failed calls",
+                "met": summary["failed_calls"] == 0
+                and summary["errors_in_window"] == 0
+                and summary["sync_seconds"] < 60,
+            }
+        )
     return found
+
+
+def sync_markdown(syncs: dict[str, Any]) -> list[str]:
+    """The catalogue sync section: the sync's time, failures, latency before/during/after."""
+    lines = []
+    for n, sync in sorted(syncs.items()):
+        cfg, summary = sync["config"], sync["summary"]
+        lines += [
+            f"## Catalogue sync of {int(n):,} items under load",
+            "",
+            f"While the load generator ran closed-loop `{cfg['pool']}` requests at concurrency "
+            f"{cfg['concurrency']} on the live server, this script ran `recsvc catalog load "
+            "FILE` against it — what a shop runs: the file read and checked, then "
+            "`UpsertItems` calls of 1000 items — alternating two files that differ in every "
+            "item's price and in which 2% are unavailable, so every record changes each time. "
+            f"The window: {cfg['before_seconds']:g} s of load before the sync, the sync, "
+            f"{cfg['after_seconds']:g} s or more after. The command's wall time includes "
+            "starting Python and reading the file; 'writes' is from its first to its last "
+            "change in Redis (a thread reading the change counter every 20 ms); 'applied' is "
+            "how long after the command returned the server had applied the last change "
+            "(its `recsvc_live_version`). Calls that failed are counted by status code "
+            "(every non-OK status the client got).",
+            "",
+            f"The first load of the catalogue, with nothing else running, took "
+            f"{sync['initial_load']['seconds']:.1f} s.",
+            "",
+            "| run | file | sync s | writes s | applied s after | changes | failed calls | "
+            "client p50 ms before / during / after | client p99 ms before / during / after | "
+            "worst call ms before / during | worst 1-s p99 ms before / during | QPS before / "
+            "during | server p99 ms before / during | UpsertItems handling mean / p99 ms | "
+            "sync client CPU s | server's full GC collections (during) | other work, cores "
+            "(during) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in sync["runs"]:
+            ph, sy = r["phases"], r["sync"]
+            failed = sum(sum(p["failed"].values()) for p in ph.values())
+            codes = {k: v for p in ph.values() for k, v in p["failed"].items()}
+            worst = {
+                name: max(
+                    (b["p99_ms"] for b in r["seconds"] if b["phase"] == name and b["p99_ms"]),
+                    default=None,
+                )
+                for name in ("before", "during")
+            }
+
+            def lat(name: str, q: str, ph: dict[str, Any] = ph) -> str:
+                return _ms(ph[name]["latency_ms"].get(q))
+
+            lines.append(
+                f"| {r['repeat'] + 1} | `{r['file']}` | {sy['seconds']:.1f} | "
+                f"{_ms(sy['writes_span_seconds'])} | {_ms(sy['applied_after_return_seconds'])} | "
+                f"{sy['changes_written']} | {failed}{f' {codes}' if codes else ''} | "
+                f"{lat('before', 'p50')} / {lat('during', 'p50')} / {lat('after', 'p50')} | "
+                f"{lat('before', 'p99')} / {lat('during', 'p99')} / {lat('after', 'p99')} | "
+                f"{lat('before', 'max')} / {lat('during', 'max')} | "
+                f"{_ms(worst['before'])} / {_ms(worst['during'])} | "
+                f"{ph['before']['qps']:,.0f} / {ph['during']['qps']:,.0f} | "
+                f"{_ms(ph['before']['server_p99_ms'])} / {_ms(ph['during']['server_p99_ms'])} | "
+                f"{_ms(ph['during']['upsert_handling_mean_ms'])} / "
+                f"{_ms(ph['during']['upsert_handling_p99_ms'])} | {sy['cpu_seconds']:.1f} | "
+                f"{ph['during'].get('gc_generation2_collections', 0):.0f} | "
+                f"{_ms(ph['during']['other_load_cores'])} |"
+            )
+        ratio = summary.get("p99_during_over_before")
+        lines += [
+            "",
+            f"Medians over the runs: sync {summary['sync_seconds']:.1f} s, client p99 "
+            f"{_ms(get(summary, 'before/latency_ms/p99'))} ms before and "
+            f"{_ms(get(summary, 'during/latency_ms/p99'))} ms during"
+            + (f" ({ratio:.2f}×)" if ratio else "")
+            + f"; {summary['failed_calls']} failed calls in all runs"
+            + (
+                ""
+                if all(r["window_covers_sync"] for r in sync["runs"])
+                else " (**a sync outlasted its window**: its last seconds are not measured)"
+            )
+            + ".",
+            "",
+        ]
+    return lines
 
 
 def _method_markdown() -> list[str]:
@@ -1418,6 +2100,24 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{rejection['users_sampled']:.0f} pool users are out of stock "
                 f"({rejection['catalogue_out_of_stock_share']:.0%} of the catalogue)."
             )
+    for n, live in report.get("live", {}).items():
+        f, cand, info = live["facts"], live["candidates"], live["model_info"]
+        lines.append(
+            f"- live on {int(n):,} items: a catalogue of {f['catalogue_items']:,} items "
+            f"({f['model_items']:,} in the model; {f['departments']} departments over the "
+            f"categories, {f['brands']} brands, {f['unavailable_share']:.1%} unavailable) "
+            f"loaded by `recsvc catalog load` in {live['catalogue_load']['seconds']:.1f} s "
+            f"with nothing else running, and {len(f['rules'])} rules by `recsvc rules load` "
+            f"(the server then reported {int(info.get('catalog_item_count') or 0):,} "
+            f"catalogue items, catalogue version {info.get('catalog_version')}, "
+            f"{info.get('live_rule_count')} live rules). The price filter "
+            f"[{f['price_range'][0]:g}, {f['price_range'][1]:g}] keeps "
+            f"{f['filter_keeps_model_items_share']:.0%} of the model's items; with the "
+            f"unavailable ones, {cand['rejected_share']:.0%} of the first "
+            f"{cand['candidates_per_user']:.0f} exact candidates of "
+            f"{cand['users_sampled']:.0f} pool users are hidden. Files: `_live.py` in "
+            "`benchmarks/` writes them (not kept in the repository)."
+        )
     lines += [
         "",
         "## Targets",
@@ -1449,6 +2149,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             busy_note,
             "",
         ]
+    if any(e.get("vs_cached") for e in report["points"]):
+        lines += [
+            "## Live catalogue, 10 rules and a filter vs cached (same run)",
+            "",
+            "`live` and `cached` at the same concurrency were measured together: in each "
+            "repeat one run of each on its own `recsvc serve` (the same model and vectors; "
+            "the `live` server also holds the live catalogue and the rules), back to back, "
+            "then their floors, the order reversed every other repeat. The ratio is of the "
+            "medians; in brackets the median and range of the ratio within each repeat. "
+            "Server p50 is read from histogram buckets (0.1, 0.25, 0.5 ms ...: linear "
+            "interpolation inside one), so the mean (exact: sum ÷ count) is given beside it.",
+            "",
+            *live_table(report["points"]),
+            "",
+        ]
+    if report.get("sync"):
+        lines += sync_markdown(report["sync"])
     with_interceptors = [e for e in report["points"] if "interceptors" in e["median"]]
     if with_interceptors:
         lines += [
@@ -1476,6 +2193,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("profile"):
         lines += ["## Profile", "", "See [`profile.md`](profile.md) and `profile.svg`.", ""]
+    if report.get("profile_live"):
+        lines += [
+            "## Profile of the live scenario",
+            "",
+            "See [`profile-live.md`](profile-live.md) and `profile-live.svg`.",
+            "",
+        ]
+    if report.get("engine_path"):
+        lines += [
+            "## The live path step by step",
+            "",
+            "[`engine-path.md`](engine-path.md) (`benchmarks/bench_live_path.py`, its command "
+            "there): the engine in process, cached and live and the layers between them, each "
+            "step of a Recommend timed, and a catalogue sync's work step by step.",
+            "",
+        ]
     lines += [
         "## Method",
         "",
@@ -1598,21 +2331,27 @@ def measure(
     gen: LoadGen,
     rig: Rig,
     floors: dict[str, Server],
-    point: Point,
+    group: list[Point],
     args: argparse.Namespace,
     rate: float | None,
-) -> dict[str, Any]:
-    """``args.repeats`` runs of each side, in ABBA order (reversed every other repeat)."""
-    sides = ["service", "floor"] + (["interceptors"] if point.interceptors else [])
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+) -> list[dict[str, Any]]:
+    """``args.repeats`` runs of each side of every point of ``group`` (points at the
+    same load, measured together), in ABBA order (reversed every other repeat); for a
+    group, each side's runs of the points are adjacent (recsvc cached, recsvc live,
+    floor, floor, ...). One entry per point."""
+    sides = {p: ["service", "floor"] + (["interceptors"] if p.interceptors else []) for p in group}
+    order = [(p, side) for side in ("service", "floor", "interceptors") for p in group
+             if side in sides[p]]  # fmt: skip
+    runs: dict[Point, dict[str, list[dict[str, Any]]]] = {
+        p: {side: [] for side in sides[p]} for p in group
+    }
     for r in range(args.repeats):
-        for side in sides if r % 2 == 0 else reversed(sides):
+        for point, side in order if r % 2 == 0 else reversed(order):
             if side == "service":
+                server, metrics_url, pids = rig.serving(point.scenario)
                 run = run_once(
-                    gen, point, side, rig.server, args,
-                    metrics_url=rig.metrics_url,
-                    pids={**rig.server.pids(), "redis": rig.redis.pid},
-                    rate=rate, seed=SEED + r,
+                    gen, point, side, server, args,
+                    metrics_url=metrics_url, pids=pids, rate=rate, seed=SEED + r,
                 )  # fmt: skip
             else:
                 server = floors[side]
@@ -1620,18 +2359,85 @@ def measure(
                     gen, point, side, server, args,
                     metrics_url=None, pids=server.pids(), rate=rate, seed=SEED + r,
                 )  # fmt: skip
-            runs[side].append(run)
-            print(f"    #{r + 1} {_brief(run)}", flush=True)
-    return {
-        "catalogue": point.catalogue,
-        "model_items": rig.shop.model_items,
-        "scenario": point.scenario,
-        "mode": point.mode,
-        "level": rate if point.mode == "open" else point.level,
-        "rate_fraction": point.rate_fraction or None,
-        "median": summarise(runs),
-        **{f"{side}_runs": side_runs for side, side_runs in runs.items()},
-    }
+            runs[point][side].append(run)
+            who = f"{point.scenario} " if len(group) > 1 else ""
+            print(f"    #{r + 1} {who}{_brief(run)}", flush=True)
+    entries = [
+        {
+            "catalogue": point.catalogue,
+            "model_items": rig.shop.model_items,
+            "scenario": point.scenario,
+            "mode": point.mode,
+            "level": rate if point.mode == "open" else point.level,
+            "rate_fraction": point.rate_fraction or None,
+            "median": summarise(runs[point]),
+            **{f"{side}_runs": side_runs for side, side_runs in runs[point].items()},
+        }
+        for point in group
+    ]
+    by_scenario = {e["scenario"]: e for e in entries}
+    if "live" in by_scenario and "cached" in by_scenario:
+        by_scenario["live"]["vs_cached"] = versus(by_scenario["live"], by_scenario["cached"])
+    return entries
+
+
+VERSUS_PATHS = (
+    "server/handling_p50_ms",
+    "server/handling_p99_ms",
+    "server/handling_mean_ms",
+    "qps",
+    "latency_ms/p50",
+    "latency_ms/p99",
+    "cpu_us_per_request/server",
+)
+
+
+def versus(entry: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """``entry``'s recsvc figures over ``reference``'s, measured in the same repeats:
+    the ratio of the medians, and the ratio within each repeat (its median and range)."""
+    out: dict[str, Any] = {"reference": reference["scenario"]}
+    for path in VERSUS_PATHS:
+        a, b = get(entry["median"]["service"], path), get(reference["median"]["service"], path)
+        pairs = [
+            (get(x, path), get(y, path))
+            for x, y in zip(entry["service_runs"], reference["service_runs"], strict=True)
+        ]
+        per_repeat = [
+            x / y for x, y in pairs if isinstance(x, float) and isinstance(y, float) and y
+        ]
+        out[path.replace("/", "_")] = {
+            "ratio_of_medians": a / b
+            if isinstance(a, float) and isinstance(b, float) and b
+            else None,
+            "per_repeat": per_repeat,
+            "per_repeat_median": median(per_repeat) if per_repeat else None,
+        }
+    return out
+
+
+def groups(points: list[Point]) -> list[list[Point]]:
+    """``points`` as measurement groups, in order: each :data:`PAIRED` scenario with the
+    others planned at the same catalogue and load, every other point on its own."""
+    out: list[list[Point]] = []
+    taken: set[Point] = set()
+    for point in points:
+        if point in taken:
+            continue
+        group = [point]
+        if point.scenario in PAIRED:
+            group += [
+                p
+                for p in points
+                if p not in taken
+                and p is not point
+                and p.scenario in PAIRED
+                and p.scenario != point.scenario
+                and (p.catalogue, p.mode, p.level, p.rate_fraction)
+                == (point.catalogue, point.mode, point.level, point.rate_fraction)
+            ]
+        taken.update(group)
+        out.append(group)
+    return out
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -1659,6 +2465,29 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "(default 1 for one process, else 4)",
     )
     p.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=list(SCENARIOS),
+        help="measure only these scenarios (default: every one but live); cached and live "
+        "at the same load are measured together, alternating",
+    )
+    p.add_argument(
+        "--sync-repeats",
+        type=int,
+        default=0,
+        help="with the live scenario: this many syncs of the whole catalogue (recsvc catalog "
+        "load) into its server under closed-loop load (default 0: none)",
+    )
+    p.add_argument("--sync-concurrency", type=int, default=8, help="calls in flight meanwhile")
+    p.add_argument(
+        "--sync-pool",
+        choices=["live", "cached"],
+        default="live",
+        help="the requests of that load (both go to the live server)",
+    )
+    p.add_argument("--sync-before", type=float, default=5.0, help="seconds of load before")
+    p.add_argument("--sync-after", type=float, default=5.0, help="seconds of load after, at least")
+    p.add_argument(
         "--quick",
         action="store_true",
         help="100k items, cached and session at concurrency 32, cached open loop at half "
@@ -1678,6 +2507,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.out = Path("benchmarks/results/quick" if args.quick else "benchmarks/results/serving")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.quick and args.scenarios:
+        p.error("--scenarios does not combine with --quick")
+    if args.sync_repeats and "live" not in (args.scenarios or []):
+        p.error("--sync-repeats needs the live scenario (--scenarios ... live)")
     if args.processes < 1:
         p.error("--processes must be >= 1")
     if args.channels is None:
@@ -1723,6 +2556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "servers": {},
         "filter_rejection": {},
         "setup_seconds": {},
+        "live": {},
+        "sync": {},
         "points": [],
     }
     shops = {n: ensure_shop(n, args.workdir) for n in sorted(set(args.catalogues))}
@@ -1751,18 +2586,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["filter_rejection"][str(n)] = rig.filter_rejection
             report["setup_seconds"][str(n)] = rig.setup_seconds
             report["shops"][str(n)]["pools"] = rig.pools
+            warm = [("service", rig.server, "cached")]
+            if rig.live is not None:
+                owned += [rig.live.redis, rig.live.server]
+                report["servers"][f"recsvc-{n}-live"] = shlex.join(rig.live.server.command)
+                report["live"][str(n)] = rig.live.report
+                warm.append(("service", rig.live.server, "live"))
             # warm the LRU with every cached user, and both servers' code paths
-            warm = [("service", rig.server)] + [("floor", f) for f in floors.values()]
-            for side, server in warm:
+            warm += [("floor", f, "cached") for f in floors.values()]
+            for side, server, scenario in warm:
                 gen.ask(
                     {
                         "op": "run", "target": server.target,
-                        "pool": pool_name(n, "cached", side), "mode": "closed",
+                        "pool": pool_name(n, scenario, side), "mode": "closed",
                         "concurrency": 16, "warmup": 0.0, "duration": 2.0,
                         "channels": args.channels,
                     }
                 )  # fmt: skip
-            for point in mine:
+            for group in groups(mine):
+                point = group[0]
                 rate = None
                 if point.mode == "open":
                     if point.rate_fraction:
@@ -1772,19 +2614,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else:
                         rate = point.level
                 what = f"c={int(point.level)}" if point.mode == "closed" else f"{rate:.0f}/s"
-                print(f"[{n:,} items] {point.scenario} {what}", flush=True)
-                entry = measure(gen, rig, floors, point, args, rate)
-                report["points"].append(entry)
-                if point.scenario == "cached" and point.mode == "closed" and point.level == 32:
-                    reference_qps = entry["median"]["service"]["qps"]
+                names = " + ".join(p.scenario for p in group)
+                print(f"[{n:,} items] {names} {what}", flush=True)
+                for entry in measure(gen, rig, floors, group, args, rate):
+                    report["points"].append(entry)
+                    if (
+                        entry["scenario"] == "cached"
+                        and entry["mode"] == "closed"
+                        and entry["level"] == 32
+                    ):
+                        reference_qps = entry["median"]["service"]["qps"]
                 write_outputs(report, args)  # partial results survive a later failure
+            if rig.live is not None and args.sync_repeats > 0:
+                print(f"[{n:,} items] catalogue sync under load, {args.sync_repeats} runs ...")
+                report["sync"][str(n)] = measure_syncs(gen, rig, args)
+                write_outputs(report, args)
             if args.profile_seconds > 0 and n == max(args.catalogues):
-                print(f"[{n:,} items] profiling recsvc for 2 x {args.profile_seconds:g}s ...")
-                report["profile"] = profile(gen, rig, args, args.out)
-            rig.server.stop()
-            rig.redis.stop()
-            owned.remove(rig.server)
-            owned.remove(rig.redis)
+                for scenario in [
+                    s for s in ("cached", "live") if any(p.scenario == s for p in mine)
+                ]:
+                    print(
+                        f"[{n:,} items] profiling recsvc ({scenario}) for 2 x "
+                        f"{args.profile_seconds:g}s ..."
+                    )
+                    key = "profile" if scenario == "cached" else f"profile_{scenario}"
+                    report[key] = profile(gen, rig, args, args.out, scenario)
+            stopping = [rig.server, rig.redis]
+            if rig.live is not None:
+                stopping += [rig.live.server, rig.live.redis]
+            for item in stopping:
+                item.stop()
+                owned.remove(item)
     report["machine"]["loadavg_at_end"] = list(os.getloadavg())
     report["total_seconds"] = time.perf_counter() - started
     write_outputs(report, args, final=True)
@@ -1863,6 +2723,11 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _relative(text: str) -> str:
+    """``text`` with this checkout's paths relative to it (commands as run from its root)."""
+    return text.replace(f"{REPO}/", "")
+
+
 def write_outputs(report: dict[str, Any], args: argparse.Namespace, *, final: bool = False) -> None:
     if args.quick:
         if final:
@@ -1870,8 +2735,10 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace, *, final: bo
             (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return
     report["targets"] = evaluate_targets(report)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "README.md").write_text(render_markdown(report))
+    # bench_live_path.py's breakdown, when it was written beside this report
+    report["engine_path"] = bool(report["live"]) and (args.out / "engine-path.md").exists()
+    (args.out / "results.json").write_text(_relative(json.dumps(report, indent=2) + "\n"))
+    (args.out / "README.md").write_text(_relative(render_markdown(report)))
     if final:
         plots(report, args.out)
 

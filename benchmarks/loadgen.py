@@ -24,8 +24,9 @@ connections spread by the kernel; one connection stays with one process), and
 ``metrics_url`` may be a list (one endpoint per server process: the texts come back
 as lists), ``"at": T`` starts the window at ``T`` on ``time.monotonic()``'s clock
 (instead of after ``warmup``; everything before it is warm-up) and ``"timeline": true``
-returns when each call completed or failed (``timeline``), so another process can
-line its own work up with the window (:mod:`bench_publish`).
+returns when each call completed (and how long it took) or failed (``timeline``), so
+another process can line its own work up with the window (:mod:`bench_publish`, the
+catalogue sync of :mod:`bench_serving`).
 
 How it measures:
 
@@ -109,6 +110,8 @@ class Window:
     warmup_errors: Counter[str] = field(default_factory=Counter)
     done_at: list[float] = field(default_factory=list)
     """When each call completed inside the window (``timeline`` runs)."""
+    done_latency: list[float] = field(default_factory=list)
+    """How long each call of :attr:`done_at` took, from its send."""
     failed_at: list[tuple[float, str]] = field(default_factory=list)
     """When each call failed and with which code, if it was sent inside the window."""
     arrivals: int = 0
@@ -195,6 +198,7 @@ async def closed_loop(
             if w.start <= t1 < w.end:
                 w.completed += 1
                 w.done_at.append(t1)
+                w.done_latency.append(t1 - t0)
             if t0 >= w.start:
                 w.latencies.append(t1 - t0)
 
@@ -230,6 +234,7 @@ async def open_loop(
         if w.start <= t1 < w.end:
             w.completed += 1
             w.done_at.append(t1)
+            w.done_latency.append(t1 - t0)
         if w.start <= due < w.end:
             w.latencies.append(t1 - t0)
             w.intended_latencies.append(t1 - due)
@@ -265,6 +270,8 @@ def describe(raw: bytes) -> dict[str, Any]:
         "fallback": response.fallback,
         "degraded": response.degraded,
         "reasons": sorted({pb.Reason.Name(i.reason) for i in response.items}),
+        "applied_rule_ids": list(response.applied_rule_ids),
+        "items_with_rules": sum(1 for i in response.items if i.rule_ids),
     }
 
 
@@ -377,6 +384,7 @@ class LoadGenerator:
             result["timeline"] = {
                 "start_monotonic": w.start - time.perf_counter() + time.monotonic(),
                 "done": [round(t - w.start, 5) for t in w.done_at],
+                "latency": [round(t, 6) for t in w.done_latency],
                 "failed": [[round(t - w.start, 5), code] for t, code in w.failed_at],
             }
         if spec["mode"] == "open":
