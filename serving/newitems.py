@@ -81,8 +81,11 @@ _TITLE_INDEX_SECONDS: Final = 600.0
 change; a new item's own title is read at every refresh)."""
 _CLOCK_MARGIN: Final = 10.0
 """Seconds of counts re-read at each refresh: replicas' clocks may differ this much."""
-_PLACE_ON_LOOP: Final = 200
-"""Records placed on the event loop at once; more go to a thread."""
+_PLACE_PER_REFRESH: Final = 1_000
+"""Records placed by one refresh at most (a catalogue sync's new products are placed
+over the next seconds)."""
+_PLACE_CHUNK: Final = 100
+"""Records placed between two yields to the event loop."""
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
@@ -445,14 +448,15 @@ class NewItems:
             return
         view = self.catalog.view(model)
         index = titles if titles.titled else None
-        if len(changed) > _PLACE_ON_LOOP:
-            placed = await asyncio.to_thread(
-                content_vectors, model, view, changed, self._unit, index
-            )
-        else:
-            placed = content_vectors(model, view, changed, self._unit, index)
-        for record, vector in zip(changed, placed, strict=True):
-            self._content[record.item_id] = (record, vector)
+        # on the event loop, never in a thread: the view changes under it with every
+        # catalogue change. A few hundred at a time, yielding between chunks; the rest
+        # are placed by the next refreshes
+        for start in range(0, min(len(changed), _PLACE_PER_REFRESH), _PLACE_CHUNK):
+            chunk = changed[start : start + _PLACE_CHUNK]
+            placed = content_vectors(model, view, chunk, self._unit, index)
+            for record, vector in zip(chunk, placed, strict=True):
+                self._content[record.item_id] = (record, vector)
+            await asyncio.sleep(0)
 
     def _build(self, model: Model, records: Sequence[CatalogItem]) -> None:
         assert self._unit is not None

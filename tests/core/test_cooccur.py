@@ -13,6 +13,7 @@ import redis
 
 from recsvc.catalog import CatalogItem
 from recsvc.model import Model
+from recsvc.serving import newitems
 from recsvc.serving.catalog import LiveCatalog
 from recsvc.serving.newitems import NewItems
 from recsvc.store import KeyScheme, async_client_from_url
@@ -103,3 +104,49 @@ def test_a_refresh_reads_only_what_changed(redis_url: str, redis_prefix: str) ->
     assert float(second.vectors[b] @ direction) > 0.999
     # unchanged inputs give the same place, computed once
     assert np.array_equal(third.vectors, second.vectors)
+
+
+def test_a_sync_of_many_new_items_is_placed_on_the_loop_over_a_few_refreshes(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # placing read the catalogue view from a thread while the loop changed it (an
+    # IndexError under a catalogue sync): it must stay on the loop, in chunks
+    built = build_model(LoadedData(block_shop(), None, (), 0), small_settings(None))
+    model = Model(built.artifact)
+    model.artifact.categories = np.array(["g0", "g1"])
+    model.artifact.item_category = np.array(
+        [0 if i.startswith("g0") else 1 for i in model.artifact.item_ids], np.int32
+    )
+    keys = KeyScheme(redis_prefix)
+    threaded: list[str] = []
+    real_to_thread = asyncio.to_thread
+
+    async def to_thread(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(getattr(func, "__name__", repr(func)))
+        return await real_to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(newitems.asyncio, "to_thread", to_thread)
+
+    async def main() -> Any:
+        client = async_client_from_url(redis_url, socket_timeout=5.0)
+        store = CatalogStore.open(redis_url, keys, socket_timeout=5.0)
+        try:
+            batch = [CatalogItem(f"new-{i:04d}", category=("g1",)) for i in range(1500)]
+            for start in range(0, len(batch), 500):
+                await store.upsert(batch[start : start + 500])
+            catalog = LiveCatalog(store)
+            await catalog.load()
+            new = NewItems(catalog, CoOccurrence(client, keys), None)
+            placed = []
+            for _ in range(2):
+                await new.refresh(model)
+                assert new.lane is not None
+                placed.append(new.lane.counts()["placed"])
+            return placed
+        finally:
+            await client.aclose()
+            await store.aclose()
+
+    placed = asyncio.run(main())
+    assert placed == [1000, 1500]
+    assert threaded == ["TitleIndex"]  # only the title index, which reads no view
