@@ -142,6 +142,9 @@ class Query:
     """None = the model's default."""
     popularity: Popularity | None = None
     """None = the model's trained popularity."""
+    headroom_k: int | None = None
+    """The answer's real size when ``k`` over-fetches for the caller (merchandising
+    rules, a diversity cap): the search's headroom is sized for it. None = ``k``."""
 
 
 @dataclass(frozen=True)
@@ -243,9 +246,12 @@ class Ranker:
         # candidate's CF score is computed anyway, so a CF item ranked beyond it
         # could only climb into the top k on popularity, and never did (Ta-Feng,
         # Diginetica, Online Retail II: metrics identical to k·4, docs/design.md)
-        headroom = k * (self.overfetch - 1)
+        # a caller that over-fetches for its own reasons (rules, a cap) names the k the
+        # headroom is for: its extra items already are headroom
+        basis = min(k, query.headroom_k or k)
+        headroom = basis * (self.overfetch - 1)
         if allowed is None:
-            headroom = min(headroom, k)
+            headroom = min(headroom, basis)
         fetch = min(self._n_items, k + min(headroom, 60))
         while True:
             items, scores, reasons = self._blend(

@@ -23,6 +23,7 @@ Following, failures and gaps are :class:`serving.follow.Follower`'s.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -43,6 +44,7 @@ __all__ = ["CatalogView", "LiveCatalog"]
 log = logging.getLogger(__name__)
 
 BoolArray = NDArray[np.bool_]
+_SERIALS = itertools.count()
 
 
 class CatalogView:
@@ -80,6 +82,11 @@ class CatalogView:
         self.revision = 0
         """Counts the records laid over the view: what was derived from its
         categories and attributes at one revision holds until the next."""
+        self.serial = next(_SERIALS)
+        """Unique per view in this process (an id() may be reused by a later view)."""
+        self.flips = 0
+        """Counts the items shown or hidden (a record or a window's start or end): with
+        :attr:`revision`, what was derived from the view holds until either moves."""
         self._leaves: tuple[int, NDArray[np.int32]] | None = None
         for item in items:
             self.apply(item, now)
@@ -139,6 +146,7 @@ class CatalogView:
         if self._shown[pos] == hidden:
             self._shown[pos] = not hidden
             self._n_hidden += 1 if hidden else -1
+            self.flips += 1
 
     # --- reads -----------------------------------------------------------------------
 

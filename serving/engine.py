@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -65,6 +66,8 @@ _LIVE_PARTNERS = 50
 """Partners read per item from the live co-purchase counts."""
 _DEGRADED_LOG_SECONDS = 60.0
 """A degraded SimilarItems is logged at most once this often (each one is counted)."""
+_FILTER_CACHE = 64
+"""Filters kept built (each a catalogue-sized mask at most: 100 kB at 100k items)."""
 _NO_FILTERS = Filters()
 """What an empty FilterSpec becomes (immutable, so shared by every request)."""
 
@@ -106,6 +109,7 @@ class Engine:
         self._recommended_items = metrics.recommended_items
         self._rule_applications = Children(metrics.rule_applications)
         self._new_recommended = Children(metrics.new_items_recommended)
+        self._filter_cache: OrderedDict[tuple[object, ...], Filters] = OrderedDict()
 
     def refresh_erasures(self) -> None:
         """Pick up erasures other replicas appended to the shared erasure list."""
@@ -114,10 +118,31 @@ class Engine:
 
     def _filters(self, model: Model, spec: FilterSpec, view: CatalogView | None) -> Filters:
         """The ranking's filters of ``spec``, with the live catalogue's ``view``: items
-        it hides are never shown, and categories are matched on live category paths."""
+        it hides are never shown, and categories are matched on live category paths.
+        Built once per view state and filter (a storefront sends a few filters again
+        and again): a small LRU of the results."""
         shown = view.shown if view is not None else None
         if spec.is_empty and shown is None:
             return _NO_FILTERS
+        key = (
+            model.version,
+            view.serial if view is not None else -1,
+            view.revision if view is not None else 0,
+            view.flips if view is not None else 0,
+            spec,
+        )
+        cached = self._filter_cache.get(key)
+        if cached is not None:
+            self._filter_cache.move_to_end(key)
+            return cached
+        built = self._build_filters(model, spec, view)
+        self._filter_cache[key] = built
+        if len(self._filter_cache) > _FILTER_CACHE:
+            self._filter_cache.popitem(last=False)
+        return built
+
+    def _build_filters(self, model: Model, spec: FilterSpec, view: CatalogView | None) -> Filters:
+        shown = view.shown if view is not None else None
         items, categories = model.item_position, model.category_position
         include_categories = (
             np.array([categories[c] for c in spec.include_categories if c in categories], np.int32)
@@ -177,7 +202,7 @@ class Engine:
         rules = self._rules(model, view, req.placement)
         cap = req.max_per_category or self._cap(req.placement)
         k = _fetch(req.k, rules, cap) if rules or cap else req.k
-        query = profile.query(k, filters, req.repeat_policy, live)
+        query = profile.query(k, filters, req.repeat_policy, live, req.k if k > req.k else None)
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
         self._index_seconds.observe(time.perf_counter() - t)

@@ -96,6 +96,7 @@ class Profile:
         filters: Filters,
         repeat_policy: RepeatPolicy | None,
         popularity: Popularity | None = None,
+        headroom_k: int | None = None,
     ) -> Query:
         # whether what the shopper just looked at may be shown again is the ranker's
         # call: the shop's measured default, or the request's repeat policy
@@ -111,6 +112,7 @@ class Profile:
             filters=filters,
             repeat_policy=repeat_policy,
             popularity=popularity,
+            headroom_k=headroom_k,
         )
 
 
