@@ -100,6 +100,33 @@ def test_a_predicate_pin_takes_its_best_ranked_match_else_its_most_popular() -> 
     assert out.items.tolist() == [0, 1, 11, 2, 3]
 
 
+def test_a_predicate_pin_past_its_first_popular_matches_still_finds_one() -> None:
+    # a predicate's first 256 popular matches are kept per popular order; when every
+    # one is hidden the pin looks through the rest, as it did before the cache
+    n = 1000
+    rule = Rule("deep", RuleAction.PIN, categories=("c",), position=1)
+    mask = np.zeros(n, bool)
+    mask[::2] = True  # the even items
+    pin = CompiledRule(rule, None, mask)
+    popular = np.arange(n, dtype=np.int32)
+    allowed = np.ones(n, bool)
+    allowed[:600] = False  # the first 300 matches are hidden
+    items, scores, reasons = ranked(5)
+    out = merchandise(
+        items + 600, scores, reasons, 3, [pin],
+        allowed=allowed, popular=popular, category=None, cap=0,
+    )  # fmt: skip
+    assert out.items.tolist() == [600, 601, 602]  # its best ranked match
+    odd = np.arange(601, 611, 2, dtype=np.int32)  # ranked: odd items only
+    out = merchandise(
+        odd, scores, reasons, 3, [pin],
+        allowed=allowed, popular=popular, category=None, cap=0,
+    )  # fmt: skip
+    assert out.items.tolist() == [600, 601, 603]  # the first allowed match, popular order
+    assert pin.popular_matches(popular) is pin.popular_matches(popular)
+    assert len(pin.popular_matches(popular)) == 256
+
+
 def test_pins_at_the_same_position_take_the_next_free_one() -> None:
     out = shape([listed("a", RuleAction.PIN, [9], position=1),
                  listed("b", RuleAction.PIN, [8], position=1)])  # fmt: skip
