@@ -26,9 +26,11 @@ How an answer is made:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -103,6 +105,26 @@ class Filters:
             and not self.in_stock_only
             and self.shown is None
         )
+
+    @property
+    def only_shown(self) -> bool:
+        """Whether :attr:`shown` is the whole restriction (a live catalogue's, with a
+        request's attribute and category filters folded in)."""
+        return (
+            self.shown is not None
+            and len(self.exclude_items) == 0
+            and self.include_categories is None
+            and len(self.exclude_categories) == 0
+            and not self.in_stock_only
+        )
+
+    @cached_property
+    def shown_share(self) -> float:
+        """The share of items :attr:`shown` lets through (1.0 when None); computed once
+        per Filters (the server reuses one per catalogue state and filter)."""
+        if self.shown is None or len(self.shown) == 0:
+            return 1.0
+        return float(np.count_nonzero(self.shown)) / len(self.shown)
 
 
 @dataclass(frozen=True)
@@ -220,6 +242,7 @@ class Ranker:
         if self.model.neighbors is None:
             blend = blend.without_neighbors()
         allowed = self._allowed(query, policy)
+        hidden_by_policy = any(self._hides(query, policy))
         neighbor_source = self._neighbor_source(query) if blend.neighbors > 0 else None
         if blend == Blend(cf=0.0, neighbors=blend.neighbors) and neighbor_source is None:
             blend = Blend()  # nothing else to go on: CF, if there is a vector
@@ -252,6 +275,14 @@ class Ranker:
         headroom = basis * (self.overfetch - 1)
         if allowed is None:
             headroom = min(headroom, basis)
+        elif query.filters.only_shown and not hidden_by_policy:
+            # a live catalogue that hides a few items (and a request's filters folded
+            # into it): the blend's headroom, plus what the hidden share would take
+            # out of the fetch, 1.5 times over; a search that still falls short
+            # widens below
+            share = max(query.filters.shown_share, 1e-3)
+            rejected = math.ceil((k + basis) * (1.0 - share) / share * 1.5) + 2
+            headroom = min(headroom, basis + rejected)
         fetch = min(self._n_items, k + min(headroom, 60))
         while True:
             items, scores, reasons = self._blend(
@@ -398,10 +429,8 @@ class Ranker:
             return foldin.user_vector(query.history_items, query.history_weights)
         return None
 
-    def _allowed(self, query: Query, policy: RepeatPolicy) -> NDArray[np.bool_] | None:
-        """The mask of items that may be shown; None when every item may (the common
-        case, which then costs no per-request catalogue-sized array)."""
-        f = query.filters
+    def _hides(self, query: Query, policy: RepeatPolicy) -> tuple[bool, bool]:
+        """Whether the repeat policy hides the live session's items, the bought ones."""
         # what the shopper just looked at is shown again only when the shop's
         # sessions revisit items (measured by the trainer) or the request asks for it
         asked = query.repeat_policy
@@ -409,7 +438,13 @@ class Ranker:
             asked is RepeatPolicy.EXCLUDE
             or (asked is not RepeatPolicy.ALLOW and not self.model.defaults.session_repeats)
         )
-        hide_bought = policy is RepeatPolicy.EXCLUDE and len(query.purchased_items) > 0
+        return hide_session, policy is RepeatPolicy.EXCLUDE and len(query.purchased_items) > 0
+
+    def _allowed(self, query: Query, policy: RepeatPolicy) -> NDArray[np.bool_] | None:
+        """The mask of items that may be shown; None when every item may (the common
+        case, which then costs no per-request catalogue-sized array)."""
+        f = query.filters
+        hide_session, hide_bought = self._hides(query, policy)
         if f.is_empty and not hide_session and not hide_bought:
             return None
         allowed = np.ones(self._n_items, dtype=bool) if f.shown is None else f.shown.copy()

@@ -74,6 +74,23 @@ def test_filters_still_return_k_when_k_qualify(model: Model) -> None:
     assert all(model.artifact.item_available[got.items])
 
 
+@pytest.mark.parametrize("hidden", [0.02, 0.5, 0.95])
+def test_a_live_catalogue_mask_sizes_the_search_and_still_returns_k(
+    model: Model, hidden: float
+) -> None:
+    # the fetch is sized from the share a live catalogue's mask lets through: the
+    # answer is the unfiltered one's order with the hidden items left out, k long
+    rng = np.random.default_rng(3)
+    shown = rng.random(model.n_items) >= hidden
+    shown[model.item_position["g0i02"]] = True
+    ranker = Ranker(model)
+    plain = ranker.recommend(user_query(model, "g0u01", model.n_items))
+    expected = [i for i in plain.items.tolist() if shown[i]][:4]
+    got = ranker.recommend(user_query(model, "g0u01", 4, filters=Filters(shown=shown)))
+    assert got.items.tolist() == expected
+    assert Filters(shown=shown).shown_share == pytest.approx(shown.mean())
+
+
 def test_fewer_qualifying_than_k_returns_those_without_padding(model: Model) -> None:
     only = np.array([1], np.int32)
     avail = int((model.artifact.item_available & (model.artifact.item_category == 1)).sum())
