@@ -436,6 +436,10 @@ class PlacementSettings(_Section):
     """What SimilarItems answers for this placement when the request names no mode:
     ``similar`` (substitutes) or ``bought_together`` (a product page's "bought
     together", a cart's complements)."""
+    trending_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Recommend: the share of popularity (the trained one blended with what sells
+    now) in this placement's blend, the other signals sharing the rest (a home page:
+    personal + trending); None = the model's blend."""
 
 
 class EvaluationSettings(_Section):
@@ -474,6 +478,11 @@ class Settings(BaseSettings):
     placements: dict[str, PlacementSettings] = {}
     """Per-placement settings by placement name (``[placements.pdp]``,
     ``max_per_category = 2``); a placement not named here gets the defaults."""
+    placements_file: Path | None = None
+    """A TOML file of ``[placements.<name>]`` tables that replaces ``placements``,
+    read again by a running server whenever it changes (checked every
+    ``server.reload_poll_seconds``, and on SIGHUP): placements change without a
+    restart. A file that does not parse is logged and the last good one kept."""
 
     @property
     def erasure_path(self) -> Path:
@@ -557,7 +566,11 @@ def example_toml() -> str:
             lines += _toml_field(field_name, info.description, getattr(section, field_name))
     doc = " ".join((Settings.model_fields["placements"].description or "").split())
     lines += ["", f"# {doc}", "# [placements.pdp]"]
-    example = {"max_per_category": 2, "similar_mode": SimilarMode.BOUGHT_TOGETHER.value}
+    example = {
+        "max_per_category": 2,
+        "similar_mode": SimilarMode.BOUGHT_TOGETHER.value,
+        "trending_weight": 0.3,
+    }
     for field_name, info in PlacementSettings.model_fields.items():
         lines += [
             line if line.startswith("#") else f"# {line}"

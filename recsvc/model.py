@@ -53,6 +53,17 @@ class Blend:
         scale = (1.0 - repeat) / rest
         return Blend(self.cf * scale, repeat, self.neighbors * scale, self.popularity * scale)
 
+    def with_popularity_weight(self, popularity: float | None) -> Blend:
+        """This blend with the popularity weight set to ``popularity`` (a placement's
+        trending share) and the other weights scaled to share ``1 - popularity``."""
+        if popularity is None:
+            return self
+        rest = self.cf + self.repeat + self.neighbors
+        if rest <= 0:
+            return Blend(cf=1.0 - popularity, popularity=popularity)
+        scale = (1.0 - popularity) / rest
+        return Blend(self.cf * scale, self.repeat * scale, self.neighbors * scale, popularity)
+
     def without_repeat(self) -> Blend:
         return replace(self, repeat=0.0)
 

@@ -167,6 +167,9 @@ class Query:
     headroom_k: int | None = None
     """The answer's real size when ``k`` over-fetches for the caller (merchandising
     rules, a diversity cap): the search's headroom is sized for it. None = ``k``."""
+    popularity_weight: float | None = None
+    """The blend's popularity share (a placement's trending weight); None = the
+    model's blend."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class Ranker:
         strategy = self._strategy(query)
         blend = defaults.session if strategy is Strategy.SESSION else defaults.user
         blend = blend.with_repeat_weight(query.repeat_weight)
+        blend = blend.with_popularity_weight(query.popularity_weight)
         if policy is RepeatPolicy.EXCLUDE or len(query.purchased_items) == 0:
             blend = blend.without_repeat()
         if self.model.neighbors is None:

@@ -48,6 +48,7 @@ from .catalog import CatalogView, LiveCatalog
 from .eventlog import EventLog, EventRow
 from .metrics import Children, ServingMetrics, placement_label
 from .newitems import NewItemLane, NewItems, merge_new
+from .placements import Placements
 from .popularity import LivePopularity, event_weight
 from .profile import Profiles
 from .reload import LoadedModel, ModelHolder
@@ -103,6 +104,7 @@ class Engine:
         """Trained items bought together since training (kind "b"), shared."""
         self._degraded_logged = -math.inf
         self.erasures = ErasureList(settings.erasure_path)
+        self.placements = Placements(settings)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
         self._index_seconds = metrics.index_search_seconds
@@ -202,7 +204,17 @@ class Engine:
         rules = self._rules(model, view, req.placement)
         cap = req.max_per_category or self._cap(req.placement)
         k = _fetch(req.k, rules, cap) if rules or cap else req.k
-        query = profile.query(k, filters, req.repeat_policy, live, req.k if k > req.k else None)
+        placement_settings = self.placements.get(req.placement)
+        query = profile.query(
+            k,
+            filters,
+            req.repeat_policy,
+            live,
+            headroom_k=req.k if k > req.k else None,
+            popularity_weight=(
+                placement_settings.trending_weight if placement_settings is not None else None
+            ),
+        )
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
         self._index_seconds.observe(time.perf_counter() - t)
@@ -328,7 +340,7 @@ class Engine:
     # --- bought together -----------------------------------------------------------------
 
     def _similar_mode(self, placement: str) -> SimilarMode:
-        settings = self.settings.placements.get(placement)
+        settings = self.placements.get(placement)
         return settings.similar_mode if settings is not None else SimilarMode.SIMILAR
 
     async def _live_co_purchases(
@@ -450,7 +462,7 @@ class Engine:
         return self.rules.active(model, view, placement, time.time())
 
     def _cap(self, placement: str) -> int:
-        settings = self.settings.placements.get(placement)
+        settings = self.placements.get(placement)
         return settings.max_per_category if settings is not None else 0
 
     def _merchandised(

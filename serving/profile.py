@@ -97,6 +97,7 @@ class Profile:
         repeat_policy: RepeatPolicy | None,
         popularity: Popularity | None = None,
         headroom_k: int | None = None,
+        popularity_weight: float | None = None,
     ) -> Query:
         # whether what the shopper just looked at may be shown again is the ranker's
         # call: the shop's measured default, or the request's repeat policy
@@ -113,6 +114,7 @@ class Profile:
             repeat_policy=repeat_policy,
             popularity=popularity,
             headroom_k=headroom_k,
+            popularity_weight=popularity_weight,
         )
 
 

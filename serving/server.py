@@ -91,6 +91,8 @@ class RunningServer:
     """Set once shutdown began: a model loaded from then on leaves health NOT_SERVING."""
 
     async def reload(self) -> ReloadOutcome:
+        """Check for a new model now (and re-read the placements file, if any)."""
+        self.engine.placements.check(force=True)
         return await self.models.reload()
 
     async def set_not_serving(self) -> None:
@@ -299,6 +301,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         running._tasks.append(asyncio.create_task(new_items.follow(running._stop_watch, served)))
         running._tasks.append(
             asyncio.create_task(models.watch(s.reload_poll_seconds, running._stop_watch))
+        )
+        running._tasks.append(
+            asyncio.create_task(engine.placements.watch(s.reload_poll_seconds, running._stop_watch))
         )
         running._tasks.append(
             asyncio.create_task(_sync_periodically(event_log, running._stop_watch))
