@@ -18,20 +18,25 @@ in the model's own vector space from what is known of it, refreshed every second
 
 The two are mixed as evidence accumulates: ``v = (n·cooc + β·content) / (n + β)``
 with ``n`` the meetings counted and ``β`` = ``ranking.new_item_evidence`` (a prior
-worth β meetings), then scaled to unit length.
+worth β meetings), then scaled to unit length. What the meetings vouch for is
+``n / (n + β)`` times their *coherence*, the length of the mean of the met items' unit
+vectors (1 when they agree, near 0 when they scatter): means of scattered items all
+point much the same way, and without it new items crowded each other's lists (the
+Online Retail II replay: 81% of a new item's similar list were other new items).
 
 Where a new item shows:
 
 - **SimilarItems of a new item** answers from ``v`` at once (from its attributes
   before anyone met it).
 - **SimilarItems of trained items** lists a new item by its cosine to the query
-  times ``n / (n + β)``: only once shoppers have put the two together, and more
+  times that confidence: only once shoppers have put the two together, and more
   confidently with every meeting (an attribute guess alone never crowds out a
   trained neighbour).
 - **Popular lists and popularity-weighted blends**: a new item's sales count into
-  live popularity like any item's (:mod:`.popularity`); its prior is the live part
-  alone, on the same scale as the trained items' blended prior, so it climbs the
-  popular and category-popular lists as it sells.
+  live popularity like any item's (:mod:`.popularity`); having no trained part, its
+  prior takes that part to be what it sells now (``live / top``, on the trained
+  items' blended scale), so it climbs the popular and category-popular lists as it
+  sells.
 
 Filters, withdrawal and availability windows apply to new items as to trained ones;
 merchandising rules act on trained items only (a new item is theirs after the next
@@ -76,6 +81,8 @@ _COMMON_WORD: Final = 0.05
 """Title words held by more than this share of the trained titles say nothing."""
 _SESSION_ITEMS: Final = 20
 """A new item is counted with at most this many of its session's newest items."""
+_TITLE_INDEX_CHANGED_SECONDS: Final = 60.0
+"""The trained titles' index is rebuilt at most this often while the catalogue changes."""
 _TITLE_INDEX_SECONDS: Final = 600.0
 """The trained items' title index is rebuilt at most this often (titles rarely
 change; a new item's own title is read at every refresh)."""
@@ -113,6 +120,8 @@ class TitleIndex:
         }
         self.titled = titled
         self.built_at = time.monotonic()
+        self.catalog_version = -1
+        """The live catalogue's version the titles were read at (-1: unknown)."""
 
     def vector(self, title: str, unit: FloatArray) -> FloatArray | None:
         """IDF-weighted mean, over ``title``'s words, of the mean unit vector of the
@@ -122,7 +131,7 @@ class TitleIndex:
             hits = self.items.get(word)
             if hits is None:
                 continue
-            part = unit[hits].mean(axis=0) * math.log(self.titled / len(hits))
+            part = unit[hits].mean(axis=0) * math.log(1.0 + self.titled / len(hits))
             total = part if total is None else total + part
         return total
 
@@ -151,7 +160,8 @@ def content_vectors(
             words = titles.vector(record.title, unit)
             if words is not None:
                 parts.append(_unit(words))
-        out.append(_unit(np.sum(parts, axis=0)) if parts else None)
+        total = np.sum(parts, axis=0) if parts else None
+        out.append(_unit(total) if total is not None and np.linalg.norm(total) > 0 else None)
     return out
 
 
@@ -438,10 +448,13 @@ class NewItems:
         is rebuilt)."""
         assert self._unit is not None
         titles = self._titles
-        if titles is None or time.monotonic() - titles.built_at > _TITLE_INDEX_SECONDS:
+        if titles is None or self._titles_stale(titles):
             every = list(self.catalog.items.values())
-            # off the event loop: 100k titles take a few hundred milliseconds
+            version = self.catalog.version
+            # off the event loop: 100k titles take a few hundred milliseconds (it reads
+            # immutable records and the model, never the view)
             titles = await asyncio.to_thread(TitleIndex, model, every)
+            titles.catalog_version = version
             self._titles, self._content = titles, {}
         changed = [r for r in records if self._content.get(r.item_id, (None,))[0] is not r]
         if not changed:
@@ -457,6 +470,18 @@ class NewItems:
             for record, vector in zip(chunk, placed, strict=True):
                 self._content[record.item_id] = (record, vector)
             await asyncio.sleep(0)
+
+    def _titles_stale(self, titles: TitleIndex) -> bool:
+        """Whether the trained titles' index should be built again: every
+        :data:`_TITLE_INDEX_SECONDS`, and sooner once the catalogue changed (at most
+        every :data:`_TITLE_INDEX_CHANGED_SECONDS`; at once while it holds no title: a
+        server started before the shop's catalogue was loaded)."""
+        age = time.monotonic() - titles.built_at
+        if age > _TITLE_INDEX_SECONDS:
+            return True
+        if self.catalog.version == titles.catalog_version:
+            return False
+        return titles.titled == 0 or age > _TITLE_INDEX_CHANGED_SECONDS
 
     def _build(self, model: Model, records: Sequence[CatalogItem]) -> None:
         assert self._unit is not None
@@ -512,9 +537,13 @@ class NewItems:
         w = np.array([n for _, n in known], np.float32)
         n = float(w.sum())
         shoppers = (w[:, None] * self._unit[at]).sum(axis=0) / n
+        # how much the items it met agree: 1 when they point one way, near 0 when they
+        # scatter (a mean of scattered directions points nowhere in particular, and such
+        # means all look alike: without it new items crowd each other's lists)
+        coherence = min(float(np.linalg.norm(shoppers)), 1.0)
         beta = self.evidence
         v = shoppers if content is None else (n * shoppers + beta * content) / (n + beta)
-        return _unit(v), n / (n + beta)
+        return _unit(v), n / (n + beta) * coherence
 
     async def follow(
         self, stop: asyncio.Event, model: Callable[[], Model | None], every: float = 1.0

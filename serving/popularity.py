@@ -11,7 +11,7 @@ order — blended with the trained popularity::
 so a burst of purchases through any replica moves every replica's popular lists (and,
 through filters, its category-popular ones) at the next read, and with no live events
 the trained popularity rules alone. New products (:mod:`.newitems`) have no trained
-part: their prior is the live part alone, on the same scale.
+part: it is taken to be what they sell now, so their prior is ``live / top``.
 
 Reading never touches a request: a request takes the last computed
 :class:`~recsvc.ranking.Popularity` (recomputed only when the head or the new products
@@ -101,14 +101,15 @@ class LivePopularity:
         return popularity
 
     def new_prior(self, item_ids: Sequence[str], model: Model) -> list[float]:
-        """The prior of new products ``item_ids`` (not in ``model``): their live part
-        alone, ``weight · live / top / (1 + weight)``; 0 for an item without sales."""
+        """The prior of new products ``item_ids`` (not in ``model``): ``live / top``,
+        the blend with its missing trained part taken to be what it sells now (a
+        product launched last week has no history to weigh against); 0 for an item
+        without sales."""
         head = dict(self.head)
         top = _top(model, self.head, self.new_ids)
         if top <= 0 or self.weight <= 0:
             return [0.0] * len(item_ids)
-        scale = self.weight / top / (1.0 + self.weight)
-        return [max(head.get(i, 0.0), 0.0) * scale for i in item_ids]
+        return [max(head.get(i, 0.0), 0.0) / top for i in item_ids]
 
     async def follow(self, stop: asyncio.Event, every: float = 1.0) -> None:
         """Read the head every ``every`` seconds until ``stop`` is set."""

@@ -152,7 +152,7 @@ def test_a_new_items_prior_is_on_the_blended_scale() -> None:
         """Live popularity's head without a store."""
 
     live = LivePopularity(Head(), weight=1.0)  # type: ignore[arg-type]
-    live.head = (("new", 4.0), ("g0i01", 2.0), ("junk", 100.0))
+    live.head = (("new", 2.0), ("g0i01", 4.0), ("junk", 100.0))
     live.new_ids = frozenset({"new"})
 
     class Known:
@@ -160,6 +160,7 @@ def test_a_new_items_prior_is_on_the_blended_scale() -> None:
             self.item_position = {"g0i01": 0}
 
     prior = live.new_prior(["new", "other"], Known())  # type: ignore[arg-type]
-    # the largest sold item's live part (an id nobody sells does not set the scale)
+    # live / top, the top being the best-selling item the shop sells (an id nobody
+    # sells does not set the scale): its missing trained part taken to be its live one
     assert prior == [pytest.approx(0.5), 0.0]
     assert not math.isnan(prior[0])
