@@ -47,7 +47,7 @@ from .calls import (
 from .catalog import CatalogView, LiveCatalog
 from .eventlog import EventLog, EventRow
 from .metrics import Children, ServingMetrics, placement_label
-from .newitems import NewItemLane, NewItems, merge_new
+from .newitems import NEW_PER_ANSWER, NewItemLane, NewItems, merge_new
 from .placements import Placements
 from .popularity import LivePopularity, event_weight
 from .profile import Profiles
@@ -421,7 +421,8 @@ class Engine:
         if lane is None or direction is None:
             return out
         unit = direction / max(float(np.linalg.norm(direction)), 1e-12)
-        new = lane.similar(unit, req.filters, time.time(), req.k, set(req.item_ids))
+        most = max(1, req.k * NEW_PER_ANSWER // 10)
+        new = lane.similar(unit, req.filters, time.time(), most, set(req.item_ids))
         return self._with_new(out, new, req.k, cap, view, lane, "SimilarItems")
 
     def _with_new(

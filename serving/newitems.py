@@ -19,10 +19,13 @@ in the model's own vector space from what is known of it, refreshed every second
 The two are mixed as evidence accumulates: ``v = (n·cooc + β·content) / (n + β)``
 with ``n`` the meetings counted and ``β`` = ``ranking.new_item_evidence`` (a prior
 worth β meetings), then scaled to unit length. What the meetings vouch for is
-``n / (n + β)`` times their *coherence*, the length of the mean of the met items' unit
-vectors (1 when they agree, near 0 when they scatter): means of scattered items all
-point much the same way, and without it new items crowded each other's lists (the
-Online Retail II replay: 81% of a new item's similar list were other new items).
+``n / (n + β)``.
+
+A SimilarItems answer holds at most :data:`NEW_PER_ANSWER` of every 10 places new
+items: their places are means of the items they met, and means look alike (on the
+Online Retail II replay, 81% of a new item's similar list were other new items, and
+half of a cart's; weighing them by how much the met items agree instead took every
+new item out of every list).
 
 Where a new item shows:
 
@@ -31,7 +34,7 @@ Where a new item shows:
 - **SimilarItems of trained items** lists a new item by its cosine to the query
   times that confidence: only once shoppers have put the two together, and more
   confidently with every meeting (an attribute guess alone never crowds out a
-  trained neighbour).
+  trained neighbour), two in ten places at most.
 - **Popular lists and popularity-weighted blends**: a new item's sales count into
   live popularity like any item's (:mod:`.popularity`); having no trained part, its
   prior takes that part to be what it sells now (``live / top``, on the trained
@@ -69,7 +72,7 @@ from .calls import FilterSpec, ScoredItem
 from .catalog import CatalogView, LiveCatalog
 from .popularity import LivePopularity
 
-__all__ = ["NewItemLane", "NewItems", "content_vectors", "merge_new"]
+__all__ = ["NEW_PER_ANSWER", "NewItemLane", "NewItems", "content_vectors", "merge_new"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ _TITLE_INDEX_CHANGED_SECONDS: Final = 60.0
 _TITLE_INDEX_SECONDS: Final = 600.0
 """The trained items' title index is rebuilt at most this often (titles rarely
 change; a new item's own title is read at every refresh)."""
+NEW_PER_ANSWER: Final = 2
+"""New items a SimilarItems answer holds at most per 10 places (at least one)."""
 _CLOCK_MARGIN: Final = 10.0
 """Seconds of counts re-read at each refresh: replicas' clocks may differ this much."""
 _PLACE_PER_REFRESH: Final = 1_000
@@ -537,13 +542,9 @@ class NewItems:
         w = np.array([n for _, n in known], np.float32)
         n = float(w.sum())
         shoppers = (w[:, None] * self._unit[at]).sum(axis=0) / n
-        # how much the items it met agree: 1 when they point one way, near 0 when they
-        # scatter (a mean of scattered directions points nowhere in particular, and such
-        # means all look alike: without it new items crowd each other's lists)
-        coherence = min(float(np.linalg.norm(shoppers)), 1.0)
         beta = self.evidence
         v = shoppers if content is None else (n * shoppers + beta * content) / (n + beta)
-        return _unit(v), n / (n + beta) * coherence
+        return _unit(v), n / (n + beta)
 
     async def follow(
         self, stop: asyncio.Event, model: Callable[[], Model | None], every: float = 1.0

@@ -87,6 +87,28 @@ def test_a_new_item_shoppers_put_with_trained_items_joins_their_similar_lists(
     assert ids(b.similar(["new-mug"], k=3))[0].startswith("g0i")
 
 
+def test_new_items_take_at_most_two_of_every_ten_places_of_a_similar_list(
+    clients: list[RecommenderClient],
+) -> None:
+    a, b = clients
+    launched = [f"new-{i}" for i in range(5)]
+    a.upsert_items([a.item(i, category_path=["g0"]) for i in launched])
+    a.record_events(
+        [a.event(i, "view", session_id=f"s-{i}-{n}") for i in launched for n in range(10)]
+        + [a.event("g0i03", "view", session_id=f"s-{i}-{n}") for i in launched for n in range(10)]
+    )
+
+    def new_in(answer: list[str]) -> int:
+        return sum(i.startswith("new-") for i in answer)
+
+    # all five score below g0i03's eleven group mates and above the other group: in a
+    # list of 20, four places of the nine left go to them, no more
+    soon(lambda: new_in(_similar(b, ["g0i03"], k=20)) == 4, within=WITHIN)
+    answer = _similar(b, ["g0i03"], k=20)
+    assert len(answer) == 20 and not any(i.startswith("g1") for i in answer[:15])
+    assert new_in(_similar(b, ["new-0"], k=20)) <= 4  # a new item's own list too
+
+
 def test_a_new_item_that_sells_reaches_the_popular_lists(clients: list[RecommenderClient]) -> None:
     a, b = clients
     a.upsert_items([a.item("new-kettle", category_path=["g1"], price=30.0)])
