@@ -51,7 +51,15 @@ from .newitems import NewItemLane, NewItems, merge_new
 from .popularity import LivePopularity, event_weight
 from .profile import Profiles
 from .reload import LoadedModel, ModelHolder
-from .rules import CompiledRule, LiveRules, Merchandised, merchandise
+from .rules import (
+    NO_RULES,
+    ActiveRules,
+    CompiledRule,
+    LiveRules,
+    Merchandised,
+    Shown,
+    merchandise,
+)
 
 __all__ = ["Engine"]
 
@@ -444,9 +452,9 @@ class Engine:
 
     # --- merchandising rules and the diversity cap ------------------------------------
 
-    def _rules(self, model: Model, view: CatalogView | None, placement: str) -> list[CompiledRule]:
+    def _rules(self, model: Model, view: CatalogView | None, placement: str) -> ActiveRules:
         if self.rules is None or not self.rules.records:
-            return []
+            return NO_RULES
         return self.rules.active(model, view, placement, time.time())
 
     def _cap(self, placement: str) -> int:
@@ -460,11 +468,11 @@ class Engine:
         ranking: Ranking,
         fetched: int,
         k: int,
-        rules: list[CompiledRule],
+        rules: ActiveRules,
         cap: int,
         view: CatalogView | None,
         *,
-        allowed: Callable[[], NDArray[np.bool_] | None],
+        allowed: Shown,
         popularity: Popularity,
         rank: Callable[[int], Ranking],
     ) -> RecommendOutput:
@@ -478,21 +486,19 @@ class Engine:
                 if view is not None and view.live
                 else model.artifact.item_category
             )
-        pins = any(c.rule.action is RuleAction.PIN for c in rules)
-        mask = allowed() if pins else None
 
         def shaped(r: Ranking) -> Merchandised:
             return merchandise(
                 r.items, r.scores, r.reasons, k, rules,
-                allowed=mask, popular=popularity.order, category=category, cap=cap,
+                allowed=allowed, popular=popularity.order, category=category, cap=cap,
             )  # fmt: skip
 
         m = shaped(ranking)
         if cap and len(m.items) < k and len(ranking.items) >= fetched < model.n_items:
             m = shaped(rank(min(model.n_items, fetched * 4)))
-        actions = {c.rule.rule_id: c.rule.action.value for c in rules}
+        actions = rules.actions
         for rule_id in m.applied:
-            self._rule_applications(actions[rule_id]).inc()
+            self._rule_applications(actions[rule_id].value).inc()
         items = _scored(model.artifact.item_ids, m.items, m.scores, m.reasons)
         return replace(out, items=items, item_rule_ids=m.rule_ids, applied_rule_ids=m.applied)
 
