@@ -28,7 +28,9 @@ request's ``allowed`` mask, and boosts only reorder candidates that passed it.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +74,8 @@ _POPULAR_PINS: Final = 256
 """A predicate pin's most popular matches kept ready (see CompiledRule.popular_matches)."""
 _ACTIVE_SETS: Final = 16
 """Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
+_PLACEMENTS: Final = 64
+"""Placements whose active rules are kept (see LiveRules.active)."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,10 @@ class LiveRules(Follower[Rule]):
         super().__init__(store)
         self._compiled: tuple[tuple[str, int, int], list[CompiledRule]] | None = None
         self._active: OrderedDict[tuple[int, ...], ActiveRules] = OrderedDict()
+        self._placed: dict[str, tuple[float, float, ActiveRules]] = {}
+        """Per placement, the rules that apply from a time until another."""
+        self._times: list[float] = []
+        """Every time a rule's window starts or ends, in order."""
 
     def rules(self) -> list[Rule]:
         """Every rule not deleted, by id."""
@@ -307,27 +315,42 @@ class LiveRules(Follower[Rule]):
     ) -> ActiveRules:
         """The rules that apply to an answer for ``placement`` at ``now``, compiled.
 
-        The same subset of the rules (placements and windows make a few) gets the same
-        :class:`ActiveRules` back, its weights folded once (the last
-        :data:`_ACTIVE_SETS` subsets kept). All of it is compiled anew when the rules,
-        the model or the catalogue's records change."""
+        The answer for a placement holds until the next start or end of a rule's
+        window, and is kept until then; the same subset of the rules (placements and
+        windows make a few) gets the same :class:`ActiveRules` back, its weights folded
+        once (the last :data:`_ACTIVE_SETS` subsets kept). All of it is compiled anew
+        when the rules, the model or the catalogue's records change."""
         if not self.records:
             return NO_RULES
         key = (model.version, self.seq, view.revision if view is not None else -1)
         if self._compiled is None or self._compiled[0] != key:
-            self._compiled = (key, [compile_rule(r, model, view) for r in self.rules()])
+            rules = self.rules()
+            self._compiled = (key, [compile_rule(r, model, view) for r in rules])
             self._active.clear()
+            self._placed.clear()
+            ends = (t for r in rules for t in (r.starts_at, r.ends_at) if t is not None)
+            self._times = sorted(t for t in ends if not math.isnan(t))
+        placed = self._placed.get(placement)
+        if placed is not None and placed[0] <= now < placed[1]:
+            return placed[2]
         compiled = self._compiled[1]
         which = tuple(i for i, c in enumerate(compiled) if c.rule.applies(placement, now))
-        if not which:
-            return NO_RULES
-        active = self._active.get(which)
+        active = self._active.get(which) if which else NO_RULES
         if active is None:
             active = self._active[which] = ActiveRules([compiled[i] for i in which], model.n_items)
             if len(self._active) > _ACTIVE_SETS:
-                self._active.popitem(last=False)
-        else:
+                _, evicted = self._active.popitem(last=False)
+                self._placed = {p: v for p, v in self._placed.items() if v[2] is not evicted}
+        elif which:
             self._active.move_to_end(which)
+        # no window starts or ends between the last time at or before now and the next
+        times = self._times
+        at = bisect.bisect_right(times, now)
+        since = times[at - 1] if at > 0 else -math.inf
+        until = times[at] if at < len(times) else math.inf
+        if len(self._placed) >= _PLACEMENTS:
+            self._placed.clear()  # requests may name any placement
+        self._placed[placement] = (since, until, active)
         return active
 
 

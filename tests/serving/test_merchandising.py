@@ -457,6 +457,16 @@ def test_live_rules_fold_each_active_set_once_and_again_after_a_change() -> None
     # so does another model
     other = live.active(SimpleNamespace(**{**vars(model), "version": "v2"}), None, "home", 0.0)
     assert other is not again and [c.rule.rule_id for c in other] == ["brief", "home", "lift"]
+    # a window's start: what was kept holds until then, and not after (nor before)
+    write(Rule("soon", RuleAction.BOOST, item_ids=("i5",), weight=2.0, starts_at=10.0))
+
+    def applying(now: float) -> list[str]:
+        return [c.rule.rule_id for c in live.active(model, None, "pdp", now)]
+
+    assert applying(9.5) == applying(9.999) == ["brief", "lift"]
+    assert applying(10.0) == ["brief", "lift", "soon"]
+    assert applying(9.0) == ["brief", "lift"]  # the clock went back
+    assert applying(100.0) == ["lift", "soon"]
     # at most 16 sets are kept
     write(*(Rule(f"p{i}", RuleAction.PIN, item_ids=("i1",), position=1, placements=(f"s{i}",))
             for i in range(20)))  # fmt: skip
