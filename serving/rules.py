@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import chain
 from typing import Any, Final, overload
 
@@ -90,6 +91,11 @@ class CompiledRule:
     _popular: tuple[IntArray, IntArray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+
+    @cached_property
+    def listed(self) -> list[int]:
+        """An item list's known items as a list (what a pin walks, per request)."""
+        return self.positions.tolist() if self.positions is not None else []
 
     def popular_matches(self, popular: IntArray) -> IntArray:
         """A predicate's matching items in ``popular`` order, the first
@@ -542,7 +548,7 @@ def _pinned(
     shown)."""
     if c.positions is not None:
         placed = []
-        for pos in c.positions.tolist():
+        for pos in c.listed:
             if pos in taken:
                 continue
             if pos not in listed:
