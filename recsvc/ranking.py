@@ -208,11 +208,13 @@ def training_user_query(model: Model, user: int, k: int, **options: Any) -> Quer
 
 
 class Ranker:
-    """Ranks items of one :class:`Model` (read-only, safe to share across requests)."""
+    """Ranks items of one :class:`Model` (safe to share across requests: it keeps only
+    its last answer's mask of what may be shown, see :meth:`allowed`)."""
 
     def __init__(self, model: Model, overfetch: int = 4) -> None:
         self.model = model
         self.overfetch = overfetch
+        self._last_allowed: tuple[Query, NDArray[np.bool_] | None] | None = None
         a = model.artifact
         self._category = a.item_category
         self._available = a.item_available
@@ -247,6 +249,7 @@ class Ranker:
             blend = blend.without_neighbors()
         allowed = self._allowed(query, policy)
         hidden_by_policy = any(self._hides(query, policy))
+        self._last_allowed = (query, allowed)
         neighbor_source = self._neighbor_source(query) if blend.neighbors > 0 else None
         if blend == Blend(cf=0.0, neighbors=blend.neighbors) and neighbor_source is None:
             blend = Blend()  # nothing else to go on: CF, if there is a vector
@@ -326,7 +329,12 @@ class Ranker:
     def allowed(self, query: Query) -> NDArray[np.bool_] | None:
         """The mask of items ``query`` may be shown (its filters, the live catalogue's
         shown items, its repeat policy), as :meth:`recommend` applies it; None when
-        every item may."""
+        every item may. When ``query`` (this object) is the last one :meth:`recommend`
+        answered, it is the mask that call made, not made again: read it, never write
+        to it."""
+        last = self._last_allowed
+        if last is not None and last[0] is query:
+            return last[1]
         policy = query.repeat_policy
         if policy is None or policy is RepeatPolicy.AUTO:
             policy = self.model.defaults.repeat_policy

@@ -52,7 +52,15 @@ from .placements import Placements
 from .popularity import LivePopularity, event_weight
 from .profile import Profiles
 from .reload import LoadedModel, ModelHolder
-from .rules import CompiledRule, LiveRules, Merchandised, merchandise
+from .rules import (
+    NO_RULES,
+    ActiveRules,
+    CompiledRule,
+    LiveRules,
+    Merchandised,
+    Shown,
+    merchandise,
+)
 
 __all__ = ["Engine"]
 
@@ -109,7 +117,9 @@ class Engine:
         self._fallbacks = Children(metrics.fallbacks)
         self._index_seconds = metrics.index_search_seconds
         self._recommended_items = metrics.recommended_items
-        self._rule_applications = Children(metrics.rule_applications)
+        self._applications = {
+            a: metrics.rule_applications.labels(action=a.value) for a in RuleAction
+        }
         self._new_recommended = Children(metrics.new_items_recommended)
         self._filter_cache: OrderedDict[tuple[object, ...], Filters] = OrderedDict()
 
@@ -222,31 +232,33 @@ class Engine:
         self._recommended(ranking.strategy.value, placement).inc()
         if ranking.fallback:
             self._fallbacks("store_unavailable" if profile.degraded else "no_signal").inc()
-        out = RecommendOutput(
-            items=[],
-            model_version=loaded.version,
-            recommendation_id=_recommendation_id(loaded.version),
-            strategy=ranking.strategy,
-            fallback=ranking.fallback,
-            degraded=profile.degraded,
-            ignored_item_ids=profile.ignored_item_ids,
-        )
+        rule_ids: list[tuple[str, ...]] | None = None
+        applied: tuple[str, ...] = ()
         if rules or cap:
             ranker = loaded.ranker
 
             def rank(fetch: int) -> Ranking:
                 return ranker.recommend(replace(query, k=fetch))
 
-            out = self._merchandised(
-                loaded, out, ranking, k, req.k, rules, cap, view,
+            items, rule_ids, applied = self._merchandised(
+                loaded, ranking, k, req.k, rules, cap, view,
                 allowed=lambda: ranker.allowed(query),
                 popularity=query.popularity or ranker.popularity,
                 rank=rank,
             )  # fmt: skip
         else:
-            out.items.extend(
-                _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
-            )
+            items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
+        out = RecommendOutput(
+            items=items,
+            model_version=loaded.version,
+            recommendation_id=_recommendation_id(loaded.version),
+            strategy=ranking.strategy,
+            fallback=ranking.fallback,
+            degraded=profile.degraded,
+            ignored_item_ids=profile.ignored_item_ids,
+            item_rule_ids=rule_ids,
+            applied_rule_ids=applied,
+        )
         lane = self.new_items.of(model) if self.new_items is not None else None
         if lane is not None and ranking.popularity_weight > 0:
             new = lane.popular(req.filters, time.time(), req.k, ranking.popularity_weight)
@@ -305,36 +317,38 @@ class Engine:
                 return ranker.similar(given, fetch, filters, direction)
 
         ranking = rank(k)
+        rule_ids: list[tuple[str, ...]] | None = None
+        applied: tuple[str, ...] = ()
+        if rules or cap:
+
+            def allowed() -> NDArray[np.bool_]:
+                query = Query(k=req.k, filters=filters, repeat_policy=RepeatPolicy.ALLOW)
+                mask = ranker.allowed(query)
+                mask = np.ones(model.n_items, dtype=bool) if mask is None else mask
+                mask[given] = False
+                return mask
+
+            live = self.popularity.of(model, ranker) if self.popularity is not None else None
+            items, rule_ids, applied = self._merchandised(
+                loaded, ranking, k, req.k, rules, cap, view,
+                allowed=allowed,
+                popularity=live or ranker.popularity,
+                rank=rank,
+            )  # fmt: skip
+        else:
+            items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
         out = RecommendOutput(
-            items=[],
+            items=items,
             model_version=loaded.version,
             recommendation_id=_recommendation_id(loaded.version),
             strategy=ranking.strategy,
             fallback=False,
             degraded=degraded,
             ignored_item_ids=ignored,
+            item_rule_ids=rule_ids,
+            applied_rule_ids=applied,
             mode=mode,
         )
-        if not (rules or cap):
-            out.items.extend(
-                _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
-            )
-            return self._similar_new(out, req, cap, view, lane, direction)
-
-        def allowed() -> NDArray[np.bool_]:
-            query = Query(k=req.k, filters=filters, repeat_policy=RepeatPolicy.ALLOW)
-            mask = ranker.allowed(query)
-            mask = np.ones(model.n_items, dtype=bool) if mask is None else mask
-            mask[given] = False
-            return mask
-
-        live = self.popularity.of(model, ranker) if self.popularity is not None else None
-        out = self._merchandised(
-            loaded, out, ranking, k, req.k, rules, cap, view,
-            allowed=allowed,
-            popularity=live or ranker.popularity,
-            rank=rank,
-        )  # fmt: skip
         return self._similar_new(out, req, cap, view, lane, direction)
 
     # --- bought together -----------------------------------------------------------------
@@ -457,9 +471,9 @@ class Engine:
 
     # --- merchandising rules and the diversity cap ------------------------------------
 
-    def _rules(self, model: Model, view: CatalogView | None, placement: str) -> list[CompiledRule]:
+    def _rules(self, model: Model, view: CatalogView | None, placement: str) -> ActiveRules:
         if self.rules is None or not self.rules.records:
-            return []
+            return NO_RULES
         return self.rules.active(model, view, placement, time.time())
 
     def _cap(self, placement: str) -> int:
@@ -469,20 +483,20 @@ class Engine:
     def _merchandised(
         self,
         loaded: LoadedModel,
-        out: RecommendOutput,
         ranking: Ranking,
         fetched: int,
         k: int,
-        rules: list[CompiledRule],
+        rules: ActiveRules,
         cap: int,
         view: CatalogView | None,
         *,
-        allowed: Callable[[], NDArray[np.bool_] | None],
+        allowed: Shown,
         popularity: Popularity,
         rank: Callable[[int], Ranking],
-    ) -> RecommendOutput:
-        """``out`` with the items of ``ranking`` (``fetched`` asked for) after the rules
-        and the cap, ``k`` of them; the ranking widens once if the cap left too few."""
+    ) -> tuple[list[ScoredItem], list[tuple[str, ...]], tuple[str, ...]]:
+        """The items of ``ranking`` (``fetched`` asked for) after the rules and the cap,
+        ``k`` of them, the rules that moved or placed each and every rule that touched
+        them; the ranking widens once if the cap left too few."""
         model = loaded.model
         category = None
         if cap:
@@ -491,23 +505,26 @@ class Engine:
                 if view is not None and view.live
                 else model.artifact.item_category
             )
-        pins = any(c.rule.action is RuleAction.PIN for c in rules)
-        mask = allowed() if pins else None
 
         def shaped(r: Ranking) -> Merchandised:
             return merchandise(
                 r.items, r.scores, r.reasons, k, rules,
-                allowed=mask, popular=popularity.order, category=category, cap=cap,
+                allowed=allowed, popular=popularity.order, category=category, cap=cap,
             )  # fmt: skip
 
         m = shaped(ranking)
         if cap and len(m.items) < k and len(ranking.items) >= fetched < model.n_items:
             m = shaped(rank(min(model.n_items, fetched * 4)))
-        actions = {c.rule.rule_id: c.rule.action.value for c in rules}
-        for rule_id in m.applied:
-            self._rule_applications(actions[rule_id]).inc()
+        if m.applied:
+            actions = rules.actions
+            counts: dict[RuleAction, int] = {}
+            for rule_id in m.applied:
+                action = actions[rule_id]
+                counts[action] = counts.get(action, 0) + 1
+            for action, n in counts.items():
+                self._applications[action].inc(n)
         items = _scored(model.artifact.item_ids, m.items, m.scores, m.reasons)
-        return replace(out, items=items, item_rule_ids=m.rule_ids, applied_rule_ids=m.applied)
+        return items, m.rule_ids, m.applied
 
     async def set_rules(self, rules: Sequence[Rule], *, replace_all: bool) -> int:
         """Write ``rules`` (``replace_all``: and delete every other); their version.

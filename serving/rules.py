@@ -5,7 +5,10 @@ followed from the shared store like the live catalogue. For a request it yields 
 rules that apply (placement, window) compiled against the served model: an item list
 as model positions, a predicate as a mask over the items, from the live catalogue's
 categories and attributes (recompiled when the rules, the model or the catalogue's
-records change, never per request).
+records change, never per request). Each set of rules that apply together is an
+:class:`ActiveRules`, whose boosts and buries are folded once into :class:`Weights`:
+every item's group (the rules that pick it), so that an answer looks its candidates'
+weights up in one gather instead of testing every rule against them.
 
 :func:`merchandise` then reshapes the ranking's candidates, in this order:
 
@@ -25,12 +28,16 @@ request's ``allowed`` mask, and boosts only reorder candidates that passed it.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Final
+from itertools import chain
+from typing import Any, Final, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,16 +51,32 @@ from recsvc.store.rules import RuleStore
 from .catalog import CatalogView
 from .follow import Follower
 
-__all__ = ["CompiledRule", "LiveRules", "Merchandised", "merchandise"]
+__all__ = [
+    "NO_RULES",
+    "ActiveRules",
+    "CompiledRule",
+    "LiveRules",
+    "Merchandised",
+    "Shown",
+    "Weights",
+    "merchandise",
+]
 
 log = logging.getLogger(__name__)
 
 IntArray = NDArray[np.int32]
 BoolArray = NDArray[np.bool_]
+Shown = Callable[[], BoolArray | None]
+"""What may be shown (None: everything), computed when asked (see merchandise)."""
 
 _NO_IDS: Final[tuple[str, ...]] = ()
+_PINNED: Final = int(Reason.PINNED)
 _POPULAR_PINS: Final = 256
 """A predicate pin's most popular matches kept ready (see CompiledRule.popular_matches)."""
+_ACTIVE_SETS: Final = 16
+"""Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
+_PLACEMENTS: Final = 64
+"""Placements whose active rules are kept (see LiveRules.active)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +93,9 @@ class CompiledRule:
     )
 
     @cached_property
-    def members(self) -> frozenset[int]:
-        """An item list's positions as a set (a few hundred at most): membership of a
-        few dozen candidates costs microseconds, ``np.isin`` tens of them."""
-        return frozenset(self.positions.tolist()) if self.positions is not None else frozenset()
+    def listed(self) -> list[int]:
+        """An item list's known items as a list (what a pin walks, per request)."""
+        return self.positions.tolist() if self.positions is not None else []
 
     def popular_matches(self, popular: IntArray) -> IntArray:
         """A predicate's matching items in ``popular`` order, the first
@@ -86,14 +108,6 @@ class CompiledRule:
             cached = (popular, popular[self.mask[popular]][:_POPULAR_PINS])
             object.__setattr__(self, "_popular", cached)  # a cache, not state
         return cached[1]
-
-    def hits(self, items: IntArray) -> BoolArray:
-        """Which of ``items`` (positions) the rule picks."""
-        if self.mask is not None:
-            hit: BoolArray = self.mask[items]
-            return hit
-        members = self.members
-        return np.fromiter((p in members for p in items.tolist()), dtype=bool, count=len(items))
 
 
 def compile_rule(rule: Rule, model: Model, view: CatalogView | None) -> CompiledRule:
@@ -123,6 +137,162 @@ def compile_rule(rule: Rule, model: Model, view: CatalogView | None) -> Compiled
     return CompiledRule(rule, None, mask)
 
 
+class Weights:
+    """The boosts and buries of one rule set folded over a model's items, so that an
+    answer pays a gather or two for them all rather than a pass per rule.
+
+    Items the same rules pick form a group (a few dozen groups for ten rules that
+    overlap little), numbered by how many rules pick them (0: none, if any item is
+    left out); per item its group, per group its rules' weights in rule order (then 1),
+    their ids and which of them bury. A score is multiplied by its group's weights one
+    at a time, in rule order, as applying the rules one by one did (float32 rounding
+    after each: the same scores to the bit).
+    """
+
+    __slots__ = ("_buried", "_buries", "_deeper", "_factors", "_ids", "group", "rule_ids")
+
+    def __init__(self, weighed: Sequence[CompiledRule], n_items: int) -> None:
+        group = np.zeros(n_items, dtype=np.int64)
+        parent: list[int] = [-1]  # groups as a tree: a group is its parent plus one rule
+        last: list[int] = [-1]
+        for j, c in enumerate(weighed):
+            if c.mask is not None:
+                hit = np.flatnonzero(c.mask)
+            else:
+                assert c.positions is not None
+                hit = np.unique(c.positions)
+            if not len(hit):
+                continue
+            held = group[hit]  # the groups they were in: their hit items move to new ones
+            split = np.zeros(len(parent), dtype=bool)
+            split[held] = True
+            before = np.flatnonzero(split)
+            into = np.zeros(len(parent), dtype=np.int64)
+            into[before] = np.arange(len(parent), len(parent) + len(before))
+            group[hit] = into[held]
+            parent += before.tolist()
+            last += [j] * len(before)
+        paths: list[tuple[int, ...]] = [()]
+        for p, j in zip(parent[1:], last[1:], strict=True):
+            paths.append((*paths[p], j))  # a parent comes before its children
+        # the groups items are left in, fewest rules first
+        used = sorted(np.flatnonzero(np.bincount(group, minlength=len(parent))).tolist(),
+                      key=lambda g: len(paths[g]))  # fmt: skip
+        renumber = np.zeros(len(parent), dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        self.group: NDArray[np.unsignedinteger[Any]] = renumber[group].astype(
+            np.min_scalar_type(max(len(used) - 1, 0))
+        )
+        """Every item's group."""
+        kept = [paths[g] for g in used]
+        depth = max(map(len, kept), default=0)
+        self._deeper = [sum(1 for c in kept if len(c) <= d) for d in range(depth)]
+        """Per d, the first group with more than d rules."""
+        weights = [np.float32(c.rule.weight) for c in weighed]
+        self._factors: NDArray[np.float32] = np.ones((len(kept), depth), dtype=np.float32)
+        """Per group, its rules' weights in rule order, then 1."""
+        for g, path in enumerate(kept):
+            self._factors[g, : len(path)] = [weights[j] for j in path]
+        self._ids = tuple(c.rule.rule_id for c in weighed)
+        self.rule_ids: list[tuple[str, ...]] = [tuple(self._ids[j] for j in c) for c in kept]
+        """Per group, its rules' ids in rule order."""
+        bury = [c.rule.action is RuleAction.BURY for c in weighed]
+        self._buries = [tuple(j for j in path if bury[j]) for path in kept]
+        """Per group, which of its rules bury (indices into the boosts and buries)."""
+        self._buried = frozenset(g for g, buries in enumerate(self._buries) if buries)
+        """The groups with a bury."""
+
+    @property
+    def factors(self) -> NDArray[np.float32]:
+        """Per group, its rules' weights in rule order, then 1."""
+        return self._factors
+
+    def apply(self, items: IntArray, scores: NDArray[np.float32]) -> list[int]:
+        """Multiply ``scores`` (of ``items``, in place) by their rules' weights; the
+        items' groups."""
+        groups = self.group.take(items)
+        listed: list[int] = groups.tolist()
+        if self._deeper and listed:
+            most = max(listed)  # groups are numbered by how many rules they hold
+            depth = sum(1 for first in self._deeper if most >= first)
+            factors = self._factors.take(groups, axis=0)
+            for d in range(depth):
+                scores *= factors[:, d]
+        return listed
+
+    def buried(self, groups: list[int]) -> list[str]:
+        """The buries that pick any of the items of ``groups``, in rule order."""
+        buried = self._buried.intersection(groups)
+        if not buried:
+            return []
+        found = sorted(set(chain.from_iterable(self._buries[g] for g in buried)))
+        return [self._ids[j] for j in found]
+
+
+class ActiveRules(Sequence[CompiledRule]):
+    """The rules that apply to an answer (in id order), with what :func:`merchandise`
+    needs of them prepared: their pins, their actions and their boosts' and buries'
+    :class:`Weights` (folded at the first answer, then kept with the rule set: see
+    :meth:`LiveRules.active`)."""
+
+    __slots__ = ("_rules", "_weights", "actions", "n_items", "pins", "weighed")
+
+    def __init__(self, rules: Sequence[CompiledRule], n_items: int) -> None:
+        self._rules = tuple(rules)
+        self.n_items = n_items
+        """Items of the model the rules were compiled against."""
+        self.pins = tuple(
+            sorted(
+                (c for c in self._rules if c.rule.action is RuleAction.PIN),
+                key=lambda c: (c.rule.position, c.rule.rule_id),
+            )
+        )
+        """The pins, in the order they take their places (position, then id)."""
+        self.weighed = tuple(c for c in self._rules if c.rule.action is not RuleAction.PIN)
+        """The boosts and buries."""
+        self.actions = {c.rule.rule_id: c.rule.action for c in self._rules}
+        self._weights: Weights | None = None
+
+    @classmethod
+    def of(cls, rules: Sequence[CompiledRule], items: IntArray) -> ActiveRules:
+        """``rules`` ready for ranked ``items`` (the smallest item range they span)."""
+        if isinstance(rules, ActiveRules):
+            return rules
+        n = int(items.max()) + 1 if len(items) else 0
+        for c in rules:
+            if c.mask is not None:
+                n = max(n, len(c.mask))
+            elif c.positions is not None and len(c.positions):
+                n = max(n, int(c.positions.max()) + 1)
+        return cls(rules, n)
+
+    @property
+    def weights(self) -> Weights | None:
+        """The boosts and buries folded (None: there are none)."""
+        if not self.weighed:
+            return None
+        weights = self._weights
+        if weights is None:
+            weights = self._weights = Weights(self.weighed, self.n_items)
+        return weights
+
+    @overload
+    def __getitem__(self, index: int) -> CompiledRule: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[CompiledRule, ...]: ...
+    def __getitem__(self, index: int | slice) -> CompiledRule | tuple[CompiledRule, ...]:
+        return self._rules[index]
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __iter__(self) -> Iterator[CompiledRule]:
+        return iter(self._rules)
+
+
+NO_RULES: Final = ActiveRules((), 0)
+
+
 class LiveRules(Follower[Rule]):
     """This replica's copy of the merchandising rules, followed from ``store``."""
 
@@ -131,6 +301,11 @@ class LiveRules(Follower[Rule]):
     def __init__(self, store: RuleStore) -> None:
         super().__init__(store)
         self._compiled: tuple[tuple[str, int, int], list[CompiledRule]] | None = None
+        self._active: OrderedDict[tuple[int, ...], ActiveRules] = OrderedDict()
+        self._placed: dict[str, tuple[float, float, ActiveRules]] = {}
+        """Per placement, the rules that apply from a time until another."""
+        self._times: list[float] = []
+        """Every time a rule's window starts or ends, in order."""
 
     def rules(self) -> list[Rule]:
         """Every rule not deleted, by id."""
@@ -143,14 +318,46 @@ class LiveRules(Follower[Rule]):
 
     def active(
         self, model: Model, view: CatalogView | None, placement: str, now: float
-    ) -> list[CompiledRule]:
-        """The rules that apply to an answer for ``placement`` at ``now``, compiled."""
+    ) -> ActiveRules:
+        """The rules that apply to an answer for ``placement`` at ``now``, compiled.
+
+        The answer for a placement holds until the next start or end of a rule's
+        window, and is kept until then; the same subset of the rules (placements and
+        windows make a few) gets the same :class:`ActiveRules` back, its weights folded
+        once (the last :data:`_ACTIVE_SETS` subsets kept). All of it is compiled anew
+        when the rules, the model or the catalogue's records change."""
         if not self.records:
-            return []
+            return NO_RULES
         key = (model.version, self.seq, view.revision if view is not None else -1)
         if self._compiled is None or self._compiled[0] != key:
-            self._compiled = (key, [compile_rule(r, model, view) for r in self.rules()])
-        return [c for c in self._compiled[1] if c.rule.applies(placement, now)]
+            rules = self.rules()
+            self._compiled = (key, [compile_rule(r, model, view) for r in rules])
+            self._active.clear()
+            self._placed.clear()
+            ends = (t for r in rules for t in (r.starts_at, r.ends_at) if t is not None)
+            self._times = sorted(t for t in ends if not math.isnan(t))
+        placed = self._placed.get(placement)
+        if placed is not None and placed[0] <= now < placed[1]:
+            return placed[2]
+        compiled = self._compiled[1]
+        which = tuple(i for i, c in enumerate(compiled) if c.rule.applies(placement, now))
+        active = self._active.get(which) if which else NO_RULES
+        if active is None:
+            active = self._active[which] = ActiveRules([compiled[i] for i in which], model.n_items)
+            if len(self._active) > _ACTIVE_SETS:
+                _, evicted = self._active.popitem(last=False)
+                self._placed = {p: v for p, v in self._placed.items() if v[2] is not evicted}
+        elif which:
+            self._active.move_to_end(which)
+        # no window starts or ends between the last time at or before now and the next
+        times = self._times
+        at = bisect.bisect_right(times, now)
+        since = times[at - 1] if at > 0 else -math.inf
+        until = times[at] if at < len(times) else math.inf
+        if len(self._placed) >= _PLACEMENTS:
+            self._placed.clear()  # requests may name any placement
+        self._placed[placement] = (since, until, active)
+        return active
 
 
 @dataclass(frozen=True)
@@ -173,7 +380,7 @@ def merchandise(
     k: int,
     rules: Sequence[CompiledRule],
     *,
-    allowed: BoolArray | None,
+    allowed: BoolArray | Shown | None,
     popular: IntArray,
     category: IntArray | None,
     cap: int,
@@ -181,137 +388,189 @@ def merchandise(
     """``items`` (ranked best first, every one allowed) reshaped by ``rules`` and the
     diversity ``cap`` (0: none; ``category``: each item's category code, -1 = none),
     cut to ``k`` (see the module docstring). ``allowed``: what may be shown (None:
-    everything), for items a pin brings in; ``popular``: every item, most popular
-    first, where a predicate pin looks when no ranked item matches."""
-    touched: dict[int, list[str]] = {}  # item position -> rule ids
+    everything), for items a pin brings in, or a function that gives it (called only
+    when a pin looks past the ranked items); ``popular``: every item, most popular
+    first, where a predicate pin looks when no ranked item matches. ``rules``: best an
+    :class:`ActiveRules` (a plain sequence is prepared here, per call).
+
+    A few dozen candidates: the work is in Python lists but for the scores, and the
+    answer is gathered from the candidates' arrays once, at the end."""
+    active = ActiveRules.of(rules, items)
+    capped = cap > 0 and category is not None
     applied: dict[str, None] = {}
-    pin_rules = [c for c in rules if c.rule.action is RuleAction.PIN]
 
     # 1. boost and bury
-    weighed = [c for c in rules if c.rule.action is not RuleAction.PIN]
-    if weighed:
-        scores = scores.astype(np.float32, copy=True)
-        before = items[:k]
-        for c in weighed:
-            hit = c.hits(items)
-            if not hit.any():
-                continue
-            scores[hit] *= np.float32(c.rule.weight)
-            for pos in items[hit].tolist():
-                touched.setdefault(pos, []).append(c.rule.rule_id)
-            if c.rule.action is RuleAction.BURY and hit[: len(before)].any():
-                applied.setdefault(c.rule.rule_id)  # it pushed an item down or out
-        order = np.argsort(-scores, kind="stable")
-        items, scores, reasons = items[order], scores[order], reasons[order]
-    if not pin_rules and not (cap > 0 and category is not None):
-        top = items[:k]
-        rule_ids = [tuple(touched.get(pos, _NO_IDS)) for pos in top.tolist()]
-        for ids in rule_ids:
-            for rule_id in ids:
-                applied.setdefault(rule_id)
-        return Merchandised(top, scores[:k], reasons[:k], rule_ids, tuple(applied))
+    weights = active.weights
+    order: list[int] | None = None  # the candidates best first (None: as they came)
+    groups: list[int] = []  # each candidate's group of boosts and buries
+    ids_of: list[tuple[str, ...]] = [_NO_IDS]  # per group, its rules
+    if weights is not None:
+        scores = scores.astype(np.float32)  # a copy
+        groups = weights.apply(items, scores)
+        applied.update(dict.fromkeys(weights.buried(groups[:k])))  # pushed down or out
+        sort = (-scores).argsort(kind="stable")
+        ids_of = weights.rule_ids
+        if not active.pins and not capped:
+            top = sort[:k]
+            rule_ids = [ids_of[groups[i]] for i in top.tolist()]
+            applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
+            return Merchandised(items[top], scores[top], reasons[top], rule_ids, tuple(applied))
+        order = sort.tolist()
+    elif not active.pins and not capped:
+        top_k = items[:k]
+        return Merchandised(top_k, scores[:k], reasons[:k], [_NO_IDS] * len(top_k), ())
+    if not groups:
+        groups = [0] * len(items)
 
     # 2. pins
-    index = {pos: i for i, pos in enumerate(items.tolist())}
+    listed: list[int] = items.tolist()
+    best_first: Sequence[int] = range(len(listed)) if order is None else order  # indices
+    shown = _Allowed(allowed)
     pins: list[tuple[int, int, str]] = []  # (slot, item, rule id)
     taken: set[int] = set()
-    for c in sorted(pin_rules, key=lambda c: (c.rule.position, c.rule.rule_id)):
+    for c in active.pins:
         slot = c.rule.position - 1
-        for pos in _pinned(c, items, allowed, popular, taken):
+        for pos in _pinned(c, items, listed, best_first, shown, popular, taken):
             pins.append((slot, pos, c.rule.rule_id))
             taken.add(pos)
             slot += 1
 
-    # 3. the cap, over what the pins left
-    rest = [i for i, pos in enumerate(items.tolist()) if pos not in taken]
-    if cap > 0 and category is not None:
+    # 3. the cap, over what the pins left: the rest, best first, at most k
+    rest = [i for i in best_first if listed[i] not in taken] if taken else list(best_first)
+    if capped:
+        assert category is not None
         counts: dict[int, int] = {}
         for _, pos, _ in pins:
             code = int(category[pos])
             if code >= 0:
                 counts[code] = counts.get(code, 0) + 1
-        kept = []
-        for i in rest:
-            code = int(category[items[i]])
-            if code >= 0:
-                if counts.get(code, 0) >= cap:
-                    continue
-                counts[code] = counts.get(code, 0) + 1
-            kept.append(i)
-        rest = kept
+        rest = _capped(rest, category.take(items).tolist(), counts, cap, k)
+    else:
+        del rest[k:]
 
-    # 4. assemble
+    # 4. assemble: each pin put in at its place (the next free one after an earlier
+    # pin's), or after the rest when the rest is shorter
     slots: dict[int, tuple[int, str]] = {}
     for wanted, pos, rule_id in pins:
         free = wanted
         while free in slots:
             free += 1
         slots[free] = (pos, rule_id)
-    out_items: list[int] = []
-    out_scores: list[float] = []
-    out_reasons: list[int] = []
-    out_rules: list[tuple[str, ...]] = []
-    fill = iter(rest)
-    n = min(k, len(rest) + len(slots))
-    slot = 0
-    while len(out_items) < n:
-        if slot in slots:
-            pos, rule_id = slots.pop(slot)
-            at = index.get(pos)
-            out_items.append(pos)
-            out_scores.append(float(scores[at]) if at is not None else 0.0)
-            out_reasons.append(int(reasons[at]) if at is not None else int(Reason.PINNED))
-            out_rules.append((*touched.get(pos, ()), rule_id))
+    picks = rest  # indices into items; -1 - j: others[j]
+    out_rules = [ids_of[groups[i]] for i in picks]
+    others: list[int] = []  # pinned items that were not ranked
+    for slot in sorted(slots):
+        place = min(slot, len(picks))
+        if place >= k:
+            break
+        pos, rule_id = slots[slot]
+        if pos in listed:  # ranked anyway: keeps its score, reason and rules
+            i = listed.index(pos)
+            picks.insert(place, i)
+            out_rules.insert(place, (*ids_of[groups[i]], rule_id))
         else:
-            nxt = next(fill, None)
-            if nxt is None:  # pins further down than the list is long: close the gap
-                slot = min(slots) if slots else slot
+            picks.insert(place, -1 - len(others))
+            others.append(pos)
+            out_rules.insert(place, (rule_id,))
+    del picks[k:], out_rules[k:]
+    applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
+    if not others:
+        chosen = np.array(picks, dtype=np.intp)
+    elif len(items):
+        chosen = np.array([i if i >= 0 else 0 for i in picks], dtype=np.intp)
+    else:  # nothing ranked: only pinned items
+        return Merchandised(
+            np.array([others[-1 - i] for i in picks], dtype=np.int32),
+            np.zeros(len(picks), dtype=np.float32),
+            np.full(len(picks), _PINNED, dtype=np.int8),
+            out_rules,
+            tuple(applied),
+        )
+    out_items = items[chosen].astype(np.int32, copy=False)
+    out_scores = scores[chosen].astype(np.float32, copy=False)
+    out_reasons = reasons[chosen].astype(np.int8, copy=False)
+    if others:
+        for place, i in enumerate(picks):
+            if i < 0:
+                out_items[place], out_scores[place], out_reasons[place] = (
+                    others[-1 - i], 0.0, _PINNED
+                )  # fmt: skip
+    return Merchandised(out_items, out_scores, out_reasons, out_rules, tuple(applied))
+
+
+class _Allowed:
+    """What may be shown: a mask, or a function that computes it, asked only when a pin
+    looks past the ranked items (a catalogue-sized mask)."""
+
+    __slots__ = ("_ask", "_mask")
+
+    def __init__(self, allowed: BoolArray | Shown | None) -> None:
+        self._ask = allowed if callable(allowed) else None
+        self._mask = None if callable(allowed) else allowed
+
+    def mask(self) -> BoolArray | None:
+        """Which items may be shown (None: all)."""
+        if self._ask is not None:
+            self._mask, self._ask = self._ask(), None
+        return self._mask
+
+
+def _capped(
+    rest: list[int], codes: list[int], counts: dict[int, int], cap: int, k: int
+) -> list[int]:
+    """The first ``k`` of ``rest`` (indices into ``codes``, each item's category) whose
+    category does not hold ``cap`` items yet (``counts``, updated)."""
+    kept = []
+    for i in rest:
+        code = codes[i]
+        if code >= 0:
+            held = counts.get(code, 0)
+            if held >= cap:
                 continue
-            pos = int(items[nxt])
-            out_items.append(pos)
-            out_scores.append(float(scores[nxt]))
-            out_reasons.append(int(reasons[nxt]))
-            out_rules.append(tuple(touched.get(pos, _NO_IDS)))
-        slot += 1
-    for ids in out_rules:
-        for rule_id in ids:
-            applied.setdefault(rule_id)
-    return Merchandised(
-        np.array(out_items, dtype=np.int32),
-        np.array(out_scores, dtype=np.float32),
-        np.array(out_reasons, dtype=np.int8),
-        out_rules,
-        tuple(applied),
-    )
+            counts[code] = held + 1
+        kept.append(i)
+        if len(kept) == k:
+            break
+    return kept
 
 
 def _pinned(
     c: CompiledRule,
-    ranked: IntArray,
-    allowed: BoolArray | None,
+    items: IntArray,
+    listed: list[int],
+    best_first: Sequence[int],
+    allowed: _Allowed,
     popular: IntArray,
     taken: set[int],
 ) -> list[int]:
-    """The items pin ``c`` places, in order."""
+    """The items pin ``c`` places, in order (``listed``: the ranked ``items`` as a
+    list, ``best_first`` their indices after boost and bury; a ranked item may be
+    shown)."""
     if c.positions is not None:
-        return [
-            int(pos)
-            for pos in c.positions.tolist()
-            if pos not in taken and (allowed is None or allowed[pos])
-        ]
+        placed = []
+        for pos in c.listed:
+            if pos in taken:
+                continue
+            if pos not in listed:
+                mask = allowed.mask()
+                if mask is not None and not mask[pos]:
+                    continue
+            placed.append(pos)
+        return placed
     assert c.mask is not None
-    for pos in ranked[c.mask[ranked]].tolist():
-        if pos not in taken:
-            return [int(pos)]
+    hit: list[bool] = c.mask.take(items).tolist()
+    for i in best_first:
+        if hit[i] and listed[i] not in taken:
+            return [listed[i]]
+    mask = allowed.mask()
     head = c.popular_matches(popular)
-    candidates = head if allowed is None else head[allowed[head]]
-    for pos in candidates.tolist():
+    for pos in (head if mask is None else head[mask[head]]).tolist():
         if pos not in taken:
-            return [int(pos)]
+            return [pos]
     if len(head) < _POPULAR_PINS:  # that was every match
         return []
     # every one of the first few hundred is hidden or taken: look through them all
     everything = popular[c.mask[popular]]
-    if allowed is not None:
-        everything = everything[allowed[everything]]
-    return next(([int(p)] for p in everything.tolist() if p not in taken), [])
+    if mask is not None:
+        everything = everything[mask[everything]]
+    return next(([p] for p in everything.tolist() if p not in taken), [])

@@ -241,3 +241,21 @@ def test_filters_widen_the_first_search_and_no_filter_fetches_2k(
     same = wide.recommend(user_query(model, "g0u03", 3, repeat_policy=RepeatPolicy.ALLOW))
     assert fetched == [12]
     assert np.array_equal(same.items, plain.items)
+
+
+def test_allowed_right_after_recommend_is_the_mask_it_applied(model: Model) -> None:
+    filters = Filters(in_stock_only=True, exclude_items=np.array([0, 1], np.int32))
+    query = user_query(model, "g0u03", 5, filters=filters, repeat_policy=RepeatPolicy.EXCLUDE)
+    fresh = Ranker(model).allowed(query)
+    assert fresh is not None and not fresh.all()
+    ranker = Ranker(model)
+    ranker.recommend(query)
+    kept = ranker.allowed(query)
+    assert kept is ranker.allowed(query)  # the mask of that answer, not made again
+    assert kept is not None and kept.tolist() == fresh.tolist()
+    # another query answered since: made again, the same
+    ranker.recommend(dataclasses.replace(query, k=6))
+    again = ranker.allowed(query)
+    assert again is not kept and again is not None and again.tolist() == fresh.tolist()
+    other = dataclasses.replace(query, filters=Filters(), repeat_policy=RepeatPolicy.ALLOW)
+    assert ranker.allowed(other) is None  # any other query: its own mask

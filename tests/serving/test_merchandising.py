@@ -3,14 +3,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from recsvc.ranking import Reason
 from recsvc.rules import Rule, RuleAction
-from recsvc.serving.rules import CompiledRule, Merchandised, merchandise
+from recsvc.serving.rules import (
+    NO_RULES,
+    ActiveRules,
+    CompiledRule,
+    LiveRules,
+    Merchandised,
+    Weights,
+    merchandise,
+)
+from recsvc.store.records import Change
 
 N = 12
 
@@ -152,3 +162,317 @@ def test_the_cap_holds_and_pinned_items_count_but_stay() -> None:
     # items without a category are never capped
     none = np.full(N, -1, np.int32)
     assert len(shape([], k=6, category=none, cap=1).items) == 6
+
+
+# --- the folded boosts and buries against the rules applied one by one ---------------
+
+
+def one_by_one(
+    items: Any,
+    scores: Any,
+    reasons: Any,
+    k: int,
+    rules: list[CompiledRule],
+    *,
+    allowed: Any,
+    popular: Any,
+    category: Any,
+    cap: int,
+) -> Merchandised:
+    """merchandise as it was before the boosts and buries were folded into
+    :class:`Weights`: every rule's hits over the candidates, one rule at a time."""
+    touched: dict[int, list[str]] = {}
+    applied: dict[str, None] = {}
+    pin_rules = [c for c in rules if c.rule.action is RuleAction.PIN]
+    weighed = [c for c in rules if c.rule.action is not RuleAction.PIN]
+    if weighed:
+        scores = scores.astype(np.float32, copy=True)
+        before = items[:k]
+        for c in weighed:
+            hit = c.mask[items] if c.mask is not None else np.isin(items, c.positions)
+            if not hit.any():
+                continue
+            scores[hit] *= np.float32(c.rule.weight)
+            for pos in items[hit].tolist():
+                touched.setdefault(pos, []).append(c.rule.rule_id)
+            if c.rule.action is RuleAction.BURY and hit[: len(before)].any():
+                applied.setdefault(c.rule.rule_id)
+        order = np.argsort(-scores, kind="stable")
+        items, scores, reasons = items[order], scores[order], reasons[order]
+    if not pin_rules and not (cap > 0 and category is not None):
+        top = items[:k]
+        rule_ids = [tuple(touched.get(pos, ())) for pos in top.tolist()]
+        for ids in rule_ids:
+            for rule_id in ids:
+                applied.setdefault(rule_id)
+        return Merchandised(top, scores[:k], reasons[:k], rule_ids, tuple(applied))
+    index = {pos: i for i, pos in enumerate(items.tolist())}
+    pins: list[tuple[int, int, str]] = []
+    taken: set[int] = set()
+    for c in sorted(pin_rules, key=lambda c: (c.rule.position, c.rule.rule_id)):
+        slot = c.rule.position - 1
+        for pos in pinned_one_by_one(c, items, allowed, popular, taken):
+            pins.append((slot, pos, c.rule.rule_id))
+            taken.add(pos)
+            slot += 1
+    rest = [i for i, pos in enumerate(items.tolist()) if pos not in taken]
+    if cap > 0 and category is not None:
+        counts: dict[int, int] = {}
+        for _, pos, _ in pins:
+            code = int(category[pos])
+            if code >= 0:
+                counts[code] = counts.get(code, 0) + 1
+        kept = []
+        for i in rest:
+            code = int(category[items[i]])
+            if code >= 0:
+                if counts.get(code, 0) >= cap:
+                    continue
+                counts[code] = counts.get(code, 0) + 1
+            kept.append(i)
+        rest = kept
+    slots: dict[int, tuple[int, str]] = {}
+    for wanted, pos, rule_id in pins:
+        free = wanted
+        while free in slots:
+            free += 1
+        slots[free] = (pos, rule_id)
+    out_items: list[int] = []
+    out_scores: list[float] = []
+    out_reasons: list[int] = []
+    out_rules: list[tuple[str, ...]] = []
+    fill = iter(rest)
+    n = min(k, len(rest) + len(slots))
+    slot = 0
+    while len(out_items) < n:
+        if slot in slots:
+            pos, rule_id = slots.pop(slot)
+            at = index.get(pos)
+            out_items.append(pos)
+            out_scores.append(float(scores[at]) if at is not None else 0.0)
+            out_reasons.append(int(reasons[at]) if at is not None else int(Reason.PINNED))
+            out_rules.append((*touched.get(pos, ()), rule_id))
+        else:
+            nxt = next(fill, None)
+            if nxt is None:
+                slot = min(slots) if slots else slot
+                continue
+            pos = int(items[nxt])
+            out_items.append(pos)
+            out_scores.append(float(scores[nxt]))
+            out_reasons.append(int(reasons[nxt]))
+            out_rules.append(tuple(touched.get(pos, ())))
+        slot += 1
+    for ids in out_rules:
+        for rule_id in ids:
+            applied.setdefault(rule_id)
+    return Merchandised(
+        np.array(out_items, dtype=np.int32),
+        np.array(out_scores, dtype=np.float32),
+        np.array(out_reasons, dtype=np.int8),
+        out_rules,
+        tuple(applied),
+    )
+
+
+def pinned_one_by_one(
+    c: CompiledRule, ranked: Any, allowed: Any, popular: Any, taken: set[int]
+) -> list[int]:
+    if c.positions is not None:
+        return [
+            int(pos)
+            for pos in c.positions.tolist()
+            if pos not in taken and (allowed is None or allowed[pos])
+        ]
+    assert c.mask is not None
+    for pos in ranked[c.mask[ranked]].tolist():
+        if pos not in taken:
+            return [int(pos)]
+    everything = popular[c.mask[popular]]
+    if allowed is not None:
+        everything = everything[allowed[everything]]
+    return next(([int(p)] for p in everything.tolist() if p not in taken), [])
+
+
+WEIGHTS = (1.1, 1.15, 1.3, 1.5, 2.0, 3.7, 0.3, 0.5, 0.7, 0.93)
+"""Weights whose products round differently than the scores multiplied one at a time."""
+
+
+def random_rules(rng: np.random.Generator, n: int, count: int) -> list[CompiledRule]:
+    """``count`` rules over ``n`` items: boosts, buries and pins, by item list (a few
+    items, duplicates and all) or by mask (dense or sparse)."""
+    rules = []
+    for r in range(count):
+        action = rng.choice([RuleAction.BOOST, RuleAction.BURY, RuleAction.PIN], p=[0.5, 0.3, 0.2])
+        kw: dict[str, Any] = {}
+        if action is RuleAction.PIN:
+            kw["position"] = int(rng.integers(1, 8))
+        else:
+            weights = [w for w in WEIGHTS if (w > 1) == (action is RuleAction.BOOST)]
+            kw["weight"] = float(rng.choice(weights))
+        rule_id = f"r{r:02d}"
+        if rng.random() < 0.5:
+            chosen = rng.integers(0, n, int(rng.integers(1, 25))).astype(np.int32)
+            rule = Rule(rule_id, action, item_ids=tuple(f"i{i}" for i in chosen), **kw)
+            rules.append(CompiledRule(rule, chosen, None))
+        else:
+            mask = rng.random(n) < rng.choice([0.02, 0.2, 0.6])
+            rules.append(CompiledRule(Rule(rule_id, action, categories=("c",), **kw), None, mask))
+    return rules
+
+
+def same(a: Merchandised, b: Merchandised) -> None:
+    assert a.items.tolist() == b.items.tolist()
+    assert a.items.dtype == b.items.dtype and a.scores.dtype == b.scores.dtype
+    assert a.scores.tobytes() == b.scores.tobytes()  # to the bit
+    assert a.reasons.tolist() == b.reasons.tolist()
+    assert a.rule_ids == b.rule_ids
+    assert a.applied == b.applied
+
+
+def test_the_folded_rules_answer_as_the_rules_applied_one_by_one() -> None:
+    rng = np.random.default_rng(15)
+    n = 300
+    rounded = 0  # answers where the weights' product would have scored differently
+    for case in range(400):
+        rules = random_rules(rng, n, int(rng.integers(0, 12)))
+        m = int(rng.integers(0, 70))  # none ranked: only the pins
+        items = rng.choice(n, m, replace=False).astype(np.int32)
+        scores = np.sort(rng.random(m).astype(np.float32))[::-1].copy()
+        if case % 4 == 0:
+            scores = np.round(scores, 1)  # ties: the stable sort keeps the ranking's order
+        reasons = rng.integers(0, 4, m).astype(np.int8)
+        allowed = rng.random(n) < 0.8
+        allowed[items] = True  # every ranked item may be shown
+        popular = rng.permutation(n).astype(np.int32)
+        category = rng.integers(-1, 6, n).astype(np.int32)
+        cap = int(rng.choice([0, 0, 1, 2, 3]))
+        k = int(rng.integers(1, 16))
+        kw: dict[str, Any] = {"popular": popular, "category": category, "cap": cap}
+        want = one_by_one(items, scores, reasons, k, rules, allowed=allowed, **kw)
+        # the engine's way: prepared once for the model's items, the mask asked for
+        active = ActiveRules(rules, n)
+
+        same(
+            merchandise(items, scores, reasons, k, active, allowed=lambda a=allowed: a, **kw), want
+        )
+        same(merchandise(items, scores, reasons, k, active, allowed=allowed, **kw), want)
+        # a plain list, prepared per call
+        same(merchandise(items, scores, reasons, k, rules, allowed=allowed, **kw), want)
+        weights = active.weights
+        if weights is not None:
+            groups = weights.group[items]
+            product = scores * np.prod(weights.factors[groups], axis=1, dtype=np.float32)
+            one_at_a_time = scores.copy()
+            weights.apply(items, one_at_a_time)
+            rounded += product.tobytes() != one_at_a_time.tobytes()
+    assert rounded > 20  # the bit-for-bit comparison above has something to catch
+
+
+def test_weights_hold_each_items_rules_in_rule_order() -> None:
+    rng = np.random.default_rng(7)
+    n = 500
+    for _ in range(30):
+        rules = [
+            c for c in random_rules(rng, n, int(rng.integers(1, 14)))
+            if c.rule.action is not RuleAction.PIN
+        ]  # fmt: skip
+        weights = Weights(rules, n)
+        for item in range(n):
+            picked = [
+                c for c in rules
+                if (c.mask[item] if c.mask is not None else item in c.positions.tolist())
+            ]  # fmt: skip
+            g = int(weights.group[item])
+            assert weights.rule_ids[g] == tuple(c.rule.rule_id for c in picked)
+            row = weights.factors[g]
+            assert row[: len(picked)].tolist() == [np.float32(c.rule.weight) for c in picked]
+            assert (row[len(picked) :] == 1).all()
+        assert len(weights.rule_ids) == len(set(weights.rule_ids))  # no group twice, none empty
+        assert len(weights.rule_ids) == len(np.unique(weights.group))
+        assert weights.group.dtype.itemsize == (1 if len(weights.rule_ids) <= 256 else 2)
+
+
+def test_the_mask_is_not_computed_when_the_pins_find_their_items_ranked() -> None:
+    asked: list[int] = []
+
+    def allowed() -> Any:
+        asked.append(1)
+        return np.ones(N, bool)
+
+    items, scores, reasons = ranked()
+    popular = np.arange(N, dtype=np.int32)
+    kw: dict[str, Any] = {"popular": popular, "category": None, "cap": 0}
+    rules = [listed("p", RuleAction.PIN, [4], position=1),
+             matching("q", RuleAction.PIN, [6, 11], position=2)]  # fmt: skip
+    out = merchandise(items, scores, reasons, 5, rules, allowed=allowed, **kw)
+    assert out.items.tolist() == [4, 6, 0, 1, 2] and asked == []
+    rules = [listed("p", RuleAction.PIN, [11, 3, 10], position=1)]  # 11, 10 not ranked
+    out = merchandise(items, scores, reasons, 5, rules, allowed=allowed, **kw)
+    assert out.items.tolist() == [11, 3, 10, 0, 1] and asked == [1]  # once
+
+
+def test_live_rules_fold_each_active_set_once_and_again_after_a_change() -> None:
+    n = 40
+    ids = [f"i{i}" for i in range(n)]
+    model: Any = SimpleNamespace(
+        version="v1",
+        n_items=n,
+        item_position={x: i for i, x in enumerate(ids)},
+        category_position={"c0": 0, "c1": 1},
+        artifact=SimpleNamespace(item_category=np.arange(n, dtype=np.int32) % 2),
+    )
+    live = LiveRules(cast(Any, None))
+    seq = 0
+
+    def write(*rules: Rule) -> None:
+        nonlocal seq
+        seq += 1
+        assert live.apply([Change(seq, f"{seq}-0", "set", rules)])
+
+    assert live.active(model, None, "home", 0.0) is NO_RULES
+    write(
+        Rule("lift", RuleAction.BOOST, categories=("c1",), weight=2.0),
+        Rule("home", RuleAction.BURY, item_ids=("i3",), weight=0.5, placements=("home",)),
+        Rule("brief", RuleAction.BOOST, item_ids=("i4",), weight=3.0, ends_at=100.0),
+    )
+    home = live.active(model, None, "home", 0.0)
+    assert [c.rule.rule_id for c in home] == ["brief", "home", "lift"]
+    assert live.active(model, None, "home", 50.0) is home  # the same set: folded once
+    weights = home.weights
+    assert weights is not None and home.weights is weights
+    assert weights.rule_ids[int(weights.group[3])] == ("home", "lift")
+    pdp = live.active(model, None, "pdp", 0.0)
+    assert [c.rule.rule_id for c in pdp] == ["brief", "lift"]
+    later = live.active(model, None, "home", 100.0)  # "brief" ended
+    assert [c.rule.rule_id for c in later] == ["home", "lift"]
+    assert later.weights is not None and later.weights.rule_ids[int(later.weights.group[4])] == ()
+    assert live.active(model, None, "home", 0.0) is home
+    # a change of the rules: compiled and folded again
+    write(Rule("lift", RuleAction.BOOST, categories=("c0",), weight=2.0))
+    again = live.active(model, None, "home", 0.0)
+    assert again is not home and again.weights is not None
+    assert again.weights.rule_ids[int(again.weights.group[3])] == ("home",)
+    assert again.weights.rule_ids[int(again.weights.group[2])] == ("lift",)
+    # so does another model
+    other = live.active(SimpleNamespace(**{**vars(model), "version": "v2"}), None, "home", 0.0)
+    assert other is not again and [c.rule.rule_id for c in other] == ["brief", "home", "lift"]
+    # a window's start: what was kept holds until then, and not after (nor before)
+    write(Rule("soon", RuleAction.BOOST, item_ids=("i5",), weight=2.0, starts_at=10.0))
+
+    def applying(now: float) -> list[str]:
+        return [c.rule.rule_id for c in live.active(model, None, "pdp", now)]
+
+    assert applying(9.5) == applying(9.999) == ["brief", "lift"]
+    assert applying(10.0) == ["brief", "lift", "soon"]
+    assert applying(9.0) == ["brief", "lift"]  # the clock went back
+    assert applying(100.0) == ["lift", "soon"]
+    # at most 16 sets are kept
+    write(*(Rule(f"p{i}", RuleAction.PIN, item_ids=("i1",), position=1, placements=(f"s{i}",))
+            for i in range(20)))  # fmt: skip
+    first = live.active(model, None, "s0", 0.0)
+    for i in range(1, 20):
+        live.active(model, None, f"s{i}", 0.0)
+    assert len(live._active) == 16
+    assert live.active(model, None, "s0", 0.0) is not first
+    assert live.active(model, None, "s19", 0.0) is live.active(model, None, "s19", 0.0)
