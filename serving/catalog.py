@@ -173,6 +173,9 @@ class CatalogView:
         codes = [self._category_code[n] for n in dict.fromkeys(names) if n in self._category_code]
         if not codes:
             return np.zeros(self.model.n_items, dtype=bool)
+        if len(codes) == 1:  # a third of np.isin's time
+            one: BoolArray = (self._paths == codes[0]).any(axis=1)
+            return one
         inside = np.isin(self._paths, np.array(codes, dtype=np.int32))
         hit: BoolArray = np.logical_or.reduce(inside, axis=1)
         return hit

@@ -84,6 +84,8 @@ _COMMON_WORD: Final = 0.05
 """Title words held by more than this share of the trained titles say nothing."""
 _SESSION_ITEMS: Final = 20
 """A new item is counted with at most this many of its session's newest items."""
+_TITLE_INDEX_EMPTY_SECONDS: Final = 5.0
+"""... and at most this often while it holds no title (a catalogue still loading)."""
 _TITLE_INDEX_CHANGED_SECONDS: Final = 60.0
 """The trained titles' index is rebuilt at most this often while the catalogue changes."""
 _TITLE_INDEX_SECONDS: Final = 600.0
@@ -96,8 +98,13 @@ _CLOCK_MARGIN: Final = 10.0
 _PLACE_PER_REFRESH: Final = 1_000
 """Records placed by one refresh at most (a catalogue sync's new products are placed
 over the next seconds)."""
-_PLACE_CHUNK: Final = 100
+_PLACE_CHUNK: Final = 25
 """Records placed between two yields to the event loop."""
+_PLACE_BUDGET_SECONDS: Final = 0.05
+"""Event-loop time one refresh spends placing records at most (in chunks)."""
+_PEERS_SECONDS: Final = 60.0
+"""The category and attribute peers' means are computed again after this long (the
+trained items' categories change rarely; new items reuse them meanwhile)."""
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
@@ -127,6 +134,9 @@ class TitleIndex:
         self.built_at = time.monotonic()
         self.catalog_version = -1
         """The live catalogue's version the titles were read at (-1: unknown)."""
+        self.signature = (titled, tuple(sorted((w, len(p)) for w, p in self.items.items())))
+        """What the index says, in brief: an index rebuilt with the same signature
+        places every item as before."""
 
     def vector(self, title: str, unit: FloatArray) -> FloatArray | None:
         """IDF-weighted mean, over ``title``'s words, of the mean unit vector of the
@@ -147,10 +157,14 @@ def content_vectors(
     records: Sequence[CatalogItem],
     unit: FloatArray,
     titles: TitleIndex | None,
+    peers_of: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] | None = None,
 ) -> list[FloatArray | None]:
     """What the shop says of each of ``records`` (new items), as a direction in
-    ``model``'s space (see the module docstring); None where nothing matches."""
-    peers_of: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] = {}
+    ``model``'s space (see the module docstring); None where nothing matches.
+    ``peers_of``: the category and attribute peers' means already computed, by (leaf
+    category, attributes), filled as they are computed."""
+    if peers_of is None:
+        peers_of = {}
     out: list[FloatArray | None] = []
     for record in records:
         parts: list[FloatArray] = []
@@ -168,6 +182,11 @@ def content_vectors(
         total = np.sum(parts, axis=0) if parts else None
         out.append(_unit(total) if total is not None and np.linalg.norm(total) > 0 else None)
     return out
+
+
+def _described(record: CatalogItem) -> tuple[object, ...]:
+    """What places a record by its attributes: its category, string attributes, title."""
+    return record.category, tuple(sorted(record.labels.items())), record.title
 
 
 def _peers_vector(
@@ -369,6 +388,8 @@ class NewItems:
         self._met: dict[str, list[tuple[str, float]]] = {}
         self._read_until: float | None = None
         self._content: dict[str, tuple[CatalogItem, FloatArray | None]] = {}
+        self._peers: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] = {}
+        self._peers_at = -math.inf
         self._rows: dict[str, _Row] = {}
 
     def of(self, model: Model) -> NewItemLane | None:
@@ -422,6 +443,7 @@ class NewItems:
             self._unit = _unit_rows(model.artifact.item_factors)
             self._titles = None
             self._met, self._read_until, self._content, self._rows = {}, None, {}, {}
+            self._peers, self._peers_at = {}, -math.inf
         records = self.candidates(model)
         ids = {r.item_id for r in records}
         if self.popularity is not None and ids != self.popularity.new_ids:
@@ -458,22 +480,39 @@ class NewItems:
             version = self.catalog.version
             # off the event loop: 100k titles take a few hundred milliseconds (it reads
             # immutable records and the model, never the view)
-            titles = await asyncio.to_thread(TitleIndex, model, every)
-            titles.catalog_version = version
-            self._titles, self._content = titles, {}
-        changed = [r for r in records if self._content.get(r.item_id, (None,))[0] is not r]
+            rebuilt = await asyncio.to_thread(TitleIndex, model, every)
+            rebuilt.catalog_version = version
+            if titles is None or rebuilt.signature != titles.signature:
+                self._content = {}  # the words place items differently now
+            self._titles = titles = rebuilt
+        # a record whose category, attributes and title did not change (a stock or price
+        # update, a catalogue sync rewriting every record) keeps its place
+        changed = [
+            r for r in records
+            if (cached := self._content.get(r.item_id)) is None
+            or _described(cached[0]) != _described(r)
+        ]  # fmt: skip
+        for r in records:
+            cached = self._content.get(r.item_id)
+            if cached is not None and cached[0] is not r and _described(cached[0]) == _described(r):
+                self._content[r.item_id] = (r, cached[1])
         if not changed:
             return
+        if time.monotonic() - self._peers_at > _PEERS_SECONDS:
+            self._peers, self._peers_at = {}, time.monotonic()
         view = self.catalog.view(model)
         index = titles if titles.titled else None
         # on the event loop, never in a thread: the view changes under it with every
-        # catalogue change. A few hundred at a time, yielding between chunks; the rest
-        # are placed by the next refreshes
+        # catalogue change. In small chunks, yielding between them, within a budget of
+        # loop time per refresh; the rest are placed by the next refreshes
+        started = time.monotonic()
         for start in range(0, min(len(changed), _PLACE_PER_REFRESH), _PLACE_CHUNK):
             chunk = changed[start : start + _PLACE_CHUNK]
-            placed = content_vectors(model, view, chunk, self._unit, index)
+            placed = content_vectors(model, view, chunk, self._unit, index, self._peers)
             for record, vector in zip(chunk, placed, strict=True):
                 self._content[record.item_id] = (record, vector)
+            if time.monotonic() - started > _PLACE_BUDGET_SECONDS:
+                break
             await asyncio.sleep(0)
 
     def _titles_stale(self, titles: TitleIndex) -> bool:
@@ -486,7 +525,9 @@ class NewItems:
             return True
         if self.catalog.version == titles.catalog_version:
             return False
-        return titles.titled == 0 or age > _TITLE_INDEX_CHANGED_SECONDS
+        return age > (
+            _TITLE_INDEX_EMPTY_SECONDS if titles.titled == 0 else _TITLE_INDEX_CHANGED_SECONDS
+        )
 
     def _build(self, model: Model, records: Sequence[CatalogItem]) -> None:
         assert self._unit is not None
