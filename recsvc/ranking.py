@@ -247,8 +247,9 @@ class Ranker:
             blend = blend.without_repeat()
         if self.model.neighbors is None:
             blend = blend.without_neighbors()
-        allowed = self._allowed(query, policy)
-        hidden_by_policy = any(self._hides(query, policy))
+        hides = self._hides(query, policy)
+        allowed = self._allowed(query, policy, hides)
+        hidden_by_policy = any(hides)
         self._last_allowed = (query, allowed)
         neighbor_source = self._neighbor_source(query) if blend.neighbors > 0 else None
         if blend == Blend(cf=0.0, neighbors=blend.neighbors) and neighbor_source is None:
@@ -452,11 +453,14 @@ class Ranker:
         )
         return hide_session, policy is RepeatPolicy.EXCLUDE and len(query.purchased_items) > 0
 
-    def _allowed(self, query: Query, policy: RepeatPolicy) -> NDArray[np.bool_] | None:
+    def _allowed(
+        self, query: Query, policy: RepeatPolicy, hides: tuple[bool, bool] | None = None
+    ) -> NDArray[np.bool_] | None:
         """The mask of items that may be shown; None when every item may (the common
-        case, which then costs no per-request catalogue-sized array)."""
+        case, which then costs no per-request catalogue-sized array). ``hides``:
+        :meth:`_hides` of the same query, when the caller has it."""
         f = query.filters
-        hide_session, hide_bought = self._hides(query, policy)
+        hide_session, hide_bought = hides if hides is not None else self._hides(query, policy)
         if f.is_empty and not hide_session and not hide_bought:
             return None
         allowed = np.ones(self._n_items, dtype=bool) if f.shown is None else f.shown.copy()
