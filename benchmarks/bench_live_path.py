@@ -403,10 +403,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for action in ("boost", "bury", "pin")
             }
         finally:
+            # every one stopped, even when stopping an earlier one fails (a server whose
+            # background task crashed re-raises it when stopped: its Redis must go too)
+            failures: list[BaseException] = []
             for item in reversed(owned):
-                stop = item.stop()
-                if asyncio.iscoroutine(stop):
-                    await stop
+                try:
+                    stop = item.stop()
+                    if asyncio.iscoroutine(stop):
+                        await stop
+                except Exception as exc:  # raised once all are stopped
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_revision(),
