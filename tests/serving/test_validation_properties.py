@@ -116,3 +116,39 @@ def test_event_batches_validate_or_name_their_bad_fields(req: pb.RecordEventsReq
         assert math.isfinite(e.quantity) and e.quantity > 0
         assert 0 <= e.timestamp < 253_402_300_800
         assert e.key  # every accepted event has the id that makes it idempotent
+
+
+def test_a_checked_filter_is_reused_and_a_bad_one_is_refused_every_time() -> None:
+    """Valid filters are kept by their bytes (a storefront repeats them); an invalid
+    one is never kept, so it is refused on every call, naming its field."""
+    good = pb.Filters(
+        attributes=[pb.AttributeFilter(name="price", range=pb.NumberRange(min=1.0, max=9.0))]
+    )
+    first = validation.recommend_input(pb.RecommendRequest(k=5, filters=good), LIMITS)
+    again = validation.recommend_input(
+        pb.RecommendRequest(k=5, filters=pb.Filters.FromString(good.SerializeToString())), LIMITS
+    )
+    assert again.filters is first.filters
+    assert first.filters.attributes[0].name == "price"
+    other = pb.Filters(exclude_item_ids=["i1"])
+    assert validation.recommend_input(
+        pb.RecommendRequest(filters=other), LIMITS
+    ).filters.exclude_item_ids == ("i1",)
+    bad = pb.Filters(attributes=[pb.AttributeFilter(name="Price", range=pb.NumberRange(min=1.0))])
+    for _ in range(2):
+        try:
+            validation.recommend_input(pb.RecommendRequest(filters=bad), LIMITS)
+        except InvalidRequestError as exc:
+            assert [v.field for v in exc.violations] == ["filters.attributes[0].name"]
+        else:
+            raise AssertionError("an invalid filter was accepted")
+    # the id limit is part of what was checked: a stricter server checks again
+    long_id = pb.Filters(exclude_item_ids=["x" * 12])
+    validation.recommend_input(pb.RecommendRequest(filters=long_id), LIMITS)
+    strict = ServerSettings(max_id_bytes=8)
+    try:
+        validation.recommend_input(pb.RecommendRequest(filters=long_id), strict)
+    except InvalidRequestError as exc:
+        assert [v.field for v in exc.violations] == ["filters.exclude_item_ids[0]"]
+    else:
+        raise AssertionError("a cached filter skipped a stricter id limit")
