@@ -189,6 +189,16 @@ class CatalogView:
         hit: BoolArray = codes == code
         return hit
 
+    def labelled_at(self, name: str, value: str, positions: NDArray[np.intp]) -> BoolArray:
+        """Whether each item at ``positions`` has string attribute ``name`` = ``value``
+        (:meth:`labelled` for a few items, without a catalogue-sized array)."""
+        codes = self._labels.get(name)
+        code = self._label_code.get(name, {}).get(value)
+        if codes is None or code is None:
+            return np.zeros(len(positions), dtype=bool)
+        hit: BoolArray = codes[positions] == code
+        return hit
+
     def leaf_names(self, positions: Sequence[int]) -> list[str]:
         """The most specific category name of each item at ``positions`` ('' = none)."""
         names = list(self._category_code)  # codes are given in insertion order

@@ -56,7 +56,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -72,7 +72,14 @@ from .calls import FilterSpec, ScoredItem
 from .catalog import CatalogView, LiveCatalog
 from .popularity import LivePopularity
 
-__all__ = ["NEW_PER_ANSWER", "NewItemLane", "NewItems", "content_vectors", "merge_new"]
+__all__ = [
+    "NEW_PER_ANSWER",
+    "NewItemLane",
+    "NewItems",
+    "PeerCache",
+    "content_vectors",
+    "merge_new",
+]
 
 log = logging.getLogger(__name__)
 
@@ -157,22 +164,22 @@ def content_vectors(
     records: Sequence[CatalogItem],
     unit: FloatArray,
     titles: TitleIndex | None,
-    peers_of: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] | None = None,
+    peers_of: PeerCache | None = None,
 ) -> list[FloatArray | None]:
     """What the shop says of each of ``records`` (new items), as a direction in
     ``model``'s space (see the module docstring); None where nothing matches.
-    ``peers_of``: the category and attribute peers' means already computed, by (leaf
-    category, attributes), filled as they are computed."""
+    ``peers_of``: the peers already found (filled as they are)."""
     if peers_of is None:
-        peers_of = {}
+        peers_of = PeerCache()
+    means = peers_of.means
     out: list[FloatArray | None] = []
     for record in records:
         parts: list[FloatArray] = []
         if view is not None and record.category:
             key = (record.category[-1], tuple(sorted(record.labels.items())))
-            if key not in peers_of:
-                peers_of[key] = _peers_vector(view, key[0], record.labels, unit)
-            peer = peers_of[key]
+            if key not in means:
+                means[key] = _peers_vector(view, key[0], record.labels, unit, peers_of.members)
+            peer = means[key]
             if peer is not None:
                 parts.append(_unit(peer))
         if titles is not None and record.title:
@@ -189,15 +196,33 @@ def _described(record: CatalogItem) -> tuple[object, ...]:
     return record.category, tuple(sorted(record.labels.items())), record.title
 
 
+class PeerCache:
+    """Peers found while placing new items: each (leaf category, string attributes)'s
+    mean unit vector, and each leaf's members (trained item positions), so that a
+    leaf's catalogue-wide mask is made once, not once per attribute combination."""
+
+    __slots__ = ("means", "members")
+
+    def __init__(self) -> None:
+        self.means: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] = {}
+        self.members: dict[str, NDArray[np.intp]] = {}
+
+
 def _peers_vector(
-    view: CatalogView, leaf: str, labels: Mapping[str, str], unit: FloatArray
+    view: CatalogView,
+    leaf: str,
+    labels: Mapping[str, str],
+    unit: FloatArray,
+    members: dict[str, NDArray[np.intp]],
 ) -> FloatArray | None:
-    peers = view.categories([leaf])
-    if not peers.any():
+    peers = members.get(leaf)
+    if peers is None:
+        peers = members[leaf] = np.flatnonzero(view.categories([leaf]))
+    if not len(peers):
         return None
     for name, value in sorted(labels.items()):
-        narrower = peers & view.labelled(name, value)
-        if narrower.sum() >= _MIN_PEERS:
+        narrower = peers[view.labelled_at(name, value, peers)]
+        if len(narrower) >= _MIN_PEERS:
             peers = narrower
     mean: FloatArray = unit[peers].mean(axis=0)
     return mean
@@ -388,9 +413,15 @@ class NewItems:
         self._met: dict[str, list[tuple[str, float]]] = {}
         self._read_until: float | None = None
         self._content: dict[str, tuple[CatalogItem, FloatArray | None]] = {}
-        self._peers: dict[tuple[str, tuple[tuple[str, str], ...]], FloatArray | None] = {}
+        self._peers = PeerCache()
         self._peers_at = -math.inf
         self._rows: dict[str, _Row] = {}
+        self._candidates: tuple[tuple[object, ...], list[CatalogItem]] | None = None
+        self._placed: list[CatalogItem] | None = None
+        """The candidates every one of which has its attribute place (None: not yet)."""
+        self._met_changed = True
+        self._built_from: list[CatalogItem] | None = None
+        """The candidates :attr:`lane` was built from."""
 
     def of(self, model: Model) -> NewItemLane | None:
         """The new items of ``model``; None when there are none (or not yet read)."""
@@ -404,12 +435,18 @@ class NewItems:
         newest :attr:`max_items` of them."""
         if self.max_items == 0:
             return []
+        # the same list while neither the catalogue nor the model changed: a refresh of
+        # an unchanged catalogue costs no pass over its records
+        key = (model.version, self.catalog.version, id(self.catalog.items), self.max_items)
+        if self._candidates is not None and self._candidates[0] == key:
+            return self._candidates[1]
         known = model.item_position
         new = [r for r in self.catalog.items.values() if not r.withdrawn and r.key not in known]
         if len(new) > self.max_items:
             new.sort(key=lambda r: (-r.updated_at, r.item_id))
             new = new[: self.max_items]
         new.sort(key=lambda r: r.item_id)
+        self._candidates = (key, new)
         return new
 
     def is_new(self, model: Model, item_id: str) -> bool:
@@ -443,14 +480,36 @@ class NewItems:
             self._unit = _unit_rows(model.artifact.item_factors)
             self._titles = None
             self._met, self._read_until, self._content, self._rows = {}, None, {}, {}
-            self._peers, self._peers_at = {}, -math.inf
+            self._peers, self._peers_at = PeerCache(), -math.inf
+            self._placed = None
         records = self.candidates(model)
-        ids = {r.item_id for r in records}
+        lane = self.lane
+        same = lane is not None and self._built_from is records
+        ids = set(lane.position) if lane is not None and same else {r.item_id for r in records}
         if self.popularity is not None and ids != self.popularity.new_ids:
             self.popularity.new_ids = frozenset(ids)  # kept otherwise: it keys a cache
         await self._read_meetings(ids, now)
-        await self._place(model, records)
-        self._build(model, records)
+        placed = await self._place(model, records)
+        prior = self._prior(model, records)
+        if (
+            lane is not None
+            and lane.model_version == model.version
+            and same
+            and not placed
+            and not self._met_changed
+        ):
+            # nothing a row depends on changed: at most the live popularity moved
+            if not np.array_equal(prior, lane.prior):
+                self.lane = replace(lane, prior=prior)
+            return
+        self._met_changed = False
+        self._build(model, records, prior)
+
+    def _prior(self, model: Model, records: Sequence[CatalogItem]) -> FloatArray:
+        prior = np.zeros(len(records), np.float32)
+        if self.popularity is not None:
+            prior[:] = self.popularity.new_prior([r.item_id for r in records], model)
+        return prior
 
     async def _read_meetings(self, ids: set[str], now: float) -> None:
         if self._read_until is None:
@@ -466,16 +525,22 @@ class NewItems:
                     self._met[item] = met[item]
                 else:
                     self._met.pop(item, None)
+            self._met_changed = True
         self._read_until = now
-        for gone in [i for i in self._met if i not in ids]:
-            del self._met[gone]
+        gone = [i for i in self._met if i not in ids]
+        for item in gone:
+            del self._met[item]
+        self._met_changed = self._met_changed or bool(gone)
 
-    async def _place(self, model: Model, records: Sequence[CatalogItem]) -> None:
+    async def _place(self, model: Model, records: list[CatalogItem]) -> bool:
         """Attribute places of records that changed (all of them when the title index
-        is rebuilt)."""
+        is rebuilt); whether any place was computed or kept for a new record."""
         assert self._unit is not None
         titles = self._titles
-        if titles is None or self._titles_stale(titles):
+        stale = titles is None or self._titles_stale(titles)
+        if records is self._placed and not stale:
+            return False  # every one placed, and nothing changed since
+        if stale:
             every = list(self.catalog.items.values())
             version = self.catalog.version
             # off the event loop: 100k titles take a few hundred milliseconds (it reads
@@ -485,6 +550,7 @@ class NewItems:
             if titles is None or rebuilt.signature != titles.signature:
                 self._content = {}  # the words place items differently now
             self._titles = titles = rebuilt
+        assert titles is not None
         # a record whose category, attributes and title did not change (a stock or price
         # update, a catalogue sync rewriting every record) keeps its place
         changed = [
@@ -492,28 +558,36 @@ class NewItems:
             if (cached := self._content.get(r.item_id)) is None
             or _described(cached[0]) != _described(r)
         ]  # fmt: skip
+        kept = False
         for r in records:
             cached = self._content.get(r.item_id)
             if cached is not None and cached[0] is not r and _described(cached[0]) == _described(r):
                 self._content[r.item_id] = (r, cached[1])
+                kept = True
         if not changed:
-            return
+            self._placed = records
+            return kept
         if time.monotonic() - self._peers_at > _PEERS_SECONDS:
-            self._peers, self._peers_at = {}, time.monotonic()
+            self._peers, self._peers_at = PeerCache(), time.monotonic()
         view = self.catalog.view(model)
         index = titles if titles.titled else None
         # on the event loop, never in a thread: the view changes under it with every
         # catalogue change. In small chunks, yielding between them, within a budget of
         # loop time per refresh; the rest are placed by the next refreshes
         started = time.monotonic()
+        done = 0
         for start in range(0, min(len(changed), _PLACE_PER_REFRESH), _PLACE_CHUNK):
             chunk = changed[start : start + _PLACE_CHUNK]
             placed = content_vectors(model, view, chunk, self._unit, index, self._peers)
             for record, vector in zip(chunk, placed, strict=True):
                 self._content[record.item_id] = (record, vector)
+            done += len(chunk)
             if time.monotonic() - started > _PLACE_BUDGET_SECONDS:
                 break
             await asyncio.sleep(0)
+        # placed by now unless the budget ran out (or the catalogue moved meanwhile)
+        self._placed = records if done == len(changed) else None
+        return True
 
     def _titles_stale(self, titles: TitleIndex) -> bool:
         """Whether the trained titles' index should be built again: every
@@ -529,7 +603,7 @@ class NewItems:
             _TITLE_INDEX_EMPTY_SECONDS if titles.titled == 0 else _TITLE_INDEX_CHANGED_SECONDS
         )
 
-    def _build(self, model: Model, records: Sequence[CatalogItem]) -> None:
+    def _build(self, model: Model, records: list[CatalogItem], prior: FloatArray) -> None:
         assert self._unit is not None
         m, factors = len(records), self._unit.shape[1]
         vectors = np.zeros((m, factors), np.float32)
@@ -555,9 +629,7 @@ class NewItems:
                 vectors[row], placed[row] = v, True
             confidence[row] = c
         self._rows = rows
-        prior = np.zeros(m, np.float32)
-        if self.popularity is not None:
-            prior[:] = self.popularity.new_prior([r.item_id for r in records], model)
+        self._built_from = records
         self.lane = NewItemLane(
             model_version=model.version,
             records=tuple(records),
