@@ -17,7 +17,8 @@ How an answer is made:
    popular head.
 4. Score: ``w_cf·cf + w_repeat·repeat + w_neighbors·neighbors + w_pop·popularity``,
    each signal scaled to [0, 1] over the candidates; ``repeat`` is the user's decayed
-   count of orders holding the item.
+   count of orders holding the item. A caller's :class:`ScoreWeights` (the shop's
+   boosts and buries) multiply it, with room for ``2k`` more CF candidates to climb.
 5. Filters (exclusions, categories, in-stock, and what the repeat policy hides), then
    the best ``k``; if filters leave fewer than ``k``, the CF search widens (×4) until
    ``k`` qualify or the whole catalogue was seen; CF and then popular items fill a
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +47,7 @@ __all__ = [
     "Ranker",
     "Ranking",
     "Reason",
+    "ScoreWeights",
     "Strategy",
     "training_user_query",
 ]
@@ -138,6 +140,15 @@ class Popularity:
     """Every item, most popular first."""
 
 
+class ScoreWeights(Protocol):
+    """Per-item multipliers of the blended scores (a shop's boosts and buries): applied
+    to every candidate before the best ``k`` are cut, so a boosted item climbs among
+    the ranked candidates and a buried one sinks."""
+
+    def weigh(self, items: IntArray, scores: FloatArray) -> None:
+        """Multiply ``scores`` (of ``items``) in place."""
+
+
 @dataclass(frozen=True)
 class Query:
     """One request's signals, in model positions."""
@@ -170,6 +181,10 @@ class Query:
     popularity_weight: float | None = None
     """The blend's popularity share (a placement's trending weight); None = the
     model's blend."""
+    weights: ScoreWeights | None = None
+    """Multipliers of the candidates' scores before the cut; the search then ranks
+    about 3k candidates (the answer's size, :attr:`headroom_k` or ``k``, plus twice
+    that: room for a boosted item to climb). None = none."""
 
 
 @dataclass(frozen=True)
@@ -256,13 +271,20 @@ class Ranker:
             blend = Blend()  # nothing else to go on: CF, if there is a vector
         # the fold-in costs ~150 µs at 100k items: only when CF is weighed (or fills)
         vector = self._query_vector(query) if blend.cf > 0 else None
+        basis = min(k, query.headroom_k or k)
+        weights = query.weights
+        # weighted scores reorder the candidates: room for an item to climb into the k
+        climb = basis if weights is None else 2 * basis
         if (
             vector is None
             and blend.repeat == 0.0
             and neighbor_source is None
             and (blend.popularity == 0.0 or strategy is Strategy.POPULAR)
         ):
-            return self._popular(k, allowed, popularity, strategy=Strategy.POPULAR, fallback=True)
+            return self._popular(
+                k, allowed, popularity, strategy=Strategy.POPULAR, fallback=True,
+                weights=weights, climb=climb,
+            )  # fmt: skip
 
         signals = _Signals(
             vector=vector if blend.cf > 0 else None,
@@ -277,24 +299,24 @@ class Ranker:
         # candidate's CF score is computed anyway, so a CF item ranked beyond it
         # could only climb into the top k on popularity, and never did (Ta-Feng,
         # Diginetica, Online Retail II: metrics identical to k·4, docs/design.md)
-        # a caller that over-fetches for its own reasons (rules, a cap) names the k the
-        # headroom is for: its extra items already are headroom
-        basis = min(k, query.headroom_k or k)
+        # a caller that over-fetches for its own reasons (a cap, pins) names the k the
+        # headroom is for (basis): its extra items already are headroom. Weights
+        # (boosts, buries) double it (climb): about 3k candidates
         headroom = basis * (self.overfetch - 1)
         if allowed is None:
-            headroom = min(headroom, basis)
+            headroom = min(headroom, climb)
         elif query.filters.only_shown and not hidden_by_policy:
             # a live catalogue that hides a few items (and a request's filters folded
             # into it): the blend's headroom, plus what the hidden share would take
             # out of the fetch, 1.5 times over; a search that still falls short
             # widens below
             share = max(query.filters.shown_share, 1e-3)
-            rejected = math.ceil((k + basis) * (1.0 - share) / share * 1.5) + 2
-            headroom = min(headroom, basis + rejected)
+            rejected = math.ceil((k + climb) * (1.0 - share) / share * 1.5) + 2
+            headroom = min(headroom, climb + rejected)
         fetch = min(self._n_items, k + min(headroom, 60))
         while True:
             items, scores, reasons = self._blend(
-                signals, blend, fetch, k, allowed, cf_reason, popularity
+                signals, blend, fetch, k, allowed, cf_reason, popularity, weights
             )
             if len(items) >= k or fetch >= self._n_items or signals.vector is None:
                 break
@@ -316,6 +338,7 @@ class Ranker:
                         left,
                         cf_reason,
                         popularity,
+                        weights,
                     ),
                 )
         if len(items) < k:  # still too few: popular items that pass the filters
@@ -323,7 +346,7 @@ class Ranker:
                 (items, scores, reasons),
                 k,
                 allowed,
-                lambda left: self._popular(k, left, popularity).parts,
+                lambda left: self._popular(k, left, popularity, weights=weights, climb=climb).parts,
             )
         return Ranking(items[:k], scores[:k], reasons[:k], strategy, False, blend.popularity)
 
@@ -523,9 +546,10 @@ class Ranker:
         allowed: NDArray[np.bool_] | None,
         cf_reason: Reason,
         popularity: Popularity,
+        weights: ScoreWeights | None = None,
     ) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
         """Candidates from every source, each signal scaled to [0, 1], summed with the
-        blend's weights, best first."""
+        blend's weights (then multiplied by ``weights``), best first."""
         vector = signals.vector
         parts: list[IntArray] = []
         if vector is not None:
@@ -587,6 +611,8 @@ class Ranker:
                 reasons[part > best_part] = Reason.POPULAR
         if score is None:
             score = np.zeros(n, np.float32)
+        if weights is not None:
+            weights.weigh(cand, score)
         # stable on ascending positions: equal scores keep catalogue order, so answers
         # are reproducible
         order = np.argsort(-score, kind="stable")
@@ -600,13 +626,25 @@ class Ranker:
         *,
         strategy: Strategy = Strategy.POPULAR,
         fallback: bool = False,
+        weights: ScoreWeights | None = None,
+        climb: int = 0,
     ) -> Ranking:
+        """The ``k`` most popular items ``allowed``; with ``weights``, the best ``k`` of
+        the first ``k + climb`` by weighted popularity."""
         order = popularity.order
         head = order if allowed is None else order[allowed[order]]
-        picked = head[:k]
+        if weights is None:
+            picked = head[:k]
+            scores = popularity.prior[picked]
+        else:
+            head = head[: k + climb]
+            scores = popularity.prior[head]
+            weights.weigh(head, scores)
+            best = np.argsort(-scores, kind="stable")[:k]
+            picked, scores = head[best], scores[best]
         return Ranking(
             picked,
-            popularity.prior[picked],
+            scores,
             np.full(len(picked), Reason.POPULAR, dtype=np.int8),
             strategy,
             fallback,

@@ -55,10 +55,10 @@ from .reload import LoadedModel, ModelHolder
 from .rules import (
     NO_RULES,
     ActiveRules,
-    CompiledRule,
     LiveRules,
     Merchandised,
     Shown,
+    Weighing,
     merchandise,
 )
 
@@ -213,7 +213,11 @@ class Engine:
         filters = self._filters(model, req.filters, view)
         rules = self._rules(model, view, req.placement)
         cap = req.max_per_category or self._cap(req.placement)
-        k = _fetch(req.k, rules, cap) if rules or cap else req.k
+        # boosts and buries weigh the ranking's candidates as they are scored (one
+        # ranking, no over-fetch for them); pins and the cap reshape its list after
+        weights = rules.weights if rules else None
+        weighing = Weighing(weights) if weights is not None else None
+        k = _fetch(req.k, rules, cap, weighed=True) if rules or cap else req.k
         placement_settings = self.placements.get(req.placement)
         query = profile.query(
             k,
@@ -224,6 +228,7 @@ class Engine:
             popularity_weight=(
                 placement_settings.trending_weight if placement_settings is not None else None
             ),
+            weights=weighing,
         )
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
@@ -245,6 +250,7 @@ class Engine:
                 allowed=lambda: ranker.allowed(query),
                 popularity=query.popularity or ranker.popularity,
                 rank=rank,
+                weighed=weighing,
             )  # fmt: skip
         else:
             items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
@@ -493,10 +499,12 @@ class Engine:
         allowed: Shown,
         popularity: Popularity,
         rank: Callable[[int], Ranking],
+        weighed: Weighing | None = None,
     ) -> tuple[list[ScoredItem], list[tuple[str, ...]], tuple[str, ...]]:
         """The items of ``ranking`` (``fetched`` asked for) after the rules and the cap,
         ``k`` of them, the rules that moved or placed each and every rule that touched
-        them; the ranking widens once if the cap left too few."""
+        them; the ranking widens once if the cap left too few. ``weighed``: the
+        ranking's candidates already carry the boosts and buries (see merchandise)."""
         model = loaded.model
         category = None
         if cap:
@@ -510,6 +518,7 @@ class Engine:
             return merchandise(
                 r.items, r.scores, r.reasons, k, rules,
                 allowed=allowed, popular=popularity.order, category=category, cap=cap,
+                weighed=weighed,
             )  # fmt: skip
 
         m = shaped(ranking)
@@ -766,13 +775,14 @@ def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
     return counts
 
 
-def _fetch(k: int, rules: Sequence[CompiledRule], cap: int) -> int:
+def _fetch(k: int, rules: ActiveRules, cap: int, *, weighed: bool = False) -> int:
     """Candidates to rank for an answer of ``k`` that ``rules`` and ``cap`` reshape:
-    room for boosted items to climb and for the cap to skip (3k, at least k + 20), or
-    for the pins' items alone."""
-    if cap or any(c.rule.action is not RuleAction.PIN for c in rules):
+    room for the cap to skip and for boosted items to climb (3k, at least k + 20), or
+    for the pins' items alone. ``weighed``: the ranking applies the boosts and buries
+    itself (and makes room for them), so only the cap and the pins need more."""
+    if cap or (not weighed and rules.weighed):
         return k + min(max(2 * k, 20), _FETCH_MORE)
-    return k + len(rules)
+    return k + len(rules.pins) if weighed else k + len(rules)
 
 
 def _recommendation_id(model_version: str) -> str:

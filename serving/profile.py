@@ -46,7 +46,7 @@ from recsvc.config import RepeatPolicy, Settings
 from recsvc.errors import StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
-from recsvc.ranking import Filters, Popularity, Query
+from recsvc.ranking import Filters, Popularity, Query, ScoreWeights
 from recsvc.store import LiveState
 from recsvc.weighting import EVENT_TYPES, live_event_weights, session_weights
 
@@ -98,6 +98,7 @@ class Profile:
         popularity: Popularity | None = None,
         headroom_k: int | None = None,
         popularity_weight: float | None = None,
+        weights: ScoreWeights | None = None,
     ) -> Query:
         # whether what the shopper just looked at may be shown again is the ranker's
         # call: the shop's measured default, or the request's repeat policy
@@ -115,6 +116,7 @@ class Profile:
             popularity=popularity,
             headroom_k=headroom_k,
             popularity_weight=popularity_weight,
+            weights=weights,
         )
 
 

@@ -13,7 +13,8 @@ weights up in one gather instead of testing every rule against them.
 :func:`merchandise` then reshapes the ranking's candidates, in this order:
 
 1. boost and bury multiply the scores of their items (every matching rule, so two
-   boosts compound) and the candidates are re-sorted;
+   boosts compound) and the candidates are re-sorted (for Recommend the ranking does
+   this itself, as it scores its candidates: :class:`Weighing`);
 2. pins take their items out of the list and hold them for their positions: an
    item list's items that may be shown, from ``position`` on; a predicate's
    best-ranked match, or its most popular one that may be shown;
@@ -58,6 +59,7 @@ __all__ = [
     "LiveRules",
     "Merchandised",
     "Shown",
+    "Weighing",
     "Weights",
     "merchandise",
 ]
@@ -149,7 +151,16 @@ class Weights:
     after each: the same scores to the bit).
     """
 
-    __slots__ = ("_buried", "_buries", "_deeper", "_factors", "_ids", "group", "rule_ids")
+    __slots__ = (
+        "_buried",
+        "_buries",
+        "_burying",
+        "_deeper",
+        "_factors",
+        "_ids",
+        "group",
+        "rule_ids",
+    )
 
     def __init__(self, weighed: Sequence[CompiledRule], n_items: int) -> None:
         group = np.zeros(n_items, dtype=np.int64)
@@ -201,6 +212,10 @@ class Weights:
         """Per group, which of its rules bury (indices into the boosts and buries)."""
         self._buried = frozenset(g for g, buries in enumerate(self._buries) if buries)
         """The groups with a bury."""
+        self._burying: BoolArray | None = (
+            np.array([bool(b) for b in self._buries], dtype=bool) if self._buried else None
+        )
+        """Per group, whether it holds a bury (None: no group does)."""
 
     @property
     def factors(self) -> NDArray[np.float32]:
@@ -211,14 +226,20 @@ class Weights:
         """Multiply ``scores`` (of ``items``, in place) by their rules' weights; the
         items' groups."""
         groups = self.group.take(items)
+        self.multiply(groups, scores)
         listed: list[int] = groups.tolist()
-        if self._deeper and listed:
-            most = max(listed)  # groups are numbered by how many rules they hold
+        return listed
+
+    def multiply(
+        self, groups: NDArray[np.unsignedinteger[Any]], scores: NDArray[np.float32]
+    ) -> None:
+        """Multiply ``scores`` (of items in ``groups``, in place) by their weights."""
+        if self._deeper and len(groups):
+            most = int(groups.max())  # groups are numbered by how many rules they hold
             depth = sum(1 for first in self._deeper if most >= first)
             factors = self._factors.take(groups, axis=0)
             for d in range(depth):
                 scores *= factors[:, d]
-        return listed
 
     def buried(self, groups: list[int]) -> list[str]:
         """The buries that pick any of the items of ``groups``, in rule order."""
@@ -227,6 +248,38 @@ class Weights:
             return []
         found = sorted(set(chain.from_iterable(self._buries[g] for g in buried)))
         return [self._ids[j] for j in found]
+
+
+class Weighing:
+    """One answer's boosts and buries as the ranking applies them to its candidates
+    (a :class:`~recsvc.ranking.ScoreWeights`): the candidates' scores multiplied before
+    the cut, so the search's candidates are ranked once, by the weighted score. It
+    remembers the candidates the buries picked, with their scores before the weights,
+    to say which buries pushed an item down (one per answer: never shared)."""
+
+    __slots__ = ("_buried", "weights")
+
+    def __init__(self, weights: Weights) -> None:
+        self.weights = weights
+        self._buried: list[tuple[NDArray[np.unsignedinteger[Any]], NDArray[np.float32]]] = []
+
+    def weigh(self, items: IntArray, scores: NDArray[np.float32]) -> None:
+        w = self.weights
+        groups = w.group.take(items)
+        burying = w._burying
+        if burying is not None and len(groups):
+            hit = burying.take(groups)
+            if hit.any():
+                self._buried.append((groups[hit], scores[hit]))
+        w.multiply(groups, scores)
+
+    def buried(self, threshold: float) -> list[str]:
+        """The buries that picked a candidate whose score before the weights reached
+        ``threshold`` (the answer's last score): each pushed an item down, or out."""
+        groups: set[int] = set()
+        for g, before in self._buried:
+            groups.update(g[before >= threshold].tolist())
+        return self.weights.buried(list(groups)) if groups else []
 
 
 class ActiveRules(Sequence[CompiledRule]):
@@ -384,6 +437,7 @@ def merchandise(
     popular: IntArray,
     category: IntArray | None,
     cap: int,
+    weighed: Weighing | None = None,
 ) -> Merchandised:
     """``items`` (ranked best first, every one allowed) reshaped by ``rules`` and the
     diversity ``cap`` (0: none; ``category``: each item's category code, -1 = none),
@@ -391,7 +445,9 @@ def merchandise(
     everything), for items a pin brings in, or a function that gives it (called only
     when a pin looks past the ranked items); ``popular``: every item, most popular
     first, where a predicate pin looks when no ranked item matches. ``rules``: best an
-    :class:`ActiveRules` (a plain sequence is prepared here, per call).
+    :class:`ActiveRules` (a plain sequence is prepared here, per call). ``weighed``:
+    the ranking already multiplied the scores by the boosts and buries and ranked the
+    candidates by them (step 1 done; the rules' weights are ``weighed.weights``).
 
     A few dozen candidates: the work is in Python lists but for the scores, and the
     answer is gathered from the candidates' arrays once, at the end."""
@@ -404,7 +460,17 @@ def merchandise(
     order: list[int] | None = None  # the candidates best first (None: as they came)
     groups: list[int] = []  # each candidate's group of boosts and buries
     ids_of: list[tuple[str, ...]] = [_NO_IDS]  # per group, its rules
-    if weights is not None:
+    if weighed is not None:
+        # the ranking weighed and ordered the candidates: their groups, for the ids
+        ids_of = weighed.weights.rule_ids
+        groups = weighed.weights.group.take(items).tolist()
+        last = float(scores[k - 1]) if len(scores) >= k else -math.inf
+        applied.update(dict.fromkeys(weighed.buried(last)))
+        if not active.pins and not capped:
+            rule_ids = [ids_of[g] for g in groups[:k]]
+            applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
+            return Merchandised(items[:k], scores[:k], reasons[:k], rule_ids, tuple(applied))
+    elif weights is not None:
         scores = scores.astype(np.float32)  # a copy
         groups = weights.apply(items, scores)
         applied.update(dict.fromkeys(weights.buried(groups[:k])))  # pushed down or out

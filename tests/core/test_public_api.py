@@ -24,7 +24,8 @@ PUBLIC = {
         "load_settings",
     ],
     "recsvc.ranking": [
-        "Filters", "Popularity", "Query", "Ranker", "Ranking", "Reason", "Strategy",
+        "Filters", "Popularity", "Query", "Ranker", "Ranking", "Reason", "ScoreWeights",
+        "Strategy",
         "training_user_query",
     ],
     "recsvc.artifact": [

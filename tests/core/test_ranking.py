@@ -259,3 +259,62 @@ def test_allowed_right_after_recommend_is_the_mask_it_applied(model: Model) -> N
     assert again is not kept and again is not None and again.tolist() == fresh.tolist()
     other = dataclasses.replace(query, filters=Filters(), repeat_policy=RepeatPolicy.ALLOW)
     assert ranker.allowed(other) is None  # any other query: its own mask
+
+
+class _Times:
+    """ScoreWeights: multiply the scores of some items (positions) by their factor."""
+
+    def __init__(self, n_items: int, factors: dict[int, float]) -> None:
+        self.factor = np.ones(n_items, np.float32)
+        for item, f in factors.items():
+            self.factor[item] = f
+        self.calls = 0
+
+    def weigh(self, items: np.ndarray, scores: np.ndarray) -> None:
+        self.calls += 1
+        scores *= self.factor[items]
+
+
+def test_weights_reorder_the_candidates_before_the_cut(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights multiply the blended scores of every candidate before the best k are
+    cut: a boosted item beyond the plain top k climbs in, a buried one sinks out, and
+    the search ranks about 3k candidates for it (k + 2k, where plain asks k + k)."""
+    ranker = Ranker(model, overfetch=4)
+    q = user_query(model, "g0u03", 3, repeat_policy=RepeatPolicy.ALLOW)
+    wide = ranker.recommend(dataclasses.replace(q, k=8))
+    plain = ranker.recommend(q)
+    assert np.array_equal(plain.items, wide.items[:3])
+    climber, sinker = int(wide.items[5]), int(plain.items[0])
+    lift = float(wide.scores[0] / wide.scores[5]) * 1.5
+    weights = _Times(model.n_items, {climber: lift, sinker: 0.01})
+    fetched: list[int] = []
+    search = model.artifact.index.search
+
+    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fetched.append(k)
+        return search(queries, k)
+
+    monkeypatch.setattr(model.artifact.index, "search", spy)
+    got = ranker.recommend(dataclasses.replace(q, weights=weights))
+    assert fetched == [9]  # k + 2k
+    assert weights.calls == 1
+    assert int(got.items[0]) == climber
+    assert got.scores[0] == pytest.approx(float(wide.scores[5]) * lift, rel=1e-5)
+    assert sinker not in got.items.tolist()
+    assert got.items.tolist()[1:] == [i for i in wide.items.tolist() if i != sinker][:2]
+    assert (np.diff(got.scores) <= 0).all()
+
+
+def test_weights_reorder_a_popular_answer_too(model: Model) -> None:
+    """With no signal the answer is the popular list: weights reorder its head."""
+    ranker = Ranker(model)
+    plain = ranker.recommend(Query(k=3))
+    head = ranker.recommend(Query(k=6))
+    assert plain.strategy is Strategy.POPULAR and np.array_equal(plain.items, head.items[:3])
+    fourth = int(head.items[4])
+    weights = _Times(model.n_items, {fourth: 1000.0, int(head.items[0]): 0.001})
+    got = ranker.recommend(Query(k=3, weights=weights))
+    assert got.items.tolist() == [fourth, *head.items[1:3].tolist()]
+    assert got.strategy is Strategy.POPULAR and got.fallback

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from itertools import chain
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from recsvc.serving.rules import (
     CompiledRule,
     LiveRules,
     Merchandised,
+    Weighing,
     Weights,
     merchandise,
 )
@@ -361,6 +363,33 @@ def test_the_folded_rules_answer_as_the_rules_applied_one_by_one() -> None:
         same(merchandise(items, scores, reasons, k, rules, allowed=allowed, **kw), want)
         weights = active.weights
         if weights is not None:
+            # the engine's way for Recommend: the ranking weighs its candidates and
+            # ranks them by the weighted score, merchandise places pins and the cap
+            weighing = Weighing(weights)
+            weighed_scores = scores.copy()
+            weighing.weigh(items, weighed_scores)
+            order = np.argsort(-weighed_scores, kind="stable")
+            got = merchandise(
+                items[order], weighed_scores[order], reasons[order], k, active,
+                allowed=allowed, weighed=weighing, **kw,
+            )  # fmt: skip
+            assert got.items.tolist() == want.items.tolist()
+            assert got.scores.tobytes() == want.scores.tobytes()
+            assert got.reasons.tolist() == want.reasons.tolist()
+            assert got.rule_ids == want.rule_ids
+            # a bury counts when an item it picked scored, before the weights, at least
+            # the answer's last ranked score (it pushed that item down or out)
+            last = weighed_scores[order][k - 1] if m >= k else -np.inf
+            buries = {
+                c.rule.rule_id for c in active.weighed
+                if c.rule.action is RuleAction.BURY
+                and any(
+                    (c.mask[i] if c.mask is not None else i in c.positions.tolist())
+                    for i in items[scores >= last].tolist()
+                )
+            }  # fmt: skip
+            touched = set(chain.from_iterable(got.rule_ids))
+            assert set(got.applied) == touched | buries
             groups = weights.group[items]
             product = scores * np.prod(weights.factors[groups], axis=1, dtype=np.float32)
             one_at_a_time = scores.copy()
