@@ -772,6 +772,13 @@ def histogram(diff: dict[MetricKey, float], name: str, **match: str) -> list[tup
     return sorted(rows)
 
 
+def _bucket_bounds_ms() -> str:
+    """The server's latency bucket bounds up to 5 ms, as the report lists them."""
+    from recsvc.serving.metrics import LATENCY_BUCKETS_SECONDS
+
+    return ", ".join(f"{b * 1000:g}" for b in LATENCY_BUCKETS_SECONDS if b <= 0.005)
+
+
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     """Linear interpolation inside the bucket holding rank ``q``, as Prometheus does."""
     if not buckets or buckets[-1][1] <= 0:
@@ -2064,7 +2071,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "2 cores (its CPU use is in `results.json`: at high load the client, the server "
         "and Redis compete for the cores, which is part of what the floor measures). "
         "**Server** p50/p99 are estimated from recsvc's own `grpc_server_handling_seconds` "
-        "histogram (bucket bounds 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5 ms ...; "
+        f"histogram (bucket bounds {_bucket_bounds_ms()} ms ...; "
         "linear interpolation inside a bucket), diffed over the measured window; it times "
         "the handler inside the interceptors, not the gRPC transport or (de)serialization.",
         "",
