@@ -176,6 +176,15 @@ def main(argv: list[str] | None = None) -> int:
             share = sum(category.get(str(i["item_id"])) == cat for i in after["items"])
             print(f"\n{share} of {len(after['items'])} recommendations are now from {cat}, "
                   f"the category the visitor browsed.")  # fmt: skip
+            # the visitor logs in: the same session id, now with a new customer id
+            joined = to_json(client.recommend("demo-new-customer", session_id=session, k=8))
+            print("\n... the visitor logs in as demo-new-customer (same session id)")
+            _show(f"demo-new-customer's first answer keeps the visit (strategy "
+                  f"{joined['strategy']}):", joined["items"], category)  # fmt: skip
+            kept = to_json(client.recommend("demo-new-customer", k=8))
+            print(f"\n... and later, without the session id (strategy {kept['strategy']}): "
+                  f"{sum(category.get(str(i['item_id'])) == cat for i in kept['items'])} of "
+                  f"{len(kept['items'])} from {cat}")  # fmt: skip
     except grpc.RpcError as exc:
         print(f"demo failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         proc.kill()

@@ -31,7 +31,7 @@ from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
 from recsvc.ranking import Filters, Popularity, Query, Ranker, Ranking, Reason, Strategy
 from recsvc.rules import Rule, RuleAction
-from recsvc.store import LiveState
+from recsvc.store import LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
 
 from .calls import (
@@ -76,6 +76,8 @@ _LIVE_PARTNERS = 50
 _DEGRADED_LOG_SECONDS = 60.0
 """A degraded SimilarItems is logged at most once this often (each one is counted)."""
 _FILTER_CACHE = 64
+_LOGINS = 10_000
+"""(user, session) pairs RecordEvents remembers having merged (see record_events)."""
 """Filters kept built (each a catalogue-sized mask at most: 100 kB at 100k items)."""
 _NO_FILTERS = Filters()
 """What an empty FilterSpec becomes (immutable, so shared by every request)."""
@@ -122,6 +124,9 @@ class Engine:
         }
         self._new_recommended = Children(metrics.new_items_recommended)
         self._filter_cache: OrderedDict[tuple[object, ...], Filters] = OrderedDict()
+        self._logins: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """(user, session) pairs whose anonymous session RecordEvents merged or found
+        empty lately."""
 
     def refresh_erasures(self) -> None:
         """Pick up erasures other replicas appended to the shared erasure list."""
@@ -208,6 +213,8 @@ class Engine:
         profile = await self.profiles.read(
             loaded, user, req.session_id if consent else "", req.session_events, time_left
         )
+        if profile.merged:
+            await self._log_merged(user, req.session_id, profile.merged)
         live = self.popularity.of(model, loaded.ranker) if self.popularity is not None else None
         view = self.catalog.view(model) if self.catalog is not None else None
         filters = self._filters(model, req.filters, view)
@@ -645,6 +652,15 @@ class Engine:
         # then hold a row twice, and the loader keeps the first row of an id.
         baskets: list[list[str]] = []
         for (user_id, session_id), (batch, keys) in live.items():
+            if user_id and session_id and (user_id, session_id) not in self._logins:
+                # a login: the session's anonymous events join the customer first (the
+                # pair is remembered a while; Recommend checks on every call anyway)
+                self._logins[(user_id, session_id)] = None
+                if len(self._logins) > _LOGINS:
+                    self._logins.popitem(last=False)
+                merged = await self.profiles.merge_login(user_id, session_id)
+                if merged:
+                    await self._log_merged(user_id, session_id, merged)
             applied = await self.state.record(user_id, session_id, batch, keys)
             if len(applied) < len(batch):
                 metrics.events_ignored.labels(reason="duplicate").inc(len(batch) - len(applied))
@@ -675,6 +691,25 @@ class Engine:
             except StoreError as exc:  # approximate counters: the events themselves are in
                 log.warning("counting live popularity failed: %s", exc)
         return RecordOutput(accepted=len(events) - len(ignored), ignored=ignored)
+
+    async def _log_merged(self, user_id: str, session_id: str, events: Sequence[LiveEvent]) -> None:
+        """Log the events a login merged, under the customer: training reads them as
+        theirs (with the ids the live state applied them by)."""
+        rows = [
+            EventRow(
+                user_id=user_id,
+                item_id=e.item_id,
+                timestamp=e.timestamp,
+                event_type=e.event_type.value,
+                quantity=e.quantity,
+                basket_id=f"{session_id}@{e.timestamp}"
+                if e.event_type is EventType.PURCHASE
+                else "",
+                event_id=f"login|{session_id}|{encode_event(e).decode()}",
+            )
+            for e in events
+        ]
+        await asyncio.to_thread(self.event_log.append, rows)
 
     async def _count_meetings(
         self,

@@ -236,6 +236,14 @@ class ServingMetrics:
             ("rpc",),
             registry=r,
         )
+        # outcome: merged (events applied now) | repeat (applied already) | failed
+        self.session_merges = Counter(
+            "recsvc_session_merges_total",
+            "Logins that found an anonymous session of the same session id and joined it "
+            "to the customer's history, by outcome (merged, repeat, failed).",
+            ("outcome",),
+            registry=r,
+        )
         # strategy: recsvc.ranking.Strategy values (personalized, session, popular);
         # placement: see placement_label()
         self.recommendations = Counter(
@@ -383,6 +391,8 @@ class ServingMetrics:
             self.new_items.labels(state=state)
         for rpc in ("Recommend", "SimilarItems"):
             self.new_items_recommended.labels(rpc=rpc)
+        for outcome in ("merged", "repeat", "failed"):
+            self.session_merges.labels(outcome=outcome)
 
         self._registry = r
         self._lock = threading.Lock()

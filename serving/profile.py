@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -89,6 +89,9 @@ class Profile:
     """Inline session items the model does not know."""
     degraded: bool
     """Made without the live state."""
+    merged: tuple[LiveEvent, ...] = ()
+    """Events of the anonymous session of this session id that joined the customer's
+    history in this call (a login, :meth:`Profiles.merge_login`): the caller logs them."""
 
     def query(
         self,
@@ -209,10 +212,12 @@ class Profiles:
         vector: Vector | None = None
         live: list[LiveEvent] = []
         stored_session: list[LiveEvent] = []
+        anonymous: list[LiveEvent] = []
+        merged: list[LiveEvent] = []
         degraded = False
         if user_id or session_id:
             try:
-                vector, live, stored_session = await self._read_state(
+                vector, live, stored_session, anonymous = await self._read_state(
                     loaded, user_id, session_id, time_left
                 )
             except StoreError as exc:
@@ -224,9 +229,28 @@ class Profiles:
                     vector = self._cache.get((loaded.version, user_id))
                     self._lookups("lru", "hit" if vector is not None else "miss").inc()
                 self._warn(exc)
+        if anonymous:
+            # a login: what the session did anonymously joins the customer, once
+            merged = await self.merge_login(user_id, session_id, anonymous)
+            live = _newest_first([*live, *merged])
+            stored_session = _newest_first([*stored_session, *merged])
 
+        if (
+            user_id
+            and live
+            and stored_session
+            and user_id not in model.user_position
+            and _within(live, stored_session)
+        ):
+            # a new customer whose whole history is this session (just logged in, say):
+            # the session model answers, as it does for a visitor
+            vector, live, user_id = None, [], ""
         items, weights, bought, bought_weights = self._history(model, user_id, live, now)
-        if user_id and vector is None:
+        if merged and user_id and len(items):
+            # the customer's vector now holds the visit, on every replica
+            vector = self._fold_in(model, items, weights)
+            await self._write_back(loaded, user_id, vector)
+        elif user_id and vector is None:
             vector = self._vector_from_history(model, user_id, live, items, weights)
             if vector is not None and live and not degraded:
                 await self._write_back(loaded, user_id, vector)
@@ -252,11 +276,38 @@ class Profiles:
             session_weights=s_weights,
             ignored_item_ids=ignored,
             degraded=degraded,
+            merged=tuple(merged),
         )
+
+    async def merge_login(
+        self,
+        user_id: str,
+        session_id: str,
+        anonymous: Sequence[LiveEvent] | None = None,
+    ) -> list[LiveEvent]:
+        """A login: the anonymous session ``session_id`` (``anonymous``, as read with
+        the request; None: read it now) joins ``user_id``'s history and session, once
+        (:meth:`LiveState.merge_session`). The events applied by this call; none when
+        the store fails (logged and counted: the next call merges)."""
+        if not (user_id and session_id):
+            return []
+        merges = self.metrics.session_merges
+        try:
+            if anonymous is None:
+                anonymous = await self.state.get_session(session_id)
+            if not anonymous:
+                return []
+            applied = await self.state.merge_session(user_id, session_id, anonymous)
+        except StoreError as exc:
+            merges.labels(outcome="failed").inc()
+            log.warning("merging an anonymous session at login failed: %s", exc)
+            return []
+        merges.labels(outcome="merged" if applied else "repeat").inc()
+        return [anonymous[i] for i in applied]
 
     async def _read_state(
         self, loaded: LoadedModel, user_id: str, session_id: str, time_left: float | None
-    ) -> tuple[Vector | None, list[LiveEvent], list[LiveEvent]]:
+    ) -> tuple[Vector | None, list[LiveEvent], list[LiveEvent], list[LiveEvent]]:
         """Vector, live history and stored session in one round trip, within the
         call's deadline (StoreError otherwise). The store's vector wins over the LRU:
         an event recorded through another replica a moment ago shows here at once. The
@@ -267,10 +318,10 @@ class Profiles:
         read = self.state.read_user(version, user_id, session_id, factors)
         try:
             if time_left is None:
-                vector, history, session = await read
+                vector, history, session, anonymous = await read
             else:
                 async with asyncio.timeout(max(0.0, time_left - self._reserve)):
-                    vector, history, session = await read
+                    vector, history, session, anonymous = await read
         except TimeoutError as exc:
             self._store_down_until = time.monotonic() + self._retry_after
             raise StoreError("the live state did not answer within the call's deadline") from exc
@@ -278,14 +329,14 @@ class Profiles:
             self._store_down_until = time.monotonic() + self._retry_after
             raise
         if not user_id:
-            return None, history, session
+            return None, history, session, anonymous
         self._lookups("redis", "hit" if vector is not None else "miss").inc()
         if vector is not None:
             self._cache.put((version, user_id), vector)
-            return vector, history, session
+            return vector, history, session, anonymous
         cached = self._cache.get((version, user_id))
         self._lookups("lru", "hit" if cached is not None else "miss").inc()
-        return cached, history, session
+        return cached, history, session, anonymous
 
     def _history(
         self, model: Model, user_id: str, live: Sequence[LiveEvent], now: int
@@ -373,7 +424,7 @@ class Profiles:
     async def refresh(self, loaded: LoadedModel, user_id: str) -> None:
         """Fold the user in again from their whole history, so the next Recommend on
         any replica reflects what they just did. Raises StoreError."""
-        _, live, _ = await self.state.read_user(
+        _, live, _, _ = await self.state.read_user(
             loaded.version, user_id, "", loaded.model.artifact.factors
         )
         items, weights, _, _ = self._history(loaded.model, user_id, live, int(time.time()))
@@ -386,6 +437,19 @@ class Profiles:
     def forget(self, user_id: str) -> None:
         """Drop what this process holds of ``user_id``."""
         self._cache.drop_user(user_id)
+
+
+def _within(history: Sequence[LiveEvent], session: Sequence[LiveEvent]) -> bool:
+    """Whether every event of ``history`` is one of ``session``'s (as many times)."""
+    if len(history) > len(session):
+        return False
+    left = Counter(session)
+    left.subtract(history)
+    return min(left.values()) >= 0
+
+
+def _newest_first(events: list[LiveEvent]) -> list[LiveEvent]:
+    return sorted(events, key=lambda e: e.timestamp, reverse=True)
 
 
 def _positions(model: Model, events: Sequence[LiveEvent]) -> IntArray:

@@ -66,11 +66,14 @@ _FORGET_ATTEMPTS: Final = 3
 
 
 class UserState(NamedTuple):
-    """What one request reads: the vector, history and session (newest first)."""
+    """What one request reads: the vector, history and session (newest first), and
+    for a customer with a session id, the anonymous session of that id: what they did
+    before logging in, to merge (:meth:`LiveState.merge_session`)."""
 
     vector: Vector | None
     history: list[LiveEvent]
     session: list[LiveEvent]
+    anonymous: list[LiveEvent] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
 
 
 _NOTHING: Final = UserState(None, [], [])
@@ -163,6 +166,16 @@ class LiveState(Protocol):
         skipped. Returns the positions (in ``events``) of those applied now."""
         ...
 
+    async def merge_session(
+        self, user_id: str, session_id: str, events: Sequence[LiveEvent]
+    ) -> tuple[int, ...]:
+        """Login: ``events`` (the anonymous session ``session_id`` as read, newest
+        first) join ``user_id``'s history and their session, each exactly once however
+        often and from however many replicas it is called; the anonymous session goes
+        once nothing new arrived in it. Returns the positions of the events applied now.
+        """
+        ...
+
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
         """Delete everything held for ``user_id`` at once (ForgetUser)."""
         ...
@@ -198,6 +211,7 @@ class RedisLiveState:
         self.keys = keys
         self.limits = limits
         self._record = client.register_script(_RECORD)
+        self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
 
     @property
     def reader(self) -> StateReader:
@@ -241,6 +255,9 @@ class RedisLiveState:
         if session_id:
             key = self.keys.session(session_id, user_id)
             commands.append(("LRANGE", key, 0, limits.session_max_events - 1))
+            if user_id:  # what this session did before the login (another hash slot)
+                anonymous = self.keys.session(session_id)
+                commands.append(("LRANGE", anonymous, 0, limits.session_max_events - 1))
         if not commands:
             return _NOTHING
         try:  # translated_errors, inlined: a context manager per call costs ~2 µs
@@ -254,6 +271,7 @@ class RedisLiveState:
             None if raw is None else _vector(raw, factors, model_version),
             decode_events(raw_history, "history") if raw_history else [],
             decode_events(replies[2], "session") if session_id else [],
+            decode_events(replies[3], "session") if session_id and replies[3] else [],
         )
 
     async def get_session(self, session_id: str, user_id: str = "") -> list[LiveEvent]:
@@ -317,6 +335,30 @@ class RedisLiveState:
         finally:
             self._written(touched)
         return tuple(order[int(i)] for i in applied)
+
+    async def merge_session(
+        self, user_id: str, session_id: str, events: Sequence[LiveEvent]
+    ) -> tuple[int, ...]:
+        """Two single-slot steps (a Redis Cluster runs each on its node): the events are
+        recorded for the customer with ids of their own (``login|<session>|<event>``),
+        which the customer's ``seen`` set applies once; then the anonymous session is
+        unlinked by :data:`_DROP_IF_UNCHANGED` only when it still holds exactly what was
+        read (an event that arrived meanwhile keeps it for the next merge). Its ``seen``
+        set stays until it expires, so an anonymous event retried later is not applied
+        again."""
+        if not (user_id and session_id and events):
+            return ()
+        ids = [f"login|{session_id}|{encode_event(e).decode()}" for e in events]
+        applied = await self.record(user_id, session_id, events, ids)
+        anonymous = self.keys.session(session_id)
+        try:
+            with translated_errors("dropping a merged session"):
+                await self._drop_if_unchanged(
+                    keys=[anonymous], args=[len(events), encode_event(events[0])]
+                )
+        finally:
+            self._written([anonymous])
+        return applied
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
         """In one MULTI: the user's vector under each of ``model_versions``, the history
@@ -386,6 +428,16 @@ def open_live_state(url: str, settings: Settings) -> RedisLiveState:
         reader=reader,
     )
 
+
+_DROP_IF_UNCHANGED: Final = """
+-- KEYS: an anonymous session's list. ARGV: its length and newest entry when read.
+-- Unlinks it only if nothing was added since (a push changes the newest entry).
+if redis.call('LLEN', KEYS[1]) == tonumber(ARGV[1])
+    and redis.call('LINDEX', KEYS[1], 0) == ARGV[2] then
+  return redis.call('UNLINK', KEYS[1])
+end
+return 0
+"""
 
 _RECORD: Final = """
 -- KEYS: seen, [history], [session, [sessions index]]  (one hash slot: the user's or

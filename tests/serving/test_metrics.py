@@ -39,6 +39,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_model_trained_timestamp_seconds": ("gauge", set()),
     "recsvc_model_reloads": ("counter", {"outcome"}),
     "recsvc_recommendations": ("counter", {"strategy", "placement"}),
+    "recsvc_session_merges": ("counter", {"outcome"}),
     "recsvc_recommended_items": ("histogram", set()),
     "recsvc_inflight_requests": ("gauge", set()),
     "recsvc_live_version": ("gauge", {"collection"}),

@@ -195,11 +195,11 @@ def test_record_then_read_user(
     second = [LiveEvent("c|x", EventType.PURCHASE, 30, 2.0)]
 
     async def body(state: LiveState) -> None:
-        assert await state.read_user("v1", "alice", "s1", FACTORS) == (None, [], [])
+        assert await state.read_user("v1", "alice", "s1", FACTORS) == (None, [], [], [])
         await state.set_vector("v1", "alice", vec)
         await state.record("alice", "s1", first)
         await state.record("alice", "s1", second)
-        got_vec, history, session = await state.read_user("v1", "alice", "s1", FACTORS)
+        got_vec, history, session, _ = await state.read_user("v1", "alice", "s1", FACTORS)
         assert got_vec is not None and got_vec.tobytes() == vec.tobytes()
         newest_first = [second[0], first[0], first[1]]
         assert history == newest_first
@@ -208,7 +208,7 @@ def test_record_then_read_user(
         # The session is tied to alice: it is not the anonymous session of that id.
         assert await state.get_session("s1") == []
         # No user, no session: nothing to read, no round trip needed.
-        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [])
+        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [], [])
 
     with_state(body)
     assert redis_client.type(KeyScheme(redis_prefix).history("alice")) == b"list"
@@ -216,6 +216,48 @@ def test_record_then_read_user(
         b"1|p|30|2|c|x"
     )
     assert redis_client.zrange(KeyScheme(redis_prefix).user_sessions("alice"), 0, -1) == [b"s1"]
+
+
+@pytest.mark.integration
+def test_a_login_merges_the_anonymous_session_once(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """The anonymous session of a session id is read with the customer's state; merging
+    it applies each event once (twice in a row, two at once), ties it to the customer and
+    drops the anonymous list, unless an event arrived since it was read."""
+    before = [LiveEvent("a", EventType.VIEW, 10), LiveEvent("b", EventType.CLICK, 20)]
+    later = LiveEvent("c", EventType.VIEW, 30)
+    keys = KeyScheme(redis_prefix)
+
+    async def body(state: LiveState) -> None:
+        await state.record("", "s9", before)
+        *_, anonymous = await state.read_user("v1", "zoe", "s9", FACTORS)
+        assert anonymous == before[::-1]
+        # two replicas at once, then a retry: every event applied once in all
+        runs = await asyncio.gather(
+            state.merge_session("zoe", "s9", anonymous),
+            state.merge_session("zoe", "s9", anonymous),
+        )
+        assert sorted(i for run in runs for i in run) == [0, 1]
+        assert await state.merge_session("zoe", "s9", anonymous) == ()
+        _, history, session, anonymous = await state.read_user("v1", "zoe", "s9", FACTORS)
+        assert history == session == before[::-1]
+        assert anonymous == [] and await state.get_session("s9") == []
+        # an anonymous event after the read keeps the list: the next merge takes it
+        await state.record("", "s8", before)
+        stale = await state.get_session("s8")
+        await state.record("", "s8", [later])
+        assert len(await state.merge_session("zoe", "s8", stale)) == 2
+        assert await state.get_session("s8") == [later, *before[::-1]]
+        fresh = (await state.read_user("v1", "zoe", "s8", FACTORS)).anonymous
+        assert await state.merge_session("zoe", "s8", fresh) == (0,)  # only the new one
+        assert await state.get_session("s8") == []
+        _, history, _, _ = await state.read_user("v1", "zoe", "", FACTORS)
+        assert history[0] == later and len(history) == HISTORY_MAX
+
+    with_state(body)
+    assert redis_client.exists(keys.session("s9")) == 0
+    assert set(redis_client.zrange(keys.user_sessions("zoe"), 0, -1)) == {b"s9", b"s8"}
 
 
 @pytest.mark.integration
@@ -231,6 +273,7 @@ def test_anonymous_session(
             None,
             [],
             events[::-1],
+            [],
         )
 
     with_state(body)
@@ -251,7 +294,7 @@ def test_history_and_session_are_bounded(
         await state.record("bob", "s", events[:6])
         for event in events[6:]:
             await state.record("bob", "s", [event])
-        _, history, session = await state.read_user("v1", "bob", "s", FACTORS)
+        _, history, session, _ = await state.read_user("v1", "bob", "s", FACTORS)
         assert history == events[::-1][:HISTORY_MAX]
         assert session == events[::-1][:SESSION_MAX]
 
@@ -467,7 +510,7 @@ def test_undecodable_entries_are_skipped(
     redis_client.lpush(KeyScheme(redis_prefix).history("jo"), encode_event(good), b"2|future")
 
     async def body(state: LiveState) -> None:
-        _, history, _ = await state.read_user("v1", "jo", "", FACTORS)
+        _, history, _, _ = await state.read_user("v1", "jo", "", FACTORS)
         assert history == [good]
 
     with_state(body)
