@@ -265,6 +265,10 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return rpc(args, call)
 
 
+def _cmd_consent(args: argparse.Namespace) -> int:
+    return rpc(args, lambda c: c.set_consent(args.user, args.consent))
+
+
 def _cmd_forget(args: argparse.Namespace) -> int:
     return rpc(args, lambda c: c.forget_user(args.user))
 
@@ -380,6 +384,19 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     add_client_flags(p)
     p.add_argument("--user", required=True, help="customer id to erase")
     p.set_defaults(handler=_cmd_forget)
+
+    p = sub.add_parser(
+        "consent",
+        parents=[common],
+        help="store a customer's consent to personalisation (SetConsent)",
+        description="Store a customer's consent, honoured by every replica from the next "
+        "call: full (the default), session_only (this visit only: no history kept) or "
+        "off (no personalisation). session_only and off delete the stored profile at once.",
+    )
+    add_client_flags(p)
+    p.add_argument("--user", required=True, help="customer id")
+    p.add_argument("consent", choices=["full", "session_only", "off"], help="what they consent to")
+    p.set_defaults(handler=_cmd_consent)
 
     p = sub.add_parser("info", parents=[common], help="what model the server serves")
     add_client_flags(p)

@@ -77,6 +77,21 @@ def _event_type(name: str) -> pb.EventType:
         raise ValueError(f"unknown event type {name!r}; one of {', '.join(EVENT_TYPES)}") from None
 
 
+CONSENTS: dict[str, int] = {
+    "full": pb.CONSENT_FULL,
+    "session_only": pb.CONSENT_SESSION_ONLY,
+    "off": pb.CONSENT_OFF,
+}
+"""SetConsent's consents by name."""
+
+
+def _consent(name: str) -> pb.Consent:
+    try:
+        return cast(pb.Consent, CONSENTS[name])
+    except KeyError:
+        raise ValueError(f"unknown consent {name!r}; one of {', '.join(CONSENTS)}") from None
+
+
 SIMILAR_MODES: dict[str, int] = {
     "": pb.SIMILAR_MODE_UNSPECIFIED,
     "similar": pb.SIMILAR_MODE_SIMILAR,
@@ -361,6 +376,14 @@ class RecommenderClient:
         request = pb.ForgetUserRequest(user_id=user_id)
         return self._call(self.stub.ForgetUser, request, timeout)  # type: ignore[no-any-return]
 
+    def set_consent(
+        self, user_id: str, consent: str, *, timeout: float | None = None
+    ) -> pb.SetConsentResponse:
+        """Store a customer's consent: ``"full"``, ``"session_only"`` (this visit only) or
+        ``"off"`` (SetConsent); the last two delete their stored profile."""
+        request = pb.SetConsentRequest(user_id=user_id, consent=_consent(consent))
+        return self._call(self.stub.SetConsent, request, timeout)  # type: ignore[no-any-return]
+
     def model_info(self, *, timeout: float | None = None) -> pb.GetModelInfoResponse:
         return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)  # type: ignore[no-any-return]
 
@@ -372,6 +395,8 @@ _ENUM_FIELDS = {
     "event_type": "EVENT_TYPE_",
     "action": "RULE_ACTION_",
     "mode": "SIMILAR_MODE_",
+    "previous": "CONSENT_",
+    "consent": "CONSENT_",
 }
 
 

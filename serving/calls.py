@@ -13,10 +13,13 @@ from typing import NamedTuple
 
 from recsvc.catalog import AttributeFilter
 from recsvc.config import RepeatPolicy, SimilarMode
+from recsvc.consent import Consent
 from recsvc.events import EventType, LiveEvent
 from recsvc.ranking import Reason, Strategy
+from recsvc.store import ForgetResult
 
 __all__ = [
+    "ConsentOutput",
     "EventInput",
     "FilterSpec",
     "ForgetOutput",
@@ -153,6 +156,14 @@ class RecordOutput:
     accepted: int
     ignored: list[tuple[int, str]]
     """(index in the batch, reason): reason "unknown_item" or "erased_user"."""
+
+
+@dataclass(frozen=True)
+class ConsentOutput:
+    previous: Consent
+    consent: Consent
+    deleted: ForgetResult
+    """What switching to a consent other than FULL deleted of the stored profile."""
 
 
 @dataclass(frozen=True)

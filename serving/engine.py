@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from recsvc import artifact as art
 from recsvc.catalog import CatalogItem
 from recsvc.config import RankingSettings, RepeatPolicy, Settings, SimilarMode, WeightingSettings
+from recsvc.consent import Consent
 from recsvc.erasure import ErasureList
 from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
 from recsvc.events import EventType, LiveEvent
@@ -35,6 +36,7 @@ from recsvc.store import LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
 
 from .calls import (
+    ConsentOutput,
     EventInput,
     FilterSpec,
     ForgetOutput,
@@ -594,7 +596,17 @@ class Engine:
         new_items = self.new_items
         meetings: dict[str, tuple[list[str], list[str], EventInput]] = {}
         together: dict[str, list[str]] = {}
+        # stored consents: OFF keeps nothing of the customer, SESSION_ONLY keeps the
+        # visit as a visitor's session (one read for the batch's customers)
+        consents = await self.state.consents(
+            [e.user_id for e in events if e.user_id and not e.non_personalized]
+        )
         for index, e in enumerate(events):
+            consent = consents.get(e.user_id, Consent.FULL) if e.user_id else Consent.FULL
+            if consent is Consent.SESSION_ONLY:
+                e = replace(e, user_id="", non_personalized=not e.session_id)  # noqa: PLW2901
+            elif consent is Consent.OFF:
+                e = replace(e, non_personalized=True)  # noqa: PLW2901
             placement = placement_label(e.placement, self.server.placements)
             if e.event_type in (EventType.IMPRESSION, EventType.CLICK):
                 version = metrics.model_version_label(e.recommendation_id.rpartition(".")[0])
@@ -749,6 +761,16 @@ class Engine:
         return self.catalog
 
     # --- ForgetUser -----------------------------------------------------------------
+
+    async def set_consent(self, user_id: str, consent: Consent) -> ConsentOutput:
+        """Store ``consent`` for ``user_id`` (SetConsent); anything but FULL deletes
+        their stored profile at once."""
+        versions = sorted({*self.models.loaded_versions, *art.list_versions(self.models.root)})
+        self.profiles.consented(user_id, consent)
+        previous, deleted = await self.state.set_consent(user_id, consent, versions)
+        self.profiles.consented(user_id, consent)  # a call in flight may have cached it
+        self.metrics.consent_changes.labels(consent=consent.value).inc()
+        return ConsentOutput(previous, consent, deleted)
 
     async def forget(self, user_id: str) -> ForgetOutput:
         versions = sorted({*self.models.loaded_versions, *art.list_versions(self.models.root)})

@@ -86,6 +86,7 @@ WRITE_METHODS: Final[frozenset[str]] = frozenset(
     for method in (
         "RecordEvents",
         "ForgetUser",
+        "SetConsent",
         "UpsertItems",
         "WithdrawItems",
         "SetRules",

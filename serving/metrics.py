@@ -236,6 +236,13 @@ class ServingMetrics:
             ("rpc",),
             registry=r,
         )
+        # consent: recsvc.consent.Consent values (full, session, off)
+        self.consent_changes = Counter(
+            "recsvc_consent_changes_total",
+            "Consents stored by SetConsent, by the consent stored (full, session, off).",
+            ("consent",),
+            registry=r,
+        )
         # outcome: merged (events applied now) | repeat (applied already) | failed
         self.session_merges = Counter(
             "recsvc_session_merges_total",
@@ -393,6 +400,8 @@ class ServingMetrics:
             self.new_items_recommended.labels(rpc=rpc)
         for outcome in ("merged", "repeat", "failed"):
             self.session_merges.labels(outcome=outcome)
+        for consent in ("full", "session", "off"):
+            self.consent_changes.labels(consent=consent)
 
         self._registry = r
         self._lock = threading.Lock()

@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.config import RepeatPolicy, Settings
+from recsvc.consent import Consent
 from recsvc.errors import StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
@@ -64,6 +65,8 @@ Vector = NDArray[np.float32]
 _NO_INT: Final[IntArray] = np.zeros(0, np.int32)
 _NO_FLOAT: Final[FloatArray] = np.zeros(0, np.float32)
 _POSITION: Final = {t: i for i, t in enumerate(EVENT_TYPES)}
+_RESTRICTED: Final = 100_000
+"""Customers with a consent other than FULL remembered per process (for outages)."""
 """Each event type's position in the weighting's tables."""
 
 
@@ -192,6 +195,9 @@ class Profiles:
         self._store_down_until = 0.0
         """Monotonic time before which the store is not asked (it just failed)."""
         self._warned_at = -1e9
+        self._restricted: OrderedDict[str, Consent] = OrderedDict()
+        """Customers whose stored consent was not FULL when last read (most recent
+        last): honoured when the store is down."""
 
     # --- the read of every Recommend ----------------------------------------------------
 
@@ -214,10 +220,11 @@ class Profiles:
         stored_session: list[LiveEvent] = []
         anonymous: list[LiveEvent] = []
         merged: list[LiveEvent] = []
+        consent = Consent.FULL
         degraded = False
         if user_id or session_id:
             try:
-                vector, live, stored_session, anonymous = await self._read_state(
+                vector, live, stored_session, anonymous, consent = await self._read_state(
                     loaded, user_id, session_id, time_left
                 )
             except StoreError as exc:
@@ -229,6 +236,22 @@ class Profiles:
                     vector = self._cache.get((loaded.version, user_id))
                     self._lookups("lru", "hit" if vector is not None else "miss").inc()
                 self._warn(exc)
+                # the last consent this process read stands in for the stored one
+                consent = self._restricted.get(user_id, Consent.FULL)
+        if user_id:
+            if consent is Consent.FULL:
+                self._restricted.pop(user_id, None)
+            else:
+                self._restricted[user_id] = consent
+                if len(self._restricted) > _RESTRICTED:
+                    self._restricted.popitem(last=False)
+        if consent is Consent.OFF:
+            # as non_personalized: nothing of the customer (inline events still count)
+            vector, live, stored_session, anonymous, user_id = None, [], [], [], ""
+        elif consent is Consent.SESSION_ONLY:
+            # this visit, kept as a visitor's session is: no history, no vector, no merge
+            vector, live, user_id = None, [], ""
+            stored_session, anonymous = anonymous, []
         if anonymous:
             # a login: what the session did anonymously joins the customer, once
             merged = await self.merge_login(user_id, session_id, anonymous)
@@ -307,7 +330,7 @@ class Profiles:
 
     async def _read_state(
         self, loaded: LoadedModel, user_id: str, session_id: str, time_left: float | None
-    ) -> tuple[Vector | None, list[LiveEvent], list[LiveEvent], list[LiveEvent]]:
+    ) -> tuple[Vector | None, list[LiveEvent], list[LiveEvent], list[LiveEvent], Consent]:
         """Vector, live history and stored session in one round trip, within the
         call's deadline (StoreError otherwise). The store's vector wins over the LRU:
         an event recorded through another replica a moment ago shows here at once. The
@@ -318,10 +341,10 @@ class Profiles:
         read = self.state.read_user(version, user_id, session_id, factors)
         try:
             if time_left is None:
-                vector, history, session, anonymous = await read
+                vector, history, session, anonymous, consent = await read
             else:
                 async with asyncio.timeout(max(0.0, time_left - self._reserve)):
-                    vector, history, session, anonymous = await read
+                    vector, history, session, anonymous, consent = await read
         except TimeoutError as exc:
             self._store_down_until = time.monotonic() + self._retry_after
             raise StoreError("the live state did not answer within the call's deadline") from exc
@@ -329,14 +352,14 @@ class Profiles:
             self._store_down_until = time.monotonic() + self._retry_after
             raise
         if not user_id:
-            return None, history, session, anonymous
+            return None, history, session, anonymous, consent
         self._lookups("redis", "hit" if vector is not None else "miss").inc()
         if vector is not None:
             self._cache.put((version, user_id), vector)
-            return vector, history, session, anonymous
+            return vector, history, session, anonymous, consent
         cached = self._cache.get((version, user_id))
         self._lookups("lru", "hit" if cached is not None else "miss").inc()
-        return cached, history, session, anonymous
+        return cached, history, session, anonymous, consent
 
     def _history(
         self, model: Model, user_id: str, live: Sequence[LiveEvent], now: int
@@ -424,9 +447,12 @@ class Profiles:
     async def refresh(self, loaded: LoadedModel, user_id: str) -> None:
         """Fold the user in again from their whole history, so the next Recommend on
         any replica reflects what they just did. Raises StoreError."""
-        _, live, _, _ = await self.state.read_user(
+        state = await self.state.read_user(
             loaded.version, user_id, "", loaded.model.artifact.factors
         )
+        live = state.history
+        if state.consent is not Consent.FULL:
+            return  # switched off meanwhile: nothing is kept
         items, weights, _, _ = self._history(loaded.model, user_id, live, int(time.time()))
         if len(items) == 0:
             return
@@ -436,6 +462,15 @@ class Profiles:
 
     def forget(self, user_id: str) -> None:
         """Drop what this process holds of ``user_id``."""
+        self._cache.drop_user(user_id)
+
+    def consented(self, user_id: str, consent: Consent) -> None:
+        """``user_id`` stored ``consent`` through this process: honour it at once (and
+        when the store is down), and drop their vector unless it is FULL."""
+        if consent is Consent.FULL:
+            self._restricted.pop(user_id, None)
+            return
+        self._restricted[user_id] = consent
         self._cache.drop_user(user_id)
 
 

@@ -214,6 +214,7 @@ def _items_with_rules(out: RecommendOutput) -> list[pb.RecommendedItem]:
     return items
 
 
+_CONSENT_TO_PB = {consent: number for number, consent in validation.CONSENT_FROM_PB.items()}
 _RULE_ACTION_TO_PB = {action: number for number, action in validation.RULE_ACTION_FROM_PB.items()}
 
 
@@ -303,6 +304,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.ForgetUserResponse:
         return await _guard(context, "ForgetUser", self._forget, request)
 
+    async def SetConsent(  # noqa: N802
+        self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetConsentResponse:
+        return await _guard(context, "SetConsent", self._consent, request)
+
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
@@ -354,6 +360,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             ignored_events=[
                 pb.IgnoredEvent(index=i, reason=_IGNORE[reason]) for i, reason in out.ignored
             ],
+        )
+
+    async def _consent(self, request: pb.SetConsentRequest) -> pb.SetConsentResponse:
+        out = await self.engine.set_consent(*validation.consent(request, self.limits))
+        return pb.SetConsentResponse(
+            previous=cast(pb.Consent, _CONSENT_TO_PB[out.previous]),
+            consent=cast(pb.Consent, _CONSENT_TO_PB[out.consent]),
+            deleted_vector_count=out.deleted.deleted_vectors,
+            deleted_history_event_count=out.deleted.deleted_history_events,
+            deleted_session_count=out.deleted.deleted_sessions,
         )
 
     async def _forget(self, request: pb.ForgetUserRequest) -> pb.ForgetUserResponse:

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsvc.catalog import ATTRIBUTE_NAME, AttributeFilter, CatalogItem
 from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
+from recsvc.consent import Consent
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.events import EventType, LiveEvent
 from recsvc.rules import Rule, RuleAction
@@ -33,6 +34,7 @@ from .calls import (
 __all__ = [
     "RULE_ACTION_FROM_PB",
     "catalog_items",
+    "consent",
     "deleted_rule_ids",
     "event_inputs",
     "forget_user_id",
@@ -386,6 +388,27 @@ def _id_batch(path: str, what: str, values: Sequence[str], limits: ServerSetting
 
 def withdrawn_ids(req: pb.WithdrawItemsRequest, limits: ServerSettings) -> list[str]:
     return _id_batch("item_ids", "item", req.item_ids, limits)
+
+
+CONSENT_FROM_PB: dict[int, Consent] = {
+    pb.CONSENT_FULL: Consent.FULL,
+    pb.CONSENT_SESSION_ONLY: Consent.SESSION_ONLY,
+    pb.CONSENT_OFF: Consent.OFF,
+}
+
+
+def consent(req: pb.SetConsentRequest, limits: ServerSettings) -> tuple[str, Consent]:
+    c = _Checker(limits)
+    user = c.id("user_id", req.user_id, required=True)
+    stored = CONSENT_FROM_PB.get(req.consent)
+    if stored is None:
+        c.bad(
+            "consent",
+            f"must be CONSENT_FULL, CONSENT_SESSION_ONLY or CONSENT_OFF, got {req.consent}",
+        )
+    c.raise_if_any()
+    assert stored is not None
+    return user, stored
 
 
 def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:

@@ -7,6 +7,7 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{u:<user>}:sess:<session>   LIST    a known user's live session, newest first
     {prefix}:{u:<user>}:sessions         ZSET    the user's session ids, scored by last use
     {prefix}:{u:<user>}:seen             ZSET    event ids applied, scored by when (dedupe)
+    {prefix}:{u:<user>}:consent          STRING  stored consent: "session" or "off" (none: full)
     {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
     {prefix}:{s:<session>}:seen          ZSET    an anonymous session's applied event ids
     {prefix}:{cat}:items                 HASH    the live catalogue: item id -> record
@@ -95,6 +96,11 @@ class KeyScheme:
     def user_sessions(self, user_id: str) -> str:
         """The index of the user's session ids: ``{prefix}:{u:<id>}:sessions``."""
         return f"{self._user(user_id)}:sessions"
+
+    def consent(self, user_id: str) -> str:
+        """The customer's stored consent (:class:`recsvc.consent.Consent`; no key:
+        full): ``{prefix}:{u:<id>}:consent``."""
+        return f"{self._user(user_id)}:consent"
 
     def seen(self, user_id: str = "", session_id: str = "") -> str:
         """The ids of the events applied to the user (or, for an anonymous visitor, to

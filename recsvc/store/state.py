@@ -38,6 +38,7 @@ import redis
 import redis.asyncio
 from numpy.typing import NDArray
 
+from recsvc.consent import Consent
 from recsvc.errors import DataError, StoreError
 from recsvc.events import LiveEvent
 from recsvc.store.clients import async_client_from_url, translated_errors
@@ -74,6 +75,8 @@ class UserState(NamedTuple):
     history: list[LiveEvent]
     session: list[LiveEvent]
     anonymous: list[LiveEvent] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
+    consent: Consent = Consent.FULL
+    """The customer's stored consent (FULL when none is stored, or no customer)."""
 
 
 _NOTHING: Final = UserState(None, [], [])
@@ -166,6 +169,18 @@ class LiveState(Protocol):
         skipped. Returns the positions (in ``events``) of those applied now."""
         ...
 
+    async def consents(self, user_ids: Sequence[str]) -> dict[str, Consent]:
+        """The stored consent of each of ``user_ids`` (FULL where none is stored)."""
+        ...
+
+    async def set_consent(
+        self, user_id: str, consent: Consent, model_versions: Sequence[str]
+    ) -> tuple[Consent, ForgetResult]:
+        """Store ``consent`` (FULL: remove the stored one); anything but FULL deletes
+        the stored profile (vectors under ``model_versions``, history, sessions) in
+        the same transaction. The consent stored before, and what was deleted."""
+        ...
+
     async def merge_session(
         self, user_id: str, session_id: str, events: Sequence[LiveEvent]
     ) -> tuple[int, ...]:
@@ -252,6 +267,7 @@ class RedisLiveState:
             commands.append(
                 ("LRANGE", self.keys.history(user_id), 0, limits.history_max_events - 1)
             )
+            commands.append(("GET", self.keys.consent(user_id)))
         if session_id:
             key = self.keys.session(session_id, user_id)
             commands.append(("LRANGE", key, 0, limits.session_max_events - 1))
@@ -266,13 +282,51 @@ class RedisLiveState:
             raise StoreError(f"Redis reading user state failed: {exc}") from exc
         if not user_id:
             return UserState(None, [], decode_events(replies[0], "session"))
-        raw, raw_history = replies[0], replies[1]
+        raw, raw_history, raw_consent = replies[0], replies[1], replies[2]
         return UserState(
             None if raw is None else _vector(raw, factors, model_version),
             decode_events(raw_history, "history") if raw_history else [],
-            decode_events(replies[2], "session") if session_id else [],
-            decode_events(replies[3], "session") if session_id and replies[3] else [],
+            decode_events(replies[3], "session") if session_id else [],
+            decode_events(replies[4], "session") if session_id and replies[4] else [],
+            Consent.FULL if raw_consent is None else _consent(raw_consent),
         )
+
+    async def consents(self, user_ids: Sequence[str]) -> dict[str, Consent]:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return {}
+        commands: list[Command] = [("GET", self.keys.consent(u)) for u in users]
+        try:
+            replies = await self._reader.execute(commands)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis reading consents failed: {exc}") from exc
+        return {
+            u: Consent.FULL if raw is None else _consent(raw)
+            for u, raw in zip(users, replies, strict=True)
+        }
+
+    async def set_consent(
+        self, user_id: str, consent: Consent, model_versions: Sequence[str]
+    ) -> tuple[Consent, ForgetResult]:
+        """The consent key is set (or deleted, for FULL) inside the same MULTI that
+        deletes the profile (see :meth:`forget`), so no write of the customer can land
+        between them; the record script refuses writes for a customer whose stored
+        consent is not FULL."""
+        key = self.keys.consent(user_id)
+        with translated_errors("reading a consent"):
+            raw = cast("bytes | None", await self._client.get(key))
+        previous = Consent.FULL if raw is None else _consent(raw)
+        if consent is Consent.FULL:
+            try:
+                with translated_errors("storing a consent"):
+                    await self._client.delete(key)
+            finally:
+                self._written([key])
+            return previous, ForgetResult(0, 0, 0)
+        result = await self._delete_profile(
+            user_id, model_versions, then=("SET", key, consent.value)
+        )
+        return previous, result
 
     async def get_session(self, session_id: str, user_id: str = "") -> list[LiveEvent]:
         key = self.keys.session(session_id, user_id)
@@ -313,6 +367,8 @@ class RedisLiveState:
             touched.append(keys.session(session_id, user_id))
             if user_id:
                 touched.append(keys.user_sessions(user_id))
+        if user_id:
+            touched.append(keys.consent(user_id))  # read by the script, never written
         args: list[Any] = [
             int(time.time()),
             limits.dedupe_seconds,
@@ -367,6 +423,15 @@ class RedisLiveState:
         never left behind (the MULTI is retried). Anonymous sessions the user may have
         had before logging in carry no user id and are not touched.
         """
+        return await self._delete_profile(
+            user_id, model_versions, then=("UNLINK", self.keys.consent(user_id))
+        )
+
+    async def _delete_profile(
+        self, user_id: str, model_versions: Sequence[str], then: tuple[str, ...]
+    ) -> ForgetResult:
+        """Delete the customer's profile in one MULTI and run ``then`` (a command on
+        another of their keys) inside it."""
         keys = self.keys
         vectors = [keys.vector(user_id, v) for v in dict.fromkeys(model_versions)]
         hist = keys.history(user_id)
@@ -386,10 +451,11 @@ class RedisLiveState:
                             if group:  # UNLINK needs at least one key
                                 pipe.execute_command("UNLINK", *group)
                         pipe.execute_command("UNLINK", hist, index, seen)
+                        pipe.execute_command(*then)
                         try:
                             replies = iter(await pipe.execute())
                         finally:
-                            self._written([*vectors, *sessions, hist, index, seen])
+                            self._written([*vectors, *sessions, hist, index, seen, then[1]])
                     except redis.WatchError:
                         continue
                     n_history = int(next(replies))
@@ -440,8 +506,8 @@ return 0
 """
 
 _RECORD: Final = """
--- KEYS: seen, [history], [session, [sessions index]]  (one hash slot: the user's or
--- the anonymous session's tag)
+-- KEYS: seen, [history], [session, [sessions index]], [consent]  (one hash slot: the
+-- user's or the anonymous session's tag)
 -- ARGV: now, dedupe seconds, dedupe max ids, has history, has session,
 --       history max, history ttl, session max, session ttl, session id,
 --       then (event id, encoded event) pairs, oldest first
@@ -451,7 +517,9 @@ local at = 2
 local history, session, index
 if ARGV[4] == "1" then history = KEYS[at]; at = at + 1 end
 if ARGV[5] == "1" then session = KEYS[at]; at = at + 1 end
-if history and session then index = KEYS[at] end
+if history and session then index = KEYS[at]; at = at + 1 end
+-- a customer whose stored consent is not full keeps nothing (SetConsent raced this)
+if history and redis.call("EXISTS", KEYS[at]) == 1 then return {} end
 redis.call("ZREMRANGEBYSCORE", seen, "-inf", "(" .. (now - tonumber(ARGV[2])))
 local fresh = {}
 local applied = {}
@@ -484,6 +552,15 @@ end
 return applied
 """
 """Apply a batch of events at most once each (:meth:`RedisLiveState.record`)."""
+
+
+def _consent(raw: bytes) -> Consent:
+    """A stored consent; an unknown value (a newer replica's) counts as OFF: when in
+    doubt, personalise nothing."""
+    try:
+        return Consent(raw.decode())
+    except (ValueError, UnicodeDecodeError):
+        return Consent.OFF
 
 
 def _vector(raw: Any, factors: int, model_version: str) -> Vector:

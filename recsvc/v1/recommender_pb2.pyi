@@ -55,6 +55,13 @@ class IgnoreReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IGNORE_REASON_UNKNOWN_ITEM: _ClassVar[IgnoreReason]
     IGNORE_REASON_ERASED_USER: _ClassVar[IgnoreReason]
 
+class Consent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSENT_UNSPECIFIED: _ClassVar[Consent]
+    CONSENT_FULL: _ClassVar[Consent]
+    CONSENT_SESSION_ONLY: _ClassVar[Consent]
+    CONSENT_OFF: _ClassVar[Consent]
+
 class RuleAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RULE_ACTION_UNSPECIFIED: _ClassVar[RuleAction]
@@ -88,6 +95,10 @@ STRATEGY_POPULAR: Strategy
 IGNORE_REASON_UNSPECIFIED: IgnoreReason
 IGNORE_REASON_UNKNOWN_ITEM: IgnoreReason
 IGNORE_REASON_ERASED_USER: IgnoreReason
+CONSENT_UNSPECIFIED: Consent
+CONSENT_FULL: Consent
+CONSENT_SESSION_ONLY: Consent
+CONSENT_OFF: Consent
 RULE_ACTION_UNSPECIFIED: RuleAction
 RULE_ACTION_BOOST: RuleAction
 RULE_ACTION_BURY: RuleAction
@@ -292,6 +303,28 @@ class ForgetUserResponse(_message.Message):
     deleted_session_count: int
     added_to_erasure_list: bool
     def __init__(self, deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ..., added_to_erasure_list: _Optional[bool] = ...) -> None: ...
+
+class SetConsentRequest(_message.Message):
+    __slots__ = ("user_id", "consent")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    consent: Consent
+    def __init__(self, user_id: _Optional[str] = ..., consent: _Optional[_Union[Consent, str]] = ...) -> None: ...
+
+class SetConsentResponse(_message.Message):
+    __slots__ = ("previous", "consent", "deleted_vector_count", "deleted_history_event_count", "deleted_session_count")
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_VECTOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_HISTORY_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_SESSION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    previous: Consent
+    consent: Consent
+    deleted_vector_count: int
+    deleted_history_event_count: int
+    deleted_session_count: int
+    def __init__(self, previous: _Optional[_Union[Consent, str]] = ..., consent: _Optional[_Union[Consent, str]] = ..., deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -55,6 +55,11 @@ class RecommenderServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
                 _registered_method=True)
+        self.SetConsent = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/SetConsent',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/recsvc.v1.RecommenderService/GetModelInfo',
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
@@ -146,6 +151,22 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetConsent(self, request, context):
+        """Stores a customer's consent to personalisation, shared by every replica and
+        honoured from the next call on whatever a request's non_personalized flag
+        says: CONSENT_OFF answers as non_personalized does and keeps nothing of
+        the customer; CONSENT_SESSION_ONLY uses the current visit (the session id's
+        events) but keeps no history and no vector; CONSENT_FULL (the default when
+        none is stored) personalises as usual. Switching to OFF or SESSION_ONLY
+        deletes the stored profile (vectors, history, sessions) in the same call.
+        Errors: INVALID_ARGUMENT for an empty or over-long user_id or an
+        unspecified consent; UNAVAILABLE when the state store cannot complete it
+        (retry: it is idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model this replica serves: version, training times, offline
         metrics and sizes, and the live catalogue's version.
@@ -232,6 +253,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.ForgetUser,
                     request_deserializer=recsvc_dot_v1_dot_recommender__pb2.ForgetUserRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recommender__pb2.ForgetUserResponse.SerializeToString,
+            ),
+            'SetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsent,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -373,6 +399,33 @@ class RecommenderService:
             '/recsvc.v1.RecommenderService/ForgetUser',
             recsvc_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
             recsvc_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/SetConsent',
+            recsvc_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.SetConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

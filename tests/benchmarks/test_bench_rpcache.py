@@ -170,11 +170,11 @@ def test_own_writes_are_read_back_at_once(
         state = live_state(client, reader=reader)
         try:
             for i in range(20):
-                _, history, session, _ = await state.read_user("v1", "w", "s", 8)
+                _, history, session, *_ = await state.read_user("v1", "w", "s", 8)
                 assert len(history) == min(i, 5) and len(session) == min(i, 3)
                 event = LiveEvent(f"item-{i}", EventType.VIEW, 1_700_000_000 + i)
                 await state.record("w", "s", [event])
-                _, history, session, _ = await state.read_user("v1", "w", "s", 8)
+                _, history, session, *_ = await state.read_user("v1", "w", "s", 8)
                 assert history[0].item_id == f"item-{i}" and session[0].item_id == f"item-{i}"
         finally:
             await reader.aclose()

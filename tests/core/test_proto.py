@@ -29,6 +29,7 @@ RPCS = {
     "SimilarItems",
     "RecordEvents",
     "ForgetUser",
+    "SetConsent",
     "GetModelInfo",
     "UpsertItems",
     "WithdrawItems",

@@ -192,6 +192,17 @@ def test_writes_need_the_token(server: ServerThread) -> None:
     assert call(server, "recommend", "--user", user).returncode == 0
 
 
+def test_consent_is_stored_and_held_by_the_next_call(server: ServerThread) -> None:
+    user = "g1u08"
+    assert call_json(server, "recommend", "--user", user)["strategy"] == "personalized"
+    off = call_json(server, "consent", "--user", user, "off", "--token", TOKEN)
+    assert off["previous"] == "full" and off["consent"] == "off"
+    assert call_json(server, "recommend", "--user", user)["strategy"] == "popular"
+    back = call_json(server, "consent", "--user", user, "full", "--token", TOKEN)
+    assert back["previous"] == "off"
+    assert call_json(server, "recommend", "--user", user)["strategy"] == "personalized"
+
+
 def test_forget_erases_and_is_idempotent(server: ServerThread) -> None:
     user = "g1u09"
     assert call_json(server, "recommend", "--user", user)["strategy"] == "personalized"

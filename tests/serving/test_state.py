@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import redis
 
+from recsvc.consent import Consent
 from recsvc.errors import ConfigError, DataError, StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.store import (
@@ -195,11 +196,17 @@ def test_record_then_read_user(
     second = [LiveEvent("c|x", EventType.PURCHASE, 30, 2.0)]
 
     async def body(state: LiveState) -> None:
-        assert await state.read_user("v1", "alice", "s1", FACTORS) == (None, [], [], [])
+        assert await state.read_user("v1", "alice", "s1", FACTORS) == (
+            None,
+            [],
+            [],
+            [],
+            Consent.FULL,
+        )
         await state.set_vector("v1", "alice", vec)
         await state.record("alice", "s1", first)
         await state.record("alice", "s1", second)
-        got_vec, history, session, _ = await state.read_user("v1", "alice", "s1", FACTORS)
+        got_vec, history, session, *_ = await state.read_user("v1", "alice", "s1", FACTORS)
         assert got_vec is not None and got_vec.tobytes() == vec.tobytes()
         newest_first = [second[0], first[0], first[1]]
         assert history == newest_first
@@ -208,7 +215,7 @@ def test_record_then_read_user(
         # The session is tied to alice: it is not the anonymous session of that id.
         assert await state.get_session("s1") == []
         # No user, no session: nothing to read, no round trip needed.
-        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [], [])
+        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [], [], Consent.FULL)
 
     with_state(body)
     assert redis_client.type(KeyScheme(redis_prefix).history("alice")) == b"list"
@@ -231,7 +238,7 @@ def test_a_login_merges_the_anonymous_session_once(
 
     async def body(state: LiveState) -> None:
         await state.record("", "s9", before)
-        *_, anonymous = await state.read_user("v1", "zoe", "s9", FACTORS)
+        anonymous = (await state.read_user("v1", "zoe", "s9", FACTORS)).anonymous
         assert anonymous == before[::-1]
         # two replicas at once, then a retry: every event applied once in all
         runs = await asyncio.gather(
@@ -240,7 +247,7 @@ def test_a_login_merges_the_anonymous_session_once(
         )
         assert sorted(i for run in runs for i in run) == [0, 1]
         assert await state.merge_session("zoe", "s9", anonymous) == ()
-        _, history, session, anonymous = await state.read_user("v1", "zoe", "s9", FACTORS)
+        _, history, session, anonymous, _ = await state.read_user("v1", "zoe", "s9", FACTORS)
         assert history == session == before[::-1]
         assert anonymous == [] and await state.get_session("s9") == []
         # an anonymous event after the read keeps the list: the next merge takes it
@@ -252,12 +259,53 @@ def test_a_login_merges_the_anonymous_session_once(
         fresh = (await state.read_user("v1", "zoe", "s8", FACTORS)).anonymous
         assert await state.merge_session("zoe", "s8", fresh) == (0,)  # only the new one
         assert await state.get_session("s8") == []
-        _, history, _, _ = await state.read_user("v1", "zoe", "", FACTORS)
+        _, history, *_ = await state.read_user("v1", "zoe", "", FACTORS)
         assert history[0] == later and len(history) == HISTORY_MAX
 
     with_state(body)
     assert redis_client.exists(keys.session("s9")) == 0
     assert set(redis_client.zrange(keys.user_sessions("zoe"), 0, -1)) == {b"s9", b"s8"}
+
+
+@pytest.mark.integration
+def test_a_stored_consent_is_read_with_the_state_and_guards_every_write(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """SetConsent OFF or SESSION_ONLY deletes the profile in the same transaction as it
+    stores the consent; the record script then applies nothing to the customer (a
+    RecordEvents that read FULL before the switch cannot bring a profile back)."""
+    keys = KeyScheme(redis_prefix)
+    events = _events(2)
+
+    async def body(state: LiveState) -> None:
+        await state.set_vector("v1", "una", _vector(3))
+        await state.record("una", "s1", events)
+        assert (await state.read_user("v1", "una", "s1", FACTORS)).consent is Consent.FULL
+        previous, deleted = await state.set_consent("una", Consent.OFF, ["v1"])
+        assert previous is Consent.FULL
+        assert deleted == ForgetResult(1, 2, 1)
+        got = await state.read_user("v1", "una", "s1", FACTORS)
+        assert got == (None, [], [], [], Consent.OFF)
+        assert await state.record("una", "s1", events, ["late-1", "late-2"]) == ()
+        assert await state.consents(["una", "vic", "una"]) == {
+            "una": Consent.OFF,
+            "vic": Consent.FULL,
+        }
+        previous, deleted = await state.set_consent("una", Consent.SESSION_ONLY, ["v1"])
+        assert previous is Consent.OFF and deleted == ForgetResult(0, 0, 0)
+        assert (await state.set_consent("una", Consent.FULL, ["v1"]))[0] is Consent.SESSION_ONLY
+        assert await state.record("una", "s1", events[:1], ["again"]) == (0,)
+
+    with_state(body)
+    assert redis_client.exists(keys.consent("una")) == 0
+    assert redis_client.llen(keys.history("una")) == 1
+    # a value this version does not know (a newer replica's) counts as OFF
+    redis_client.set(keys.consent("una"), b"later-kind")
+
+    async def unknown(state: LiveState) -> None:
+        assert (await state.consents(["una"]))["una"] is Consent.OFF
+
+    with_state(unknown)
 
 
 @pytest.mark.integration
@@ -274,6 +322,7 @@ def test_anonymous_session(
             [],
             events[::-1],
             [],
+            Consent.FULL,
         )
 
     with_state(body)
@@ -294,7 +343,7 @@ def test_history_and_session_are_bounded(
         await state.record("bob", "s", events[:6])
         for event in events[6:]:
             await state.record("bob", "s", [event])
-        _, history, session, _ = await state.read_user("v1", "bob", "s", FACTORS)
+        _, history, session, *_ = await state.read_user("v1", "bob", "s", FACTORS)
         assert history == events[::-1][:HISTORY_MAX]
         assert session == events[::-1][:SESSION_MAX]
 
@@ -510,7 +559,7 @@ def test_undecodable_entries_are_skipped(
     redis_client.lpush(KeyScheme(redis_prefix).history("jo"), encode_event(good), b"2|future")
 
     async def body(state: LiveState) -> None:
-        _, history, _, _ = await state.read_user("v1", "jo", "", FACTORS)
+        _, history, *_ = await state.read_user("v1", "jo", "", FACTORS)
         assert history == [good]
 
     with_state(body)
