@@ -269,6 +269,20 @@ def _cmd_consent(args: argparse.Namespace) -> int:
     return rpc(args, lambda c: c.set_consent(args.user, args.consent))
 
 
+def _cmd_export_user(args: argparse.Namespace) -> int:
+    import grpc
+
+    with _client(args) as client:
+        try:
+            document = client.export_user(args.user)
+        except grpc.RpcError as exc:
+            print(f"recsvc {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    # a JSON document already: printed as JSON, with or without --json
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _cmd_forget(args: argparse.Namespace) -> int:
     return rpc(args, lambda c: c.forget_user(args.user))
 
@@ -397,6 +411,19 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.add_argument("--user", required=True, help="customer id")
     p.add_argument("consent", choices=["full", "session_only", "off"], help="what they consent to")
     p.set_defaults(handler=_cmd_consent)
+
+    p = sub.add_parser(
+        "export-user",
+        parents=[common],
+        help="everything held about a customer, as JSON (ExportUser)",
+        description="Print everything the service holds about a customer as one JSON "
+        "document (the right of access): the state store's keys of theirs, decoded, "
+        "whether they are erased, the server's event-log rows naming them, and the "
+        "model versions trained with them. Needs the token.",
+    )
+    add_client_flags(p)
+    p.add_argument("--user", required=True, help="customer id")
+    p.set_defaults(handler=_cmd_export_user)
 
     p = sub.add_parser("info", parents=[common], help="what model the server serves")
     add_client_flags(p)

@@ -384,6 +384,13 @@ class RecommenderClient:
         request = pb.SetConsentRequest(user_id=user_id, consent=_consent(consent))
         return self._call(self.stub.SetConsent, request, timeout)  # type: ignore[no-any-return]
 
+    def export_user(self, user_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Everything held about a customer (ExportUser), as the decoded JSON document."""
+        request = pb.ExportUserRequest(user_id=user_id)
+        response = self._call(self.stub.ExportUser, request, timeout)
+        document: dict[str, Any] = json.loads(response.document)
+        return document
+
     def model_info(self, *, timeout: float | None = None) -> pb.GetModelInfoResponse:
         return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)  # type: ignore[no-any-return]
 

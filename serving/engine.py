@@ -14,10 +14,14 @@ import asyncio
 import logging
 import math
 import random
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -772,6 +776,20 @@ class Engine:
         self.metrics.consent_changes.labels(consent=consent.value).inc()
         return ConsentOutput(previous, consent, deleted)
 
+    async def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything held about ``user_id`` (ExportUser; see the proto)."""
+        held = await self.state.export(user_id)
+        rows = await asyncio.to_thread(self.event_log.rows_of, user_id)
+        versions = await asyncio.to_thread(_versions_with, self.models.root, user_id)
+        return {
+            "user_id": user_id,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "erased": user_id in self.erasures,
+            "state_store": held,
+            "event_log": {"replica": socket.gethostname(), "rows": rows},
+            "model_versions": versions,
+        }
+
     async def forget(self, user_id: str) -> ForgetOutput:
         versions = sorted({*self.models.loaded_versions, *art.list_versions(self.models.root)})
         self.profiles.forget(user_id)
@@ -830,6 +848,19 @@ def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
                 if a != b:
                     row[b] = row.get(b, 0.0) + 1.0
     return counts
+
+
+def _versions_with(root: Path, user_id: str) -> list[str]:
+    """The model versions under ``root`` whose training data held ``user_id``."""
+    found = []
+    for version in art.list_versions(root):
+        try:
+            ids = np.load(root / version / "user_ids.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            continue  # being written or removed: not one to report
+        if bool(np.any(ids == user_id)):
+            found.append(version)
+    return found
 
 
 def _fetch(k: int, rules: ActiveRules, cap: int, *, weighed: bool = False) -> int:

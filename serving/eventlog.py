@@ -127,6 +127,23 @@ class EventLog:
         with self._lock:
             return self._path
 
+    def rows_of(self, user_id: str) -> list[dict[str, str]]:
+        """Every row of ``user_id`` in this log's files, oldest file first (right of
+        access; a pass over every file: an administrative call)."""
+        found: list[dict[str, str]] = []
+        try:
+            paths = sorted(p for p in self.directory.iterdir() if _NAME_RE.fullmatch(p.name))
+            for path in paths:
+                with path.open(newline="", encoding="utf-8") as f:
+                    found += [
+                        {"file": path.name, **row}
+                        for row in csv.DictReader(f)
+                        if row.get("user_id") == user_id
+                    ]
+        except OSError as exc:
+            raise StoreError(f"cannot read the event log in {self.directory}: {exc}") from exc
+        return found
+
     def append(self, rows: Sequence[EventRow]) -> None:
         """Append ``rows`` as one write; durability as in the module docstring.
 

@@ -87,13 +87,15 @@ WRITE_METHODS: Final[frozenset[str]] = frozenset(
         "RecordEvents",
         "ForgetUser",
         "SetConsent",
+        "ExportUser",
         "UpsertItems",
         "WithdrawItems",
         "SetRules",
         "DeleteRules",
     )
 )
-"""The RPCs that change state: the ones the token protects unless ``auth_all_rpcs``."""
+"""The RPCs that change state, and ExportUser (a customer's data): the ones the token
+protects unless ``auth_all_rpcs``."""
 
 UNPROTECTED_SERVICES: Final[frozenset[str]] = frozenset(
     {

@@ -13,6 +13,7 @@ INTERNAL without details.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -309,6 +310,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.SetConsentResponse:
         return await _guard(context, "SetConsent", self._consent, request)
 
+    async def ExportUser(  # noqa: N802
+        self, request: pb.ExportUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportUserResponse:
+        return await _guard(context, "ExportUser", self._export, request)
+
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
@@ -371,6 +377,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             deleted_history_event_count=out.deleted.deleted_history_events,
             deleted_session_count=out.deleted.deleted_sessions,
         )
+
+    async def _export(self, request: pb.ExportUserRequest) -> pb.ExportUserResponse:
+        user = validation.export_user_id(request, self.limits)
+        document = await self.engine.export_user(user)
+        return pb.ExportUserResponse(document=json.dumps(document, ensure_ascii=False))
 
     async def _forget(self, request: pb.ForgetUserRequest) -> pb.ForgetUserResponse:
         out = await self.engine.forget(validation.forget_user_id(request, self.limits))

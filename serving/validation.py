@@ -37,6 +37,7 @@ __all__ = [
     "consent",
     "deleted_rule_ids",
     "event_inputs",
+    "export_user_id",
     "forget_user_id",
     "recommend_input",
     "rules",
@@ -409,6 +410,13 @@ def consent(req: pb.SetConsentRequest, limits: ServerSettings) -> tuple[str, Con
     c.raise_if_any()
     assert stored is not None
     return user, stored
+
+
+def export_user_id(req: pb.ExportUserRequest, limits: ServerSettings) -> str:
+    c = _Checker(limits)
+    user = c.id("user_id", req.user_id, required=True)
+    c.raise_if_any()
+    return user
 
 
 def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:

@@ -97,6 +97,13 @@ class KeyScheme:
         """The index of the user's session ids: ``{prefix}:{u:<id>}:sessions``."""
         return f"{self._user(user_id)}:sessions"
 
+    def user_pattern(self, user_id: str) -> tuple[str, str]:
+        """``(prefix, pattern)``: every key of the customer starts with ``prefix + ":"``;
+        ``pattern`` matches exactly those in a SCAN (glob characters of the id escaped)."""
+        tag = self._user(user_id)
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in tag)
+        return tag, f"{escaped}:*"
+
     def consent(self, user_id: str) -> str:
         """The customer's stored consent (:class:`recsvc.consent.Consent`; no key:
         full): ``{prefix}:{u:<id>}:consent``."""

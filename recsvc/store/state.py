@@ -181,6 +181,11 @@ class LiveState(Protocol):
         the same transaction. The consent stored before, and what was deleted."""
         ...
 
+    async def export(self, user_id: str) -> dict[str, Any]:
+        """Everything the store holds of ``user_id`` (right of access): every key of
+        theirs, and each decoded by kind (see :meth:`RedisLiveState.export`)."""
+        ...
+
     async def merge_session(
         self, user_id: str, session_id: str, events: Sequence[LiveEvent]
     ) -> tuple[int, ...]:
@@ -392,6 +397,62 @@ class RedisLiveState:
             self._written(touched)
         return tuple(order[int(i)] for i in applied)
 
+    async def export(self, user_id: str) -> dict[str, Any]:
+        """Every key of the customer, found by a SCAN of their keys' pattern (so a key
+        of a kind or model version this replica does not know is listed too: one pass
+        over the keyspace, an administrative call), then read by kind: ``vectors``
+        (model version -> factors), ``history`` and ``sessions`` (events, newest
+        first), ``session_index`` (session id -> last use), ``seen_event_ids``
+        (event id -> when applied), ``consent``; ``other``: the type of any other key."""
+        tag, pattern = self.keys.user_pattern(user_id)
+        out: dict[str, Any] = {
+            "keys": [],
+            "consent": Consent.FULL.value,
+            "vectors": {},
+            "history": [],
+            "sessions": {},
+            "session_index": {},
+            "seen_event_ids": {},
+            "other": {},
+        }
+        client = self._client
+        with translated_errors("exporting a user"):
+            found = sorted(
+                [
+                    cast("bytes", k).decode()
+                    async for k in client.scan_iter(match=pattern, count=1000)
+                ]
+            )
+            out["keys"] = found
+            for key in found:
+                kind = key[len(tag) + 1 :]
+                if kind.startswith("vec:"):
+                    raw = cast("bytes | None", await client.get(key))
+                    if raw is not None:
+                        vector = np.frombuffer(raw, dtype="<f4").astype(float).tolist()
+                        out["vectors"][kind[4:]] = vector
+                elif kind == "hist" or kind.startswith("sess:"):
+                    raws = cast("list[bytes]", await client.lrange(key, 0, -1))
+                    events = [_event_json(e) for e in decode_events(raws, kind)]
+                    if kind == "hist":
+                        out["history"] = events
+                    else:
+                        out["sessions"][kind[5:]] = events
+                elif kind in ("sessions", "seen"):
+                    pairs = cast(
+                        "list[tuple[bytes, float]]",
+                        await client.zrange(key, 0, -1, withscores=True),
+                    )
+                    field = "session_index" if kind == "sessions" else "seen_event_ids"
+                    out[field] = {m.decode(): int(score) for m, score in pairs}
+                elif kind == "consent":
+                    raw = cast("bytes | None", await client.get(key))
+                    if raw is not None:
+                        out["consent"] = _consent(raw).value
+                else:
+                    out["other"][kind] = cast("bytes", await client.type(key)).decode()
+        return out
+
     async def merge_session(
         self, user_id: str, session_id: str, events: Sequence[LiveEvent]
     ) -> tuple[int, ...]:
@@ -552,6 +613,15 @@ end
 return applied
 """
 """Apply a batch of events at most once each (:meth:`RedisLiveState.record`)."""
+
+
+def _event_json(e: LiveEvent) -> dict[str, Any]:
+    return {
+        "item_id": e.item_id,
+        "event_type": e.event_type.value,
+        "timestamp": e.timestamp,
+        "quantity": e.quantity,
+    }
 
 
 def _consent(raw: bytes) -> Consent:

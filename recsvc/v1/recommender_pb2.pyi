@@ -326,6 +326,18 @@ class SetConsentResponse(_message.Message):
     deleted_session_count: int
     def __init__(self, previous: _Optional[_Union[Consent, str]] = ..., consent: _Optional[_Union[Consent, str]] = ..., deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ...) -> None: ...
 
+class ExportUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ExportUserResponse(_message.Message):
+    __slots__ = ("document",)
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    document: str
+    def __init__(self, document: _Optional[str] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -60,6 +60,11 @@ class RecommenderServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentResponse.FromString,
                 _registered_method=True)
+        self.ExportUser = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/ExportUser',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/recsvc.v1.RecommenderService/GetModelInfo',
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
@@ -167,6 +172,21 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUser(self, request, context):
+        """Everything held about a customer (the right of access), as one JSON
+        document: the state store's keys of theirs, decoded (stored consent,
+        vectors by model version, history, sessions, applied event ids), whether
+        they are on the erasure list, this replica's event-log rows naming them,
+        and the model versions on this replica's disk trained with them. Scans
+        the store's keys and this replica's log: an administrative call, not one
+        for a page. Needs the token.
+        Errors: INVALID_ARGUMENT for an empty or over-long user_id; UNAVAILABLE
+        when the state store or the event log cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model this replica serves: version, training times, offline
         metrics and sizes, and the live catalogue's version.
@@ -258,6 +278,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.SetConsent,
                     request_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recommender__pb2.SetConsentResponse.SerializeToString,
+            ),
+            'ExportUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportUser,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -426,6 +451,33 @@ class RecommenderService:
             '/recsvc.v1.RecommenderService/SetConsent',
             recsvc_dot_v1_dot_recommender__pb2.SetConsentRequest.SerializeToString,
             recsvc_dot_v1_dot_recommender__pb2.SetConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/ExportUser',
+            recsvc_dot_v1_dot_recommender__pb2.ExportUserRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.ExportUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

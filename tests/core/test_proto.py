@@ -30,6 +30,7 @@ RPCS = {
     "RecordEvents",
     "ForgetUser",
     "SetConsent",
+    "ExportUser",
     "GetModelInfo",
     "UpsertItems",
     "WithdrawItems",

@@ -388,3 +388,10 @@ def test_publish_validates_before_writing() -> None:
             store.publish("v1", ["a", "b"], bad, ttl_seconds=60)
     finally:
         client.close()
+
+
+def test_a_customers_scan_pattern_escapes_glob_characters() -> None:
+    tag, pattern = KeyScheme().user_pattern("a*b?[c]\\d")
+    assert tag == "recsvc:{u:a*b?[c]\\d}"
+    assert pattern == "recsvc:{u:a\\*b\\?\\[c\\]\\\\d}:*"
+    assert KeyScheme().history("a*b?[c]\\d").startswith(tag + ":")
