@@ -191,6 +191,8 @@ def _print(response: Any, as_json: bool) -> None:
     for rank, item in enumerate(items or [], 1):
         rules = item.get("rule_ids") or []
         tag = f"  rules {','.join(rules)}" if rules else ""
+        if item.get("because_item_id"):
+            tag += f"  because {item['because_item_id']}"
         print(f"{rank:3d}. {item['item_id']:<24} {item['score']:.4f}  {item['reason']}{tag}")
 
 
@@ -236,6 +238,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             non_personalized=args.non_personalized,
             placement=args.placement or "",
             max_per_category=args.max_per_category,
+            explain=args.explain,
         ),
     )
 
@@ -361,6 +364,9 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.add_argument("--placement", help="where the list is shown (metrics, rules, settings)")
     p.add_argument(
         "--max-per-category", type=int, default=0, metavar="N", help="diversity: N per category"
+    )
+    p.add_argument(
+        "--explain", action="store_true", help="name the shopper's item that led to each one"
     )
     p.set_defaults(handler=_cmd_recommend)
 

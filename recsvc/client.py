@@ -174,6 +174,7 @@ class RecommenderClient:
         non_personalized: bool = False,
         placement: str = "",
         max_per_category: int = 0,
+        explain: bool = False,
         timeout: float | None = None,
     ) -> pb.RecommendResponse:
         """Recommendations; ``session_items`` become inline session events, oldest first;
@@ -198,6 +199,7 @@ class RecommenderClient:
             non_personalized=non_personalized,
             placement=placement,
             max_per_category=max_per_category,
+            explain=explain,
         )
         return self._call(self.stub.Recommend, request, timeout)  # type: ignore[no-any-return]
 

@@ -236,6 +236,8 @@ class Ranker:
         self._n_items = model.n_items
         norms = np.linalg.norm(a.item_factors, axis=1)
         self._item_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        self.item_norms = self._item_norms
+        """``(n_items,)`` every item's factor norm (1 where it is 0): for cosines."""
         pop = a.popularity.astype(np.float32)
         top = float(pop.max()) if len(pop) and pop.max() > 0 else 1.0
         self.popularity = Popularity(

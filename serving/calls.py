@@ -73,6 +73,8 @@ class RecommendInput:
     placement: str
     max_per_category: int = 0
     """Diversity cap; 0: the placement's setting."""
+    explain: bool = False
+    """Name, per item, the shopper's item that led to it."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class RecommendOutput:
     """Per item, the merchandising rules that moved or placed it; None: no rule
     applied to the request."""
     applied_rule_ids: tuple[str, ...] = ()
+    because: list[str] | None = None
+    """Per item, the shopper's item that led to it ('' = none; None: no explanations)."""
     """Every rule that touched the answer."""
     mode: SimilarMode | None = None
     """SimilarItems: the mode that answered."""

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,7 +56,7 @@ from .metrics import Children, ServingMetrics, placement_label
 from .newitems import NEW_PER_ANSWER, NewItemLane, NewItems, merge_new
 from .placements import Placements
 from .popularity import LivePopularity, event_weight
-from .profile import Profiles
+from .profile import Profile, Profiles
 from .reload import LoadedModel, ModelHolder
 from .rules import (
     NO_RULES,
@@ -283,6 +283,8 @@ class Engine:
             new = lane.popular(req.filters, time.time(), req.k, ranking.popularity_weight)
             out = self._with_new(out, new, req.k, cap, view, lane, "Recommend")
         self._recommended_items.observe(len(out.items))
+        if req.explain:
+            out = replace(out, because=_because(loaded, profile, out.items))
         return out
 
     # --- SimilarItems ---------------------------------------------------------------
@@ -848,6 +850,54 @@ def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
                 if a != b:
                     row[b] = row.get(b, 0.0) + 1.0
     return counts
+
+
+_EXPLAINED: Final = frozenset({Reason.CF, Reason.SESSION})
+_SOURCES: Final = 20
+"""A shopper's items an explanation is looked for among: the heaviest of their history
+and the newest of their session, this many of each at most."""
+
+
+def _because(
+    loaded: LoadedModel, profile: Profile, items: Sequence[ScoredItem]
+) -> list[str] | None:
+    """Per item, the shopper's item that led to it (see RecommendedItem.because_item_id);
+    None when no item has a reason one can explain."""
+    because = [""] * len(items)
+    rows: list[int] = []
+    positions: list[int] = []
+    position = loaded.model.item_position
+    for row, item in enumerate(items):
+        if item.reason is Reason.BUY_AGAIN:
+            because[row] = item.item_id
+        elif item.reason in _EXPLAINED and (p := position.get(item.item_id)) is not None:
+            rows.append(row)
+            positions.append(p)
+    if not rows:
+        return because if any(because) else None
+    history, session = profile.history_items, profile.session_items[-_SOURCES:]
+    if len(history) > _SOURCES:
+        history = history[np.argpartition(-profile.history_weights, _SOURCES)[:_SOURCES]]
+    sources = np.concatenate([history, session]) if len(session) else history
+    if not len(sources):
+        return because
+    y = loaded.model.artifact.item_factors
+    at = np.array(positions, dtype=np.int64)
+    # cosine up to each row's constant: the argmax and the sign are the same
+    similar = y[at] @ (y[sources] / loaded.ranker.item_norms[sources][:, None]).T
+    similar[at[:, None] == sources[None, :]] = -np.inf  # never the item itself
+    if len(session):
+        # a session item is explained by the session (the history is not what led to it)
+        for i, row in enumerate(rows):
+            if items[row].reason is Reason.SESSION:
+                similar[i, : len(history)] = -np.inf
+    best = similar.argmax(axis=1)
+    scores = similar[np.arange(len(at)), best]
+    ids = loaded.model.artifact.item_ids
+    for row, j, score in zip(rows, best.tolist(), scores.tolist(), strict=True):
+        if score > 0:
+            because[row] = str(ids[sources[j]])
+    return because
 
 
 def _versions_with(root: Path, user_id: str) -> list[str]:

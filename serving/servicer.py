@@ -200,11 +200,20 @@ def _recommend_response(out: RecommendOutput) -> pb.RecommendResponse:
     if out.item_rule_ids is None:
         for item_id, score, reason in out.items:
             add(item_id=item_id, score=score, reason=reason)
+        _add_because(response, out.because)
         return response
     for (item_id, score, reason), rule_ids in zip(out.items, out.item_rule_ids, strict=True):
         add(item_id=item_id, score=score, reason=reason, rule_ids=rule_ids)
     response.applied_rule_ids.extend(out.applied_rule_ids)
+    _add_because(response, out.because)
     return response
+
+
+def _add_because(response: pb.RecommendResponse, because: list[str] | None) -> None:
+    if because is not None:
+        for item, source in zip(response.items, because, strict=True):
+            if source:
+                item.because_item_id = source
 
 
 def _items_with_rules(out: RecommendOutput) -> list[pb.RecommendedItem]:

@@ -268,6 +268,7 @@ def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> Recomme
         non_personalized=req.non_personalized,
         placement=c.placement("placement", req.placement),
         max_per_category=c.cap("max_per_category", req.max_per_category),
+        explain=req.explain,
     )
     c.raise_if_any()
     return result

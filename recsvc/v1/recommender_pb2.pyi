@@ -153,7 +153,7 @@ class SessionEvent(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category")
+    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category", "explain")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class RecommendRequest(_message.Message):
     NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     session_events: _containers.RepeatedCompositeFieldContainer[SessionEvent]
@@ -172,19 +173,22 @@ class RecommendRequest(_message.Message):
     non_personalized: bool
     placement: str
     max_per_category: int
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ...) -> None: ...
+    explain: bool
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "reason", "rule_ids")
+    __slots__ = ("item_id", "score", "reason", "rule_ids", "because_item_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     reason: Reason
     rule_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ..., rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    because_item_id: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., because_item_id: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids", "applied_rule_ids")

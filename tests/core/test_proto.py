@@ -209,6 +209,7 @@ def test_recommend_request_round_trips() -> None:
         non_personalized=True,
         placement="pdp",
         max_per_category=2,
+        explain=True,
     )
     # every field is set, so the round trip covers the whole message
     assert {f.name for f, _ in request.ListFields()} == {f.name for f in request.DESCRIPTOR.fields}

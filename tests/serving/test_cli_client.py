@@ -108,8 +108,9 @@ def test_recommend_json_for_a_known_user(server: ServerThread) -> None:
     assert data["recommendation_id"].startswith(data["model_version"])
     assert len(data["items"]) == 5
     for item in data["items"]:
-        assert set(item) == {"item_id", "score", "reason", "rule_ids"}
+        assert set(item) == {"item_id", "score", "reason", "rule_ids", "because_item_id"}
         assert item["rule_ids"] == []  # no merchandising rule is set
+        assert item["because_item_id"] == ""  # not asked to explain
         assert item["item_id"].startswith("g0")
         assert isinstance(item["score"], float)
         assert item["reason"] in {"cf", "buy_again"}
