@@ -399,6 +399,11 @@ class ServerSettings(_Section):
     """Events kept per session."""
     session_ttl_seconds: int = Field(default=30 * 60, ge=60)
     """A session expires this long after its last event."""
+    shown_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    """Impression counts (for rotation, ``[placements.*] rotate_after``) expire this
+    long after the shopper's last impression."""
+    shown_max_items: int = Field(default=500, ge=1)
+    """Items whose impressions are counted per shopper (the least shown go first)."""
     event_dedupe_seconds: int = Field(default=24 * 3600, ge=60)
     """How long the ids of applied events are remembered per user (or anonymous
     session), so RecordEvents retried within it applies each event once."""
@@ -440,6 +445,13 @@ class PlacementSettings(_Section):
     """Recommend: the share of popularity (the trained one blended with what sells
     now) in this placement's blend, the other signals sharing the rest (a home page:
     personal + trending); None = the model's blend."""
+    rotate_after: int = Field(default=0, ge=0, le=100)
+    """Recommend: an item shown to the shopper this many times (IMPRESSION events
+    carrying their user or session id, in any placement, within
+    ``[server] shown_ttl_seconds``) with no click, add to cart or purchase of it since
+    is demoted (its score times ``rotation_weight``), so the list rotates; 0: off."""
+    rotation_weight: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """What a rotated-out item's score is multiplied by (see ``rotate_after``)."""
 
 
 class EvaluationSettings(_Section):

@@ -34,7 +34,16 @@ from recsvc.erasure import ErasureList
 from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
-from recsvc.ranking import Filters, Popularity, Query, Ranker, Ranking, Reason, Strategy
+from recsvc.ranking import (
+    Filters,
+    Popularity,
+    Query,
+    Ranker,
+    Ranking,
+    Reason,
+    ScoreWeights,
+    Strategy,
+)
 from recsvc.rules import Rule, RuleAction
 from recsvc.store import LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
@@ -58,6 +67,7 @@ from .placements import Placements
 from .popularity import LivePopularity, event_weight
 from .profile import Profile, Profiles
 from .reload import LoadedModel, ModelHolder
+from .rotation import Demotion, Weighed
 from .rules import (
     NO_RULES,
     ActiveRules,
@@ -216,8 +226,15 @@ class Engine:
         model = loaded.model
         consent = not req.non_personalized
         user = req.user_id if consent and req.user_id not in self.erasures else ""
+        placement_settings = self.placements.get(req.placement)
+        rotate = placement_settings.rotate_after if placement_settings is not None else 0
         profile = await self.profiles.read(
-            loaded, user, req.session_id if consent else "", req.session_events, time_left
+            loaded,
+            user,
+            req.session_id if consent else "",
+            req.session_events,
+            time_left,
+            shown_after=rotate,
         )
         if profile.merged:
             await self._log_merged(user, req.session_id, profile.merged)
@@ -230,8 +247,12 @@ class Engine:
         # ranking, no over-fetch for them); pins and the cap reshape its list after
         weights = rules.weights if rules else None
         weighing = Weighing(weights) if weights is not None else None
+        scored: ScoreWeights | None = weighing
+        if len(profile.overexposed) and placement_settings is not None:
+            # rotation: what the shopper was shown again and again sinks
+            demotion = Demotion(profile.overexposed, placement_settings.rotation_weight)
+            scored = demotion if weighing is None else Weighed(weighing, demotion)
         k = _fetch(req.k, rules, cap, weighed=True) if rules or cap else req.k
-        placement_settings = self.placements.get(req.placement)
         query = profile.query(
             k,
             filters,
@@ -241,7 +262,7 @@ class Engine:
             popularity_weight=(
                 placement_settings.trending_weight if placement_settings is not None else None
             ),
-            weights=weighing,
+            weights=scored,
         )
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
@@ -602,6 +623,9 @@ class Engine:
         new_items = self.new_items
         meetings: dict[str, tuple[list[str], list[str], EventInput]] = {}
         together: dict[str, list[str]] = {}
+        # rotation: impressions counted per shopper, engagement starting a count again
+        rotating = self.placements.rotating
+        shown: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
         # stored consents: OFF keeps nothing of the customer, SESSION_ONLY keeps the
         # visit as a visitor's session (one read for the batch's customers)
         consents = await self.state.consents(
@@ -657,6 +681,12 @@ class Engine:
                 continue
             together.setdefault(e.session_id or f"u:{e.user_id}", []).append(e.item_id)
             metrics.events.labels(event_type=e.event_type.value).inc()
+            if rotating and (e.user_id or e.session_id):
+                counts = shown.setdefault((e.user_id, e.session_id), ([], []))
+                if e.event_type is EventType.IMPRESSION:
+                    counts[0].append(e.item_id)
+                elif e.event_type.spec.taste:
+                    counts[1].append(e.item_id)
             if e.event_type.spec.taste and (e.user_id or e.session_id):
                 batch, keys = live.setdefault((e.user_id, e.session_id), ([], []))
                 batch.append(LiveEvent(e.item_id, e.event_type, e.timestamp, e.quantity))
@@ -696,6 +726,11 @@ class Engine:
         # the next Recommend on any replica reflects what the shopper just did
         for user_id in dict.fromkeys(u for u, _ in live if u):
             await self.profiles.refresh(loaded, user_id)
+        for (user_id, session_id), (seen, engaged) in shown.items():
+            try:
+                await self.state.count_shown(user_id, session_id, seen, engaged)
+            except StoreError as exc:  # rotation is a nudge: the events themselves are in
+                log.warning("counting impressions failed: %s", exc)
         if meetings and new_items is not None:
             await self._count_meetings(model, new_items, meetings, together)
         if baskets and self.co_purchases is not None:

@@ -66,6 +66,11 @@ class Placements:
     def get(self, name: str) -> PlacementSettings | None:
         return self.current.get(name)
 
+    @property
+    def rotating(self) -> bool:
+        """Whether any placement rotates (impressions then need counting)."""
+        return any(p.rotate_after > 0 for p in self.current.values())
+
     def _stamp(self) -> tuple[int, int] | None:
         assert self.path is not None
         try:

@@ -36,7 +36,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -48,7 +48,7 @@ from recsvc.errors import StoreError
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
 from recsvc.ranking import Filters, Popularity, Query, ScoreWeights
-from recsvc.store import LiveState
+from recsvc.store import LiveState, UserState
 from recsvc.weighting import EVENT_TYPES, live_event_weights, session_weights
 
 from .metrics import Children, ServingMetrics
@@ -95,6 +95,9 @@ class Profile:
     merged: tuple[LiveEvent, ...] = ()
     """Events of the anonymous session of this session id that joined the customer's
     history in this call (a login, :meth:`Profiles.merge_login`): the caller logs them."""
+    overexposed: IntArray = field(default_factory=lambda: _NO_INT)
+    """Items shown to the shopper ``shown_after`` times with no engagement since
+    (rotation; empty unless asked)."""
 
     def query(
         self,
@@ -208,11 +211,14 @@ class Profiles:
         session_id: str,
         inline: Sequence[LiveEvent],
         time_left: float | None = None,
+        shown_after: int = 0,
     ) -> Profile:
         """The shopper of one request. ``user_id`` empty = anonymous (no profile is
         read or written for them; the caller passes "" when consent is off or the
         customer was erased); ``session_id`` empty = no stored session (with consent
-        off the caller passes "" too); ``time_left``: seconds to the call's deadline."""
+        off the caller passes "" too); ``time_left``: seconds to the call's deadline;
+        ``shown_after`` > 0: the items shown to the shopper that often are read too
+        (rotation, :attr:`Profile.overexposed`)."""
         model = loaded.model
         now = int(time.time())
         vector: Vector | None = None
@@ -221,12 +227,15 @@ class Profiles:
         anonymous: list[LiveEvent] = []
         merged: list[LiveEvent] = []
         consent = Consent.FULL
+        overexposed: list[str] = []
         degraded = False
         if user_id or session_id:
             try:
-                vector, live, stored_session, anonymous, consent = await self._read_state(
-                    loaded, user_id, session_id, time_left
+                vector, state = await self._read_state(
+                    loaded, user_id, session_id, time_left, shown_after
                 )
+                live, stored_session, anonymous = state.history, state.session, state.anonymous
+                consent, overexposed = state.consent, state.overexposed
             except StoreError as exc:
                 degraded = True
                 self._degraded.inc()
@@ -248,6 +257,7 @@ class Profiles:
         if consent is Consent.OFF:
             # as non_personalized: nothing of the customer (inline events still count)
             vector, live, stored_session, anonymous, user_id = None, [], [], [], ""
+            overexposed = []
         elif consent is Consent.SESSION_ONLY:
             # this visit, kept as a visitor's session is: no history, no vector, no merge
             vector, live, user_id = None, [], ""
@@ -300,6 +310,7 @@ class Profiles:
             ignored_item_ids=ignored,
             degraded=degraded,
             merged=tuple(merged),
+            overexposed=_positions_of(model, overexposed),
         )
 
     async def merge_login(
@@ -329,8 +340,13 @@ class Profiles:
         return [anonymous[i] for i in applied]
 
     async def _read_state(
-        self, loaded: LoadedModel, user_id: str, session_id: str, time_left: float | None
-    ) -> tuple[Vector | None, list[LiveEvent], list[LiveEvent], list[LiveEvent], Consent]:
+        self,
+        loaded: LoadedModel,
+        user_id: str,
+        session_id: str,
+        time_left: float | None,
+        shown_after: int = 0,
+    ) -> tuple[Vector | None, UserState]:
         """Vector, live history and stored session in one round trip, within the
         call's deadline (StoreError otherwise). The store's vector wins over the LRU:
         an event recorded through another replica a moment ago shows here at once. The
@@ -338,28 +354,29 @@ class Profiles:
         if time.monotonic() < self._store_down_until:
             raise StoreError("the live state failed a moment ago; not asked until it may be back")
         version, factors = loaded.version, loaded.model.artifact.factors
-        read = self.state.read_user(version, user_id, session_id, factors)
+        read = self.state.read_user(version, user_id, session_id, factors, shown_after)
         try:
             if time_left is None:
-                vector, history, session, anonymous, consent = await read
+                state = await read
             else:
                 async with asyncio.timeout(max(0.0, time_left - self._reserve)):
-                    vector, history, session, anonymous, consent = await read
+                    state = await read
         except TimeoutError as exc:
             self._store_down_until = time.monotonic() + self._retry_after
             raise StoreError("the live state did not answer within the call's deadline") from exc
         except StoreError:
             self._store_down_until = time.monotonic() + self._retry_after
             raise
+        vector = state.vector
         if not user_id:
-            return None, history, session, anonymous, consent
+            return None, state
         self._lookups("redis", "hit" if vector is not None else "miss").inc()
         if vector is not None:
             self._cache.put((version, user_id), vector)
-            return vector, history, session, anonymous, consent
+            return vector, state
         cached = self._cache.get((version, user_id))
         self._lookups("lru", "hit" if cached is not None else "miss").inc()
-        return cached, history, session, anonymous, consent
+        return cached, state
 
     def _history(
         self, model: Model, user_id: str, live: Sequence[LiveEvent], now: int
@@ -481,6 +498,13 @@ def _within(history: Sequence[LiveEvent], session: Sequence[LiveEvent]) -> bool:
     left = Counter(session)
     left.subtract(history)
     return min(left.values()) >= 0
+
+
+def _positions_of(model: Model, item_ids: Sequence[str]) -> IntArray:
+    if not item_ids:
+        return _NO_INT
+    position = model.item_position
+    return np.array([position[i] for i in item_ids if i in position], np.int32)
 
 
 def _newest_first(events: list[LiveEvent]) -> list[LiveEvent]:

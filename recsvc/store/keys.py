@@ -8,6 +8,8 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{u:<user>}:sessions         ZSET    the user's session ids, scored by last use
     {prefix}:{u:<user>}:seen             ZSET    event ids applied, scored by when (dedupe)
     {prefix}:{u:<user>}:consent          STRING  stored consent: "session" or "off" (none: full)
+    {prefix}:{u:<user>}:shown            ZSET    impressions per item since its last engagement
+    {prefix}:{s:<session>}:shown         ZSET    the same for an anonymous session
     {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
     {prefix}:{s:<session>}:seen          ZSET    an anonymous session's applied event ids
     {prefix}:{cat}:items                 HASH    the live catalogue: item id -> record
@@ -103,6 +105,16 @@ class KeyScheme:
         tag = self._user(user_id)
         escaped = "".join("\\" + c if c in "*?[]\\" else c for c in tag)
         return tag, f"{escaped}:*"
+
+    def shown(self, user_id: str = "", session_id: str = "") -> str:
+        """Impression counts per item (rotation) of the customer, or without one of
+        the anonymous session: ``{prefix}:{u:<user>}:shown`` or
+        ``{prefix}:{s:<session>}:shown``."""
+        if user_id:
+            return f"{self._user(user_id)}:shown"
+        if not session_id:
+            raise ValueError("a user_id or a session_id is required")
+        return f"{self.prefix}:{{s:{session_id}}}:shown"
 
     def consent(self, user_id: str) -> str:
         """The customer's stored consent (:class:`recsvc.consent.Consent`; no key:

@@ -77,6 +77,8 @@ class UserState(NamedTuple):
     anonymous: list[LiveEvent] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
     consent: Consent = Consent.FULL
     """The customer's stored consent (FULL when none is stored, or no customer)."""
+    overexposed: list[str] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """With ``shown_after``: items shown that often with no engagement since."""
 
 
 _NOTHING: Final = UserState(None, [], [])
@@ -107,6 +109,10 @@ class StateLimits:
     """How long an applied event's id is remembered (retries within it apply once)."""
     dedupe_max_ids: int = 10_000
     """Most ids remembered per user or anonymous session (the oldest go first)."""
+    shown_ttl_seconds: int = 24 * 3600
+    """Impression counts expire this long after the shopper's last impression."""
+    shown_max_items: int = 500
+    """Items whose impressions are counted per shopper (the least shown go first)."""
 
     def __post_init__(self) -> None:
         bad = [name for name, value in vars(self).items() if value <= 0]
@@ -123,6 +129,8 @@ class StateLimits:
             session_ttl_seconds=s.session_ttl_seconds,
             vector_ttl_seconds=settings.redis.vector_ttl_seconds,
             dedupe_seconds=s.event_dedupe_seconds,
+            shown_ttl_seconds=s.shown_ttl_seconds,
+            shown_max_items=s.shown_max_items,
         )
 
 
@@ -134,9 +142,15 @@ class LiveState(Protocol):
         ...
 
     async def read_user(
-        self, model_version: str, user_id: str, session_id: str, factors: int
+        self,
+        model_version: str,
+        user_id: str,
+        session_id: str,
+        factors: int,
+        shown_after: int = 0,
     ) -> UserState:
-        """Vector, history and session of one request, in one round trip.
+        """Vector, history and session of one request, in one round trip (and, with
+        ``shown_after`` > 0, the items shown to the shopper that often: rotation).
 
         ``user_id`` may be empty (anonymous: no vector, no history, the anonymous
         session) and so may ``session_id`` (no session). The vector has shape
@@ -171,6 +185,19 @@ class LiveState(Protocol):
 
     async def consents(self, user_ids: Sequence[str]) -> dict[str, Consent]:
         """The stored consent of each of ``user_ids`` (FULL where none is stored)."""
+        ...
+
+    async def count_shown(
+        self, user_id: str, session_id: str, shown: Sequence[str], engaged: Sequence[str]
+    ) -> None:
+        """Impressions of a customer (or, without ``user_id``, of an anonymous
+        session): each of ``shown`` counted once more, each of ``engaged`` (clicked,
+        carted, bought) forgotten."""
+        ...
+
+    async def overexposed(self, user_id: str, session_id: str, after: int) -> list[str]:
+        """Items shown to the customer (or anonymous session) at least ``after`` times
+        with no engagement since."""
         ...
 
     async def set_consent(
@@ -232,6 +259,7 @@ class RedisLiveState:
         self.limits = limits
         self._record = client.register_script(_RECORD)
         self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
+        self._count_shown = client.register_script(_COUNT_SHOWN)
 
     @property
     def reader(self) -> StateReader:
@@ -263,7 +291,12 @@ class RedisLiveState:
             self._written([key])
 
     async def read_user(
-        self, model_version: str, user_id: str, session_id: str, factors: int
+        self,
+        model_version: str,
+        user_id: str,
+        session_id: str,
+        factors: int,
+        shown_after: int = 0,
     ) -> UserState:
         limits = self.limits
         commands: list[Command] = []
@@ -281,12 +314,18 @@ class RedisLiveState:
                 commands.append(("LRANGE", anonymous, 0, limits.session_max_events - 1))
         if not commands:
             return _NOTHING
+        if shown_after > 0:
+            shown = self.keys.shown(user_id, session_id)
+            commands.append(("ZRANGEBYSCORE", shown, shown_after, "+inf"))
         try:  # translated_errors, inlined: a context manager per call costs ~2 µs
             replies = await self._reader.execute(commands)
         except redis.RedisError as exc:
             raise StoreError(f"Redis reading user state failed: {exc}") from exc
+        overexposed = [m.decode() for m in replies[-1]] if shown_after > 0 else []
         if not user_id:
-            return UserState(None, [], decode_events(replies[0], "session"))
+            return UserState(
+                None, [], decode_events(replies[0], "session"), overexposed=overexposed
+            )
         raw, raw_history, raw_consent = replies[0], replies[1], replies[2]
         return UserState(
             None if raw is None else _vector(raw, factors, model_version),
@@ -294,7 +333,35 @@ class RedisLiveState:
             decode_events(replies[3], "session") if session_id else [],
             decode_events(replies[4], "session") if session_id and replies[4] else [],
             Consent.FULL if raw_consent is None else _consent(raw_consent),
+            overexposed,
         )
+
+    async def count_shown(
+        self, user_id: str, session_id: str, shown: Sequence[str], engaged: Sequence[str]
+    ) -> None:
+        if not (shown or engaged) or not (user_id or session_id):
+            return
+        key = self.keys.shown(user_id, session_id)
+        limits = self.limits
+        try:
+            with translated_errors("counting impressions"):
+                await self._count_shown(
+                    keys=[key],
+                    args=[limits.shown_ttl_seconds, limits.shown_max_items, len(shown),
+                          *shown, *engaged],
+                )  # fmt: skip
+        finally:
+            self._written([key])
+
+    async def overexposed(self, user_id: str, session_id: str, after: int) -> list[str]:
+        if not (user_id or session_id) or after <= 0:
+            return []
+        key = self.keys.shown(user_id, session_id)
+        try:
+            (raw,) = await self._reader.execute([("ZRANGEBYSCORE", key, after, "+inf")])
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis reading impressions failed: {exc}") from exc
+        return [m.decode() for m in raw]
 
     async def consents(self, user_ids: Sequence[str]) -> dict[str, Consent]:
         users = list(dict.fromkeys(user_ids))
@@ -413,6 +480,7 @@ class RedisLiveState:
             "sessions": {},
             "session_index": {},
             "seen_event_ids": {},
+            "shown": {},
             "other": {},
         }
         client = self._client
@@ -445,6 +513,12 @@ class RedisLiveState:
                     )
                     field = "session_index" if kind == "sessions" else "seen_event_ids"
                     out[field] = {m.decode(): int(score) for m, score in pairs}
+                elif kind == "shown":
+                    pairs = cast(
+                        "list[tuple[bytes, float]]",
+                        await client.zrange(key, 0, -1, withscores=True),
+                    )
+                    out["shown"] = {m.decode(): int(score) for m, score in pairs}
                 elif kind == "consent":
                     raw = cast("bytes | None", await client.get(key))
                     if raw is not None:
@@ -498,6 +572,7 @@ class RedisLiveState:
         hist = keys.history(user_id)
         index = keys.user_sessions(user_id)
         seen = keys.seen(user_id)
+        shown = keys.shown(user_id)
         with translated_errors("forgetting a user"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for _ in range(_FORGET_ATTEMPTS):
@@ -511,12 +586,12 @@ class RedisLiveState:
                         for group in (vectors, sessions):
                             if group:  # UNLINK needs at least one key
                                 pipe.execute_command("UNLINK", *group)
-                        pipe.execute_command("UNLINK", hist, index, seen)
+                        pipe.execute_command("UNLINK", hist, index, seen, shown)
                         pipe.execute_command(*then)
                         try:
                             replies = iter(await pipe.execute())
                         finally:
-                            self._written([*vectors, *sessions, hist, index, seen, then[1]])
+                            self._written([*vectors, *sessions, hist, index, seen, shown, then[1]])
                     except redis.WatchError:
                         continue
                     n_history = int(next(replies))
@@ -555,6 +630,19 @@ def open_live_state(url: str, settings: Settings) -> RedisLiveState:
         reader=reader,
     )
 
+
+_COUNT_SHOWN: Final = """
+-- KEYS: a shopper's impression counts. ARGV: ttl, most items, how many shown,
+-- the shown items, then the engaged ones (their counts start again).
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do redis.call("ZINCRBY", KEYS[1], 1, ARGV[i]) end
+for i = 4 + n, #ARGV do redis.call("ZREM", KEYS[1], ARGV[i]) end
+if redis.call("ZCARD", KEYS[1]) > tonumber(ARGV[2]) then
+  redis.call("ZREMRANGEBYRANK", KEYS[1], 0, -tonumber(ARGV[2]) - 1)
+end
+if n > 0 then redis.call("EXPIRE", KEYS[1], tonumber(ARGV[1])) end
+return 0
+"""
 
 _DROP_IF_UNCHANGED: Final = """
 -- KEYS: an anonymous session's list. ARGV: its length and newest entry when read.

@@ -35,8 +35,9 @@ How it works:
   caching. Each connection speaks RESP3 (``HELLO 3``) with ``CLIENT TRACKING ON``, so
   Redis remembers which keys it read and pushes an ``invalidate`` message on that same
   connection when one of them changes, expires, is evicted or flushed. Replies of
-  GET and LRANGE are kept, per key, for at most ``cache_seconds``, and a call whose
-  every command is kept is answered without Redis (and without a suspension). What
+  GET, LRANGE and ZRANGEBYSCORE (rotation) are kept, per key, for at most
+  ``cache_seconds``, and a call whose every command is kept is answered without Redis
+  (and without a suspension). What
   keeps it right:
 
   * on one connection a reply and a later invalidation of its key arrive in order, so
@@ -92,7 +93,7 @@ class _Call:
 Invalidate = Callable[[Iterable[str] | None], None]
 """Drops cache entries: of these keys, or every one (None)."""
 
-_CACHEABLE: Final = frozenset({"GET", "LRANGE"})
+_CACHEABLE: Final = frozenset({"GET", "LRANGE", "ZRANGEBYSCORE"})
 """Read-only single-key commands (key second) whose replies the cache may keep."""
 
 

@@ -50,12 +50,16 @@ def _run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
+SHOWN_MAX = 10
+SHOWN_TTL = 3000
 LIMITS = StateLimits(
     history_max_events=HISTORY_MAX,
     history_ttl_seconds=HISTORY_TTL,
     session_max_events=SESSION_MAX,
     session_ttl_seconds=SESSION_TTL,
     vector_ttl_seconds=VECTOR_TTL,
+    shown_ttl_seconds=SHOWN_TTL,
+    shown_max_items=SHOWN_MAX,
 )
 READ_PATHS = ("redis-py", "thin", "thin-cached")
 """The state's Recommend read through a redis-py pipeline, the thin reader, and the thin
@@ -202,6 +206,7 @@ def test_record_then_read_user(
             [],
             [],
             Consent.FULL,
+            [],
         )
         await state.set_vector("v1", "alice", vec)
         await state.record("alice", "s1", first)
@@ -215,7 +220,7 @@ def test_record_then_read_user(
         # The session is tied to alice: it is not the anonymous session of that id.
         assert await state.get_session("s1") == []
         # No user, no session: nothing to read, no round trip needed.
-        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [], [], Consent.FULL)
+        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [], [], Consent.FULL, [])
 
     with_state(body)
     assert redis_client.type(KeyScheme(redis_prefix).history("alice")) == b"list"
@@ -247,7 +252,7 @@ def test_a_login_merges_the_anonymous_session_once(
         )
         assert sorted(i for run in runs for i in run) == [0, 1]
         assert await state.merge_session("zoe", "s9", anonymous) == ()
-        _, history, session, anonymous, _ = await state.read_user("v1", "zoe", "s9", FACTORS)
+        _, history, session, anonymous, *_ = await state.read_user("v1", "zoe", "s9", FACTORS)
         assert history == session == before[::-1]
         assert anonymous == [] and await state.get_session("s9") == []
         # an anonymous event after the read keeps the list: the next merge takes it
@@ -285,7 +290,7 @@ def test_a_stored_consent_is_read_with_the_state_and_guards_every_write(
         assert previous is Consent.FULL
         assert deleted == ForgetResult(1, 2, 1)
         got = await state.read_user("v1", "una", "s1", FACTORS)
-        assert got == (None, [], [], [], Consent.OFF)
+        assert got == (None, [], [], [], Consent.OFF, [])
         assert await state.record("una", "s1", events, ["late-1", "late-2"]) == ()
         assert await state.consents(["una", "vic", "una"]) == {
             "una": Consent.OFF,
@@ -309,6 +314,38 @@ def test_a_stored_consent_is_read_with_the_state_and_guards_every_write(
 
 
 @pytest.mark.integration
+def test_impressions_are_counted_per_shopper_and_engagement_restarts_a_count(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    keys = KeyScheme(redis_prefix)
+
+    async def body(state: LiveState) -> None:
+        for _ in range(3):
+            await state.count_shown("rae", "", ["a", "b"], [])
+        await state.count_shown("rae", "", ["c"], ["b"])
+        assert await state.overexposed("rae", "", 3) == ["a"]
+        assert sorted(await state.overexposed("rae", "", 1)) == ["a", "c"]
+        got = await state.read_user("v1", "rae", "", FACTORS, shown_after=3)
+        assert got.overexposed == ["a"]
+        assert (await state.read_user("v1", "rae", "", FACTORS)).overexposed == []
+        # an anonymous session has its own counts
+        await state.count_shown("", "s-r", ["z", "z"], [])
+        assert await state.overexposed("", "s-r", 2) == ["z"]
+        got = await state.read_user("v1", "", "s-r", FACTORS, shown_after=2)
+        assert got.overexposed == ["z"]
+        # at most shown_max_items are kept, the least shown go first
+        await state.count_shown("rae", "", [f"x{i}" for i in range(SHOWN_MAX + 5)], [])
+        assert redis_client.zcard(keys.shown("rae")) == SHOWN_MAX
+        assert await state.overexposed("rae", "", 3) == ["a"]
+        # ForgetUser takes them with the rest
+        await state.forget("rae", ["v1"])
+        assert await state.overexposed("rae", "", 1) == []
+
+    with_state(body)
+    assert 0 < redis_client.ttl(keys.shown(session_id="s-r")) <= SHOWN_TTL
+
+
+@pytest.mark.integration
 def test_anonymous_session(
     with_state: WithState, redis_url: str, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
@@ -323,6 +360,7 @@ def test_anonymous_session(
             events[::-1],
             [],
             Consent.FULL,
+            [],
         )
 
     with_state(body)
