@@ -582,6 +582,8 @@ def example_toml() -> str:
         "max_per_category": 2,
         "similar_mode": SimilarMode.BOUGHT_TOGETHER.value,
         "trending_weight": 0.3,
+        "rotate_after": 3,
+        "rotation_weight": 0.2,
     }
     for field_name, info in PlacementSettings.model_fields.items():
         lines += [
