@@ -239,6 +239,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             placement=args.placement or "",
             max_per_category=args.max_per_category,
             explain=args.explain,
+            paged=args.paged,
+            continuation=args.continuation or "",
         ),
     )
 
@@ -367,6 +369,12 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     )
     p.add_argument(
         "--explain", action="store_true", help="name the shopper's item that led to each one"
+    )
+    p.add_argument(
+        "--paged", action="store_true", help="start a paging sequence (prints a continuation)"
+    )
+    p.add_argument(
+        "--continuation", metavar="TOKEN", help="the next page of a sequence (show more)"
     )
     p.set_defaults(handler=_cmd_recommend)
 

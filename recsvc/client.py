@@ -175,6 +175,8 @@ class RecommenderClient:
         placement: str = "",
         max_per_category: int = 0,
         explain: bool = False,
+        paged: bool = False,
+        continuation: str = "",
         timeout: float | None = None,
     ) -> pb.RecommendResponse:
         """Recommendations; ``session_items`` become inline session events, oldest first;
@@ -200,6 +202,8 @@ class RecommenderClient:
             placement=placement,
             max_per_category=max_per_category,
             explain=explain,
+            paged=paged,
+            continuation=continuation,
         )
         return self._call(self.stub.Recommend, request, timeout)  # type: ignore[no-any-return]
 

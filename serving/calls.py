@@ -75,6 +75,10 @@ class RecommendInput:
     """Diversity cap; 0: the placement's setting."""
     explain: bool = False
     """Name, per item, the shopper's item that led to it."""
+    paged: bool = False
+    """Answer with a continuation (show more)."""
+    continued: tuple[str, ...] = ()
+    """Items earlier pages of this sequence returned (excluded from this one)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class RecommendOutput:
     applied_rule_ids: tuple[str, ...] = ()
     because: list[str] | None = None
     """Per item, the shopper's item that led to it ('' = none; None: no explanations)."""
+    continuation: str = ""
+    """The next page's continuation ('' = none: not paged, or the sequence is full)."""
     """Every rule that touched the answer."""
     mode: SimilarMode | None = None
     """SimilarItems: the mode that answered."""

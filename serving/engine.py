@@ -48,6 +48,7 @@ from recsvc.rules import Rule, RuleAction
 from recsvc.store import LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
 
+from . import continuation
 from .calls import (
     ConsentOutput,
     EventInput,
@@ -306,6 +307,9 @@ class Engine:
         self._recommended_items.observe(len(out.items))
         if req.explain:
             out = replace(out, because=_because(loaded, profile, out.items))
+        if req.paged:
+            returned = [*req.continued, *(i.item_id for i in out.items)]
+            out = replace(out, continuation=continuation.encode(returned))
         return out
 
     # --- SimilarItems ---------------------------------------------------------------

@@ -195,6 +195,7 @@ def _recommend_response(out: RecommendOutput) -> pb.RecommendResponse:
         fallback=out.fallback,
         degraded=out.degraded,
         ignored_item_ids=out.ignored_item_ids,
+        continuation=out.continuation,
     )
     add = response.items.add
     if out.item_rule_ids is None:

@@ -11,6 +11,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +24,7 @@ from recsvc.events import EventType, LiveEvent
 from recsvc.rules import Rule, RuleAction
 from recsvc.v1 import recommender_pb2 as pb
 
+from . import continuation
 from .calls import (
     NO_FILTERS,
     EventInput,
@@ -269,9 +271,25 @@ def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> Recomme
         placement=c.placement("placement", req.placement),
         max_per_category=c.cap("max_per_category", req.max_per_category),
         explain=req.explain,
+        paged=req.paged or bool(req.continuation),
+        continued=_continued(c, req.continuation),
     )
     c.raise_if_any()
+    if result.continued:  # what earlier pages returned is excluded from this one
+        spec = result.filters
+        excluded = tuple(dict.fromkeys((*spec.exclude_item_ids, *result.continued)))
+        result = replace(result, filters=replace(spec, exclude_item_ids=excluded))
     return result
+
+
+def _continued(c: _Checker, token: str) -> tuple[str, ...]:
+    if not token:
+        return ()
+    try:
+        return continuation.decode(token)
+    except ValueError as exc:
+        c.bad("continuation", str(exc))
+        return ()
 
 
 def similar_input(req: pb.SimilarItemsRequest, limits: ServerSettings) -> SimilarInput:

@@ -153,7 +153,7 @@ class SessionEvent(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category", "explain")
+    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category", "explain", "continuation", "paged")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,8 @@ class RecommendRequest(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    PAGED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     session_events: _containers.RepeatedCompositeFieldContainer[SessionEvent]
@@ -174,7 +176,9 @@ class RecommendRequest(_message.Message):
     placement: str
     max_per_category: int
     explain: bool
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+    continuation: str
+    paged: bool
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ..., explain: _Optional[bool] = ..., continuation: _Optional[str] = ..., paged: _Optional[bool] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "score", "reason", "rule_ids", "because_item_id")
@@ -191,7 +195,7 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., because_item_id: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids", "applied_rule_ids")
+    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids", "applied_rule_ids", "continuation")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +204,7 @@ class RecommendResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     recommendation_id: str
@@ -208,7 +213,8 @@ class RecommendResponse(_message.Message):
     degraded: bool
     ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
     applied_rule_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    continuation: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ..., continuation: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_ids", "k", "filters", "placement", "max_per_category", "mode")

@@ -210,6 +210,8 @@ def test_recommend_request_round_trips() -> None:
         placement="pdp",
         max_per_category=2,
         explain=True,
+        continuation="c1.eJwDAAAAAAE",
+        paged=True,
     )
     # every field is set, so the round trip covers the whole message
     assert {f.name for f, _ in request.ListFields()} == {f.name for f in request.DESCRIPTOR.fields}
