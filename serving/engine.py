@@ -659,19 +659,7 @@ class Engine:
                 continue
             key = e.key
             if e.user_id:  # training reads user events; anonymous sessions live in the store
-                log_rows.append(
-                    EventRow(
-                        user_id=e.user_id,
-                        item_id=e.item_id,
-                        timestamp=e.timestamp,
-                        event_type=e.event_type.value,
-                        quantity=e.quantity,
-                        basket_id=f"{e.session_id or e.user_id}@{e.timestamp}"
-                        if e.event_type is EventType.PURCHASE
-                        else "",
-                        event_id=key,
-                    )
-                )
+                log_rows.append(_log_row(e.user_id, e.session_id, e, key))
             if e.item_id not in model.item_position:
                 # a new product: it counts towards live popularity from its first sale,
                 # and is placed by the trained items of its session
@@ -753,17 +741,7 @@ class Engine:
         """Log the events a login merged, under the customer: training reads them as
         theirs (with the ids the live state applied them by)."""
         rows = [
-            EventRow(
-                user_id=user_id,
-                item_id=e.item_id,
-                timestamp=e.timestamp,
-                event_type=e.event_type.value,
-                quantity=e.quantity,
-                basket_id=f"{session_id}@{e.timestamp}"
-                if e.event_type is EventType.PURCHASE
-                else "",
-                event_id=f"login|{session_id}|{encode_event(e).decode()}",
-            )
+            _log_row(user_id, session_id, e, f"login|{session_id}|{encode_event(e).decode()}")
             for e in events
         ]
         await asyncio.to_thread(self.event_log.append, rows)
@@ -889,6 +867,21 @@ def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
                 if a != b:
                     row[b] = row.get(b, 0.0) + 1.0
     return counts
+
+
+def _log_row(user_id: str, session_id: str, e: LiveEvent | EventInput, event_id: str) -> EventRow:
+    """The event log's row of ``e`` by ``user_id``: a purchase's basket is its session's
+    (or the customer's) at its second, as the loader groups orders."""
+    purchase = e.event_type is EventType.PURCHASE
+    return EventRow(
+        user_id=user_id,
+        item_id=e.item_id,
+        timestamp=e.timestamp,
+        event_type=e.event_type.value,
+        quantity=e.quantity,
+        basket_id=f"{session_id or user_id}@{e.timestamp}" if purchase else "",
+        event_id=event_id,
+    )
 
 
 _EXPLAINED: Final = frozenset({Reason.CF, Reason.SESSION})
