@@ -70,11 +70,17 @@ EVENT_TYPES: dict[str, int] = {t.value: t.spec.proto_number for t in EventType}
 with their ``recsvc.v1.EventType`` numbers."""
 
 
-def _event_type(name: str) -> pb.EventType:
+def _named(table: dict[str, int], name: str, what: str) -> int:
+    """``table[name]``; ValueError naming the known names (but "") otherwise."""
     try:
-        return cast(pb.EventType, EVENT_TYPES[name])
+        return table[name]
     except KeyError:
-        raise ValueError(f"unknown event type {name!r}; one of {', '.join(EVENT_TYPES)}") from None
+        known = ", ".join(n for n in table if n)
+        raise ValueError(f"unknown {what} {name!r}; one of {known}") from None
+
+
+def _event_type(name: str) -> pb.EventType:
+    return cast(pb.EventType, _named(EVENT_TYPES, name, "event type"))
 
 
 CONSENTS: dict[str, int] = {
@@ -86,10 +92,7 @@ CONSENTS: dict[str, int] = {
 
 
 def _consent(name: str) -> pb.Consent:
-    try:
-        return cast(pb.Consent, CONSENTS[name])
-    except KeyError:
-        raise ValueError(f"unknown consent {name!r}; one of {', '.join(CONSENTS)}") from None
+    return cast(pb.Consent, _named(CONSENTS, name, "consent"))
 
 
 SIMILAR_MODES: dict[str, int] = {
@@ -101,11 +104,7 @@ SIMILAR_MODES: dict[str, int] = {
 
 
 def _similar_mode(name: str) -> pb.SimilarMode:
-    try:
-        return cast(pb.SimilarMode, SIMILAR_MODES[name])
-    except KeyError:
-        known = ", ".join(m for m in SIMILAR_MODES if m)
-        raise ValueError(f"unknown similar mode {name!r}; one of {known}") from None
+    return cast(pb.SimilarMode, _named(SIMILAR_MODES, name, "similar mode"))
 
 
 class RecommenderClient:
@@ -309,12 +308,7 @@ class RecommenderClient:
         or ``bury`` (with a ``weight``) or ``pin`` (with a ``position``, 1 = first);
         its items are ``item_ids``, or ``categories`` and/or ``attributes``; times are
         Unix seconds."""
-        try:
-            number = RULE_ACTIONS[action]
-        except KeyError:
-            raise ValueError(
-                f"unknown rule action {action!r}; one of {', '.join(RULE_ACTIONS)}"
-            ) from None
+        number = _named(RULE_ACTIONS, action, "rule action")
         rule = pb.Rule(
             rule_id=rule_id,
             action=cast(pb.RuleAction, number),
