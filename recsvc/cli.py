@@ -274,6 +274,12 @@ def _cmd_consent(args: argparse.Namespace) -> int:
     return rpc(args, lambda c: c.set_consent(args.user, args.consent))
 
 
+def _cmd_link(args: argparse.Namespace) -> int:
+    if args.unlink:
+        return rpc(args, lambda c: c.unlink_ids(args.customer, args.ids))
+    return rpc(args, lambda c: c.link_ids(args.customer, args.ids))
+
+
 def _cmd_export_user(args: argparse.Namespace) -> int:
     import grpc
 
@@ -427,13 +433,29 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.set_defaults(handler=_cmd_consent)
 
     p = sub.add_parser(
+        "link",
+        parents=[common],
+        help="link a customer's other ids to them (LinkIds, UnlinkIds)",
+        description="Link external ids of one customer (device id, loyalty card, hashed "
+        "e-mail, app id) to their customer id: every replica then reads and writes the "
+        "customer's state for them, and forget/export-user of any covers all. A newly "
+        "linked id's own history joins the customer's. --unlink takes ids back. Needs "
+        "the token.",
+    )
+    add_client_flags(p)
+    p.add_argument("--customer", required=True, help="the customer id the ids stand for")
+    p.add_argument("ids", nargs="+", help="the ids to link (or unlink)")
+    p.add_argument("--unlink", action="store_true", help="unlink the ids instead (UnlinkIds)")
+    p.set_defaults(handler=_cmd_link)
+
+    p = sub.add_parser(
         "export-user",
         parents=[common],
         help="everything held about a customer, as JSON (ExportUser)",
         description="Print everything the service holds about a customer as one JSON "
-        "document (the right of access): the state store's keys of theirs, decoded, "
-        "whether they are erased, the server's event-log rows naming them, and the "
-        "model versions trained with them. Needs the token.",
+        "document (the right of access): the state store's keys of theirs and of every "
+        "id linked to them, decoded, whether they are erased, the server's event-log "
+        "rows naming them, and the model versions trained with them. Needs the token.",
     )
     add_client_flags(p)
     p.add_argument("--user", required=True, help="customer id")

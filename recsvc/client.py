@@ -391,6 +391,21 @@ class RecommenderClient:
         document: dict[str, Any] = json.loads(response.document)
         return document
 
+    def link_ids(
+        self, customer_id: str, ids: Sequence[str], *, timeout: float | None = None
+    ) -> pb.LinkIdsResponse:
+        """Link external ids (device, card, app id, hashed e-mail) to a customer
+        (LinkIds): every call made with one of them is then the customer's."""
+        request = pb.LinkIdsRequest(customer_id=customer_id, ids=list(ids))
+        return self._call(self.stub.LinkIds, request, timeout)  # type: ignore[no-any-return]
+
+    def unlink_ids(
+        self, customer_id: str, ids: Sequence[str], *, timeout: float | None = None
+    ) -> pb.UnlinkIdsResponse:
+        """Unlink ids from a customer (UnlinkIds)."""
+        request = pb.UnlinkIdsRequest(customer_id=customer_id, ids=list(ids))
+        return self._call(self.stub.UnlinkIds, request, timeout)  # type: ignore[no-any-return]
+
     def model_info(self, *, timeout: float | None = None) -> pb.GetModelInfoResponse:
         return self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)  # type: ignore[no-any-return]
 

@@ -404,6 +404,11 @@ class ServerSettings(_Section):
     long after the shopper's last impression."""
     shown_max_items: int = Field(default=500, ge=1)
     """Items whose impressions are counted per shopper (the least shown go first)."""
+    link_max_ids: int = Field(default=20, ge=1)
+    """Most ids (device, card, app id, hashed e-mail) linked to one customer (LinkIds)."""
+    link_ttl_seconds: int = Field(default=180 * 24 * 3600, ge=60)
+    """A linked id is forgotten this long after it was last linked (LinkIds again
+    renews it: a shop links at each login), like the rest of the live state."""
     event_dedupe_seconds: int = Field(default=24 * 3600, ge=60)
     """How long the ids of applied events are remembered per user (or anonymous
     session), so RecordEvents retried within it applies each event once."""

@@ -11,6 +11,8 @@ The hierarchy::
     ├── QualityGateError             index recall below the floor          FAILED_PRECONDITION
     ├── ModelNotLoadedError          no model to answer with               UNAVAILABLE
     ├── InvalidRequestError          a client request that is malformed    INVALID_ARGUMENT
+    │   ├── ConflictError            contradicts stored state (id taken)   ALREADY_EXISTS
+    │   └── PreconditionError        stored state does not allow it        FAILED_PRECONDITION
     ├── NotFoundError                an unknown id where one is required   NOT_FOUND
     └── StoreError                   Redis (or another store) failed       UNAVAILABLE
 
@@ -31,12 +33,14 @@ __all__ = [
     "ArtifactError",
     "ChecksumError",
     "ConfigError",
+    "ConflictError",
     "DataError",
     "FieldViolation",
     "InputRowError",
     "InvalidRequestError",
     "ModelNotLoadedError",
     "NotFoundError",
+    "PreconditionError",
     "QualityGateError",
     "RecsvcError",
     "StoreError",
@@ -133,3 +137,18 @@ class InvalidRequestError(RecsvcError):
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
         self.violations = tuple(violations)
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+
+class ConflictError(InvalidRequestError):
+    """A request that contradicts what is stored: an id linked to another customer.
+    Lists the fields at fault; nothing of the request was applied."""
+
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PreconditionError(InvalidRequestError):
+    """A well-formed request the stored state does not allow (a chain of linked ids,
+    more ids than a customer may hold). Lists the fields at fault; nothing of the
+    request was applied."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION

@@ -182,3 +182,5 @@ class ForgetOutput:
     deleted_history_events: int
     deleted_sessions: int
     added_to_erasure_list: bool
+    linked_ids: tuple[str, ...] = ()
+    """Ids that were linked to the customer, erased with them."""

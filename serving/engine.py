@@ -31,7 +31,15 @@ from recsvc.catalog import CatalogItem
 from recsvc.config import RankingSettings, RepeatPolicy, Settings, SimilarMode, WeightingSettings
 from recsvc.consent import Consent
 from recsvc.erasure import ErasureList
-from recsvc.errors import FieldViolation, InvalidRequestError, NotFoundError, StoreError
+from recsvc.errors import (
+    ConflictError,
+    FieldViolation,
+    InvalidRequestError,
+    NotFoundError,
+    PreconditionError,
+    RecsvcError,
+    StoreError,
+)
 from recsvc.events import EventType, LiveEvent
 from recsvc.model import Model
 from recsvc.ranking import (
@@ -45,7 +53,7 @@ from recsvc.ranking import (
     Strategy,
 )
 from recsvc.rules import Rule, RuleAction
-from recsvc.store import LiveState, encode_event
+from recsvc.store import LinkRefused, LinkResult, LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
 
 from . import continuation
@@ -238,7 +246,7 @@ class Engine:
             shown_after=rotate,
         )
         if profile.merged:
-            await self._log_merged(user, req.session_id, profile.merged)
+            await self._log_merged(profile.customer or user, req.session_id, profile.merged)
         live = self.popularity.of(model, loaded.ranker) if self.popularity is not None else None
         view = self.catalog.view(model) if self.catalog is not None else None
         filters = self._filters(model, req.filters, view)
@@ -630,13 +638,18 @@ class Engine:
         # rotation: impressions counted per shopper, engagement starting a count again
         rotating = self.placements.rotating
         shown: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
-        # stored consents: OFF keeps nothing of the customer, SESSION_ONLY keeps the
-        # visit as a visitor's session (one read for the batch's customers)
-        consents = await self.state.consents(
+        # linked ids act as their customer; stored consents: OFF keeps nothing of the
+        # customer, SESSION_ONLY keeps the visit as a visitor's session (one read for
+        # the batch's customers)
+        customers = await self.state.customers(
             [e.user_id for e in events if e.user_id and not e.non_personalized]
         )
         for index, e in enumerate(events):
-            consent = consents.get(e.user_id, Consent.FULL) if e.user_id else Consent.FULL
+            consent = Consent.FULL
+            if e.user_id in customers:
+                customer, consent = customers[e.user_id]
+                if customer != e.user_id:
+                    e = replace(e, user_id=customer)  # noqa: PLW2901
             if consent is Consent.SESSION_ONLY:
                 e = replace(e, user_id="", non_personalized=not e.session_id)  # noqa: PLW2901
             elif consent is Consent.OFF:
@@ -786,9 +799,10 @@ class Engine:
     # --- ForgetUser -----------------------------------------------------------------
 
     async def set_consent(self, user_id: str, consent: Consent) -> ConsentOutput:
-        """Store ``consent`` for ``user_id`` (SetConsent); anything but FULL deletes
-        their stored profile at once."""
-        versions = sorted({*self.models.loaded_versions, *art.list_versions(self.models.root)})
+        """Store ``consent`` for ``user_id``'s customer (SetConsent); anything but FULL
+        deletes their stored profile at once."""
+        user_id = await self._customer(user_id)
+        versions = self._versions()
         self.profiles.consented(user_id, consent)
         previous, deleted = await self.state.set_consent(user_id, consent, versions)
         self.profiles.consented(user_id, consent)  # a call in flight may have cached it
@@ -796,31 +810,87 @@ class Engine:
         return ConsentOutput(previous, consent, deleted)
 
     async def export_user(self, user_id: str) -> dict[str, Any]:
-        """Everything held about ``user_id`` (ExportUser; see the proto)."""
-        held = await self.state.export(user_id)
-        rows = await asyncio.to_thread(self.event_log.rows_of, user_id)
-        versions = await asyncio.to_thread(_versions_with, self.models.root, user_id)
+        """Everything held about ``user_id`` (ExportUser; see the proto): about their
+        customer when the id is linked, and about every id linked to the customer."""
+        customer = await self._customer(user_id)
+        held = await self.state.export(customer)
+        linked = sorted(held["linked_ids"])
+        ids = [customer, *linked]
+        rows = await asyncio.to_thread(self.event_log.rows_of, *ids)
+        versions = await asyncio.to_thread(_versions_with, self.models.root, ids)
         return {
-            "user_id": user_id,
+            "user_id": customer,
+            "requested_id": user_id,
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "erased": user_id in self.erasures,
+            "erased": customer in self.erasures,
             "state_store": held,
+            "linked_ids": {alias: await self.state.export(alias) for alias in linked},
             "event_log": {"replica": socket.gethostname(), "rows": rows},
             "model_versions": versions,
         }
 
     async def forget(self, user_id: str) -> ForgetOutput:
-        versions = sorted({*self.models.loaded_versions, *art.list_versions(self.models.root)})
-        self.profiles.forget(user_id)
-        added = self.erasures.add(user_id)
-        result = await self.state.forget(user_id, versions)
-        self.profiles.forget(user_id)  # a call in flight may have cached it meanwhile
+        """Erase ``user_id``'s customer and every id linked to them (ForgetUser): on
+        the erasure list first, then out of the live state."""
+        customer = await self._customer(user_id)
+        ids = list(dict.fromkeys([user_id, customer, *await self.state.links(customer)]))
+        versions = self._versions()
+        added = False
+        for i in ids:
+            self.profiles.forget(i)
+            added = self.erasures.add(i) or added
+        result = await self.state.forget(customer, versions)
+        for i in (*ids, *result.linked_ids):
+            self.profiles.forget(i)  # a call in flight may have cached it meanwhile
+            added = self.erasures.add(i) or added
         return ForgetOutput(
             deleted_vectors=result.deleted_vectors,
             deleted_history_events=result.deleted_history_events,
             deleted_sessions=result.deleted_sessions,
             added_to_erasure_list=added,
+            linked_ids=tuple(i for i in dict.fromkeys((*ids, *result.linked_ids)) if i != user_id),
         )
+
+    # --- identity links ----------------------------------------------------------------
+
+    async def link_ids(self, customer: str, ids: Sequence[str]) -> LinkResult:
+        """Link ``ids`` to ``customer`` (LinkIds); raises InvalidRequestError naming the
+        id at fault when the store refuses (nothing is then written)."""
+        outcome = self.metrics.identity_links
+        erased = [i for i, x in enumerate(ids) if x in self.erasures]
+        if customer in self.erasures or erased:
+            outcome.labels(outcome="refused").inc()
+            field = "customer_id" if customer in self.erasures else f"ids[{erased[0]}]"
+            raise PreconditionError(
+                [FieldViolation(field, "is on the erasure list (ForgetUser): it cannot be linked")]
+            )
+        try:
+            result = await self.state.link(customer, ids, self._versions())
+        except LinkRefused as exc:
+            outcome.labels(outcome="refused").inc()
+            raise _link_error(exc, ids) from None
+        outcome.labels(outcome="linked").inc(len(result.linked))
+        outcome.labels(outcome="renewed").inc(len(result.refreshed))
+        for alias in result.linked:
+            self.profiles.forget(alias)
+        if result.moved_events:
+            await self.profiles.refresh(self.models.require(), customer)
+        return result
+
+    async def unlink_ids(self, customer: str, ids: Sequence[str]) -> tuple[str, ...]:
+        """Unlink ``ids`` from ``customer`` (UnlinkIds); those that were linked to them."""
+        done = await self.state.unlink(customer, ids)
+        self.metrics.identity_links.labels(outcome="unlinked").inc(len(done))
+        return done
+
+    async def _customer(self, user_id: str) -> str:
+        """The customer ``user_id`` is linked to, or ``user_id``."""
+        ((customer, _),) = (await self.state.customers([user_id])).values()
+        return customer
+
+    def _versions(self) -> list[str]:
+        """Every model version a customer's vector may be stored under."""
+        return sorted({*self.models.loaded_versions, *art.list_versions(self.models.root)})
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -932,17 +1002,37 @@ def _because(
     return because
 
 
-def _versions_with(root: Path, user_id: str) -> list[str]:
-    """The model versions under ``root`` whose training data held ``user_id``."""
+def _versions_with(root: Path, user_ids: Sequence[str]) -> list[str]:
+    """The model versions under ``root`` whose training data held any of ``user_ids``."""
+    wanted = np.array(user_ids)
     found = []
     for version in art.list_versions(root):
         try:
             ids = np.load(root / version / "user_ids.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             continue  # being written or removed: not one to report
-        if bool(np.any(ids == user_id)):
+        if bool(np.isin(ids, wanted).any()):
             found.append(version)
     return found
+
+
+def _link_error(exc: LinkRefused, ids: Sequence[str]) -> RecsvcError:
+    """The status a refused link answers with, naming the field at fault."""
+    if exc.reason == "full":
+        return PreconditionError(
+            [FieldViolation("ids", "would link more ids to the customer than link_max_ids")]
+        )
+    if exc.reason == "taken" and exc.index is not None:
+        return ConflictError(
+            [FieldViolation(f"ids[{exc.index}]", "is linked to another customer: unlink it first")]
+        )
+    if exc.index is not None:
+        return PreconditionError(
+            [FieldViolation(f"ids[{exc.index}]", "has ids linked to it: a customer, not an id")]
+        )
+    return PreconditionError(
+        [FieldViolation("customer_id", "is itself linked to another customer: link to that one")]
+    )
 
 
 def _fetch(k: int, rules: ActiveRules, cap: int, *, weighed: bool = False) -> int:

@@ -127,9 +127,10 @@ class EventLog:
         with self._lock:
             return self._path
 
-    def rows_of(self, user_id: str) -> list[dict[str, str]]:
-        """Every row of ``user_id`` in this log's files, oldest file first (right of
-        access; a pass over every file: an administrative call)."""
+    def rows_of(self, *user_ids: str) -> list[dict[str, str]]:
+        """Every row of any of ``user_ids`` in this log's files, oldest file first
+        (right of access; a pass over every file: an administrative call)."""
+        wanted = set(user_ids)
         found: list[dict[str, str]] = []
         try:
             paths = sorted(p for p in self.directory.iterdir() if _NAME_RE.fullmatch(p.name))
@@ -138,7 +139,7 @@ class EventLog:
                     found += [
                         {"file": path.name, **row}
                         for row in csv.DictReader(f)
-                        if row.get("user_id") == user_id
+                        if row.get("user_id") in wanted
                     ]
         except OSError as exc:
             raise StoreError(f"cannot read the event log in {self.directory}: {exc}") from exc

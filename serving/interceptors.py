@@ -88,6 +88,8 @@ WRITE_METHODS: Final[frozenset[str]] = frozenset(
         "ForgetUser",
         "SetConsent",
         "ExportUser",
+        "LinkIds",
+        "UnlinkIds",
         "UpsertItems",
         "WithdrawItems",
         "SetRules",

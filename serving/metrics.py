@@ -243,6 +243,14 @@ class ServingMetrics:
             ("consent",),
             registry=r,
         )
+        # outcome: linked | renewed (linked already) | unlinked | refused (a request)
+        self.identity_links = Counter(
+            "recsvc_identity_links_total",
+            "Ids linked to a customer by LinkIds (linked; renewed: linked already), "
+            "unlinked by UnlinkIds, and LinkIds calls refused (taken, chain, too many).",
+            ("outcome",),
+            registry=r,
+        )
         # outcome: merged (events applied now) | repeat (applied already) | failed
         self.session_merges = Counter(
             "recsvc_session_merges_total",
@@ -402,6 +410,8 @@ class ServingMetrics:
             self.session_merges.labels(outcome=outcome)
         for consent in ("full", "session", "off"):
             self.consent_changes.labels(consent=consent)
+        for outcome in ("linked", "renewed", "unlinked", "refused"):
+            self.identity_links.labels(outcome=outcome)
 
         self._registry = r
         self._lock = threading.Lock()

@@ -98,6 +98,9 @@ class Profile:
     overexposed: IntArray = field(default_factory=lambda: _NO_INT)
     """Items shown to the shopper ``shown_after`` times with no engagement since
     (rotation; empty unless asked)."""
+    customer: str = ""
+    """The customer the request's user id is linked to, whose profile this is (empty:
+    the id is not linked)."""
 
     def query(
         self,
@@ -228,6 +231,7 @@ class Profiles:
         merged: list[LiveEvent] = []
         consent = Consent.FULL
         overexposed: list[str] = []
+        customer = ""
         degraded = False
         if user_id or session_id:
             try:
@@ -236,6 +240,8 @@ class Profiles:
                 )
                 live, stored_session, anonymous = state.history, state.session, state.anonymous
                 consent, overexposed = state.consent, state.overexposed
+                if state.customer:  # a linked id: from here on, the customer
+                    user_id = customer = state.customer
             except StoreError as exc:
                 degraded = True
                 self._degraded.inc()
@@ -311,6 +317,7 @@ class Profiles:
             degraded=degraded,
             merged=tuple(merged),
             overexposed=_positions_of(model, overexposed),
+            customer=customer,
         )
 
     async def merge_login(
@@ -370,6 +377,7 @@ class Profiles:
         vector = state.vector
         if not user_id:
             return None, state
+        user_id = state.customer or user_id
         self._lookups("redis", "hit" if vector is not None else "miss").inc()
         if vector is not None:
             self._cache.put((version, user_id), vector)

@@ -78,23 +78,29 @@ status with 10.7 KB of trailers, 6 of 40 were refused at 12 KB and half at 16 KB
 
 async def _abort(context: grpc.aio.ServicerContext, exc: RecsvcError) -> None:
     if isinstance(exc, InvalidRequestError):
-        await context.abort_with_status(rpc_status.to_status(bad_request_status(exc.violations)))
+        code = exc.grpc_code.value[0]  # INVALID_ARGUMENT, or a subclass's own code
+        status = bad_request_status(exc.violations, code)
+        await context.abort_with_status(rpc_status.to_status(status))
     await context.abort(exc.grpc_code, str(exc))
 
 
-def bad_request_status(violations: Sequence[FieldViolation]) -> status_pb2.Status:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest of ``violations``: the first
-    :data:`MAX_VIOLATIONS_LISTED`, fewer if their text would pass
+def bad_request_status(
+    violations: Sequence[FieldViolation], code: int = code_pb2.INVALID_ARGUMENT
+) -> status_pb2.Status:
+    """INVALID_ARGUMENT (or ``code``) with a google.rpc.BadRequest of ``violations``:
+    the first :data:`MAX_VIOLATIONS_LISTED`, fewer if their text would pass
     :data:`ERROR_BUDGET_BYTES`, then one counting the rest. The message lists the same."""
     listed = min(len(violations), MAX_VIOLATIONS_LISTED)
     while True:
-        status = _invalid_argument(violations, listed)
+        status = _invalid_argument(violations, listed, code)
         if listed == 0 or _trailer_bytes(status) <= ERROR_BUDGET_BYTES:
             return status
         listed -= 1
 
 
-def _invalid_argument(violations: Sequence[FieldViolation], listed: int) -> status_pb2.Status:
+def _invalid_argument(
+    violations: Sequence[FieldViolation], listed: int, code: int
+) -> status_pb2.Status:
     shown = [(v.field, v.description) for v in violations[:listed]]
     parts = [f"{field}: {description}" for field, description in shown]
     rest = violations[listed:]
@@ -110,7 +116,7 @@ def _invalid_argument(violations: Sequence[FieldViolation], listed: int) -> stat
             for field, description in shown
         ]
     )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="; ".join(parts))
+    status = status_pb2.Status(code=code, message="; ".join(parts))
     status.details.add().Pack(detail)
     return status
 
@@ -325,6 +331,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.ExportUserResponse:
         return await _guard(context, "ExportUser", self._export, request)
 
+    async def LinkIds(  # noqa: N802
+        self, request: pb.LinkIdsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LinkIdsResponse:
+        return await _guard(context, "LinkIds", self._link, request)
+
+    async def UnlinkIds(  # noqa: N802
+        self, request: pb.UnlinkIdsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnlinkIdsResponse:
+        return await _guard(context, "UnlinkIds", self._unlink, request)
+
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
@@ -393,6 +409,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         document = await self.engine.export_user(user)
         return pb.ExportUserResponse(document=json.dumps(document, ensure_ascii=False))
 
+    async def _link(self, request: pb.LinkIdsRequest) -> pb.LinkIdsResponse:
+        out = await self.engine.link_ids(*validation.linked_ids(request, self.limits))
+        return pb.LinkIdsResponse(
+            linked_ids=out.linked, renewed_ids=out.refreshed, moved_event_count=out.moved_events
+        )
+
+    async def _unlink(self, request: pb.UnlinkIdsRequest) -> pb.UnlinkIdsResponse:
+        done = await self.engine.unlink_ids(*validation.linked_ids(request, self.limits))
+        return pb.UnlinkIdsResponse(unlinked_ids=done)
+
     async def _forget(self, request: pb.ForgetUserRequest) -> pb.ForgetUserResponse:
         out = await self.engine.forget(validation.forget_user_id(request, self.limits))
         return pb.ForgetUserResponse(
@@ -400,6 +426,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             deleted_history_event_count=out.deleted_history_events,
             deleted_session_count=out.deleted_sessions,
             added_to_erasure_list=out.added_to_erasure_list,
+            linked_ids=out.linked_ids,
         )
 
     async def _model_info(self, request: pb.GetModelInfoRequest) -> pb.GetModelInfoResponse:

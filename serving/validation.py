@@ -438,6 +438,27 @@ def export_user_id(req: pb.ExportUserRequest, limits: ServerSettings) -> str:
     return user
 
 
+def linked_ids(
+    req: pb.LinkIdsRequest | pb.UnlinkIdsRequest, limits: ServerSettings
+) -> tuple[str, list[str]]:
+    """The customer and the ids of a LinkIds or UnlinkIds: 1 to ``link_max_ids`` ids,
+    distinct, none the customer's own."""
+    c = _Checker(limits)
+    customer = c.id("customer_id", req.customer_id, required=True)
+    if not req.ids:
+        c.bad("ids", "is required: at least one id")
+    ids = c.ids("ids", req.ids, limits.link_max_ids)
+    seen: set[str] = set()
+    for i, v in enumerate(ids[: limits.link_max_ids]):
+        if v in seen:
+            c.bad(f"ids[{i}]", "is repeated")
+        elif v and v == customer:
+            c.bad(f"ids[{i}]", "is the customer_id itself")
+        seen.add(v)
+    c.raise_if_any()
+    return customer, list(ids)
+
+
 def forget_user_id(req: pb.ForgetUserRequest, limits: ServerSettings) -> str:
     c = _Checker(limits)
     user = c.id("user_id", req.user_id, required=True)

@@ -68,10 +68,12 @@ def replicas(
     *,
     token: str,
     n: int = 2,
+    server: dict[str, Any] | None = None,
     **sections: Any,
 ) -> Iterator[list[ServerThread]]:
     """``n`` servers of the block model (published once) sharing one Redis: the
-    replicas of one deployment. ``sections``: more settings (``placements={...}``)."""
+    replicas of one deployment. ``server``: more ``[server]`` settings; ``sections``:
+    more settings (``placements={...}``)."""
     root = tmp_path / "artifacts"
     publish_block_model(root)
     running: list[ServerThread] = []
@@ -87,14 +89,15 @@ def replicas(
                     "metrics_port": None,
                     "auth_token": token,
                     "event_log_dir": str(tmp_path / f"replica-{i}"),
+                    **(server or {}),
                 },
                 **sections,
             )
             running.append(ServerThread(settings))
         yield running
     finally:
-        for server in running:
-            server.stop()
+        for replica in running:
+            replica.stop()
 
 
 @contextmanager
@@ -117,15 +120,17 @@ def soon(check: Callable[[], bool], within: float = 1.0) -> float:
     return time.monotonic() - started
 
 
-def violations(call: Callable[[], object]) -> list[str]:
-    """The fields ``call()``'s INVALID_ARGUMENT names (it must fail so)."""
+def violations(
+    call: Callable[[], object], code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+) -> list[str]:
+    """The fields ``call()``'s INVALID_ARGUMENT (or ``code``) names (it must fail so)."""
     import pytest  # noqa: PLC0415
     from google.rpc import error_details_pb2  # noqa: PLC0415
     from grpc_status import rpc_status  # noqa: PLC0415
 
     with pytest.raises(grpc.RpcError) as caught:
         call()
-    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert caught.value.code() is code, caught.value
     status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     assert status is not None
     fields = []

@@ -36,6 +36,8 @@ from recsvc.store.codec import decode_event, decode_vector, encode_event, encode
 from recsvc.store.keys import DEFAULT_PREFIX, KeyScheme
 from recsvc.store.state import (
     ForgetResult,
+    LinkRefused,
+    LinkResult,
     LiveState,
     RedisLiveState,
     StateLimits,
@@ -49,6 +51,8 @@ __all__ = [
     "Endpoint",
     "ForgetResult",
     "KeyScheme",
+    "LinkRefused",
+    "LinkResult",
     "LiveState",
     "RedisLiveState",
     "StateLimits",

@@ -9,6 +9,8 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{u:<user>}:seen             ZSET    event ids applied, scored by when (dedupe)
     {prefix}:{u:<user>}:consent          STRING  stored consent: "session" or "off" (none: full)
     {prefix}:{u:<user>}:shown            ZSET    impressions per item since its last engagement
+    {prefix}:{u:<id>}:linked             STRING  the customer this id is linked to      (TTL)
+    {prefix}:{u:<user>}:links            ZSET    the ids linked to the customer, by when (TTL)
     {prefix}:{s:<session>}:shown         ZSET    the same for an anonymous session
     {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
     {prefix}:{s:<session>}:seen          ZSET    an anonymous session's applied event ids
@@ -120,6 +122,17 @@ class KeyScheme:
         """The customer's stored consent (:class:`recsvc.consent.Consent`; no key:
         full): ``{prefix}:{u:<id>}:consent``."""
         return f"{self._user(user_id)}:consent"
+
+    def linked(self, user_id: str) -> str:
+        """The customer an external id (device, card, app id) is linked to
+        (:meth:`recsvc.store.LiveState.link`): ``{prefix}:{u:<id>}:linked``, in the id's
+        own slot, so the read of every request made with it finds it in its pipeline."""
+        return f"{self._user(user_id)}:linked"
+
+    def links(self, user_id: str) -> str:
+        """The ids linked to the customer, scored by when they were (re)linked:
+        ``{prefix}:{u:<id>}:links`` (ForgetUser and ExportUser follow it)."""
+        return f"{self._user(user_id)}:links"
 
     def seen(self, user_id: str = "", session_id: str = "") -> str:
         """The ids of the events applied to the user (or, for an anonymous visitor, to

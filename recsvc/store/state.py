@@ -28,6 +28,7 @@ name the operation, never a user or session id, so they are safe to log and to r
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ForgetResult",
+    "LinkRefused",
+    "LinkResult",
     "LiveState",
     "RedisLiveState",
     "StateLimits",
@@ -60,6 +63,8 @@ __all__ = [
 
 #: A single user's factors, shape ``(factors,)``, float32.
 Vector = NDArray[np.float32]
+
+log = logging.getLogger(__name__)
 
 # Attempts of ForgetUser's WATCH/MULTI when a concurrent write touches the session
 # index between reading it and deleting; each attempt is one bounded round trip pair.
@@ -79,6 +84,9 @@ class UserState(NamedTuple):
     """The customer's stored consent (FULL when none is stored, or no customer)."""
     overexposed: list[str] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
     """With ``shown_after``: items shown that often with no engagement since."""
+    customer: str = ""
+    """The customer the request's user id is linked to (:meth:`LiveState.link`), whose
+    state this is; empty when the id is not linked (it is the customer)."""
 
 
 _NOTHING: Final = UserState(None, [], [])
@@ -94,6 +102,33 @@ class ForgetResult:
     """Entries the user's history list held."""
     deleted_sessions: int
     """Sessions tied to the user that still existed."""
+    linked_ids: tuple[str, ...] = ()
+    """The ids that were linked to the customer, erased with them."""
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """What :meth:`LiveState.link` did."""
+
+    linked: tuple[str, ...]
+    """Ids linked to the customer by this call."""
+    refreshed: tuple[str, ...]
+    """Ids that were linked to the customer already (their TTL starts again)."""
+    moved_events: int
+    """Events of the newly linked ids' own history and sessions that joined the
+    customer's."""
+
+
+class LinkRefused(Exception):  # noqa: N818 (a refusal, raised to the engine)
+    """:meth:`LiveState.link` refused, and wrote nothing: ``reason`` is ``taken`` (an
+    id is linked to another customer), ``chain`` (the customer is itself linked, or
+    an id has ids linked to it) or ``full`` (the customer would hold more than
+    ``link_max_ids``); ``index`` is the position of the id at fault, if one is."""
+
+    def __init__(self, reason: str, index: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -113,6 +148,10 @@ class StateLimits:
     """Impression counts expire this long after the shopper's last impression."""
     shown_max_items: int = 500
     """Items whose impressions are counted per shopper (the least shown go first)."""
+    link_max_ids: int = 20
+    """Most ids linked to one customer."""
+    link_ttl_seconds: int = 180 * 24 * 3600
+    """A link expires this long after it was last made (linking again renews it)."""
 
     def __post_init__(self) -> None:
         bad = [name for name, value in vars(self).items() if value <= 0]
@@ -131,6 +170,8 @@ class StateLimits:
             dedupe_seconds=s.event_dedupe_seconds,
             shown_ttl_seconds=s.shown_ttl_seconds,
             shown_max_items=s.shown_max_items,
+            link_max_ids=s.link_max_ids,
+            link_ttl_seconds=s.link_ttl_seconds,
         )
 
 
@@ -183,8 +224,30 @@ class LiveState(Protocol):
         skipped. Returns the positions (in ``events``) of those applied now."""
         ...
 
-    async def consents(self, user_ids: Sequence[str]) -> dict[str, Consent]:
-        """The stored consent of each of ``user_ids`` (FULL where none is stored)."""
+    async def customers(self, user_ids: Sequence[str]) -> dict[str, tuple[str, Consent]]:
+        """Each of ``user_ids`` resolved: the customer it is linked to (itself when it
+        is not linked) and that customer's stored consent (FULL where none is)."""
+        ...
+
+    async def link(
+        self, customer: str, ids: Sequence[str], model_versions: Sequence[str]
+    ) -> LinkResult:
+        """Link ``ids`` to ``customer``: from now on every read and write made with one
+        of them is the customer's. A newly linked id's own live history and sessions
+        join the customer's (each event once) and its own profile (vectors under
+        ``model_versions``) goes; a stricter consent it had stored passes to the
+        customer. Raises :class:`LinkRefused`, having written nothing, when an id is
+        linked to another customer, when the link would make a chain, or when the
+        customer would hold more than ``link_max_ids``."""
+        ...
+
+    async def unlink(self, customer: str, ids: Sequence[str]) -> tuple[str, ...]:
+        """Unlink those of ``ids`` linked to ``customer`` (the others are left alone);
+        what they brought stays with the customer. The ids unlinked."""
+        ...
+
+    async def links(self, customer: str) -> list[str]:
+        """The ids linked to ``customer`` (not expired)."""
         ...
 
     async def count_shown(
@@ -260,6 +323,9 @@ class RedisLiveState:
         self._record = client.register_script(_RECORD)
         self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
         self._count_shown = client.register_script(_COUNT_SHOWN)
+        self._link_index = client.register_script(_LINK_INDEX)
+        self._claim = client.register_script(_CLAIM)
+        self._unlink_if = client.register_script(_UNLINK_IF)
 
     @property
     def reader(self) -> StateReader:
@@ -298,6 +364,28 @@ class RedisLiveState:
         factors: int,
         shown_after: int = 0,
     ) -> UserState:
+        """One pipeline; the user id's ``linked`` key is in it, so an id that is not
+        linked (nearly every one) costs nothing more, and a linked one a second read,
+        of its customer's keys (a link never points to a linked id)."""
+        state = await self._read_user(model_version, user_id, session_id, factors, shown_after)
+        if not state.customer:
+            return state
+        customer = state.customer
+        state = await self._read_user(
+            model_version, customer, session_id, factors, shown_after, follow=False
+        )
+        return state._replace(customer=customer)
+
+    async def _read_user(
+        self,
+        model_version: str,
+        user_id: str,
+        session_id: str,
+        factors: int,
+        shown_after: int,
+        *,
+        follow: bool = True,
+    ) -> UserState:
         limits = self.limits
         commands: list[Command] = []
         if user_id:
@@ -306,6 +394,8 @@ class RedisLiveState:
                 ("LRANGE", self.keys.history(user_id), 0, limits.history_max_events - 1)
             )
             commands.append(("GET", self.keys.consent(user_id)))
+            if follow:
+                commands.append(("GET", self.keys.linked(user_id)))
         if session_id:
             key = self.keys.session(session_id, user_id)
             commands.append(("LRANGE", key, 0, limits.session_max_events - 1))
@@ -327,11 +417,17 @@ class RedisLiveState:
                 None, [], decode_events(replies[0], "session"), overexposed=overexposed
             )
         raw, raw_history, raw_consent = replies[0], replies[1], replies[2]
+        at = 3
+        if follow:
+            linked = replies[3]
+            if linked is not None:
+                return _NOTHING._replace(customer=linked.decode())
+            at = 4
         return UserState(
             None if raw is None else _vector(raw, factors, model_version),
             decode_events(raw_history, "history") if raw_history else [],
-            decode_events(replies[3], "session") if session_id else [],
-            decode_events(replies[4], "session") if session_id and replies[4] else [],
+            decode_events(replies[at], "session") if session_id else [],
+            decode_events(replies[at + 1], "session") if session_id and replies[at + 1] else [],
             Consent.FULL if raw_consent is None else _consent(raw_consent),
             overexposed,
         )
@@ -363,19 +459,166 @@ class RedisLiveState:
             raise StoreError(f"Redis reading impressions failed: {exc}") from exc
         return [m.decode() for m in raw]
 
-    async def consents(self, user_ids: Sequence[str]) -> dict[str, Consent]:
+    async def customers(self, user_ids: Sequence[str]) -> dict[str, tuple[str, Consent]]:
         users = list(dict.fromkeys(user_ids))
         if not users:
             return {}
-        commands: list[Command] = [("GET", self.keys.consent(u)) for u in users]
+        keys = self.keys
+        commands: list[Command] = []
+        for u in users:
+            commands += [("GET", keys.linked(u)), ("GET", keys.consent(u))]
         try:
             replies = await self._reader.execute(commands)
+            out: dict[str, tuple[str, Consent]] = {}
+            linked: dict[str, str] = {}
+            for i, u in enumerate(users):
+                to, raw = replies[2 * i], replies[2 * i + 1]
+                if to is None:
+                    out[u] = (u, Consent.FULL if raw is None else _consent(raw))
+                else:
+                    linked[u] = to.decode()
+            if linked:  # their customers' consents: a second read, for linked ids only
+                customers = list(dict.fromkeys(linked.values()))
+                raws = await self._reader.execute([("GET", keys.consent(c)) for c in customers])
+                consent = {
+                    c: Consent.FULL if raw is None else _consent(raw)
+                    for c, raw in zip(customers, raws, strict=True)
+                }
+                for u, c in linked.items():
+                    out[u] = (c, consent[c])
         except redis.RedisError as exc:
-            raise StoreError(f"Redis reading consents failed: {exc}") from exc
-        return {
-            u: Consent.FULL if raw is None else _consent(raw)
-            for u, raw in zip(users, replies, strict=True)
-        }
+            raise StoreError(f"Redis reading customers failed: {exc}") from exc
+        return out
+
+    async def links(self, customer: str) -> list[str]:
+        key = self.keys.links(customer)
+        since = int(time.time()) - self.limits.link_ttl_seconds
+        with translated_errors("reading linked ids"):
+            raw = cast("list[bytes]", await self._client.zrangebyscore(key, since, "+inf"))
+        return [m.decode() for m in raw]
+
+    async def link(
+        self, customer: str, ids: Sequence[str], model_versions: Sequence[str]
+    ) -> LinkResult:
+        """Single-slot steps, so a Redis Cluster runs each on its node: the customer's
+        index takes the ids (:data:`_LINK_INDEX`: refused if the customer is itself
+        linked or would hold too many); then each id is claimed in its own slot
+        (:data:`_CLAIM`: refused if it is linked elsewhere or has ids of its own). A
+        refusal undoes what this call claimed and indexed. The index is written first so
+        that a process dying half-way leaves at most an index entry without its link
+        (harmless: ForgetUser deletes through it, ExportUser shows it), never a link
+        that ForgetUser cannot find. Then each newly linked id's own state is moved."""
+        keys, limits = self.keys, self.limits
+        ids = list(dict.fromkeys(ids))
+        index = keys.links(customer)
+        now = int(time.time())
+        try:
+            with translated_errors("linking ids"):
+                reply = await self._link_index(
+                    keys=[keys.linked(customer), index],
+                    args=[now, limits.link_ttl_seconds, limits.link_max_ids, *ids],
+                )
+        finally:
+            self._written([index])
+        status = int(reply[0])
+        if status < 0:
+            raise LinkRefused("chain" if status == -1 else "full")
+        indexed = {m.decode() if isinstance(m, bytes) else str(m) for m in reply[1:]}
+        claimed: list[str] = []
+        refreshed: list[str] = []
+        try:
+            for i, alias in enumerate(ids):
+                key = keys.linked(alias)
+                try:
+                    with translated_errors("linking ids"):
+                        got = int(
+                            await self._claim(
+                                keys=[key, keys.links(alias)],
+                                args=[customer, limits.link_ttl_seconds],
+                            )
+                        )
+                finally:
+                    self._written([key])
+                if got <= 0:
+                    raise LinkRefused("taken" if got == 0 else "chain", i)
+                (claimed if got == 2 else refreshed).append(alias)
+        except BaseException:
+            await self._undo_link(customer, claimed, indexed)
+            raise
+        moved = 0
+        for alias in claimed:
+            moved += await self._adopt(customer, alias, model_versions)
+        return LinkResult(tuple(claimed), tuple(refreshed), moved)
+
+    async def _undo_link(self, customer: str, claimed: Sequence[str], indexed: set[str]) -> None:
+        """Take back what a refused :meth:`link` wrote (best effort: a failure here
+        leaves index entries without links, which are harmless)."""
+        keys = self.keys
+        try:
+            for alias in claimed:
+                await self._unlink_if(keys=[keys.linked(alias)], args=[customer])
+            if indexed:
+                await self._client.zrem(keys.links(customer), *indexed)
+        except redis.RedisError as exc:
+            log.warning("undoing a refused link failed: %s", exc)
+        finally:
+            self._written([keys.links(customer), *(keys.linked(a) for a in claimed)])
+
+    async def _adopt(self, customer: str, alias: str, model_versions: Sequence[str]) -> int:
+        """Move a newly linked id's own state to the customer: its sessions and history
+        are recorded for the customer with ids of their own (``link|<id>|<event>``: a
+        repeat applies nothing twice), a stricter consent it stored passes to the
+        customer, then its profile is deleted. The events applied."""
+        keys = self.keys
+        with translated_errors("moving a linked id's state"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.lrange(keys.history(alias), 0, -1)
+                pipe.zrange(keys.user_sessions(alias), 0, -1)
+                pipe.get(keys.consent(alias))
+                raw_history, session_ids, raw_consent = await pipe.execute()
+            sessions: dict[str, list[bytes]] = {}
+            for raw_id in cast("list[bytes]", session_ids):
+                sid = raw_id.decode()
+                raws = await self._client.lrange(keys.session(sid, alias), 0, -1)
+                sessions[sid] = cast("list[bytes]", raws)
+        moved = 0
+
+        def ids(events: Sequence[LiveEvent]) -> list[str]:
+            return [f"link|{alias}|{encode_event(e).decode()}" for e in events]
+
+        # sessions first: recording one also puts its events in the history, and the
+        # history's copies of them are then skipped by their ids
+        for session_id, entries in sessions.items():
+            events = decode_events(entries, "session")
+            moved += len(await self.record(customer, session_id, events, ids(events)))
+        history = decode_events(cast("list[bytes]", raw_history), "history")
+        moved += len(await self.record(customer, "", history, ids(history)))
+        if raw_consent is not None:
+            stricter = _consent(cast("bytes", raw_consent))
+            (current,) = (await self.customers([customer])).values()
+            if _STRICTNESS[stricter] > _STRICTNESS[current[1]]:
+                await self.set_consent(customer, stricter, model_versions)
+        await self._delete_profile(alias, model_versions, then=("UNLINK", keys.consent(alias)))
+        return moved
+
+    async def unlink(self, customer: str, ids: Sequence[str]) -> tuple[str, ...]:
+        keys = self.keys
+        done: list[str] = []
+        for alias in dict.fromkeys(ids):
+            key = keys.linked(alias)
+            try:
+                with translated_errors("unlinking ids"):
+                    if int(await self._unlink_if(keys=[key], args=[customer])):
+                        done.append(alias)
+            finally:
+                self._written([key])
+        index = keys.links(customer)
+        try:
+            with translated_errors("unlinking ids"):
+                await self._client.zrem(index, *ids)
+        finally:
+            self._written([index])
+        return tuple(done)
 
     async def set_consent(
         self, user_id: str, consent: Consent, model_versions: Sequence[str]
@@ -470,7 +713,9 @@ class RedisLiveState:
         over the keyspace, an administrative call), then read by kind: ``vectors``
         (model version -> factors), ``history`` and ``sessions`` (events, newest
         first), ``session_index`` (session id -> last use), ``seen_event_ids``
-        (event id -> when applied), ``consent``; ``other``: the type of any other key."""
+        (event id -> when applied), ``consent``, ``shown`` (item -> impressions),
+        ``linked_to`` (the customer this id is linked to), ``linked_ids`` (id -> when
+        linked to this customer); ``other``: the type of any other key."""
         tag, pattern = self.keys.user_pattern(user_id)
         out: dict[str, Any] = {
             "keys": [],
@@ -481,6 +726,8 @@ class RedisLiveState:
             "session_index": {},
             "seen_event_ids": {},
             "shown": {},
+            "linked_to": None,
+            "linked_ids": {},
             "other": {},
         }
         client = self._client
@@ -513,12 +760,16 @@ class RedisLiveState:
                     )
                     field = "session_index" if kind == "sessions" else "seen_event_ids"
                     out[field] = {m.decode(): int(score) for m, score in pairs}
-                elif kind == "shown":
+                elif kind in ("shown", "links"):
                     pairs = cast(
                         "list[tuple[bytes, float]]",
                         await client.zrange(key, 0, -1, withscores=True),
                     )
-                    out["shown"] = {m.decode(): int(score) for m, score in pairs}
+                    field = "shown" if kind == "shown" else "linked_ids"
+                    out[field] = {m.decode(): int(score) for m, score in pairs}
+                elif kind == "linked":
+                    raw = cast("bytes | None", await client.get(key))
+                    out["linked_to"] = None if raw is None else raw.decode()
                 elif kind == "consent":
                     raw = cast("bytes | None", await client.get(key))
                     if raw is not None:
@@ -556,11 +807,30 @@ class RedisLiveState:
         and every session tied to the user, plus the session index. The index is
         WATCHed between reading it and the MULTI, so a session tied concurrently is
         never left behind (the MULTI is retried). Anonymous sessions the user may have
-        had before logging in carry no user id and are not touched.
+        had before logging in carry no user id and are not touched. Then the same for
+        every id linked to the customer, and their links (one MULTI each: they live in
+        other hash slots).
         """
-        return await self._delete_profile(
-            user_id, model_versions, then=("UNLINK", self.keys.consent(user_id))
+        keys = self.keys
+        linked = await self.links(user_id)
+        result = await self._delete_profile(
+            user_id,
+            model_versions,
+            then=("UNLINK", keys.consent(user_id), keys.links(user_id), keys.linked(user_id)),
         )
+        vectors, history, sessions = (
+            result.deleted_vectors,
+            result.deleted_history_events,
+            result.deleted_sessions,
+        )
+        for alias in linked:
+            r = await self._delete_profile(
+                alias, model_versions, then=("UNLINK", keys.consent(alias), keys.linked(alias))
+            )
+            vectors += r.deleted_vectors
+            history += r.deleted_history_events
+            sessions += r.deleted_sessions
+        return ForgetResult(vectors, history, sessions, tuple(linked))
 
     async def _delete_profile(
         self, user_id: str, model_versions: Sequence[str], then: tuple[str, ...]
@@ -591,7 +861,8 @@ class RedisLiveState:
                         try:
                             replies = iter(await pipe.execute())
                         finally:
-                            self._written([*vectors, *sessions, hist, index, seen, shown, then[1]])
+                            touched = [*vectors, *sessions, hist, index, seen, shown]
+                            self._written([*touched, *then[1:]])
                     except redis.WatchError:
                         continue
                     n_history = int(next(replies))
@@ -630,6 +901,43 @@ def open_live_state(url: str, settings: Settings) -> RedisLiveState:
         reader=reader,
     )
 
+
+_STRICTNESS: Final = {Consent.FULL: 0, Consent.SESSION_ONLY: 1, Consent.OFF: 2}
+
+_LINK_INDEX: Final = """
+-- KEYS: the customer's linked key, their index of linked ids (one hash slot).
+-- ARGV: now, ttl, most ids, the ids. Returns {-1}: the customer is itself linked;
+-- {-2}: too many ids; else {1, the ids not in the index before (now in it)}.
+if redis.call("EXISTS", KEYS[1]) == 1 then return {-1} end
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", "(" .. (now - ttl))
+local new = {}
+for i = 4, #ARGV do
+  if not redis.call("ZSCORE", KEYS[2], ARGV[i]) then new[#new + 1] = ARGV[i] end
+end
+if redis.call("ZCARD", KEYS[2]) + #new > tonumber(ARGV[3]) then return {-2} end
+for i = 4, #ARGV do redis.call("ZADD", KEYS[2], now, ARGV[i]) end
+redis.call("EXPIRE", KEYS[2], ttl)
+return {1, unpack(new)}
+"""
+
+_CLAIM: Final = """
+-- KEYS: an id's linked key, its own index of linked ids (one hash slot).
+-- ARGV: the customer, ttl. Returns -1: ids are linked to this id (a chain);
+-- 0: linked to another customer; 1: linked to this one already (renewed); 2: linked.
+if redis.call("ZCARD", KEYS[2]) > 0 then return -1 end
+local current = redis.call("GET", KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call("SET", KEYS[1], ARGV[1], "EX", tonumber(ARGV[2]))
+if current then return 1 end
+return 2
+"""
+
+_UNLINK_IF: Final = """
+-- KEYS: an id's linked key. ARGV: the customer. Deletes the link only if it is theirs.
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
 
 _COUNT_SHOWN: Final = """
 -- KEYS: a shopper's impression counts. ARGV: ttl, most items, how many shown,

@@ -303,16 +303,18 @@ class ForgetUserRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class ForgetUserResponse(_message.Message):
-    __slots__ = ("deleted_vector_count", "deleted_history_event_count", "deleted_session_count", "added_to_erasure_list")
+    __slots__ = ("deleted_vector_count", "deleted_history_event_count", "deleted_session_count", "added_to_erasure_list", "linked_ids")
     DELETED_VECTOR_COUNT_FIELD_NUMBER: _ClassVar[int]
     DELETED_HISTORY_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     DELETED_SESSION_COUNT_FIELD_NUMBER: _ClassVar[int]
     ADDED_TO_ERASURE_LIST_FIELD_NUMBER: _ClassVar[int]
+    LINKED_IDS_FIELD_NUMBER: _ClassVar[int]
     deleted_vector_count: int
     deleted_history_event_count: int
     deleted_session_count: int
     added_to_erasure_list: bool
-    def __init__(self, deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ..., added_to_erasure_list: _Optional[bool] = ...) -> None: ...
+    linked_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ..., added_to_erasure_list: _Optional[bool] = ..., linked_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetConsentRequest(_message.Message):
     __slots__ = ("user_id", "consent")
@@ -335,6 +337,38 @@ class SetConsentResponse(_message.Message):
     deleted_history_event_count: int
     deleted_session_count: int
     def __init__(self, previous: _Optional[_Union[Consent, str]] = ..., consent: _Optional[_Union[Consent, str]] = ..., deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ...) -> None: ...
+
+class LinkIdsRequest(_message.Message):
+    __slots__ = ("customer_id", "ids")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, customer_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LinkIdsResponse(_message.Message):
+    __slots__ = ("linked_ids", "renewed_ids", "moved_event_count")
+    LINKED_IDS_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_IDS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    linked_ids: _containers.RepeatedScalarFieldContainer[str]
+    renewed_ids: _containers.RepeatedScalarFieldContainer[str]
+    moved_event_count: int
+    def __init__(self, linked_ids: _Optional[_Iterable[str]] = ..., renewed_ids: _Optional[_Iterable[str]] = ..., moved_event_count: _Optional[int] = ...) -> None: ...
+
+class UnlinkIdsRequest(_message.Message):
+    __slots__ = ("customer_id", "ids")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, customer_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UnlinkIdsResponse(_message.Message):
+    __slots__ = ("unlinked_ids",)
+    UNLINKED_IDS_FIELD_NUMBER: _ClassVar[int]
+    unlinked_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unlinked_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExportUserRequest(_message.Message):
     __slots__ = ("user_id",)

@@ -65,6 +65,16 @@ class RecommenderServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserResponse.FromString,
                 _registered_method=True)
+        self.LinkIds = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/LinkIds',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.LinkIdsRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.LinkIdsResponse.FromString,
+                _registered_method=True)
+        self.UnlinkIds = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/UnlinkIds',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.UnlinkIdsRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.UnlinkIdsResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/recsvc.v1.RecommenderService/GetModelInfo',
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
@@ -187,6 +197,41 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LinkIds(self, request, context):
+        """Links external ids of one customer (a device id, a loyalty card, a hashed
+        e-mail, an app id) to their customer id: from the next call on, on every
+        replica, a Recommend or an event with one of those ids reads and writes the
+        customer's state (history, sessions, vector, consent, impressions), and
+        ForgetUser and ExportUser of any of them cover all. A newly linked id's own
+        live history and sessions join the customer's (each event once) and its
+        own profile is deleted; a stricter consent it had stored passes to the
+        customer. Linking an id already linked to this customer renews it. A link
+        expires [server] link_ttl_seconds after it was last made (link again at
+        each login to keep it). Needs the token.
+        Errors: INVALID_ARGUMENT for an empty, over-long or repeated id, an id
+        equal to customer_id, or more ids than [server] link_max_ids;
+        ALREADY_EXISTS when an id is linked to another customer (unlink it
+        first); FAILED_PRECONDITION when customer_id is itself linked to another
+        customer or an id has ids linked to it (links never chain), when the
+        customer would hold more than link_max_ids, or for an id on the erasure
+        list. On every error nothing was linked. UNAVAILABLE when the state
+        store cannot complete it (retry: it is idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkIds(self, request, context):
+        """Unlinks ids from a customer: those linked to customer_id act as
+        themselves again, with a fresh state; what they brought stays with the
+        customer. Ids not linked to customer_id are left alone. Needs the token.
+        Errors: INVALID_ARGUMENT as LinkIds; UNAVAILABLE when the state store
+        cannot complete it (retry: it is idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes the model this replica serves: version, training times, offline
         metrics and sizes, and the live catalogue's version.
@@ -283,6 +328,16 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.ExportUser,
                     request_deserializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recommender__pb2.ExportUserResponse.SerializeToString,
+            ),
+            'LinkIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkIds,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.LinkIdsRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.LinkIdsResponse.SerializeToString,
+            ),
+            'UnlinkIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkIds,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.UnlinkIdsRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.UnlinkIdsResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -478,6 +533,60 @@ class RecommenderService:
             '/recsvc.v1.RecommenderService/ExportUser',
             recsvc_dot_v1_dot_recommender__pb2.ExportUserRequest.SerializeToString,
             recsvc_dot_v1_dot_recommender__pb2.ExportUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/LinkIds',
+            recsvc_dot_v1_dot_recommender__pb2.LinkIdsRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.LinkIdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/UnlinkIds',
+            recsvc_dot_v1_dot_recommender__pb2.UnlinkIdsRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.UnlinkIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

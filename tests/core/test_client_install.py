@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 SUBCOMMANDS = (
     "synth", "train", "evaluate", "tune", "publish", "catalog",  # recsvc.training.commands
     "serve",  # recsvc.serving.commands
-    "models", "recommend", "similar", "events", "forget", "consent", "export-user", "info",
+    "models", "recommend", "similar", "events", "forget", "consent", "link", "export-user", "info",
     "rules",  # recsvc.cli
 )  # fmt: skip
 CLIENT_SIZE_LIMIT = 50 * 10**6

@@ -31,6 +31,8 @@ RPCS = {
     "ForgetUser",
     "SetConsent",
     "ExportUser",
+    "LinkIds",
+    "UnlinkIds",
     "GetModelInfo",
     "UpsertItems",
     "WithdrawItems",

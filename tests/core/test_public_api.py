@@ -9,9 +9,9 @@ from recsvc import errors
 
 PUBLIC = {
     "recsvc.errors": [
-        "ArtifactError", "ChecksumError", "ConfigError", "DataError", "FieldViolation",
-        "InputRowError", "InvalidRequestError", "ModelNotLoadedError", "NotFoundError",
-        "QualityGateError", "RecsvcError", "StoreError",
+        "ArtifactError", "ChecksumError", "ConfigError", "ConflictError", "DataError",
+        "FieldViolation", "InputRowError", "InvalidRequestError", "ModelNotLoadedError",
+        "NotFoundError", "PreconditionError", "QualityGateError", "RecsvcError", "StoreError",
     ],
     "recsvc.config": [
         "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborParams",
@@ -65,6 +65,6 @@ def test_every_error_maps_to_a_client_safe_grpc_code() -> None:
         and issubclass(getattr(errors, name), errors.RecsvcError)
         and getattr(errors, name) is not errors.RecsvcError
     ]
-    assert len(subclasses) == 10
+    assert len(subclasses) == 12
     for cls in subclasses:
         assert cls.grpc_code not in internal, cls.__name__

@@ -38,6 +38,8 @@ def test_key_scheme_is_pinned() -> None:
     assert k.seen("cust-42") == "recsvc:{u:cust-42}:seen"
     assert k.seen(session_id="sess-9") == "recsvc:{s:sess-9}:seen"
     assert k.consent("cust-42") == "recsvc:{u:cust-42}:consent"
+    assert k.linked("app-7") == "recsvc:{u:app-7}:linked"
+    assert k.links("cust-42") == "recsvc:{u:cust-42}:links"
     assert k.catalog() == ("recsvc:{cat}:items", "recsvc:{cat}:log", "recsvc:{cat}:seq")
     assert k.rules() == ("recsvc:{rules}:items", "recsvc:{rules}:log", "recsvc:{rules}:seq")
     assert k.trending() == ("recsvc:{trend}:items", "recsvc:{trend}:epoch")

@@ -41,6 +41,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_recommendations": ("counter", {"strategy", "placement"}),
     "recsvc_session_merges": ("counter", {"outcome"}),
     "recsvc_consent_changes": ("counter", {"consent"}),
+    "recsvc_identity_links": ("counter", {"outcome"}),
     "recsvc_recommended_items": ("histogram", set()),
     "recsvc_inflight_requests": ("gauge", set()),
     "recsvc_live_version": ("gauge", {"collection"}),

@@ -24,9 +24,12 @@ from recsvc.events import EventType, LiveEvent
 from recsvc.store import (
     ForgetResult,
     KeyScheme,
+    LinkRefused,
+    LinkResult,
     LiveState,
     RedisLiveState,
     StateLimits,
+    UserState,
     async_client_from_url,
     decode_event,
     encode_event,
@@ -200,14 +203,7 @@ def test_record_then_read_user(
     second = [LiveEvent("c|x", EventType.PURCHASE, 30, 2.0)]
 
     async def body(state: LiveState) -> None:
-        assert await state.read_user("v1", "alice", "s1", FACTORS) == (
-            None,
-            [],
-            [],
-            [],
-            Consent.FULL,
-            [],
-        )
+        assert await state.read_user("v1", "alice", "s1", FACTORS) == UserState(None, [], [])
         await state.set_vector("v1", "alice", vec)
         await state.record("alice", "s1", first)
         await state.record("alice", "s1", second)
@@ -220,7 +216,7 @@ def test_record_then_read_user(
         # The session is tied to alice: it is not the anonymous session of that id.
         assert await state.get_session("s1") == []
         # No user, no session: nothing to read, no round trip needed.
-        assert await state.read_user("v1", "", "", FACTORS) == (None, [], [], [], Consent.FULL, [])
+        assert await state.read_user("v1", "", "", FACTORS) == UserState(None, [], [])
 
     with_state(body)
     assert redis_client.type(KeyScheme(redis_prefix).history("alice")) == b"list"
@@ -290,11 +286,11 @@ def test_a_stored_consent_is_read_with_the_state_and_guards_every_write(
         assert previous is Consent.FULL
         assert deleted == ForgetResult(1, 2, 1)
         got = await state.read_user("v1", "una", "s1", FACTORS)
-        assert got == (None, [], [], [], Consent.OFF, [])
+        assert got == (None, [], [], [], Consent.OFF, [], "")
         assert await state.record("una", "s1", events, ["late-1", "late-2"]) == ()
-        assert await state.consents(["una", "vic", "una"]) == {
-            "una": Consent.OFF,
-            "vic": Consent.FULL,
+        assert await state.customers(["una", "vic", "una"]) == {
+            "una": ("una", Consent.OFF),
+            "vic": ("vic", Consent.FULL),
         }
         previous, deleted = await state.set_consent("una", Consent.SESSION_ONLY, ["v1"])
         assert previous is Consent.OFF and deleted == ForgetResult(0, 0, 0)
@@ -308,7 +304,7 @@ def test_a_stored_consent_is_read_with_the_state_and_guards_every_write(
     redis_client.set(keys.consent("una"), b"later-kind")
 
     async def unknown(state: LiveState) -> None:
-        assert (await state.consents(["una"]))["una"] is Consent.OFF
+        assert (await state.customers(["una"]))["una"] == ("una", Consent.OFF)
 
     with_state(unknown)
 
@@ -354,13 +350,8 @@ def test_anonymous_session(
     async def body(state: LiveState) -> None:
         await state.record("", "anon-1", events)
         assert await state.get_session("anon-1") == events[::-1]
-        assert await state.read_user("v1", "", "anon-1", FACTORS) == (
-            None,
-            [],
-            events[::-1],
-            [],
-            Consent.FULL,
-            [],
+        assert await state.read_user("v1", "", "anon-1", FACTORS) == UserState(
+            None, [], events[::-1]
         )
 
     with_state(body)
@@ -601,3 +592,136 @@ def test_undecodable_entries_are_skipped(
         assert history == [good]
 
     with_state(body)
+
+
+# --------------------------------------------------------------------------- identity links
+
+
+@pytest.mark.integration
+def test_a_linked_id_reads_and_writes_its_customer(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    keys = KeyScheme(redis_prefix)
+
+    async def body(state: LiveState) -> None:
+        await state.set_vector("v1", "cust", _vector(1))
+        await state.record("cust", "s1", _events(1, item="own"))
+        linked = await state.link("cust", ["dev", "card"], ["v1"])
+        assert linked == LinkResult(("dev", "card"), (), 0)
+        got = await state.read_user("v1", "dev", "s1", FACTORS)
+        assert got.customer == "cust"
+        assert got.vector is not None and np.array_equal(got.vector, _vector(1))
+        assert [e.item_id for e in got.session] == ["own-0"]
+        # a write through the linked id lands on the customer
+        assert await state.customers(["card", "cust", "other"]) == {
+            "card": ("cust", Consent.FULL),
+            "cust": ("cust", Consent.FULL),
+            "other": ("other", Consent.FULL),
+        }
+        assert sorted(await state.links("cust")) == ["card", "dev"]
+        # linking again renews; unlinking gives the id back its own (empty) state
+        assert (await state.link("cust", ["dev"], ["v1"])).refreshed == ("dev",)
+        assert await state.unlink("cust", ["dev", "never"]) == ("dev",)
+        alone = await state.read_user("v1", "dev", "", FACTORS)
+        assert alone.customer == "" and alone.history == [] and alone.vector is None
+        assert await state.links("cust") == ["card"]
+
+    with_state(body)
+    assert redis_client.get(keys.linked("card")) == b"cust"
+    assert 0 < redis_client.ttl(keys.linked("card")) <= LIMITS.link_ttl_seconds
+    assert redis_client.exists(keys.linked("dev")) == 0
+
+
+@pytest.mark.integration
+def test_linking_moves_the_ids_own_state_once(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    keys = KeyScheme(redis_prefix)
+
+    async def body(state: LiveState) -> None:
+        await state.record("cust", "", _events(1, item="c"))
+        await state.record("dev", "s9", _events(2, start=1_700_000_100, item="d"))
+        await state.record("dev", "", _events(1, start=1_700_000_200, item="h"))
+        await state.set_vector("v1", "dev", _vector(2))
+        await state.set_consent("dev", Consent.SESSION_ONLY, ["v1"])  # deletes dev's profile
+        await state.set_consent("dev", Consent.FULL, ["v1"])
+        await state.record("dev", "s9", _events(2, start=1_700_000_100, item="d"), ["a", "b"])
+        await state.record("dev", "", _events(1, start=1_700_000_200, item="h"), ["c"])
+        result = await state.link("cust", ["dev"], ["v1"])
+        assert result.linked == ("dev",) and result.moved_events == 3
+        got = await state.read_user("v1", "cust", "s9", FACTORS)
+        assert [e.item_id for e in got.history] == ["h-0", "d-1", "d-0", "c-0"]
+        assert [e.item_id for e in got.session] == ["d-1", "d-0"]
+
+    with_state(body)
+    # the id keeps nothing of its own but the link
+    assert {k.decode() for k in redis_client.scan_iter(match=f"{redis_prefix}:{{u:dev}}:*")} == {
+        keys.linked("dev")
+    }
+
+
+@pytest.mark.integration
+def test_a_stricter_consent_of_a_linked_id_passes_to_the_customer(
+    with_state: WithState, redis_prefix: str
+) -> None:
+    async def body(state: LiveState) -> None:
+        await state.record("cust", "", _events(2))
+        await state.set_consent("dev", Consent.OFF, ["v1"])
+        await state.link("cust", ["dev"], ["v1"])
+        got = await state.read_user("v1", "dev", "", FACTORS)
+        assert got.consent is Consent.OFF and got.history == []
+
+    with_state(body)
+
+
+@pytest.mark.integration
+def test_refused_links_write_nothing(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    keys = KeyScheme(redis_prefix)
+
+    async def body(state: LiveState) -> None:
+        await state.link("ann", ["dev-a"], [])
+        # an id of another customer: refused, and the new id before it is not kept
+        with pytest.raises(LinkRefused) as caught:
+            await state.link("bob", ["new-1", "dev-a"], [])
+        assert caught.value.reason == "taken" and caught.value.index == 1
+        # chains: a linked id as the customer, a customer (with ids) as an id
+        with pytest.raises(LinkRefused) as caught:
+            await state.link("dev-a", ["x"], [])
+        assert caught.value.reason == "chain" and caught.value.index is None
+        with pytest.raises(LinkRefused) as caught:
+            await state.link("bob", ["new-2", "ann"], [])
+        assert caught.value.reason == "chain" and caught.value.index == 1
+        # too many for one customer
+        many = [f"id-{i}" for i in range(LIMITS.link_max_ids)]
+        with pytest.raises(LinkRefused) as caught:
+            await state.link("ann", many, [])
+        assert caught.value.reason == "full"
+        assert await state.links("bob") == []
+        assert await state.links("ann") == ["dev-a"]
+
+    with_state(body)
+    for alias in ("new-1", "new-2", "x", "id-0"):
+        assert redis_client.exists(keys.linked(alias)) == 0
+    assert redis_client.exists(keys.links("bob"), keys.links("dev-a")) == 0
+
+
+@pytest.mark.integration
+def test_forget_follows_the_links(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    async def body(state: LiveState) -> None:
+        await state.record("cust", "s1", _events(2))
+        await state.link("cust", ["dev", "card"], ["v1"])
+        # a write under the id's own keys (the engine resolves first; one racing the
+        # link could land so): erased with the customer too
+        await state.record("dev", "s2", _events(1, item="later"))
+        result = await state.forget("cust", ["v1"])
+        assert sorted(result.linked_ids) == ["card", "dev"]
+        assert (result.deleted_history_events, result.deleted_sessions) == (3, 2)
+        assert (await state.read_user("v1", "dev", "", FACTORS)).customer == ""
+
+    with_state(body)
+    for user in ("cust", "dev", "card"):
+        assert list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:{user}}}:*")) == []

@@ -15,9 +15,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from recsvc.consent import Consent
 from recsvc.events import EventType, LiveEvent
-from recsvc.store import async_client_from_url, thinreader
+from recsvc.store import UserState, async_client_from_url, thinreader
 from recsvc.store.embedded import PrivateRedis, start_private_redis
 from recsvc.store.thinreader import RedisReader
 
@@ -218,8 +217,8 @@ def test_live_state_reads_its_own_writes_before_any_push(
         reader = RedisReader.from_url(private.url, socket_timeout=5.0, cache_entries=100)
         state = live_state(client, reader=reader)
         try:
-            assert await state.read_user("v1", "u", "s", 2) == (None, [], [], [], Consent.FULL, [])
-            assert await state.read_user("v1", "u", "s", 2) == (None, [], [], [], Consent.FULL, [])
+            assert await state.read_user("v1", "u", "s", 2) == UserState(None, [], [])
+            assert await state.read_user("v1", "u", "s", 2) == UserState(None, [], [])
             assert reader.cache_hits == 1
             event = LiveEvent("i1", EventType.VIEW, 1_700_000_000)
             await state.record("u", "s", [event])
@@ -229,7 +228,7 @@ def test_live_state_reads_its_own_writes_before_any_push(
             vector, *_ = await state.read_user("v1", "u", "s", 2)
             assert vector is not None and vector.tolist() == [1.0, 1.0]
             await state.forget("u", ["v1"])
-            assert await state.read_user("v1", "u", "s", 2) == (None, [], [], [], Consent.FULL, [])
+            assert await state.read_user("v1", "u", "s", 2) == UserState(None, [], [])
             # the anonymous session key too
             await state.read_user("v1", "", "anon", 2)
             await state.record("", "anon", [event])
