@@ -404,6 +404,16 @@ class ServerSettings(_Section):
     long after the shopper's last impression."""
     shown_max_items: int = Field(default=500, ge=1)
     """Items whose impressions are counted per shopper (the least shown go first)."""
+    dismiss_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    """An item the shopper turned down (NOT_INTERESTED or RETURN events) is not
+    recommended to them for this long."""
+    dismissed_max_items: int = Field(default=200, ge=1)
+    """Items whose dismissal is kept per shopper (the ones ending soonest go first)."""
+    dismiss_similar_cosine: float = Field(default=0.8, ge=-1.0, le=1.0)
+    """Items whose factors' cosine with a dismissed item is at least this sink too
+    (their score times ``dismiss_similar_weight``); 1: only the item itself."""
+    dismiss_similar_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    """What the score of an item like a dismissed one is multiplied by."""
     link_max_ids: int = Field(default=20, ge=1)
     """Most ids (device, card, app id, hashed e-mail) linked to one customer (LinkIds)."""
     link_ttl_seconds: int = Field(default=180 * 24 * 3600, ge=60)

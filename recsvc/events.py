@@ -4,8 +4,9 @@ and the wire contract — declared once, here.
 Every event type has, in :data:`EVENT_SPECS`: its spelling in files and settings (the
 enum value), its number in the proto's ``EventType`` enum, its one-letter code in live
 state entries in Redis (``state_code``), its default weight in training, and whether it
-says something about the shopper's taste (impressions do not: they are counted, never stored in a
-history or a session). Every mapping elsewhere — request validation, the client's
+says something about the shopper's taste (impressions do not: they are counted, never
+stored in a history or a session), and whether it turns the item down (not interested,
+a return). Every mapping elsewhere — request validation, the client's
 keyword helpers, the Redis entry format, the weighting defaults, the CLI's choices — is
 derived from it; a test checks that the proto agrees.
 
@@ -46,6 +47,8 @@ class EventType(StrEnum):
     VIEW = "view"
     CLICK = "click"
     IMPRESSION = "impression"
+    NOT_INTERESTED = "not_interested"
+    RETURN = "return"
 
     @property
     def spec(self) -> EventSpec:
@@ -64,6 +67,10 @@ class EventSpec:
     """Weight of one such event in training (``[weighting] event_weights``)."""
     taste: bool
     """Whether it tells what the shopper likes: kept in live history and sessions."""
+    dismisses: bool = False
+    """Whether the shopper turned the item down: it is not recommended to them again
+    for ``[server] dismiss_seconds`` and items like it sink (serving), and training
+    reads it as taking back what they did with it (see ``training/interactions.py``)."""
 
 
 EVENT_SPECS: Final[dict[EventType, EventSpec]] = {
@@ -75,6 +82,12 @@ EVENT_SPECS: Final[dict[EventType, EventSpec]] = {
     EventType.CLICK: EventSpec(proto_number=5, state_code="c", default_weight=0.2, taste=True),
     EventType.IMPRESSION: EventSpec(
         proto_number=4, state_code="i", default_weight=0.0, taste=False
+    ),
+    EventType.NOT_INTERESTED: EventSpec(
+        proto_number=6, state_code="n", default_weight=0.0, taste=False, dismisses=True
+    ),
+    EventType.RETURN: EventSpec(
+        proto_number=7, state_code="r", default_weight=0.0, taste=False, dismisses=True
     ),
 }
 

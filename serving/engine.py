@@ -76,7 +76,7 @@ from .placements import Placements
 from .popularity import LivePopularity, event_weight
 from .profile import Profile, Profiles
 from .reload import LoadedModel, ModelHolder
-from .rotation import Demotion, Weighed
+from .rotation import Demotion, Dissimilar, Weighed
 from .rules import (
     NO_RULES,
     ActiveRules,
@@ -256,11 +256,29 @@ class Engine:
         # ranking, no over-fetch for them); pins and the cap reshape its list after
         weights = rules.weights if rules else None
         weighing = Weighing(weights) if weights is not None else None
-        scored: ScoreWeights | None = weighing
+        parts: list[ScoreWeights] = [] if weighing is None else [weighing]
         if len(profile.overexposed) and placement_settings is not None:
             # rotation: what the shopper was shown again and again sinks
-            demotion = Demotion(profile.overexposed, placement_settings.rotation_weight)
-            scored = demotion if weighing is None else Weighed(weighing, demotion)
+            parts.append(Demotion(profile.overexposed, placement_settings.rotation_weight))
+        if len(profile.dismissed):
+            # negative feedback: what the shopper turned down is never shown (the
+            # filter), and what is like it sinks
+            filters = replace(
+                filters, exclude_items=np.union1d(filters.exclude_items, profile.dismissed)
+            )
+            server = self.server
+            if server.dismiss_similar_cosine < 1.0 and server.dismiss_similar_weight < 1.0:
+                parts.append(
+                    Dissimilar(
+                        model.artifact.item_factors,
+                        profile.dismissed,
+                        server.dismiss_similar_cosine,
+                        server.dismiss_similar_weight,
+                    )
+                )
+        scored: ScoreWeights | None = (
+            None if not parts else parts[0] if len(parts) == 1 else Weighed(*parts)
+        )
         k = _fetch(req.k, rules, cap, weighed=True) if rules or cap else req.k
         query = profile.query(
             k,
@@ -638,6 +656,8 @@ class Engine:
         # rotation: impressions counted per shopper, engagement starting a count again
         rotating = self.placements.rotating
         shown: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        # negative feedback: items each shopper turned down
+        dismissed: dict[tuple[str, str], list[str]] = {}
         # linked ids act as their customer; stored consents: OFF keeps nothing of the
         # customer, SESSION_ONLY keeps the visit as a visitor's session (one read for
         # the batch's customers)
@@ -686,6 +706,8 @@ class Engine:
                 continue
             together.setdefault(e.session_id or f"u:{e.user_id}", []).append(e.item_id)
             metrics.events.labels(event_type=e.event_type.value).inc()
+            if e.event_type.spec.dismisses and (e.user_id or e.session_id):
+                dismissed.setdefault((e.user_id, e.session_id), []).append(e.item_id)
             if rotating and (e.user_id or e.session_id):
                 counts = shown.setdefault((e.user_id, e.session_id), ([], []))
                 if e.event_type is EventType.IMPRESSION:
@@ -731,6 +753,10 @@ class Engine:
         # the next Recommend on any replica reflects what the shopper just did
         for user_id in dict.fromkeys(u for u, _ in live if u):
             await self.profiles.refresh(loaded, user_id)
+        for (user_id, session_id), items in dismissed.items():
+            # the shopper's state, not an approximate counter: a failure fails the call
+            # (retried, it applies again: a dismissal is idempotent)
+            await self.state.dismiss(user_id, session_id, items)
         for (user_id, session_id), (seen, engaged) in shown.items():
             try:
                 await self.state.count_shown(user_id, session_id, seen, engaged)

@@ -98,6 +98,8 @@ class Profile:
     overexposed: IntArray = field(default_factory=lambda: _NO_INT)
     """Items shown to the shopper ``shown_after`` times with no engagement since
     (rotation; empty unless asked)."""
+    dismissed: IntArray = field(default_factory=lambda: _NO_INT)
+    """Items the shopper turned down lately (never recommended to them meanwhile)."""
     customer: str = ""
     """The customer the request's user id is linked to, whose profile this is (empty:
     the id is not linked)."""
@@ -231,6 +233,7 @@ class Profiles:
         merged: list[LiveEvent] = []
         consent = Consent.FULL
         overexposed: list[str] = []
+        dismissed: list[str] = []
         customer = ""
         degraded = False
         if user_id or session_id:
@@ -240,6 +243,7 @@ class Profiles:
                 )
                 live, stored_session, anonymous = state.history, state.session, state.anonymous
                 consent, overexposed = state.consent, state.overexposed
+                dismissed = state.dismissed
                 if state.customer:  # a linked id: from here on, the customer
                     user_id = customer = state.customer
             except StoreError as exc:
@@ -263,7 +267,7 @@ class Profiles:
         if consent is Consent.OFF:
             # as non_personalized: nothing of the customer (inline events still count)
             vector, live, stored_session, anonymous, user_id = None, [], [], [], ""
-            overexposed = []
+            overexposed, dismissed = [], []
         elif consent is Consent.SESSION_ONLY:
             # this visit, kept as a visitor's session is: no history, no vector, no merge
             vector, live, user_id = None, [], ""
@@ -317,6 +321,7 @@ class Profiles:
             degraded=degraded,
             merged=tuple(merged),
             overexposed=_positions_of(model, overexposed),
+            dismissed=_positions_of(model, dismissed),
             customer=customer,
         )
 

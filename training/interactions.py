@@ -82,6 +82,78 @@ def drop_erased_users(table: pa.Table, erased: frozenset[str]) -> tuple[pa.Table
     return kept, table.num_rows - kept.num_rows
 
 
+def net_of_returns(table: pa.Table) -> tuple[pa.Table, int]:
+    """The events with what the shoppers took back taken out; the units cancelled.
+
+    A RETURN of ``q`` units takes back the customer's latest purchases of the item, ``q``
+    units' worth (whole rows dropped, the last one's quantity reduced), so every model
+    trained after this step (the factors, buy-again, bought together, sessions,
+    popularity) sees the purchases net of returns. A return is read as a *removed*
+    signal, not a negative one: it says the purchase was no preference (the wrong size,
+    a damaged parcel), not that the customer dislikes items like it, which a negative
+    confidence would teach the factors; implicit-feedback ALS has no unobserved-below-
+    zero either. Returns without a customer, and NOT_INTERESTED events (a serving
+    signal: the item stays away from the shopper for a while), are dropped here.
+    """
+    kinds = [t.value for t in EventType if t.spec.dismisses]
+    types = table["event_type"]
+    feedback = pc.fill_null(pc.is_in(types, value_set=pa.array(kinds, pa.string())), False)
+    if not pc.any(feedback).as_py():
+        return table, 0
+    is_return = pc.and_(pc.equal(types, EventType.RETURN.value), pc.is_valid(table["user_id"]))
+    returns = table.filter(pc.fill_null(is_return, False))
+    rest = table.filter(pc.invert(feedback))
+    owed: dict[tuple[str, str], float] = {}
+    for user, item, quantity in zip(
+        returns["user_id"].to_pylist(),
+        returns["item_id"].to_pylist(),
+        returns["quantity"].to_pylist(),
+        strict=True,
+    ):
+        owed[(user, item)] = owed.get((user, item), 0.0) + float(quantity)
+    if not owed:
+        return rest, 0
+    users = pa.array(sorted({u for u, _ in owed}), pa.string())
+    items = pa.array(sorted({i for _, i in owed}), pa.string())
+    candidate = pc.and_(
+        pc.and_(
+            pc.fill_null(pc.is_in(rest["user_id"], value_set=users), False),
+            pc.is_in(rest["item_id"], value_set=items),
+        ),
+        pc.equal(rest["event_type"], EventType.PURCHASE.value),
+    )
+    rows = np.flatnonzero(candidate.to_numpy(zero_copy_only=False))
+    quantity = rest["quantity"].to_numpy().astype(np.float32)
+    sub = rest.take(pa.array(rows))
+    by_pair: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for row, user, item, stamp in zip(
+        rows.tolist(),
+        sub["user_id"].to_pylist(),
+        sub["item_id"].to_pylist(),
+        sub["timestamp"].to_pylist(),
+        strict=True,
+    ):
+        if (user, item) in owed:
+            by_pair.setdefault((user, item), []).append((stamp, row))
+    keep = np.ones(rest.num_rows, dtype=bool)
+    cancelled = 0.0
+    for pair, purchases in by_pair.items():
+        left = owed[pair]
+        for _, row in sorted(purchases, reverse=True):  # the latest first
+            if left <= 0:
+                break
+            taken = min(left, float(quantity[row]))
+            left -= taken
+            cancelled += taken
+            if taken >= quantity[row]:
+                keep[row] = False
+            else:
+                quantity[row] -= taken
+    column = rest.schema.get_field_index("quantity")
+    rest = rest.set_column(column, rest.schema.field("quantity"), pa.array(quantity))
+    return rest.filter(pa.array(keep)), round(cancelled)
+
+
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[NDArray[np.int64], NDArray[np.str_]]:
     """Dense codes in first-appearance order (deterministic for a given input)."""
     encoded = pc.dictionary_encode(column).combine_chunks()

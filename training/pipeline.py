@@ -55,6 +55,7 @@ from .interactions import (
     Interactions,
     build_interactions,
     drop_erased_users,
+    net_of_returns,
     trending_popularity,
     visit_arrays,
 )
@@ -142,6 +143,9 @@ def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
     table, n_erased = drop_erased_users(table, erased)
     if n_erased:
         log.info("dropped %d events of %d erased users", n_erased, len(erased))
+    table, n_returned = net_of_returns(table)
+    if n_returned:
+        log.info("returns took back %d purchased units", n_returned)
     catalog = load_catalog(spec.catalog, skip_bad_rows=spec.skip_bad_rows) if spec.catalog else None
     if spec.live_catalog:
         live = read_live_catalog(settings)

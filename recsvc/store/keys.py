@@ -12,6 +12,8 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{u:<id>}:linked             STRING  the customer this id is linked to      (TTL)
     {prefix}:{u:<user>}:links            ZSET    the ids linked to the customer, by when (TTL)
     {prefix}:{s:<session>}:shown         ZSET    the same for an anonymous session
+    {prefix}:{u:<user>}:dismissed        ZSET    items turned down, scored by when that ends
+    {prefix}:{s:<session>}:dismissed     ZSET    the same for an anonymous session
     {prefix}:{s:<session>}:items         LIST    an anonymous live session, newest first
     {prefix}:{s:<session>}:seen          ZSET    an anonymous session's applied event ids
     {prefix}:{cat}:items                 HASH    the live catalogue: item id -> record
@@ -117,6 +119,16 @@ class KeyScheme:
         if not session_id:
             raise ValueError("a user_id or a session_id is required")
         return f"{self.prefix}:{{s:{session_id}}}:shown"
+
+    def dismissed(self, user_id: str = "", session_id: str = "") -> str:
+        """Items the customer (or, without one, the anonymous session) turned down (not
+        interested, returned), scored by the Unix time their dismissal ends:
+        ``{prefix}:{u:<user>}:dismissed`` or ``{prefix}:{s:<session>}:dismissed``."""
+        if user_id:
+            return f"{self._user(user_id)}:dismissed"
+        if not session_id:
+            raise ValueError("a user_id or a session_id is required")
+        return f"{self.prefix}:{{s:{session_id}}}:dismissed"
 
     def consent(self, user_id: str) -> str:
         """The customer's stored consent (:class:`recsvc.consent.Consent`; no key:

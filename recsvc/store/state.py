@@ -84,6 +84,8 @@ class UserState(NamedTuple):
     """The customer's stored consent (FULL when none is stored, or no customer)."""
     overexposed: list[str] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
     """With ``shown_after``: items shown that often with no engagement since."""
+    dismissed: list[str] = []  # noqa: RUF012 (a NamedTuple default, never mutated)
+    """Items the shopper turned down whose dismissal has not ended."""
     customer: str = ""
     """The customer the request's user id is linked to (:meth:`LiveState.link`), whose
     state this is; empty when the id is not linked (it is the customer)."""
@@ -148,6 +150,10 @@ class StateLimits:
     """Impression counts expire this long after the shopper's last impression."""
     shown_max_items: int = 500
     """Items whose impressions are counted per shopper (the least shown go first)."""
+    dismiss_seconds: int = 30 * 24 * 3600
+    """How long a turned-down item stays away from the shopper."""
+    dismissed_max_items: int = 200
+    """Items whose dismissal is kept per shopper (the ones ending first go first)."""
     link_max_ids: int = 20
     """Most ids linked to one customer."""
     link_ttl_seconds: int = 180 * 24 * 3600
@@ -170,6 +176,8 @@ class StateLimits:
             dedupe_seconds=s.event_dedupe_seconds,
             shown_ttl_seconds=s.shown_ttl_seconds,
             shown_max_items=s.shown_max_items,
+            dismiss_seconds=s.dismiss_seconds,
+            dismissed_max_items=s.dismissed_max_items,
             link_max_ids=s.link_max_ids,
             link_ttl_seconds=s.link_ttl_seconds,
         )
@@ -263,6 +271,12 @@ class LiveState(Protocol):
         with no engagement since."""
         ...
 
+    async def dismiss(self, user_id: str, session_id: str, items: Sequence[str]) -> None:
+        """The customer (or, without ``user_id``, the anonymous session) turned
+        ``items`` down: they stay away for ``dismiss_seconds`` (read back by
+        :meth:`read_user` as :attr:`UserState.dismissed`)."""
+        ...
+
     async def set_consent(
         self, user_id: str, consent: Consent, model_versions: Sequence[str]
     ) -> tuple[Consent, ForgetResult]:
@@ -323,6 +337,7 @@ class RedisLiveState:
         self._record = client.register_script(_RECORD)
         self._drop_if_unchanged = client.register_script(_DROP_IF_UNCHANGED)
         self._count_shown = client.register_script(_COUNT_SHOWN)
+        self._dismiss = client.register_script(_DISMISS)
         self._link_index = client.register_script(_LINK_INDEX)
         self._claim = client.register_script(_CLAIM)
         self._unlink_if = client.register_script(_UNLINK_IF)
@@ -404,6 +419,10 @@ class RedisLiveState:
                 commands.append(("LRANGE", anonymous, 0, limits.session_max_events - 1))
         if not commands:
             return _NOTHING
+        # dismissals ending within the hour still count: the argument changes hourly,
+        # so the client-side cache keeps the answer like the rest
+        hour = int(time.time()) // 3600 * 3600
+        commands.append(("ZRANGEBYSCORE", self.keys.dismissed(user_id, session_id), hour, "+inf"))
         if shown_after > 0:
             shown = self.keys.shown(user_id, session_id)
             commands.append(("ZRANGEBYSCORE", shown, shown_after, "+inf"))
@@ -411,10 +430,18 @@ class RedisLiveState:
             replies = await self._reader.execute(commands)
         except redis.RedisError as exc:
             raise StoreError(f"Redis reading user state failed: {exc}") from exc
-        overexposed = [m.decode() for m in replies[-1]] if shown_after > 0 else []
+        if shown_after > 0:
+            overexposed = [m.decode() for m in replies[-1]]
+            dismissed = [m.decode() for m in replies[-2]]
+        else:
+            overexposed, dismissed = [], [m.decode() for m in replies[-1]]
         if not user_id:
             return UserState(
-                None, [], decode_events(replies[0], "session"), overexposed=overexposed
+                None,
+                [],
+                decode_events(replies[0], "session"),
+                overexposed=overexposed,
+                dismissed=dismissed,
             )
         raw, raw_history, raw_consent = replies[0], replies[1], replies[2]
         at = 3
@@ -430,6 +457,7 @@ class RedisLiveState:
             decode_events(replies[at + 1], "session") if session_id and replies[at + 1] else [],
             Consent.FULL if raw_consent is None else _consent(raw_consent),
             overexposed,
+            dismissed,
         )
 
     async def count_shown(
@@ -445,6 +473,21 @@ class RedisLiveState:
                     keys=[key],
                     args=[limits.shown_ttl_seconds, limits.shown_max_items, len(shown),
                           *shown, *engaged],
+                )  # fmt: skip
+        finally:
+            self._written([key])
+
+    async def dismiss(self, user_id: str, session_id: str, items: Sequence[str]) -> None:
+        if not items or not (user_id or session_id):
+            return
+        key = self.keys.dismissed(user_id, session_id)
+        limits = self.limits
+        try:
+            with translated_errors("recording dismissed items"):
+                await self._dismiss(
+                    keys=[key],
+                    args=[int(time.time()), limits.dismiss_seconds,
+                          limits.dismissed_max_items, *items],
                 )  # fmt: skip
         finally:
             self._written([key])
@@ -714,7 +757,8 @@ class RedisLiveState:
         (model version -> factors), ``history`` and ``sessions`` (events, newest
         first), ``session_index`` (session id -> last use), ``seen_event_ids``
         (event id -> when applied), ``consent``, ``shown`` (item -> impressions),
-        ``linked_to`` (the customer this id is linked to), ``linked_ids`` (id -> when
+        ``dismissed`` (item -> when its dismissal ends), ``linked_to`` (the customer
+        this id is linked to), ``linked_ids`` (id -> when
         linked to this customer); ``other``: the type of any other key."""
         tag, pattern = self.keys.user_pattern(user_id)
         out: dict[str, Any] = {
@@ -726,6 +770,7 @@ class RedisLiveState:
             "session_index": {},
             "seen_event_ids": {},
             "shown": {},
+            "dismissed": {},
             "linked_to": None,
             "linked_ids": {},
             "other": {},
@@ -760,12 +805,12 @@ class RedisLiveState:
                     )
                     field = "session_index" if kind == "sessions" else "seen_event_ids"
                     out[field] = {m.decode(): int(score) for m, score in pairs}
-                elif kind in ("shown", "links"):
+                elif kind in ("shown", "links", "dismissed"):
                     pairs = cast(
                         "list[tuple[bytes, float]]",
                         await client.zrange(key, 0, -1, withscores=True),
                     )
-                    field = "shown" if kind == "shown" else "linked_ids"
+                    field = {"shown": "shown", "links": "linked_ids"}.get(kind, kind)
                     out[field] = {m.decode(): int(score) for m, score in pairs}
                 elif kind == "linked":
                     raw = cast("bytes | None", await client.get(key))
@@ -843,6 +888,7 @@ class RedisLiveState:
         index = keys.user_sessions(user_id)
         seen = keys.seen(user_id)
         shown = keys.shown(user_id)
+        dismissed = keys.dismissed(user_id)
         with translated_errors("forgetting a user"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for _ in range(_FORGET_ATTEMPTS):
@@ -856,12 +902,12 @@ class RedisLiveState:
                         for group in (vectors, sessions):
                             if group:  # UNLINK needs at least one key
                                 pipe.execute_command("UNLINK", *group)
-                        pipe.execute_command("UNLINK", hist, index, seen, shown)
+                        pipe.execute_command("UNLINK", hist, index, seen, shown, dismissed)
                         pipe.execute_command(*then)
                         try:
                             replies = iter(await pipe.execute())
                         finally:
-                            touched = [*vectors, *sessions, hist, index, seen, shown]
+                            touched = [*vectors, *sessions, hist, index, seen, shown, dismissed]
                             self._written([*touched, *then[1:]])
                     except redis.WatchError:
                         continue
@@ -936,6 +982,19 @@ return 2
 _UNLINK_IF: Final = """
 -- KEYS: an id's linked key. ARGV: the customer. Deletes the link only if it is theirs.
 if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
+
+_DISMISS: Final = """
+-- KEYS: a shopper's dismissed items. ARGV: now, seconds, most items, the items.
+-- Each is dismissed until now + seconds; ended ones go, then the soonest to end.
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 4, #ARGV do redis.call("ZADD", KEYS[1], now + ttl, ARGV[i]) end
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. now)
+if redis.call("ZCARD", KEYS[1]) > tonumber(ARGV[3]) then
+  redis.call("ZREMRANGEBYRANK", KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+end
+redis.call("EXPIRE", KEYS[1], ttl)
 return 0
 """
 

@@ -18,6 +18,8 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PURCHASE: _ClassVar[EventType]
     EVENT_TYPE_IMPRESSION: _ClassVar[EventType]
     EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_NOT_INTERESTED: _ClassVar[EventType]
+    EVENT_TYPE_RETURN: _ClassVar[EventType]
 
 class RepeatPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +76,8 @@ EVENT_TYPE_ADD_TO_CART: EventType
 EVENT_TYPE_PURCHASE: EventType
 EVENT_TYPE_IMPRESSION: EventType
 EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_NOT_INTERESTED: EventType
+EVENT_TYPE_RETURN: EventType
 REPEAT_POLICY_UNSPECIFIED: RepeatPolicy
 REPEAT_POLICY_EXCLUDE_PURCHASED: RepeatPolicy
 REPEAT_POLICY_ALLOW_REPEATS: RepeatPolicy

@@ -42,5 +42,16 @@ def test_default_weights_and_taste_come_from_the_specs() -> None:
     weights = event_type_weights(WeightingSettings())
     assert weights.tolist() == pytest.approx([t.spec.default_weight for t in EVENT_TYPES])
     # what a shopper merely saw says nothing about taste, and weighs nothing
-    assert [t for t in EventType if not t.spec.taste] == [EventType.IMPRESSION]
+    assert [t for t in EventType if not t.spec.taste] == [
+        EventType.IMPRESSION,
+        EventType.NOT_INTERESTED,
+        EventType.RETURN,
+    ]
     assert EventType.IMPRESSION.spec.default_weight == 0.0
+    # turning an item down is not taste either, and training reads it apart (returns
+    # take purchases back), never through a weight
+    assert [t for t in EventType if t.spec.dismisses] == [
+        EventType.NOT_INTERESTED,
+        EventType.RETURN,
+    ]
+    assert all(t.spec.default_weight == 0.0 for t in EventType if t.spec.dismisses)

@@ -286,7 +286,7 @@ def test_a_stored_consent_is_read_with_the_state_and_guards_every_write(
         assert previous is Consent.FULL
         assert deleted == ForgetResult(1, 2, 1)
         got = await state.read_user("v1", "una", "s1", FACTORS)
-        assert got == (None, [], [], [], Consent.OFF, [], "")
+        assert got == UserState(None, [], [], consent=Consent.OFF)
         assert await state.record("una", "s1", events, ["late-1", "late-2"]) == ()
         assert await state.customers(["una", "vic", "una"]) == {
             "una": ("una", Consent.OFF),
@@ -725,3 +725,29 @@ def test_forget_follows_the_links(
     with_state(body)
     for user in ("cust", "dev", "card"):
         assert list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:{user}}}:*")) == []
+
+
+@pytest.mark.integration
+def test_dismissed_items_are_read_with_the_state_until_they_end(
+    with_state: WithState, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    keys = KeyScheme(redis_prefix)
+
+    async def body(state: LiveState) -> None:
+        await state.dismiss("una", "", ["a", "b"])
+        await state.dismiss("", "anon", ["c"])
+        assert sorted((await state.read_user("v1", "una", "s", FACTORS)).dismissed) == ["a", "b"]
+        assert (await state.read_user("v1", "", "anon", FACTORS)).dismissed == ["c"]
+
+    with_state(body)
+    until = redis_client.zscore(keys.dismissed("una"), "a")
+    assert until is not None and abs(until - time.time() - LIMITS.dismiss_seconds) < 5
+    # one that ended over an hour ago is not read (nor kept by the next dismissal)
+    redis_client.zadd(keys.dismissed("una"), {"old": time.time() - 7200})
+
+    async def later(state: LiveState) -> None:
+        assert "old" not in (await state.read_user("v1", "una", "", FACTORS)).dismissed
+        await state.dismiss("una", "", ["d"])
+
+    with_state(later)
+    assert redis_client.zscore(keys.dismissed("una"), "old") is None

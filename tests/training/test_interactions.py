@@ -6,7 +6,12 @@ import pytest
 from recsvc.config import WeightingSettings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import DataError
-from recsvc.training.interactions import build_interactions, drop_erased_users, key_then_time
+from recsvc.training.interactions import (
+    build_interactions,
+    drop_erased_users,
+    key_then_time,
+    net_of_returns,
+)
 from recsvc.training.pipeline import session_revisit_share
 from recsvc.training.splits import VISIT_GAP_SECONDS, split_last_basket
 
@@ -179,3 +184,48 @@ def test_key_then_time_orders_as_lexsort(n_keys: int, low: int, high: int) -> No
     in_order = np.sort(stamps)  # a file in time order
     assert np.array_equal(key_then_time(key, in_order), np.lexsort((in_order, key)))
     assert len(key_then_time(key[:0], stamps[:0])) == 0
+
+
+# --------------------------------------------------------------------------- returns
+
+
+def test_returns_take_back_the_latest_purchases_of_the_pair() -> None:
+    table = event_table(
+        [
+            ("ann", "mug", 100, "purchase", 1.0, "o1"),
+            ("ann", "mug", 200, "purchase", 2.0, "o2"),
+            ("ann", "tea", 150, "purchase", 1.0, "o1"),
+            ("bob", "mug", 120, "purchase", 3.0, "o3"),
+            ("ann", "mug", 300, "return", 1.0, "r1"),  # one of the two of o2
+            ("bob", "mug", 400, "return", 5.0, "r2"),  # more than bought: all of it
+            ("bob", "tea", 410, "not_interested", 1.0, ""),
+            (None, "tea", 420, "return", 1.0, ""),  # a guest's: nothing to take back
+        ]
+    )
+    net, cancelled = net_of_returns(table)
+    assert cancelled == 4
+    rows = list(
+        zip(
+            net["user_id"].to_pylist(),
+            net["item_id"].to_pylist(),
+            net["timestamp"].to_pylist(),
+            net["quantity"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert rows == [
+        ("ann", "mug", 100, 1.0),
+        ("ann", "mug", 200, 1.0),
+        ("ann", "tea", 150, 1.0),
+    ]
+    assert net.schema == table.schema
+
+
+def test_a_whole_return_leaves_no_signal_for_the_pair() -> None:
+    rows = [("ann", "mug", 100, "purchase", 2.0, "o1"), ("ann", "tea", 100, "purchase", 1.0, "o1")]
+    bought = event_table(rows)
+    returned = event_table([*rows, ("ann", "mug", 300, "return", 2.0, "r1")])
+    assert net_of_returns(bought) == (bought, 0)  # nothing to do: the same table
+    inter = build_interactions(net_of_returns(returned)[0], WeightingSettings())
+    assert list(inter.item_ids) == ["tea"]
+    assert inter.weights.nnz == 1 and inter.purchases.nnz == 1

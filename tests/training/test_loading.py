@@ -321,7 +321,7 @@ GOOD = f"u1,i1,{T0},view,1\n"
         (
             "u2,i2,2021-03-04,teleport,1",
             "event_type",
-            "one of purchase, add_to_cart, view, click, impression",
+            "one of purchase, add_to_cart, view, click, impression, not_interested, return",
             "teleport",
         ),
     ],
