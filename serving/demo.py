@@ -185,6 +185,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n... and later, without the session id (strategy {kept['strategy']}): "
                   f"{sum(category.get(str(i['item_id'])) == cat for i in kept['items'])} of "
                   f"{len(kept['items'])} from {cat}")  # fmt: skip
+            # the customer opens the app: its install id is linked to them
+            client.link_ids("demo-new-customer", ["demo-app-install"])
+            app = [i.item_id for i in client.recommend("demo-app-install", k=8).items]
+            print("\n... demo-new-customer opens the app; its install id demo-app-install "
+                  "is linked to them")  # fmt: skip
+            same = app == [str(i["item_id"]) for i in kept["items"]]
+            print(f"the app's answer is the customer's: {same}")
+            client.record_events(
+                [client.event(app[0], "not_interested", user_id="demo-app-install")]
+            )
+            again = [i.item_id for i in client.recommend("demo-new-customer", k=8).items]
+            print(f"\n... they tap 'not interested' on {app[0]} in the app; on the web it "
+                  f"is gone: {app[0] not in again}")  # fmt: skip
     except grpc.RpcError as exc:
         print(f"demo failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         proc.kill()
