@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,9 +59,11 @@ __all__ = [
     "FORMAT_VERSION",
     "ModelArtifact",
     "current_version",
+    "finish_replacements",
     "list_versions",
     "publish_version",
     "read_artifact",
+    "remove_users",
     "resolve",
     "rollback",
     "rollback_target",
@@ -152,26 +155,7 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        for name in _ARRAYS:
-            np.save(tmp / f"{name}.npy", getattr(artifact, name), allow_pickle=False)
-        _save_csr(tmp / "user_items.npz", artifact.user_items)
-        _save_csr(tmp / "user_purchases.npz", artifact.user_purchases)
-        artifact.index.save(tmp / INDEX_FILE)
-        if artifact.neighbors is not None:
-            # numpy's stub reads ** as its keyword arguments (allow_pickle)
-            np.savez(tmp / NEIGHBORS_FILE, **artifact.neighbors)  # type: ignore[arg-type]
-        if artifact.bought_together is not None:
-            np.savez(tmp / BOUGHT_TOGETHER_FILE, **artifact.bought_together)  # type: ignore[arg-type]
-        files = {
-            p.name: FileEntry(sha256=_sha256(p), bytes=p.stat().st_size)
-            for p in sorted(tmp.iterdir())
-        }
-        manifest = artifact.manifest.model_copy(
-            update={"format_version": FORMAT_VERSION, "files": files}
-        )
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        for p in tmp.iterdir():
-            _fsync(p)
+        manifest = _write_files(artifact, tmp)
         os.rename(tmp, final)
         _fsync(root)
     except BaseException:
@@ -179,6 +163,96 @@ def write_artifact(artifact: ModelArtifact, root: Path) -> Path:
         raise
     artifact.manifest = manifest
     return final
+
+
+def _write_files(artifact: ModelArtifact, tmp: Path) -> Manifest:
+    """Every file of ``artifact`` into the directory ``tmp``, fsync'd; the manifest
+    written (with each file's checksum)."""
+    for name in _ARRAYS:
+        np.save(tmp / f"{name}.npy", getattr(artifact, name), allow_pickle=False)
+    _save_csr(tmp / "user_items.npz", artifact.user_items)
+    _save_csr(tmp / "user_purchases.npz", artifact.user_purchases)
+    artifact.index.save(tmp / INDEX_FILE)
+    if artifact.neighbors is not None:
+        # numpy's stub reads ** as its keyword arguments (allow_pickle)
+        np.savez(tmp / NEIGHBORS_FILE, **artifact.neighbors)  # type: ignore[arg-type]
+    if artifact.bought_together is not None:
+        np.savez(tmp / BOUGHT_TOGETHER_FILE, **artifact.bought_together)  # type: ignore[arg-type]
+    files = {
+        p.name: FileEntry(sha256=_sha256(p), bytes=p.stat().st_size) for p in sorted(tmp.iterdir())
+    }
+    manifest = artifact.manifest.model_copy(
+        update={"format_version": FORMAT_VERSION, "files": files}
+    )
+    (tmp / MANIFEST).write_text(manifest.to_json())
+    for p in tmp.iterdir():
+        _fsync(p)
+    return manifest
+
+
+_REPLACED = ".replaced-"
+"""Prefix of a version directory :func:`remove_users` moved aside while swapping in the
+rewritten one (see :func:`finish_replacements`)."""
+
+
+def remove_users(root: Path, version: str, users: Set[str]) -> int:
+    """Rewrite ``root/<version>`` without ``users`` (their ids, factors, histories and
+    purchases); the rows removed (0: none was there, nothing was written).
+
+    The new version is written beside it and swapped in by two renames (the old
+    directory aside, the new one into its name), then the old one is deleted. A crash
+    leaves every file old or new, never half-written: :func:`finish_replacements`,
+    called first by every compaction, completes or undoes a swap a crash cut. The
+    version keeps its name: CURRENT and the rollback stack stay valid; its manifest's
+    checksums and user counts change.
+    """
+    path = root / version
+    try:
+        ids = np.load(path / "user_ids.npy", mmap_mode="r", allow_pickle=False)
+        hit = np.isin(ids, np.array(sorted(users), dtype=ids.dtype))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read the user ids of {path}: {exc}") from exc
+    removed = int(hit.sum())
+    if removed == 0:
+        return 0
+    a = read_artifact(path)
+    keep = ~hit
+    a.user_ids = a.user_ids[keep]
+    a.user_factors = np.ascontiguousarray(a.user_factors[keep])
+    a.user_items = a.user_items[keep]
+    a.user_purchases = a.user_purchases[keep]
+    data = a.manifest.data.model_copy(update={"users": len(a.user_ids)})
+    a.manifest = a.manifest.model_copy(update={"data": data})
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    aside = root / f"{_REPLACED}{version}"
+    try:
+        _write_files(a, tmp)
+        os.rename(path, aside)
+        os.rename(tmp, path)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(aside)
+    return removed
+
+
+def finish_replacements(root: Path) -> list[str]:
+    """Complete what a crash cut short in :func:`remove_users`: a version moved aside
+    whose rewrite is in place is deleted; one whose rewrite is not is put back (the
+    next compaction rewrites it again). The versions touched."""
+    touched: list[str] = []
+    if not root.is_dir():
+        return touched
+    for aside in sorted(root.glob(f"{_REPLACED}*")):
+        version = aside.name.removeprefix(_REPLACED)
+        if (root / version).is_dir():
+            shutil.rmtree(aside)
+        else:
+            os.rename(aside, root / version)
+            _fsync(root)
+        touched.append(version)
+    return touched
 
 
 def _save_csr(path: Path, m: sp.csr_matrix) -> None:

@@ -295,6 +295,12 @@ def _cmd_export_user(args: argparse.Namespace) -> int:
 
 
 def _cmd_forget(args: argparse.Namespace) -> int:
+    if args.status:
+        from recsvc.compaction import erasure_status
+
+        settings = settings_from_args(args)
+        print(erasure_status(settings.erasure_path, args.user))
+        return 0
     return rpc(args, lambda c: c.forget_user(args.user))
 
 
@@ -414,10 +420,24 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.add_argument("--session", help="session id")
     p.set_defaults(handler=_cmd_events)
 
-    p = sub.add_parser("forget", parents=[common], help="erase a user (ForgetUser)")
+    p = sub.add_parser(
+        "forget",
+        parents=[common],
+        help="erase a user (ForgetUser), or say where an erasure stands",
+        description="Erase a customer through a running server (ForgetUser). With "
+        "--status, read the erasure list and its completion record instead (where the "
+        "artifact root is mounted) and print none, pending (erased; the event log or a "
+        "model version still holds them until the next compaction) or complete.",
+    )
     add_client_flags(p)
     p.add_argument("--user", required=True, help="customer id to erase")
-    p.set_defaults(handler=_cmd_forget)
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print the erasure's status (none, pending, complete) from the files",
+    )
+    add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_forget, extra="serve")  # --status reads the artifacts
 
     p = sub.add_parser(
         "consent",

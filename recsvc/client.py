@@ -419,6 +419,7 @@ _ENUM_FIELDS = {
     "mode": "SIMILAR_MODE_",
     "previous": "CONSENT_",
     "consent": "CONSENT_",
+    "erasure_status": "ERASURE_STATUS_",
 }
 
 

@@ -432,6 +432,10 @@ class ServerSettings(_Section):
     ``<artifact_root>/eventlog``."""
     event_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """The event log rotates to a new file past this size."""
+    compact_interval_seconds: float = Field(default=3600.0, ge=0.0)
+    """How often the server removes erased customers from its event log and the kept
+    model versions (:mod:`recsvc.compaction`; ``recsvc compact`` does it on demand);
+    only rounds with a pending erasure do any work. 0 = never."""
     tls_cert: Path | None = None
     """PEM certificate chain; with ``tls_key``, the server speaks TLS only."""
     tls_key: Path | None = None

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 from recsvc.errors import DataError
 
-__all__ = ["HEADER", "ErasureList", "append_erasure", "read_erasure_list"]
+__all__ = ["HEADER", "ErasureList", "append_erasure", "append_erasures", "read_erasure_list"]
 
 
 HEADER = "# recsvc erasure list v2"
@@ -64,20 +64,27 @@ def read_erasure_list(path: Path) -> frozenset[str]:
 
 def append_erasure(path: Path, user_id: str) -> None:
     """Append ``user_id`` durably: an erasure acknowledged to a client survives a crash."""
-    if not user_id:
-        raise ValueError("user_id must be a non-empty string")
+    append_erasures(path, [user_id])
+
+
+def append_erasures(path: Path, user_ids: Sequence[str]) -> None:
+    """Append ``user_ids`` durably, in one write (nothing for none)."""
+    if not user_ids:
+        return
+    if not all(user_ids):
+        raise ValueError("user ids must be non-empty strings")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        if os.fstat(fd).st_size == 0:
-            record = HEADER + "\n" + json.dumps(user_id, ensure_ascii=False) + "\n"
-        elif _has_header(path):
-            record = json.dumps(user_id, ensure_ascii=False) + "\n"
+        if os.fstat(fd).st_size == 0 or _has_header(path):
+            lines = [json.dumps(u, ensure_ascii=False) for u in user_ids]
+            if os.fstat(fd).st_size == 0:
+                lines.insert(0, HEADER)
         else:  # the first format, kept: never rewritten under replicas appending to it
-            if "\n" in user_id:
+            if any("\n" in u for u in user_ids):
                 raise ValueError("a line feed cannot be written to a first-format erasure list")
-            record = user_id + "\n"
-        os.write(fd, record.encode("utf-8"))
+            lines = list(user_ids)
+        os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)

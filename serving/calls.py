@@ -184,3 +184,5 @@ class ForgetOutput:
     added_to_erasure_list: bool
     linked_ids: tuple[str, ...] = ()
     """Ids that were linked to the customer, erased with them."""
+    complete: bool = False
+    """Whether compaction removed the customer from the files too (else pending)."""

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from recsvc import artifact as art
 from recsvc.catalog import CatalogItem
+from recsvc.compaction import erasure_status
 from recsvc.config import RankingSettings, RepeatPolicy, Settings, SimilarMode, WeightingSettings
 from recsvc.consent import Consent
 from recsvc.erasure import ErasureList
@@ -869,11 +870,13 @@ class Engine:
         for i in (*ids, *result.linked_ids):
             self.profiles.forget(i)  # a call in flight may have cached it meanwhile
             added = self.erasures.add(i) or added
+        status = await asyncio.to_thread(erasure_status, self.settings.erasure_path, customer)
         return ForgetOutput(
             deleted_vectors=result.deleted_vectors,
             deleted_history_events=result.deleted_history_events,
             deleted_sessions=result.deleted_sessions,
             added_to_erasure_list=added,
+            complete=status == "complete",
             linked_ids=tuple(i for i in dict.fromkeys((*ids, *result.linked_ids)) if i != user_id),
         )
 

@@ -6,8 +6,10 @@ basket_id,event_id``; quoting is the csv module's (minimal), so ids with commas 
 unchanged with :func:`training.loading.load_events`. A file is created on the first
 append after start or rotation (no header-only files, which the loader rejects) and
 rotates once the next batch would take it past ``max_bytes``; a single batch larger
-than that gets a file of its own. Several replicas may share a directory: names are
-created exclusively and the sequence number moves on when one is taken.
+than that gets a file of its own. The open file holds a shared ``flock``, so
+compaction (:mod:`recsvc.compaction`) never rewrites a file under a writer. Several
+replicas may share a directory: names are created exclusively and the sequence number
+moves on when one is taken.
 
 Durability (what a crash can lose):
 
@@ -37,6 +39,7 @@ block on a busy disk.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import math
 import os
@@ -226,6 +229,9 @@ class EventLog:
                 continue
             except OSError as exc:
                 raise StoreError(f"cannot create event log file {path}: {exc}") from exc
+            # held while the file is open: compaction (recsvc.compaction) leaves a file
+            # being appended to alone (it would replace it under this descriptor)
+            fcntl.flock(fd, fcntl.LOCK_SH)
             break
         self._fd, self._path, self._size = fd, path, 0
         self._synced_at = time.monotonic()

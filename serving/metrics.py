@@ -243,6 +243,12 @@ class ServingMetrics:
             ("consent",),
             registry=r,
         )
+        self.erasures_pending = Gauge(
+            "recsvc_erasures_pending",
+            "Customers erased (ForgetUser) whose rows the event log or a kept model version "
+            "still held at the last compaction round.",
+            registry=r,
+        )
         # outcome: linked | renewed (linked already) | unlinked | refused (a request)
         self.identity_links = Counter(
             "recsvc_identity_links_total",

@@ -31,8 +31,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from recsvc import compaction
 from recsvc.config import Settings
-from recsvc.errors import ConfigError, StoreError
+from recsvc.erasure import read_erasure_list
+from recsvc.errors import ConfigError, RecsvcError, StoreError
 from recsvc.model import Model
 from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
@@ -313,6 +315,12 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
                 _follow_erasures(engine, s.reload_poll_seconds, running._stop_watch)
             )
         )
+        if s.compact_interval_seconds > 0:
+            running._tasks.append(
+                asyncio.create_task(
+                    _compact_periodically(settings, event_log, metrics, running._stop_watch)
+                )
+            )
         log.info(
             "serving %s on %s:%d (metrics :%s), model %s",
             SERVICE_NAME, s.host, port, metrics_port,
@@ -339,6 +347,49 @@ async def _follow_erasures(engine: Engine, every: float, stop: asyncio.Event) ->
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
         await asyncio.to_thread(engine.refresh_erasures)
+
+
+async def _compact_periodically(
+    settings: Settings, event_log: EventLog, metrics: ServingMetrics, stop: asyncio.Event
+) -> None:
+    """Erasure that deletes (:mod:`recsvc.compaction`): every
+    ``compact_interval_seconds``, when an erasure is pending, the event log is rotated
+    (so no file of it is open) and the erased customers are removed from its files and
+    the kept model versions. A round another replica holds is skipped; a failed one is
+    logged and retried at the next interval."""
+    every = settings.server.compact_interval_seconds
+    done = compaction.completion_path(settings.erasure_path)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        if stop.is_set():
+            return
+        try:
+            pending = await asyncio.to_thread(
+                lambda: read_erasure_list(settings.erasure_path) - read_erasure_list(done)
+            )
+            if not pending:
+                metrics.erasures_pending.set(0)
+                continue
+            await asyncio.to_thread(event_log.rotate)
+            report = await asyncio.to_thread(
+                compaction.compact,
+                settings.artifact_root,
+                settings.erasure_path,
+                [settings.event_log_path],
+            )
+        except compaction.CompactionBusy:
+            continue
+        except (RecsvcError, OSError) as exc:
+            log.warning("compaction failed (retried in %.0f s): %s", every, exc)
+            continue
+        metrics.erasures_pending.set(len(report.pending))
+        log.info(
+            "compaction: %d customers complete, %d pending; %d rows removed from %d files, "
+            "%d versions rewritten, in %.1f s",
+            len(report.completed), len(report.pending), report.rows_removed,
+            report.files_rewritten, report.versions_rewritten, report.seconds,
+        )  # fmt: skip
 
 
 async def _serving(health_servicer: health.aio.HealthServicer, draining: asyncio.Event) -> None:

@@ -427,6 +427,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             deleted_session_count=out.deleted_sessions,
             added_to_erasure_list=out.added_to_erasure_list,
             linked_ids=out.linked_ids,
+            erasure_status=(
+                pb.ERASURE_STATUS_COMPLETE if out.complete else pb.ERASURE_STATUS_PENDING
+            ),
         )
 
     async def _model_info(self, request: pb.GetModelInfoRequest) -> pb.GetModelInfoResponse:

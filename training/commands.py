@@ -8,6 +8,7 @@ so ``recsvc --help`` stays fast and works on a client-only install.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -140,6 +141,30 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             f"{result.vectors_written:,} vectors to Redis)"
         )
     return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from recsvc.compaction import CompactionBusy, compact
+
+    settings = settings_from_args(args)
+    dirs = args.event_log or [settings.event_log_path]
+    try:
+        report = compact(settings.artifact_root, settings.erasure_path, dirs)
+    except CompactionBusy as exc:
+        print(f"recsvc compact: {exc}; try again later", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0 if not report.pending else 1
+    print(
+        f"{len(report.completed)} erased customers complete, {len(report.pending)} pending; "
+        f"{report.rows_removed:,} rows removed from {report.files_rewritten} event-log files, "
+        f"{report.users_removed} from {report.versions_rewritten} model versions "
+        f"({report.seconds:.1f} s)"
+    )
+    for path in report.skipped_files:
+        print(f"  in use, left for the server's own round: {path}")
+    return 0 if not report.pending else 1
 
 
 def _parse_date(text: str) -> datetime:
@@ -382,6 +407,28 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_publish, extra=EXTRA)
+
+    p = sub.add_parser(
+        "compact",
+        parents=[common],
+        help="remove erased customers from the event log and every kept model version",
+        description="Erasure that deletes: rewrite every event-log file and model version "
+        "that still holds a customer on the erasure list without them (each file replaced "
+        "atomically; safe to interrupt and rerun), and record them complete. A file a "
+        "server is appending to is left for that server's own round (exit status 1 while "
+        "any customer stays pending). Servers run this every "
+        "[server] compact_interval_seconds.",
+    )
+    p.add_argument(
+        "--event-log",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_compact, extra=EXTRA)
 
     p = sub.add_parser(
         "catalog", parents=[common], help="the live catalogue of a running server: load, withdraw"

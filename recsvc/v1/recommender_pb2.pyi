@@ -57,6 +57,12 @@ class IgnoreReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IGNORE_REASON_UNKNOWN_ITEM: _ClassVar[IgnoreReason]
     IGNORE_REASON_ERASED_USER: _ClassVar[IgnoreReason]
 
+class ErasureStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERASURE_STATUS_UNSPECIFIED: _ClassVar[ErasureStatus]
+    ERASURE_STATUS_PENDING: _ClassVar[ErasureStatus]
+    ERASURE_STATUS_COMPLETE: _ClassVar[ErasureStatus]
+
 class Consent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CONSENT_UNSPECIFIED: _ClassVar[Consent]
@@ -99,6 +105,9 @@ STRATEGY_POPULAR: Strategy
 IGNORE_REASON_UNSPECIFIED: IgnoreReason
 IGNORE_REASON_UNKNOWN_ITEM: IgnoreReason
 IGNORE_REASON_ERASED_USER: IgnoreReason
+ERASURE_STATUS_UNSPECIFIED: ErasureStatus
+ERASURE_STATUS_PENDING: ErasureStatus
+ERASURE_STATUS_COMPLETE: ErasureStatus
 CONSENT_UNSPECIFIED: Consent
 CONSENT_FULL: Consent
 CONSENT_SESSION_ONLY: Consent
@@ -307,18 +316,20 @@ class ForgetUserRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class ForgetUserResponse(_message.Message):
-    __slots__ = ("deleted_vector_count", "deleted_history_event_count", "deleted_session_count", "added_to_erasure_list", "linked_ids")
+    __slots__ = ("deleted_vector_count", "deleted_history_event_count", "deleted_session_count", "added_to_erasure_list", "linked_ids", "erasure_status")
     DELETED_VECTOR_COUNT_FIELD_NUMBER: _ClassVar[int]
     DELETED_HISTORY_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     DELETED_SESSION_COUNT_FIELD_NUMBER: _ClassVar[int]
     ADDED_TO_ERASURE_LIST_FIELD_NUMBER: _ClassVar[int]
     LINKED_IDS_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_STATUS_FIELD_NUMBER: _ClassVar[int]
     deleted_vector_count: int
     deleted_history_event_count: int
     deleted_session_count: int
     added_to_erasure_list: bool
     linked_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ..., added_to_erasure_list: _Optional[bool] = ..., linked_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    erasure_status: ErasureStatus
+    def __init__(self, deleted_vector_count: _Optional[int] = ..., deleted_history_event_count: _Optional[int] = ..., deleted_session_count: _Optional[int] = ..., added_to_erasure_list: _Optional[bool] = ..., linked_ids: _Optional[_Iterable[str]] = ..., erasure_status: _Optional[_Union[ErasureStatus, str]] = ...) -> None: ...
 
 class SetConsentRequest(_message.Message):
     __slots__ = ("user_id", "consent")

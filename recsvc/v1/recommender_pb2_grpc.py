@@ -157,7 +157,10 @@ class RecommenderServiceServicer:
         """Erases a user: deletes the cached vector, purchase and browsing history
         and sessions kept for user_id, and adds user_id to the erasure list that
         the next training run honours. Takes effect at once. Idempotent: an
-        unknown or already erased user is not an error.
+        unknown or already erased user is not an error. Files written before (the
+        event log, kept model versions) are compacted within [server]
+        compact_interval_seconds; the response's erasure_status says whether that
+        is done (calling again asks again).
         Errors: INVALID_ARGUMENT for an empty or over-long user_id; UNAVAILABLE
         when the state store cannot complete the erasure (retry; a partial
         erasure is completed by the retry).

@@ -29,8 +29,9 @@ PUBLIC = {
         "training_user_query",
     ],
     "recsvc.artifact": [
-        "FORMAT_VERSION", "ModelArtifact", "current_version", "list_versions", "publish_version",
-        "read_artifact", "resolve", "rollback", "rollback_target", "write_artifact",
+        "FORMAT_VERSION", "ModelArtifact", "current_version", "finish_replacements",
+        "list_versions", "publish_version", "read_artifact", "remove_users", "resolve",
+        "rollback", "rollback_target", "write_artifact",
     ],
     "recsvc.manifest": [
         "FEATURES_V1", "FORMAT_VERSION", "BlendFitReport", "BlendWeights",

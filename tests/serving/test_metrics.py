@@ -42,6 +42,7 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "recsvc_session_merges": ("counter", {"outcome"}),
     "recsvc_consent_changes": ("counter", {"consent"}),
     "recsvc_identity_links": ("counter", {"outcome"}),
+    "recsvc_erasures_pending": ("gauge", set()),
     "recsvc_recommended_items": ("histogram", set()),
     "recsvc_inflight_requests": ("gauge", set()),
     "recsvc_live_version": ("gauge", {"collection"}),
