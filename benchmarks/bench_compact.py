@@ -115,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         "one_file": {**one, "rows_per_second": round(total_rows / one["seconds"]),
                      "mb_per_second": round(size / 1e6 / one["seconds"], 1)},
     }  # fmt: skip
+    m = result["machine"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compact.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "README.md").write_text(
         "# Compaction throughput\n\n"
-        f"`{result['command']}` at `{result['revision']}`; {result['machine']}.\n\n"
+        f"`{result['command']}` at `{result['revision']}`; machine: {m['nproc']} cores, "
+        f"{m['cpu']}, {m['ram_gib']} GiB, load average at start "
+        f"{m['loadavg_at_start'][0]:.1f}.\n\n"
         f"An event log of {total_rows:,} rows ({result['megabytes']} MB) in files of "
         f"{args.rows_per_file:,} rows.\n\n"
         "| case | seconds | rows/s (whole log) | MB/s | rows parsed | rows removed "
