@@ -56,6 +56,10 @@ MODES: Final = ("loop", "thread", "worker")
 Command = tuple[Any, ...]
 
 
+_CACHED = frozenset({"GET", "LRANGE", "ZRANGEBYSCORE"})
+"""The commands of the state's read, all in redis-py's cache allow list."""
+
+
 class RedisPyCacheReader:
     """The state read through a sync ``redis.Redis(protocol=3, cache_config=...)``.
 
@@ -122,8 +126,8 @@ class RedisPyCacheReader:
         return cls(sync, mode)
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Replies of ``commands`` (GET and LRANGE cached by redis-py; anything else sent
-        uncached), in order."""
+        """Replies of ``commands`` (the reads of :data:`_CACHED` cached by redis-py;
+        anything else sent uncached), in order."""
         if self._thread:
             return await asyncio.to_thread(self._read, commands)
         if self._worker is not None:
@@ -140,17 +144,14 @@ class RedisPyCacheReader:
         replies: list[Any] = []
         for command in commands:
             name, key = command[0], command[1]
-            if name in {"GET", "LRANGE"}:
+            if name in _CACHED:
                 if hit:
                     entry = cache.get(CacheKey(command=name, redis_keys=(key,), redis_args=command))
                     hit = entry is not None and entry.status is CacheEntryStatus.VALID
-                if name == "GET":
-                    replies.append(client.get(key))
-                else:
-                    replies.append(client.lrange(key, command[2], command[3]))
             else:
                 counted = False
-                replies.append(client.execute_command(*command))
+            # keys=: how redis-py's own get() and lrange() name the key it caches by
+            replies.append(client.execute_command(*command, keys=[key]))
         if counted:
             if hit:
                 self.cache_hits += 1

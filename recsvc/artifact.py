@@ -186,6 +186,7 @@ def _write_files(artifact: ModelArtifact, tmp: Path) -> Manifest:
     )
     (tmp / MANIFEST).write_text(manifest.to_json())
     for p in tmp.iterdir():
+        p.chmod(0o600)  # user ids and histories: owner-only, as the directory (mkdtemp)
         _fsync(p)
     return manifest
 

@@ -50,6 +50,8 @@ __all__ = [
     "compact",
     "completion_path",
     "erasure_status",
+    "event_files",
+    "round_lock",
 ]
 
 EVENT_FILE_RE: Final = re.compile(r"events-\d{8}T\d{6}-\d+\.csv")
@@ -110,7 +112,7 @@ def compact(
     rerun it)."""
     started = time.monotonic()
     report = CompactionReport()
-    with _round_lock(artifact_root):
+    with round_lock(artifact_root):
         report.recovered_versions = art.finish_replacements(artifact_root)
         done = completion_path(erasure_path)
         pending = read_erasure_list(erasure_path) - read_erasure_list(done)
@@ -119,7 +121,7 @@ def compact(
             return report
         blocked: set[str] = set()
         for directory in event_log_dirs:
-            for path in _event_files(directory):
+            for path in event_files(directory):
                 _compact_file(path, pending, report, blocked)
         for version in art.list_versions(artifact_root):
             removed = art.remove_users(artifact_root, version, pending)
@@ -135,7 +137,9 @@ def compact(
 
 
 @contextlib.contextmanager
-def _round_lock(root: Path) -> Iterator[None]:
+def round_lock(root: Path) -> Iterator[None]:
+    """Hold the artifact root's maintenance lock (compaction, retention) for the block;
+    CompactionBusy at once if another process holds it."""
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -148,7 +152,7 @@ def _round_lock(root: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _event_files(directory: Path) -> list[Path]:
+def event_files(directory: Path) -> list[Path]:
     """The event-log files of ``directory``, oldest first; temporary files an
     interrupted round left are removed (they hold no pending customer's row)."""
     try:

@@ -42,6 +42,7 @@ __all__ = [
     "RankingSettings",
     "RedisSettings",
     "RepeatPolicy",
+    "RetentionSettings",
     "ServerSettings",
     "Settings",
     "SimilarMode",
@@ -434,8 +435,8 @@ class ServerSettings(_Section):
     """The event log rotates to a new file past this size."""
     compact_interval_seconds: float = Field(default=3600.0, ge=0.0)
     """How often the server removes erased customers from its event log and the kept
-    model versions (:mod:`recsvc.compaction`; ``recsvc compact`` does it on demand);
-    only rounds with a pending erasure do any work. 0 = never."""
+    model versions (:mod:`recsvc.compaction`; ``recsvc compact`` does it on demand),
+    then applies ``[retention]`` (``recsvc gc``). 0 = never."""
     tls_cert: Path | None = None
     """PEM certificate chain; with ``tls_key``, the server speaks TLS only."""
     tls_key: Path | None = None
@@ -473,6 +474,26 @@ class PlacementSettings(_Section):
     """What a rotated-out item's score is multiplied by (see ``rotate_after``)."""
 
 
+class RetentionSettings(_Section):
+    """How long files are kept (``recsvc gc``, and servers every
+    ``[server] compact_interval_seconds``; docs/data-protection.md). Live state in
+    Redis expires by its own TTLs (``[server] history_ttl_seconds`` and the like)."""
+
+    event_log_days: float | None = Field(default=400.0, gt=0.0)
+    """Event-log files not appended to for this long are deleted: a year of events (a
+    yearly season) plus the time to retrain on it. None = kept until deleted by hand."""
+    training_days: float | None = Field(default=None, gt=0.0)
+    """Training reads no event older than this (counted back from now); None = every
+    event the input files hold (the shop's own exports carry their own retention,
+    and a public dataset's events are years old)."""
+    keep_versions: int = Field(default=5, ge=1)
+    """The newest model versions kept, whatever their age."""
+    keep_days: float | None = Field(default=30.0, gt=0.0)
+    """Versions younger than this are kept too; older ones beyond ``keep_versions``
+    are deleted. CURRENT and the rollback target are never deleted. None = only
+    ``keep_versions`` counts."""
+
+
 class EvaluationSettings(_Section):
     """Offline evaluation."""
 
@@ -505,6 +526,7 @@ class Settings(BaseSettings):
     neighbors: NeighborSettings = NeighborSettings()
     redis: RedisSettings = RedisSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    retention: RetentionSettings = RetentionSettings()
     server: ServerSettings = ServerSettings()
     placements: dict[str, PlacementSettings] = {}
     """Per-placement settings by placement name (``[placements.pdp]``,

@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from recsvc import compaction
+from recsvc import compaction, retention
 from recsvc.config import Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import ConfigError, RecsvcError, StoreError
@@ -352,13 +352,15 @@ async def _follow_erasures(engine: Engine, every: float, stop: asyncio.Event) ->
 async def _compact_periodically(
     settings: Settings, event_log: EventLog, metrics: ServingMetrics, stop: asyncio.Event
 ) -> None:
-    """Erasure that deletes (:mod:`recsvc.compaction`): every
-    ``compact_interval_seconds``, when an erasure is pending, the event log is rotated
-    (so no file of it is open) and the erased customers are removed from its files and
-    the kept model versions. A round another replica holds is skipped; a failed one is
-    logged and retried at the next interval."""
+    """Files kept as long as they may be, every ``compact_interval_seconds``: erasure
+    that deletes (:mod:`recsvc.compaction`: when an erasure is pending, the event log
+    is rotated, so no file of it is open, and the erased customers are removed from
+    its files and the kept model versions), then retention (:mod:`recsvc.retention`).
+    A round another replica holds is skipped; a failed one is logged and retried at
+    the next interval."""
     every = settings.server.compact_interval_seconds
     done = compaction.completion_path(settings.erasure_path)
+    dirs = [settings.event_log_path]
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
@@ -368,28 +370,31 @@ async def _compact_periodically(
             pending = await asyncio.to_thread(
                 lambda: read_erasure_list(settings.erasure_path) - read_erasure_list(done)
             )
-            if not pending:
-                metrics.erasures_pending.set(0)
-                continue
-            await asyncio.to_thread(event_log.rotate)
-            report = await asyncio.to_thread(
-                compaction.compact,
-                settings.artifact_root,
-                settings.erasure_path,
-                [settings.event_log_path],
+            if pending:
+                await asyncio.to_thread(event_log.rotate)
+                report = await asyncio.to_thread(
+                    compaction.compact, settings.artifact_root, settings.erasure_path, dirs
+                )
+                log.info(
+                    "compaction: %d customers complete, %d pending; %d rows removed from %d "
+                    "files, %d versions rewritten, in %.1f s",
+                    len(report.completed), len(report.pending), report.rows_removed,
+                    report.files_rewritten, report.versions_rewritten, report.seconds,
+                )  # fmt: skip
+                pending = frozenset(report.pending)
+            metrics.erasures_pending.set(len(pending))
+            gone = await asyncio.to_thread(
+                retention.collect, settings.retention, settings.artifact_root, dirs
             )
+            if gone.event_log_files or gone.versions:
+                log.info(
+                    "retention: deleted %d event-log files and versions %s",
+                    len(gone.event_log_files), ", ".join(gone.versions) or "none",
+                )  # fmt: skip
         except compaction.CompactionBusy:
             continue
         except (RecsvcError, OSError) as exc:
-            log.warning("compaction failed (retried in %.0f s): %s", every, exc)
-            continue
-        metrics.erasures_pending.set(len(report.pending))
-        log.info(
-            "compaction: %d customers complete, %d pending; %d rows removed from %d files, "
-            "%d versions rewritten, in %.1f s",
-            len(report.completed), len(report.pending), report.rows_removed,
-            report.files_rewritten, report.versions_rewritten, report.seconds,
-        )  # fmt: skip
+            log.warning("compaction or retention failed (retried in %.0f s): %s", every, exc)
 
 
 async def _serving(health_servicer: health.aio.HealthServicer, draining: asyncio.Event) -> None:

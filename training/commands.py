@@ -167,6 +167,32 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     return 0 if not report.pending else 1
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from recsvc.compaction import CompactionBusy
+    from recsvc.retention import collect
+
+    settings = settings_from_args(args)
+    dirs = args.event_log or [settings.event_log_path]
+    try:
+        report = collect(settings.retention, settings.artifact_root, dirs, dry_run=args.dry_run)
+    except CompactionBusy as exc:
+        print(f"recsvc gc: {exc}; try again later", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {len(report.event_log_files)} event-log files and "
+        f"{len(report.versions)} model versions; {len(report.kept_versions)} versions kept"
+    )
+    for path in [*report.event_log_files, *report.versions]:
+        print(f"  {path}")
+    for path in report.in_use:
+        print(f"  expired but in use by a server, left: {path}")
+    return 0
+
+
 def _parse_date(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -429,6 +455,27 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_compact, extra=EXTRA)
+
+    p = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="delete event-log files and model versions past the [retention] limits",
+        description="Apply [retention]: delete event-log files not appended to for "
+        "event_log_days, and model versions beyond the newest keep_versions that are "
+        "older than keep_days (never CURRENT or the rollback target). Servers do it every "
+        "[server] compact_interval_seconds.",
+    )
+    p.add_argument(
+        "--event-log",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_gc, extra=EXTRA)
 
     p = sub.add_parser(
         "catalog", parents=[common], help="the live catalogue of a running server: load, withdraw"

@@ -143,6 +143,19 @@ def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
     table, n_erased = drop_erased_users(table, erased)
     if n_erased:
         log.info("dropped %d events of %d erased users", n_erased, len(erased))
+    if settings.retention.training_days is not None:
+        oldest = int(time.time() - settings.retention.training_days * 86_400)
+        recent = pc.greater_equal(table["timestamp"], oldest)
+        n_old = table.num_rows - pc.sum(recent).as_py()
+        if n_old:
+            log.info("retention: %d events older than %g days not read", n_old,
+                     settings.retention.training_days)  # fmt: skip
+            table = table.filter(recent)
+        if table.num_rows == 0:
+            raise DataError(
+                f"every event is older than [retention] training_days "
+                f"({settings.retention.training_days:g}): nothing to train on"
+            )
     table, n_returned = net_of_returns(table)
     if n_returned:
         log.info("returns took back %d purchased units", n_returned)

@@ -53,6 +53,8 @@ EVENT_SPELLINGS = {
     EventType.VIEW: ["view", "View"],
     EventType.CLICK: ["click", " click "],
     EventType.IMPRESSION: ["impression"],
+    EventType.NOT_INTERESTED: ["not_interested", "Not Interested"],
+    EventType.RETURN: ["return", "Return"],
 }
 
 
