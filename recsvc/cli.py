@@ -297,9 +297,12 @@ def _cmd_export_user(args: argparse.Namespace) -> int:
 def _cmd_forget(args: argparse.Namespace) -> int:
     if args.status:
         from recsvc.compaction import erasure_status
+        from recsvc.pseudonyms import pseudonyms_from
 
         settings = settings_from_args(args)
-        print(erasure_status(settings.erasure_path, args.user))
+        pseudonyms = pseudonyms_from(settings)
+        user = args.user if pseudonyms is None else pseudonyms(args.user)
+        print(erasure_status(settings.erasure_path, user))
         return 0
     return rpc(args, lambda c: c.forget_user(args.user))
 

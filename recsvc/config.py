@@ -39,6 +39,7 @@ __all__ = [
     "NeighborParams",
     "NeighborSettings",
     "PlacementSettings",
+    "PrivacySettings",
     "RankingSettings",
     "RedisSettings",
     "RepeatPolicy",
@@ -507,6 +508,20 @@ class EvaluationSettings(_Section):
     """Share of the training period held out (by time) to choose the blend."""
 
 
+class PrivacySettings(_Section):
+    """Pseudonymous customer ids (docs/data-protection.md)."""
+
+    pseudonymous_ids: bool = False
+    """Replace every customer id at the boundary (each RPC, each file training reads)
+    with a keyed hash of it (HMAC-SHA256 with ``id_key_file``'s secret), so no raw id is
+    stored in Redis, the event log, the erasure list or a model version. Session and
+    item ids are kept as given."""
+    id_key_file: Path | None = None
+    """File holding the secret of the keyed hash (at least 32 bytes; ``head -c 32
+    /dev/urandom > id.key``). Required with ``pseudonymous_ids``; every replica and the
+    trainer must use the same one."""
+
+
 class Settings(BaseSettings):
     """Everything recsvc can be configured with."""
 
@@ -531,6 +546,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     retention: RetentionSettings = RetentionSettings()
+    privacy: PrivacySettings = PrivacySettings()
     server: ServerSettings = ServerSettings()
     placements: dict[str, PlacementSettings] = {}
     """Per-placement settings by placement name (``[placements.pdp]``,

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final, NoReturn, TypeVar, cast
 
@@ -26,6 +27,7 @@ from grpc_status import rpc_status
 
 from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
 from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
+from recsvc.pseudonyms import pseudonyms_from
 from recsvc.ranking import Strategy
 from recsvc.rules import Rule, RuleAction
 from recsvc.v1 import recommender_pb2 as pb
@@ -282,6 +284,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     def __init__(self, engine: Engine, limits: ServerSettings) -> None:
         self.engine = engine
         self.limits = limits
+        self._ids = pseudonyms_from(engine.settings)
+        """Customer ids to pseudonyms at the boundary (``[privacy]``); None: as given."""
+
+    def _id(self, user_id: str) -> str:
+        return user_id if self._ids is None else self._ids(user_id)
 
     async def Recommend(  # noqa: N802 (gRPC method names)
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -291,6 +298,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             await context.abort(*_DEADLINE)
         try:
             req = validation.recommend_input(request, self.limits)
+            if self._ids is not None and req.user_id:
+                req = replace(req, user_id=self._ids(req.user_id))
             out = await self.engine.recommend(req, context.time_remaining())
             response = _recommend_response(out)
         except Exception as exc:
@@ -386,7 +395,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         )
 
     async def _record(self, request: pb.RecordEventsRequest) -> pb.RecordEventsResponse:
-        out = await self.engine.record_events(validation.event_inputs(request, self.limits))
+        events = validation.event_inputs(request, self.limits)
+        if self._ids is not None:
+            events = [replace(e, user_id=self._ids(e.user_id)) if e.user_id else e for e in events]
+        out = await self.engine.record_events(events)
         return pb.RecordEventsResponse(
             accepted_count=out.accepted,
             ignored_events=[
@@ -395,7 +407,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         )
 
     async def _consent(self, request: pb.SetConsentRequest) -> pb.SetConsentResponse:
-        out = await self.engine.set_consent(*validation.consent(request, self.limits))
+        user, consent = validation.consent(request, self.limits)
+        out = await self.engine.set_consent(self._id(user), consent)
         return pb.SetConsentResponse(
             previous=cast(pb.Consent, _CONSENT_TO_PB[out.previous]),
             consent=cast(pb.Consent, _CONSENT_TO_PB[out.consent]),
@@ -406,21 +419,28 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     async def _export(self, request: pb.ExportUserRequest) -> pb.ExportUserResponse:
         user = validation.export_user_id(request, self.limits)
-        document = await self.engine.export_user(user)
+        document = await self.engine.export_user(self._id(user))
+        document["requested_id"] = user  # as asked (its pseudonym is in user_id)
         return pb.ExportUserResponse(document=json.dumps(document, ensure_ascii=False))
 
     async def _link(self, request: pb.LinkIdsRequest) -> pb.LinkIdsResponse:
-        out = await self.engine.link_ids(*validation.linked_ids(request, self.limits))
+        customer, ids = validation.linked_ids(request, self.limits)
+        asked = {self._id(i): i for i in ids}  # the answer names the ids as sent
+        out = await self.engine.link_ids(self._id(customer), list(asked))
         return pb.LinkIdsResponse(
-            linked_ids=out.linked, renewed_ids=out.refreshed, moved_event_count=out.moved_events
+            linked_ids=[asked[i] for i in out.linked],
+            renewed_ids=[asked[i] for i in out.refreshed],
+            moved_event_count=out.moved_events,
         )
 
     async def _unlink(self, request: pb.UnlinkIdsRequest) -> pb.UnlinkIdsResponse:
-        done = await self.engine.unlink_ids(*validation.linked_ids(request, self.limits))
-        return pb.UnlinkIdsResponse(unlinked_ids=done)
+        customer, ids = validation.linked_ids(request, self.limits)
+        asked = {self._id(i): i for i in ids}
+        done = await self.engine.unlink_ids(self._id(customer), list(asked))
+        return pb.UnlinkIdsResponse(unlinked_ids=[asked[i] for i in done])
 
     async def _forget(self, request: pb.ForgetUserRequest) -> pb.ForgetUserResponse:
-        out = await self.engine.forget(validation.forget_user_id(request, self.limits))
+        out = await self.engine.forget(self._id(validation.forget_user_id(request, self.limits)))
         return pb.ForgetUserResponse(
             deleted_vector_count=out.deleted_vectors,
             deleted_history_event_count=out.deleted_history_events,

@@ -46,6 +46,7 @@ from recsvc.manifest import (
 )
 from recsvc.model import Blend
 from recsvc.neighbors import NeighborModel
+from recsvc.pseudonyms import pseudonyms_from
 from recsvc.store import KeyScheme
 from recsvc.store.catalog import CatalogStore
 
@@ -139,6 +140,10 @@ def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
         tables.append(table)
         summaries.append(summary)
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    pseudonyms = pseudonyms_from(settings)
+    if pseudonyms is not None:  # as the server stores them: no raw id past this line
+        column = table.schema.get_field_index("user_id")
+        table = table.set_column(column, "user_id", pseudonyms.column(table["user_id"]))
     erased = read_erasure_list(settings.erasure_path)
     table, n_erased = drop_erased_users(table, erased)
     if n_erased:

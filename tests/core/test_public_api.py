@@ -17,6 +17,7 @@ PUBLIC = {
         "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborParams",
         "NeighborSettings",
         "PlacementSettings",
+        "PrivacySettings",
         "RankingSettings",
         "RedisSettings",
         "RepeatPolicy", "RetentionSettings", "ServerSettings", "Settings", "SimilarMode",
