@@ -42,7 +42,7 @@ pytestmark = pytest.mark.slow
 
 SUBCOMMANDS = (
     "synth", "train", "evaluate", "tune", "publish", "compact", "gc", "catalog",  # training
-    "serve",  # recsvc.serving.commands
+    "serve", "batch",  # recsvc.serving.commands
     "models", "recommend", "similar", "events", "forget", "consent", "link", "export-user", "info",
     "rules",  # recsvc.cli
 )  # fmt: skip
