@@ -12,7 +12,7 @@ SHARED ?= ../shared/data
 N_EVENTS ?= 300000
 PYTEST_ARGS ?=
 
-.PHONY: install proto data train eval eval-retail eval-tafeng eval-diginetica eval-all serve demo test test-fast lint format bench-train clean help
+.PHONY: install proto data train retrain eval eval-retail eval-tafeng eval-diginetica eval-all serve demo test test-fast lint format bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -37,6 +37,10 @@ data: $(DATA_DIR)/events.csv.gz  ## generate a synthetic shop under data/
 train: data  ## (re)train on the synthetic shop and publish a new version
 	$(RECSVC) train --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
 		--artifacts $(ARTIFACTS) --publish
+
+retrain: data  ## the retraining loop once: the synthetic shop + the server's event log, publish, retention
+	$(RECSVC) retrain --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
+		--artifacts $(ARTIFACTS)
 
 $(ARTIFACTS)/CURRENT:  # a published model, trained once if there is none
 	$(MAKE) train

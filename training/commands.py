@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .pipeline import DataSpec
 
 __all__ = ["add_commands"]
+
+log = logging.getLogger(__name__)
 
 EXTRA = "train"
 """The install extra that brings this role's dependencies."""
@@ -70,7 +73,7 @@ def _data_spec(args: argparse.Namespace) -> DataSpec:
 
     mapping = ColumnMapping.parse(args.columns) if args.columns else None
     return DataSpec(
-        events=tuple(args.events),
+        events=tuple(args.events or ()),
         format=args.format,
         mapping=mapping,
         catalog=args.catalog,
@@ -191,6 +194,42 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     for path in report.in_use:
         print(f"  expired but in use by a server, left: {path}")
     return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .retrain import RetrainBusy, retrain
+
+    settings = settings_from_args(args)
+    spec = _data_spec(args)
+    dirs = args.event_log or [settings.event_log_path]
+    stop = threading.Event()
+    if args.every:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    while True:
+        try:
+            report = retrain(spec, settings, dirs, progress=interactive())
+        except RetrainBusy as exc:
+            print(f"recsvc retrain: {exc}; not started", file=sys.stderr)
+            if not args.every:
+                return 1
+        except Exception as exc:
+            if not args.every:
+                raise
+            log.warning("retrain failed (the served model is unchanged): %s", exc)
+        else:
+            print(
+                f"published {report.version} (was {report.previous or 'nothing'}): "
+                f"{report.events:,} events incl. {report.event_log_files} event-log files, "
+                f"{report.vectors_written:,} vectors to Redis, {report.seconds:.0f} s; "
+                f"retention removed {len(report.deleted_versions)} versions",
+                flush=True,
+            )
+        if not args.every or stop.wait(args.every):
+            return 0
 
 
 def _parse_date(text: str) -> datetime:
@@ -455,6 +494,31 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_compact, extra=EXTRA)
+
+    p = sub.add_parser(
+        "retrain",
+        parents=[common],
+        help="train on the base data and the servers' event logs, publish, apply retention",
+        description="The retraining loop: the base data (--events, optional) plus every "
+        "event-log file of --event-log (each replica's directory, or a shared one; default "
+        "[server] event_log_dir), erased and expired rows dropped, trained, published "
+        "through the quality gate, then [retention] applied. A failed run publishes "
+        "nothing. Runs never overlap (a lock in the artifact root). --every SECONDS "
+        "repeats it until SIGTERM: the scheduler.",
+    )
+    _add_data_flags(p, required=False)
+    p.add_argument(
+        "--event-log",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
+    )
+    p.add_argument(
+        "--every", type=float, metavar="SECONDS", help="run again every SECONDS (scheduler)"
+    )
+    add_settings_flags(p)
+    p.set_defaults(handler=_cmd_retrain, extra=EXTRA)
 
     p = sub.add_parser(
         "gc",

@@ -96,6 +96,10 @@ class DataSpec:
     """Read the live catalogue from ``[redis] url`` (what the servers serve): its
     categories and availability win over the file's, and withdrawn items' events are
     dropped."""
+    event_logs: tuple[Path, ...] = ()
+    """Servers' event-log files (``events-*.csv``), read beside ``events`` in the
+    canonical layout whatever ``format`` says, a bad row skipped and counted (a log
+    cut by a power loss ends mid-row)."""
 
 
 @dataclass(frozen=True)
@@ -124,17 +128,19 @@ class TrainResult:
 
 def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
     """Read every events file (plus the catalogue) and drop erased users' events."""
-    if not spec.events:
+    if not spec.events and not spec.event_logs:
         raise DataError("no events file given")
     tables, summaries = [], []
     # ids of the events kept so far: a retried RecordEvents may sit in two replicas' logs
     seen_event_ids: set[str] = set()
-    for path in spec.events:
+    sources = [(p, spec.format, spec.mapping, spec.skip_bad_rows) for p in spec.events]
+    sources += [(p, "events", None, True) for p in spec.event_logs]
+    for path, layout, mapping, skip in sources:
         table, summary = load_events(
             path,
-            format=spec.format,  # type: ignore[arg-type]
-            mapping=spec.mapping,
-            skip_bad_rows=spec.skip_bad_rows,
+            format=layout,  # type: ignore[arg-type]
+            mapping=mapping,
+            skip_bad_rows=skip,
             seen_event_ids=seen_event_ids,
         )
         tables.append(table)
