@@ -666,6 +666,7 @@ class Engine:
             [e.user_id for e in events if e.user_id and not e.non_personalized]
         )
         for index, e in enumerate(events):
+            anonymous = not e.user_id  # a visitor's: logged without any id but the visit's
             consent = Consent.FULL
             if e.user_id in customers:
                 customer, consent = customers[e.user_id]
@@ -692,7 +693,10 @@ class Engine:
                 trend.add(e)
                 continue
             key = e.key
-            if e.user_id:  # training reads user events; anonymous sessions live in the store
+            if e.user_id or (anonymous and e.session_id):
+                # training reads customers' events, and visitors' as guests' visits (the
+                # session model learns from live traffic); a session-only customer's visit
+                # is kept in the store only, as they allowed
                 log_rows.append(_log_row(e.user_id, e.session_id, e, key))
             if e.item_id not in model.item_position:
                 # a new product: it counts towards live popularity from its first sale,
@@ -970,15 +974,20 @@ def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
 
 def _log_row(user_id: str, session_id: str, e: LiveEvent | EventInput, event_id: str) -> EventRow:
     """The event log's row of ``e`` by ``user_id``: a purchase's basket is its session's
-    (or the customer's) at its second, as the loader groups orders."""
+    (or the customer's) at its second, as the loader groups orders; a visitor's row (no
+    ``user_id``) has its visit, ``visit:<session>``, as the basket."""
     purchase = e.event_type is EventType.PURCHASE
+    if not user_id:  # a visitor's: the visit is the basket the loader groups it by
+        basket = f"visit:{session_id}"
+    else:
+        basket = f"{session_id or user_id}@{e.timestamp}" if purchase else ""
     return EventRow(
         user_id=user_id,
         item_id=e.item_id,
         timestamp=e.timestamp,
         event_type=e.event_type.value,
         quantity=e.quantity,
-        basket_id=f"{session_id or user_id}@{e.timestamp}" if purchase else "",
+        basket_id=basket,
         event_id=event_id,
     )
 

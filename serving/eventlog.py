@@ -27,7 +27,7 @@ Durability (what a crash can lose):
 Rows are validated before anything is written (a bad row rejects its batch), so every
 file loads: ``load_events`` wants a user and an item on every row, cannot read line
 breaks inside values, wants quantities > 0 and timestamps in Unix seconds. Events of
-anonymous sessions are therefore not logged (the caller leaves them out). A failed
+anonymous sessions are logged without a user, their visit as the basket. A failed
 write (disk full) is cut back to the last complete row and the file closed, so the
 next append starts a fresh one.
 
@@ -72,7 +72,8 @@ class EventRow:
     """One accepted event, as a row of the canonical event table."""
 
     user_id: str
-    """Customer id (non-empty: the log holds no anonymous events)."""
+    """Customer id; empty for an anonymous visit's event (then ``basket_id`` names the
+    visit: the loader reads it as a guest's row)."""
     item_id: str
     """Product id (non-empty)."""
     timestamp: int
@@ -322,10 +323,9 @@ def _encode(rows: Sequence[EventRow]) -> bytes:
 
 def _problem(row: EventRow) -> str | None:
     """Why ``load_events`` would not read ``row`` back as it is, or None."""
-    if not row.user_id:
-        # The events layout has no guest rows (load_events rejects them); anonymous
-        # sessions have nothing to train a user on and stay out of the log.
-        return "empty user_id"
+    if not row.user_id and not row.basket_id:
+        # a guest's row (an anonymous visit) is read back by its basket: the visit
+        return "empty user_id and basket_id (a guest's row needs its visit as basket)"
     if not row.item_id:
         return "empty item_id"
     for name in ("user_id", "item_id", "basket_id", "event_id"):

@@ -40,7 +40,9 @@ Layouts
 ``events``
     One row per event; columns named by a :class:`ColumnMapping`. ``user_id``,
     ``item_id`` and ``timestamp`` are required; ``event_type``, ``quantity`` and
-    ``basket_id`` are optional, and an empty cell in them takes the default.
+    ``basket_id`` are optional, and an empty cell in them takes the default. A row
+    with an empty ``user_id`` but a ``basket_id`` is a guest's (an anonymous visit a
+    server logged, the basket naming the visit): kept with a null ``user_id``.
 ``online-retail``
     The UCI Online Retail II export (``Invoice, StockCode, Description, Quantity,
     InvoiceDate, Price, Customer ID, Country``). Cleaning removes, counting each row
@@ -867,8 +869,16 @@ def _convert_events(
     user = _to_string(user_raw)
     item = _to_string(item_raw)
     ts = _timestamps(ts_raw)
+    basket = (
+        _to_string(batch.column(mapping.basket_id))
+        if mapping.basket_id is not None and mapping.basket_id in names
+        else pa.nulls(batch.num_rows, pa.string())
+    )
+    # a guest's row (no user: an anonymous visit the server logged) needs its basket,
+    # which groups the visit
+    no_user = pc.and_(_missing(user), _missing(basket))
     checks = [
-        _Check(mapping.user_id, _missing(user), "a non-empty user id", user_raw),
+        _Check(mapping.user_id, no_user, "a non-empty user id (or a guest's basket id)", user_raw),
         _Check(mapping.item_id, _missing(item), "a non-empty item id", item_raw),
         _Check(mapping.timestamp, _missing(ts), _EXPECT_TIMESTAMP, ts_raw),
     ]
@@ -891,10 +901,7 @@ def _convert_events(
         columns["quantity"] = pc.fill_null(q, _ONE)
     else:
         columns["quantity"] = pa.array(np.ones(n, dtype=np.float64))
-    if mapping.basket_id is not None and mapping.basket_id in names:
-        columns["basket_id"] = _to_string(batch.column(mapping.basket_id))
-    else:
-        columns["basket_id"] = pa.nulls(n, pa.string())
+    columns["basket_id"] = basket
     if mapping.event_id is not None and mapping.event_id in names:
         # not a column of the table: it only decides which rows repeat an event
         columns["event_id"] = _to_string(batch.column(mapping.event_id))

@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import redis
 
 from recsvc.client import RecommenderClient
 from recsvc.store import KeyScheme
+from recsvc.training.interactions import visit_arrays
+from recsvc.training.loading import load_events
 from recsvc.v1 import recommender_pb2 as pb
 
 from server_harness import ServerThread, clients_of, replicas, violations
@@ -126,3 +129,29 @@ def test_bad_consent_requests_are_refused(servers: list[ServerThread]) -> None:
         with pytest.raises(grpc.RpcError) as err:
             a.set_consent("u1", "off")
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # a write: the token
+
+
+def visit_rows(tmp_path: Path, session_id: str) -> list[dict[str, str]]:
+    rows = []
+    for path in tmp_path.glob("replica-*/events-*.csv"):
+        with path.open(newline="") as f:
+            rows += [r for r in csv.DictReader(f) if r["basket_id"] == f"visit:{session_id}"]
+    return rows
+
+
+def test_a_visitors_events_are_logged_without_an_id_a_session_only_customers_are_not(
+    clients: list[RecommenderClient], tmp_path: Path
+) -> None:
+    a, _ = clients
+    a.record_events([a.event(f"g1i0{i}", "view", session_id="anon-7") for i in (1, 2, 3)])
+    rows = visit_rows(tmp_path, "anon-7")
+    assert len(rows) == 3 and {r["user_id"] for r in rows} == {""}
+    # the trainer reads them as one guest visit: the session model learns from them
+    (path,) = {p for p in tmp_path.glob("replica-*/events-*.csv")}
+    table, summary = load_events(path)
+    assert summary.guest_rows == 3
+    indptr, _ = visit_arrays(table, np.array([f"g1i0{i}" for i in (1, 2, 3)]))
+    assert list(np.diff(indptr)) == [3]
+    a.set_consent("sol", "session_only")
+    a.record_events([a.event("g1i04", "view", user_id="sol", session_id="anon-8")])
+    assert visit_rows(tmp_path, "anon-8") == []

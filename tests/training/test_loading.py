@@ -313,7 +313,7 @@ GOOD = f"u1,i1,{T0},view,1\n"
         ),
         ("u2,i2,nan,view,1", "timestamp", WHEN, "nan"),
         ("u2,,2021-03-04,view,1", "item_id", "a non-empty item id", ""),
-        (",i2,2021-03-04,view,1", "user_id", "a non-empty user id", ""),
+        (",i2,2021-03-04,view,1", "user_id", "a non-empty user id (or a guest's basket id)", ""),
         ("u2,i2,2021-03-04,view,two", "quantity", "a number > 0", "two"),
         ("u2,i2,2021-03-04,view,0", "quantity", "a number > 0", "0"),
         ("u2,i2,2021-03-04,view,-1", "quantity", "a number > 0", "-1"),
