@@ -148,6 +148,11 @@ class ScoreWeights(Protocol):
     def weigh(self, items: IntArray, scores: FloatArray) -> None:
         """Multiply ``scores`` (of ``items``) in place."""
 
+    def room(self, basis: int) -> int:
+        """Candidates to rank beyond the unweighted ranking's for an answer of
+        ``basis`` items (at most ``basis``): ``basis`` for weights that may lift any
+        item; fewer when they only lower known items (each can leave a hole)."""
+
 
 @dataclass(frozen=True)
 class Query:
@@ -276,7 +281,8 @@ class Ranker:
         basis = min(k, query.headroom_k or k)
         weights = query.weights
         # weighted scores reorder the candidates: room for an item to climb into the k
-        climb = basis if weights is None else 2 * basis
+        # (2·basis for boosts; a demotion of m items needs m more, each a hole it leaves)
+        climb = basis if weights is None else basis + min(basis, weights.room(basis))
         if (
             vector is None
             and blend.repeat == 0.0

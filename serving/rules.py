@@ -273,6 +273,9 @@ class Weighing:
                 self._buried.append((groups[hit], scores[hit]))
         w.multiply(groups, scores)
 
+    def room(self, basis: int) -> int:
+        return basis  # a boost may lift any candidate: room for it to climb
+
     def buried(self, threshold: float) -> list[str]:
         """The buries that picked a candidate whose score before the weights reached
         ``threshold`` (the answer's last score): each pushed an item down, or out."""

@@ -274,6 +274,9 @@ class _Times:
         self.calls += 1
         scores *= self.factor[items]
 
+    def room(self, basis: int) -> int:
+        return basis  # it may lift an item
+
 
 def test_weights_reorder_the_candidates_before_the_cut(
     model: Model, monkeypatch: pytest.MonkeyPatch
@@ -305,6 +308,36 @@ def test_weights_reorder_the_candidates_before_the_cut(
     assert sinker not in got.items.tolist()
     assert got.items.tolist()[1:] == [i for i in wide.items.tolist() if i != sinker][:2]
     assert (np.diff(got.scores) <= 0).all()
+
+
+class _Lower(_Times):
+    """ScoreWeights that only lower named items: the room it asks is one per item."""
+
+    def room(self, basis: int) -> int:
+        return min(basis, int((self.factor < 1).sum()))
+
+
+def test_a_demotion_of_m_items_asks_m_more_candidates_and_ranks_as_a_wide_search(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lowering known items leaves one hole each in the candidates: k + k + m are
+    searched (not k + 2k), and the answer is what a wide search gives once they sink."""
+    ranker = Ranker(model, overfetch=4)
+    q = user_query(model, "g0u03", 4, repeat_policy=RepeatPolicy.ALLOW)
+    wide = ranker.recommend(dataclasses.replace(q, k=12))
+    demoted = [int(i) for i in wide.items[:2]]
+    fetched: list[int] = []
+    search = model.artifact.index.search
+
+    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fetched.append(k)
+        return search(queries, k)
+
+    monkeypatch.setattr(model.artifact.index, "search", spy)
+    lower = _Lower(model.n_items, dict.fromkeys(demoted, 0.001))
+    got = ranker.recommend(dataclasses.replace(q, weights=lower))
+    assert fetched == [4 + 4 + 2]
+    assert got.items.tolist() == [i for i in wide.items.tolist() if i not in demoted][:4]
 
 
 def test_weights_reorder_a_popular_answer_too(model: Model) -> None:

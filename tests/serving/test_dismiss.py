@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from recsvc.client import RecommenderClient
-from recsvc.serving.rotation import Dissimilar
+from recsvc.serving.rotation import Demotion, Dissimilar, Weighed
 from recsvc.store import KeyScheme
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -117,3 +117,18 @@ def test_items_like_a_dismissed_one_sink_in_the_answer(
         assert len(sunk) >= 3
         for item in sunk:
             assert item.score == pytest.approx(was[item.item_id] * 0.01, abs=2e-3)
+
+
+def test_a_demotion_sinks_exactly_its_items_and_asks_one_more_candidate_each() -> None:
+    demotion = Demotion(np.array([7, 3, 7], np.int32), 0.2)
+    scores = np.array([1.0, 1.0, 1.0, 1.0], np.float32)
+    demotion.weigh(np.array([3, 4, 7, 8], np.int32), scores)
+    assert scores.tolist() == pytest.approx([0.2, 1.0, 0.2, 1.0])
+    many = Demotion(np.arange(100, dtype=np.int32), 0.5)  # past the broadcast's size
+    wide = np.ones(3, np.float32)
+    many.weigh(np.array([5, 150, 99], np.int32), wide)
+    assert wide.tolist() == [0.5, 1.0, 0.5]
+    assert demotion.room(10) == 3 and demotion.room(2) == 2 and many.room(10) == 10
+    factors = np.eye(2, dtype=np.float32)
+    alike = Dissimilar(factors, np.array([0], np.int32), 0.8, 0.5)
+    assert alike.room(10) == 10 and Weighed(demotion, alike).room(10) == 10
