@@ -8,6 +8,8 @@ Usage::
     .venv/bin/python benchmarks/bench_serving.py --quick      # make bench-quick (< 3 min)
     .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 --scenarios cached live \\
         --concurrency 1 8 32 --sync-repeats 3 --out benchmarks/results/live-catalogue
+    .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 --scenarios cached rotation \\
+        --concurrency 1 32 --repeats 3 --out benchmarks/results/rotation
 
 Method
 ------
@@ -49,6 +51,21 @@ Scenarios (every request is built up front, serialized once, cycled in order):
                  Only with ``--scenarios ... live``; measured together with ``cached``
                  at the same load (each repeat runs both, back to back), so the
                  ratio live/cached (issue #15: server p50 ≤ 1.25×) is of one run
+``rotation``     ``cached`` (the same users, k = 10) with placement ``home``, on a second
+                 ``recsvc serve`` of the same model on the same Redis whose settings
+                 (``--config``, written under ``--workdir``) give that placement
+                 ``rotate_after = 3`` and ``rotation_weight = 0.2`` (a process of its
+                 own: its reads take no room in the client-side state cache of
+                 ``cached``'s server). Before measuring, each pool user's impression
+                 counts (``{prefix}:{u:<user>}:shown``, written to Redis directly) hold 5
+                 items of the user's cached top 10 shown 3 to 6 times and 20 items of
+                 their ranks 11-40 shown once or twice, so each request's state read also
+                 fetches the 5 overexposed items (ZRANGEBYSCORE, in the same pipeline and
+                 client-side cache as the rest) and the ranking demotes them. Only with
+                 ``--scenarios ... rotation``; measured together with ``cached`` like
+                 ``live`` (issue #16: server p50 ≤ 1.25× cached's); before measuring, the
+                 cached and rotation answers of every pool user are compared (gRPC) to
+                 check the demotion took place
 
 Each measured point (catalogue, scenario, closed-loop concurrency or open-loop rate)
 runs ``--repeats`` times on both servers, alternating (recsvc, floor, floor, recsvc,
@@ -66,7 +83,8 @@ the same seeded Poisson schedule.
 
 With ``--profile-seconds`` > 0, py-spy records the recsvc server for that long under
 the ``cached`` load at concurrency 32 (a flame graph and raw stacks), summarised in
-``profile.md`` (and the live server under the ``live`` load, ``profile-live.md``).
+``profile.md`` (and the live server under the ``live`` load, ``profile-live.md``; the
+``rotation`` load, ``profile-rotation.md``).
 
 Catalogue sync (``--sync-repeats N``, with ``live``): while the load generator runs
 closed-loop requests (``--sync-pool``, default ``live``) at ``--sync-concurrency`` on
@@ -149,12 +167,30 @@ SCENARIOS: dict[str, str] = {
     "(category path, availability, price, brand of 50, rating) and 10 active rules (5 "
     "boosts by predicate, 3 buries of 20 items, 2 pins); each request filters on a price "
     "range keeping ~80% of the items, k=10",
+    "rotation": "cached user, placement home with rotate_after = 3 (rotation_weight 0.2): "
+    "each user's impression counts hold 5 of their cached top 10 shown 3-6 times (demoted) "
+    "and 20 more items shown once or twice, k=10",
 }
-PAIRED = ("cached", "live")
-"""Scenarios measured together, alternating, when both are planned at the same load:
-``live``'s figures are read against ``cached``'s of the same repeats."""
+PAIRED = ("cached", "live", "rotation")
+"""Scenarios measured together, alternating, when planned at the same load: ``live``'s
+and ``rotation``'s figures are read against ``cached``'s of the same repeats."""
+COMPARED = ("live", "rotation")
+"""The :data:`PAIRED` scenarios read against ``cached`` (``vs_cached``)."""
 LIVE_RULES_MAX_P50_RATIO = 1.25
 """Issue #15: server p50 with a live catalogue, 10 rules and a filter ≤ 1.25× cached."""
+ROTATION_MAX_P50_RATIO = 1.25
+"""Issue #16: server p50 with rotation on (``rotate_after``) ≤ 1.25× cached."""
+MAX_P50_RATIO = {"live": LIVE_RULES_MAX_P50_RATIO, "rotation": ROTATION_MAX_P50_RATIO}
+ROTATION_PLACEMENT = "home"
+ROTATE_AFTER = 3
+ROTATION_WEIGHT = 0.2
+ROTATION_OVEREXPOSED = 5
+"""Items of each pool user's cached top 10 given ``ROTATE_AFTER`` or more impressions."""
+ROTATION_OVEREXPOSED_COUNTS = (3, 6)
+"""Their impression counts: uniform integers in this range (both ends included)."""
+ROTATION_OTHERS = 20
+"""Items of the user's ranks 11 to :data:`ROTATION_DEPTH` shown fewer times (1 or 2)."""
+ROTATION_DEPTH = 40
 
 
 # --------------------------------------------------------------------------- plan
@@ -177,17 +213,20 @@ class Point:
 
 def plan(args: argparse.Namespace) -> list[Point]:
     """The points to measure, in order (open-loop points after their reference): every
-    scenario but ``live`` by default, only those of ``--scenarios`` when given."""
+    scenario but ``live`` and ``rotation`` by default, only those of ``--scenarios``
+    when given."""
     points = _plan(args)
     if args.scenarios is None:
         return points
     wanted = set(args.scenarios)
     chosen = [p for p in points if p.scenario in wanted]
-    if "live" in wanted:
-        main = max(args.catalogues)
+    main = max(args.catalogues)
+    for scenario in COMPARED:
+        if scenario not in wanted:
+            continue
         for n in sorted(args.catalogues, reverse=True):
             levels = args.concurrency if n == main else [1, 32]
-            chosen += [Point(n, "live", "closed", c) for c in levels]
+            chosen += [Point(n, scenario, "closed", c) for c in levels]
     # keep the catalogues largest first, as the rigs are started
     return sorted(chosen, key=lambda p: -p.catalogue)
 
@@ -406,6 +445,20 @@ class LiveRig:
 
 
 @dataclass
+class RotationRig:
+    """The ``recsvc serve`` of the ``rotation`` scenario: the same model on the same
+    Redis as ``cached``'s, its settings file giving placement :data:`ROTATION_PLACEMENT`
+    ``rotate_after``; a server of its own, so neither scenario's reads take the other's
+    room in the client-side state cache."""
+
+    server: Server
+    metrics_url: str | list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+    """The impressions written and the answers beside cached's
+    (:func:`seed_impressions`, :func:`check_rotation`)."""
+
+
+@dataclass
 class Rig:
     """Everything running for one catalogue: shop, Redis, recsvc, the request pools."""
 
@@ -419,6 +472,8 @@ class Rig:
     setup_seconds: dict[str, float] = field(default_factory=dict)
     live: LiveRig | None = None
     """The server of the ``live`` scenario, when it is planned."""
+    rotation: RotationRig | None = None
+    """The server of the ``rotation`` scenario, when it is planned."""
 
     def serving(self, scenario: str) -> tuple[Server, str | list[str], dict[str, int]]:
         """The recsvc server that answers ``scenario``, its /metrics and its pids
@@ -428,6 +483,11 @@ class Rig:
                 raise RuntimeError("the live scenario needs its server (start_rig)")
             live = self.live
             return live.server, live.metrics_url, {**live.server.pids(), "redis": live.redis.pid}
+        if scenario == "rotation":
+            if self.rotation is None:
+                raise RuntimeError("the rotation scenario needs its server (start_rig)")
+            rot = self.rotation
+            return rot.server, rot.metrics_url, {**rot.server.pids(), "redis": self.redis.pid}
         return self.server, self.metrics_url, {**self.server.pids(), "redis": self.redis.pid}
 
 
@@ -497,10 +557,129 @@ def write_foldin_histories(artifact: ModelArtifact, url: str, n_users: int) -> N
         client.close()
 
 
+def write_rotation_config(folder: Path) -> Path:
+    """The settings file of a server whose placement :data:`ROTATION_PLACEMENT` rotates
+    (every other setting its default)."""
+    path = folder / "rotation.toml"
+    path.write_text(
+        "# bench_serving.py, the rotation scenario: recsvc serve --config <this file>\n"
+        f"[placements.{ROTATION_PLACEMENT}]\n"
+        f"rotate_after = {ROTATE_AFTER}\n"
+        f"rotation_weight = {ROTATION_WEIGHT}\n"
+    )
+    return path
+
+
+def _answers(target: str, user_ids: Sequence[str], k: int, placement: str = "") -> list[list[str]]:
+    """The item ids ``target`` recommends to each of ``user_ids`` (one call each)."""
+    from recsvc.client import RecommenderClient
+
+    with RecommenderClient(target, timeout=10.0) as client:
+        return [
+            [i.item_id for i in client.recommend(user_id=u, k=k, placement=placement).items]
+            for u in user_ids
+        ]
+
+
+def seed_impressions(artifact: ModelArtifact, target: str, url: str) -> dict[str, Any]:
+    """Impression counts of every pool user, written to Redis as the server's
+    ``count_shown`` keeps them (a ZSET per shopper, item -> times shown, with its TTL):
+    :data:`ROTATION_OVEREXPOSED` items of the user's top 10 (the server's answer at
+    ``target``, no placement) shown :data:`ROTATION_OVEREXPOSED_COUNTS` times, and
+    :data:`ROTATION_OTHERS` of their ranks 11 to :data:`ROTATION_DEPTH` once or twice.
+    What was written; under ``"overexposed"``, each user's items shown that often."""
+    import numpy as np
+
+    from recsvc.config import ServerSettings
+    from recsvc.store import KeyScheme, client_from_url
+
+    user_ids = [str(artifact.user_ids[u]) for u in pool_users(artifact)]
+    t = time.perf_counter()
+    answers = _answers(target, user_ids, ROTATION_DEPTH)
+    asked = time.perf_counter() - t
+    rng = np.random.default_rng(SEED + 2)
+    low, high = ROTATION_OVEREXPOSED_COUNTS
+    ttl = ServerSettings().shown_ttl_seconds
+    keys = KeyScheme()
+    overexposed: dict[str, list[str]] = {}
+    members = 0
+    client = client_from_url(url, socket_timeout=10.0)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for user, items in zip(user_ids, answers, strict=True):
+                top, rest = items[:10], items[10:]
+                hot = [str(i) for i in rng.choice(top, min(ROTATION_OVEREXPOSED, len(top)), False)]
+                cold = [str(i) for i in rng.choice(rest, min(ROTATION_OTHERS, len(rest)), False)]
+                # overexposed: shown ROTATE_AFTER times or more; the others fewer
+                shown = rng.integers(low, high + 1, len(hot)).tolist()
+                shown += rng.integers(1, ROTATE_AFTER, len(cold)).tolist()
+                counts = dict(zip(hot + cold, shown, strict=True))
+                key = keys.shown(user)
+                pipe.delete(key)
+                if counts:
+                    pipe.zadd(key, counts)
+                    pipe.expire(key, ttl)
+                overexposed[user] = hot
+                members += len(counts)
+            pipe.execute()
+    finally:
+        client.close()
+    n = max(1, len(user_ids))
+    return {
+        "users": len(user_ids),
+        "placement": ROTATION_PLACEMENT,
+        "rotate_after": ROTATE_AFTER,
+        "rotation_weight": ROTATION_WEIGHT,
+        "overexposed_per_user": sum(len(v) for v in overexposed.values()) / n,
+        "overexposed_counts": list(ROTATION_OVEREXPOSED_COUNTS),
+        "members_per_user": members / n,
+        "depth_asked": ROTATION_DEPTH,
+        "seconds_asking_answers": asked,
+        "overexposed": overexposed,
+    }
+
+
+def check_rotation(
+    artifact: ModelArtifact, cached_target: str, rotation_target: str, seeded: dict[str, Any]
+) -> dict[str, Any]:
+    """Every pool user's ``cached`` answer (k = 10, no placement, the server at
+    ``cached_target``) beside their ``rotation`` answer (placement
+    :data:`ROTATION_PLACEMENT`, the server at ``rotation_target``): how many of the
+    user's overexposed items (``seeded``) each holds, and how many items differ."""
+    user_ids = [str(artifact.user_ids[u]) for u in pool_users(artifact)]
+    cached = _answers(cached_target, user_ids, 10)
+    rotated = _answers(rotation_target, user_ids, 10, ROTATION_PLACEMENT)
+    hot = [set(seeded["overexposed"][u]) for u in user_ids]
+    n = max(1, len(user_ids))
+    return {
+        "users": len(user_ids),
+        "overexposed_per_answer": {
+            "cached": sum(len(h & set(a)) for h, a in zip(hot, cached, strict=True)) / n,
+            "rotation": sum(len(h & set(a)) for h, a in zip(hot, rotated, strict=True)) / n,
+        },
+        "answers_differing_share": sum(a != b for a, b in zip(cached, rotated, strict=True)) / n,
+        "items_replaced_per_answer": sum(
+            len(set(a) - set(b)) for a, b in zip(cached, rotated, strict=True)
+        )
+        / n,
+        "example": {
+            "user": user_ids[0],
+            "cached": cached[0],
+            "rotation": rotated[0],
+            "overexposed": sorted(hot[0]),
+        },
+    }
+
+
 def build_requests(
-    artifact: ModelArtifact, n_foldin: int, live_filters: pb.Filters | None = None
+    artifact: ModelArtifact,
+    n_foldin: int,
+    live_filters: pb.Filters | None = None,
+    *,
+    rotation: bool = False,
 ) -> dict[str, list[bytes]]:
-    """The serialized request pools of every scenario (``live`` with ``live_filters``)."""
+    """The serialized request pools of every scenario (``live`` with ``live_filters``,
+    ``rotation`` when asked)."""
     import numpy as np
 
     from recsvc.v1 import recommender_pb2 as pb
@@ -540,6 +719,11 @@ def build_requests(
                     user_id=u, k=10, filters=live_filters, placement=_live.PLACEMENT
                 )
             )
+            for u in user_ids
+        ]
+    if rotation:
+        pools["rotation"] = [
+            ser(pb.RecommendRequest(user_id=u, k=10, placement=ROTATION_PLACEMENT))
             for u in user_ids
         ]
     if n_foldin:
@@ -606,6 +790,13 @@ def start_rig(
         raise
     rig = Rig(shop, redis, server, metrics_url)
     rig.setup_seconds = setup
+    if any(p.scenario == "rotation" for p in points):
+        try:
+            rig.rotation = start_rotation(shop, artifact, rig, args, logs)
+        except BaseException:
+            server.stop()
+            redis.stop()
+            raise
     rig.pools["published_vectors"] = written
     rig.pools["foldin_users"] = n_foldin
     if any(p.scenario == "filter" for p in points):
@@ -615,11 +806,14 @@ def start_rig(
         try:
             rig.live = start_live(shop, artifact, args, logs)
         except BaseException:
+            if rig.rotation is not None:
+                rig.rotation.server.stop()
             server.stop()
             redis.stop()
             raise
         live_filters = rig.live.setup.filters()
-    for scenario, requests in build_requests(artifact, n_foldin, live_filters).items():
+    pools = build_requests(artifact, n_foldin, live_filters, rotation=rig.rotation is not None)
+    for scenario, requests in pools.items():
         for side in ("service", "floor"):
             gen.send_pool(pool_name(shop.config.n_items, scenario, side), requests)
         rig.pools[scenario] = len(requests)
@@ -627,13 +821,24 @@ def start_rig(
 
 
 def start_recsvc(
-    name: str, shop: Shop, redis: PrivateRedis, args: argparse.Namespace, logs: Path
+    name: str,
+    shop: Shop,
+    redis: PrivateRedis,
+    args: argparse.Namespace,
+    logs: Path,
+    *,
+    config: Path | None = None,
 ) -> tuple[Server, str | list[str]]:
-    """``recsvc serve`` of ``shop`` on ``redis`` (``args.processes`` processes); the
-    server and its /metrics URL (a list for several processes)."""
+    """``recsvc serve`` of ``shop`` on ``redis`` (``args.processes`` processes; with
+    ``config``, its settings file: one process only); the server and its /metrics URL
+    (a list for several processes)."""
+    if config is not None and args.processes != 1:
+        raise ValueError("a settings file needs one recsvc process (serve_variant.py)")
     if args.processes == 1:
         metrics_port = _free_port()
         cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
+        if config is not None:
+            cmd += ["--config", str(config)]
         cmd += ["--redis-url", redis.url, "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--metrics-port", str(metrics_port)]
     else:
@@ -651,6 +856,43 @@ def start_recsvc(
         server.serving_pids = spawned_children(server.pid)
     urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(args.processes)]
     return server, urls[0] if len(urls) == 1 else urls
+
+
+def start_rotation(
+    shop: Shop, artifact: ModelArtifact, rig: Rig, args: argparse.Namespace, logs: Path
+) -> RotationRig:
+    """The ``rotation`` scenario's server: ``recsvc serve`` of the same shop on
+    ``rig``'s Redis with the settings file of :func:`write_rotation_config`; then every
+    pool user's impressions written and their answers compared with ``cached``'s."""
+    n = shop.config.n_items
+    timings = rig.setup_seconds
+    config = write_rotation_config(args.workdir)
+    done = _timed(timings, "start_recsvc_rotation")
+    server, metrics_url = start_recsvc(
+        f"recsvc-{n}-rotation", shop, rig.redis, args, logs, config=config
+    )
+    done()
+    try:
+        done = _timed(timings, "seed_impressions")
+        # the answers without a placement (no rotation): what cached's server answers
+        report = seed_impressions(artifact, server.target, rig.redis.url)
+        done()
+        done = _timed(timings, "check_rotation")
+        report["check"] = check_rotation(artifact, rig.server.target, server.target, report)
+        done()
+    except BaseException:
+        server.stop()
+        raise
+    report["server_command"] = shlex.join(server.command)
+    check = report["check"]
+    print(
+        f"[{n:,} items] rotation server: overexposed items per answer "
+        f"{check['overexposed_per_answer']['cached']:.2f} cached, "
+        f"{check['overexposed_per_answer']['rotation']:.2f} rotation; "
+        f"{check['answers_differing_share']:.0%} of {check['users']:,} answers differ",
+        flush=True,
+    )
+    return RotationRig(server, metrics_url, report)
 
 
 def pool_users(artifact: ModelArtifact) -> NDArray[np.int64]:
@@ -824,11 +1066,14 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         for (name, labels), value in diff.items()
         if name == "recsvc_state_cache_lookups_total" and value
     }
-    strategies = {
-        dict(labels)["strategy"]: value
-        for (name, labels), value in diff.items()
-        if name == "recsvc_recommendations_total" and value
-    }
+    strategies: dict[str, float] = {}
+    placements: dict[str, float] = {}
+    for (name, labels), value in diff.items():
+        if name == "recsvc_recommendations_total" and value:
+            d = dict(labels)
+            strategies[d["strategy"]] = strategies.get(d["strategy"], 0.0) + value
+            where = d.get("placement", "unknown")
+            placements[where] = placements.get(where, 0.0) + value
     codes = {
         dict(labels)["grpc_code"]: value
         for (name, labels), value in diff.items()
@@ -858,6 +1103,7 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         "foldins": _sum(diff, "recsvc_foldin_seconds_count"),
         "lookups": lookups,
         "strategies": strategies,
+        "placements": placements,
         "codes": codes,
         "rule_applications": rules,
         "degraded": _sum(diff, "recsvc_degraded_responses_total"),
@@ -1097,6 +1343,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("serving/servicer.py", "recsvc servicer (proto <-> domain)"),
     ("serving/validation.py", "recsvc validation"),
     ("serving/state.py", "recsvc live state (Redis commands)"),
+    ("serving/rotation.py", "recsvc rotation (demotion)"),
     ("serving/engine.py", "recsvc engine"),
     ("recsvc/ranking.py", "recsvc ranking"),
     ("recsvc/foldin.py", "recsvc fold-in"),
@@ -1555,11 +1802,11 @@ def measure_syncs(gen: LoadGen, rig: Rig, args: argparse.Namespace) -> dict[str,
         "errors_in_window": sum(sum(r["errors"].values()) for r in runs),
     }
     for name in SYNC_PHASES:
-        for path in ("latency_ms/p50", "latency_ms/p99", "latency_ms/max", "qps",
-                     "server_p50_ms", "server_p99_ms"):  # fmt: skip
-            values = [get(r["phases"][name], path) for r in runs]
+        for figure in ("latency_ms/p50", "latency_ms/p99", "latency_ms/max", "qps",
+                       "server_p50_ms", "server_p99_ms"):  # fmt: skip
+            values = [get(r["phases"][name], figure) for r in runs]
             if all(isinstance(v, int | float) for v in values):
-                _set(summary, f"{name}/{path}", median(values))
+                _set(summary, f"{name}/{figure}", median(values))
     ratios = [
         r["phases"]["during"]["latency_ms"]["p99"] / r["phases"]["before"]["latency_ms"]["p99"]
         for r in runs
@@ -1594,10 +1841,27 @@ def _machine_line(m: dict[str, Any]) -> str:
     )
 
 
+def code_source() -> str:
+    """Where the measured ``recsvc`` is imported from: ``"checkout"`` (this repository),
+    or the folder first on ``PYTHONPATH`` that holds it (another revision's tree, with
+    ``recsvc/serving`` and ``recsvc/training`` linked in, as :mod:`ab_serving` runs one)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("recsvc")
+    if spec is None or spec.origin is None:
+        return "checkout"
+    root = Path(spec.origin).resolve().parent.parent
+    return "checkout" if root == REPO else str(root)
+
+
 def code_state() -> dict[str, str]:
     """sha256 (12 hex) of every uncommitted file under serving/, recsvc/ and training/:
-    other work may be in progress in the tree this benchmark measured."""
+    other work may be in progress in the tree this benchmark measured (none when the
+    code measured is not this checkout's, :func:`code_source`)."""
     import hashlib
+
+    if code_source() != "checkout":
+        return {}
 
     try:
         out = subprocess.run(
@@ -1745,6 +2009,13 @@ def check_table(entries: list[dict[str, Any]]) -> list[str]:
         strategies = ", ".join(
             f"{k} {v / handled:.0%}" for k, v in sorted(srv.get("strategies", {}).items())
         )
+        named = {k: v for k, v in srv.get("placements", {}).items() if k != "unknown"}
+        if named:  # requests that named a placement (live, rotation)
+            strategies += (
+                " (placement "
+                + ", ".join(f"{k} {v / handled:.0%}" for k, v in sorted(named.items()))
+                + ")"
+            )
         lookups = ", ".join(
             f"{k} {v / handled:.2f}" for k, v in sorted(srv.get("lookups", {}).items())
         )
@@ -1790,18 +2061,21 @@ def same_load(entries: list[dict[str, Any]], e: dict[str, Any], scenario: str) -
     )
 
 
-def live_table(entries: list[dict[str, Any]]) -> list[str]:
-    """``live`` beside ``cached`` of the same repeats: server p50 and the other figures."""
+def versus_table(entries: list[dict[str, Any]], scenario: str = "live") -> list[str]:
+    """``scenario`` (``live`` or ``rotation``) beside ``cached`` of the same repeats:
+    server p50, its bound (:data:`MAX_P50_RATIO`) and the other figures."""
+    bound = MAX_P50_RATIO[scenario]
+    x = scenario
     lines = [
-        "| items | c | server p50 ms: cached / live | live ÷ cached (per-repeat median, range) | "
-        "server mean ms: cached / live (÷) | server p99 ms: cached / live | QPS: cached / live "
-        "/ floor | server CPU µs/req: cached / live (÷) | client p50 / p99 ms: cached / live | "
-        f"p50 ≤ {LIVE_RULES_MAX_P50_RATIO}× cached |",
+        f"| items | c | server p50 ms: cached / {x} | {x} ÷ cached (per-repeat median, range) | "
+        f"server mean ms: cached / {x} (÷) | server p99 ms: cached / {x} | QPS: cached / {x} "
+        f"/ floor | server CPU µs/req: cached / {x} (÷) | client p50 / p99 ms: cached / {x} | "
+        f"p50 ≤ {bound}× cached |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for e in entries:
         vs = e.get("vs_cached")
-        if e["scenario"] != "live" or not vs:
+        if e["scenario"] != scenario or not vs:
             continue
         cached = same_load(entries, e, "cached")
         if cached is None:
@@ -1810,7 +2084,7 @@ def live_table(entries: list[dict[str, Any]]) -> list[str]:
         p50 = vs["server_handling_p50_ms"]
         per = p50["per_repeat"]
         ratio = p50["ratio_of_medians"]
-        met = ratio is not None and ratio <= LIVE_RULES_MAX_P50_RATIO
+        met = ratio is not None and ratio <= bound
         spread = f"{p50['per_repeat_median']:.2f}, {min(per):.2f}–{max(per):.2f}" if per else "-"
         mean = vs["server_handling_mean_ms"]["ratio_of_medians"]
         cpu = vs["cpu_us_per_request_server"]["ratio_of_medians"]
@@ -1920,6 +2194,28 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 if ratio is not None
                 else "-",
                 "met": ratio is not None and ratio <= LIVE_RULES_MAX_P50_RATIO,
+            }
+        )
+    for e in sorted(entry("rotation", "closed"), key=lambda e: -e["level"]):
+        vs = e.get("vs_cached")
+        if not vs:
+            continue
+        ratio = vs["server_handling_p50_ms"]["ratio_of_medians"]
+        cached = same_load(report["points"], e, "cached")
+        rotation_p50 = _ms(get(e["median"]["service"], "server/handling_p50_ms"))
+        cached_p50 = (
+            _ms(get(cached["median"]["service"], "server/handling_p50_ms")) if cached else "-"
+        )
+        found.append(
+            {
+                "target": f"Recommend, cached user, {items}, with rotation on (placement "
+                f"rotate_after = {ROTATE_AFTER}, {ROTATION_OVEREXPOSED} of the top 10 "
+                f"overexposed): server p50 ≤ {ROTATION_MAX_P50_RATIO}× cached's in the same "
+                f"run (issue #16; concurrency {int(e['level'])})",
+                "measured": f"{ratio:.2f}× ({rotation_p50} vs {cached_p50} ms)"
+                if ratio is not None
+                else "-",
+                "met": ratio is not None and ratio <= ROTATION_MAX_P50_RATIO,
             }
         )
     for n, sync in sorted(report.get("sync", {}).items()):
@@ -2044,12 +2340,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"† other work on the machine took more than {BUSY_MACHINE_CORES} of a core during "
         "these runs (median; see the last table): both sides ran under it, expect noise."
     )
+    source = report.get("code_source", "checkout")
+    provenance = (
+        f"uncommitted files measured: "
+        f"{', '.join(f'`{k}`' for k in report.get('uncommitted', {})) or 'none'}, their "
+        "hashes are in `results.json`"
+        if source == "checkout"
+        else f"the code measured is not this checkout's: `recsvc` imported from `{source}` "
+        "(`PYTHONPATH`)"
+    )
     lines = [
         "# Serving: `recsvc serve` (Recommend) vs the gRPC floor",
         "",
-        f"Run {report['date']} (repo at {report['git']}; uncommitted files measured: "
-        f"{', '.join(f'`{k}`' for k in report.get('uncommitted', {})) or 'none'}, their "
-        "hashes are in `results.json`). Reproduce from the repo root with:",
+        f"Run {report['date']} (repo at {report['git']}; {provenance}). Reproduce from the "
+        "repo root with:",
         "",
         "```",
         report["command"],
@@ -2125,6 +2429,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{cand['users_sampled']:.0f} pool users are hidden. Files: `_live.py` in "
             "`benchmarks/` writes them (not kept in the repository)."
         )
+    for n, rot in report.get("rotation", {}).items():
+        check = rot.get("check", {})
+        per = check.get("overexposed_per_answer", {})
+        lines.append(
+            f"- rotation on {int(n):,} items: placement `{rot['placement']}` with "
+            f"`rotate_after = {rot['rotate_after']}`, `rotation_weight = "
+            f"{rot['rotation_weight']}` (`--config`); each of the {rot['users']:,} pool "
+            f"users' impression counts hold {rot['overexposed_per_user']:.1f} items of their "
+            f"cached top 10 shown {rot['overexposed_counts'][0]}-{rot['overexposed_counts'][1]} "
+            f"times and {rot['members_per_user'] - rot['overexposed_per_user']:.1f} of their "
+            f"ranks 11-{rot['depth_asked']} shown once or twice. Asked before measuring (gRPC, "
+            f"k=10, every pool user): the cached answers hold {per.get('cached', 0):.2f} of the "
+            f"user's overexposed items, the rotation answers {per.get('rotation', 0):.2f}; "
+            f"{check.get('answers_differing_share', 0):.0%} of the answers differ, by "
+            f"{check.get('items_replaced_per_answer', 0):.2f} items on average."
+        )
     lines += [
         "",
         "## Targets",
@@ -2156,7 +2476,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             busy_note,
             "",
         ]
-    if any(e.get("vs_cached") for e in report["points"]):
+    if any(e.get("vs_cached") and e["scenario"] == "live" for e in report["points"]):
         lines += [
             "## Live catalogue, 10 rules and a filter vs cached (same run)",
             "",
@@ -2168,7 +2488,23 @@ def render_markdown(report: dict[str, Any]) -> str:
             "Server p50 is read from histogram buckets (0.1, 0.25, 0.5 ms ...: linear "
             "interpolation inside one), so the mean (exact: sum ÷ count) is given beside it.",
             "",
-            *live_table(report["points"]),
+            *versus_table(report["points"], "live"),
+            "",
+        ]
+    if any(e.get("vs_cached") and e["scenario"] == "rotation" for e in report["points"]):
+        lines += [
+            "## Rotation vs cached (same run)",
+            "",
+            "`rotation` and `cached` at the same concurrency were measured together, each on "
+            "its own `recsvc serve` (the same model, the same Redis; the `rotation` server's "
+            "settings give placement `home` `rotate_after`): in each repeat one run of each, "
+            "back to back, then their floors, the order reversed every other repeat. The "
+            "ratio is of the medians; in brackets the median and range of the ratio within "
+            "each repeat. Server p50 is "
+            "read from histogram buckets (0.1, 0.25, 0.5 ms ...: linear interpolation inside "
+            "one), so the mean (exact: sum ÷ count) is given beside it.",
+            "",
+            *versus_table(report["points"], "rotation"),
             "",
         ]
     if report.get("sync"):
@@ -2200,13 +2536,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("profile"):
         lines += ["## Profile", "", "See [`profile.md`](profile.md) and `profile.svg`.", ""]
-    if report.get("profile_live"):
-        lines += [
-            "## Profile of the live scenario",
-            "",
-            "See [`profile-live.md`](profile-live.md) and `profile-live.svg`.",
-            "",
-        ]
+    for scenario in COMPARED:
+        if report.get(f"profile_{scenario}"):
+            lines += [
+                f"## Profile of the {scenario} scenario",
+                "",
+                f"See [`profile-{scenario}.md`](profile-{scenario}.md) and "
+                f"`profile-{scenario}.svg`.",
+                "",
+            ]
     if report.get("engine_path"):
         lines += [
             "## The live path step by step",
@@ -2383,8 +2721,11 @@ def measure(
         for point in group
     ]
     by_scenario = {e["scenario"]: e for e in entries}
-    if "live" in by_scenario and "cached" in by_scenario:
-        by_scenario["live"]["vs_cached"] = versus(by_scenario["live"], by_scenario["cached"])
+    for scenario in COMPARED:
+        if scenario in by_scenario and "cached" in by_scenario:
+            by_scenario[scenario]["vs_cached"] = versus(
+                by_scenario[scenario], by_scenario["cached"]
+            )
     return entries
 
 
@@ -2475,8 +2816,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--scenarios",
         nargs="+",
         choices=list(SCENARIOS),
-        help="measure only these scenarios (default: every one but live); cached and live "
-        "at the same load are measured together, alternating",
+        help="measure only these scenarios (default: every one but live and rotation); "
+        "cached, live and rotation at the same load are measured together, alternating",
     )
     p.add_argument(
         "--sync-repeats",
@@ -2520,6 +2861,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--sync-repeats needs the live scenario (--scenarios ... live)")
     if args.processes < 1:
         p.error("--processes must be >= 1")
+    if args.processes > 1 and "rotation" in (args.scenarios or []):
+        p.error("the rotation scenario needs --processes 1 (its server takes a settings file)")
     if args.channels is None:
         args.channels = 1 if args.processes == 1 else 4
     return args
@@ -2542,6 +2885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "recsvc serve (Recommend) vs no-op gRPC floor",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_revision(),
+        "code_source": code_source(),
         "uncommitted": code_state(),
         "command": shlex.join([".venv/bin/python", "benchmarks/bench_serving.py", *argv]),
         "machine": machine(),
@@ -2564,6 +2908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "filter_rejection": {},
         "setup_seconds": {},
         "live": {},
+        "rotation": {},
         "sync": {},
         "points": [],
     }
@@ -2594,6 +2939,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["setup_seconds"][str(n)] = rig.setup_seconds
             report["shops"][str(n)]["pools"] = rig.pools
             warm = [("service", rig.server, "cached")]
+            if rig.rotation is not None:
+                owned.append(rig.rotation.server)
+                report["servers"][f"recsvc-{n}-rotation"] = rig.rotation.report["server_command"]
+                report["rotation"][str(n)] = {
+                    k: v for k, v in rig.rotation.report.items() if k != "overexposed"
+                }
+                warm.append(("service", rig.rotation.server, "rotation"))
             if rig.live is not None:
                 owned += [rig.live.redis, rig.live.server]
                 report["servers"][f"recsvc-{n}-live"] = shlex.join(rig.live.server.command)
@@ -2638,7 +2990,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_outputs(report, args)
             if args.profile_seconds > 0 and n == max(args.catalogues):
                 for scenario in [
-                    s for s in ("cached", "live") if any(p.scenario == s for p in mine)
+                    s for s in ("cached", *COMPARED) if any(p.scenario == s for p in mine)
                 ]:
                     print(
                         f"[{n:,} items] profiling recsvc ({scenario}) for 2 x "
@@ -2646,7 +2998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     key = "profile" if scenario == "cached" else f"profile_{scenario}"
                     report[key] = profile(gen, rig, args, args.out, scenario)
-            stopping = [rig.server, rig.redis]
+            stopping: list[Server | PrivateRedis] = [rig.server, rig.redis]
+            if rig.rotation is not None:
+                stopping.insert(0, rig.rotation.server)
             if rig.live is not None:
                 stopping += [rig.live.server, rig.live.redis]
             for item in stopping:
