@@ -36,6 +36,7 @@ from recsvc.config import Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import ConfigError, RecsvcError, StoreError
 from recsvc.model import Model
+from recsvc.pseudonyms import pseudonyms_from
 from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
 from recsvc.store.cooccur import CoOccurrence
@@ -238,7 +239,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             ],
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            RecommenderServicer(engine, s), server
+            RecommenderServicer(engine, s, pseudonyms_from(settings)), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_server_reflection(

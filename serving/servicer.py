@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 
 from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
 from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
-from recsvc.pseudonyms import pseudonyms_from
+from recsvc.pseudonyms import Pseudonyms
 from recsvc.ranking import Strategy
 from recsvc.rules import Rule, RuleAction
 from recsvc.v1 import recommender_pb2 as pb
@@ -281,10 +281,12 @@ def _ts(value: datetime | float | int | None) -> Timestamp | None:
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """recsvc.v1.RecommenderService over an :class:`Engine`."""
 
-    def __init__(self, engine: Engine, limits: ServerSettings) -> None:
+    def __init__(
+        self, engine: Engine, limits: ServerSettings, pseudonyms: Pseudonyms | None = None
+    ) -> None:
         self.engine = engine
         self.limits = limits
-        self._ids = pseudonyms_from(engine.settings)
+        self._ids = pseudonyms
         """Customer ids to pseudonyms at the boundary (``[privacy]``); None: as given."""
 
     def _id(self, user_id: str) -> str:
