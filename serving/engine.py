@@ -246,6 +246,11 @@ class Engine:
             time_left,
             shown_after=rotate,
         )
+        if profile.customer and profile.customer in self.erasures:
+            # an id still linked to a customer erased meanwhile (another replica): a visitor
+            profile = await self.profiles.read(
+                loaded, "", req.session_id if consent else "", req.session_events, time_left
+            )
         if profile.merged:
             await self._log_merged(profile.customer or user, req.session_id, profile.merged)
         live = self.popularity.of(model, loaded.ranker) if self.popularity is not None else None

@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from recsvc.client import RecommenderClient
-from recsvc.erasure import read_erasure_list
+from recsvc.erasure import append_erasure, read_erasure_list
 from recsvc.store import KeyScheme
 from recsvc.v1 import recommender_pb2 as pb
 
-from server_harness import ServerThread, clients_of, replicas, violations
+from server_harness import ServerThread, clients_of, replicas, soon, violations
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +164,14 @@ def test_links_need_the_token_and_the_cli_links(servers: list[ServerThread]) -> 
         [*base, "--unlink", "web-5"], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(out.stdout)["unlinked_ids"] == ["web-5"]
+
+
+def test_an_id_still_linked_to_an_erased_customer_answers_as_a_visitor(
+    clients: list[RecommenderClient], tmp_path: Path
+) -> None:
+    a, b = clients
+    a.link_ids("g1u07", ["tv-7"])
+    assert b.recommend("tv-7", k=3).strategy == pb.STRATEGY_PERSONALIZED
+    # the customer erased through a path that left the link (a race with LinkIds)
+    append_erasure(tmp_path / "erased.txt", "g1u07")
+    soon(lambda: b.recommend("tv-7", k=3).strategy == pb.STRATEGY_POPULAR, within=5.0)
