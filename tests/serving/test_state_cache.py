@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +84,29 @@ def test_a_repeated_read_is_answered_without_redis(
             # another range of the same list is another command: Redis answers it
             assert await reader.execute([("LRANGE", "l", 0, 0)]) == [[b"a"]]
             assert reader.cache_misses == 2
+
+    asyncio.run(body())
+
+
+def test_kept_replies_leave_the_garbage_collectors_lists(
+    private: PrivateRedis, sync: redis.Redis
+) -> None:
+    """Tens of thousands of kept keys must not make every full collection walk them
+    (30 ms at 50,000 keys when list replies were kept as lists: a tail-latency pause)."""
+    sync.rpush("l", b"a", b"b")
+    sync.set("k", b"v")
+
+    async def body() -> None:
+        async with _reader(private.url) as reader:
+            commands = [("LRANGE", "l", 0, -1), ("GET", "k")]
+            await reader.execute(commands)
+            gc.collect()  # untracks the reply tuple, then the entry around it
+            gc.collect()
+            kept = reader._cache
+            assert kept is not None and len(kept) == 2
+            assert not any(gc.is_tracked(entry) for entry in kept.values())
+            # and a hit still answers a list, as a miss does
+            assert await reader.execute(commands) == [[b"a", b"b"], b"v"]
 
     asyncio.run(body())
 
