@@ -103,22 +103,32 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix unique to this test; everything under it is deleted afterwards."""
-    return f"test-{uuid4().hex[:8]}"
+def redis_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A key prefix unique to this test; everything under it is deleted afterwards
+    (when the test used the session's Redis), whether or not it asked for
+    ``redis_client``: a key one test leaves must not meet another's scan."""
+    prefix = f"test-{uuid4().hex[:8]}"
+    yield prefix
+    if "redis_url" not in request.fixturenames:
+        return
+    client = client_from_url(
+        request.getfixturevalue("redis_url"), socket_timeout=_TEST_SOCKET_TIMEOUT
+    )
+    try:
+        # ':*' not '*': prefix "test-ab" must not sweep another test's "test-abc".
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()
 
 
 @pytest.fixture
 def redis_client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:
-    """A client on the session's Redis; keys under ``redis_prefix`` are removed after."""
+    """A client on the session's Redis (keys under ``redis_prefix`` go after the test,
+    with the prefix)."""
     client = client_from_url(redis_url, socket_timeout=_TEST_SOCKET_TIMEOUT)
     try:
         yield client
     finally:
-        try:
-            # ':*' not '*': prefix "test-ab" must not sweep another test's "test-abc".
-            keys = list(client.scan_iter(match=f"{redis_prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start : start + 1000])
-        finally:
-            client.close()
+        client.close()
