@@ -67,6 +67,18 @@ def _add_data_flags(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     )
 
 
+def _add_event_log_flag(p: argparse.ArgumentParser) -> None:
+    """``--event-log DIR`` (repeatable): the servers' event-log directories a command
+    reads or cleans (``args.event_log``; None: ``[server] event_log_dir``)."""
+    p.add_argument(
+        "--event-log",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
+    )
+
+
 def _data_spec(args: argparse.Namespace) -> DataSpec:
     from .loading import ColumnMapping
     from .pipeline import DataSpec
@@ -484,13 +496,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "any customer stays pending). Servers run this every "
         "[server] compact_interval_seconds.",
     )
-    p.add_argument(
-        "--event-log",
-        type=Path,
-        action="append",
-        metavar="DIR",
-        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
-    )
+    _add_event_log_flag(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_compact, extra=EXTRA)
@@ -507,13 +513,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "repeats it until SIGTERM: the scheduler.",
     )
     _add_data_flags(p, required=False)
-    p.add_argument(
-        "--event-log",
-        type=Path,
-        action="append",
-        metavar="DIR",
-        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
-    )
+    _add_event_log_flag(p)
     p.add_argument(
         "--every", type=float, metavar="SECONDS", help="run again every SECONDS (scheduler)"
     )
@@ -529,13 +529,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "older than keep_days (never CURRENT or the rollback target). Servers do it every "
         "[server] compact_interval_seconds.",
     )
-    p.add_argument(
-        "--event-log",
-        type=Path,
-        action="append",
-        metavar="DIR",
-        help="an event-log directory (repeat for each replica's; default: [server] event_log_dir)",
-    )
+    _add_event_log_flag(p)
     p.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_settings_flags(p, als=False)
