@@ -51,6 +51,7 @@ __all__ = [
     "completion_path",
     "erasure_status",
     "event_files",
+    "exclusive",
     "round_lock",
 ]
 
@@ -137,19 +138,26 @@ def compact(
 
 
 @contextlib.contextmanager
-def round_lock(root: Path) -> Iterator[None]:
-    """Hold the artifact root's maintenance lock (compaction, retention) for the block;
-    CompactionBusy at once if another process holds it."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
+def exclusive(path: Path, busy: Exception) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created owner-only) for the
+    block; raise ``busy`` at once if another process holds it. A dead holder's lock
+    goes with its process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise CompactionBusy(f"another process is compacting {root}") from exc
+            raise busy from exc
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def round_lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold the artifact root's maintenance lock (compaction, retention) for the block;
+    CompactionBusy at once if another process holds it."""
+    return exclusive(root / LOCK_NAME, CompactionBusy(f"another process is compacting {root}"))
 
 
 def event_files(directory: Path) -> list[Path]:

@@ -17,17 +17,14 @@ logging a failed run and trying again at the next interval.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from recsvc import retention
-from recsvc.compaction import CompactionBusy, event_files
+from recsvc.compaction import CompactionBusy, event_files, exclusive
 from recsvc.config import Settings
 
 from .pipeline import DataSpec, train
@@ -71,7 +68,7 @@ def retrain(
     or the publish gate raised (nothing published then)."""
     started = time.monotonic()
     root = settings.artifact_root
-    with _retrain_lock(root):
+    with exclusive(root / LOCK_NAME, RetrainBusy(f"another retrain is running on {root}")):
         logs = tuple(p for d in event_log_dirs for p in event_files(d))
         log.info("retraining on %d base files and %d event-log files", len(spec.events),
                  len(logs))  # fmt: skip
@@ -92,17 +89,3 @@ def retrain(
         deleted_versions=deleted,
         seconds=time.monotonic() - started,
     )
-
-
-@contextlib.contextmanager
-def _retrain_lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise RetrainBusy(f"another retrain is running on {root}") from exc
-        yield
-    finally:
-        os.close(fd)
