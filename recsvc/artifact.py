@@ -5,6 +5,8 @@ Layout under the artifact root::
     artifacts/
       CURRENT                  name of the served version (replaced atomically)
       PUBLISHED.json           stack of published versions, for rollback
+      publish_log.jsonl        every decision of the publish gate: published, forced,
+                               refused (training/publish.py)
       erased_users.txt         erasure list (ForgetUser appends; training honours it)
       20261122T201500Z-1a2b3c4d/
         manifest.json          format/model version, dates, counts, config, metrics,

@@ -505,7 +505,13 @@ class EvaluationSettings(_Section):
     ks: tuple[int, ...] = (10, 20)
     """Cut-offs reported."""
     validation_share: float = Field(default=0.1, gt=0.0, lt=0.5)
-    """Share of the training period held out (by time) to choose the blend."""
+    """Share of the training period held out (by time) to choose the blend, and the
+    trainer's holdout that the publish gate reads (docs/evaluation.md)."""
+    publish_tolerance: float = Field(default=0.05, ge=0.0, lt=1.0)
+    """Publishing is refused when the model's holdout Recall@20 or NDCG@20 is below the
+    current model's, on the same held-out customers, by more than this share of it
+    (relative: 0.05 = 5 %; two seeds of one model differ by up to 2-3 %).
+    ``recsvc publish --force`` overrides."""
 
 
 class PrivacySettings(_Section):

@@ -8,7 +8,7 @@ The hierarchy::
     │   └── InputRowError            one bad row: file, line, column       INVALID_ARGUMENT
     ├── ArtifactError                a model artifact that cannot be used  FAILED_PRECONDITION
     │   └── ChecksumError            a file whose checksum does not match  DATA_LOSS
-    ├── QualityGateError             index recall below the floor          FAILED_PRECONDITION
+    ├── QualityGateError             a model the publish gate refuses      FAILED_PRECONDITION
     ├── ModelNotLoadedError          no model to answer with               UNAVAILABLE
     ├── InvalidRequestError          a client request that is malformed    INVALID_ARGUMENT
     │   ├── ConflictError            contradicts stored state (id taken)   ALREADY_EXISTS
@@ -96,7 +96,9 @@ class ChecksumError(ArtifactError):
 
 
 class QualityGateError(RecsvcError):
-    """A trained model that fails a gate (e.g. approximate index recall below the floor)."""
+    """A trained model the publish gate refuses: approximate index recall below the
+    floor, a holdout score that does not beat popularity and buy-again or falls short
+    of the current model's (training/publish.py)."""
 
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
     exit_code = 5

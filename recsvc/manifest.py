@@ -331,8 +331,9 @@ class Manifest(_Schema):
     training counted none (models trained before it; then no
     ``bought_together.npz``)."""
     metrics: dict[str, float]
-    """Quality measured at training time, by name (e.g. ``index_recall_at_20``),
-    fractions in [0, 1]."""
+    """Quality measured at training time, by name: ``index_recall_at_20`` and the
+    publish gate's holdout metrics (docs/evaluation.md), fractions in [0, 1], but
+    ``holdout_users`` and ``compared_users@<version>``, counts."""
     timings: dict[str, float]
     """Training steps' wall times, by name (``<step>_seconds``), seconds."""
     files: dict[str, FileEntry]

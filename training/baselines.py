@@ -28,7 +28,9 @@ def make_baselines(counts: sp.csr_matrix, k: int, neighbours: int = 100) -> dict
     """Baseline recommenders over training users (row positions of ``counts``)."""
     totals = np.asarray(counts.sum(axis=0)).ravel()
     popular = np.argsort(-totals, kind="stable").astype(np.int64)
-    similarity = item_knn_similarity(counts, neighbours)
+    # computed on item_knn's first call: callers that score only the top-frequency
+    # baselines (the publish gate) do not pay for the item × item product
+    knn: list[sp.csr_matrix] = []
 
     def own(u: int) -> NDArray[np.int64]:
         start, end = counts.indptr[u], counts.indptr[u + 1]
@@ -52,7 +54,9 @@ def make_baselines(counts: sp.csr_matrix, k: int, neighbours: int = 100) -> dict
         start, end = counts.indptr[u], counts.indptr[u + 1]
         if start == end:
             return popular[:k]
-        scores = np.asarray(similarity[counts.indices[start:end]].sum(axis=0)).ravel()
+        if not knn:
+            knn.append(item_knn_similarity(counts, neighbours))
+        scores = np.asarray(knn[0][counts.indices[start:end]].sum(axis=0)).ravel()
         top = np.argpartition(-scores, min(k, len(scores) - 1))[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         top = top[scores[top] > 0]

@@ -79,6 +79,16 @@ def _add_event_log_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_force_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even if the publish gate's quality checks refuse the model (index "
+        "recall, holdout metrics; never a bad checksum); recorded in the artifact root's "
+        "publish_log.jsonl",
+    )
+
+
 def _data_spec(args: argparse.Namespace) -> DataSpec:
     from .loading import ColumnMapping
     from .pipeline import DataSpec
@@ -122,6 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .publish import publish
 
     settings = settings_from_args(args)
+    if args.force and not args.publish:
+        raise ConfigError("--force goes with --publish")
     result = train(_data_spec(args), settings, progress=interactive())
     m = result.artifact.manifest
     print(
@@ -133,9 +145,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"artifact: {result.path}")
     if args.publish:
-        published = publish(settings, result.artifact.model_version, progress=interactive())
+        published = publish(
+            settings, result.artifact.model_version, progress=interactive(), force=args.force
+        )
         print(f"published {published.version} ({published.vectors_written:,} vectors to Redis)")
+        _print_gate(published.forced, published.notes)
     return 0
+
+
+def _print_gate(forced: str | None, notes: tuple[str, ...] = ()) -> None:
+    """What the publish gate let through: a refusal --force overrode, and what it could
+    not judge (also logged, and recorded in the artifact root's publish_log.jsonl)."""
+    if forced:
+        print(f"  forced past the publish gate: {forced}")
+    for note in notes:
+        print(f"  publish gate: {note}")
 
 
 def _blend_text(blend: BlendWeights) -> str:
@@ -147,14 +171,17 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     if args.rollback:
+        if args.force:
+            raise ConfigError("--force overrides the publish gate; a rollback passes none")
         result = rollback(settings, progress=interactive())
         print(f"rolled back from {result.previous} to {result.version}")
     else:
-        result = publish(settings, args.version, progress=interactive())
+        result = publish(settings, args.version, progress=interactive(), force=args.force)
         print(
             f"published {result.version} (was {result.previous or 'nothing'}; "
             f"{result.vectors_written:,} vectors to Redis)"
         )
+        _print_gate(result.forced, result.notes)
     return 0
 
 
@@ -215,6 +242,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from .retrain import RetrainBusy, retrain
 
     settings = settings_from_args(args)
+    if args.force and args.every:
+        raise ConfigError("--force overrides the publish gate for one run, not with --every")
     spec = _data_spec(args)
     dirs = args.event_log or [settings.event_log_path]
     stop = threading.Event()
@@ -223,7 +252,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
             signal.signal(signum, lambda *_: stop.set())
     while True:
         try:
-            report = retrain(spec, settings, dirs, progress=interactive())
+            report = retrain(spec, settings, dirs, progress=interactive(), force=args.force)
         except RetrainBusy as exc:
             print(f"recsvc retrain: {exc}; not started", file=sys.stderr)
             if not args.every:
@@ -240,6 +269,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
                 f"retention removed {len(report.deleted_versions)} versions",
                 flush=True,
             )
+            _print_gate(report.forced)
         if not args.every or stop.wait(args.every):
             return 0
 
@@ -441,6 +471,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_data_flags(p)
     add_settings_flags(p)
     p.add_argument("--publish", action="store_true", help="publish the new version after training")
+    _add_force_flag(p)
     p.set_defaults(handler=_cmd_train, extra=EXTRA)
 
     p = sub.add_parser(
@@ -482,6 +513,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--rollback", action="store_true", help="return to the previously published version"
     )
+    _add_force_flag(p)
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_publish, extra=EXTRA)
 
@@ -517,6 +549,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--every", type=float, metavar="SECONDS", help="run again every SECONDS (scheduler)"
     )
+    _add_force_flag(p)
     add_settings_flags(p)
     p.set_defaults(handler=_cmd_retrain, extra=EXTRA)
 

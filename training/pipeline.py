@@ -23,12 +23,19 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-from recsvc.artifact import ModelArtifact, new_model_version, write_artifact
+from recsvc.artifact import (
+    ModelArtifact,
+    current_version,
+    new_model_version,
+    read_artifact,
+    resolve,
+    write_artifact,
+)
 from recsvc.catalog import CatalogItem
 from recsvc.cobuy import MAX_BASKET, MAX_PARTNERS, MIN_SUPPORT, count_co_purchases
 from recsvc.config import NeighborSettings, RepeatPolicy, Settings
 from recsvc.erasure import read_erasure_list
-from recsvc.errors import ConfigError, DataError
+from recsvc.errors import ArtifactError, ConfigError, DataError
 from recsvc.events import EventType
 from recsvc.foldin import FoldIn
 from recsvc.index import ItemIndex, measure_recall
@@ -44,7 +51,7 @@ from recsvc.manifest import (
     SourceSummary,
     TrainedSettings,
 )
-from recsvc.model import Blend
+from recsvc.model import Blend, Model
 from recsvc.neighbors import NeighborModel
 from recsvc.pseudonyms import pseudonyms_from
 from recsvc.store import KeyScheme
@@ -430,20 +437,58 @@ def _session_model(
 
 
 def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> TrainResult:
-    """Load, fit, index and write a new artifact version (not published)."""
+    """Load, fit, index, score on the trainer's holdout and write a new artifact
+    version (not published)."""
     t = time.perf_counter()
     data = load_data(spec, settings)
     load_seconds = time.perf_counter() - t
     built = build_model(data, settings, progress=progress)
     artifact = built.artifact
     timings = {"load_seconds": load_seconds, **built.timings}
+    t = time.perf_counter()
+    metrics = {**artifact.manifest.metrics, **_gate_metrics(data, artifact, settings)}
+    timings["holdout_seconds"] = time.perf_counter() - t
     # a copy: write_seconds, added below, cannot be in the manifest it times
-    artifact.manifest = artifact.manifest.model_copy(update={"timings": dict(timings)})
+    artifact.manifest = artifact.manifest.model_copy(
+        update={"timings": dict(timings), "metrics": metrics}
+    )
     t = time.perf_counter()
     path = write_artifact(artifact, settings.artifact_root)
     timings["write_seconds"] = time.perf_counter() - t
     log.info("wrote %s", path)
     return TrainResult(path, artifact, timings)
+
+
+def _gate_metrics(
+    data: LoadedData, artifact: ModelArtifact, settings: Settings
+) -> dict[str, float]:
+    """The publish gate's metrics of the new model on the trainer's time-split holdout,
+    and of the model CURRENT names now on the same customers (docs/evaluation.md)."""
+    # here, not at the top: training.evaluation imports this module
+    from .evaluation import HOLDOUT_USERS, holdout_metrics, trainer_holdout  # noqa: PLC0415
+
+    holdout = trainer_holdout(data, settings)
+    root = settings.artifact_root
+    current_name = current_version(root)
+    current = None
+    if current_name is not None and holdout is not None and holdout.cases:
+        try:
+            current = Model(read_artifact(resolve(root, current_name)))
+        except ArtifactError as exc:
+            log.warning("the current model %s cannot be compared with: %s", current_name, exc)
+    metrics: dict[str, float] = holdout_metrics(holdout, artifact, settings, current, current_name)
+    if not metrics[HOLDOUT_USERS]:
+        log.warning("no held-out customer to score the model on: the publish gate cannot judge it")
+    else:
+        log.info(
+            "holdout (%d of %d customers): served recall@20 %.4f ndcg@20 %.4f; popularity "
+            "%.4f / %.4f; buy again %.4f / %.4f",
+            metrics[HOLDOUT_USERS], holdout.held_out_users if holdout else 0,
+            metrics["holdout_recall_at_20"], metrics["holdout_ndcg_at_20"],
+            metrics["popularity_recall_at_20"], metrics["popularity_ndcg_at_20"],
+            metrics["buy_again_recall_at_20"], metrics["buy_again_ndcg_at_20"],
+        )  # fmt: skip
+    return metrics
 
 
 def _index_recall(

@@ -55,6 +55,8 @@ class RetrainReport:
     deleted_versions: list[str]
     """Versions retention removed after publishing."""
     seconds: float
+    forced: str | None = None
+    """The gate's refusal that ``force`` overrode; None when the gate passed."""
 
 
 def retrain(
@@ -63,9 +65,11 @@ def retrain(
     event_log_dirs: Sequence[Path],
     *,
     progress: bool = False,
+    force: bool = False,
 ) -> RetrainReport:
     """One run (see the module docstring). Raises RetrainBusy, or whatever training
-    or the publish gate raised (nothing published then)."""
+    or the publish gate raised (nothing published then); ``force`` publishes a model
+    the gate's quality checks refuse (``recsvc publish --force``)."""
     started = time.monotonic()
     root = settings.artifact_root
     with exclusive(root / LOCK_NAME, RetrainBusy(f"another retrain is running on {root}")):
@@ -73,7 +77,7 @@ def retrain(
         log.info("retraining on %d base files and %d event-log files", len(spec.events),
                  len(logs))  # fmt: skip
         result = train(replace(spec, event_logs=logs), settings, progress=progress)
-        published = publish(settings, result.artifact.model_version, progress=progress)
+        published = publish(settings, result.artifact.model_version, progress=progress, force=force)
         deleted: list[str] = []
         try:
             gone = retention.collect(settings.retention, root, event_log_dirs)
@@ -88,4 +92,5 @@ def retrain(
         vectors_written=published.vectors_written,
         deleted_versions=deleted,
         seconds=time.monotonic() - started,
+        forced=published.forced,
     )

@@ -115,7 +115,9 @@ def test_synth_train_publish_models_evaluate_rollback(tmp_path: Path) -> None:
     first = run("train", "--events", str(events), "--catalog", str(catalog), *common, "--publish")
     assert first.returncode == 0, first.stderr
     assert "published" in first.stdout
-    second = run("train", "--events", str(events), *common, "--alpha", "5", "--publish")
+    # 6% below the first on its 73 held-out customers, which the publish gate refuses
+    # (tests/training/test_gate.py): --force publishes it
+    second = run("train", "--events", str(events), *common, "--alpha", "5", "--publish", "--force")
     assert second.returncode == 0, second.stderr
     versions = sorted(p.name for p in arts.iterdir() if p.is_dir())
     assert len(versions) == 2
