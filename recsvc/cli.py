@@ -241,6 +241,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             explain=args.explain,
             paged=args.paged,
             continuation=args.continuation or "",
+            variant=args.variant or "",
         ),
     )
 
@@ -262,7 +263,16 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 def _cmd_events(args: argparse.Namespace) -> int:
     def call(c: Any) -> Any:
         events = [
-            c.event(item, args.type, user_id=args.user or "", session_id=args.session or "")
+            c.event(
+                item,
+                args.type,
+                user_id=args.user or "",
+                session_id=args.session or "",
+                recommendation_id=args.recommendation_id or "",
+                placement=args.placement or "",
+                quantity=args.quantity,
+                price=args.price,
+            )
             for item in _split(args.items)
         ]
         return c.record_events(events)
@@ -391,6 +401,7 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     p.add_argument(
         "--continuation", metavar="TOKEN", help="the next page of a sequence (show more)"
     )
+    p.add_argument("--variant", help="QA: answer as this variant of the placement's experiment")
     p.set_defaults(handler=_cmd_recommend)
 
     p = sub.add_parser(
@@ -421,6 +432,12 @@ def _add_core_commands(sub: Subparsers, common: argparse.ArgumentParser) -> None
     )
     p.add_argument("--user", help="customer id")
     p.add_argument("--session", help="session id")
+    p.add_argument(
+        "--recommendation-id", metavar="ID", help="the answer the items were shown in (attribution)"
+    )
+    p.add_argument("--placement", help="where that answer was shown")
+    p.add_argument("--quantity", type=float, default=0.0, help="units (purchase, add to cart)")
+    p.add_argument("--price", type=float, help="a purchase's unit price (revenue attribution)")
     p.set_defaults(handler=_cmd_events)
 
     p = sub.add_parser(

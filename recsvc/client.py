@@ -176,6 +176,7 @@ class RecommenderClient:
         explain: bool = False,
         paged: bool = False,
         continuation: str = "",
+        variant: str = "",
         timeout: float | None = None,
     ) -> pb.RecommendResponse:
         """Recommendations; ``session_items`` become inline session events, oldest first;
@@ -203,6 +204,7 @@ class RecommenderClient:
             explain=explain,
             paged=paged,
             continuation=continuation,
+            variant=variant,
         )
         return self._call(self.stub.Recommend, request, timeout)  # type: ignore[no-any-return]
 
@@ -290,6 +292,17 @@ class RecommenderClient:
         request = pb.ListRulesRequest()
         return self._call(self.stub.ListRules, request, timeout)  # type: ignore[no-any-return]
 
+    def set_experiments(
+        self, experiments: Iterable[pb.Experiment], *, timeout: float | None = None
+    ) -> pb.SetExperimentsResponse:
+        """Make ``experiments`` the whole set of A/B experiments (SetExperiments)."""
+        request = pb.SetExperimentsRequest(experiments=list(experiments))
+        return self._call(self.stub.SetExperiments, request, timeout)  # type: ignore[no-any-return]
+
+    def list_experiments(self, *, timeout: float | None = None) -> pb.ListExperimentsResponse:
+        request = pb.ListExperimentsRequest()
+        return self._call(self.stub.ListExperiments, request, timeout)  # type: ignore[no-any-return]
+
     @staticmethod
     def rule(
         rule_id: str,
@@ -359,8 +372,11 @@ class RecommenderClient:
         recommendation_id: str = "",
         placement: str = "",
         non_personalized: bool = False,
+        price: float | None = None,
+        event_id: str = "",
     ) -> pb.Event:
-        """Build one event for :meth:`record_events`."""
+        """Build one event for :meth:`record_events`; ``price``: a purchase's unit
+        price (revenue attribution)."""
         return pb.Event(
             user_id=user_id,
             session_id=session_id,
@@ -370,6 +386,8 @@ class RecommenderClient:
             recommendation_id=recommendation_id,
             placement=placement,
             non_personalized=non_personalized,
+            price=price,
+            event_id=event_id,
         )
 
     def forget_user(self, user_id: str, *, timeout: float | None = None) -> pb.ForgetUserResponse:

@@ -420,6 +420,14 @@ class ServerSettings(_Section):
     (their score times ``dismiss_similar_weight``); 1: only the item itself."""
     dismiss_similar_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     """What the score of an item like a dismissed one is multiplied by."""
+    experiments_file: Path | None = None
+    """A TOML file of ``[[experiment]]`` tables (docs/experiments.md) this server sets
+    as the shared A/B experiments whenever it changes (checked every
+    ``reload_poll_seconds``); one that does not parse or check is logged and the
+    running experiments stay. None: experiments come only from SetExperiments."""
+    attribution_window_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    """An impression, click, add to cart or purchase carrying a recommendation id is
+    attributed to its answer's variant within this long after the answer."""
     link_max_ids: int = Field(default=20, ge=1)
     """Most ids (device, card, app id, hashed e-mail) linked to one customer (LinkIds)."""
     link_ttl_seconds: int = Field(default=180 * 24 * 3600, ge=60)

@@ -34,7 +34,7 @@ from typing import Any, Final
 from recsvc.errors import DataError
 from recsvc.v1 import recommender_pb2 as pb
 
-__all__ = ["read_rules"]
+__all__ = ["read_rules", "read_toml"]
 
 _KEYS: Final = frozenset(
     {
@@ -49,15 +49,21 @@ _ACTIONS: Final = {
 }
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML document at ``path`` (a ``what`` file); DataError naming the file when
+    it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a TOML file: {exc}") from exc
+
+
 def read_rules(path: Path) -> list[pb.Rule]:
     """The rules of the TOML file at ``path``, in file order. DataError naming the file,
     the rule and the key for anything that is not a rule."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"cannot read rules file {path}: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a TOML file: {exc}") from exc
+    doc = read_toml(path, "rules")
     extra = sorted(set(doc) - {"rule"})
     if extra:
         raise DataError(f"{path}: unknown top-level key {extra[0]!r}; rules are [[rule]] tables")

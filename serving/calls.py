@@ -79,6 +79,8 @@ class RecommendInput:
     """Answer with a continuation (show more)."""
     continued: tuple[str, ...] = ()
     """Items earlier pages of this sequence returned (excluded from this one)."""
+    variant: str = ""
+    """QA: answer as this variant of the placement's experiment; empty: assigned."""
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,17 @@ class RecommendOutput:
     """Per item, the merchandising rules that moved or placed it; None: no rule
     applied to the request."""
     applied_rule_ids: tuple[str, ...] = ()
+    """Every rule that touched the answer."""
     because: list[str] | None = None
     """Per item, the shopper's item that led to it ('' = none; None: no explanations)."""
     continuation: str = ""
     """The next page's continuation ('' = none: not paged, or the sequence is full)."""
-    """Every rule that touched the answer."""
     mode: SimilarMode | None = None
     """SimilarItems: the mode that answered."""
+    experiment: str = ""
+    """Recommend: the experiment that split the placement ('' = none)."""
+    variant: str = ""
+    """Recommend: the shopper's variant of it."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ class EventInput:
     non_personalized: bool
     event_id: str = ""
     """The client's id of the event; empty: derived from its content (:attr:`key`)."""
+    price: float | None = None
+    """A purchase's unit price; None: the live catalogue's, if any."""
 
     @property
     def key(self) -> str:

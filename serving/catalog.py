@@ -252,6 +252,10 @@ class CatalogView:
         return out
 
 
+VIEWS_KEPT = 4
+"""Models whose catalogue views a replica keeps (the served one, a few variants)."""
+
+
 class LiveCatalog(Follower[CatalogItem]):
     """This replica's copy of the live catalogue, followed from ``store``."""
 
@@ -267,13 +271,22 @@ class LiveCatalog(Follower[CatalogItem]):
         return self.records
 
     def view(self, model: Model) -> CatalogView:
-        """The catalogue over ``model``'s items (built once per model)."""
-        view = self._views.get(model.version)
+        """The catalogue over ``model``'s items (built once per model). The views of
+        the last :data:`VIEWS_KEPT` models asked for are kept up to date: the served
+        one and an experiment's variants alternate request by request, and a view
+        costs a pass over the catalogue to build."""
+        views = self._views
+        view = views.get(model.version)
         if view is None:
             view = CatalogView(model, self.items.values(), time.time())
-            # only the served model's view is kept up to date: one at a time
-            self._views = {model.version: view}
+            kept = [(v, w) for v, w in views.items() if w.model is not model]
+            self._views = dict([*kept[-(VIEWS_KEPT - 1) :], (model.version, view)])
         return view
+
+    def retain(self, versions: set[str]) -> None:
+        """Drop the views of models not in ``versions`` (reloaded away, or a variant's
+        that ended): a view holds its model."""
+        self._views = {v: view for v, view in self._views.items() if v in versions}
 
     def reloaded(self, now: float) -> None:
         self._views = {v: CatalogView(view.model, self.items.values(), now)

@@ -18,7 +18,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +29,14 @@ from numpy.typing import NDArray
 from recsvc import artifact as art
 from recsvc.catalog import CatalogItem
 from recsvc.compaction import erasure_status
-from recsvc.config import RankingSettings, RepeatPolicy, Settings, SimilarMode, WeightingSettings
+from recsvc.config import (
+    PlacementSettings,
+    RankingSettings,
+    RepeatPolicy,
+    Settings,
+    SimilarMode,
+    WeightingSettings,
+)
 from recsvc.consent import Consent
 from recsvc.erasure import ErasureList
 from recsvc.errors import (
@@ -42,6 +49,13 @@ from recsvc.errors import (
     StoreError,
 )
 from recsvc.events import EventType, LiveEvent
+from recsvc.experiments import (
+    Experiment,
+    RecommendationId,
+    Variant,
+    parse_recommendation_id,
+    recommendation_id,
+)
 from recsvc.model import Model
 from recsvc.ranking import (
     Filters,
@@ -71,6 +85,7 @@ from .calls import (
 )
 from .catalog import CatalogView, LiveCatalog
 from .eventlog import EventLog, EventRow
+from .experiments import LiveExperiments
 from .metrics import Children, ServingMetrics, placement_label
 from .newitems import NEW_PER_ANSWER, NewItemLane, NewItems, merge_new
 from .placements import Placements
@@ -102,9 +117,16 @@ _LIVE_PARTNERS = 50
 _DEGRADED_LOG_SECONDS = 60.0
 """A degraded SimilarItems is logged at most once this often (each one is counted)."""
 _FILTER_CACHE = 64
+"""Filters kept built (each a catalogue-sized mask at most: 100 kB at 100k items)."""
 _LOGINS = 10_000
 """(user, session) pairs RecordEvents remembers having merged (see record_events)."""
-"""Filters kept built (each a catalogue-sized mask at most: 100 kB at 100k items)."""
+_ATTRIBUTED: Final = frozenset(
+    {EventType.IMPRESSION, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE}
+)
+"""Event types attributed to the recommendation whose id they carry."""
+_ISSUE_SKEW = 300
+"""Seconds an attributed event may seem to precede its answer (clocks differ)."""
+_ROTATION_WEIGHT: Final = PlacementSettings().rotation_weight
 _NO_FILTERS = Filters()
 """What an empty FilterSpec becomes (immutable, so shared by every request)."""
 
@@ -124,6 +146,7 @@ class Engine:
         rules: LiveRules | None = None,
         new_items: NewItems | None = None,
         co_purchases: CoOccurrence | None = None,
+        experiments: LiveExperiments | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -138,6 +161,9 @@ class Engine:
         self.new_items = new_items
         self.co_purchases = co_purchases
         """Trained items bought together since training (kind "b"), shared."""
+        self.experiments = experiments
+        if experiments is not None:
+            experiments.on_models_changed = self.retain_models
         self._degraded_logged = -math.inf
         self.erasures = ErasureList(settings.erasure_path)
         self.placements = Placements(settings)
@@ -153,6 +179,18 @@ class Engine:
         self._logins: OrderedDict[tuple[str, str], None] = OrderedDict()
         """(user, session) pairs whose anonymous session RecordEvents merged or found
         empty lately."""
+
+    def retain_models(self) -> None:
+        """Drop what the per-model caches keep for models no longer served (neither
+        the current one nor an experiment's variant's): a model reloaded away is
+        freed at once."""
+        current = self.models.current
+        versions = {current.version} if current is not None else set()
+        if self.experiments is not None:
+            versions |= self.experiments.versions
+        for cache in (self.catalog, self.popularity, self.rules):
+            if cache is not None:
+                cache.retain(versions)
 
     def refresh_erasures(self) -> None:
         """Pick up erasures other replicas appended to the shared erasure list."""
@@ -232,12 +270,17 @@ class Engine:
     ) -> RecommendOutput:
         """The answer to ``req``; ``time_left``: seconds until the call's deadline (None:
         no deadline), which bounds the wait for the live state."""
-        loaded = self.models.require()
+        experiment, variant = self._variant(req)
+        loaded = self.models.require() if variant is None else self.experiments_model(variant)
         model = loaded.model
-        consent = not req.non_personalized
+        consent = not req.non_personalized and not (variant and variant.non_personalized)
         user = req.user_id if consent and req.user_id not in self.erasures else ""
         placement_settings = self.placements.get(req.placement)
         rotate = placement_settings.rotate_after if placement_settings is not None else 0
+        trending = placement_settings.trending_weight if placement_settings is not None else None
+        if variant is not None:
+            rotate = rotate if variant.rotate_after is None else variant.rotate_after
+            trending = trending if variant.trending_weight is None else variant.trending_weight
         profile = await self.profiles.read(
             loaded,
             user,
@@ -256,16 +299,25 @@ class Engine:
         live = self.popularity.of(model, loaded.ranker) if self.popularity is not None else None
         view = self.catalog.view(model) if self.catalog is not None else None
         filters = self._filters(model, req.filters, view)
-        rules = self._rules(model, view, req.placement)
+        rules = (
+            self._rules(model, view, req.placement)
+            if variant is None or variant.rules
+            else NO_RULES
+        )
         cap = req.max_per_category or self._cap(req.placement)
         # boosts and buries weigh the ranking's candidates as they are scored (one
         # ranking, no over-fetch for them); pins and the cap reshape its list after
         weights = rules.weights if rules else None
         weighing = Weighing(weights) if weights is not None else None
         parts: list[ScoreWeights] = [] if weighing is None else [weighing]
-        if len(profile.overexposed) and placement_settings is not None:
+        if len(profile.overexposed):
             # rotation: what the shopper was shown again and again sinks
-            parts.append(Demotion(profile.overexposed, placement_settings.rotation_weight))
+            weight = (
+                placement_settings.rotation_weight
+                if placement_settings is not None
+                else _ROTATION_WEIGHT
+            )
+            parts.append(Demotion(profile.overexposed, weight))
         if len(profile.dismissed):
             # negative feedback: what the shopper turned down is never shown (the
             # filter), and what is like it sinks
@@ -292,16 +344,15 @@ class Engine:
             req.repeat_policy,
             live,
             headroom_k=req.k if k > req.k else None,
-            popularity_weight=(
-                placement_settings.trending_weight if placement_settings is not None else None
-            ),
+            popularity_weight=trending,
             weights=scored,
         )
         t = time.perf_counter()
         ranking = loaded.ranker.recommend(query)
         self._index_seconds.observe(time.perf_counter() - t)
         placement = placement_label(req.placement, self.server.placements)
-        self._recommended(ranking.strategy.value, placement).inc()
+        in_experiment = (experiment.name, variant.name) if experiment and variant else ("", "")
+        self._recommended(ranking.strategy.value, placement, *in_experiment).inc()
         if ranking.fallback:
             self._fallbacks("store_unavailable" if profile.degraded else "no_signal").inc()
         rule_ids: list[tuple[str, ...]] | None = None
@@ -324,13 +375,19 @@ class Engine:
         out = RecommendOutput(
             items=items,
             model_version=loaded.version,
-            recommendation_id=_recommendation_id(loaded.version),
+            recommendation_id=_recommendation_id(
+                loaded.version,
+                *in_experiment,
+                owner=profile.customer or req.user_id or req.session_id,
+            ),
             strategy=ranking.strategy,
             fallback=ranking.fallback,
             degraded=profile.degraded,
             ignored_item_ids=profile.ignored_item_ids,
             item_rule_ids=rule_ids,
             applied_rule_ids=applied,
+            experiment=in_experiment[0],
+            variant=in_experiment[1],
         )
         lane = self.new_items.of(model) if self.new_items is not None else None
         if lane is not None and ranking.popularity_weight > 0:
@@ -343,6 +400,48 @@ class Engine:
             returned = [*req.continued, *(i.item_id for i in out.items)]
             out = replace(out, continuation=continuation.encode(returned))
         return out
+
+    def _variant(self, req: RecommendInput) -> tuple[Experiment | None, Variant | None]:
+        """The experiment splitting ``req``'s placement and the shopper's variant: the
+        one the request forces, else the one their user id (else session id) hashes
+        to; (None, None) outside experiments and for a shopper with neither id."""
+        live = self.experiments
+        experiment = live.for_placement(req.placement) if live is not None else None
+        if experiment is None:
+            if req.variant:
+                raise InvalidRequestError(
+                    [
+                        FieldViolation(
+                            "variant",
+                            f"no experiment splits placement {req.placement!r} "
+                            "(or its variants' models are still loading)",
+                        )
+                    ]
+                )
+            return None, None
+        if req.variant:
+            forced = experiment.variant(req.variant)
+            if forced is None:
+                names = ", ".join(v.name for v in experiment.variants)
+                raise InvalidRequestError(
+                    [
+                        FieldViolation(
+                            "variant",
+                            f"experiment {experiment.name!r} has no variant "
+                            f"{req.variant!r} (it has {names})",
+                        )
+                    ]
+                )
+            return experiment, forced
+        unit = req.user_id or req.session_id
+        if not unit:
+            return None, None
+        return experiment, experiment.assign(unit)
+
+    def experiments_model(self, variant: Variant) -> LoadedModel:
+        """The model ``variant`` answers with."""
+        assert self.experiments is not None
+        return self.experiments.model(variant)
 
     # --- SimilarItems ---------------------------------------------------------------
 
@@ -638,6 +737,24 @@ class Engine:
         live = self._live_rules()
         return live.rules(), live.version
 
+    # --- experiments ----------------------------------------------------------------
+
+    async def set_experiments(self, experiments: Sequence[Experiment]) -> int:
+        """Make ``experiments`` the shared set (checked first: InvalidRequestError
+        naming every reason, and the running set stays); its version."""
+        return await self._live_experiments().set(experiments)
+
+    def list_experiments(self) -> tuple[list[Experiment], int, dict[str, int]]:
+        """The running experiments, their version, and the bytes each variant model
+        loaded here added."""
+        live = self._live_experiments()
+        return live.running(), live.version, dict(live.model_bytes)
+
+    def _live_experiments(self) -> LiveExperiments:
+        if self.experiments is None:
+            raise StoreError("this server runs without experiments")
+        return self.experiments
+
     def _live_rules(self) -> LiveRules:
         if self.rules is None:
             raise StoreError("this server runs without merchandising rules")
@@ -660,7 +777,9 @@ class Engine:
         meetings: dict[str, tuple[list[str], list[str], EventInput]] = {}
         together: dict[str, list[str]] = {}
         # rotation: impressions counted per shopper, engagement starting a count again
-        rotating = self.placements.rotating
+        rotating = self.placements.rotating or (
+            self.experiments is not None and self.experiments.rotating
+        )
         shown: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
         # negative feedback: items each shopper turned down
         dismissed: dict[tuple[str, str], list[str]] = {}
@@ -670,8 +789,11 @@ class Engine:
         customers = await self.state.customers(
             [e.user_id for e in events if e.user_id and not e.non_personalized]
         )
+        # attribution: events carrying a recommendation id, counted once applied
+        attributions: dict[tuple[str, str], dict[int, tuple[_Attribution, EventType]]] = {}
         for index, e in enumerate(events):
             anonymous = not e.user_id  # a visitor's: logged without any id but the visit's
+            named = e.user_id
             consent = Consent.FULL
             if e.user_id in customers:
                 customer, consent = customers[e.user_id]
@@ -682,8 +804,9 @@ class Engine:
             elif consent is Consent.OFF:
                 e = replace(e, non_personalized=True)  # noqa: PLW2901
             placement = placement_label(e.placement, self.server.placements)
+            rid = parse_recommendation_id(e.recommendation_id) if e.recommendation_id else None
             if e.event_type in (EventType.IMPRESSION, EventType.CLICK):
-                version = metrics.model_version_label(e.recommendation_id.rpartition(".")[0])
+                version = metrics.model_version_label(rid.model_version if rid else "")
                 counter = (
                     metrics.impressions if e.event_type is EventType.IMPRESSION else metrics.clicks
                 )
@@ -692,17 +815,24 @@ class Engine:
                 ignored.append((index, "erased_user"))
                 metrics.events_ignored.labels(reason="erased_user").inc()
                 continue
+            attribution = (
+                self._attribute(e, rid, named, placement)
+                if e.recommendation_id and e.event_type in _ATTRIBUTED
+                else None
+            )
             if e.non_personalized:
                 # aggregate counters only: nothing tied to the shopper is kept
                 metrics.events.labels(event_type=e.event_type.value).inc()
                 trend.add(e)
+                if attribution is not None:
+                    self._count_attribution(attribution, e.event_type)
                 continue
             key = e.key
             if e.user_id or (anonymous and e.session_id):
                 # training reads customers' events, and visitors' as guests' visits (the
                 # session model learns from live traffic); a session-only customer's visit
                 # is kept in the store only, as they allowed
-                log_rows.append(_log_row(e.user_id, e.session_id, e, key))
+                log_rows.append(_log_row(e.user_id, e.session_id, e, key, attribution))
             if e.item_id not in model.item_position:
                 # a new product: it counts towards live popularity from its first sale,
                 # and is placed by the trained items of its session
@@ -713,6 +843,8 @@ class Engine:
                     meetings.setdefault(e.session_id or f"u:{e.user_id}", ([], [], e))[0].append(
                         e.item_id
                     )
+                if attribution is not None:
+                    self._count_attribution(attribution, e.event_type)
                 continue
             together.setdefault(e.session_id or f"u:{e.user_id}", []).append(e.item_id)
             metrics.events.labels(event_type=e.event_type.value).inc()
@@ -726,11 +858,16 @@ class Engine:
                     counts[1].append(e.item_id)
             if e.event_type.spec.taste and (e.user_id or e.session_id):
                 batch, keys = live.setdefault((e.user_id, e.session_id), ([], []))
+                if attribution is not None:  # counted if the live state applies it
+                    pending = attributions.setdefault((e.user_id, e.session_id), {})
+                    pending[len(batch)] = (attribution, e.event_type)
                 batch.append(LiveEvent(e.item_id, e.event_type, e.timestamp, e.quantity))
                 keys.append(key)
                 trend.pending(e.user_id, e.session_id, e)
             else:
                 trend.add(e)
+                if attribution is not None:
+                    self._count_attribution(attribution, e.event_type)
         # Acknowledged = durable and applied once. The live state applies each event at
         # most once (its id), so a retry after any failure below (UNAVAILABLE) applies
         # nothing twice and completes what the first attempt left undone; the log may
@@ -750,6 +887,11 @@ class Engine:
             if len(applied) < len(batch):
                 metrics.events_ignored.labels(reason="duplicate").inc(len(batch) - len(applied))
             trend.applied(user_id, session_id, applied)
+            attributed = attributions.get((user_id, session_id))
+            if attributed:
+                for i in applied:
+                    if i in attributed:
+                        self._count_attribution(*attributed[i])
             # bought together: the purchases a session (or a user's batch) applied now,
             # so a retried batch counts nothing twice
             bought = [
@@ -763,6 +905,10 @@ class Engine:
         # the next Recommend on any replica reflects what the shopper just did
         for user_id in dict.fromkeys(u for u, _ in live if u):
             await self.profiles.refresh(loaded, user_id)
+            if self.experiments is not None:  # and under the model of their variant
+                for other in self.experiments.variant_models(user_id):
+                    if other.version != loaded.version:
+                        await self.profiles.refresh(other, user_id)
         for (user_id, session_id), items in dismissed.items():
             # the shopper's state, not an approximate counter: a failure fails the call
             # (retried, it applies again: a dismissal is idempotent)
@@ -785,6 +931,51 @@ class Engine:
             except StoreError as exc:  # approximate counters: the events themselves are in
                 log.warning("counting live popularity failed: %s", exc)
         return RecordOutput(accepted=len(events) - len(ignored), ignored=ignored)
+
+    def _attribute(
+        self, e: EventInput, rid: RecommendationId | None, named: str, placement: str
+    ) -> _Attribution | None:
+        """The attribution of ``e`` (carrying the recommendation id ``rid`` says) to the
+        answer that led to it, or None (counted by reason): an id of this server,
+        issued to the event's shopper (``named``: the user id the event named,
+        ``e.user_id``: its customer) or to nobody (SimilarItems), within the
+        attribution window."""
+        refused = self.metrics.attribution_refused
+        if rid is None or not rid.issued_at:
+            refused.labels(reason="unknown").inc()
+            return None
+        if rid.owner and not rid.owned_by(named, e.user_id, e.session_id):
+            refused.labels(reason="foreign").inc()
+            return None
+        window = self.server.attribution_window_seconds
+        if not rid.issued_at - _ISSUE_SKEW <= e.timestamp <= rid.issued_at + window:
+            refused.labels(reason="expired").inc()
+            return None
+        if self.experiments is not None:
+            experiment, variant = self.experiments.label(rid.experiment, rid.variant)
+        else:
+            experiment, variant = ("other", "other") if rid.experiment else ("", "")
+        revenue: float | None = None
+        if e.event_type is EventType.PURCHASE:
+            price = e.price
+            if price is None and self.catalog is not None:
+                item = self.catalog.records.get(e.item_id)
+                price = item.price if item is not None else None
+            revenue = None if price is None else price * e.quantity
+        return _Attribution(e.recommendation_id, experiment, variant, placement, revenue)
+
+    def _count_attribution(self, a: _Attribution, event_type: EventType) -> None:
+        metrics = self.metrics
+        metrics.attributed_events.labels(
+            experiment=a.experiment,
+            variant=a.variant,
+            placement=a.placement,
+            event_type=event_type.value,
+        ).inc()
+        if a.revenue:
+            metrics.attributed_revenue.labels(
+                experiment=a.experiment, variant=a.variant, placement=a.placement
+            ).inc(a.revenue)
 
     async def _log_merged(self, user_id: str, session_id: str, events: Sequence[LiveEvent]) -> None:
         """Log the events a login merged, under the customer: training reads them as
@@ -977,10 +1168,32 @@ def _pairs(baskets: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
     return counts
 
 
-def _log_row(user_id: str, session_id: str, e: LiveEvent | EventInput, event_id: str) -> EventRow:
+@dataclass(frozen=True)
+class _Attribution:
+    """An event attributed to the answer whose id it carries."""
+
+    recommendation_id: str
+    experiment: str
+    """Metric label: the experiment (one this replica ran, "other", or "")."""
+    variant: str
+    placement: str
+    """Metric label (see :func:`serving.metrics.placement_label`)."""
+    revenue: float | None
+    """A purchase's price x quantity, when the price is known."""
+
+
+def _log_row(
+    user_id: str,
+    session_id: str,
+    e: LiveEvent | EventInput,
+    event_id: str,
+    attribution: _Attribution | None = None,
+) -> EventRow:
     """The event log's row of ``e`` by ``user_id``: a purchase's basket is its session's
     (or the customer's) at its second, as the loader groups orders; a visitor's row (no
-    ``user_id``) has its visit, ``visit:<session>``, as the basket."""
+    ``user_id``) has its visit, ``visit:<session>``, as the basket. An attributed
+    event's row carries its recommendation id, placement and revenue (the report's
+    input)."""
     purchase = e.event_type is EventType.PURCHASE
     if not user_id:  # a visitor's: the visit is the basket the loader groups it by
         basket = f"visit:{session_id}"
@@ -994,6 +1207,9 @@ def _log_row(user_id: str, session_id: str, e: LiveEvent | EventInput, event_id:
         quantity=e.quantity,
         basket_id=basket,
         event_id=event_id,
+        recommendation_id=attribution.recommendation_id if attribution else "",
+        placement=attribution.placement if attribution else "",
+        revenue=attribution.revenue if attribution else None,
     )
 
 
@@ -1088,12 +1304,17 @@ def _fetch(k: int, rules: ActiveRules, cap: int, *, weighed: bool = False) -> in
     return k + len(rules.pins) if weighed else k + len(rules)
 
 
-def _recommendation_id(model_version: str) -> str:
-    """``<model version>.<random>``: clicks carry the model that made the list."""
-    # 128 random bits as 32 hex digits, like uuid4().hex, at a fraction of its cost: an
-    # id needs to be unique, not unguessable, so the seeded generator (re-seeded from
-    # os.urandom in every process, forked ones included) instead of a getrandom call
-    return f"{model_version}.{_random_bits(128):032x}"
+def _recommendation_id(
+    model_version: str, experiment: str = "", variant: str = "", *, owner: str = ""
+) -> str:
+    """The id of an answer (:func:`recsvc.experiments.recommendation_id`): its model,
+    experiment and variant, when and to whom (``owner``) it was issued."""
+    # 64 random bits: an id needs to be unique, not unguessable, so the seeded
+    # generator (re-seeded from os.urandom in every process, forked ones included)
+    # instead of a getrandom call
+    return recommendation_id(
+        model_version, experiment, variant, int(time.time()), owner, _random_bits(64)
+    )
 
 
 def _scored(

@@ -2,7 +2,9 @@
 
 Files are named ``events-<UTC yyyymmddThhmmss>-<seq>.csv`` after the moment they were
 opened and start with the header ``user_id,item_id,timestamp,event_type,quantity,
-basket_id,event_id``; quoting is the csv module's (minimal), so ids with commas or quotes load
+basket_id,event_id,recommendation_id,placement,revenue`` (files of older servers end
+at ``event_id``; the last three are filled for events attributed to a recommendation);
+quoting is the csv module's (minimal), so ids with commas or quotes load
 unchanged with :func:`training.loading.load_events`. A file is created on the first
 append after start or rotation (no header-only files, which the loader rejects) and
 rotates once the next batch would take it past ``max_bytes``; a single batch larger
@@ -57,7 +59,11 @@ import numpy as np
 from recsvc.errors import StoreError
 from recsvc.events import CANONICAL_COLUMNS, EventType
 
-__all__ = ["EventLog", "EventRow"]
+__all__ = ["LOG_COLUMNS", "EventLog", "EventRow"]
+
+LOG_COLUMNS: Final = ("event_id", "recommendation_id", "placement", "revenue")
+"""The columns the log writes after the canonical ones (the loader reads those and
+``event_id``; the experiment report reads the rest)."""
 
 _NAME_RE: Final = re.compile(r"events-(\d{8}T\d{6})-(\d+)\.csv")
 # What load_events accepts: |Unix seconds| below 1e11 (beyond are milliseconds), and
@@ -87,6 +93,13 @@ class EventRow:
     event_id: str = ""
     """The event's id (RecordEvents' ``event_id``, or one derived from its content): a
     retried batch may log an event twice, and the loader keeps the first row of an id."""
+    recommendation_id: str = ""
+    """The answer the event is attributed to (its shopper's, within the attribution
+    window); empty otherwise. ``recsvc experiment report`` reads it."""
+    placement: str = ""
+    """An attributed event's placement label."""
+    revenue: float | None = None
+    """An attributed purchase's price x quantity, when the price is known."""
 
 
 class EventLog:
@@ -290,7 +303,7 @@ class EventLog:
 
 def _header() -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow((*CANONICAL_COLUMNS, "event_id"))
+    csv.writer(buffer, lineterminator="\n").writerow((*CANONICAL_COLUMNS, *LOG_COLUMNS))
     return buffer.getvalue().encode()
 
 
@@ -316,6 +329,9 @@ def _encode(rows: Sequence[EventRow]) -> bytes:
                 str(int(quantity)) if quantity.is_integer() else repr(quantity),
                 row.basket_id,
                 row.event_id,
+                row.recommendation_id,
+                row.placement,
+                "" if row.revenue is None else repr(float(row.revenue)),
             )
         )
     return buffer.getvalue().encode()
@@ -328,7 +344,7 @@ def _problem(row: EventRow) -> str | None:
         return "empty user_id and basket_id (a guest's row needs its visit as basket)"
     if not row.item_id:
         return "empty item_id"
-    for name in ("user_id", "item_id", "basket_id", "event_id"):
+    for name in ("user_id", "item_id", "basket_id", "event_id", "recommendation_id", "placement"):
         if _LINE_BREAKS.search(getattr(row, name)):
             return f"{name} contains a line break"
     if str(row.event_type) not in _EVENT_TYPES:
@@ -340,4 +356,6 @@ def _problem(row: EventRow) -> str | None:
     quantity = float(row.quantity)
     if not (math.isfinite(quantity) and 0 < quantity <= _MAX_QUANTITY):
         return f"quantity must be finite and > 0, got {row.quantity!r}"
+    if row.revenue is not None and not (math.isfinite(row.revenue) and row.revenue >= 0):
+        return f"revenue must be finite and >= 0, got {row.revenue!r}"
     return None

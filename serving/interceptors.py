@@ -94,6 +94,7 @@ WRITE_METHODS: Final[frozenset[str]] = frozenset(
         "WithdrawItems",
         "SetRules",
         "DeleteRules",
+        "SetExperiments",
     )
 )
 """The RPCs that change state, and ExportUser (a customer's data): the ones the token

@@ -267,10 +267,12 @@ class ServingMetrics:
         )
         # strategy: recsvc.ranking.Strategy values (personalized, session, popular);
         # placement: see placement_label()
+        # experiment, variant: the running experiments' names ("" outside one)
         self.recommendations = Counter(
             "recsvc_recommendations_total",
-            "Recommendation answers, by the strategy that served them and placement.",
-            ("strategy", "placement"),
+            "Recommendation answers, by the strategy that served them, placement, and "
+            "the experiment and variant that answered.",
+            ("strategy", "placement", "experiment", "variant"),
             registry=r,
         )
         self.recommended_items = Histogram(
@@ -307,6 +309,45 @@ class ServingMetrics:
             "recsvc_clicks_total",
             "Recommended items clicked (CLICK events), by placement and model version.",
             ("placement", "model_version"),
+            registry=r,
+        )
+        # experiment, variant: names this replica ran ("other" for any other, "" outside
+        # experiments); event_type: impression, click, add_to_cart, purchase
+        self.attributed_events = Counter(
+            "recsvc_attributed_events_total",
+            "Events attributed to the recommendation that led to them (their "
+            "recommendation_id, the shopper it was issued to, within the attribution "
+            "window), by experiment, variant, placement and event type.",
+            ("experiment", "variant", "placement", "event_type"),
+            registry=r,
+        )
+        self.attributed_revenue = Counter(
+            "recsvc_attributed_revenue_total",
+            "Revenue (price x quantity) of attributed purchases, by experiment, variant "
+            "and placement.",
+            ("experiment", "variant", "placement"),
+            registry=r,
+        )
+        # reason: foreign (another shopper's id), expired (outside the window),
+        # unknown (no id of this server)
+        self.attribution_refused = Counter(
+            "recsvc_attribution_refused_total",
+            "Events whose recommendation_id was not attributed, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        # outcome: applied | refused
+        self.experiment_file_loads = Counter(
+            "recsvc_experiment_file_loads_total",
+            "Changes of the watched experiments file, by outcome (applied; refused: the "
+            "running experiments stayed).",
+            ("outcome",),
+            registry=r,
+        )
+        self.variant_model_bytes = Gauge(
+            "recsvc_variant_model_bytes",
+            "Resident bytes a model loaded for an experiment's variant added, by model version.",
+            ("model_version",),
             registry=r,
         )
 
@@ -454,6 +495,14 @@ class ServingMetrics:
             kept = [v for v in self._model_versions if v != model_version]
             kept.append(model_version)
             self._model_versions = tuple(kept[-_MODEL_VERSIONS_KEPT:])
+
+    def accept_model_version(self, model_version: str) -> None:
+        """Let ``model_version`` label impressions and clicks though not the published
+        one (an experiment's variant serves it)."""
+        with self._lock:
+            if model_version not in self._model_versions:
+                kept = [*self._model_versions, model_version]
+                self._model_versions = tuple(kept[-_MODEL_VERSIONS_KEPT:])
 
     def follow_live(self, collection: str, follower: Follower[Any]) -> None:
         """Export ``follower``'s version and record count as ``collection``'s, read at

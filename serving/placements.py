@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from recsvc.config import PlacementSettings, Settings
 from recsvc.errors import ConfigError
 
-__all__ = ["Placements", "read_placements"]
+__all__ = ["Placements", "file_stamp", "read_placements"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ def read_placements(path: Path) -> dict[str, PlacementSettings]:
             f"placements.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ValueError(f"{path}: {problems}") from exc
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """What tells a watched file changed: its modification time and size (None when
+    it cannot be read)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 class Placements:
@@ -73,11 +83,7 @@ class Placements:
 
     def _stamp(self) -> tuple[int, int] | None:
         assert self.path is not None
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size
+        return file_stamp(self.path)
 
     def check(self, *, force: bool = False) -> bool:
         """Read the file again if it changed (``force``: whatever its stamp); whether

@@ -66,6 +66,10 @@ def event_weight(
     return float(weight * 2.0 ** (-max(0.0, now - timestamp) / half_life))
 
 
+_MODELS_KEPT = 4
+"""Models whose live popularity is kept computed (the served one, a few variants)."""
+
+
 class LivePopularity:
     """This replica's view of live popularity (see the module docstring)."""
 
@@ -76,7 +80,13 @@ class LivePopularity:
         self.new_ids: frozenset[str] = frozenset()
         """The live catalogue's new products (set by :class:`.newitems.NewItems`): they
         share the live scale with the model's items."""
-        self._cache: tuple[str, object, object, Popularity | None] | None = None
+        self._cache: dict[str, tuple[object, object, Popularity | None]] = {}
+        """By model version (the served one and an experiment's variants): the head
+        and new products it was computed from, and the popularity."""
+
+    def retain(self, versions: set[str]) -> None:
+        """Drop what was computed for models not in ``versions``."""
+        self._cache = {v: c for v, c in self._cache.items() if v in versions}
 
     async def count(self, weights: dict[str, float]) -> None:
         """Add events' weights (by item); StoreError when the store fails."""
@@ -88,16 +98,14 @@ class LivePopularity:
     def of(self, model: Model, ranker: Ranker) -> Popularity | None:
         """The popularity to rank ``model``'s items by now; None while no live event
         touches its items (the trained one then rules alone)."""
-        cached, head, new = self._cache, self.head, self.new_ids
-        if (
-            cached is not None
-            and cached[0] == model.version
-            and cached[1] is head
-            and cached[2] is new
-        ):
-            return cached[3]
+        head, new = self.head, self.new_ids
+        cached = self._cache.get(model.version)
+        if cached is not None and cached[0] is head and cached[1] is new:
+            return cached[2]
         popularity = _blend(model, ranker.popularity, head, self.weight, _top(model, head, new))
-        self._cache = (model.version, head, new, popularity)
+        if model.version not in self._cache and len(self._cache) >= _MODELS_KEPT:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[model.version] = (head, new, popularity)
         return popularity
 
     def new_prior(self, item_ids: Sequence[str], model: Model) -> list[float]:

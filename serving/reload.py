@@ -82,6 +82,18 @@ class ModelHolder:
         model = Model(artifact)
         return LoadedModel(model, Ranker(model, self.overfetch), path, datetime.now(UTC))
 
+    async def load_version(self, version: str) -> LoadedModel:
+        """Load ``version`` beside the served one (an experiment's variant), verified as
+        a reload is, in a worker thread; the current model if it is that version.
+        Raises what loading raises (RecsvcError, OSError, ValueError)."""
+        current = self._current
+        if current is not None and current.version == version:
+            return current
+        loaded = await asyncio.to_thread(self._load, version)
+        if version not in self.loaded_versions:
+            self.loaded_versions.append(version)
+        return loaded
+
     async def reload(self) -> ReloadOutcome:
         """Load CURRENT if it names another version than the one served."""
         async with self._lock:

@@ -349,6 +349,10 @@ class ActiveRules(Sequence[CompiledRule]):
 NO_RULES: Final = ActiveRules((), 0)
 
 
+_MODELS = 4
+"""Models whose compiled rules are kept (the served one, a few variants)."""
+
+
 class LiveRules(Follower[Rule]):
     """This replica's copy of the merchandising rules, followed from ``store``."""
 
@@ -356,12 +360,14 @@ class LiveRules(Follower[Rule]):
 
     def __init__(self, store: RuleStore) -> None:
         super().__init__(store)
-        self._compiled: tuple[tuple[str, int, int], list[CompiledRule]] | None = None
-        self._active: OrderedDict[tuple[int, ...], ActiveRules] = OrderedDict()
-        self._placed: dict[str, tuple[float, float, ActiveRules]] = {}
-        """Per placement, the rules that apply from a time until another."""
-        self._times: list[float] = []
-        """Every time a rule's window starts or ends, in order."""
+        self._models: dict[str, _Compiled] = {}
+        """The rules compiled for each model asked for lately (the served one and an
+        experiment's variants, whose requests alternate), the last :data:`_MODELS`."""
+
+    def retain(self, versions: set[str]) -> None:
+        """Drop the rules compiled for models not in ``versions`` (they hold the model's
+        positions and masks)."""
+        self._models = {v: c for v, c in self._models.items() if v in versions}
 
     def rules(self) -> list[Rule]:
         """Every rule not deleted, by id."""
@@ -384,36 +390,57 @@ class LiveRules(Follower[Rule]):
         when the rules, the model or the catalogue's records change."""
         if not self.records:
             return NO_RULES
-        key = (model.version, self.seq, view.revision if view is not None else -1)
-        if self._compiled is None or self._compiled[0] != key:
+        key = (self.seq, view.revision if view is not None else -1)
+        state = self._models.get(model.version)
+        if state is None or state.key != key:
             rules = self.rules()
-            self._compiled = (key, [compile_rule(r, model, view) for r in rules])
-            self._active.clear()
-            self._placed.clear()
             ends = (t for r in rules for t in (r.starts_at, r.ends_at) if t is not None)
-            self._times = sorted(t for t in ends if not math.isnan(t))
-        placed = self._placed.get(placement)
+            state = _Compiled(
+                key,
+                [compile_rule(r, model, view) for r in rules],
+                sorted(t for t in ends if not math.isnan(t)),
+            )
+            if model.version not in self._models and len(self._models) >= _MODELS:
+                self._models.pop(next(iter(self._models)))
+            self._models[model.version] = state
+        placed = state.placed.get(placement)
         if placed is not None and placed[0] <= now < placed[1]:
             return placed[2]
-        compiled = self._compiled[1]
+        compiled = state.compiled
         which = tuple(i for i, c in enumerate(compiled) if c.rule.applies(placement, now))
-        active = self._active.get(which) if which else NO_RULES
+        active = state.active.get(which) if which else NO_RULES
         if active is None:
-            active = self._active[which] = ActiveRules([compiled[i] for i in which], model.n_items)
-            if len(self._active) > _ACTIVE_SETS:
-                _, evicted = self._active.popitem(last=False)
-                self._placed = {p: v for p, v in self._placed.items() if v[2] is not evicted}
+            active = state.active[which] = ActiveRules([compiled[i] for i in which], model.n_items)
+            if len(state.active) > _ACTIVE_SETS:
+                _, evicted = state.active.popitem(last=False)
+                state.placed = {p: v for p, v in state.placed.items() if v[2] is not evicted}
         elif which:
-            self._active.move_to_end(which)
+            state.active.move_to_end(which)
         # no window starts or ends between the last time at or before now and the next
-        times = self._times
+        times = state.times
         at = bisect.bisect_right(times, now)
         since = times[at - 1] if at > 0 else -math.inf
         until = times[at] if at < len(times) else math.inf
-        if len(self._placed) >= _PLACEMENTS:
-            self._placed.clear()  # requests may name any placement
-        self._placed[placement] = (since, until, active)
+        if len(state.placed) >= _PLACEMENTS:
+            state.placed.clear()  # requests may name any placement
+        state.placed[placement] = (since, until, active)
         return active
+
+
+class _Compiled:
+    """The rules compiled for one model (see :meth:`LiveRules.active`)."""
+
+    def __init__(
+        self, key: tuple[int, int], compiled: list[CompiledRule], times: list[float]
+    ) -> None:
+        self.key = key
+        """(the rules' version, the catalogue view's revision) they were compiled at."""
+        self.compiled = compiled
+        self.times = times
+        """Every time a rule's window starts or ends, in order."""
+        self.active: OrderedDict[tuple[int, ...], ActiveRules] = OrderedDict()
+        self.placed: dict[str, tuple[float, float, ActiveRules]] = {}
+        """Per placement, the rules that apply from a time until another."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
 from recsvc.store.cooccur import CoOccurrence
 from recsvc.store.embedded import PrivateRedis, start_private_redis
+from recsvc.store.experiments import ExperimentStore
 from recsvc.store.rules import RuleStore
 from recsvc.store.trending import Trending
 from recsvc.v1 import recommender_pb2 as pb
@@ -49,6 +50,7 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from .catalog import LiveCatalog
 from .engine import Engine
 from .eventlog import EventLog
+from .experiments import LiveExperiments
 from .interceptors import server_interceptors
 from .metrics import ServingMetrics, start_metrics_http_server
 from .newitems import NewItems
@@ -177,7 +179,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         keys = KeyScheme(settings.redis.prefix)
         catalog_store = CatalogStore.open(redis_url, keys, socket_timeout=timeout)
         rule_store = RuleStore.open(redis_url, keys, socket_timeout=timeout)
-        owned += [catalog_store, rule_store]
+        experiment_store = ExperimentStore.open(redis_url, keys, socket_timeout=timeout)
+        owned += [catalog_store, rule_store, experiment_store]
         catalog = LiveCatalog(catalog_store)
         rules = LiveRules(rule_store)
         trending_client = async_client_from_url(redis_url, socket_timeout=timeout)
@@ -220,15 +223,18 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
                     loaded.loaded_at.timestamp(),
                     loaded.trained_at.timestamp(),
                 )
+                engine.retain_models()
                 pending.add(task := loop.create_task(_serving(health_servicer, draining)))
                 task.add_done_callback(pending.discard)
 
         models = ModelHolder(
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
+        experiments = LiveExperiments(experiment_store, models, metrics, s.experiments_file)
+        metrics.follow_live("experiments", experiments)
         engine = Engine(
             settings, models, state, event_log, metrics, catalog, popularity, rules, new_items,
-            CoOccurrence(trending_client, keys, kind="b"),
+            CoOccurrence(trending_client, keys, kind="b"), experiments,
         )  # fmt: skip
 
         server = grpc.aio.server(
@@ -289,12 +295,19 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             owned,
             _draining=draining,
         )
-        for follower in (catalog, rules):
+        for follower in (catalog, rules, experiments):
             with contextlib.suppress(StoreError):  # a Redis down at start: it retries
                 await follower.load()
         await models.reload()
+        with contextlib.suppress(StoreError):
+            await experiments.check_file()
+        await experiments.sync_models()
         running._tasks.append(asyncio.create_task(catalog.follow(running._stop_watch)))
         running._tasks.append(asyncio.create_task(rules.follow(running._stop_watch)))
+        running._tasks.append(asyncio.create_task(experiments.follow(running._stop_watch)))
+        running._tasks.append(
+            asyncio.create_task(experiments.watch(s.reload_poll_seconds, running._stop_watch))
+        )
         running._tasks.append(asyncio.create_task(popularity.follow(running._stop_watch)))
 
         def served() -> Model | None:

@@ -27,6 +27,7 @@ from grpc_status import rpc_status
 
 from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
 from recsvc.errors import FieldViolation, InvalidRequestError, RecsvcError
+from recsvc.experiments import experiment_message
 from recsvc.pseudonyms import Pseudonyms
 from recsvc.ranking import Strategy
 from recsvc.rules import Rule, RuleAction
@@ -204,6 +205,8 @@ def _recommend_response(out: RecommendOutput) -> pb.RecommendResponse:
         degraded=out.degraded,
         ignored_item_ids=out.ignored_item_ids,
         continuation=out.continuation,
+        experiment=out.experiment,
+        variant=out.variant,
     )
     add = response.items.add
     if out.item_rule_ids is None:
@@ -382,6 +385,16 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.ListRulesResponse:
         return await _guard(context, "ListRules", self._list_rules, request)
 
+    async def SetExperiments(  # noqa: N802
+        self, request: pb.SetExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetExperimentsResponse:
+        return await _guard(context, "SetExperiments", self._set_experiments, request)
+
+    async def ListExperiments(  # noqa: N802
+        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExperimentsResponse:
+        return await _guard(context, "ListExperiments", self._list_experiments, request)
+
     async def _similar(
         self, request: pb.SimilarItemsRequest, time_left: float | None
     ) -> pb.SimilarItemsResponse:
@@ -496,6 +509,23 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def _list_rules(self, request: pb.ListRulesRequest) -> pb.ListRulesResponse:
         rules, version = self.engine.list_rules()
         return pb.ListRulesResponse(rules=[_rule(r) for r in rules], rules_version=version)
+
+    async def _set_experiments(
+        self, request: pb.SetExperimentsRequest
+    ) -> pb.SetExperimentsResponse:
+        experiments = validation.experiments(request, self.limits)
+        version = await self.engine.set_experiments(experiments)
+        return pb.SetExperimentsResponse(experiments_version=version)
+
+    async def _list_experiments(
+        self, request: pb.ListExperimentsRequest
+    ) -> pb.ListExperimentsResponse:
+        experiments, version, model_bytes = self.engine.list_experiments()
+        return pb.ListExperimentsResponse(
+            experiments=[experiment_message(e) for e in experiments],
+            experiments_version=version,
+            model_bytes=model_bytes,
+        )
 
     async def _withdraw(self, request: pb.WithdrawItemsRequest) -> pb.WithdrawItemsResponse:
         ids = validation.withdrawn_ids(request, self.limits)

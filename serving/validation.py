@@ -21,6 +21,7 @@ from recsvc.config import RepeatPolicy, ServerSettings, SimilarMode
 from recsvc.consent import Consent
 from recsvc.errors import FieldViolation, InvalidRequestError
 from recsvc.events import EventType, LiveEvent
+from recsvc.experiments import NAME_RE, Experiment, Variant
 from recsvc.rules import Rule, RuleAction
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -39,6 +40,7 @@ __all__ = [
     "consent",
     "deleted_rule_ids",
     "event_inputs",
+    "experiments",
     "export_user_id",
     "forget_user_id",
     "recommend_input",
@@ -112,6 +114,22 @@ class _Checker:
         elif not value.isprintable() or value[0] == " " or value[-1] == " ":
             self.bad(path, _ID_RULE)
         return value
+
+    def label(self, path: str, value: str, *, required: bool = False) -> str:
+        """An experiment's or variant's name: a metric label and part of ids."""
+        if not value:
+            if required:
+                self.bad(path, "is required")
+        elif not NAME_RE.fullmatch(value):
+            self.bad(path, f"must match {NAME_RE.pattern}")
+        return value
+
+    def price(self, path: str, e: pb.Event) -> float:
+        if not (math.isfinite(e.price) and e.price >= 0):
+            self.bad(path, "must be a finite number >= 0")
+        elif e.event_type != pb.EVENT_TYPE_PURCHASE:
+            self.bad(path, "only a purchase has a price")
+        return float(e.price)
 
     def ids(self, path: str, values: Sequence[str], limit: int) -> tuple[str, ...]:
         if len(values) > limit:
@@ -273,6 +291,7 @@ def recommend_input(req: pb.RecommendRequest, limits: ServerSettings) -> Recomme
         explain=req.explain,
         paged=req.paged or bool(req.continuation),
         continued=_continued(c, req.continuation),
+        variant=c.label("variant", req.variant),
     )
     c.raise_if_any()
     if result.continued:  # what earlier pages returned is excluded from this one
@@ -335,6 +354,7 @@ def event_inputs(req: pb.RecordEventsRequest, limits: ServerSettings) -> list[Ev
                 placement=c.placement(f"{p}.placement", e.placement),
                 non_personalized=e.non_personalized,
                 event_id=c.id(f"{p}.event_id", e.event_id, required=False),
+                price=c.price(f"{p}.price", e) if e.HasField("price") else None,
             )
         )
     c.raise_if_any()
@@ -538,6 +558,43 @@ def rules(req: pb.SetRulesRequest, limits: ServerSettings) -> list[Rule]:
                 starts_at=start,
                 ends_at=end,
                 updated_at=now,
+            )
+        )
+    c.raise_if_any()
+    return out
+
+
+def experiments(req: pb.SetExperimentsRequest, limits: ServerSettings) -> list[Experiment]:
+    """The experiments of a SetExperiments; InvalidRequestError naming every bad field.
+    What needs the server (model versions, shares summing to 1, placements split
+    twice) is checked by :func:`recsvc.experiments.check_experiments` after this."""
+    c = _Checker(limits)
+    out: list[Experiment] = []
+    for i, e in enumerate(req.experiments):
+        p = f"experiments[{i}]"
+        variants = []
+        for j, v in enumerate(e.variants):
+            q = f"{p}.variants[{j}]"
+            variants.append(
+                Variant(
+                    name=c.label(f"{q}.name", v.name, required=True),
+                    share=v.share,
+                    model=c.id(f"{q}.model_version", v.model_version, required=False) or None,
+                    non_personalized=v.non_personalized,
+                    rules=not v.without_rules,
+                    rotate_after=v.rotate_after if v.HasField("rotate_after") else None,
+                    trending_weight=(v.trending_weight if v.HasField("trending_weight") else None),
+                )
+            )
+        placements = [
+            c.placement(f"{p}.placements[{j}]", name) for j, name in enumerate(e.placements)
+        ]
+        out.append(
+            Experiment(
+                name=c.label(f"{p}.name", e.name, required=True),
+                variants=tuple(variants),
+                placements=tuple(placements),
+                salt=c.id(f"{p}.salt", e.salt, required=False),
             )
         )
     c.raise_if_any()

@@ -159,7 +159,16 @@ def fill_every_metric(m: ServingMetrics) -> None:
     m.impressions.labels(placement="home", model_version="v1").inc()
     m.clicks.labels(placement="home", model_version="v1").inc()
     m.set_model("v1", "exact", 1_700_000_000.0, 1_699_990_000.0)
-    m.recommendations.labels(strategy="personalized", placement="home").inc()
+    m.recommendations.labels(
+        strategy="personalized", placement="home", experiment="e1", variant="control"
+    ).inc()
+    m.attributed_events.labels(
+        experiment="e1", variant="control", placement="home", event_type="purchase"
+    ).inc()
+    m.attributed_revenue.labels(experiment="e1", variant="control", placement="home").inc(9.5)
+    m.attribution_refused.labels(reason="expired").inc()
+    m.experiment_file_loads.labels(outcome="applied").inc()
+    m.variant_model_bytes.labels(model_version="v0").set(1 << 20)
     m.recommended_items.observe(10)
     m.inflight_requests.set(0)
     m.unparseable_requests.labels(rpc="Recommend", reason="decode_error").inc()

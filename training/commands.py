@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recsvc.cli import add_client_flags, add_settings_flags, interactive, rpc, settings_from_args
-from recsvc.errors import ConfigError
+from recsvc.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from recsvc.config import Settings
@@ -590,3 +590,117 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("--items", required=True, metavar="A,B", help="item ids")
     add_client_flags(q)
     q.set_defaults(handler=_cmd_catalog_withdraw, command="catalog withdraw")
+
+    p = sub.add_parser(
+        "experiment",
+        parents=[common],
+        help="A/B experiments: set or list a running server's, report one from the event log",
+    )
+    experiment = p.add_subparsers(dest="experiment_command", required=True, metavar="ACTION")
+    q = experiment.add_parser(
+        "set",
+        parents=[common],
+        help="make the experiments of a TOML file ([[experiment]] tables) the whole set",
+    )
+    q.add_argument("file", type=Path, help="experiments file (see docs/experiments.md)")
+    add_client_flags(q)
+    q.set_defaults(handler=_cmd_experiment_set, command="experiment set")
+    q = experiment.add_parser(
+        "list", parents=[common], help="the running experiments and their models' memory"
+    )
+    add_client_flags(q)
+    q.set_defaults(handler=_cmd_experiment_list, command="experiment list")
+    q = experiment.add_parser(
+        "report",
+        parents=[common],
+        help="CTR, conversion and revenue per variant with always-valid confidence intervals",
+    )
+    q.add_argument("name", help="the experiment")
+    add_settings_flags(q, als=False)
+    _add_event_log_flag(q)
+    q.add_argument("--control", help="the variant the others are compared with (default: first)")
+    q.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.05,
+        metavar="ALPHA",
+        help="false-positive rate of the test, peeking included (default 0.05)",
+    )
+    q.add_argument("--since", type=_parse_date, help="only events from this date (YYYY-MM-DD)")
+    q.add_argument("--until", type=_parse_date, help="only events before this date")
+    q.add_argument("--plot", type=Path, metavar="PNG", help="also plot the metrics over time")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.set_defaults(handler=_cmd_experiment_report, extra=EXTRA, command="experiment report")
+
+
+def _cmd_experiment_set(args: argparse.Namespace) -> int:
+    from recsvc.experiments import experiment_message, read_experiments
+
+    messages = [experiment_message(e) for e in read_experiments(args.file)]
+    return rpc(args, lambda c: c.set_experiments(messages))
+
+
+def _cmd_experiment_list(args: argparse.Namespace) -> int:
+    if args.json:
+        return rpc(args, lambda c: c.list_experiments())
+    return rpc(args, lambda c: c.list_experiments(), show=_show_experiments)
+
+
+def _show_experiments(data: dict[str, Any]) -> None:
+    print(f"experiments_version: {data.get('experiments_version', 0)}")
+    loaded = {v: int(n) for v, n in data.get("model_bytes", {}).items()}
+    for e in data.get("experiments", []):
+        where = ", ".join(e.get("placements", [])) or "every placement"
+        arms = []
+        for v in e.get("variants", []):
+            model = v.get("model_version")
+            what = [f"model {model} (+{loaded.get(model, 0) / 2**20:.1f} MiB)" if model
+                    else "the published model"]  # fmt: skip
+            what += ["popularity only"] * bool(v.get("non_personalized"))
+            what += ["no rules"] * bool(v.get("without_rules"))
+            what += [f"{k} {v[k]}" for k in ("rotate_after", "trending_weight") if k in v]
+            arms.append(f"{v['name']} {float(v['share']):.0%}: {', '.join(what)}")
+        salt = f", salt {e['salt']}" if e.get("salt") else ""
+        print(f"{e['name']} ({where}{salt})")
+        for arm in arms:
+            print(f"  {arm}")
+
+
+def _declared_control(settings: Settings, name: str) -> str | None:
+    """The first variant of experiment ``name`` in ``[server] experiments_file``, if
+    the file declares it (the log alone does not say which variant came first)."""
+    from recsvc.experiments import read_experiments
+
+    path = settings.server.experiments_file
+    if path is None or not path.is_file():
+        return None
+    try:
+        declared = {e.name: e for e in read_experiments(path)}
+    except DataError:
+        return None
+    found = declared.get(name)
+    return found.control.name if found is not None and found.variants else None
+
+
+def _cmd_experiment_report(args: argparse.Namespace) -> int:
+    from .experiment_report import format_text, plot, report
+
+    settings = settings_from_args(args)
+    dirs = args.event_log or [settings.event_log_path]
+    result = report(
+        dirs,
+        args.name,
+        control=args.control or _declared_control(settings, args.name),
+        alpha=args.error_rate,
+        since=args.since.timestamp() if args.since else None,
+        until=args.until.timestamp() if args.until else None,
+    )
+    if args.plot is not None:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+    else:
+        print(format_text(result))
+        if args.plot is not None:
+            print(f"plot: {args.plot}")
+    return 0

@@ -166,7 +166,7 @@ class SessionEvent(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category", "explain", "continuation", "paged")
+    __slots__ = ("user_id", "session_id", "session_events", "k", "filters", "repeat_policy", "non_personalized", "placement", "max_per_category", "explain", "continuation", "paged", "variant")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class RecommendRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
     PAGED_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     session_events: _containers.RepeatedCompositeFieldContainer[SessionEvent]
@@ -191,7 +192,8 @@ class RecommendRequest(_message.Message):
     explain: bool
     continuation: str
     paged: bool
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ..., explain: _Optional[bool] = ..., continuation: _Optional[str] = ..., paged: _Optional[bool] = ...) -> None: ...
+    variant: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., session_events: _Optional[_Iterable[_Union[SessionEvent, _Mapping]]] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., repeat_policy: _Optional[_Union[RepeatPolicy, str]] = ..., non_personalized: _Optional[bool] = ..., placement: _Optional[str] = ..., max_per_category: _Optional[int] = ..., explain: _Optional[bool] = ..., continuation: _Optional[str] = ..., paged: _Optional[bool] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "score", "reason", "rule_ids", "because_item_id")
@@ -208,7 +210,7 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[_Union[Reason, str]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., because_item_id: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids", "applied_rule_ids", "continuation")
+    __slots__ = ("items", "model_version", "recommendation_id", "strategy", "fallback", "degraded", "ignored_item_ids", "applied_rule_ids", "continuation", "experiment", "variant")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +220,8 @@ class RecommendResponse(_message.Message):
     IGNORED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_RULE_IDS_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     recommendation_id: str
@@ -227,7 +231,9 @@ class RecommendResponse(_message.Message):
     ignored_item_ids: _containers.RepeatedScalarFieldContainer[str]
     applied_rule_ids: _containers.RepeatedScalarFieldContainer[str]
     continuation: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ..., continuation: _Optional[str] = ...) -> None: ...
+    experiment: str
+    variant: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., recommendation_id: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback: _Optional[bool] = ..., degraded: _Optional[bool] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ..., continuation: _Optional[str] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_ids", "k", "filters", "placement", "max_per_category", "mode")
@@ -264,7 +270,7 @@ class SimilarItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., ignored_item_ids: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., applied_rule_ids: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[SimilarMode, str]] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized", "event_id")
+    __slots__ = ("user_id", "session_id", "item_id", "event_type", "event_time", "quantity", "recommendation_id", "placement", "non_personalized", "event_id", "price")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +281,7 @@ class Event(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     item_id: str
@@ -285,7 +292,8 @@ class Event(_message.Message):
     placement: str
     non_personalized: bool
     event_id: str
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quantity: _Optional[float] = ..., recommendation_id: _Optional[str] = ..., placement: _Optional[str] = ..., non_personalized: _Optional[bool] = ..., event_id: _Optional[str] = ...) -> None: ...
+    price: float
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quantity: _Optional[float] = ..., recommendation_id: _Optional[str] = ..., placement: _Optional[str] = ..., non_personalized: _Optional[bool] = ..., event_id: _Optional[str] = ..., price: _Optional[float] = ...) -> None: ...
 
 class RecordEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -569,3 +577,66 @@ class ListRulesResponse(_message.Message):
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     rules_version: int
     def __init__(self, rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., rules_version: _Optional[int] = ...) -> None: ...
+
+class Variant(_message.Message):
+    __slots__ = ("name", "share", "model_version", "non_personalized", "without_rules", "rotate_after", "trending_weight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NON_PERSONALIZED_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_RULES_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TRENDING_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    share: float
+    model_version: str
+    non_personalized: bool
+    without_rules: bool
+    rotate_after: int
+    trending_weight: float
+    def __init__(self, name: _Optional[str] = ..., share: _Optional[float] = ..., model_version: _Optional[str] = ..., non_personalized: _Optional[bool] = ..., without_rules: _Optional[bool] = ..., rotate_after: _Optional[int] = ..., trending_weight: _Optional[float] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("name", "variants", "placements", "salt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    variants: _containers.RepeatedCompositeFieldContainer[Variant]
+    placements: _containers.RepeatedScalarFieldContainer[str]
+    salt: str
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., placements: _Optional[_Iterable[str]] = ..., salt: _Optional[str] = ...) -> None: ...
+
+class SetExperimentsRequest(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class SetExperimentsResponse(_message.Message):
+    __slots__ = ("experiments_version",)
+    EXPERIMENTS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    experiments_version: int
+    def __init__(self, experiments_version: _Optional[int] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments", "experiments_version", "model_bytes")
+    class ModelBytesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    experiments_version: int
+    model_bytes: _containers.ScalarMap[str, int]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ..., experiments_version: _Optional[int] = ..., model_bytes: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -105,6 +105,16 @@ class RecommenderServiceStub:
                 request_serializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesRequest.SerializeToString,
                 response_deserializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesResponse.FromString,
                 _registered_method=True)
+        self.SetExperiments = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/SetExperiments',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.SetExperimentsRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetExperimentsResponse.FromString,
+                _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/recsvc.v1.RecommenderService/ListExperiments',
+                request_serializer=recsvc_dot_v1_dot_recommender__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=recsvc_dot_v1_dot_recommender__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -299,6 +309,31 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetExperiments(self, request, context):
+        """Sets the A/B experiments (see Experiment), shared by every replica and
+        applied from the next answer on (within a second). The request is the
+        whole set: experiments not in it end. A replica watching
+        [server] experiments_file sets the file's experiments the same way when
+        the file changes. Needs the token.
+        Errors: INVALID_ARGUMENT naming the bad fields (nothing changes and the
+        running experiments keep serving): a name that is not [A-Za-z0-9_-]{1,40}
+        or repeated, two experiments splitting the same placement, no variant or
+        more than 8, shares outside (0, 1] or not summing to 1, a model version
+        not under this replica's artifact root or failing its checks;
+        UNAVAILABLE when the experiments store cannot take them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """Lists the running experiments, with the models this replica loaded for
+        their variants.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -371,6 +406,16 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.ListRules,
                     request_deserializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesRequest.FromString,
                     response_serializer=recsvc_dot_v1_dot_recommender__pb2.ListRulesResponse.SerializeToString,
+            ),
+            'SetExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetExperiments,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.SetExperimentsRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.SetExperimentsResponse.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=recsvc_dot_v1_dot_recommender__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=recsvc_dot_v1_dot_recommender__pb2.ListExperimentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -752,6 +797,60 @@ class RecommenderService:
             '/recsvc.v1.RecommenderService/ListRules',
             recsvc_dot_v1_dot_recommender__pb2.ListRulesRequest.SerializeToString,
             recsvc_dot_v1_dot_recommender__pb2.ListRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/SetExperiments',
+            recsvc_dot_v1_dot_recommender__pb2.SetExperimentsRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.SetExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsvc.v1.RecommenderService/ListExperiments',
+            recsvc_dot_v1_dot_recommender__pb2.ListExperimentsRequest.SerializeToString,
+            recsvc_dot_v1_dot_recommender__pb2.ListExperimentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.slow
 
 SUBCOMMANDS = (
     "synth", "train", "evaluate", "tune", "publish", "compact", "retrain", "gc", "catalog",
+    "experiment",
     "serve", "batch",  # recsvc.serving.commands
     "models", "recommend", "similar", "events", "forget", "consent", "link", "export-user", "info",
     "rules",  # recsvc.cli

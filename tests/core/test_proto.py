@@ -39,6 +39,8 @@ RPCS = {
     "SetRules",
     "DeleteRules",
     "ListRules",
+    "SetExperiments",
+    "ListExperiments",
 }
 
 
@@ -214,6 +216,7 @@ def test_recommend_request_round_trips() -> None:
         explain=True,
         continuation="c1.eJwDAAAAAAE",
         paged=True,
+        variant="candidate",
     )
     # every field is set, so the round trip covers the whole message
     assert {f.name for f, _ in request.ListFields()} == {f.name for f in request.DESCRIPTOR.fields}

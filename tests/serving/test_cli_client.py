@@ -285,3 +285,53 @@ def test_rules_load_list_and_delete(server: ServerThread, tmp_path: Path) -> Non
     )
     deleted = run("rules", "delete", "cli-pin", *target, "--token", TOKEN, "--json")
     assert json.loads(deleted.stdout)["deleted_count"] == 1
+
+
+def test_experiment_set_list_force_attribute_and_report(
+    server: ServerThread, shop_root: Path, tmp_path: Path
+) -> None:
+    # a placement no other test asks for: the module's server is shared
+    spec = tmp_path / "experiments.toml"
+    spec.write_text(
+        '[[experiment]]\nname = "cli-exp"\nplacements = ["cli_exp"]\n'
+        '[[experiment.variant]]\nname = "control"\nshare = 0.5\n'
+        '[[experiment.variant]]\nname = "popular"\nshare = 0.5\nnon_personalized = true\n'
+    )
+    target = ["--target", server.target]
+    done = run("experiment", "set", str(spec), *target, "--token", TOKEN, "--json")
+    assert done.returncode == 0, done.stderr
+    assert int(json.loads(done.stdout)["experiments_version"]) >= 1
+    listed = json.loads(run("experiment", "list", *target, "--json").stdout)
+    assert [e["name"] for e in listed["experiments"]] == ["cli-exp"]
+    answer = call_json(
+        server, "recommend", "--user", "g0u03", "--placement", "cli_exp", "--variant", "popular"
+    )
+    assert (answer["experiment"], answer["variant"]) == ("cli-exp", "popular")
+    bought = answer["items"][0]["item_id"]
+    rid = ["--recommendation-id", answer["recommendation_id"], "--placement", "cli_exp"]
+    for kind in ("impression", "click"):
+        sent = call(server, "events", "--user", "g0u03", "--items", bought, "--type", kind,
+                    *rid, "--token", TOKEN)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+    sent = call(server, "events", "--user", "g0u03", "--items", bought, "--type", "purchase",
+                "--quantity", "2", "--price", "9.5", *rid, "--token", TOKEN)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    server.running.engine.event_log.sync()
+    # the report: the log's attributed rows, by variant (too few shoppers to test)
+    log_dir = ["--event-log", str(shop_root / "eventlog")]
+    report = run("experiment", "report", "cli-exp", *log_dir, "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    (popular,) = [v for v in data["variants"] if v["name"] == "popular"]
+    assert (popular["impressions"], popular["clicks"], popular["purchases"]) == (1, 1, 1)
+    assert popular["revenue"] == 19.0
+    text = run("experiment", "report", "cli-exp", *log_dir, "--control", "popular")
+    assert text.returncode == 0 and "popular (control)" in text.stdout
+    unknown = one_line_error(run("experiment", "report", "nope", *log_dir))
+    assert "nope" in unknown and "cli-exp" in unknown
+    # an invalid file: one line naming the field, nothing changed
+    spec.write_text('[[experiment]]\nname = "cli-exp"\n[[experiment.variant]]\nname = "a"\n'
+                    "share = 0.4\n")  # fmt: skip
+    line = one_line_error(run("experiment", "set", str(spec), *target, "--token", TOKEN))
+    assert "experiments[0].variants" in line and "sum to 1" in line
+    assert run("experiment", "set", "/dev/null/x.toml", *target).returncode != 0

@@ -14,7 +14,7 @@ import pytest
 
 from recsvc.errors import StoreError
 from recsvc.events import CANONICAL_COLUMNS, EventType
-from recsvc.serving.eventlog import EventLog, EventRow
+from recsvc.serving.eventlog import LOG_COLUMNS, EventLog, EventRow
 from recsvc.training.loading import load_events
 
 NAME = r"events-\d{8}T\d{6}-\d{6}\.csv"
@@ -64,7 +64,7 @@ def test_files_load_with_load_events_unchanged(tmp_path: Path) -> None:
     assert files == [current]
     assert _loaded(files) == [_as_loaded(r) for r in rows]
     text = files[0].read_text()
-    assert text.startswith(",".join((*CANONICAL_COLUMNS, "event_id")) + "\n")
+    assert text.startswith(",".join((*CANONICAL_COLUMNS, *LOG_COLUMNS)) + "\n")
     assert '"sku,""1"""' in text
 
 

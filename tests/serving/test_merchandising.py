@@ -483,9 +483,12 @@ def test_live_rules_fold_each_active_set_once_and_again_after_a_change() -> None
     assert again is not home and again.weights is not None
     assert again.weights.rule_ids[int(again.weights.group[3])] == ("home",)
     assert again.weights.rule_ids[int(again.weights.group[2])] == ("lift",)
-    # so does another model
-    other = live.active(SimpleNamespace(**{**vars(model), "version": "v2"}), None, "home", 0.0)
+    # so does another model; and each keeps its own (an experiment's variants alternate)
+    v2 = SimpleNamespace(**{**vars(model), "version": "v2"})
+    other = live.active(v2, None, "home", 0.0)
     assert other is not again and [c.rule.rule_id for c in other] == ["brief", "home", "lift"]
+    assert live.active(model, None, "home", 0.0) is again
+    assert live.active(v2, None, "home", 0.0) is other
     # a window's start: what was kept holds until then, and not after (nor before)
     write(Rule("soon", RuleAction.BOOST, item_ids=("i5",), weight=2.0, starts_at=10.0))
 
@@ -502,6 +505,6 @@ def test_live_rules_fold_each_active_set_once_and_again_after_a_change() -> None
     first = live.active(model, None, "s0", 0.0)
     for i in range(1, 20):
         live.active(model, None, f"s{i}", 0.0)
-    assert len(live._active) == 16
+    assert len(live._models["v1"].active) == 16
     assert live.active(model, None, "s0", 0.0) is not first
     assert live.active(model, None, "s19", 0.0) is live.active(model, None, "s19", 0.0)
