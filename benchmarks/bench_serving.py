@@ -10,6 +10,9 @@ Usage::
         --concurrency 1 8 32 --sync-repeats 3 --out benchmarks/results/live-catalogue
     .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 --scenarios cached rotation \\
         --concurrency 1 32 --repeats 3 --out benchmarks/results/rotation
+    .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 \\
+        --scenarios cached experiment --concurrency 1 32 --repeats 3 --profile-seconds 0 \\
+        --out benchmarks/results/experiments
 
 Method
 ------
@@ -66,6 +69,28 @@ Scenarios (every request is built up front, serialized once, cycled in order):
                  ``live`` (issue #16: server p50 ≤ 1.25× cached's); before measuring, the
                  cached and rotation answers of every pool user are compared (gRPC) to
                  check the demotion took place
+``experiment``   ``cached`` (the same users, k = 10) with placement ``home``, on a second
+                 ``recsvc serve`` of the same shop on the same Redis whose settings
+                 (``--config``, written under ``--workdir``) set ``[server]
+                 experiments_file`` to a file declaring one experiment on ``home``, two
+                 variants of 50% each: ``control`` (the published model) and
+                 ``candidate``, a second model version of the same shop (``recsvc train``
+                 on the same events with ALS ``random_state`` 43, not published, written
+                 under the same artifact root and cached there), so the server holds two
+                 models and each shopper is answered by their variant's (assigned by the
+                 hash of the user id). Both versions' user vectors are published to the
+                 same Redis under the key prefix ``abexp`` (``[redis] prefix`` of that
+                 server: the experiment set is a shared record in Redis, and under
+                 ``cached``'s prefix ``cached``'s server would follow it and load the
+                 candidate model too). What it measures: the cost of answering a split
+                 placement with two models loaded (variant assignment, the second model's
+                 index and vectors); the target (issue #17) is server p50 ≤ 1.1×
+                 ``cached``'s, measured together with ``cached`` like ``live``. Before
+                 measuring, every pool user is asked once (gRPC) to check both variants
+                 answer (the split, each variant's model version, each answer against
+                 ``cached``'s); the memory each loaded variant model added is read from
+                 ListExperiments (``model_bytes``) and ``/metrics``, and both servers' RSS
+                 from ``/proc`` (after that check and again after the measurements)
 
 Each measured point (catalogue, scenario, closed-loop concurrency or open-loop rate)
 runs ``--repeats`` times on both servers, alternating (recsvc, floor, floor, recsvc,
@@ -84,7 +109,8 @@ the same seeded Poisson schedule.
 With ``--profile-seconds`` > 0, py-spy records the recsvc server for that long under
 the ``cached`` load at concurrency 32 (a flame graph and raw stacks), summarised in
 ``profile.md`` (and the live server under the ``live`` load, ``profile-live.md``; the
-``rotation`` load, ``profile-rotation.md``).
+``rotation`` load, ``profile-rotation.md``; the ``experiment`` load,
+``profile-experiment.md``).
 
 Catalogue sync (``--sync-repeats N``, with ``live``): while the load generator runs
 closed-loop requests (``--sync-pool``, default ``live``) at ``--sync-concurrency`` on
@@ -170,17 +196,28 @@ SCENARIOS: dict[str, str] = {
     "rotation": "cached user, placement home with rotate_after = 3 (rotation_weight 0.2): "
     "each user's impression counts hold 5 of their cached top 10 shown 3-6 times (demoted) "
     "and 20 more items shown once or twice, k=10",
+    "experiment": "cached user, placement home split 50/50 by an A/B experiment between the "
+    "published model (control) and a second model version of the same shop (candidate, "
+    "another ALS seed), both loaded in the server; each user answered by their variant's "
+    "model with its own cached vector, k=10",
 }
-PAIRED = ("cached", "live", "rotation")
-"""Scenarios measured together, alternating, when planned at the same load: ``live``'s
-and ``rotation``'s figures are read against ``cached``'s of the same repeats."""
-COMPARED = ("live", "rotation")
+PAIRED = ("cached", "live", "rotation", "experiment")
+"""Scenarios measured together, alternating, when planned at the same load: ``live``'s,
+``rotation``'s and ``experiment``'s figures are read against ``cached``'s of the same
+repeats."""
+COMPARED = ("live", "rotation", "experiment")
 """The :data:`PAIRED` scenarios read against ``cached`` (``vs_cached``)."""
 LIVE_RULES_MAX_P50_RATIO = 1.25
 """Issue #15: server p50 with a live catalogue, 10 rules and a filter ≤ 1.25× cached."""
 ROTATION_MAX_P50_RATIO = 1.25
 """Issue #16: server p50 with rotation on (``rotate_after``) ≤ 1.25× cached."""
-MAX_P50_RATIO = {"live": LIVE_RULES_MAX_P50_RATIO, "rotation": ROTATION_MAX_P50_RATIO}
+EXPERIMENT_MAX_P50_RATIO = 1.1
+"""Issue #17: server p50 with two variants (two models) loaded ≤ 1.1× cached."""
+MAX_P50_RATIO = {
+    "live": LIVE_RULES_MAX_P50_RATIO,
+    "rotation": ROTATION_MAX_P50_RATIO,
+    "experiment": EXPERIMENT_MAX_P50_RATIO,
+}
 ROTATION_PLACEMENT = "home"
 ROTATE_AFTER = 3
 ROTATION_WEIGHT = 0.2
@@ -191,6 +228,17 @@ ROTATION_OVEREXPOSED_COUNTS = (3, 6)
 ROTATION_OTHERS = 20
 """Items of the user's ranks 11 to :data:`ROTATION_DEPTH` shown fewer times (1 or 2)."""
 ROTATION_DEPTH = 40
+EXPERIMENT_PLACEMENT = "home"
+EXPERIMENT_NAME = "bench-model"
+EXPERIMENT_VARIANTS = (("control", 0.5), ("candidate", 0.5))
+"""The variants (name, share); the first is the published model, the second the
+candidate version."""
+EXPERIMENT_SEED = 43
+"""ALS ``random_state`` of the candidate model (the published one has the default, 42)."""
+EXPERIMENT_PREFIX = "abexp"
+"""The experiment server's ``[redis] prefix``: its experiment set, user vectors and state
+apart from ``cached``'s server (which would otherwise follow the set and load the
+candidate model too), in the same Redis. Not a prefix of ``recsvc`` nor the reverse."""
 
 
 # --------------------------------------------------------------------------- plan
@@ -213,8 +261,8 @@ class Point:
 
 def plan(args: argparse.Namespace) -> list[Point]:
     """The points to measure, in order (open-loop points after their reference): every
-    scenario but ``live`` and ``rotation`` by default, only those of ``--scenarios``
-    when given."""
+    scenario but ``live``, ``rotation`` and ``experiment`` by default, only those of
+    ``--scenarios`` when given."""
     points = _plan(args)
     if args.scenarios is None:
         return points
@@ -459,6 +507,20 @@ class RotationRig:
 
 
 @dataclass
+class ExperimentRig:
+    """The ``recsvc serve`` of the ``experiment`` scenario: the same shop on the same
+    Redis as ``cached``'s (key prefix :data:`EXPERIMENT_PREFIX`), its settings file
+    naming an experiments file that splits placement :data:`EXPERIMENT_PLACEMENT`
+    between the published model and a second version; a server of its own."""
+
+    server: Server
+    metrics_url: str | list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+    """The candidate model, the vectors published, the check of both variants
+    (:func:`check_experiment`) and the memory read (:func:`experiment_memory`)."""
+
+
+@dataclass
 class Rig:
     """Everything running for one catalogue: shop, Redis, recsvc, the request pools."""
 
@@ -474,6 +536,8 @@ class Rig:
     """The server of the ``live`` scenario, when it is planned."""
     rotation: RotationRig | None = None
     """The server of the ``rotation`` scenario, when it is planned."""
+    experiment: ExperimentRig | None = None
+    """The server of the ``experiment`` scenario, when it is planned."""
 
     def serving(self, scenario: str) -> tuple[Server, str | list[str], dict[str, int]]:
         """The recsvc server that answers ``scenario``, its /metrics and its pids
@@ -488,6 +552,11 @@ class Rig:
                 raise RuntimeError("the rotation scenario needs its server (start_rig)")
             rot = self.rotation
             return rot.server, rot.metrics_url, {**rot.server.pids(), "redis": self.redis.pid}
+        if scenario == "experiment":
+            if self.experiment is None:
+                raise RuntimeError("the experiment scenario needs its server (start_rig)")
+            ex = self.experiment
+            return ex.server, ex.metrics_url, {**ex.server.pids(), "redis": self.redis.pid}
         return self.server, self.metrics_url, {**self.server.pids(), "redis": self.redis.pid}
 
 
@@ -500,14 +569,17 @@ def _timed(store: dict[str, float], name: str) -> Callable[[], None]:
     return done
 
 
-def publish_vectors(artifact: ModelArtifact, url: str) -> int:
-    """Every trained user's vector into Redis, as ``recsvc publish`` loads them."""
+def publish_vectors(artifact: ModelArtifact, url: str, prefix: str | None = None) -> int:
+    """Every trained user's vector into Redis, as ``recsvc publish`` loads them (under
+    key prefix ``prefix``; None: the default)."""
     from recsvc.config import RedisSettings
     from recsvc.store import UserVectorStore, client_from_url
 
     client = client_from_url(url, socket_timeout=10.0)
     try:
-        store = UserVectorStore(client)
+        store = (
+            UserVectorStore(client) if prefix is None else UserVectorStore(client, prefix=prefix)
+        )
         return store.publish(
             artifact.model_version,
             artifact.user_ids.tolist(),
@@ -671,15 +743,340 @@ def check_rotation(
     }
 
 
+def ensure_candidate(shop: Shop) -> dict[str, Any]:
+    """The ``experiment`` scenario's second model version of ``shop``: ``recsvc -q
+    train`` on the shop's events and catalogue with ALS ``random_state``
+    :data:`EXPERIMENT_SEED`, into the shop's artifact root without ``--publish`` (so
+    CURRENT stays the shop's version and a server of that root can load it by name).
+    Trained once and reused while the shop is (``candidate-seed<N>.json`` in the shop's
+    folder, written last, names it); what was trained."""
+    from recsvc.artifact import read_manifest
+
+    stamp = shop.folder / f"candidate-seed{EXPERIMENT_SEED}.json"
+    if stamp.exists():
+        saved: dict[str, Any] = json.loads(stamp.read_text())
+        if (
+            saved.get("base_version") == shop.version
+            and (shop.artifacts / saved.get("version", "-")).is_dir()
+        ):
+            print(
+                f"[shop {shop.config.n_items:,}] reusing candidate {saved['version']}", flush=True
+            )
+            return {**saved, "reused": True}
+    before = {p.name for p in shop.artifacts.iterdir() if p.is_dir()}
+    cmd = [
+        recsvc_bin(),
+        "-q",
+        "train",
+        "--events",
+        str(shop.events),
+        "--catalog",
+        str(shop.catalog),
+    ]
+    cmd += ["--artifacts", str(shop.artifacts), "--random-state", str(EXPERIMENT_SEED)]
+    log = shop.folder / f"train-candidate-seed{EXPERIMENT_SEED}.log"
+    print(
+        f"[shop {shop.config.n_items:,}] training the candidate model (random_state "
+        f"{EXPERIMENT_SEED}) ...",
+        flush=True,
+    )
+    t = time.perf_counter()
+    with log.open("wb") as out:
+        done = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(), check=False
+        )
+    seconds = time.perf_counter() - t
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"recsvc train (candidate) exited {done.returncode}:\n{tail}")
+    new = sorted({p.name for p in shop.artifacts.iterdir() if p.is_dir()} - before)
+    if len(new) != 1:
+        raise RuntimeError(f"recsvc train (candidate) wrote {new} under {shop.artifacts}")
+    current = (shop.artifacts / "CURRENT").read_text().strip()
+    if current != shop.version:
+        raise RuntimeError(f"training the candidate moved CURRENT to {current}")
+    manifest = read_manifest(shop.artifacts / new[0])
+    saved = {
+        "version": new[0],
+        "base_version": shop.version,
+        "random_state": EXPERIMENT_SEED,
+        "model_items": manifest.data.items,
+        "model_users": manifest.data.users,
+        "index_kind": manifest.index.kind,
+        "index_recall": manifest.index.recall,
+        "train_seconds": seconds,
+        "train_command": shlex.join(cmd),
+        "git": git_revision(),
+    }
+    stamp.write_text(json.dumps(saved, indent=2) + "\n")
+    print(
+        f"[shop {shop.config.n_items:,}] candidate {new[0]} trained in {seconds:.0f}s", flush=True
+    )
+    return {**saved, "reused": False}
+
+
+def write_experiment_files(folder: Path, n_items: int, candidate: str) -> tuple[Path, Path]:
+    """The ``experiment`` server's settings file and the experiments file it names: one
+    experiment on :data:`EXPERIMENT_PLACEMENT`, :data:`EXPERIMENT_VARIANTS` (the second
+    serving model version ``candidate``)."""
+    experiments = folder / f"experiments-{n_items}.toml"
+    lines = [
+        "# bench_serving.py, the experiment scenario: [server] experiments_file",
+        "[[experiment]]",
+        f'name = "{EXPERIMENT_NAME}"',
+        f'placements = ["{EXPERIMENT_PLACEMENT}"]',
+    ]
+    for i, (name, share) in enumerate(EXPERIMENT_VARIANTS):
+        lines += ["", "[[experiment.variant]]", f'name = "{name}"', f"share = {share}"]
+        if i > 0:
+            lines.append(f'model = "{candidate}"')
+    experiments.write_text("\n".join(lines) + "\n")
+    config = folder / f"experiment-{n_items}.toml"
+    config.write_text(
+        "# bench_serving.py, the experiment scenario: recsvc serve --config <this file>\n"
+        "[server]\n"
+        f"experiments_file = {json.dumps(str(experiments))}\n"
+        "\n"
+        "[redis]\n"
+        f'prefix = "{EXPERIMENT_PREFIX}"\n'
+    )
+    return config, experiments
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    """Resident bytes of process ``pid`` from ``/proc/<pid>/status``: VmRSS, and its
+    anonymous and file-backed parts, and VmHWM (the peak)."""
+    fields = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "VmHWM": "peak_rss"}
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in fields:
+            out[f"{fields[key]}_bytes"] = int(value.split()[0]) * 1024  # kB
+    return out
+
+
+def _fetch_metrics(url: str | list[str]) -> dict[MetricKey, float]:
+    import urllib.request
+
+    out: dict[MetricKey, float] = {}
+    for one in [url] if isinstance(url, str) else url:
+        with urllib.request.urlopen(one, timeout=10) as response:
+            for key, value in parse_metrics(response.read().decode()).items():
+                out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def experiment_memory(rig: Rig, candidate: str) -> dict[str, Any]:
+    """What the experiment server says its variant model added (ListExperiments'
+    ``model_bytes``, the ``recsvc_variant_model_bytes`` gauge) beside both servers'
+    resident memory from ``/proc`` now."""
+    from recsvc.client import RecommenderClient
+
+    assert rig.experiment is not None
+    ex = rig.experiment
+    with RecommenderClient(ex.server.target, timeout=10.0) as client:
+        listed = client.list_experiments()
+    gauge = {
+        dict(labels).get("model_version", ""): value
+        for (name, labels), value in _fetch_metrics(ex.metrics_url).items()
+        if name == "recsvc_variant_model_bytes"
+    }
+    cached, experiment = proc_memory(rig.server.pid), proc_memory(ex.server.pid)
+    return {
+        "model_bytes": dict(listed.model_bytes),
+        "variant_model_bytes_gauge": gauge,
+        "candidate_model_bytes": int(listed.model_bytes.get(candidate, 0)),
+        "cached_server": cached,
+        "experiment_server": experiment,
+        "rss_difference_bytes": experiment["rss_bytes"] - cached["rss_bytes"],
+        "rss_anon_difference_bytes": experiment.get("rss_anon_bytes", 0)
+        - cached.get("rss_anon_bytes", 0),
+    }
+
+
+def _wait_for_variant_model(target: str, version: str, timeout: float = 180.0) -> float:
+    """Seconds until the server at ``target`` lists the experiment with ``version``
+    loaded (``model_bytes`` names it); RuntimeError after ``timeout``."""
+    from recsvc.client import RecommenderClient
+
+    t = time.perf_counter()
+    listed = None
+    with RecommenderClient(target, timeout=10.0) as client:
+        while time.perf_counter() - t < timeout:
+            listed = client.list_experiments()
+            if any(e.name == EXPERIMENT_NAME for e in listed.experiments) and (
+                version in listed.model_bytes
+            ):
+                return time.perf_counter() - t
+            time.sleep(0.2)
+    raise RuntimeError(f"the experiment server did not load {version} in {timeout:g}s: {listed}")
+
+
+def check_experiment(
+    artifact: ModelArtifact,
+    cached_target: str,
+    experiment_target: str,
+    versions: dict[str, str],
+    experiments_file: Path,
+) -> dict[str, Any]:
+    """Every pool user's ``experiment`` answer (k = 10, placement
+    :data:`EXPERIMENT_PLACEMENT`) beside their ``cached`` answer: which variant answered
+    and with which model version (``versions``: variant -> the version it should
+    carry), its strategy, whether the variant is the one the experiment's hash assigns,
+    and whether the answer is ``cached``'s. RuntimeError unless both variants answered,
+    each with its own model."""
+    from collections import Counter
+
+    from recsvc.client import RecommenderClient
+    from recsvc.experiments import read_experiments
+    from recsvc.v1 import recommender_pb2 as pb
+
+    (declared,) = read_experiments(experiments_file)
+    user_ids = [str(artifact.user_ids[u]) for u in pool_users(artifact)]
+    cached = _answers(cached_target, user_ids, 10)
+    per: dict[str, dict[str, Any]] = {}
+    experiments: Counter[str] = Counter()
+    hashed = 0
+    with RecommenderClient(experiment_target, timeout=10.0) as client:
+        for user, reference in zip(user_ids, cached, strict=True):
+            r = client.recommend(user_id=user, k=10, placement=EXPERIMENT_PLACEMENT)
+            experiments[r.experiment] += 1
+            hashed += r.variant == declared.assign(user).name
+            v = per.setdefault(
+                r.variant,
+                {"answers": 0, "model_versions": Counter(), "strategies": Counter(),
+                 "same_as_cached": 0, "example": None},
+            )  # fmt: skip
+            items = [i.item_id for i in r.items]
+            v["answers"] += 1
+            v["model_versions"][r.model_version] += 1
+            v["strategies"][pb.Strategy.Name(r.strategy)] += 1
+            v["same_as_cached"] += items == reference
+            if v["example"] is None:
+                v["example"] = {"user": user, "experiment": items, "cached": reference}
+    n = max(1, len(user_ids))
+    variants = {
+        name: {
+            **v,
+            "share": v["answers"] / n,
+            "model_versions": dict(v["model_versions"]),
+            "strategies": dict(v["strategies"]),
+            "same_as_cached_share": v["same_as_cached"] / max(1, v["answers"]),
+        }
+        for name, v in sorted(per.items())
+    }
+    report = {
+        "users": len(user_ids),
+        "experiments": dict(experiments),
+        "variants": variants,
+        "assigned_as_hashed_share": hashed / n,
+        "expected_versions": versions,
+    }
+    wrong = [
+        f"{name}: {variants.get(name, {}).get('model_versions')} (want {version})"
+        for name, version in versions.items()
+        if set(variants.get(name, {}).get("model_versions", {})) != {version}
+    ]
+    if wrong or set(variants) != set(versions):
+        raise RuntimeError(
+            f"the experiment's variants did not both answer with their models: {wrong}; "
+            f"answers by variant: { {k: v['answers'] for k, v in variants.items()} }"
+        )
+    return report
+
+
+def start_experiment(
+    shop: Shop, artifact: ModelArtifact, rig: Rig, args: argparse.Namespace, logs: Path
+) -> ExperimentRig:
+    """The ``experiment`` scenario's server: the candidate model trained (once), both
+    versions' user vectors published to ``rig``'s Redis under
+    :data:`EXPERIMENT_PREFIX`, ``recsvc serve`` of the same shop with the settings of
+    :func:`write_experiment_files`; then both variants checked and the memory read."""
+    from recsvc.artifact import read_artifact
+
+    n = shop.config.n_items
+    timings = rig.setup_seconds
+    done = _timed(timings, "train_candidate")
+    candidate = ensure_candidate(shop)
+    done()
+    version = candidate["version"]
+    done = _timed(timings, "publish_vectors_experiment")
+    published = {shop.version: publish_vectors(artifact, rig.redis.url, EXPERIMENT_PREFIX)}
+    second = read_artifact(shop.artifacts / version, verify_checksums=False)
+    published[version] = publish_vectors(second, rig.redis.url, EXPERIMENT_PREFIX)
+    del second
+    done()
+    config, experiments_file = write_experiment_files(args.workdir, n, version)
+    done = _timed(timings, "start_recsvc_experiment")
+    server, metrics_url = start_recsvc(
+        f"recsvc-{n}-experiment", shop, rig.redis, args, logs, config=config
+    )
+    done()
+    ex = ExperimentRig(server, metrics_url)
+    try:
+        loaded_after = _wait_for_variant_model(server.target, version)
+        done = _timed(timings, "check_experiment")
+        versions = {
+            EXPERIMENT_VARIANTS[0][0]: shop.version,
+            EXPERIMENT_VARIANTS[1][0]: version,
+        }
+        check = check_experiment(
+            artifact, rig.server.target, server.target, versions, experiments_file
+        )
+        done()
+        rig.experiment = ex
+        memory = experiment_memory(rig, version)
+    except BaseException:
+        rig.experiment = None
+        server.stop()
+        raise
+    sizes = {
+        v: sum(f.stat().st_size for f in (shop.artifacts / v).rglob("*") if f.is_file())
+        for v in (shop.version, version)
+    }
+    ex.report = {
+        "placement": EXPERIMENT_PLACEMENT,
+        "experiment": EXPERIMENT_NAME,
+        "variants": [
+            {"name": name, "share": share, "model": versions[name]}
+            for name, share in EXPERIMENT_VARIANTS
+        ],
+        "published_version": shop.version,
+        "candidate": candidate,
+        "prefix": EXPERIMENT_PREFIX,
+        "vectors_published": published,
+        "artifact_bytes_on_disk": sizes,
+        "experiments_file": experiments_file.read_text(),
+        "settings_file": config.read_text(),
+        "variant_model_loaded_seconds_after_start": loaded_after,
+        "check": check,
+        "memory_after_check": memory,
+        "server_command": shlex.join(server.command),
+    }
+    split = ", ".join(
+        f"{name} {v['share']:.1%} ({next(iter(v['model_versions']))})"
+        for name, v in check["variants"].items()
+    )
+    print(
+        f"[{n:,} items] experiment server: {split}; candidate model added "
+        f"{memory['candidate_model_bytes'] / 2**20:.0f} MiB (model_bytes), RSS "
+        f"{memory['experiment_server']['rss_bytes'] / 2**20:.0f} MiB vs cached's "
+        f"{memory['cached_server']['rss_bytes'] / 2**20:.0f} MiB",
+        flush=True,
+    )
+    return ex
+
+
 def build_requests(
     artifact: ModelArtifact,
     n_foldin: int,
     live_filters: pb.Filters | None = None,
     *,
     rotation: bool = False,
+    experiment: bool = False,
 ) -> dict[str, list[bytes]]:
     """The serialized request pools of every scenario (``live`` with ``live_filters``,
-    ``rotation`` when asked)."""
+    ``rotation`` and ``experiment`` when asked)."""
     import numpy as np
 
     from recsvc.v1 import recommender_pb2 as pb
@@ -724,6 +1121,11 @@ def build_requests(
     if rotation:
         pools["rotation"] = [
             ser(pb.RecommendRequest(user_id=u, k=10, placement=ROTATION_PLACEMENT))
+            for u in user_ids
+        ]
+    if experiment:
+        pools["experiment"] = [
+            ser(pb.RecommendRequest(user_id=u, k=10, placement=EXPERIMENT_PLACEMENT))
             for u in user_ids
         ]
     if n_foldin:
@@ -797,6 +1199,15 @@ def start_rig(
             server.stop()
             redis.stop()
             raise
+    if any(p.scenario == "experiment" for p in points):
+        try:
+            rig.experiment = start_experiment(shop, artifact, rig, args, logs)
+        except BaseException:
+            if rig.rotation is not None:
+                rig.rotation.server.stop()
+            server.stop()
+            redis.stop()
+            raise
     rig.pools["published_vectors"] = written
     rig.pools["foldin_users"] = n_foldin
     if any(p.scenario == "filter" for p in points):
@@ -808,11 +1219,19 @@ def start_rig(
         except BaseException:
             if rig.rotation is not None:
                 rig.rotation.server.stop()
+            if rig.experiment is not None:
+                rig.experiment.server.stop()
             server.stop()
             redis.stop()
             raise
         live_filters = rig.live.setup.filters()
-    pools = build_requests(artifact, n_foldin, live_filters, rotation=rig.rotation is not None)
+    pools = build_requests(
+        artifact,
+        n_foldin,
+        live_filters,
+        rotation=rig.rotation is not None,
+        experiment=rig.experiment is not None,
+    )
     for scenario, requests in pools.items():
         for side in ("service", "floor"):
             gen.send_pool(pool_name(shop.config.n_items, scenario, side), requests)
@@ -1068,12 +1487,16 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
     }
     strategies: dict[str, float] = {}
     placements: dict[str, float] = {}
+    variants: dict[str, float] = {}  # answers by experiment/variant (the experiment scenario)
     for (name, labels), value in diff.items():
         if name == "recsvc_recommendations_total" and value:
             d = dict(labels)
             strategies[d["strategy"]] = strategies.get(d["strategy"], 0.0) + value
             where = d.get("placement", "unknown")
             placements[where] = placements.get(where, 0.0) + value
+            if d.get("experiment"):
+                arm = f"{d['experiment']}/{d.get('variant', '')}"
+                variants[arm] = variants.get(arm, 0.0) + value
     codes = {
         dict(labels)["grpc_code"]: value
         for (name, labels), value in diff.items()
@@ -1104,6 +1527,7 @@ def server_view(diff: dict[MetricKey, float]) -> dict[str, Any]:
         "lookups": lookups,
         "strategies": strategies,
         "placements": placements,
+        "variants": variants,
         "codes": codes,
         "rule_applications": rules,
         "degraded": _sum(diff, "recsvc_degraded_responses_total"),
@@ -2010,10 +2434,17 @@ def check_table(entries: list[dict[str, Any]]) -> list[str]:
             f"{k} {v / handled:.0%}" for k, v in sorted(srv.get("strategies", {}).items())
         )
         named = {k: v for k, v in srv.get("placements", {}).items() if k != "unknown"}
-        if named:  # requests that named a placement (live, rotation)
+        if named:  # requests that named a placement (live, rotation, experiment)
             strategies += (
                 " (placement "
                 + ", ".join(f"{k} {v / handled:.0%}" for k, v in sorted(named.items()))
+                + ")"
+            )
+        arms = srv.get("variants", {})
+        if arms:  # answers by experiment/variant (experiment)
+            strategies += (
+                " (variant "
+                + ", ".join(f"{k} {v / handled:.0%}" for k, v in sorted(arms.items()))
                 + ")"
             )
         lookups = ", ".join(
@@ -2062,7 +2493,7 @@ def same_load(entries: list[dict[str, Any]], e: dict[str, Any], scenario: str) -
 
 
 def versus_table(entries: list[dict[str, Any]], scenario: str = "live") -> list[str]:
-    """``scenario`` (``live`` or ``rotation``) beside ``cached`` of the same repeats:
+    """``scenario`` (``live``, ``rotation``, ``experiment``) beside ``cached`` of the same repeats:
     server p50, its bound (:data:`MAX_P50_RATIO`) and the other figures."""
     bound = MAX_P50_RATIO[scenario]
     x = scenario
@@ -2103,6 +2534,47 @@ def versus_table(entries: list[dict[str, Any]], scenario: str = "live") -> list[
             f"{'met' if met else '**not met**'} |"
         )
     return lines
+
+
+def experiment_memory_table(experiments: dict[str, Any]) -> list[str]:
+    """The memory per loaded variant: what the experiment server says its candidate
+    model added, and both servers' resident memory from /proc."""
+    if not experiments:
+        return []
+    mib = 2**20
+    lines = [
+        "Memory of the loaded variant: `model_bytes` is what ListExperiments reports (the "
+        "resident bytes the candidate model added when the server loaded it; the gauge "
+        "`recsvc_variant_model_bytes` on /metrics says the same), beside the two servers' "
+        "VmRSS (and its anonymous part) from `/proc/<pid>/status`, read after the check of "
+        "both variants (before measuring) and after the measurements. The RSS difference "
+        "also holds what else differs between the two servers (the experiment server's "
+        "second model's state reads, its experiment follower); the cached server has the "
+        "published model alone.",
+        "",
+        "| items | read | candidate `model_bytes` MiB (gauge) | RSS MiB: cached / experiment "
+        "server | RSS difference MiB | anonymous RSS difference MiB | candidate artifact on "
+        "disk MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, ex in experiments.items():
+        version = ex["candidate"]["version"]
+        disk = ex["artifact_bytes_on_disk"].get(version, 0) / mib
+        for label, key in (("after the check", "memory_after_check"),
+                           ("after measuring", "memory_after_measuring")):  # fmt: skip
+            m = ex.get(key)
+            if not m:
+                continue
+            gauge = m["variant_model_bytes_gauge"].get(version)
+            lines.append(
+                f"| {int(n):,} | {label} | {m['candidate_model_bytes'] / mib:,.1f} "
+                f"({'-' if gauge is None else f'{gauge / mib:,.1f}'}) | "
+                f"{m['cached_server']['rss_bytes'] / mib:,.0f} / "
+                f"{m['experiment_server']['rss_bytes'] / mib:,.0f} | "
+                f"{m['rss_difference_bytes'] / mib:,.1f} | "
+                f"{m['rss_anon_difference_bytes'] / mib:,.1f} | {disk:,.1f} |"
+            )
+    return [*lines, ""]
 
 
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -2216,6 +2688,28 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 if ratio is not None
                 else "-",
                 "met": ratio is not None and ratio <= ROTATION_MAX_P50_RATIO,
+            }
+        )
+    for e in sorted(entry("experiment", "closed"), key=lambda e: -e["level"]):
+        vs = e.get("vs_cached")
+        if not vs:
+            continue
+        ratio = vs["server_handling_p50_ms"]["ratio_of_medians"]
+        cached = same_load(report["points"], e, "cached")
+        experiment_p50 = _ms(get(e["median"]["service"], "server/handling_p50_ms"))
+        cached_p50 = (
+            _ms(get(cached["median"]["service"], "server/handling_p50_ms")) if cached else "-"
+        )
+        found.append(
+            {
+                "target": f"Recommend, cached user, {items}, placement split 50/50 by an A/B "
+                "experiment between the published model and a second version (two models "
+                f"loaded): server p50 ≤ {EXPERIMENT_MAX_P50_RATIO}× cached's in the same run "
+                f"(issue #17; concurrency {int(e['level'])})",
+                "measured": f"{ratio:.2f}× ({experiment_p50} vs {cached_p50} ms)"
+                if ratio is not None
+                else "-",
+                "met": ratio is not None and ratio <= EXPERIMENT_MAX_P50_RATIO,
             }
         )
     for n, sync in sorted(report.get("sync", {}).items()):
@@ -2445,6 +2939,33 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{check.get('answers_differing_share', 0):.0%} of the answers differ, by "
             f"{check.get('items_replaced_per_answer', 0):.2f} items on average."
         )
+    for n, ex in report.get("experiment", {}).items():
+        cand, check = ex["candidate"], ex["check"]
+        trained = "reused" if cand.get("reused") else f"trained in {cand['train_seconds']:.0f} s"
+        split = "; ".join(
+            f"`{name}` {v['answers']:,} ({v['share']:.1%}), model "
+            + ", ".join(f"`{m}`" for m in v["model_versions"])
+            + ", strategy "
+            + ", ".join(f"{k} {c / max(1, v['answers']):.0%}" for k, c in v["strategies"].items())
+            + f", {v['same_as_cached_share']:.0%} of them the same items as cached's answer"
+            for name, v in check["variants"].items()
+        )
+        lines.append(
+            f"- experiment on {int(n):,} items: experiment `{ex['experiment']}` on placement "
+            f"`{ex['placement']}` (`[server] experiments_file`), "
+            + ", ".join(f"`{v['name']}` {v['share']:.0%} (`{v['model']}`)" for v in ex["variants"])
+            + f"; the candidate is `recsvc train` of the same events with ALS random_state "
+            f"{cand['random_state']} ({cand['model_items']:,} items, {cand['model_users']:,} "
+            f"users, {cand['index_kind']}), not published, in the same artifact root "
+            f"({trained}). Both versions' user vectors ("
+            + ", ".join(f"{c:,}" for c in ex["vectors_published"].values())
+            + f") published to the same Redis under key prefix `{ex['prefix']}` (that "
+            "server's `[redis] prefix`: the experiment set is shared through Redis, and "
+            "`cached`'s server would otherwise follow it and load the candidate too). Asked "
+            f"before measuring (gRPC, k=10, every one of the {check['users']:,} pool users): "
+            f"{split}; {check['assigned_as_hashed_share']:.0%} of the users got the variant "
+            "the experiment's hash assigns them."
+        )
     lines += [
         "",
         "## Targets",
@@ -2506,6 +3027,24 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             *versus_table(report["points"], "rotation"),
             "",
+        ]
+    if any(e.get("vs_cached") and e["scenario"] == "experiment" for e in report["points"]):
+        lines += [
+            "## Two variants (two models loaded) vs cached (same run)",
+            "",
+            "`experiment` and `cached` at the same concurrency were measured together, each "
+            "on its own `recsvc serve` (the same shop and Redis; the `experiment` server "
+            "splits placement `home` between the published model and a second version, both "
+            "loaded, its keys under their own prefix): in each repeat one run of each, back "
+            "to back, then their floors, the order reversed every other repeat. The ratio is "
+            "of the medians; in brackets the median and range of the ratio within each "
+            "repeat. Server p50 is read from histogram buckets (0.1, 0.25, 0.5 ms ...: "
+            "linear interpolation inside one), so the mean (exact: sum ÷ count) is given "
+            "beside it.",
+            "",
+            *versus_table(report["points"], "experiment"),
+            "",
+            *experiment_memory_table(report.get("experiment", {})),
         ]
     if report.get("sync"):
         lines += sync_markdown(report["sync"])
@@ -2816,8 +3355,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--scenarios",
         nargs="+",
         choices=list(SCENARIOS),
-        help="measure only these scenarios (default: every one but live and rotation); "
-        "cached, live and rotation at the same load are measured together, alternating",
+        help="measure only these scenarios (default: every one but live, rotation and "
+        "experiment); cached, live, rotation and experiment at the same load are measured "
+        "together, alternating",
     )
     p.add_argument(
         "--sync-repeats",
@@ -2861,8 +3401,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--sync-repeats needs the live scenario (--scenarios ... live)")
     if args.processes < 1:
         p.error("--processes must be >= 1")
-    if args.processes > 1 and "rotation" in (args.scenarios or []):
-        p.error("the rotation scenario needs --processes 1 (its server takes a settings file)")
+    for scenario in ("rotation", "experiment"):
+        if args.processes > 1 and scenario in (args.scenarios or []):
+            p.error(
+                f"the {scenario} scenario needs --processes 1 (its server takes a settings file)"
+            )
     if args.channels is None:
         args.channels = 1 if args.processes == 1 else 4
     return args
@@ -2909,6 +3452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "setup_seconds": {},
         "live": {},
         "rotation": {},
+        "experiment": {},
         "sync": {},
         "points": [],
     }
@@ -2946,6 +3490,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     k: v for k, v in rig.rotation.report.items() if k != "overexposed"
                 }
                 warm.append(("service", rig.rotation.server, "rotation"))
+            if rig.experiment is not None:
+                owned.append(rig.experiment.server)
+                report["servers"][f"recsvc-{n}-experiment"] = rig.experiment.report[
+                    "server_command"
+                ]
+                report["experiment"][str(n)] = rig.experiment.report
+                warm.append(("service", rig.experiment.server, "experiment"))
             if rig.live is not None:
                 owned += [rig.live.redis, rig.live.server]
                 report["servers"][f"recsvc-{n}-live"] = shlex.join(rig.live.server.command)
@@ -2984,6 +3535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ):
                         reference_qps = entry["median"]["service"]["qps"]
                 write_outputs(report, args)  # partial results survive a later failure
+            if rig.experiment is not None:
+                ex = rig.experiment
+                ex.report["memory_after_measuring"] = experiment_memory(
+                    rig, ex.report["candidate"]["version"]
+                )
+                write_outputs(report, args)
             if rig.live is not None and args.sync_repeats > 0:
                 print(f"[{n:,} items] catalogue sync under load, {args.sync_repeats} runs ...")
                 report["sync"][str(n)] = measure_syncs(gen, rig, args)
@@ -3001,6 +3558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopping: list[Server | PrivateRedis] = [rig.server, rig.redis]
             if rig.rotation is not None:
                 stopping.insert(0, rig.rotation.server)
+            if rig.experiment is not None:
+                stopping.insert(0, rig.experiment.server)
             if rig.live is not None:
                 stopping += [rig.live.server, rig.live.redis]
             for item in stopping:
