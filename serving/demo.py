@@ -5,8 +5,9 @@ defaults), then, over gRPC: a known customer's recommendations next to what they
 bought; the top item going out of stock in the live catalogue and leaving the next
 answer; a merchandising pin and a cap per category; a product launched today answered
 for from its category, then listed beside the item shoppers pair it with; an anonymous
-visitor who views a few items of one category and sees the recommendations follow;
-then a stop and a clean exit.
+visitor who views a few items of one category and sees the recommendations follow,
+logs in and links an app; an A/B test splitting the home page's shoppers, with a
+purchase attributed to its variant; then a stop and a clean exit.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import grpc
 
 from recsvc import artifact as art
 from recsvc.client import RecommenderClient, to_json
+from recsvc.experiments import Experiment, Variant, experiment_message
 
 _READY = re.compile(r"recsvc serving on (\S+):(\d+)")
 
@@ -70,6 +72,45 @@ def _answers(client: RecommenderClient, item_id: str) -> bool:
             return False
         raise
     return True
+
+
+def _experiment(client: RecommenderClient, user: str) -> None:
+    """An A/B test on the home page: half the shoppers get what sells, for everyone;
+    a purchase from a list is attributed to the variant that made it."""
+    test = Experiment(
+        "demo-ab",
+        (Variant("control", 0.5), Variant("popular", 0.5, non_personalized=True)),
+        placements=("home",),
+    )
+    client.set_experiments([experiment_message(test)])
+    print("\n... the shop starts an A/B test on home: half the shoppers get what sells")
+    while client.recommend(user, k=1, placement="home").experiment != test.name:
+        time.sleep(0.01)
+    split = Counter(
+        client.recommend(f"demo-shopper-{n}", k=1, placement="home").variant for n in range(200)
+    )
+    print("200 shoppers, by variant: " + ", ".join(f"{v} {n}" for v, n in sorted(split.items())))
+    answer = client.recommend(user, k=8, placement="home")
+    bought = answer.items[0].item_id
+    rid = answer.recommendation_id
+    client.record_events(
+        [
+            client.event(i.item_id, "impression", user_id=user, recommendation_id=rid,
+                         placement="home")
+            for i in answer.items
+        ]
+        + [client.event(bought, "purchase", user_id=user, recommendation_id=rid,
+                        placement="home", quantity=1, price=20.0)]
+    )  # fmt: skip
+    print(f"{user} is in '{answer.variant}' (every replica agrees: a hash of the id); "
+          f"they buy {bought} from the list: attributed to demo-ab/{answer.variant} "
+          "(`recsvc experiment report demo-ab` reads it from the event log)")  # fmt: skip
+    other = Counter(
+        client.recommend(f"demo-shopper-{n}", k=1, placement="pdp").experiment or "none"
+        for n in range(20)
+    )
+    print(f"the product page is not in the test: experiment {dict(other)}")
+    client.set_experiments([])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             again = [i.item_id for i in client.recommend("demo-new-customer", k=8).items]
             print(f"\n... they tap 'not interested' on {app[0]} in the app; on the web it "
                   f"is gone: {app[0] not in again}")  # fmt: skip
+            _experiment(client, user)
     except grpc.RpcError as exc:
         print(f"demo failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
         proc.kill()
