@@ -390,6 +390,9 @@ class Engine:
             variant=in_experiment[1],
         )
         lane = self.new_items.of(model) if self.new_items is not None else None
+        if lane is None and variant is not None and variant.model is not None:
+            assert self.experiments is not None
+            lane = self.experiments.new_items_of(loaded)
         if lane is not None and ranking.popularity_weight > 0:
             new = lane.popular(req.filters, time.time(), req.k, ranking.popularity_weight)
             out = self._with_new(out, new, req.k, cap, view, lane, "Recommend")

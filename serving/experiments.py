@@ -25,6 +25,7 @@ from recsvc.store.experiments import ExperimentStore
 
 from .follow import Follower
 from .metrics import ServingMetrics
+from .newitems import NewItemLane, NewItems
 from .placements import file_stamp
 from .reload import LoadedModel, ModelHolder
 
@@ -62,6 +63,10 @@ class LiveExperiments(Follower[Experiment]):
         """Versions that failed to load, with why (logged once each)."""
         self._wake = asyncio.Event()
         """Set when the set changed: the watch loop loads the models it names at once."""
+        self.new_items: Callable[[], NewItems] | None = None
+        """Makes the new-products lane of a variant model (None: variants get none)."""
+        self._lanes: dict[str, tuple[NewItems, asyncio.Event, asyncio.Task[None]]] = {}
+        """Per variant model, its new-products lane, refreshed by a task of its own."""
         self.on_models_changed: Callable[[], None] | None = None
         """Called when a variant model was loaded or dropped (the engine drops what it
         kept for models no longer served)."""
@@ -119,6 +124,26 @@ class LiveExperiments(Follower[Experiment]):
     def versions(self) -> set[str]:
         """The versions of the variant models loaded here."""
         return set(self._variant_models)
+
+    def new_items_of(self, loaded: LoadedModel) -> NewItemLane | None:
+        """The new products of a variant model (as :meth:`NewItems.of` is the published
+        one's), None when it has none or is not a variant's."""
+        entry = self._lanes.get(loaded.version)
+        return entry[0].of(loaded.model) if entry is not None else None
+
+    def _follow_new_items(self, loaded: LoadedModel) -> None:
+        if self.new_items is None or loaded.version in self._lanes:
+            return
+        lane, stop = self.new_items(), asyncio.Event()
+        model = loaded.model
+        task = asyncio.get_running_loop().create_task(lane.follow(stop, lambda: model))
+        self._lanes[loaded.version] = (lane, stop, task)
+
+    def _stop_new_items(self, versions: set[str]) -> None:
+        for version in versions & set(self._lanes):
+            _, stop, task = self._lanes.pop(version)
+            stop.set()
+            task.cancel()
 
     def variant_models(self, unit: str) -> list[LoadedModel]:
         """The models of ``unit``'s variants that are not the published one (a
@@ -183,6 +208,8 @@ class LiveExperiments(Follower[Experiment]):
             self._failed.pop(version, None)
             self._variant_models[version] = loaded
             self.model_bytes[version] = max(0, _rss() - before)
+            if loaded is not self.models.current:
+                self._follow_new_items(loaded)
             if self.metrics is not None:
                 self.metrics.variant_model_bytes.labels(model_version=version).set(
                     self.model_bytes[version]
@@ -195,6 +222,7 @@ class LiveExperiments(Follower[Experiment]):
                 self.model_bytes[version] / 2**20,
             )
         dropped = set(self._variant_models) - wanted
+        self._stop_new_items(dropped)
         for version in dropped:
             del self._variant_models[version]
             self.model_bytes.pop(version, None)
@@ -251,6 +279,7 @@ class LiveExperiments(Follower[Experiment]):
             finally:
                 stopping.cancel()
                 woken.cancel()
+        self._stop_new_items(set(self._lanes))
 
 
 def _rss() -> int:

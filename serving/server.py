@@ -231,6 +231,13 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
             settings.artifact_root, overfetch=settings.ranking.overfetch, on_reload=on_reload
         )
         experiments = LiveExperiments(experiment_store, models, metrics, s.experiments_file)
+        experiments.new_items = lambda: NewItems(  # a variant model's own new products
+            catalog,
+            CoOccurrence(trending_client, keys),
+            popularity,
+            evidence=settings.ranking.new_item_evidence,
+            max_items=settings.ranking.max_new_items,
+        )
         metrics.follow_live("experiments", experiments)
         engine = Engine(
             settings, models, state, event_log, metrics, catalog, popularity, rules, new_items,

@@ -327,3 +327,25 @@ def test_a_variant_model_is_freed_once_its_experiment_ends(
         assert ref() is None  # by reference counting alone: no cache kept it
     finally:
         gc.enable()
+
+
+def test_a_variant_with_its_own_model_recommends_new_products_that_sell(
+    servers: tuple[list[ServerThread], str],
+) -> None:
+    running, candidate = servers
+    everyone = Experiment("all-in", (Variant("candidate", 1.0, model=candidate),))
+    with clients_of(running, TOKEN) as (a, b):
+        a.set_experiments([experiment_message(everyone)])
+        soon(lambda: b.recommend(session_id="v1", placement="home").variant == "candidate", 5.0)
+        a.upsert_items([a.item("new-kettle", category_path=["g1"], price=30.0)])
+        a.record_events(
+            [a.event("new-kettle", "purchase", user_id=f"g1u{u:02d}", quantity=1)
+             for u in range(30)]
+        )  # fmt: skip
+
+        def listed() -> bool:
+            answer = b.recommend(session_id="v1", k=5, placement="home")
+            assert answer.model_version == candidate
+            return "new-kettle" in [i.item_id for i in answer.items]
+
+        soon(listed, 5.0)
