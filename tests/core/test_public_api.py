@@ -48,6 +48,10 @@ PUBLIC = {
     "recsvc.index": [
         "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
     ],
+    "recsvc.experiments": [
+        "Experiment", "RecommendationId", "Variant", "check_experiments", "experiment_message",
+        "owner_digest", "parse_recommendation_id", "read_experiments", "recommendation_id",
+    ],
 }  # fmt: skip
 
 
