@@ -40,6 +40,13 @@ from recsvc.weighting import EVENT_TYPES, session_weights
 from .baselines import item_knn_similarity
 from .loading import EVENT_SCHEMA
 from .pipeline import LoadedData, build_model
+from .session_baselines import (
+    TuneResult,
+    encode_items,
+    rank_next_items,
+    session_index_from_table,
+    tune_session_knn,
+)
 
 __all__ = [
     "NextClickCases",
@@ -47,6 +54,7 @@ __all__ = [
     "load_next_click_data",
     "score_next_item",
     "served_next_click_ranking",
+    "tune_session_baselines",
     "validation_cases",
 ]
 
@@ -179,6 +187,28 @@ def score_next_item(
     return out
 
 
+def _score_at_20(ranked: list[NDArray[np.int64]], targets: NDArray[np.int64]) -> dict[str, float]:
+    return score_next_item(ranked, targets, (20,))
+
+
+def tune_session_baselines(
+    table: pa.Table, share: float
+) -> tuple[dict[str, TuneResult], NextClickCases, float]:
+    """SKNN, V-SKNN and STAN (:mod:`.session_baselines`) tuned on the validation cases
+    of the training sessions (the last ``share`` of them, :func:`validation_cases`),
+    over an index of the others: the test cases are never read. Returns the results,
+    the validation cases and the mean length (clicks) of the sessions tuned on (the
+    unit of STAN's λ1 and λ3 grids). ``DataError`` when no case can be held out."""
+    train, cases = validation_cases(table, share)
+    if train.num_rows == 0 or not cases.targets:
+        raise DataError("too few training sessions to hold out validation cases")
+    index, position = session_index_from_table(train)
+    prefixes = encode_items(cases.prefixes, position)
+    targets = np.array([position.get(t, -1) for t in cases.targets], dtype=np.int64)
+    tuned = tune_session_knn(index, prefixes, targets, _score_at_20)
+    return tuned, cases, index.mean_length
+
+
 def evaluate_next_click(
     table: pa.Table,
     cases: NextClickCases,
@@ -191,8 +221,12 @@ def evaluate_next_click(
 
     Returns the report: ``{"metrics": {method: {metric: value}}, ...}`` with the served
     ranking as ``served`` and the baselines ``popularity`` (POP), ``s_pop`` (S-POP:
-    the session's most clicked items, then popular ones) and ``item_knn`` (cosine
-    neighbours of the last item, on session co-occurrence).
+    the session's most clicked items, then popular ones), ``item_knn`` (cosine
+    neighbours of the last item, on session co-occurrence) and the session-kNN family
+    ``sknn``, ``vsknn``, ``stan`` (:mod:`.session_baselines`), each tuned on the
+    validation cases of the training sessions (:func:`tune_session_baselines`), then
+    fitted on all of them; ``session_knn`` records the chosen parameters and their
+    validation metrics, ``seconds`` what tuning and ranking took.
     """
     ks = tuple(sorted({*settings.evaluation.ks, 20}))
     top = max(ks)
@@ -273,6 +307,38 @@ def evaluate_next_click(
             top,
             metrics[name][f"mrr@{top}"],
         )
+    # the session-kNN baselines: tuned on validation cases, then fitted on every
+    # training session (the served model's item positions) and scored on the test
+    share = settings.evaluation.validation_share
+    t = time.perf_counter()
+    try:
+        tuned, validation, mean_length = tune_session_baselines(table, share)
+    except DataError as exc:
+        log.warning("session-kNN baselines left out: %s", exc)
+        tuned, validation, mean_length = {}, NextClickCases([], []), 0.0
+    seconds["session_knn_tuning"] = time.perf_counter() - t
+    t = time.perf_counter()
+    index, _ = session_index_from_table(table, position)
+    wide = [p.astype(np.int64) for p in prefixes]
+    seconds["session_knn_index"] = time.perf_counter() - t
+    for name, result in tuned.items():
+        t = time.perf_counter()
+        ranked = rank_next_items(index, wide, result.params, top=top)
+        seconds[name] = time.perf_counter() - t
+        metrics[name] = score_next_item(ranked, targets, ks)
+        log.info(
+            "%s %s: hr@%d %.4f mrr@%d %.4f (validation %.4f / %.4f)",
+            name,
+            result.as_json()["params"],
+            top,
+            metrics[name][f"hr@{top}"],
+            top,
+            metrics[name][f"mrr@{top}"],
+            result.metrics["hr@20"],
+            result.metrics["mrr@20"],
+        )
+    order = ["popularity", "s_pop", "item_knn", *tuned, "served"]
+    metrics = {name: metrics[name] for name in order}
     return {
         "dataset": dataset,
         "protocol": "session: next click of each test prefix, whole catalogue",
@@ -285,6 +351,15 @@ def evaluate_next_click(
             "als": settings.als.model_dump(mode="json"),
             "items": model.n_items,
             "train_sessions": len(model.user_position),
+        },
+        "session_knn": {
+            "tuned_on": (
+                f"validation cases of the last {share:.0%} of the training sessions "
+                "(never the test cases); objective hr@20 + mrr@20"
+            ),
+            "validation_cases": len(validation.targets),
+            "mean_session_length": mean_length,
+            **{name: result.as_json() for name, result in tuned.items()},
         },
         "seconds": seconds,
     }
