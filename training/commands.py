@@ -320,7 +320,9 @@ def _evaluate_holdout(
     else:
         split = split_last_basket(data.table)
     dataset = args.dataset or args.events[0].name
-    report = evaluate(data, split, settings, dataset=dataset, progress=interactive())
+    report = evaluate(
+        data, split, settings, dataset=dataset, progress=interactive(), strong=args.strong
+    )
     print(f"{dataset}: {report.protocol}, {report.users:,} test users")
     print(format_table(report.metrics))
     return report.to_json()
@@ -346,6 +348,7 @@ def _evaluate_public(protocol: str, args: argparse.Namespace, settings: Settings
             settings,
             seeds=tuple(range(args.seeds)),
             dataset=args.dataset or args.data.name,
+            strong=args.strong,
         )
         report = nbr.to_json()
         print(f"{nbr.dataset}: {nbr.protocol}, seeds {list(nbr.seeds)}")
@@ -484,6 +487,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="session: score only the first N test cases")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
     p.add_argument("--dataset", help="dataset name in the report (default: file or folder name)")
+    p.add_argument(
+        "--strong-baselines",
+        dest="strong",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time, last-basket and nbr: also EASE, RP3beta and TIFU-KNN, each tuned on a "
+        "validation split of the training data (training/strong_baselines.py; minutes on "
+        "Ta-Feng)",
+    )
     p.set_defaults(handler=_cmd_evaluate, extra=EXTRA)
 
     p = sub.add_parser(

@@ -3,7 +3,9 @@
 The ranking scored as ``served`` is :class:`recsvc.ranking.Ranker` with the model's
 defaults, fed what the server feeds it (the user's vector and history), so the
 number reported is the number shipped. The baselines live in
-:mod:`training.baselines`.
+:mod:`training.baselines`; the strong ones (EASE, RP3beta, TIFU-KNN), tuned on a
+validation split cut from the training events only, in
+:mod:`training.strong_baselines` (:func:`strong_validation`).
 
 Metrics per user, averaged over users with at least one held-out purchase:
 
@@ -40,12 +42,12 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from recsvc.artifact import ModelArtifact
-from recsvc.config import Settings, WeightingSettings
+from recsvc.config import RepeatPolicy, Settings, WeightingSettings
 from recsvc.errors import DataError
 from recsvc.model import Blend, Model
 from recsvc.ranking import Filters, Popularity, Query, Ranker, training_user_query
 
-from . import baselines
+from . import baselines, strong_baselines
 from .interactions import (
     DEFAULT_POPULARITY_HALF_LIFE,
     Interactions,
@@ -65,6 +67,7 @@ __all__ = [
     "Holdout",
     "HoldoutCase",
     "Split",
+    "StrongValidation",
     "als_recommender",
     "compared_keys",
     "evaluate",
@@ -73,6 +76,7 @@ __all__ = [
     "served_recommender",
     "split_by_cutoff",
     "split_last_basket",
+    "strong_validation",
     "trainer_holdout",
     "truth_positions",
 ]
@@ -111,8 +115,14 @@ def evaluate(
     dataset: str,
     progress: bool = False,
     extra: Mapping[str, Recommender] | None = None,
+    strong: bool = False,
 ) -> EvalReport:
-    """Fit on ``split.train`` as ``recsvc train`` would, then score every ranker."""
+    """Fit on ``split.train`` as ``recsvc train`` would, then score every ranker.
+
+    ``strong``: also the strong baselines (:mod:`training.strong_baselines`), tuned on
+    :func:`strong_validation` of ``split`` (its training events only) and refitted on
+    ``split.train``; their parameters go to ``model["strong_baselines"]``.
+    """
     ks = tuple(sorted(settings.evaluation.ks))
     top = max(ks)
     t = time.perf_counter()
@@ -140,13 +150,47 @@ def evaluate(
 
     metrics: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {"fit": fit_seconds}
+    histories = _history_sets(inter.counts, users)
     for name, recommend in rankers.items():
         t = time.perf_counter()
         lists = [recommend(u) for u in users]
         seconds[name] = time.perf_counter() - t
-        histories = _history_sets(inter.counts, users)
         metrics[name] = score_lists(lists, truths, histories, ks, model.n_items)
         log.info("%s: recall@%d %.4f", name, top, metrics[name][f"recall@{top}"])
+    strong_report: dict[str, Any] = {}
+    if strong:
+        allow = built.artifact.manifest.ranking.repeat_policy is RepeatPolicy.ALLOW
+        t = time.perf_counter()
+        try:
+            fit_data = strong_baselines.FitData(
+                inter.counts,
+                strong_baselines.Baskets.from_table(
+                    split.train, inter.user_ids.tolist(), inter.item_ids.tolist()
+                ),
+            )
+            found = strong_validation(split, settings)
+            result = strong_baselines.run(
+                *found.data,
+                fit_data,
+                np.asarray(users, np.int64),
+                k=top,
+                allow_repeats=allow,
+                tuned_on=found.described,
+            )
+        except DataError as exc:
+            log.warning("strong baselines skipped: %s", exc)
+            strong_report = {"skipped": str(exc)}
+        else:
+            strong_report = result.report
+            seconds.update(result.seconds)
+            scored = {
+                name: score_lists(lists, truths, histories, ks, model.n_items)
+                for name, lists in result.lists.items()
+            }
+            for name, m in scored.items():
+                log.info("%s: recall@%d %.4f", name, top, m[f"recall@{top}"])
+            metrics = _with_strong_rows(metrics, scored)
+        seconds["strong_baselines"] = time.perf_counter() - t
     return EvalReport(
         dataset=dataset,
         protocol=split.protocol,
@@ -158,9 +202,82 @@ def evaluate(
             "als": settings.als.model_dump(mode="json"),
             "items": model.n_items,
             "train_users": len(model.user_position),
+            **({"strong_baselines": strong_report} if strong else {}),
         },
         seconds=seconds,
     )
+
+
+def _with_strong_rows(
+    metrics: Mapping[str, dict[str, float]], strong: Mapping[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """The report's rows with the strong baselines after the weak ones, before ``als``
+    and ``served`` (and anything after them)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, values in metrics.items():
+        if name in {"als", "served"}:
+            out.update(strong)
+            strong = {}
+        out[name] = values
+    out.update(strong)
+    return out
+
+
+@dataclass(frozen=True)
+class StrongValidation:
+    """The strong baselines' validation: what they are fitted on while tuned, the
+    users scored and their truths (positions of ``data``'s items), and how it was cut."""
+
+    data: tuple[strong_baselines.FitData, NDArray[np.int64], list[NDArray[np.int64]]]
+    described: str
+
+
+def strong_validation(split: Split, settings: Settings) -> StrongValidation:
+    """The validation split the strong baselines are tuned on, cut from
+    ``split.train`` alone (the held-out truth is never read).
+
+    - a time split: :func:`training.tuning.validation_split` (``recsvc tune``'s) of the
+      training events, its cut-off just after the last of them: the last
+      ``evaluation.validation_share`` of the training period is the validation window;
+    - a last-basket split: each training user's last basket of ``split.train``.
+
+    Raises:
+        DataError: when the training events leave no validation to tune on.
+    """
+    from .tuning import validation_split  # noqa: PLC0415 (tuning imports this module)
+
+    train = split.train
+    if split.protocol.startswith("time split"):
+        end = int(pc.max(train["timestamp"]).as_py()) + 1
+        share = settings.evaluation.validation_share
+        inner = validation_split(train, "time", share, datetime.fromtimestamp(end, UTC))
+        described = (
+            f"{inner.protocol} of the training events (the last {share:.0%} of the "
+            "training period held out), refitted on all training events"
+        )
+    else:
+        inner = split_last_basket(train)
+        described = (
+            "each training user's last basket of the training events, refitted on all "
+            "training events"
+        )
+    inter = build_interactions(inner.train, settings.weighting)
+    user_ids, item_ids = inter.user_ids.tolist(), inter.item_ids.tolist()
+    row = {str(u): r for r, u in enumerate(user_ids)}
+    column = {str(i): c for c, i in enumerate(item_ids)}
+    users, truths = [], []
+    for user in sorted(inner.truth):
+        r = row.get(user)
+        if r is None:
+            continue
+        users.append(r)
+        truths.append(np.array(sorted(column.get(i, -1) for i in inner.truth[user]), np.int64))
+    if not users:
+        raise DataError("the validation split has no user with training history")
+    data = strong_baselines.FitData(
+        inter.counts, strong_baselines.Baskets.from_table(inner.train, user_ids, item_ids)
+    )
+    return StrongValidation((data, np.asarray(users, np.int64), truths), described)
 
 
 def truth_positions(

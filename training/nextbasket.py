@@ -38,13 +38,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from recsvc.config import Settings
+from recsvc.config import RepeatPolicy, Settings
 from recsvc.errors import DataError
 from recsvc.events import EventType
 from recsvc.model import Model
 from recsvc.ranking import Ranker
 
-from . import baselines
+from . import baselines, strong_baselines
 from .evaluation import als_recommender, score_lists, served_recommender
 from .loading import EVENT_SCHEMA
 from .pipeline import LoadedData, build_model
@@ -270,6 +270,7 @@ def evaluate_nbr(
     dataset: str = "tafeng",
     users: str = "test",
     progress: bool = False,
+    strong: bool = False,
 ) -> NBRReport:
     """Run the protocol once per seed and average.
 
@@ -285,7 +286,12 @@ def evaluate_nbr(
       appearance; see :func:`_paper_topfreq`), which reproduce its table;
     - ``popularity``, ``buy_again``, ``blend``: the same three from
       :mod:`training.baselines` on :attr:`Interactions.counts` (popularity counts
-      the train users' future baskets too, own items tied by popularity): stronger.
+      the train users' future baskets too, own items tied by popularity): stronger;
+    - with ``strong``, the strong baselines of :mod:`training.strong_baselines`
+      (EASE, RP3beta, TIFU-KNN and their repeat-aware rows), tuned per seed on that
+      seed's validation users (their future baskets, which no fit sees) with the same
+      training data as the test, their chosen parameters in the seed's
+      ``strong_baselines``.
 
     ``K = max(settings.evaluation.ks)``. NDCG is the study's: the ideal DCG is over
     the whole basket (``score_lists(..., ideal="truth")``).
@@ -302,9 +308,8 @@ def evaluate_nbr(
     for seed in seeds:
         split = nbr_splits(data.users, seed)
         t = time.perf_counter()
-        built = build_model(
-            LoadedData(training_table(data, split), None, (), 0), settings, progress=progress
-        )
+        train_table = training_table(data, split)
+        built = build_model(LoadedData(train_table, None, (), 0), settings, progress=progress)
         seconds = {"fit": time.perf_counter() - t}
         model = Model(built.artifact)
         counts = built.interactions.counts
@@ -343,9 +348,25 @@ def evaluate_nbr(
             seconds[name] = time.perf_counter() - t
             metrics[name] = score_lists(lists, truths, histories, ks, model.n_items, ideal="truth")
             log.info("seed %d %s: recall@%d %.4f", seed, name, top, metrics[name][f"recall@{top}"])
-        per_seed.append(
-            {"seed": seed, "users": len(positions), "metrics": metrics, "seconds": seconds}
-        )
+        record: dict[str, Any] = {"seed": seed, "users": len(positions)}
+        if strong:
+            t = time.perf_counter()
+            allow = built.artifact.manifest.ranking.repeat_policy is RepeatPolicy.ALLOW
+            result = _strong_rows(
+                split, model, counts, train_table, positions, truth_by_user, top, allow
+            )
+            for name, lists in result.lists.items():
+                metrics[name] = score_lists(
+                    lists, truths, histories, ks, model.n_items, ideal="truth"
+                )
+                log.info(
+                    "seed %d %s: recall@%d %.4f", seed, name, top, metrics[name][f"recall@{top}"]
+                )
+            seconds.update(result.seconds)
+            seconds["strong_baselines"] = time.perf_counter() - t
+            record["strong_baselines"] = result.report
+        record.update(metrics=metrics, seconds=seconds)
+        per_seed.append(record)
         model_info = {
             "ranking": built.artifact.manifest.ranking.as_json(),
             "als": settings.als.model_dump(mode="json"),
@@ -353,6 +374,8 @@ def evaluate_nbr(
             "items": model.n_items,
             "train_users": len(model.user_position),
         }
+    if strong:
+        model_info["strong_baselines"] = _strong_summary(per_seed)
     return NBRReport(
         dataset=dataset,
         seeds=tuple(seeds),
@@ -361,6 +384,69 @@ def evaluate_nbr(
         model=model_info,
         protocol=f"{PROTOCOL} ({users} users)",
     )
+
+
+def _strong_rows(
+    split: NBRSplit,
+    model: Model,
+    counts: Any,
+    train_table: pa.Table,
+    positions: Sequence[int],
+    truth_by_user: Mapping[str, set[str]],
+    k: int,
+    allow_repeats: bool,
+) -> strong_baselines.StrongBaselines:
+    """The strong baselines of one seed: fitted on the seed's training data (every
+    history, the train users' futures), tuned on its validation users' futures, then
+    ranked for ``positions``. Validation and test users share the fit, so the models
+    chosen on validation are the ones that rank the test users."""
+    fit = strong_baselines.FitData(
+        counts,
+        strong_baselines.Baskets.from_table(
+            train_table, model.artifact.user_ids.tolist(), model.artifact.item_ids.tolist()
+        ),
+    )
+    users, truths = [], []
+    for user in sorted(split.validation):
+        u = model.user_position.get(user)
+        if u is None:
+            continue
+        users.append(u)
+        truths.append(
+            np.array(
+                [model.item_position.get(i, -1) for i in sorted(truth_by_user[user])],
+                dtype=np.int64,
+            )
+        )
+    return strong_baselines.run(
+        fit,
+        np.asarray(users, np.int64),
+        truths,
+        fit,
+        np.asarray(positions, np.int64),
+        k=k,
+        allow_repeats=allow_repeats,
+        tuned_on=f"seed {split.seed}'s validation users ({len(users)}, their future "
+        "baskets), fitted on the seed's training data",
+    )
+
+
+def _strong_summary(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the strong baselines were tuned on and each row's chosen parameters, seed
+    by seed."""
+    first = per_seed[0]["strong_baselines"]
+    rows: dict[str, list[Any]] = {}
+    for run in per_seed:
+        for name, chosen in run["strong_baselines"]["rows"].items():
+            rows.setdefault(name, []).append(chosen.get("params", chosen.get("skipped")))
+    return {
+        "tuned_on": "each seed's validation users (8%), their future baskets; the same "
+        "training data as the test",
+        "metric": first["metric"],
+        "input": first["input"],
+        "repeats": first["repeats"],
+        "params_by_seed": rows,
+    }
 
 
 def _served_rankers(model: Model, overfetch: int, k: int) -> dict[str, Recommender]:
