@@ -137,6 +137,7 @@ def test_synth_train_publish_models_evaluate_rollback(tmp_path: Path) -> None:
         "8",
         "--iterations",
         "3",
+        "--no-strong-baselines",  # their rows are tested in tests/training/test_baselines.py
         "--report",
         str(report),
     )
