@@ -5,6 +5,12 @@ container, a developer's own); without it a private ``redis-server`` is started 
 session on a free loopback port. If neither works the Redis tests are skipped locally
 and fail under ``CI=true``, so CI can never pass by silently skipping them.
 
+Redis Cluster: ``redis_cluster_url`` is a real cluster (3 primaries, 3 replicas, from
+the same ``redis-server`` binary, joined by ``redis-cli --cluster create``) started once
+per session, or ``REDIS_CLUSTER_URL`` (a ``redis+cluster://`` URL). Test modules that
+run on both backends override ``redis_url`` with a ``single``/``cluster`` parameter
+(``factories.both_backends``).
+
 Each test that uses ``redis_client`` writes only under its own ``redis_prefix`` and
 its keys are deleted afterwards (SCAN + UNLINK, never FLUSHALL), so a shared server is
 left as it was found. Tests that use ``redis_url`` are marked ``integration``
@@ -31,7 +37,12 @@ from hypothesis import HealthCheck, settings
 
 from recsvc.errors import StoreError
 from recsvc.store import client_from_url
-from recsvc.store.embedded import find_redis_server, start_private_redis
+from recsvc.store.embedded import (
+    PrivateCluster,
+    find_redis_server,
+    start_private_cluster,
+    start_private_redis,
+)
 
 _DETERMINISTIC = {
     "derandomize": True,
@@ -58,7 +69,8 @@ _TEST_SOCKET_TIMEOUT = 5.0
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "redis_url" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "redis_url" in names or "redis_cluster_url" in names:
             item.add_marker(pytest.mark.integration)
 
 
@@ -100,6 +112,38 @@ def redis_url() -> Iterator[str]:
         raise  # unreachable: _unavailable always raises
     with server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def private_cluster() -> Iterator[PrivateCluster | None]:
+    """The session's private Redis Cluster (None when ``REDIS_CLUSTER_URL`` names one)."""
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        yield None
+        return
+    try:
+        cluster = start_private_cluster()
+    except StoreError as exc:
+        _unavailable(f"no Redis Cluster for integration tests: {exc}")
+        raise  # unreachable: _unavailable always raises
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(private_cluster: PrivateCluster | None) -> str:
+    """URL of the Redis Cluster for this session: ``$REDIS_CLUSTER_URL``, else a private
+    one (3 primaries, 3 replicas)."""
+    if private_cluster is not None:
+        return private_cluster.url
+    url = os.environ["REDIS_CLUSTER_URL"]
+    client = client_from_url(url, socket_timeout=_TEST_SOCKET_TIMEOUT)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable(f"REDIS_CLUSTER_URL is set but the cluster does not answer: {exc}")
+    finally:
+        client.close()
+    return url
 
 
 @pytest.fixture

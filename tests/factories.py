@@ -177,3 +177,12 @@ def fill_every_metric(m: ServingMetrics) -> None:
     m.live_records.labels(collection="rules").set(2)
     m.new_items.labels(state="known").set(4)
     m.new_items_recommended.labels(rpc="SimilarItems").inc()
+
+
+def both_backends(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """For a module's ``redis_url`` override parametrized ``["single", "cluster"]``: the
+    session's single Redis, or its Redis Cluster."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        return url
+    return redis_url

@@ -16,6 +16,16 @@ call while Redis is down or slow; RESP2 replies (the same shapes across redis-py
 server versions); bytes values, never decoded. Query parameters in the URL win over
 these defaults (``?socket_timeout=2``).
 
+The URL chooses the backend: ``redis://`` and ``rediss://`` (TLS) one Redis over TCP,
+``unix://`` one over a socket, and ``redis+cluster://host:port[,host:port...]`` (or
+``rediss+cluster://``) a Redis Cluster, given any of its nodes: the clients are then
+redis-py's ``RedisCluster`` (sync or asyncio), which learn the slot map from those
+nodes, route every command to the primary of its key's slot, follow MOVED/ASK and
+re-read the map when it changes (failover, resharding). The same options apply per
+node, except that a cluster node's pool does not wait: more than ``max_connections``
+calls in flight to one node fail (redis-py's cluster pools refuse rather than queue).
+Cluster URLs carry no database number (a cluster has only database 0).
+
 :class:`Endpoint` is the URL read once for the thin reader
 (:mod:`recsvc.store.thinreader`), through redis-py's own URL parser: it refuses, loudly,
 any option it would not honour.
@@ -29,12 +39,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
+import redis.cluster
+import redis.exceptions
 from redis.backoff import EqualJitterBackoff
 from redis.connection import UnixDomainSocketConnection, parse_url
 from redis.retry import Retry
@@ -42,13 +55,24 @@ from redis.retry import Retry
 from recsvc.errors import ConfigError, StoreError
 
 __all__ = [
+    "REDIS_ERRORS",
+    "ClusterURL",
     "Endpoint",
     "async_client_from_url",
     "client_from_url",
     "connection_pool",
+    "is_cluster_url",
     "redacted_url",
     "translated_errors",
 ]
+
+REDIS_ERRORS: Final = (redis.RedisError, redis.exceptions.RedisClusterException)
+"""Everything redis-py raises for a failed call: its cluster client also raises
+``RedisClusterException`` (not a ``RedisError``), e.g. ``SlotNotCoveredError`` while a
+failed primary's slots wait for a replica to take over."""
+
+#: cluster URL scheme -> the scheme of one node's URL
+_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 _BLOCKING_BACKOFF_CAP: Final = 0.05
 _ASYNC_BACKOFF_CAP: Final = 0.005
@@ -109,13 +133,102 @@ def connection_pool(
     return pool
 
 
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+    return urlsplit(url).scheme in _CLUSTER_SCHEMES
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A ``redis+cluster://`` URL read once: the nodes to start from, and the options
+    (credentials, TLS, timeouts from the query) that apply to every node."""
+
+    nodes: tuple[tuple[str, int], ...]
+    options: dict[str, Any]
+    """redis-py connection keyword arguments (``ssl=True`` for ``rediss+cluster``)."""
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterURL:
+        """Raises ConfigError for a URL that is not a usable cluster URL (the password
+        never appears in the message)."""
+        parts = urlsplit(url)
+        scheme = _CLUSTER_SCHEMES.get(parts.scheme)
+        if scheme is None:
+            raise ConfigError(f"{redacted_url(url)} is not a redis+cluster:// URL")
+        credentials, at, hosts = parts.netloc.rpartition("@")
+        nodes: list[tuple[str, int]] = []
+        for where in hosts.split(","):
+            host, colon, port = where.rpartition(":")
+            if not colon:
+                host, port = where, "6379"
+            host = host.strip("[]")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"Redis Cluster URL {redacted_url(url)}: node {where!r} is not host:port"
+                )
+            nodes.append((host, int(port)))
+        first = hosts.split(",")[0]
+        node_url = urlunsplit((scheme, f"{credentials}{at}{first}", parts.path, parts.query, ""))
+        try:
+            options = dict(parse_url(node_url))  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis Cluster URL {redacted_url(url)}: {exc}") from exc
+        if int(options.pop("db", 0) or 0) != 0:
+            raise ConfigError(
+                f"Redis Cluster URL {redacted_url(url)}: a cluster has database 0 only"
+            )
+        for name in ("host", "port", "path"):
+            options.pop(name, None)
+        if options.pop("connection_class", None) is redis.SSLConnection:
+            options["ssl"] = True
+        if options.get("decode_responses"):
+            raise ConfigError(f"Redis URL {redacted_url(url)}: decode_responses must be off")
+        return cls(tuple(nodes), options)
+
+
+def _cluster_options(
+    url: str, *, socket_timeout: float, max_connections: int, retry: Any
+) -> tuple[ClusterURL, dict[str, Any]]:
+    if socket_timeout <= 0 or max_connections <= 0:
+        raise ConfigError("socket_timeout and max_connections must be positive")
+    parsed = ClusterURL.parse(url)
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "max_connections": max_connections,
+        "retry": retry,
+        "protocol": 2,
+    }
+    options.update(parsed.options)
+    return parsed, options
+
+
 def client_from_url(
     url: str, *, socket_timeout: float = 0.5, max_connections: int = 64
 ) -> redis.Redis:
-    """A blocking client for ``redis://``, ``rediss://`` (TLS) or ``unix://`` URLs.
+    """A blocking client for ``redis://``, ``rediss://`` (TLS) or ``unix://`` URLs, and
+    a ``redis.RedisCluster`` for ``redis+cluster://`` ones (typed as the plain client:
+    it answers the same commands; cluster-only paths check ``isinstance``).
 
-    Nothing is sent until the first command. Raises ConfigError for a bad URL.
+    Nothing is sent until the first command (a cluster client asks its nodes for the
+    slot map when built). Raises ConfigError for a bad URL, StoreError when no node of
+    a cluster answers.
     """
+    if is_cluster_url(url):
+        backoff = EqualJitterBackoff(cap=_BLOCKING_BACKOFF_CAP, base=_BLOCKING_BACKOFF_CAP / 5)
+        parsed, options = _cluster_options(
+            url,
+            socket_timeout=socket_timeout,
+            max_connections=max_connections,
+            retry=Retry(backoff, retries=1),
+        )
+        nodes = [
+            redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in parsed.nodes
+        ]
+        with translated_errors(f"connecting to the Redis Cluster at {redacted_url(url)}"):
+            cluster = redis.cluster.RedisCluster(startup_nodes=nodes, **options)
+        return cast("redis.Redis", cluster)
     pool = connection_pool(
         url,
         asyncio=False,
@@ -129,11 +242,23 @@ def client_from_url(
 def async_client_from_url(
     url: str, *, socket_timeout: float = 0.05, max_connections: int = 64
 ) -> redis.asyncio.Redis:
-    """An asyncio client for the request path (``redis://``, ``rediss://``, ``unix://``).
+    """An asyncio client for the request path (``redis://``, ``rediss://``, ``unix://``;
+    ``redis.asyncio.RedisCluster`` for ``redis+cluster://``, typed as the plain client).
 
     Nothing is sent until the first command; close it with ``await client.aclose()``.
     Raises ConfigError for a bad URL.
     """
+    if is_cluster_url(url):
+        backoff = EqualJitterBackoff(cap=_ASYNC_BACKOFF_CAP, base=_ASYNC_BACKOFF_CAP / 5)
+        parsed, options = _cluster_options(
+            url,
+            socket_timeout=socket_timeout,
+            max_connections=max_connections,
+            retry=redis.asyncio.retry.Retry(backoff, retries=1),
+        )
+        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in parsed.nodes]
+        cluster = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
+        return cast("redis.asyncio.Redis", cluster)
     pool = connection_pool(
         url,
         asyncio=True,
@@ -169,7 +294,13 @@ class Endpoint:
     def from_url(cls, url: str) -> Endpoint:
         """Raises ConfigError for a URL the thin reader cannot speak: TLS (``rediss://``),
         or a query option it would not honour (``protocol``, ``decode_responses``, any
-        ``ssl_*``, ...) — never a silent fallback."""
+        ``ssl_*``, ...) — never a silent fallback. A cluster URL is not one endpoint:
+        :class:`recsvc.store.clusterreader.ClusterReader` reads a cluster."""
+        if is_cluster_url(url):
+            raise ConfigError(
+                f"{redacted_url(url)} is a Redis Cluster, not one endpoint (read it "
+                "through the cluster reader)"
+            )
         try:
             options = dict(parse_url(url))  # type: ignore[no-untyped-call]
         except ValueError as exc:
@@ -206,5 +337,5 @@ def translated_errors(action: str) -> Iterator[None]:
     """Turn any redis-py error raised inside into a StoreError naming ``action``."""
     try:
         yield
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise StoreError(f"Redis {action} failed: {exc}") from exc

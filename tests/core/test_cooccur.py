@@ -21,9 +21,15 @@ from recsvc.store.catalog import CatalogStore
 from recsvc.store.cooccur import CoOccurrence
 from recsvc.training.pipeline import LoadedData, build_model
 
-from factories import block_shop, small_settings
+from factories import block_shop, both_backends, small_settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
 
 
 def test_meetings_are_counted_trimmed_and_expire(

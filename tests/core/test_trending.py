@@ -11,7 +11,17 @@ import redis
 from recsvc.store import KeyScheme, async_client_from_url
 from recsvc.store.trending import Trending
 
+from factories import both_backends
+
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
+
 HOUR = 3600.0
 
 

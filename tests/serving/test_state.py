@@ -2,7 +2,8 @@
 Redis — keys, encoding, bounds, TTLs, ForgetUser, failures.
 
 The integration tests take ``with_state``, which runs them once per read path
-(:data:`READ_PATHS`): a Redis Cluster implementation joins by adding its factory here.
+(:data:`READ_PATHS`) and backend: the session's single Redis (a private one, or
+``REDIS_URL``) and a real Redis Cluster (3 primaries, 3 replicas; see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from recsvc.store import (
     decode_event,
     encode_event,
 )
-from recsvc.store.thinreader import RedisReader
+from recsvc.store.reader import open_reader
+
+from factories import both_backends
 
 T = TypeVar("T")
 
@@ -74,10 +77,14 @@ async def _state(
     url: str, prefix: str, read_path: str = "redis-py", socket_timeout: float = 5.0
 ) -> AsyncIterator[LiveState]:
     client = async_client_from_url(url, socket_timeout=socket_timeout)
-    reader = None
-    if read_path != "redis-py":
-        cache = 100 if read_path == "thin-cached" else 0
-        reader = RedisReader.from_url(url, socket_timeout=socket_timeout, cache_entries=cache)
+    reader = open_reader(
+        url,
+        client,
+        "redis-py" if read_path == "redis-py" else "thin",
+        socket_timeout=socket_timeout,
+        cache_entries=100 if read_path == "thin-cached" else 0,
+        cache_seconds=30.0,
+    )
     state = RedisLiveState(client, keys=KeyScheme(prefix), limits=LIMITS, reader=reader)
     try:
         yield state
@@ -86,6 +93,12 @@ async def _state(
 
 
 WithState = Callable[[Callable[[LiveState], Awaitable[Any]]], Any]
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
 
 
 @pytest.fixture(params=READ_PATHS)
@@ -461,60 +474,36 @@ def test_forget_leaves_nothing_behind(
     assert not list(redis_client.scan_iter(match="*{u:gina}*"))
 
 
-def _tie_session_while_forgetting(
-    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, times: int
-) -> None:
-    """Tie a new session to the user between ForgetUser's read of the index and its
-    MULTI (where it builds the session keys), ``times`` times: a real concurrent write."""
-    build = KeyScheme.session
-    done: list[str] = []
-
-    def racing(keys: KeyScheme, session_id: str, user_id: str = "") -> str:
-        if len(done) < times:
-            late = f"late{len(done)}"
-            done.append(late)
-            redis_client.rpush(build(keys, late, user_id), b"1|v|1|1|x")
-            redis_client.zadd(keys.user_sessions(user_id), {late: int(time.time())})
-        return build(keys, session_id, user_id)
-
-    monkeypatch.setattr(KeyScheme, "session", racing)
-
-
 @pytest.mark.integration
-def test_forget_retries_when_a_session_is_tied_meanwhile(
+def test_forget_reads_the_session_index_in_the_same_atomic_step(
     with_state: WithState,
     redis_url: str,
     redis_client: redis.Redis,
     redis_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The tied sessions are found and deleted by the server-side script itself: the
+    client never builds their keys (a list it read could be stale by the time it
+    deletes: a session tied meanwhile would survive the erasure), and one tied by
+    another replica a moment before is gone too."""
+    keys = KeyScheme(redis_prefix)
+
     async def body(state: LiveState) -> ForgetResult:
         await state.record("hana", "s0", _events(1))
-        _tie_session_while_forgetting(monkeypatch, redis_client, times=1)
-        return await state.forget("hana", [])
+        # another replica ties a session: the index and the list, as record() does
+        redis_client.rpush(keys.session("late", "hana"), encode_event(_events(1)[0]))
+        redis_client.zadd(keys.user_sessions("hana"), {"late": int(time.time())})
+
+        def no_client_side_keys(*args: object, **kwargs: object) -> str:
+            raise AssertionError("ForgetUser built a session key on the client")
+
+        with monkeypatch.context() as m:
+            m.setattr(KeyScheme, "session", no_client_side_keys)
+            return await state.forget("hana", [])
 
     result = with_state(body)
     assert result == ForgetResult(deleted_vectors=0, deleted_history_events=1, deleted_sessions=2)
     assert not list(redis_client.scan_iter(match=f"{redis_prefix}:{{u:hana}}*"))
-
-
-@pytest.mark.integration
-def test_forget_gives_up_when_sessions_keep_changing(
-    with_state: WithState,
-    redis_url: str,
-    redis_client: redis.Redis,
-    redis_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async def body(state: LiveState) -> None:
-        await state.record("ida", "s0", _events(1))
-        _tie_session_while_forgetting(monkeypatch, redis_client, times=100)
-        with pytest.raises(StoreError, match="kept changing"):
-            await state.forget("ida", [])
-
-    with_state(body)
-    # Nothing was deleted: each MULTI was aborted as a whole.
-    assert redis_client.exists(KeyScheme(redis_prefix).history("ida")) == 1
 
 
 def _closed_port() -> int:

@@ -12,9 +12,15 @@ from recsvc.store import KeyScheme, UserVectorStore, encode_vector
 from recsvc.training.pipeline import LoadedData, build_model
 from recsvc.training.publish import publish, rollback
 
-from factories import block_shop, small_settings
+from factories import block_shop, both_backends, small_settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
 
 
 def write_version(root: Path, seed: int) -> art.ModelArtifact:
@@ -69,5 +75,7 @@ def test_publish_paces_the_vectors_by_the_setting(
     assert result.vectors_written == len(v1.user_ids) == 60
     assert art.current_version(settings.artifact_root) == v1.model_version
     keys = KeyScheme(redis_prefix)
-    raws = redis_client.mget([keys.vector(str(u), v1.model_version) for u in v1.user_ids])
+    raws = [
+        redis_client.get(k) for k in [keys.vector(str(u), v1.model_version) for u in v1.user_ids]
+    ]
     assert raws == [encode_vector(row) for row in v1.user_factors]
