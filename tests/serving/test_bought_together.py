@@ -16,8 +16,15 @@ from recsvc.store.embedded import start_private_redis
 from recsvc.training.pipeline import LoadedData, build_model
 from recsvc.v1 import recommender_pb2 as pb
 
-from factories import event_table, small_settings
+from factories import both_backends, event_table, small_settings
 from server_harness import ServerThread, clients_of, replicas, soon, violations
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
 
 pytestmark = pytest.mark.integration
 

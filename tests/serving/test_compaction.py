@@ -22,7 +22,15 @@ from recsvc.erasure import append_erasure
 from recsvc.serving.eventlog import EventLog, EventRow
 from recsvc.v1 import recommender_pb2 as pb
 
+from factories import both_backends
 from server_harness import clients_of, publish_block_model, replicas, soon
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
 
 ERASED = "g0u01"
 

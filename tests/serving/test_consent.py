@@ -19,7 +19,15 @@ from recsvc.training.interactions import visit_arrays
 from recsvc.training.loading import load_events
 from recsvc.v1 import recommender_pb2 as pb
 
+from factories import both_backends
 from server_harness import ServerThread, clients_of, replicas, violations
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
 
 pytestmark = pytest.mark.integration
 

@@ -21,6 +21,7 @@ from recsvc.client import RecommenderClient
 from recsvc.experiments import Experiment, Variant, experiment_message, parse_recommendation_id
 from recsvc.v1 import recommender_pb2 as pb
 
+from factories import both_backends
 from server_harness import (
     ServerThread,
     clients_of,
@@ -29,6 +30,13 @@ from server_harness import (
     soon,
     violations,
 )
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,15 @@ from recsvc.serving.profile import Profile
 from recsvc.training.pipeline import LoadedData, build_model
 from recsvc.v1 import recommender_pb2 as pb
 
-from factories import block_shop, small_settings
+from factories import block_shop, both_backends, small_settings
 from server_harness import clients_of, replicas
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
 
 TOKEN = "explain-token"
 

@@ -17,7 +17,15 @@ import redis
 
 from recsvc.store import KeyScheme
 
+from factories import both_backends
 from server_harness import ServerThread, clients_of, replicas, violations
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Every Redis test here runs on one Redis and on a Redis Cluster."""
+    return both_backends(request, redis_url)
+
 
 pytestmark = pytest.mark.integration
 
