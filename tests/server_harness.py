@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +36,9 @@ from recsvc import artifact as art
 from recsvc.client import RecommenderClient
 from recsvc.config import Settings
 from recsvc.serving.server import RunningServer, create_server
+from recsvc.store import KeyScheme, client_from_url
+from recsvc.store.codec import decode_event
+from recsvc.training.loading import load_events
 from recsvc.training.pipeline import LoadedData, build_model
 
 from factories import block_shop, small_settings
@@ -368,3 +371,93 @@ class LoadGenerator:
         if not self.acked_path.exists():
             return []
         return self.acked_path.read_text().splitlines()
+
+
+# --- the fault suite's load, figures and checks ------------------------------------------
+
+
+CALLERS, RATE = 4, 50.0
+"""The load of every case: 4 callers, each 50 calls a second (200 calls/s)."""
+
+
+def report(case: str, **figures: Any) -> None:
+    """Print one case's figures, and append them to $RECSVC_FAULT_REPORT if set."""
+    line = json.dumps({"case": case, **figures}, sort_keys=True)
+    print(line)
+    path = os.environ.get("RECSVC_FAULT_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+def load_figures(load: LoadGenerator) -> dict[str, Any]:
+    return {
+        "load": f"{load.callers} callers x {load.rate:g}/s {load.rpc}, {load.duration:g} s",
+        "calls": dict(load.codes()),
+        "host_load_average": round(os.getloadavg()[0], 1),
+    }
+
+
+def assert_no_failed_recommend(load: LoadGenerator) -> None:
+    """Every Recommend answered OK: Recommend degrades, it does not fail.
+
+    One allowance, on a host whose CPUs are oversubscribed (load average above their
+    number, e.g. other test runs or benchmarks beside this one): up to 1% of calls may
+    miss the 200 ms deadline while Redis is stuck. The server waits for Redis until the
+    deadline less ``[server] degraded_reserve_seconds`` (30 ms) and then answers
+    degraded; a starved process does not always make the answer in those 30 ms
+    (docs/reliability.md, case 2). Any other failure, or more, fails the test."""
+    codes = load.codes()
+    calls = sum(codes.values())
+    late = codes.pop("DEADLINE_EXCEEDED", 0)
+    assert set(codes) == {"OK"}, codes
+    if os.getloadavg()[0] <= (os.cpu_count() or 1):
+        assert late == 0, f"{late} of {calls} Recommend calls missed their deadline"
+    else:
+        assert late <= calls // 100, f"{late} of {calls} missed their deadline"
+
+
+def degraded_between(calls: Iterable[Call], start: float, end: float) -> list[bool]:
+    """``degraded`` of the answers to calls that began after ``start`` and ended before
+    ``end``."""
+    return [bool(c.degraded) for c in calls if c.code == "OK" and c.start >= start and c.end <= end]
+
+
+def copies(acknowledged: Iterable[str], found: Counter[str]) -> Counter[int]:
+    """How many acknowledged events were found how many times: ``{0: lost, 1: once,
+    2: twice, ...}``. RecordEvents is at-least-once today (docs/api.md, Errors), so the
+    suite asserts no 0; "exactly once" is a check on ``{1: n}`` once batches carry
+    idempotency keys."""
+    return Counter(found[event] for event in acknowledged)
+
+
+def logged_events(directory: Path) -> Counter[str]:
+    """``user|item|timestamp`` of every row of the event log files, counted."""
+    found: Counter[str] = Counter()
+    for path in sorted(directory.glob("events-*.csv")):
+        table, _ = load_events(path)
+        rows = zip(
+            table["user_id"].to_pylist(),
+            table["item_id"].to_pylist(),
+            table["timestamp"].to_pylist(),
+            strict=True,
+        )
+        found.update(f"{user}|{item}|{ts}" for user, item, ts in rows)
+    return found
+
+
+def stored_events(url: str, users: set[str]) -> Counter[str]:
+    """``user|item|timestamp`` of every event in these users' history lists, counted."""
+    keys = KeyScheme()  # the server's default prefix
+    client = client_from_url(url, socket_timeout=5.0)
+    found: Counter[str] = Counter()
+    try:
+        pipe = client.pipeline(transaction=False)
+        ordered = sorted(users)
+        for user in ordered:
+            pipe.lrange(keys.history(user), 0, -1)
+        for user, entries in zip(ordered, pipe.execute(), strict=True):
+            found.update(f"{user}|{e.item_id}|{e.timestamp}" for e in map(decode_event, entries))
+    finally:
+        client.close()
+    return found

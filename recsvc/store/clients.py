@@ -63,13 +63,23 @@ __all__ = [
     "connection_pool",
     "is_cluster_url",
     "redacted_url",
+    "store_error",
     "translated_errors",
 ]
 
-REDIS_ERRORS: Final = (redis.RedisError, redis.exceptions.RedisClusterException)
-"""Everything redis-py raises for a failed call: its cluster client also raises
-``RedisClusterException`` (not a ``RedisError``), e.g. ``SlotNotCoveredError`` while a
-failed primary's slots wait for a replica to take over."""
+REDIS_ERRORS: Final = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+    AttributeError,
+    TypeError,
+)
+"""What a failed redis-py call may raise, to be passed to :func:`store_error`: its own
+errors; its cluster client's ``RedisClusterException`` (not a ``RedisError``), e.g.
+``SlotNotCoveredError`` while a failed primary's slots wait for a replica; and the
+AttributeError/TypeError its asyncio connection leaks when a connection is closed under
+a write (a peer reset, or its cluster client dropping connections of a failed node while
+another task connects: redis/redis-py#4287), which :func:`store_error` tells apart from
+a bug of ours by where it was raised."""
 
 #: cluster URL scheme -> the scheme of one node's URL
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -332,10 +342,31 @@ def redacted_url(url: str) -> str:
     return repr(urlunsplit(parts._replace(netloc=netloc)))
 
 
+def store_error(action: str, exc: BaseException) -> StoreError:
+    """The StoreError naming ``action`` for ``exc``, one of :data:`REDIS_ERRORS`;
+    ``exc`` itself, raised again, when it is an AttributeError or TypeError that did not
+    come out of redis-py's connection code (a bug, never a Redis failure)."""
+    if isinstance(exc, AttributeError | TypeError) and not _from_a_connection(exc):
+        raise exc
+    return StoreError(f"Redis {action} failed: {exc}")
+
+
+def _from_a_connection(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") in _CONNECTION_MODULES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_CONNECTION_MODULES: Final = frozenset({"redis.asyncio.connection", "redis.connection"})
+
+
 @contextmanager
 def translated_errors(action: str) -> Iterator[None]:
     """Turn any redis-py error raised inside into a StoreError naming ``action``."""
     try:
         yield
     except REDIS_ERRORS as exc:
-        raise StoreError(f"Redis {action} failed: {exc}") from exc
+        raise store_error(action, exc) from exc

@@ -13,10 +13,9 @@ reads it from the nodes and keeps it, and this reader asks it where each slot is
 keeps it right when the cluster changes:
 
 - A node that answers ``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN`` or cannot be
-  reached makes the reader re-read the slot map (at most once per
-  :data:`REFRESH_SECONDS`, one refresh shared by every call waiting) and answer *that*
-  call through redis-py's cluster pipeline, which follows redirections itself; later
-  calls use the new map. A timeout is raised as it is: the call's budget is spent.
+  reached makes the reader answer *that* call through redis-py's cluster pipeline,
+  which follows redirections and re-reads the slot map itself; later calls use the
+  new map. A timeout is raised as it is: the call's budget is spent.
 - The cache of a node's reader goes with its connection (a dead primary takes it
   along); a slot that moves away is deleted from the old node, whose push drops the
   entries; readers of nodes that are no longer primaries are closed at the refresh.
@@ -49,7 +48,10 @@ log = logging.getLogger(__name__)
 Command = tuple[Any, ...]
 
 REFRESH_SECONDS: Final = 0.1
-"""The slot map is re-read at most this often, however many calls find it stale."""
+"""Readers of former primaries are looked for at most this often."""
+
+_LOG_SECONDS: Final = 10.0
+"""A failing or changing cluster is logged at most this often."""
 
 _REDIRECTS: Final = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
 
@@ -90,7 +92,7 @@ class ClusterReader:
         }
         self._readers: dict[str, RedisReader] = {}
         self._refreshed = -float("inf")
-        self._refreshing: asyncio.Future[None] | None = None
+        self._logged = -float("inf")
         self._retired_hits = 0
         self._retired_misses = 0
         self.caches = cache_entries > 0
@@ -202,30 +204,25 @@ class ClusterReader:
         return replies
 
     async def _refresh(self, cause: BaseException) -> None:
-        """Re-read the slot map (one refresh for every call that asks meanwhile, at
-        most once per :data:`REFRESH_SECONDS`) and retire readers of former primaries."""
-        if self._refreshing is not None:
-            await asyncio.shield(self._refreshing)
+        """Retire the readers of nodes that are no longer primaries (at most once per
+        :data:`REFRESH_SECONDS`). The slot map itself is redis-py's to re-read: the
+        call this follows goes through redis-py (:meth:`_through_redis_py`), whose
+        cluster client re-reads it on the same error, under its own lock (re-reading it
+        from here as well raced redis-py's own connects)."""
+        now = time.monotonic()
+        if now - self._refreshed < REFRESH_SECONDS:
             return
-        if time.monotonic() - self._refreshed < REFRESH_SECONDS:
-            return
-        self._refreshing = asyncio.get_running_loop().create_future()
-        try:
-            log.info("re-reading the Redis Cluster slot map: %s", cause)
-            self.refreshes += 1
-            try:
-                await self._client.nodes_manager.initialize()
-            except redis.RedisError as exc:
-                log.warning("re-reading the Redis Cluster slot map failed: %s", exc)
-                return
-            primaries = {n.name for n in self._client.nodes_manager.nodes_cache.values()
-                         if n.server_type == "primary"}  # fmt: skip
-            for name in [n for n in self._readers if n not in primaries]:
-                reader = self._readers.pop(name)
-                self._retired_hits += reader.cache_hits
-                self._retired_misses += reader.cache_misses
-                await reader.aclose()
-        finally:
-            self._refreshed = time.monotonic()
-            self._refreshing.set_result(None)
-            self._refreshing = None
+        self._refreshed = now
+        self.refreshes += 1
+        if now - self._logged > _LOG_SECONDS:
+            self._logged = now
+            log.info("the Redis Cluster changed or a node failed, following it: %s", cause)
+        primaries = {
+            n.name for n in self._client.nodes_manager.nodes_cache.values()
+            if n.server_type == "primary"
+        }  # fmt: skip
+        for name in [n for n in self._readers if n not in primaries]:
+            reader = self._readers.pop(name)
+            self._retired_hits += reader.cache_hits
+            self._retired_misses += reader.cache_misses
+            await reader.aclose()

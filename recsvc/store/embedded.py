@@ -354,8 +354,10 @@ class PrivateCluster:
 
     def wait_until_ok(self, timeout: float = 30.0) -> None:
         """Wait until every running node says ``cluster_state:ok`` and sees
-        ``masters`` primaries serving all 16384 slots (after a start or a failover).
-        Raises StoreError when it does not come in time."""
+        ``masters`` primaries serving all 16384 slots, and every running replica's link
+        to its primary is up (after a start or a failover: a replica that never synced
+        would lose every write if it were promoted). Raises StoreError when it does not
+        come in time."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -384,6 +386,15 @@ class PrivateCluster:
                 return f"{node.port}: {info.get('cluster_slots_ok')} slots ok"
             if int(info.get("cluster_size", 0)) != self.masters:
                 return f"{node.port}: {info.get('cluster_size')} primaries"
+            client = _control_client(node.host, node.port, timeout=1.0)
+            try:
+                replication = client.info("replication")
+            except redis.RedisError as exc:
+                return f"{node.port}: {exc}"
+            finally:
+                client.close()
+            if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                return f"{node.port}: a replica not in sync with its primary"
         return ""
 
     def stop(self) -> None:
@@ -438,6 +449,7 @@ def start_private_cluster(
                 "--cluster-node-timeout", str(node_timeout_ms),
                 "--cluster-port", str(_free_port()),
                 "--cluster-replica-validity-factor", "0",
+                "--repl-diskless-sync-delay", "0",
             ]  # fmt: skip
             nodes.append(start_private_redis(extra_args=options))
         created = subprocess.run(

@@ -36,8 +36,7 @@ from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 import redis
 import redis.asyncio
 
-from recsvc.errors import StoreError
-from recsvc.store.clients import REDIS_ERRORS, async_client_from_url, translated_errors
+from recsvc.store.clients import REDIS_ERRORS, async_client_from_url, store_error, translated_errors
 from recsvc.store.keys import KeyScheme
 
 __all__ = ["STREAM_LENGTH", "Change", "Record", "RecordLog", "Snapshot"]
@@ -200,7 +199,7 @@ class RecordLog(Generic[R]):
         try:
             reply: Any = await self._follower.xread({self._log: after}, count=count, block=block_ms)
         except REDIS_ERRORS as exc:
-            raise StoreError(f"Redis following the {self.what} failed: {exc}") from exc
+            raise store_error(f"following the {self.what}", exc) from exc
         changes: list[Change[R]] = []
         for _, entries in reply or ():
             for entry_id, fields in entries:

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from recsvc.consent import Consent
 from recsvc.errors import DataError, StoreError
 from recsvc.events import LiveEvent
-from recsvc.store.clients import REDIS_ERRORS, async_client_from_url, translated_errors
+from recsvc.store.clients import REDIS_ERRORS, async_client_from_url, store_error, translated_errors
 from recsvc.store.codec import decode_events, decode_vector, encode_event, encode_vector
 from recsvc.store.keys import KeyScheme
 from recsvc.store.reader import Command, PipelineReader, StateReader, open_reader
@@ -429,7 +429,7 @@ class RedisLiveState:
         try:  # translated_errors, inlined: a context manager per call costs ~2 µs
             replies = await self._reader.execute(commands)
         except REDIS_ERRORS as exc:
-            raise StoreError(f"Redis reading user state failed: {exc}") from exc
+            raise store_error("reading user state", exc) from exc
         if shown_after > 0:
             overexposed = [m.decode() for m in replies[-1]]
             dismissed = [m.decode() for m in replies[-2]]
@@ -499,7 +499,7 @@ class RedisLiveState:
         try:
             (raw,) = await self._reader.execute([("ZRANGEBYSCORE", key, after, "+inf")])
         except REDIS_ERRORS as exc:
-            raise StoreError(f"Redis reading impressions failed: {exc}") from exc
+            raise store_error("reading impressions", exc) from exc
         return [m.decode() for m in raw]
 
     async def customers(self, user_ids: Sequence[str]) -> dict[str, tuple[str, Consent]]:
@@ -530,7 +530,7 @@ class RedisLiveState:
                 for u, c in linked.items():
                     out[u] = (c, consent[c])
         except REDIS_ERRORS as exc:
-            raise StoreError(f"Redis reading customers failed: {exc}") from exc
+            raise store_error("reading customers", exc) from exc
         return out
 
     async def links(self, customer: str) -> list[str]:
@@ -603,7 +603,7 @@ class RedisLiveState:
             if indexed:
                 await self._client.zrem(keys.links(customer), *indexed)
         except REDIS_ERRORS as exc:
-            log.warning("undoing a refused link failed: %s", exc)
+            log.warning("undoing a refused link failed: %s", store_error("unlinking", exc))
         finally:
             self._written([keys.links(customer), *(keys.linked(a) for a in claimed)])
 

@@ -22,6 +22,7 @@ from recsvc.store import (
     decode_vector,
     encode_vector,
 )
+from recsvc.store.clients import ClusterURL, is_cluster_url, translated_errors
 
 from factories import both_backends
 
@@ -158,6 +159,69 @@ def test_client_from_url_rejects_bad_urls_without_leaking_the_password() -> None
     assert "s3cret" not in str(info.value)
     with pytest.raises(ConfigError, match="decode_responses"):
         client_from_url("redis://127.0.0.1:6379/0?decode_responses=True")
+
+
+@pytest.mark.parametrize(
+    ("url", "nodes", "options"),
+    [
+        ("redis+cluster://10.0.0.1:7000", ((("10.0.0.1", 7000),)), {}),
+        (
+            "redis+cluster://u:s3cret@a:7000,b:7001,[::1]:7002/0?socket_timeout=2",
+            (("a", 7000), ("b", 7001), ("::1", 7002)),
+            {"username": "u", "password": "s3cret", "socket_timeout": 2.0},
+        ),
+        ("rediss+cluster://a:7000", (("a", 7000),), {"ssl": True}),
+        ("redis+cluster://a", (("a", 6379),), {}),
+    ],
+)
+def test_a_cluster_url_names_its_nodes_and_their_options(
+    url: str, nodes: tuple[tuple[str, int], ...], options: dict[str, object]
+) -> None:
+    parsed = ClusterURL.parse(url)
+    assert parsed.nodes == nodes
+    assert parsed.options == options
+    assert is_cluster_url(url) and not is_cluster_url("redis://a:7000/0")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+cluster://u:s3cret@a:7000/2", "database 0 only"),
+        ("redis+cluster://u:s3cret@a:7000,b:port", "not host:port"),
+        ("redis+cluster://u:s3cret@a:7000?decode_responses=True", "decode_responses"),
+    ],
+)
+def test_a_bad_cluster_url_is_refused_without_leaking_the_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        ClusterURL.parse(url)
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_cluster_whose_nodes_are_all_down_is_a_store_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens
+    with pytest.raises(StoreError, match="Redis Cluster"):
+        client_from_url(f"redis+cluster://127.0.0.1:{port}", socket_timeout=0.2)
+
+
+def test_the_thin_reader_takes_no_cluster_url_as_one_endpoint() -> None:
+    with pytest.raises(ConfigError, match="Redis Cluster"):
+        Endpoint.from_url("redis+cluster://a:7000")
+
+
+def test_cluster_errors_and_connection_races_are_store_errors_and_bugs_are_not() -> None:
+    with pytest.raises(StoreError, match="reading"), translated_errors("reading"):
+        raise redis.exceptions.SlotNotCoveredError("slot 42 is not covered")
+    # redis-py's asyncio connection writing on a transport closed under it
+    # (redis/redis-py#4287): a connection failure, not a bug of ours
+    leaky: dict[str, object] = {"__name__": "redis.asyncio.connection"}
+    exec("def write(writer):\n    writer.writelines([b'PING'])", leaky)
+    with pytest.raises(StoreError, match="writelines"), translated_errors("writing"):
+        leaky["write"](None)  # type: ignore[operator]
+    # the same error from our own code stays a bug
+    with pytest.raises(AttributeError), translated_errors("writing"):
+        None.writelines([b"PING"])  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

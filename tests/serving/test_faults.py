@@ -14,68 +14,37 @@ code, events lost) as a JSON line; docs/reliability.md has them.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from recsvc import artifact as art
-from recsvc.store import KeyScheme, client_from_url
-from recsvc.store.codec import decode_event
+from recsvc.store import client_from_url
 from recsvc.store.embedded import find_redis_server, start_private_redis
-from recsvc.training.loading import load_events
 
-from server_harness import Call, LoadGenerator, ServeProcess, publish_block_model, wait_for
+from server_harness import (
+    CALLERS,
+    RATE,
+    LoadGenerator,
+    ServeProcess,
+    assert_no_failed_recommend,
+    copies,
+    degraded_between,
+    load_figures,
+    logged_events,
+    publish_block_model,
+    report,
+    stored_events,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-CALLERS, RATE = 4, 50.0
-"""The load of every case: 4 callers, each 50 calls a second (200 calls/s)."""
-
-
-def report(case: str, **figures: Any) -> None:
-    """Print one case's figures, and append them to $RECSVC_FAULT_REPORT if set."""
-    line = json.dumps({"case": case, **figures}, sort_keys=True)
-    print(line)
-    path = os.environ.get("RECSVC_FAULT_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-
-
-def load_figures(load: LoadGenerator) -> dict[str, Any]:
-    return {
-        "load": f"{load.callers} callers x {load.rate:g}/s {load.rpc}, {load.duration:g} s",
-        "calls": dict(load.codes()),
-        "host_load_average": round(os.getloadavg()[0], 1),
-    }
-
-
-def assert_no_failed_recommend(load: LoadGenerator) -> None:
-    """Every Recommend answered OK: Recommend degrades, it does not fail.
-
-    One allowance, on a host whose CPUs are oversubscribed (load average above their
-    number, e.g. other test runs or benchmarks beside this one): up to 1% of calls may
-    miss the 200 ms deadline while Redis is stuck. The server waits for Redis until the
-    deadline less ``[server] degraded_reserve_seconds`` (30 ms) and then answers
-    degraded; a starved process does not always make the answer in those 30 ms
-    (docs/reliability.md, case 2). Any other failure, or more, fails the test."""
-    codes = load.codes()
-    calls = sum(codes.values())
-    late = codes.pop("DEADLINE_EXCEEDED", 0)
-    assert set(codes) == {"OK"}, codes
-    if os.getloadavg()[0] <= (os.cpu_count() or 1):
-        assert late == 0, f"{late} of {calls} Recommend calls missed their deadline"
-    else:
-        assert late <= calls // 100, f"{late} of {calls} missed their deadline"
 
 
 @pytest.fixture()
@@ -96,12 +65,6 @@ def stopped() -> Iterator[list[ServeProcess]]:
     yield servers
     for server in servers:
         server.stop()
-
-
-def degraded_between(calls: Iterable[Call], start: float, end: float) -> list[bool]:
-    """``degraded`` of the answers to calls that began after ``start`` and ended before
-    ``end``."""
-    return [bool(c.degraded) for c in calls if c.code == "OK" and c.start >= start and c.end <= end]
 
 
 # --- 1. Redis killed, and back ------------------------------------------------------------
@@ -277,14 +240,6 @@ def _replace(path: Path, content: bytes) -> None:
 # --- 4. kill -9 of the server during a RecordEvents stream -----------------------------------
 
 
-def copies(acknowledged: Iterable[str], found: Counter[str]) -> Counter[int]:
-    """How many acknowledged events were found how many times: ``{0: lost, 1: once,
-    2: twice, ...}``. RecordEvents is at-least-once today (docs/api.md, Errors), so the
-    suite asserts no 0; "exactly once" is a check on ``{1: n}`` once batches carry
-    idempotency keys."""
-    return Counter(found[event] for event in acknowledged)
-
-
 def test_kill_9_during_record_events_loses_no_acknowledged_event(
     artifacts: tuple[Path, str], tmp_path: Path, stopped: list[ServeProcess]
 ) -> None:
@@ -304,8 +259,8 @@ def test_kill_9_during_record_events_loses_no_acknowledged_event(
             load.wait()
         assert server.stop() == 0
         acked = load.acked()
-        in_log = _logged(tmp_path / "eventlog")
-        in_redis = _stored(private.url, {event.split("|")[0] for event in acked})
+        in_log = logged_events(tmp_path / "eventlog")
+        in_redis = stored_events(private.url, {event.split("|")[0] for event in acked})
     log_copies, redis_copies = copies(acked, in_log), copies(acked, in_redis)
     report(
         "kill -9 during RecordEvents",
@@ -322,35 +277,3 @@ def test_kill_9_during_record_events_loses_no_acknowledged_event(
     assert len(acked) > 100
     assert log_copies[0] == 0, "acknowledged events missing from the event log"
     assert redis_copies[0] == 0, "acknowledged events missing from the user's history"
-
-
-def _logged(directory: Path) -> Counter[str]:
-    """``user|item|timestamp`` of every row of the event log files, counted."""
-    found: Counter[str] = Counter()
-    for path in sorted(directory.glob("events-*.csv")):
-        table, _ = load_events(path)
-        rows = zip(
-            table["user_id"].to_pylist(),
-            table["item_id"].to_pylist(),
-            table["timestamp"].to_pylist(),
-            strict=True,
-        )
-        found.update(f"{user}|{item}|{ts}" for user, item, ts in rows)
-    return found
-
-
-def _stored(url: str, users: set[str]) -> Counter[str]:
-    """``user|item|timestamp`` of every event in these users' history lists, counted."""
-    keys = KeyScheme()  # the server's default prefix
-    client = client_from_url(url, socket_timeout=5.0)
-    found: Counter[str] = Counter()
-    try:
-        pipe = client.pipeline(transaction=False)
-        ordered = sorted(users)
-        for user in ordered:
-            pipe.lrange(keys.history(user), 0, -1)
-        for user, entries in zip(ordered, pipe.execute(), strict=True):
-            found.update(f"{user}|{e.item_id}|{e.timestamp}" for e in map(decode_event, entries))
-    finally:
-        client.close()
-    return found
