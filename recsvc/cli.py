@@ -95,7 +95,11 @@ def add_settings_flags(p: argparse.ArgumentParser, *, als: bool = True) -> None:
     the fit's parameters under implicit's names."""
     g = p.add_argument_group("settings (override --config and RECSVC_* variables)")
     g.add_argument("--artifacts", type=Path, help="artifact root directory (default: artifacts)")
-    g.add_argument("--redis-url", help="Redis URL for user vectors (redis://, rediss://, unix://)")
+    g.add_argument(
+        "--redis-url",
+        help="Redis URL for user vectors and live state (redis://, rediss://, unix://; "
+        "redis+cluster://host:port,... for a Redis Cluster)",
+    )
     if not als:
         return
     g.add_argument("--factors", type=int, help="ALS latent factors")

@@ -310,8 +310,10 @@ class RedisSettings(_Section):
     """Where user vectors and live state are kept."""
 
     url: str | None = None
-    """redis://, rediss:// or unix:// URL; None = no external Redis (``serve`` starts
-    a private one; ``publish`` then skips loading vectors)."""
+    """redis://, rediss:// or unix:// URL of one Redis, or
+    ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS) of a
+    Redis Cluster given any of its nodes; None = no external Redis (``serve`` starts a
+    private one; ``publish`` then skips loading vectors)."""
     prefix: str = Field(default="recsvc", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     """Namespace of every key."""
     vector_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
