@@ -17,18 +17,33 @@ the line feed removed — never stripped, which once turned ``"u00090\u00a0"`` i
 innocent ``"u00090"`` — and appended to in its own format (ids that reach it are
 printable, so never hold a line feed: :mod:`recsvc.serving.validation`). The file is
 created owner-only (0600): it names customers.
+
+Replicas that share no directory share the list through the store instead: every
+erasure is also an :class:`Erasure` record of the shared collection
+(:mod:`recsvc.store.erasures`), which each replica follows and merges into its own file
+(:meth:`ErasureList.merge`), so every replica's file, its compaction and the trainer
+reading it converge on the union.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence, Set
+from collections.abc import Iterable, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recsvc.errors import DataError
 
-__all__ = ["HEADER", "ErasureList", "append_erasure", "append_erasures", "read_erasure_list"]
+__all__ = [
+    "HEADER",
+    "Erasure",
+    "ErasureList",
+    "append_erasure",
+    "append_erasures",
+    "read_erasure_list",
+]
 
 
 HEADER = "# recsvc erasure list v2"
@@ -118,6 +133,16 @@ class ErasureList:
         self._erased.add(user_id)
         return True
 
+    def merge(self, user_ids: Iterable[str]) -> Set[str]:
+        """Add ids erased elsewhere (another replica, through the store) durably, in one
+        append; the ids new here."""
+        fresh = [u for u in dict.fromkeys(user_ids) if u and u not in self._erased]
+        if fresh:
+            append_erasures(self.path, fresh)
+            self._erased.update(fresh)
+            self._stamp = _stamp(self.path)
+        return frozenset(fresh)
+
     def refresh(self) -> Set[str]:
         """Read what other replicas appended since the last look; the ids new here."""
         stamp = _stamp(self.path)
@@ -135,3 +160,37 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_mtime_ns, st.st_size
+
+
+_RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """One erased id as a record of the shared erasure list
+    (:class:`recsvc.store.erasures.ErasureStore`)."""
+
+    user_id: str
+    erased_at: int = 0
+    """Unix seconds of the ForgetUser that erased it."""
+
+    @property
+    def key(self) -> str:
+        """Its key in the shared store: the id."""
+        return self.user_id
+
+    def to_json(self) -> str:
+        """The stored record: compact JSON."""
+        record = {"v": _RECORD_VERSION, "id": self.user_id, "at": self.erased_at}
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_record(cls, record: Any) -> Erasure:
+        """The erasure of a decoded record; ValueError for another version or a
+        malformed one."""
+        if not isinstance(record, dict) or record.get("v") != _RECORD_VERSION:
+            raise ValueError("unknown erasure record")
+        user_id, at = record.get("id"), record.get("at", 0)
+        if not isinstance(user_id, str) or not user_id or not isinstance(at, int):
+            raise ValueError(f"malformed erasure record {record!r}")
+        return cls(user_id, at)

@@ -70,6 +70,7 @@ from recsvc.ranking import (
 from recsvc.rules import Rule, RuleAction
 from recsvc.store import LinkRefused, LinkResult, LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
+from recsvc.store.erasures import ErasureStore
 
 from . import continuation
 from .calls import (
@@ -147,6 +148,7 @@ class Engine:
         new_items: NewItems | None = None,
         co_purchases: CoOccurrence | None = None,
         experiments: LiveExperiments | None = None,
+        erasure_store: ErasureStore | None = None,
     ) -> None:
         self.settings = settings
         self.server = settings.server
@@ -166,6 +168,8 @@ class Engine:
             experiments.on_models_changed = self.retain_models
         self._degraded_logged = -math.inf
         self.erasures = ErasureList(settings.erasure_path)
+        self.erasure_store = erasure_store
+        """The shared erasure list every replica follows (None: the file only)."""
         self.placements = Placements(settings)
         self._recommended = Children(metrics.recommendations)
         self._fallbacks = Children(metrics.fallbacks)
@@ -1073,6 +1077,8 @@ class Engine:
         for i in (*ids, *result.linked_ids):
             self.profiles.forget(i)  # a call in flight may have cached it meanwhile
             added = self.erasures.add(i) or added
+        if self.erasure_store is not None:  # every replica's list: each retry writes it
+            await self.erasure_store.add((*ids, *result.linked_ids))
         status = await asyncio.to_thread(erasure_status, self.settings.erasure_path, customer)
         return ForgetOutput(
             deleted_vectors=result.deleted_vectors,

@@ -41,6 +41,7 @@ from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
 from recsvc.store.cooccur import CoOccurrence
 from recsvc.store.embedded import PrivateRedis, start_private_redis
+from recsvc.store.erasures import ErasureStore
 from recsvc.store.experiments import ExperimentStore
 from recsvc.store.rules import RuleStore
 from recsvc.store.trending import Trending
@@ -49,6 +50,7 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 from .catalog import LiveCatalog
 from .engine import Engine
+from .erasures import SharedErasures
 from .eventlog import EventLog
 from .experiments import LiveExperiments
 from .interceptors import server_interceptors
@@ -180,7 +182,8 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         catalog_store = CatalogStore.open(redis_url, keys, socket_timeout=timeout)
         rule_store = RuleStore.open(redis_url, keys, socket_timeout=timeout)
         experiment_store = ExperimentStore.open(redis_url, keys, socket_timeout=timeout)
-        owned += [catalog_store, rule_store, experiment_store]
+        erasure_store = ErasureStore.open(redis_url, keys, socket_timeout=timeout)
+        owned += [catalog_store, rule_store, experiment_store, erasure_store]
         catalog = LiveCatalog(catalog_store)
         rules = LiveRules(rule_store)
         trending_client = async_client_from_url(redis_url, socket_timeout=timeout)
@@ -241,8 +244,10 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         metrics.follow_live("experiments", experiments)
         engine = Engine(
             settings, models, state, event_log, metrics, catalog, popularity, rules, new_items,
-            CoOccurrence(trending_client, keys, kind="b"), experiments,
+            CoOccurrence(trending_client, keys, kind="b"), experiments, erasure_store,
         )  # fmt: skip
+        shared_erasures = SharedErasures(erasure_store, engine.erasures, engine.profiles.forget)
+        metrics.follow_live("erasures", shared_erasures)
 
         server = grpc.aio.server(
             interceptors=server_interceptors(s, metrics),
@@ -312,6 +317,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
         running._tasks.append(asyncio.create_task(catalog.follow(running._stop_watch)))
         running._tasks.append(asyncio.create_task(rules.follow(running._stop_watch)))
         running._tasks.append(asyncio.create_task(experiments.follow(running._stop_watch)))
+        running._tasks.append(asyncio.create_task(shared_erasures.follow(running._stop_watch)))
         running._tasks.append(
             asyncio.create_task(experiments.watch(s.reload_poll_seconds, running._stop_watch))
         )

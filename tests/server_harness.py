@@ -72,11 +72,14 @@ def replicas(
     token: str,
     n: int = 2,
     server: dict[str, Any] | None = None,
+    shared_erasure_list: bool = True,
     **sections: Any,
 ) -> Iterator[list[ServerThread]]:
     """``n`` servers of the block model (published once) sharing one Redis: the
     replicas of one deployment. ``server``: more ``[server]`` settings; ``sections``:
-    more settings (``placements={...}``)."""
+    more settings (``placements={...}``). ``shared_erasure_list=False``: each replica
+    has an erasure list file of its own (replicas that share no directory but the
+    artifact root's models)."""
     root = tmp_path / "artifacts"
     publish_block_model(root)
     running: list[ServerThread] = []
@@ -85,7 +88,9 @@ def replicas(
             settings = small_settings(
                 None,
                 artifact_root=str(root),
-                erasure_list=str(tmp_path / "erased.txt"),
+                erasure_list=str(
+                    tmp_path / ("erased.txt" if shared_erasure_list else f"erased-{i}.txt")
+                ),
                 redis={"url": redis_url, "prefix": redis_prefix},
                 server={
                     "port": 0,

@@ -34,7 +34,6 @@ from recsvc.artifact import (
 from recsvc.catalog import CatalogItem
 from recsvc.cobuy import MAX_BASKET, MAX_PARTNERS, MIN_SUPPORT, count_co_purchases
 from recsvc.config import NeighborSettings, RepeatPolicy, Settings
-from recsvc.erasure import read_erasure_list
 from recsvc.errors import ArtifactError, ConfigError, DataError
 from recsvc.events import EventType
 from recsvc.foldin import FoldIn
@@ -56,6 +55,7 @@ from recsvc.neighbors import NeighborModel
 from recsvc.pseudonyms import pseudonyms_from
 from recsvc.store import KeyScheme
 from recsvc.store.catalog import CatalogStore
+from recsvc.store.erasures import erased_users
 
 from .blend import fit_user_blend
 from .fit import fit_als
@@ -157,7 +157,7 @@ def load_data(spec: DataSpec, settings: Settings) -> LoadedData:
     if pseudonyms is not None:  # as the server stores them: no raw id past this line
         column = table.schema.get_field_index("user_id")
         table = table.set_column(column, "user_id", pseudonyms.column(table["user_id"]))
-    erased = read_erasure_list(settings.erasure_path)
+    erased = erased_users(settings)
     table, n_erased = drop_erased_users(table, erased)
     if n_erased:
         log.info("dropped %d events of %d erased users", n_erased, len(erased))

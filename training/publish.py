@@ -27,10 +27,10 @@ import numpy as np
 
 from recsvc import artifact as art
 from recsvc.config import Settings
-from recsvc.erasure import read_erasure_list
 from recsvc.errors import ArtifactError, QualityGateError
 from recsvc.manifest import Manifest
 from recsvc.store import UserVectorStore, client_from_url
+from recsvc.store.erasures import erased_users
 
 from .evaluation import GATE_K, HOLDOUT_MIN_USERS, HOLDOUT_USERS, compared_keys
 
@@ -219,7 +219,7 @@ def _load_vectors(path: Path, settings: Settings, *, progress: bool) -> int:
     user_ids = np.load(path / "user_ids.npy", allow_pickle=False)
     factors = np.load(path / "user_factors.npy", allow_pickle=False, mmap_mode="r")
     # users erased after this version was trained (e.g. on a rollback) stay forgotten
-    erased = read_erasure_list(settings.erasure_path)
+    erased = erased_users(settings)
     if erased:
         keep = ~np.isin(user_ids, np.array(sorted(erased), dtype=user_ids.dtype))
         user_ids, factors = user_ids[keep], factors[keep]

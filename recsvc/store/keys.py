@@ -19,6 +19,8 @@ The scheme (pinned by a golden test; change it only with a migration)::
     {prefix}:{cat}:items                 HASH    the live catalogue: item id -> record
     {prefix}:{cat}:log                   STREAM  its changes, for replicas to follow
     {prefix}:{cat}:seq                   STRING  the number of the last change
+    {prefix}:{erased}:items              HASH    the shared erasure list: id -> record
+    {prefix}:{erased}:log / :seq         STREAM, STRING  its changes (as the catalogue's)
     {prefix}:{trend}:items               ZSET    live popularity, forward-decayed scores
     {prefix}:{trend}:epoch               STRING  the epoch of those scores (Unix seconds)
 
@@ -177,6 +179,11 @@ class KeyScheme:
         """The merchandising rules' keys: :meth:`records` of ``rules``
         (:class:`recsvc.store.rules.RuleStore`)."""
         return self.records("rules")
+
+    def erasures(self) -> tuple[str, str, str]:
+        """The shared erasure list's keys: :meth:`records` of ``erased``
+        (:class:`recsvc.store.erasures.ErasureStore`)."""
+        return self.records("erased")
 
     def trending(self) -> tuple[str, str]:
         """Live popularity's keys: its scores and their epoch, in one hash slot."""
