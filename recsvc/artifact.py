@@ -62,6 +62,7 @@ __all__ = [
     "ModelArtifact",
     "current_version",
     "finish_replacements",
+    "is_version_name",
     "list_versions",
     "publish_version",
     "read_artifact",
@@ -438,7 +439,7 @@ def resolve(root: Path, version: str | None = None) -> Path:
     name = version or current_version(root)
     if name is None:
         raise ArtifactError(f"no model published under {root} (no {CURRENT} file)")
-    if not _is_version_name(name):
+    if not is_version_name(name):
         raise ArtifactError(
             f"{name!r} is not the name of a version directory of {root} "
             "(a path, '.', '..' or unprintable text)"
@@ -450,7 +451,9 @@ def resolve(root: Path, version: str | None = None) -> Path:
     return path
 
 
-def _is_version_name(name: str) -> bool:
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` can name a version directory (or a file in one): printable, no
+    path separator, not ``.`` or ``..``, no surrounding blanks."""
     return (
         name.isprintable()  # no control, format, separator or undecodable characters
         and name not in (".", "..")

@@ -365,6 +365,12 @@ class ServerSettings(_Section):
     flight finish within ``grace_seconds``. SIGINT (Ctrl-C) skips the drain."""
     reload_poll_seconds: float = Field(default=5.0, gt=0.0)
     """How often the CURRENT pointer is checked for a new model (SIGHUP checks at once)."""
+    artifact_url: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://.+")
+    """Object-store URL of the published models (``s3://bucket/shop``; any fsspec URL,
+    the ``object-store`` extra): the server mirrors its CURRENT version into the
+    artifact root (a local directory then) every ``reload_poll_seconds``, checksums
+    verified (:mod:`recsvc.objectstore`; ``recsvc push`` uploads). None: the artifact
+    root is where models are published (a shared directory for several replicas)."""
     default_k: int = Field(default=10, ge=1)
     """k when a request leaves it 0."""
     max_k: int = Field(default=500, ge=1)

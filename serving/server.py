@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import faiss
@@ -34,8 +35,9 @@ from prometheus_client import CollectorRegistry
 from recsvc import compaction, retention
 from recsvc.config import Settings
 from recsvc.erasure import read_erasure_list
-from recsvc.errors import ConfigError, RecsvcError, StoreError
+from recsvc.errors import ArtifactError, ConfigError, RecsvcError, StoreError
 from recsvc.model import Model
+from recsvc.objectstore import ObjectStoreModels
 from recsvc.pseudonyms import pseudonyms_from
 from recsvc.store import KeyScheme, async_client_from_url, open_live_state
 from recsvc.store.catalog import CatalogStore
@@ -161,6 +163,11 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     s = settings.server
     faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
     root = settings.artifact_root
+    remote = None
+    if s.artifact_url is not None:  # models from an object store, mirrored into root
+        remote = ObjectStoreModels(s.artifact_url)
+        root.mkdir(parents=True, exist_ok=True)
+        await _mirror(remote, root)
     if not root.is_dir():
         # a mistyped --artifacts would otherwise be created and served without a model
         raise ConfigError(
@@ -342,6 +349,14 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
                 _follow_erasures(engine, s.reload_poll_seconds, running._stop_watch)
             )
         )
+        if remote is not None:
+            running._tasks.append(
+                asyncio.create_task(
+                    _mirror_periodically(
+                        remote, root, models, s.reload_poll_seconds, running._stop_watch
+                    )
+                )
+            )
         if s.compact_interval_seconds > 0:
             running._tasks.append(
                 asyncio.create_task(
@@ -366,6 +381,28 @@ async def _sync_periodically(event_log: EventLog, stop: asyncio.Event, every: fl
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
         await asyncio.to_thread(event_log.sync)
+
+
+async def _mirror(remote: ObjectStoreModels, root: Path) -> str | None:
+    """One mirroring of the object store's published model into ``root`` (see
+    :mod:`recsvc.objectstore`); a failure is logged, and what ``root`` holds is served."""
+    try:
+        return await asyncio.to_thread(remote.sync, root)
+    except (StoreError, ArtifactError) as exc:
+        log.warning("mirroring models from %s failed, serving what %s holds: %s",
+                    remote.url, root, exc)  # fmt: skip
+        return None
+
+
+async def _mirror_periodically(
+    remote: ObjectStoreModels, root: Path, models: ModelHolder, every: float, stop: asyncio.Event
+) -> None:
+    """A model published to the object store is mirrored and loaded within ``every`` s."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        if not stop.is_set() and await _mirror(remote, root) is not None:
+            await models.reload()
 
 
 async def _follow_erasures(engine: Engine, every: float, stop: asyncio.Event) -> None:

@@ -185,6 +185,21 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from recsvc import artifact as art
+    from recsvc.objectstore import ObjectStoreModels
+
+    settings = settings_from_args(args)
+    root = settings.artifact_root
+    version = args.version or art.current_version(root)
+    if version is None:
+        raise ConfigError(f"nothing is published under {root}: name a --version to push")
+    sent = ObjectStoreModels(args.to).push(root, version, publish=not args.no_publish)
+    where = "" if args.no_publish else f"; its CURRENT names {version}"
+    print(f"pushed {version} to {args.to} ({sent:,} bytes){where}")
+    return 0
+
+
 def _cmd_compact(args: argparse.Namespace) -> int:
     from recsvc.compaction import CompactionBusy, compact
 
@@ -528,6 +543,25 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_force_flag(p)
     add_settings_flags(p, als=False)
     p.set_defaults(handler=_cmd_publish, extra=EXTRA)
+
+    p = sub.add_parser(
+        "push",
+        parents=[common],
+        help="upload a model version to an object store that servers mirror",
+        description="Upload a version of the artifact root (default: the published one) "
+        "to an object store (s3://bucket/prefix, any fsspec URL; the object-store extra), "
+        "checksums verified first, its manifest last, then point the store's CURRENT at "
+        "it: servers with [server] artifact_url set to the same URL mirror and load it "
+        "within [server] reload_poll_seconds. Credentials and endpoint come from the "
+        "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).",
+    )
+    p.add_argument("--to", required=True, help="object-store URL, e.g. s3://bucket/shop")
+    p.add_argument("--version", help="version to push (default: the published one)")
+    p.add_argument(
+        "--no-publish", action="store_true", help="upload only; leave the store's CURRENT"
+    )
+    add_settings_flags(p, als=False)
+    p.set_defaults(handler=_cmd_push, extra=EXTRA)
 
     p = sub.add_parser(
         "compact",

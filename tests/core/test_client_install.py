@@ -41,7 +41,7 @@ from server_harness import ServerThread, publish_block_model
 pytestmark = pytest.mark.slow
 
 SUBCOMMANDS = (
-    "synth", "train", "evaluate", "tune", "publish", "compact", "retrain", "gc", "catalog",
+    "synth", "train", "evaluate", "tune", "publish", "push", "compact", "retrain", "gc", "catalog",
     "experiment",
     "serve", "batch",  # recsvc.serving.commands
     "models", "recommend", "similar", "events", "forget", "consent", "link", "export-user", "info",

@@ -32,7 +32,7 @@ PUBLIC = {
     ],
     "recsvc.artifact": [
         "FORMAT_VERSION", "ModelArtifact", "current_version", "finish_replacements",
-        "list_versions", "publish_version", "read_artifact", "remove_users", "resolve",
+        "is_version_name", "list_versions", "publish_version", "read_artifact", "remove_users", "resolve",
         "rollback", "rollback_target", "write_artifact",
     ],
     "recsvc.manifest": [
@@ -47,6 +47,11 @@ PUBLIC = {
     ],
     "recsvc.index": [
         "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
+    ],
+    "recsvc.objectstore": ["ObjectStoreModels"],
+    "recsvc.erasure": [
+        "HEADER", "Erasure", "ErasureList", "append_erasure", "append_erasures",
+        "read_erasure_list",
     ],
     "recsvc.experiments": [
         "Experiment", "RecommendationId", "Variant", "check_experiments", "experiment_message",
