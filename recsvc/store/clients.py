@@ -196,21 +196,26 @@ class ClusterURL:
         return cls(tuple(nodes), options)
 
 
-def _cluster_options(
-    url: str, *, socket_timeout: float, max_connections: int, retry: Any
-) -> tuple[ClusterURL, dict[str, Any]]:
+def _cluster(url: str, *, asyncio: bool, socket_timeout: float, max_connections: int) -> Any:
+    """redis-py's RedisCluster (sync or asyncio) for a cluster URL, with the options
+    of the module docstring (the URL's query wins)."""
     if socket_timeout <= 0 or max_connections <= 0:
         raise ConfigError("socket_timeout and max_connections must be positive")
     parsed = ClusterURL.parse(url)
+    cap = _ASYNC_BACKOFF_CAP if asyncio else _BLOCKING_BACKOFF_CAP
+    backoff = EqualJitterBackoff(cap=cap, base=cap / 5)
+    retry_class: Any = redis.asyncio.retry.Retry if asyncio else Retry
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
         "max_connections": max_connections,
-        "retry": retry,
+        "retry": retry_class(backoff, retries=1),
         "protocol": 2,
+        **parsed.options,
     }
-    options.update(parsed.options)
-    return parsed, options
+    flavour: Any = redis.asyncio.cluster if asyncio else redis.cluster
+    nodes = [flavour.ClusterNode(host, port) for host, port in parsed.nodes]
+    return flavour.RedisCluster(startup_nodes=nodes, **options)
 
 
 def client_from_url(
@@ -225,19 +230,10 @@ def client_from_url(
     a cluster answers.
     """
     if is_cluster_url(url):
-        backoff = EqualJitterBackoff(cap=_BLOCKING_BACKOFF_CAP, base=_BLOCKING_BACKOFF_CAP / 5)
-        parsed, options = _cluster_options(
-            url,
-            socket_timeout=socket_timeout,
-            max_connections=max_connections,
-            retry=Retry(backoff, retries=1),
-        )
-        nodes = [
-            redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
-            for host, port in parsed.nodes
-        ]
         with translated_errors(f"connecting to the Redis Cluster at {redacted_url(url)}"):
-            cluster = redis.cluster.RedisCluster(startup_nodes=nodes, **options)
+            cluster = _cluster(
+                url, asyncio=False, socket_timeout=socket_timeout, max_connections=max_connections
+            )
         return cast("redis.Redis", cluster)
     pool = connection_pool(
         url,
@@ -259,15 +255,9 @@ def async_client_from_url(
     Raises ConfigError for a bad URL.
     """
     if is_cluster_url(url):
-        backoff = EqualJitterBackoff(cap=_ASYNC_BACKOFF_CAP, base=_ASYNC_BACKOFF_CAP / 5)
-        parsed, options = _cluster_options(
-            url,
-            socket_timeout=socket_timeout,
-            max_connections=max_connections,
-            retry=redis.asyncio.retry.Retry(backoff, retries=1),
+        cluster = _cluster(
+            url, asyncio=True, socket_timeout=socket_timeout, max_connections=max_connections
         )
-        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in parsed.nodes]
-        cluster = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
         return cast("redis.asyncio.Redis", cluster)
     pool = connection_pool(
         url,

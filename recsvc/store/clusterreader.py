@@ -31,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import redis
 import redis.asyncio.cluster
@@ -46,6 +46,13 @@ __all__ = ["REFRESH_SECONDS", "ClusterReader"]
 log = logging.getLogger(__name__)
 
 Command = tuple[Any, ...]
+
+
+class Fallback(Protocol):
+    """What answers a call the slot map got wrong: redis-py's cluster pipeline."""
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]: ...
+
 
 REFRESH_SECONDS: Final = 0.1
 """Readers of former primaries are looked for at most this often."""
@@ -64,12 +71,14 @@ _NODE_OPTIONS: Final = frozenset(
 class ClusterReader:
     """A :class:`~recsvc.store.reader.StateReader` on a Redis Cluster (see the module
     docstring). ``client`` is the cluster client of the same URL, which the caller
-    owns; the per-node readers are this object's."""
+    owns; ``fallback`` reads through it (a :class:`~recsvc.store.reader.PipelineReader`);
+    the per-node readers are this object's."""
 
     def __init__(
         self,
         client: redis.asyncio.cluster.RedisCluster,
         *,
+        fallback: Fallback,
         socket_timeout: float,
         connect_timeout: float | None = None,
         username: str | None = None,
@@ -91,6 +100,7 @@ class ClusterReader:
             "cache_seconds": cache_seconds,
         }
         self._readers: dict[str, RedisReader] = {}
+        self._redis_py = fallback
         self._refreshed = -float("inf")
         self._logged = -float("inf")
         self._retired_hits = 0
@@ -105,6 +115,7 @@ class ClusterReader:
         url: str,
         client: redis.asyncio.cluster.RedisCluster,
         *,
+        fallback: Fallback,
         socket_timeout: float,
         cache_entries: int = 0,
         cache_seconds: float = 30.0,
@@ -123,6 +134,7 @@ class ClusterReader:
         connect = options.pop("socket_connect_timeout", None) or timeout
         return cls(
             client,
+            fallback=fallback,
             socket_timeout=timeout,
             connect_timeout=connect,
             cache_entries=cache_entries,
@@ -167,7 +179,7 @@ class ClusterReader:
             if isinstance(exc, redis.ResponseError) and not str(exc).startswith(_REDIRECTS):
                 raise
             await self._refresh(exc)
-            return await self._through_redis_py(commands)
+            return await self._redis_py.execute(commands)
         replies: list[Any] = [None] * len(commands)
         for positions, part in zip(groups.values(), parts, strict=True):
             for i, reply in zip(positions, part, strict=True):
@@ -196,17 +208,10 @@ class ClusterReader:
             self._readers[name] = reader
         return reader
 
-    async def _through_redis_py(self, commands: Sequence[Command]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            replies: list[Any] = await pipe.execute()
-        return replies
-
     async def _refresh(self, cause: BaseException) -> None:
         """Retire the readers of nodes that are no longer primaries (at most once per
         :data:`REFRESH_SECONDS`). The slot map itself is redis-py's to re-read: the
-        call this follows goes through redis-py (:meth:`_through_redis_py`), whose
+        call this follows goes through redis-py (``fallback``), whose
         cluster client re-reads it on the same error, under its own lock (re-reading it
         from here as well raced redis-py's own connects)."""
         now = time.monotonic()

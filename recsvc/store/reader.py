@@ -120,6 +120,7 @@ def open_reader(
             return ClusterReader.from_url(
                 url,
                 client,  # type: ignore[arg-type] # a RedisCluster on a cluster URL
+                fallback=PipelineReader(client),
                 socket_timeout=socket_timeout,
                 cache_entries=cache_entries,
                 cache_seconds=cache_seconds,
