@@ -32,8 +32,8 @@ PUBLIC = {
     ],
     "recsvc.artifact": [
         "FORMAT_VERSION", "ModelArtifact", "current_version", "finish_replacements",
-        "is_version_name", "list_versions", "publish_version", "read_artifact", "remove_users", "resolve",
-        "rollback", "rollback_target", "write_artifact",
+        "is_version_name", "list_versions", "publish_version", "read_artifact", "remove_users",
+        "resolve", "rollback", "rollback_target", "write_artifact",
     ],
     "recsvc.manifest": [
         "FEATURES_V1", "FORMAT_VERSION", "BlendFitReport", "BlendWeights",
