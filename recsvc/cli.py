@@ -109,6 +109,12 @@ def add_settings_flags(p: argparse.ArgumentParser, *, als: bool = True) -> None:
     g.add_argument("--random-state", type=int, help="seed of the initial factors")
     g.add_argument("--half-life-days", type=float, help="time-decay half-life (0 = off)")
     g.add_argument(
+        "--engine",
+        choices=["implicit", "spark"],
+        help="what fits ALS: implicit here, or Spark MLlib (the spark extra and Java)",
+    )
+    g.add_argument("--spark-master", help="Spark master URL for --engine spark (local[*])")
+    g.add_argument(
         "--index", choices=["auto", "exact", "normscan", "hnsw", "ivf"], help="item index kind"
     )
 
@@ -130,6 +136,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "alpha": get("alpha"),
             "iterations": get("iterations"),
             "random_state": get("random_state"),
+            "engine": get("engine"),
+            "spark_master": get("spark_master"),
         },
         weighting={"half_life_days": get("half_life_days")},
         index={"kind": get("index")},

@@ -104,6 +104,17 @@ class ALSSettings(_Section):
     """Threads for the fit; 0 = one per core."""
     use_cg: bool = True
     """Conjugate-gradient solver (faster; Cholesky when false)."""
+    engine: Literal["implicit", "spark"] = "implicit"
+    """What fits the factors: implicit on this machine, or Spark MLlib's ALS
+    (``implicitPrefs``, the same Hu-Koren-Volinsky model; the ``spark`` extra and a Java
+    runtime) on ``spark_master`` (training/spark.py). The artifact is the same either
+    way; its manifest records the engine."""
+    spark_master: str = "local[*]"
+    """Spark master URL for ``engine = "spark"``: ``local[*]`` (this machine's cores),
+    ``spark://host:7077`` (a standalone cluster), ``yarn``, ``k8s://...``."""
+    spark_driver_memory: str = "4g"
+    """``spark.driver.memory`` of the session the trainer starts (local mode runs the
+    executors inside the driver)."""
 
 
 class IndexSettings(_Section):

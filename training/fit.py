@@ -33,7 +33,8 @@ class Factors:
 
 
 def fit_als(weights: sp.csr_matrix, settings: ALSSettings, *, progress: bool = False) -> Factors:
-    """Fit ALS on ``weights`` ``(n_users, n_items)`` (summed decayed event weights).
+    """Fit ALS on ``weights`` ``(n_users, n_items)`` (summed decayed event weights), with
+    ``settings.engine``: implicit here, or Spark MLlib (:func:`training.spark.fit_als_spark`).
 
     The matrix handed to implicit holds the confidences ``1 + alpha · w`` and
     implicit's own ``alpha`` is left at 1: implicit scales the stored values by its
@@ -45,6 +46,10 @@ def fit_als(weights: sp.csr_matrix, settings: ALSSettings, *, progress: bool = F
             f"too little data to fit: {n_users} users, {n_items} items, "
             f"{weights.nnz} interactions (need at least 2 users and 2 items)"
         )
+    if settings.engine == "spark":
+        from .spark import fit_als_spark  # noqa: PLC0415 (the spark extra, optional)
+
+        return fit_als_spark(weights, settings)
     cui = weights.astype(np.float32, copy=True)
     cui.data = confidence(cui.data, settings.alpha)
     # implicit parallelises over users itself; BLAS threads on top of that only
