@@ -27,13 +27,17 @@ trainer loads and weights the events on one machine, as the implicit engine does
 fit runs on the executors, and the factors (``(n_users + n_items) × factors`` floats)
 come back to the driver. The driver therefore holds the event table and the matrix:
 the size limit is the implicit engine's for loading (docs/design.md, "Training beyond
-one machine"), lifted from the fit only.
+one machine"), lifted from the fit only. The factors are checkpointed every
+:data:`_CHECKPOINT_EVERY` sweeps into a temporary directory (on a cluster, point
+``spark.checkpoint.dir`` at shared storage).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -52,6 +56,8 @@ __all__ = ["fit_als_spark", "spark_session"]
 log = logging.getLogger(__name__)
 
 _SESSIONS: dict[tuple[str, str], Any] = {}
+_CHECKPOINT_EVERY = 5
+"""Sweeps between checkpoints of the factors (truncating the lineage)."""
 
 
 def spark_session(master: str, driver_memory: str) -> Any:
@@ -80,8 +86,13 @@ def spark_session(master: str, driver_memory: str) -> Any:
     except Exception as exc:  # py4j's and the JVM's errors: no common base to name
         raise ConfigError(f"cannot start Spark on {master!r}: {exc}") from exc
     session.sparkContext.setLogLevel("ERROR")
+    # ALS's lineage grows with every sweep; without checkpoints its serialisation
+    # overflows the JVM's stack after a few hundred stages (StackOverflowError)
+    checkpoints = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
+    session.sparkContext.setCheckpointDir(checkpoints)
     log.info("Spark session on %s in %.1fs", master, time.perf_counter() - started)
     _SESSIONS[key] = session
+    atexit.register(shutil.rmtree, checkpoints, ignore_errors=True)
     atexit.register(session.stop)
     return session
 
@@ -116,7 +127,7 @@ def fit_als_spark(weights: sp.csr_matrix, settings: ALSSettings) -> Factors:
         userCol="user",
         itemCol="item",
         ratingCol="w",
-        checkpointInterval=-1,
+        checkpointInterval=_CHECKPOINT_EVERY,
     )
     model = als.fit(frame)
     user_factors = _collect(model.userFactors, n_users, settings.factors)
