@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from recsvc import artifact as art
-from recsvc.errors import ArtifactError, ChecksumError
+from recsvc.cli import main
+from recsvc.errors import ArtifactError, ChecksumError, ConfigError
 from recsvc.objectstore import ObjectStoreModels
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -97,6 +98,24 @@ def test_a_pushed_version_is_pulled_checked_and_published(tmp_path: Path, store_
     assert store.sync(mirror) is None  # nothing new
     a = art.read_artifact(mirror / v1)  # checksums verified
     assert len(a.item_ids) == len(art.read_artifact(trained / v1).item_ids)
+
+
+def test_recsvc_push_uploads_the_published_version(
+    tmp_path: Path, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained = tmp_path / "trainer"
+    v1 = publish_block_model(trained, seed=0)
+    v2 = publish_block_model(trained, seed=1, publish=False)
+    assert main(["push", "--to", store_url, "--artifacts", str(trained)]) == 0
+    assert f"pushed {v1} to {store_url}" in capsys.readouterr().out
+    store = ObjectStoreModels(store_url)
+    assert store.current() == v1
+    assert main(["push", "--to", store_url, "--artifacts", str(trained), "--version", v2,
+                 "--no-publish"]) == 0  # fmt: skip
+    assert store.current() == v1  # uploaded, not published
+    assert store.fs.exists(f"{store.path}/{v2}/{art.MANIFEST}")
+    with pytest.raises(ConfigError, match="invalid artifact URL"):
+        ObjectStoreModels("nosuchscheme://bucket/x")
 
 
 def test_a_tampered_or_incomplete_version_is_refused_and_nothing_is_kept(
