@@ -13,6 +13,9 @@ Usage::
     .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 \\
         --scenarios cached experiment --concurrency 1 32 --repeats 3 --profile-seconds 0 \\
         --out benchmarks/results/experiments
+    .venv/bin/python benchmarks/bench_serving.py --catalogues 100000 --scenarios cached scaleout \\
+        --concurrency 1 32 --repeats 3 --duration 5 --warmup 1 --profile-seconds 0 \\
+        --out benchmarks/results/scaleout
 
 Method
 ------
@@ -21,7 +24,8 @@ passed as ``--redis-url``), the no-op floor (:mod:`noop_server`: same ``grpc.aio
 server and options, one process, no interceptors, a prebuilt response of the same
 shape), the Redis server, and the load generator (:mod:`loadgen`, an async
 ``grpc.aio`` client in its own process). This script only sets up, tells the load
-generator what to run, and writes the results.
+generator what to run, and writes the results. (With ``scaleout``, three more
+``recsvc serve`` and the six ``redis-server`` nodes of a Redis Cluster join them.)
 
 For every catalogue size a synthetic shop is built once (:mod:`_shop`: synth, then
 ``recsvc train --publish``), cached under ``--workdir``. Before serving, this script
@@ -91,6 +95,34 @@ Scenarios (every request is built up front, serialized once, cycled in order):
                  ``cached``'s); the memory each loaded variant model added is read from
                  ListExperiments (``model_bytes``) and ``/metrics``, and both servers' RSS
                  from ``/proc`` (after that check and again after the measurements)
+``scaleout``     ``cached``'s requests (the same users, k = 10, no placement) on three
+                 ``recsvc serve`` processes of the same artifact root on one private
+                 Redis Cluster (:func:`recsvc.store.embedded.start_private_cluster`: 3
+                 primaries, 1 replica each, every node a ``redis-server`` on loopback;
+                 ``--redis-url redis+cluster://...``), the load generator sending to all
+                 three through one channel with gRPC's ``round_robin`` policy (target
+                 ``ipv4:127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3``). Every trained user's
+                 vector is published into the cluster too (``UserVectorStore.publish``,
+                 the cluster pipeline), and each replica is warmed on its own with every
+                 pool user, as ``cached``'s server is. Before measuring, every pool user is
+                 asked once of each replica (gRPC) and the answers compared with
+                 ``cached``'s. Only with ``--scenarios cached scaleout``; measured together
+                 with ``cached`` and ``cached_cluster`` like ``live`` (each repeat runs
+                 the three, back to back; their floor is ``cached``'s runs of the same
+                 no-op at the same load), at the same loads. Read for: throughput and
+                 p50/p99 of three replicas on the cluster against one on a standalone
+                 Redis, and the CPU per request of each part (every ``recsvc serve``
+                 summed, every Redis node summed, the load generator), each process's from
+                 ``/proc``; on a machine of few cores every process of both setups shares
+                 them, so throughput cannot scale there (the report says what such a
+                 machine can and cannot show)
+``cached_cluster`` ``cached``'s requests on one more ``recsvc serve`` on the same Redis
+                 Cluster, asked directly (no balancing), planned with ``scaleout`` at its
+                 loads: one replica on the cluster, so the difference between ``cached``
+                 and ``scaleout`` splits into the cluster's path (``cached_cluster`` ÷
+                 ``cached``) and the spreading over three processes (``scaleout`` ÷
+                 ``cached_cluster``: each at a third of the load, a user's calls dealt to
+                 three client-side caches, ten processes on the cores)
 
 Each measured point (catalogue, scenario, closed-loop concurrency or open-loop rate)
 runs ``--repeats`` times on both servers, alternating (recsvc, floor, floor, recsvc,
@@ -110,7 +142,8 @@ With ``--profile-seconds`` > 0, py-spy records the recsvc server for that long u
 the ``cached`` load at concurrency 32 (a flame graph and raw stacks), summarised in
 ``profile.md`` (and the live server under the ``live`` load, ``profile-live.md``; the
 ``rotation`` load, ``profile-rotation.md``; the ``experiment`` load,
-``profile-experiment.md``).
+``profile-experiment.md``; ``scaleout`` is not profiled: its work is spread over three
+processes).
 
 Catalogue sync (``--sync-repeats N``, with ``live``): while the load generator runs
 closed-loop requests (``--sync-pool``, default ``live``) at ``--sync-concurrency`` on
@@ -147,7 +180,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,7 +195,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from recsvc.artifact import ModelArtifact
-    from recsvc.store.embedded import PrivateRedis
+    from recsvc.store.embedded import PrivateCluster, PrivateRedis
     from recsvc.v1 import recommender_pb2 as pb
 
 HERE = Path(__file__).resolve().parent
@@ -200,13 +233,24 @@ SCENARIOS: dict[str, str] = {
     "published model (control) and a second model version of the same shop (candidate, "
     "another ALS seed), both loaded in the server; each user answered by their variant's "
     "model with its own cached vector, k=10",
+    "scaleout": "cached's requests (the same users, k=10) on 3 recsvc serve replicas of the "
+    "same artifact root on one private Redis Cluster (3 primaries + 3 replicas, vectors "
+    "published into it), the client spreading calls over the 3 with gRPC round robin; each "
+    "replica's LRU and client-side state cache warmed with every pool user",
+    "cached_cluster": "cached's requests on one more recsvc serve on the same Redis Cluster "
+    "as scaleout's, asked directly (one replica on the cluster; planned with scaleout)",
 }
-PAIRED = ("cached", "live", "rotation", "experiment")
+PAIRED = ("cached", "live", "rotation", "experiment", "scaleout", "cached_cluster")
 """Scenarios measured together, alternating, when planned at the same load: ``live``'s,
-``rotation``'s and ``experiment``'s figures are read against ``cached``'s of the same
-repeats."""
-COMPARED = ("live", "rotation", "experiment")
+``rotation``'s, ``experiment``'s, ``scaleout``'s and ``cached_cluster``'s figures are read
+against ``cached``'s of the same repeats."""
+COMPARED = ("live", "rotation", "experiment", "scaleout", "cached_cluster")
 """The :data:`PAIRED` scenarios read against ``cached`` (``vs_cached``)."""
+SCALEOUT_SCENARIOS = ("scaleout", "cached_cluster")
+"""The scale-out scenarios: planned together (``cached_cluster`` only with ``scaleout``),
+their floor runs those of ``cached`` at the same load (the same single no-op)."""
+PROFILED = ("cached", "live", "rotation", "experiment")
+"""The scenarios py-spy records (one server process each; not ``scaleout``'s three)."""
 LIVE_RULES_MAX_P50_RATIO = 1.25
 """Issue #15: server p50 with a live catalogue, 10 rules and a filter ≤ 1.25× cached."""
 ROTATION_MAX_P50_RATIO = 1.25
@@ -239,6 +283,20 @@ EXPERIMENT_PREFIX = "abexp"
 """The experiment server's ``[redis] prefix``: its experiment set, user vectors and state
 apart from ``cached``'s server (which would otherwise follow the set and load the
 candidate model too), in the same Redis. Not a prefix of ``recsvc`` nor the reverse."""
+SCALEOUT_REPLICAS = 3
+"""``recsvc serve`` processes of the ``scaleout`` scenario, behind the client's round robin."""
+SCALEOUT_PRIMARIES = 3
+"""Primaries of its Redis Cluster (the fewest a Redis Cluster takes)."""
+SCALEOUT_NODE_REPLICAS = 1
+"""Redis replicas per primary (a production-shaped cluster: 3 + 3 nodes)."""
+SCALEOUT_LB_POLICY = "round_robin"
+"""The gRPC client's load-balancing policy over the replicas (channel option
+``grpc.lb_policy_name``, :mod:`loadgen`'s ``lb_policy``)."""
+SCALEOUT_WARM_SECONDS = 3.0
+"""Seconds of ``cached``'s requests each replica gets on its own before measuring (enough
+passes over the pool of :data:`POOL_USERS` at any rate seen here)."""
+SCALEOUT_IDLE_SECONDS = 10.0
+"""Seconds both scale-out setups are watched at rest before measuring (:func:`idle_cores`)."""
 
 
 # --------------------------------------------------------------------------- plan
@@ -261,8 +319,9 @@ class Point:
 
 def plan(args: argparse.Namespace) -> list[Point]:
     """The points to measure, in order (open-loop points after their reference): every
-    scenario but ``live``, ``rotation`` and ``experiment`` by default, only those of
-    ``--scenarios`` when given."""
+    scenario but ``live``, ``rotation``, ``experiment`` and ``scaleout`` by default,
+    only those of ``--scenarios`` when given (``scaleout`` at ``cached``'s open-loop
+    loads too, and ``cached_cluster`` with it)."""
     points = _plan(args)
     if args.scenarios is None:
         return points
@@ -275,6 +334,17 @@ def plan(args: argparse.Namespace) -> list[Point]:
         for n in sorted(args.catalogues, reverse=True):
             levels = args.concurrency if n == main else [1, 32]
             chosen += [Point(n, scenario, "closed", c) for c in levels]
+    if "scaleout" in wanted:
+        # the same offered loads as cached's open-loop points (measured together)
+        chosen += [
+            replace(p, scenario="scaleout", interceptors=False)
+            for p in points
+            if p.scenario == "cached" and p.mode == "open"
+        ]
+        # and one replica on the cluster at every load of the three
+        chosen += [
+            replace(p, scenario="cached_cluster") for p in chosen if p.scenario == "scaleout"
+        ]
     # keep the catalogues largest first, as the rigs are started
     return sorted(chosen, key=lambda p: -p.catalogue)
 
@@ -335,7 +405,11 @@ class Server:
     """The processes that serve (``recsvc serve`` with several: its spawned children);
     empty = ``process`` itself."""
     others: list[Server] = field(default_factory=list)
-    """More processes on the same port (a floor of several ``--reuseport`` no-ops)."""
+    """More processes on the same port (a floor of several ``--reuseport`` no-ops), or
+    behind the same client-side balanced target (the ``scaleout`` replicas)."""
+    lb_policy: str | None = None
+    """The client's gRPC load-balancing policy over the addresses ``target`` names (None:
+    one address, gRPC's default)."""
 
     @property
     def pid(self) -> int:
@@ -521,6 +595,41 @@ class ExperimentRig:
 
 
 @dataclass
+class ScaleoutRig:
+    """The ``scaleout`` scenario: :data:`SCALEOUT_REPLICAS` ``recsvc serve`` of the same
+    shop on one private Redis Cluster, reached as one client-side balanced target."""
+
+    cluster: PrivateCluster
+    replicas: list[Server]
+    """Each ``recsvc serve`` on its own (its own target: warm-up, the check)."""
+    server: Server
+    """All of them as one: the target ``ipv4:P1,P2,...`` with :data:`SCALEOUT_LB_POLICY`;
+    its pids are every replica's (``server0``, ``server1``, ...), stopping it stops all."""
+    metrics_url: list[str]
+    """One /metrics per replica (summed when diffed)."""
+    single: Server
+    """One more ``recsvc serve`` on the same cluster, asked on its own
+    (``cached_cluster``)."""
+    single_metrics_url: str
+    report: dict[str, Any] = field(default_factory=dict)
+    """The cluster's nodes, the vectors published, the check of every replica's answers
+    (:func:`check_scaleout`), the commands."""
+
+    def redis_pids(self) -> dict[str, int]:
+        """Every cluster node as the load generator's ``pids``: ``redis0``, ``redis1``,
+        ... (summed back into ``redis``), primaries first as created."""
+        return {f"redis{i}": node.pid for i, node in enumerate(self.cluster.nodes)}
+
+    def stop(self) -> None:
+        """Every replica, then every node of the cluster."""
+        try:
+            self.single.stop()
+            self.server.stop()
+        finally:
+            self.cluster.stop()
+
+
+@dataclass
 class Rig:
     """Everything running for one catalogue: shop, Redis, recsvc, the request pools."""
 
@@ -538,6 +647,8 @@ class Rig:
     """The server of the ``rotation`` scenario, when it is planned."""
     experiment: ExperimentRig | None = None
     """The server of the ``experiment`` scenario, when it is planned."""
+    scaleout: ScaleoutRig | None = None
+    """The replicas and cluster of the ``scaleout`` scenario, when it is planned."""
 
     def serving(self, scenario: str) -> tuple[Server, str | list[str], dict[str, int]]:
         """The recsvc server that answers ``scenario``, its /metrics and its pids
@@ -557,6 +668,17 @@ class Rig:
                 raise RuntimeError("the experiment scenario needs its server (start_rig)")
             ex = self.experiment
             return ex.server, ex.metrics_url, {**ex.server.pids(), "redis": self.redis.pid}
+        if scenario == "scaleout":
+            if self.scaleout is None:
+                raise RuntimeError("the scaleout scenario needs its servers (start_rig)")
+            out = self.scaleout
+            return out.server, out.metrics_url, {**out.server.pids(), **out.redis_pids()}
+        if scenario == "cached_cluster":
+            if self.scaleout is None:
+                raise RuntimeError("the cached_cluster scenario needs scaleout's (start_rig)")
+            out = self.scaleout
+            pids = {**out.single.pids(), **out.redis_pids()}
+            return out.single, out.single_metrics_url, pids
         return self.server, self.metrics_url, {**self.server.pids(), "redis": self.redis.pid}
 
 
@@ -1074,9 +1196,10 @@ def build_requests(
     *,
     rotation: bool = False,
     experiment: bool = False,
+    scaleout: bool = False,
 ) -> dict[str, list[bytes]]:
     """The serialized request pools of every scenario (``live`` with ``live_filters``,
-    ``rotation`` and ``experiment`` when asked)."""
+    ``rotation``, ``experiment`` and ``scaleout`` when asked)."""
     import numpy as np
 
     from recsvc.v1 import recommender_pb2 as pb
@@ -1128,6 +1251,9 @@ def build_requests(
             ser(pb.RecommendRequest(user_id=u, k=10, placement=EXPERIMENT_PLACEMENT))
             for u in user_ids
         ]
+    if scaleout:  # cached's very requests, sent to the replicas (and to one alone)
+        pools["scaleout"] = list(pools["cached"])
+        pools["cached_cluster"] = list(pools["cached"])
     if n_foldin:
         pools["foldin"] = [
             ser(pb.RecommendRequest(user_id=foldin_user(i), k=10)) for i in range(n_foldin)
@@ -1225,12 +1351,27 @@ def start_rig(
             redis.stop()
             raise
         live_filters = rig.live.setup.filters()
+    if any(p.scenario == "scaleout" for p in points):
+        try:
+            rig.scaleout = start_scaleout(shop, artifact, rig, args, logs)
+        except BaseException:
+            if rig.live is not None:
+                rig.live.server.stop()
+                rig.live.redis.stop()
+            if rig.rotation is not None:
+                rig.rotation.server.stop()
+            if rig.experiment is not None:
+                rig.experiment.server.stop()
+            server.stop()
+            redis.stop()
+            raise
     pools = build_requests(
         artifact,
         n_foldin,
         live_filters,
         rotation=rig.rotation is not None,
         experiment=rig.experiment is not None,
+        scaleout=rig.scaleout is not None,
     )
     for scenario, requests in pools.items():
         for side in ("service", "floor"):
@@ -1242,18 +1383,21 @@ def start_rig(
 def start_recsvc(
     name: str,
     shop: Shop,
-    redis: PrivateRedis,
+    redis: PrivateRedis | PrivateCluster,
     args: argparse.Namespace,
     logs: Path,
     *,
     config: Path | None = None,
+    processes: int | None = None,
 ) -> tuple[Server, str | list[str]]:
-    """``recsvc serve`` of ``shop`` on ``redis`` (``args.processes`` processes; with
-    ``config``, its settings file: one process only); the server and its /metrics URL
-    (a list for several processes)."""
-    if config is not None and args.processes != 1:
+    """``recsvc serve`` of ``shop`` on ``redis`` (a Redis, or a Redis Cluster: its
+    ``redis+cluster://`` URL) as ``processes`` processes (default ``args.processes``;
+    with ``config``, its settings file: one process only); the server and its /metrics
+    URL (a list for several processes)."""
+    processes = args.processes if processes is None else processes
+    if config is not None and processes != 1:
         raise ValueError("a settings file needs one recsvc process (serve_variant.py)")
-    if args.processes == 1:
+    if processes == 1:
         metrics_port = _free_port()
         cmd = [recsvc_bin(), "-q", "serve", "--artifacts", str(shop.artifacts)]
         if config is not None:
@@ -1263,17 +1407,15 @@ def start_recsvc(
     else:
         # recsvc serve's CLI has no process count yet: recsvc.serving.server.run through
         # serve_variant.py, the same settings otherwise
-        metrics_port = free_port_run(args.processes)
+        metrics_port = free_port_run(processes)
         cmd = [sys.executable, str(HERE / "serve_variant.py")]
         cmd += ["--artifacts", str(shop.artifacts), "--redis-url", redis.url]
         cmd += ["--port", str(_free_port()), "--metrics-port", str(metrics_port)]
-        cmd += ["--processes", str(args.processes)]
-    server = start_server(
-        name, cmd, "recsvc serving on", logs / f"{name}.log", count=args.processes
-    )
-    if args.processes > 1:
+        cmd += ["--processes", str(processes)]
+    server = start_server(name, cmd, "recsvc serving on", logs / f"{name}.log", count=processes)
+    if processes > 1:
         server.serving_pids = spawned_children(server.pid)
-    urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(args.processes)]
+    urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(processes)]
     return server, urls[0] if len(urls) == 1 else urls
 
 
@@ -1387,6 +1529,173 @@ def start_live(
         flush=True,
     )
     return LiveRig(redis, server, metrics_url, setup, report)
+
+
+def check_scaleout(
+    artifact: ModelArtifact, cached_target: str, replicas: Sequence[Server]
+) -> dict[str, Any]:
+    """Every pool user's answer (k = 10) from each of ``replicas``, one call each,
+    beside their answer from ``cached``'s server at ``cached_target`` (the same model on
+    a standalone Redis): the share of users each replica answers with the very same
+    items. It also puts every pool user in each replica's LRU once."""
+    user_ids = [str(artifact.user_ids[u]) for u in pool_users(artifact)]
+    cached = _answers(cached_target, user_ids, 10)
+    n = max(1, len(user_ids))
+    per_replica = []
+    for replica in replicas:
+        answers = _answers(replica.target, user_ids, 10)
+        per_replica.append(
+            {
+                "target": replica.target,
+                "same_as_cached_share": sum(a == b for a, b in zip(answers, cached, strict=True))
+                / n,
+                "empty_answers": sum(not a for a in answers),
+            }
+        )
+    return {"users": len(user_ids), "replicas": per_replica}
+
+
+def cluster_nodes(cluster: PrivateCluster) -> list[dict[str, Any]]:
+    """Each node of ``cluster`` as created (primaries first): port, pid, its role now
+    (``ROLE``) and how many keys it holds (``DBSIZE``)."""
+    import redis
+
+    out = []
+    for i, node in enumerate(cluster.nodes):
+        client = redis.Redis(host=node.host, port=node.port, socket_timeout=5.0)
+        try:
+            role = client.execute_command("ROLE")[0]  # type: ignore[no-untyped-call]
+            keys = int(client.dbsize())
+        finally:
+            client.close()
+        out.append(
+            {
+                "name": f"redis{i}",
+                "port": node.port,
+                "pid": node.pid,
+                "role": "primary" if role in (b"master", "master") else "replica",
+                "keys": keys,
+            }
+        )
+    return out
+
+
+def start_scaleout(
+    shop: Shop, artifact: ModelArtifact, rig: Rig, args: argparse.Namespace, logs: Path
+) -> ScaleoutRig:
+    """The ``scaleout`` scenario: a private Redis Cluster (:data:`SCALEOUT_PRIMARIES`
+    primaries with :data:`SCALEOUT_NODE_REPLICAS` replica each), every trained user's
+    vector published into it, :data:`SCALEOUT_REPLICAS` ``recsvc serve`` of ``shop`` on
+    it (one process each, its own port and /metrics), joined as one target the client
+    balances with :data:`SCALEOUT_LB_POLICY`, and one more asked on its own
+    (``cached_cluster``); then each one's answers checked against ``cached``'s server
+    (:func:`check_scaleout`)."""
+    from recsvc.store.embedded import start_private_cluster
+
+    n = shop.config.n_items
+    timings = rig.setup_seconds
+    done = _timed(timings, "start_redis_cluster")
+    cluster = start_private_cluster(masters=SCALEOUT_PRIMARIES, replicas=SCALEOUT_NODE_REPLICAS)
+    done()
+    replicas: list[Server] = []
+    try:
+        done = _timed(timings, "publish_vectors_cluster")
+        published = publish_vectors(artifact, cluster.url)
+        done()
+        done = _timed(timings, "start_recsvc_scaleout")
+        urls = []
+        for i in range(SCALEOUT_REPLICAS):
+            server, metrics_url = start_recsvc(
+                f"recsvc-{n}-scaleout-{i}", shop, cluster, args, logs, processes=1
+            )
+            replicas.append(server)
+            urls.append(str(metrics_url))
+        single, single_url = start_recsvc(
+            f"recsvc-{n}-cluster", shop, cluster, args, logs, processes=1
+        )
+        replicas.append(single)  # (stopped with them if what follows fails)
+        done()
+        done = _timed(timings, "check_scaleout")
+        check = check_scaleout(artifact, rig.server.target, replicas)
+        done()
+        nodes = cluster_nodes(cluster)
+    except BaseException:
+        for server in replicas:
+            server.stop()
+        cluster.stop()
+        raise
+    replicas.pop()
+    first = replicas[0]
+    balanced = Server(
+        f"recsvc-{n}-scaleout",
+        first.process,
+        "ipv4:" + ",".join(r.target for r in replicas),
+        first.command,
+        first.log,
+        others=replicas[1:],
+        lb_policy=SCALEOUT_LB_POLICY,
+    )
+    check["single"] = check["replicas"].pop()
+    report = {
+        "replicas": SCALEOUT_REPLICAS,
+        "primaries": SCALEOUT_PRIMARIES,
+        "replicas_per_primary": SCALEOUT_NODE_REPLICAS,
+        "lb_policy": SCALEOUT_LB_POLICY,
+        "target": balanced.target,
+        "cluster_url": cluster.url,
+        "nodes": nodes,
+        "vectors_published": published,
+        "publish_seconds": {
+            "standalone": timings.get("publish_vectors"),
+            "cluster": timings.get("publish_vectors_cluster"),
+        },
+        "check": check,
+        "server_commands": [shlex.join(r.command) for r in replicas],
+        "single_command": shlex.join(single.command),
+    }
+    same = ", ".join(
+        f"{r['same_as_cached_share']:.1%}" for r in [*check["replicas"], check["single"]]
+    )
+    print(
+        f"[{n:,} items] scaleout: {SCALEOUT_REPLICAS} replicas (+ 1 alone) on a Redis "
+        f"Cluster of {len(nodes)} nodes ({published:,} vectors published); answers the same "
+        f"as cached's: {same}",
+        flush=True,
+    )
+    return ScaleoutRig(cluster, replicas, balanced, urls, single, str(single_url), report)
+
+
+def idle_cores(rig: Rig, gen: LoadGen, seconds: float) -> dict[str, Any]:
+    """Cores each process of the scale-out setups (:data:`SCALEOUT_SETUPS`) used over
+    ``seconds`` with no request sent (their background work: a replica's followers and
+    metrics, Redis' own cron and the cluster bus), by part and in all, beside the load
+    generator's and the whole machine's: what a part costs whatever the request rate."""
+    from loadgen import cpu_seconds, machine_busy_seconds
+
+    assert rig.scaleout is not None
+    setups = {
+        "cached": {"server": rig.server.pid, "redis": rig.redis.pid},
+        "scaleout": {**rig.scaleout.server.pids(), **rig.scaleout.redis_pids()},
+        "cached_cluster": {"server": rig.scaleout.single.pid},
+    }
+    pids = {f"{setup}/{k}": pid for setup, group in setups.items() for k, pid in group.items()}
+    pids["loadgen"] = gen.process.pid
+    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    machine_before, t = machine_busy_seconds(), time.perf_counter()
+    time.sleep(seconds)
+    used = {k: cpu_seconds(pid) - before[k] for k, pid in pids.items()}
+    span = time.perf_counter() - t
+    out: dict[str, Any] = {"seconds": span}
+    for setup, group in setups.items():
+        cores = {k: used[f"{setup}/{k}"] / span for k in group}
+        for part in PARTS:
+            several = [v for k, v in cores.items() if _one_of(k, part)]
+            if several:
+                cores[part] = sum(several)
+        out[setup] = cores
+    out["loadgen"] = used["loadgen"] / span
+    out["machine"] = (machine_busy_seconds() - machine_before) / span
+    return out
 
 
 def pool_name(catalogue: int, scenario: str, side: str) -> str:
@@ -1554,6 +1863,7 @@ def run_once(
     command: dict[str, Any] = {
         "op": "run",
         "target": server.target,
+        "lb_policy": server.lb_policy,
         # the interceptor-only no-op reads the floor's pool (no state: cursors do not matter)
         "pool": pool_name(point.catalogue, point.scenario, "floor" if side != "service" else side),
         "mode": point.mode,
@@ -1572,8 +1882,10 @@ def run_once(
     raw = gen.ask(command)
     n = max(1, raw["completed"])
     cpu = dict(raw["cpu_seconds"])
-    if "server" not in cpu:  # several serving processes: their sum is the server's
-        cpu["server"] = sum(v for k, v in cpu.items() if k.startswith("server"))
+    for part in PARTS:
+        several = [v for k, v in cpu.items() if _one_of(k, part)]
+        if part not in cpu and several:  # several processes: their sum is the part's
+            cpu[part] = sum(several)
     raw["cpu_seconds"] = cpu
     run: dict[str, Any] = {
         "side": side,
@@ -1591,11 +1903,11 @@ def run_once(
         "requests_handed_out": raw["requests_handed_out"],
         "pool_size": raw["pool_size"],
     }
-    # (per-process "server0", "server1", ... are already in "server")
+    # (per-process "server0", "redis0", ... are already in "server", "redis")
     ours = sum(
         v
         for k, v in raw["cpu_seconds"].items()
-        if k != "machine" and not (k.startswith("server") and k != "server")
+        if k != "machine" and not any(_one_of(k, part) for part in PARTS)
     )
     # cores busy with work that is not this benchmark's (the machine is shared)
     run["other_load_cores"] = (
@@ -1604,9 +1916,28 @@ def run_once(
     for key in ("intended_latency_ms", "send_lag_ms", "offered_rate", "dropped"):
         if key in raw:
             run[key] = raw[key]
-    if raw.get("metrics_before") and raw.get("metrics_after"):
-        run["server"] = server_view(metric_diff(raw["metrics_before"], raw["metrics_after"]))
+    before, after = raw.get("metrics_before"), raw.get("metrics_after")
+    if before and after:
+        run["server"] = server_view(metric_diff(before, after))
+        if isinstance(before, list) and len(before) > 1:
+            # Recommends each serving process handled (how a balancer spread them)
+            run["server"]["handled_by_process"] = {
+                f"server{i}": (histogram(metric_diff(b, a), HANDLING, grpc_method="Recommend")
+                               or [(0.0, 0.0)])[-1][1]
+                for i, (b, a) in enumerate(zip(before, after, strict=True))
+            }  # fmt: skip
     return run
+
+
+PARTS = ("server", "redis")
+"""Parts of a setup that may run as several processes (``server0``, ``redis0``, ...
+in the load generator's ``pids``), each summed into the part's own figure."""
+
+
+def _one_of(key: str, part: str) -> bool:
+    """Whether ``key`` names one of several processes of ``part`` (``server1``,
+    ``redis4``), not the part itself."""
+    return key.startswith(part) and key[len(part) :].isdigit()
 
 
 def _brief(run: dict[str, Any]) -> str:
@@ -2823,6 +3154,335 @@ def _method_markdown() -> list[str]:
     return text.splitlines()
 
 
+SCALEOUT_SETUPS = (
+    ("cached", "(a) 1 replica, standalone Redis"),
+    ("cached_cluster", "(b) 1 replica, Redis Cluster (3+3)"),
+    ("scaleout", "(c) 3 replicas, Redis Cluster (3+3), round robin"),
+)
+"""The setups of the scale-out comparison: scenario, how the report names it."""
+SCALEOUT_RATIOS = (
+    ("cached_cluster", "cached", "(b) ÷ (a): the cluster's path"),
+    ("scaleout", "cached_cluster", "(c) ÷ (b): spread over 3 replicas"),
+    ("scaleout", "cached", "(c) ÷ (a): in all"),
+)
+"""The ratios the report gives: numerator, denominator, what the ratio tells."""
+CPU_PARTS = (("server", "recsvc serve"), ("redis", "Redis"), ("client", "load generator"))
+"""The parts whose CPU per request the scale-out tables give: key, name."""
+ScaleoutSet = dict[str, dict[str, Any]]
+"""The entries of the scale-out setups measured together, by scenario."""
+
+
+def _load(entry: dict[str, Any]) -> str:
+    """``c=32`` (closed loop) or ``1,150/s`` (open loop, offered)."""
+    if entry["mode"] == "closed":
+        return f"c={int(entry['level'])}"
+    return f"{entry['level']:,.0f}/s"
+
+
+def _us(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:,.0f}"
+
+
+def _times(a: Any, b: Any) -> str:
+    """``a ÷ b`` as ``1.23×``, or ``-``."""
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return "-"
+    return f"{a / b:.2f}×"
+
+
+def _share(entry: dict[str, Any]) -> str:
+    """:func:`_hit_share` as a percentage, or ``-``."""
+    share = _hit_share(entry)
+    return "-" if share is None else f"{share:.0%}"
+
+
+def _hit_share(entry: dict[str, Any]) -> float | None:
+    """The median over ``entry``'s runs of the share of Recommends whose state read the
+    client-side cache answered (the server's counters, summed over its processes)."""
+    shares = []
+    for run in entry["service_runs"]:
+        hits = get(run, "server/lookups/state_cache_hit") or 0.0
+        misses = get(run, "server/lookups/state_cache_miss") or 0.0
+        if hits + misses:
+            shares.append(hits / (hits + misses))
+    return median(shares) if shares else None
+
+
+def _cpu_total(figures: dict[str, Any]) -> float | None:
+    """CPU µs per request of the parts of :data:`CPU_PARTS`, summed (None if one is
+    missing)."""
+    values = [get(figures, f"cpu_us_per_request/{key}") for key, _ in CPU_PARTS]
+    if not all(isinstance(v, int | float) for v in values):
+        return None
+    return float(sum(values))
+
+
+def _errors(entry: dict[str, Any]) -> int:
+    """Calls that failed in ``entry``'s measured windows, all runs."""
+    return int(sum(sum(r["errors"].values()) for r in entry["service_runs"]))
+
+
+def scaleout_sets(points: list[dict[str, Any]]) -> list[ScaleoutSet]:
+    """The entries of every setup of :data:`SCALEOUT_SETUPS` measured together (same
+    catalogue and load), in the order measured; a load that lacks one is left out."""
+    sets = []
+    for e in points:
+        if e["scenario"] == "scaleout":
+            found = {scenario: same_load(points, e, scenario) for scenario, _ in SCALEOUT_SETUPS}
+            if all(found.values()):
+                sets.append({k: v for k, v in found.items() if v is not None})
+    return sets
+
+
+def scaleout_markdown(report: dict[str, Any]) -> list[str]:
+    """The scale-out section: 3 replicas on a Redis Cluster behind the client's round
+    robin, 1 replica on the same cluster and 1 on a standalone Redis, measured together;
+    throughput, latency and the CPU per request of each part, then what the machine can
+    and cannot show."""
+    sets = scaleout_sets(report["points"])
+    if not sets:
+        return []
+    cfg = report["config"]
+    lines = [
+        "## Scale-out: 3 replicas on a Redis Cluster vs 1 replica on a standalone Redis",
+        "",
+        "The same requests (`cached`: 2,000 trained users whose vectors are published, "
+        "k=10, each server's LRU and client-side state cache warmed) against (a) one "
+        "`recsvc serve` on one private `redis-server`; (b) one `recsvc serve` on one private "
+        "Redis Cluster of 3 primaries and 3 replicas (`--redis-url redis+cluster://...`; "
+        "the user vectors published into it too); (c) three more `recsvc serve` of the "
+        "same artifact root on that cluster, the load generator sending to all three "
+        "through one gRPC channel with the `round_robin` policy (target "
+        "`ipv4:127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`). (b) splits (a) → (c) in two: "
+        "what the cluster's path costs one replica, and what spreading the calls over "
+        "three replicas does. All three at the same loads, in the same run: per repeat "
+        "one run of each, back to back, then the floor, the order reversed every other "
+        f"repeat; medians of {cfg['repeats']} runs of {cfg['warmup']:g} s warm-up + "
+        f"{cfg['duration']:g} s measured. Open-loop rates (`/s`) are the same seeded "
+        "Poisson schedule for all three, set from (a)'s closed-loop throughput at c=32. "
+        "(Their floor, in the tables further down, is (a)'s runs of the single no-op.)",
+        "",
+        "**CPU per request** of a part is its processes' CPU time (user + system, "
+        "`/proc/<pid>/stat`) over the measured window ÷ the requests completed in it: "
+        "`recsvc serve` is every replica's summed, Redis every node's summed (primaries and "
+        "replicas), the load generator its own process. 'Cores busy' is the whole "
+        "machine's busy time ÷ the window (`/proc/stat`): everything on it, this "
+        "benchmark's processes and any other work. 'State-cache hits' is the share of "
+        "Recommends whose state read the server's client-side cache answered without Redis "
+        "(its counters, median over the runs).",
+        "",
+    ]
+    for n, out in report.get("scaleout", {}).items():
+        nodes = out["nodes"]
+        primaries = [x for x in nodes if x["role"] == "primary"]
+        check = out["check"]
+        same = ", ".join(f"{r['same_as_cached_share']:.1%}" for r in check["replicas"])
+        single = check.get("single", {}).get("same_as_cached_share")
+        publish = out.get("publish_seconds", {})
+        lines += [
+            f"Setup on {int(n):,} items: {out['vectors_published']:,} user vectors published "
+            f"into the cluster in {_ms(publish.get('cluster'))} s (cluster pipeline; "
+            f"{_ms(publish.get('standalone'))} s into the standalone Redis); keys per "
+            "primary "
+            + ", ".join(f"{x['keys']:,}" for x in primaries)
+            + " (each replica node holds its primary's). Asked before measuring (gRPC, "
+            f"k=10, every one of the {check['users']:,} pool users, one call each): the "
+            f"three replicas of (c) answered {same} of them, (b) "
+            + ("-" if single is None else f"{single:.1%}")
+            + ", with the very items (a) answers.",
+            "",
+        ]
+    lines += [
+        "| items | load | setup | QPS | client p50 ms | client p99 ms | client p99.9 ms | "
+        "server p50 / p99 ms | CPU µs/req: "
+        + " | ".join(name for _, name in CPU_PARTS)
+        + " | CPU µs/req, all three | cores busy (machine) | state-cache hits | errors |",
+        "|---:|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(CPU_PARTS) + "---:|" * 4,
+    ]
+    for found in sets:
+        for scenario, label in SCALEOUT_SETUPS:
+            e = found[scenario]
+            m = e["median"]["service"]
+            lines.append(
+                f"| {e['model_items']:,} | {_load(e)} | {label} | {m['qps']:,.0f} | "
+                f"{_ms(get(m, 'latency_ms/p50'))} | {_ms(get(m, 'latency_ms/p99'))} | "
+                f"{_ms(get(m, 'latency_ms/p999'))} | "
+                f"{_ms(get(m, 'server/handling_p50_ms'))} / "
+                f"{_ms(get(m, 'server/handling_p99_ms'))} | "
+                + " | ".join(_us(get(m, f"cpu_us_per_request/{key}")) for key, _ in CPU_PARTS)
+                + f" | {_us(_cpu_total(m))} | {_ms(get(m, 'cpu_utilisation/machine'))} | "
+                f"{_share(e)} | {_errors(e)} |"
+            )
+    lines += [
+        "",
+        "Ratios of those medians:",
+        "",
+        "| items | load | ratio | QPS | client p50 | client p99 | server p50 | server p99 | "
+        "CPU/req: " + " | ".join(name for _, name in CPU_PARTS) + " | CPU/req, all three |",
+        "|---:|---|---|---:|---:|---:|---:|---:|" + "---:|" * (len(CPU_PARTS) + 1),
+    ]
+    paths = (
+        "qps",
+        "latency_ms/p50",
+        "latency_ms/p99",
+        "server/handling_p50_ms",
+        "server/handling_p99_ms",
+        *(f"cpu_us_per_request/{key}" for key, _ in CPU_PARTS),
+    )
+    for found in sets:
+        e = found["scaleout"]
+        for top, bottom, label in SCALEOUT_RATIOS:
+            a, b = found[top]["median"]["service"], found[bottom]["median"]["service"]
+            lines.append(
+                f"| {e['model_items']:,} | {_load(e)} | {label} | "
+                + " | ".join(_times(get(a, path), get(b, path)) for path in paths)
+                + f" | {_times(_cpu_total(a), _cpu_total(b))} |"
+            )
+    lines += [
+        "",
+        "Each process of (c) (medians; CPU µs of that process ÷ every request completed, "
+        "so each part's processes add up to its figure above; the Recommends each replica "
+        "handled, from its own /metrics):",
+        "",
+    ]
+    nodes_by_n = {int(k): v["nodes"] for k, v in report.get("scaleout", {}).items()}
+    for n in sorted({f["scaleout"]["catalogue"] for f in sets}):
+        nodes = nodes_by_n.get(n, [])
+        names = [f"{x['name']} ({x['role']})" for x in nodes]
+        lines += [
+            "| items | load | "
+            + " | ".join(f"server{i} µs/req (handled share)" for i in range(SCALEOUT_REPLICAS))
+            + " | "
+            + " | ".join(f"{name} µs/req" for name in names)
+            + " |",
+            "|---:|---|" + "---:|" * (SCALEOUT_REPLICAS + len(nodes)),
+        ]
+        for e in [f["scaleout"] for f in sets if f["scaleout"]["catalogue"] == n]:
+            m = e["median"]["service"]
+            handled = get(m, "server/handled_by_process") or {}
+            total = sum(handled.values()) or 1.0
+            cells = [
+                f"{_us(get(m, f'cpu_us_per_request/server{i}'))} "
+                f"({handled.get(f'server{i}', 0.0) / total:.1%})"
+                for i in range(SCALEOUT_REPLICAS)
+            ]
+            cells += [_us(get(m, f"cpu_us_per_request/{x['name']}")) for x in nodes]
+            lines.append(f"| {e['model_items']:,} | {_load(e)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    runs = report.get("scaleout", {})
+    idle = runs[max(runs, key=int)].get("idle") if runs else None
+    lines += scaleout_limits(sets, report["machine"]["nproc"], idle)
+    return lines
+
+
+def scaleout_limits(
+    sets: list[ScaleoutSet], nproc: int, idle: dict[str, Any] | None = None
+) -> list[str]:
+    """What a machine of ``nproc`` cores can and cannot show of the scale-out, with the
+    run's own figures (``idle``: :func:`idle_cores` of the largest catalogue)."""
+    closed = [f for f in sets if f["cached"]["mode"] == "closed"]
+    if not closed:
+        return []
+    top = max(closed, key=lambda f: f["cached"]["level"])
+    low = min(closed, key=lambda f: f["cached"]["level"])
+    c_top, c_low = int(top["cached"]["level"]), int(low["cached"]["level"])
+    a, b, c = top["cached"], top["cached_cluster"], top["scaleout"]
+    la, lb, lc = low["cached"], low["cached_cluster"], low["scaleout"]
+
+    def cores(e: dict[str, Any], key: str) -> float:
+        value = get(e["median"]["service"], f"cpu_utilisation/{key}")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    def cpu(e: dict[str, Any], key: str) -> str:
+        return _us(get(e["median"]["service"], f"cpu_us_per_request/{key}"))
+
+    def ms(e: dict[str, Any], path: str) -> str:
+        return _ms(get(e["median"]["service"], path))
+
+    def qps(x: dict[str, Any], y: dict[str, Any]) -> str:
+        return _times(x["median"]["service"]["qps"], y["median"]["service"]["qps"])
+
+    busy_a, busy_c = cores(a, "machine"), cores(c, "machine")
+    full = busy_c >= 0.85 * nproc
+    errors = {s: sum(_errors(f[s]) for f in sets) for s, _ in SCALEOUT_SETUPS}
+    lines = [
+        f"### What {nproc} cores can and cannot show",
+        "",
+        f"Every process runs on this machine's {nproc} cores: in (c)'s runs three `recsvc "
+        "serve`, the six `redis-server` nodes of the cluster and the load generator (the "
+        "other setups' servers, the standalone Redis and the no-op floor idle beside "
+        "them); in (a)'s, one `recsvc serve`, one Redis and the load generator. One "
+        "`recsvc serve` is one Python process whose event loop runs on one core at a "
+        f"time: at c={c_top} (a) used {cores(a, 'server'):.2f} cores for it, "
+        f"{cores(a, 'client'):.2f} for the load generator and {cores(a, 'redis'):.2f} for "
+        f"Redis (the machine, everything on it, {busy_a:.2f} of {nproc}). Three replicas "
+        "can also use what that leaves of the other core: at c="
+        f"{c_top} (c)'s used {cores(c, 'server'):.2f} cores in all and answered "
+        f"{qps(c, a)} (a)'s requests per second, the machine busy {busy_c:.2f} of {nproc}"
+        + (": nothing is left to take, so that is as far as replicas go here. " if full else ". ")
+        + "So throughput cannot scale with replicas on this machine: (c)'s throughput is "
+        "one process's core plus what the client and Redis leave of the second, not three "
+        "replicas' worth, and its closed-loop latency (p99 above all) is that of ten "
+        "processes taking turns on the cores. How throughput grows with replicas, and the "
+        "latency of a fleet under a load one replica cannot carry, need a core for each "
+        "replica and each Redis primary besides the client's; so does a failover under "
+        "load (`docs/reliability.md` has the one measured so far, without a throughput "
+        "figure).",
+        "",
+        "What can be read here: the CPU per request of each part, which times the request "
+        "rate is what a deployment must give each part: every `recsvc serve` summed "
+        f"({cpu(c, 'server')} µs with three replicas, {cpu(b, 'server')} with one on the "
+        f"cluster, {cpu(a, 'server')} with one on a standalone Redis, at c={c_top}), every "
+        f"Redis node summed ({cpu(c, 'redis')}, {cpu(b, 'redis')} and {cpu(a, 'redis')} µs; "
+        "the replica nodes, with nothing written, only their own background: see the last "
+        "table), the "
+        f"load generator ({cpu(c, 'client')}, {cpu(b, 'client')} and {cpu(a, 'client')} µs). "
+        "That the client's round robin spreads the calls evenly (the handled shares). "
+        "That nothing is lost: every replica answers the pool users with (a)'s items "
+        f"(checked before measuring), and {errors['scaleout']} calls failed in (c)'s runs, "
+        f"{errors['cached_cluster']} in (b)'s, {errors['cached']} in (a)'s. And where a "
+        "request's cost goes, in the ratios: (b) ÷ (a) is the cluster's path for one "
+        f"replica — at c={c_low}, where no call waits for another, client p50 "
+        f"{ms(lb, 'latency_ms/p50')} against {ms(la, 'latency_ms/p50')} ms, server p50 "
+        f"{ms(lb, 'server/handling_p50_ms')} against {ms(la, 'server/handling_p50_ms')} ms, "
+        f"`recsvc serve` {cpu(lb, 'server')} against {cpu(la, 'server')} µs of CPU per "
+        f"request (state-cache hits {_share(lb)} and {_share(la)}); a user's keys share one "
+        "hash slot, so a cached Recommend's state read is still one round trip, to the "
+        "primary of that slot. (c) ÷ (b) is the spreading: each replica at a third of the "
+        "load (less work to share each wake-up with), ten processes on the cores, and a "
+        "user's calls dealt to three client-side caches — a kept value answers for 30 s at "
+        "most after it was read from Redis (`state_cache_seconds`), and with the pool of "
+        "2,000 users asked in order and the calls dealt in turn, a user comes back to the "
+        "same replica only every third pass (6,000 calls) instead of every pass, so each "
+        "replica's cache holds a recently read user a third as often as a single server's "
+        f"(state-cache hits at c={c_low}: {_share(lc)} for (c), {_share(lb)} for (b); the "
+        "share also depends on how long since that server last read the user, so on the "
+        "order of the runs). Without affinity of users to replicas, that is part of what "
+        "replicas cost.",
+        "",
+    ]
+    if idle:
+        one, three = idle["cached"], idle["scaleout"]
+        alone = idle.get("cached_cluster", {})
+        lines += [
+            f"At rest ({idle['seconds']:.0f} s before measuring, no request sent): "
+            f"(a)'s `recsvc serve` used {one.get('server', 0.0):.3f} cores and its Redis "
+            f"{one.get('redis', 0.0):.3f}; (b)'s `recsvc serve` "
+            f"{alone.get('server', 0.0):.3f}; (c)'s three {three.get('server', 0.0):.3f} in "
+            f"all, and the six cluster nodes {three.get('redis', 0.0):.3f} (the machine "
+            f"{idle['machine']:.2f}, everything on it). That background work is in the CPU "
+            "per request of every run and weighs most at low rates: it grows with the "
+            "number of processes, not with requests.",
+            "",
+        ]
+    lines += [
+        "Every figure is of one shared machine, the setups measured in the same repeats: "
+        "only the ratios within this run mean anything.",
+        "",
+    ]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     shops = report["shops"]
@@ -2966,6 +3626,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{split}; {check['assigned_as_hashed_share']:.0%} of the users got the variant "
             "the experiment's hash assigns them."
         )
+    lines += ["", *scaleout_markdown(report)]
     lines += [
         "",
         "## Targets",
@@ -3075,7 +3736,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("profile"):
         lines += ["## Profile", "", "See [`profile.md`](profile.md) and `profile.svg`.", ""]
-    for scenario in COMPARED:
+    for scenario in PROFILED:
         if report.get(f"profile_{scenario}"):
             lines += [
                 f"## Profile of the {scenario} scenario",
@@ -3222,8 +3883,18 @@ def measure(
     """``args.repeats`` runs of each side of every point of ``group`` (points at the
     same load, measured together), in ABBA order (reversed every other repeat); for a
     group, each side's runs of the points are adjacent (recsvc cached, recsvc live,
-    floor, floor, ...). One entry per point."""
-    sides = {p: ["service", "floor"] + (["interceptors"] if p.interceptors else []) for p in group}
+    floor, floor, ...). The scale-out setups (:data:`SCALEOUT_SCENARIOS`) have no floor
+    runs of their own: theirs are ``cached``'s (``floor_runs_of``). One entry per point."""
+    cached = next((p for p in group if p.scenario == "cached"), None)
+
+    def own_floor(p: Point) -> bool:  # the scale-out setups read cached's floor runs
+        return cached is None or p.scenario not in SCALEOUT_SCENARIOS
+
+    sides = {
+        p: ["service"] + (["floor"] if own_floor(p) else [])
+        + (["interceptors"] if p.interceptors else [])
+        for p in group
+    }  # fmt: skip
     order = [(p, side) for side in ("service", "floor", "interceptors") for p in group
              if side in sides[p]]  # fmt: skip
     runs: dict[Point, dict[str, list[dict[str, Any]]]] = {
@@ -3254,8 +3925,11 @@ def measure(
             "mode": point.mode,
             "level": rate if point.mode == "open" else point.level,
             "rate_fraction": point.rate_fraction or None,
-            "median": summarise(runs[point]),
+            "median": summarise(
+                runs[point] if own_floor(point) else {**runs[point], "floor": runs[cached]["floor"]}
+            ),
             **{f"{side}_runs": side_runs for side, side_runs in runs[point].items()},
+            **({} if own_floor(point) else {"floor_runs_of": "cached"}),
         }
         for point in group
     ]
@@ -3354,10 +4028,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         nargs="+",
-        choices=list(SCENARIOS),
-        help="measure only these scenarios (default: every one but live, rotation and "
-        "experiment); cached, live, rotation and experiment at the same load are measured "
-        "together, alternating",
+        choices=[s for s in SCENARIOS if s != "cached_cluster"],
+        help="measure only these scenarios (default: every one but live, rotation, "
+        "experiment and scaleout); cached, live, rotation, experiment and scaleout at the "
+        "same load are measured together, alternating (scaleout needs cached, and brings "
+        "cached_cluster: one replica on its cluster)",
     )
     p.add_argument(
         "--sync-repeats",
@@ -3406,6 +4081,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             p.error(
                 f"the {scenario} scenario needs --processes 1 (its server takes a settings file)"
             )
+    if "scaleout" in (args.scenarios or []):
+        if "cached" not in args.scenarios:
+            p.error("the scaleout scenario is read against cached: --scenarios cached scaleout")
+        if args.processes > 1:
+            p.error("the scaleout scenario needs --processes 1 (each replica is one process)")
     if args.channels is None:
         args.channels = 1 if args.processes == 1 else 4
     return args
@@ -3453,9 +4133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "live": {},
         "rotation": {},
         "experiment": {},
+        "scaleout": {},
         "sync": {},
         "points": [],
     }
+    if any(p.scenario == "scaleout" for p in points):
+        report["config"]["scaleout"] = {
+            "replicas": SCALEOUT_REPLICAS,
+            "cluster_primaries": SCALEOUT_PRIMARIES,
+            "cluster_replicas_per_primary": SCALEOUT_NODE_REPLICAS,
+            "lb_policy": SCALEOUT_LB_POLICY,
+            "warm_seconds_per_replica": SCALEOUT_WARM_SECONDS,
+        }
     shops = {n: ensure_shop(n, args.workdir) for n in sorted(set(args.catalogues))}
     for n, shop in shops.items():
         report["shops"][str(n)] = shop.to_json()
@@ -3502,17 +4191,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["servers"][f"recsvc-{n}-live"] = shlex.join(rig.live.server.command)
                 report["live"][str(n)] = rig.live.report
                 warm.append(("service", rig.live.server, "live"))
+            if rig.scaleout is not None:
+                out = rig.scaleout
+                owned.append(out)
+                report["servers"][f"recsvc-{n}-scaleout"] = out.report["server_commands"]
+                report["servers"][f"recsvc-{n}-cluster"] = out.report["single_command"]
+                report["scaleout"][str(n)] = out.report
+                # each replica on its own (every pool user in each one's LRU and state
+                # cache), then all of them through the balanced channel the runs use
+                warm += [("service", r, "scaleout") for r in out.replicas]
+                warm.append(("service", out.server, "scaleout"))
+                warm.append(("service", out.single, "cached_cluster"))
             # warm the LRU with every cached user, and both servers' code paths
             warm += [("floor", f, "cached") for f in floors.values()]
             for side, server, scenario in warm:
                 gen.ask(
                     {
-                        "op": "run", "target": server.target,
+                        "op": "run", "target": server.target, "lb_policy": server.lb_policy,
                         "pool": pool_name(n, scenario, side), "mode": "closed",
-                        "concurrency": 16, "warmup": 0.0, "duration": 2.0,
+                        "concurrency": 16, "warmup": 0.0,
+                        "duration": SCALEOUT_WARM_SECONDS
+                        if scenario in SCALEOUT_SCENARIOS
+                        else 2.0,
                         "channels": args.channels,
                     }
                 )  # fmt: skip
+            if rig.scaleout is not None:
+                print(f"[{n:,} items] the scale-out setups at rest ...", flush=True)
+                rig.scaleout.report["idle"] = idle_cores(rig, gen, SCALEOUT_IDLE_SECONDS)
             for group in groups(mine):
                 point = group[0]
                 rate = None
@@ -3546,16 +4252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["sync"][str(n)] = measure_syncs(gen, rig, args)
                 write_outputs(report, args)
             if args.profile_seconds > 0 and n == max(args.catalogues):
-                for scenario in [
-                    s for s in ("cached", *COMPARED) if any(p.scenario == s for p in mine)
-                ]:
+                for scenario in [s for s in PROFILED if any(p.scenario == s for p in mine)]:
                     print(
                         f"[{n:,} items] profiling recsvc ({scenario}) for 2 x "
                         f"{args.profile_seconds:g}s ..."
                     )
                     key = "profile" if scenario == "cached" else f"profile_{scenario}"
                     report[key] = profile(gen, rig, args, args.out, scenario)
-            stopping: list[Server | PrivateRedis] = [rig.server, rig.redis]
+            stopping: list[Server | PrivateRedis | ScaleoutRig] = [rig.server, rig.redis]
+            if rig.scaleout is not None:
+                stopping.insert(0, rig.scaleout)
             if rig.rotation is not None:
                 stopping.insert(0, rig.rotation.server)
             if rig.experiment is not None:

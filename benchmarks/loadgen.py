@@ -6,6 +6,9 @@ Usage::
     .venv/bin/python benchmarks/loadgen.py run --target 127.0.0.1:50051 --concurrency 32 \\
         --duration 5 [--warmup 1] [--user-id u00042 | --session-items i1,i2,... ] [--k 10]
     .venv/bin/python benchmarks/loadgen.py run --target ... --rate 500 --duration 5
+    # several servers, each call to the next (gRPC's client-side round robin)
+    .venv/bin/python benchmarks/loadgen.py run --target ipv4:127.0.0.1:P1,127.0.0.1:P2 \\
+        --lb-policy round_robin --concurrency 32 --duration 5
     # driven by bench_serving.py: JSON lines on stdin, one JSON result line per command
     .venv/bin/python benchmarks/loadgen.py serve
 
@@ -20,13 +23,17 @@ Commands in ``serve`` mode (one JSON object per line)::
 
 Optional in ``run``: ``"channels": N`` spreads the calls round robin over N channels,
 each its own TCP connection (a server of several SO_REUSEPORT processes gets the
-connections spread by the kernel; one connection stays with one process), and
-``metrics_url`` may be a list (one endpoint per server process: the texts come back
-as lists), ``"at": T`` starts the window at ``T`` on ``time.monotonic()``'s clock
-(instead of after ``warmup``; everything before it is warm-up) and ``"timeline": true``
-returns when each call completed (and how long it took) or failed (``timeline``), so
-another process can line its own work up with the window (:mod:`bench_publish`, the
-catalogue sync of :mod:`bench_serving`).
+connections spread by the kernel; one connection stays with one process),
+``"lb_policy": "round_robin"`` with a target naming several addresses
+(``ipv4:127.0.0.1:P1,127.0.0.1:P2,...``) makes each channel connect to every one and
+send each call to the next (gRPC's client-side load balancing, the channel option
+``grpc.lb_policy_name``; the default policy, ``pick_first``, would use the first
+address only), and ``metrics_url`` may be a list (one endpoint per server process:
+the texts come back as lists), ``"at": T`` starts the window at ``T`` on
+``time.monotonic()``'s clock (instead of after ``warmup``; everything before it is
+warm-up) and ``"timeline": true`` returns when each call completed (and how long it
+took) or failed (``timeline``), so another process can line its own work up with the
+window (:mod:`bench_publish`, the catalogue sync of :mod:`bench_serving`).
 
 How it measures:
 
@@ -283,16 +290,21 @@ class LoadGenerator:
         self.calls: dict[str, Call] = {}
         self.pools: dict[str, Pool] = {}
 
-    def call_for(self, target: str, channels: int = 1) -> Call:
+    def call_for(self, target: str, channels: int = 1, lb_policy: str | None = None) -> Call:
         """A call on ``target`` spread round robin over ``channels`` connections (each
         its own TCP connection, so a server of several SO_REUSEPORT processes gets
-        them spread by the kernel)."""
-        key = f"{target}#{channels}"
+        them spread by the kernel); with ``lb_policy`` (``round_robin``), each channel
+        spreads its calls over the addresses ``target`` names by that gRPC policy."""
+        key = f"{target}#{channels}#{lb_policy or ''}"
         if key not in self.calls:
             calls = []
             for i in range(channels):
                 # a local subchannel pool per channel: its own connection, not a shared one
-                options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+                options: list[tuple[str, Any]] = (
+                    [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+                )
+                if lb_policy:
+                    options.append(("grpc.lb_policy_name", lb_policy))
                 channel = grpc.aio.insecure_channel(target, options=options)
                 self.channels[f"{key}/{i}"] = channel
                 # no (de)serializers: requests go out as the bytes in the pool,
@@ -316,7 +328,9 @@ class LoadGenerator:
         return {"pool": name, "size": len(requests)}
 
     async def run(self, spec: dict[str, Any]) -> dict[str, Any]:
-        call = self.call_for(spec["target"], int(spec.get("channels", 1)))
+        call = self.call_for(
+            spec["target"], int(spec.get("channels", 1)), spec.get("lb_policy") or None
+        )
         pool = self.pools[spec["pool"]]
         timeout = float(spec.get("timeout", 10.0))
         pids: dict[str, int] = {k: int(v) for k, v in (spec.get("pids") or {}).items()}
@@ -455,6 +469,7 @@ async def run_once(args: argparse.Namespace) -> int:
             "warmup": args.warmup,
             "duration": args.duration,
             "metrics_url": args.metrics_url,
+            "lb_policy": args.lb_policy,
         }
         result = await gen.run(spec)
     finally:
@@ -470,7 +485,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="mode", required=True)
     sub.add_parser("serve", help="JSON-lines commands on stdin (used by bench_serving.py)")
     r = sub.add_parser("run", help="one run against --target, result as JSON")
-    r.add_argument("--target", required=True, help="HOST:PORT")
+    r.add_argument("--target", required=True, help="HOST:PORT, or ipv4:HOST:PORT,HOST:PORT,...")
+    r.add_argument(
+        "--lb-policy",
+        choices=["round_robin", "pick_first"],
+        help="gRPC load-balancing policy over the addresses of --target (default pick_first)",
+    )
     r.add_argument("--concurrency", type=int, default=32, help="closed loop: calls in flight")
     r.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
     r.add_argument("--duration", type=float, default=5.0, help="measured seconds")
