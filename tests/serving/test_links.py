@@ -38,7 +38,11 @@ MAX_IDS = 4
 @pytest.fixture()
 def servers(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[list[ServerThread]]:
     with replicas(
-        tmp_path, redis_url, redis_prefix, token=TOKEN, server={"link_max_ids": MAX_IDS}
+        tmp_path,
+        redis_url,
+        redis_prefix,
+        token=TOKEN,
+        server={"link_max_ids": MAX_IDS, "reload_poll_seconds": 0.5},
     ) as running:
         yield running
 
