@@ -96,14 +96,7 @@ def redis_url() -> Iterator[str]:
     """URL of the Redis for this test session: ``$REDIS_URL``, else a private server."""
     url = os.environ.get("REDIS_URL")
     if url:
-        client = client_from_url(url, socket_timeout=_TEST_SOCKET_TIMEOUT)
-        try:
-            client.ping()
-        except redis.RedisError as exc:
-            _unavailable(f"REDIS_URL is set but Redis does not answer: {exc}")
-        finally:
-            client.close()
-        yield url
+        yield _answering(url, "REDIS_URL")
         return
     try:
         server = start_private_redis()
@@ -135,14 +128,19 @@ def redis_cluster_url(private_cluster: PrivateCluster | None) -> str:
     one (3 primaries, 3 replicas)."""
     if private_cluster is not None:
         return private_cluster.url
-    url = os.environ["REDIS_CLUSTER_URL"]
-    client = client_from_url(url, socket_timeout=_TEST_SOCKET_TIMEOUT)
+    return _answering(os.environ["REDIS_CLUSTER_URL"], "REDIS_CLUSTER_URL")
+
+
+def _answering(url: str, variable: str) -> str:
+    """``url`` (from ``$variable``) once it answers PING; skip/fail the tests if not."""
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        _unavailable(f"REDIS_CLUSTER_URL is set but the cluster does not answer: {exc}")
-    finally:
-        client.close()
+        client = client_from_url(url, socket_timeout=_TEST_SOCKET_TIMEOUT)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, StoreError) as exc:
+        _unavailable(f"{variable} is set but Redis does not answer: {exc}")
     return url
 
 

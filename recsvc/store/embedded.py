@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 from redis.backoff import NoBackoff
@@ -98,7 +99,25 @@ def _free_port() -> int:
         return port
 
 
-class PrivateRedis:
+class _Stopped:
+    """``with`` stops it (:meth:`stop`), whatever happened inside."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PrivateRedis(_Stopped):
     """A running private ``redis-server``; stop it with :meth:`stop` or a ``with`` block.
 
     Attributes:
@@ -157,17 +176,6 @@ class PrivateRedis:
         finally:
             if self._owns_directory:
                 shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -321,7 +329,7 @@ def _log_tail(directory: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-class PrivateCluster:
+class PrivateCluster(_Stopped):
     """A running private Redis Cluster (:func:`start_private_cluster`); stop it with
     :meth:`stop` or a ``with`` block. ``nodes`` are its servers, primaries first as
     created (a failover changes which is which: ask :meth:`primaries`)."""
@@ -401,17 +409,6 @@ class PrivateCluster:
         """Stop every node and remove their directories. Safe to call twice."""
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> PrivateCluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"PrivateCluster(url={self.url!r}, masters={self.masters})"
