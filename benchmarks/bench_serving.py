@@ -167,6 +167,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import math
 import os
@@ -649,6 +650,20 @@ class Rig:
     """The server of the ``experiment`` scenario, when it is planned."""
     scaleout: ScaleoutRig | None = None
     """The replicas and cluster of the ``scaleout`` scenario, when it is planned."""
+
+    def stop_started(self) -> None:
+        """Stop whatever of it has started, the scenarios' servers first (a start that
+        failed half-way leaves nothing running)."""
+        parts: list[Any] = []
+        if self.scaleout is not None:
+            parts.append(self.scaleout)
+        if self.live is not None:
+            parts += [self.live.server, self.live.redis]
+        parts += [x.server for x in (self.rotation, self.experiment) if x is not None]
+        parts += [self.server, self.redis]
+        for part in parts:
+            with contextlib.suppress(Exception):
+                part.stop()
 
     def serving(self, scenario: str) -> tuple[Server, str | list[str], dict[str, int]]:
         """The recsvc server that answers ``scenario``, its /metrics and its pids
@@ -1318,53 +1333,24 @@ def start_rig(
         raise
     rig = Rig(shop, redis, server, metrics_url)
     rig.setup_seconds = setup
-    if any(p.scenario == "rotation" for p in points):
-        try:
-            rig.rotation = start_rotation(shop, artifact, rig, args, logs)
-        except BaseException:
-            server.stop()
-            redis.stop()
-            raise
-    if any(p.scenario == "experiment" for p in points):
-        try:
-            rig.experiment = start_experiment(shop, artifact, rig, args, logs)
-        except BaseException:
-            if rig.rotation is not None:
-                rig.rotation.server.stop()
-            server.stop()
-            redis.stop()
-            raise
     rig.pools["published_vectors"] = written
     rig.pools["foldin_users"] = n_foldin
-    if any(p.scenario == "filter" for p in points):
-        rig.filter_rejection = filter_rejection(artifact, RankingSettings().overfetch)
     live_filters = None
-    if any(p.scenario == "live" for p in points):
-        try:
+    try:
+        if any(p.scenario == "rotation" for p in points):
+            rig.rotation = start_rotation(shop, artifact, rig, args, logs)
+        if any(p.scenario == "experiment" for p in points):
+            rig.experiment = start_experiment(shop, artifact, rig, args, logs)
+        if any(p.scenario == "filter" for p in points):
+            rig.filter_rejection = filter_rejection(artifact, RankingSettings().overfetch)
+        if any(p.scenario == "live" for p in points):
             rig.live = start_live(shop, artifact, args, logs)
-        except BaseException:
-            if rig.rotation is not None:
-                rig.rotation.server.stop()
-            if rig.experiment is not None:
-                rig.experiment.server.stop()
-            server.stop()
-            redis.stop()
-            raise
-        live_filters = rig.live.setup.filters()
-    if any(p.scenario == "scaleout" for p in points):
-        try:
+            live_filters = rig.live.setup.filters()
+        if any(p.scenario == "scaleout" for p in points):
             rig.scaleout = start_scaleout(shop, artifact, rig, args, logs)
-        except BaseException:
-            if rig.live is not None:
-                rig.live.server.stop()
-                rig.live.redis.stop()
-            if rig.rotation is not None:
-                rig.rotation.server.stop()
-            if rig.experiment is not None:
-                rig.experiment.server.stop()
-            server.stop()
-            redis.stop()
-            raise
+    except BaseException:
+        rig.stop_started()
+        raise
     pools = build_requests(
         artifact,
         n_foldin,
