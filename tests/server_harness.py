@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -178,12 +179,43 @@ LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 """The load generator script (tests/loadgen.py), run as a process of its own."""
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+_PORTS = random.Random(os.getpid())
+"""Where to look for ports: not a test's result, seeded per process so two test runs on
+one machine look in different places."""
+
+
+def free_ports(n: int = 1) -> int:
+    """The first of ``n`` consecutive loopback ports free now, for a server a test starts
+    later (a process of its own, or one restarted at the same address).
+
+    They come from below the kernel's ephemeral range: a port from that range (what a
+    bind to port 0 gives) can be taken by any outgoing connection or port-0 bind before
+    the server binds it, which CI saw (a second /metrics port, ``metrics_port + 1``, lost
+    to another socket).
+    """
+    high = max(_ephemeral_low() - n, 10_001)
+    for _ in range(500):
+        base = _PORTS.randrange(10_000, high)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} consecutive free loopback ports below {high + n}")
+
+
 def free_port() -> int:
-    """A port the kernel just considered free on loopback (another process may take it
-    before it is used: good enough for a test's server)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, outside the ephemeral range (see :func:`free_ports`)."""
+    return free_ports(1)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

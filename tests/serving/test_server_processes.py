@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 from factories import REPO
-from server_harness import publish_block_model
+from server_harness import free_ports, publish_block_model
 
 
 async def _loop_name() -> str:
@@ -42,12 +41,6 @@ def test_run_event_loop_rejects_unknown_names() -> None:
     with pytest.raises(ConfigError):
         run_event_loop(coro, "trio")
     coro.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _metric(url: str, name: str) -> float:
@@ -71,9 +64,9 @@ def test_two_processes_share_the_port_and_stop_together(
 ) -> None:
     root = tmp_path / "artifacts"
     version = publish_block_model(root)
-    port, metrics = _free_port(), _free_port()
-    while metrics + 1 == port:
-        metrics = _free_port()
+    port, metrics = free_ports(1), free_ports(2)  # /metrics on metrics and metrics + 1
+    while port in (metrics, metrics + 1):
+        metrics = free_ports(2)
     script = (
         "import sys\n"
         "from recsvc.config import load_settings\n"
