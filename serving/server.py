@@ -32,7 +32,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from recsvc import compaction, retention
+from recsvc import compaction, retention, session_kernels
 from recsvc.config import Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import ArtifactError, ConfigError, RecsvcError, StoreError
@@ -162,6 +162,9 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     """
     s = settings.server
     faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
+    started = time.perf_counter()
+    session_kernels.warm_up()  # compiled (or loaded from the cache) before any request
+    log.info("session model kernels ready in %.1fs", time.perf_counter() - started)
     root = settings.artifact_root
     remote = None
     if s.artifact_url is not None:  # models from an object store, mirrored into root

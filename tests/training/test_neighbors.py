@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from neighbors_reference import ReferenceScorer
 from scipy import sparse
 
-from recsvc import neighbors as rs
 from recsvc.neighbors import N_FEATURES, NeighborModel, NeighborParams
 from recsvc.training import neighbors as ts
 from recsvc.training.neighbors import _pair_sums, _top_eigen, build_neighbor_model
@@ -264,40 +264,48 @@ def test_the_reranker_fit_refuses_malformed_input_too() -> None:
         ts.fit_reranker(np.array([0, 2, 1, 2]), np.array([0, 1], dtype=np.int32), 2, KNN)
 
 
-@pytest.mark.parametrize("values", [[3, 3, 0, 7, 3, 9, 0], [5], []])
-@pytest.mark.parametrize("ratio", [0, 10**9])
-def test_unique_inverse_matches_numpy_by_table_and_by_sort(
-    monkeypatch: pytest.MonkeyPatch, values: list[int], ratio: int
-) -> None:
-    monkeypatch.setattr(rs, "_DENSE_RATIO", ratio)
-    v = np.array(values, dtype=np.int32)
-    uniq, inverse = rs._unique_inverse(v, 10)
-    want_uniq, want_inverse = np.unique(v, return_inverse=True)
-    assert np.array_equal(uniq, want_uniq) and uniq.dtype == v.dtype
-    assert np.array_equal(inverse, want_inverse)
+def _random_sessions(rng: np.random.Generator, n_sessions: int, n_items: int) -> list[list[int]]:
+    # a skewed catalogue (popular items in many sessions, so the sample_size cut and
+    # the neighbour cut both bite), sessions of 1-12 clicks with repeats
+    p = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    p /= p.sum()
+    return [rng.choice(n_items, int(rng.integers(1, 13)), p=p).tolist() for _ in range(n_sessions)]
 
 
-def test_grouping_by_table_and_by_sort_scores_identically(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the neighbour search groups by session (and items by value) through tables or
-    # sorts, whichever is cheaper: every float must come out the same either way
-    model = _chain_model()
-    indptr, items = _chain_sessions()
-    prefixes = [items[indptr[s] : indptr[s] + 1 + s % 5] for s in range(0, 1500, 7)]
-    answers = {}
-    real = rs._dense
-    picked: list[bool] = []
+REFERENCE_PARAMS = [
+    NeighborParams(embedding_dim=6, rerank_cases=300, sample_size=60, neighbors=25,
+                   candidates=30, rule_candidates=10),
+    NeighborParams(embedding_dim=0, rerank_cases=300, anchor_decay=0.0, idf=0.0,
+                   sample_size=40, neighbors=10, rule_window=1),
+    NeighborParams(rerank=False, embedding_dim=0, recency_decay=500.0, before_weight=1.0),
+]  # fmt: skip
 
-    def spy(size: int, n: int) -> bool:
-        picked.append(real(size, n))
-        return picked[-1]
 
-    monkeypatch.setattr(rs, "_dense", spy)
-    for ratio in (0, 10**9):
-        picked.clear()
-        monkeypatch.setattr(rs, "_DENSE_RATIO", ratio)
-        answers[ratio] = [(model.score(p, limit=20), model.candidate_features(p)) for p in prefixes]
-        assert set(picked) == {ratio > 0}
-    for (a_score, a_feat), (b_score, b_feat) in zip(answers[0], answers[10**9], strict=True):
-        for x, y in (*zip(a_score, b_score, strict=True), *zip(a_feat, b_feat, strict=True)):
-            assert np.array_equal(x, y)
-    assert any(len(s[0][0]) for s in answers[0])
+@pytest.mark.parametrize("params", REFERENCE_PARAMS, ids=["rerank", "stan-latest", "knn"])
+def test_compiled_scoring_matches_the_numpy_reference(params: NeighborParams) -> None:
+    # the kernels (recsvc.session_kernels) against the NumPy code they replaced
+    # (tests/training/neighbors_reference.py), on random sessions over a random shop:
+    # the same candidates, features and ranking up to rounding
+    rng = np.random.default_rng(11)
+    n_items = 120
+    model = build(_random_sessions(rng, 1500, n_items), n_items, params)
+    reference = ReferenceScorer(model)
+    compared = 0
+    for _ in range(150):
+        session = rng.integers(-2, n_items + 2, int(rng.integers(1, 9))).astype(np.int32)
+        weights = rng.uniform(0.5, 2.0, len(session)).astype(np.float32)
+        got = model.score(session, weights, limit=15)
+        want = reference.score(session, weights, limit=15)
+        assert len(got[0]) == len(want[0]), session
+        assert np.allclose(got[1], want[1], rtol=1e-6, atol=0), session
+        if len(want[0]):  # the same items, but for two whose scores differ by rounding
+            apart = np.diff(want[1]) < -1e-6 * want[1][1:]
+            distinct = np.r_[True, apart] & np.r_[apart, True]
+            assert np.array_equal(got[0][distinct], want[0][distinct]), session
+        if params.rerank:
+            g_cands, g_features = model.candidate_features(session, weights)
+            w_cands, w_features = reference.candidate_features(session, weights)
+            assert np.array_equal(g_cands, w_cands), session
+            assert np.allclose(g_features, w_features, rtol=1e-9, atol=1e-12), session
+        compared += len(got[0]) > 0
+    assert compared >= 100  # most sessions compared in full, not skipped
