@@ -6,9 +6,11 @@ Usage (from the repository, with ``make install`` done)::
 
 Each side runs from a detached worktree of its commit, its own code first on the path
 (``PYTHONPATH``), from a neutral working directory, with this checkout's virtualenv
-(the same libraries on both sides); runs alternate old, new, old, new, so drift of a
-shared, noisy machine falls on both. ``DIR/README.md`` gets the medians over the rounds
-of each side's figures and their ratio; each run's ``summary.json`` stays beside it.
+(the same libraries on both sides) and this checkout's benchmark (the same harness and
+figures on both sides: only the code under test differs); runs alternate old, new,
+old, new, so drift of a shared, noisy machine falls on both. ``DIR/README.md`` gets
+the medians over the rounds of each side's figures and their ratio; each run's
+``summary.json`` stays beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = (
@@ -32,6 +35,11 @@ FIGURES = (
     ("session_ratio", "anonymous session / floor, throughput"),
     ("session_server_p50_ms", "anonymous session, server p50 ms"),
     ("open_p99_ratio", "open loop p99 / floor p99"),
+    ("cpu_us_per_request/cached", "cached Recommend, server CPU µs per request"),
+    ("cpu_us_per_request/session", "anonymous session, server CPU µs per request"),
+    ("cpu_us_per_request/floor", "no-op floor, server CPU µs per request"),
+    ("cached_cpu_ratio_to_floor", "cached / floor, server CPU per request"),
+    ("session_cpu_ratio_to_cached", "session / cached, server CPU per request"),
 )
 
 
@@ -51,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out.resolve()  # the runs work from a neutral directory
     sides = {"old": _git("rev-parse", args.old), "new": _git("rev-parse", args.new)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="ab-serving-") as tmp:
         work = Path(tmp)
         try:
@@ -70,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"round {i}: {side} ({sides[side][:10]})", flush=True)
                     with (out_dir / f"{side}{i}.log").open("w") as log:
                         subprocess.run(
-                            [sys.executable, str(tree / "benchmarks" / "bench_serving.py"),
+                            [sys.executable, str(REPO / "benchmarks" / "bench_serving.py"),
                              "--quick", "--workdir", str(work / f"shop-{side}"), "--out", str(out)],
                             cwd=work, env={**os.environ, "PYTHONPATH": str(tree)},
                             stdout=log, stderr=subprocess.STDOUT, check=True,
@@ -88,8 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _figure(summary: dict[str, Any], path: str) -> float:
+    """A summary's figure by its ``a/b`` path."""
+    value: Any = summary
+    for part in path.split("/"):
+        value = value[part]
+    return float(value)
+
+
 def _report(
-    sides: dict[str, str], runs: dict[str, list[dict[str, float]]], args: argparse.Namespace
+    sides: dict[str, str], runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace
 ) -> str:
     machine = runs["new"][0].get("machine", {})
     lines = [
@@ -103,8 +119,8 @@ def _report(
         "|---|---|---|---|",
     ]
     for key, label in FIGURES:
-        old = statistics.median(r[key] for r in runs["old"])
-        new = statistics.median(r[key] for r in runs["new"])
+        old = statistics.median(_figure(r, key) for r in runs["old"])
+        new = statistics.median(_figure(r, key) for r in runs["new"])
         lines.append(f"| {label} | {old:.3f} | {new:.3f} | {new / old:.2f} |")
     lines += [
         "",

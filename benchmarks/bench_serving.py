@@ -214,7 +214,11 @@ TARGETS = {
     "open_loop_p99_ratio_max": 2.0,
     "cached_server_p50_ms_max": 1.0,
     "session_server_p50_ms_max": 1.5,
+    "session_cpu_ratio_to_cached_max": 1.3,
+    "cached_cpu_ratio_to_floor_max": 2.0,
 }
+"""Issue #21: server CPU per request, an anonymous 5-item session ≤ 1.3× a cached
+customer's and a cached customer's ≤ 2× the no-op floor's (100k items, c=32)."""
 
 SCENARIOS: dict[str, str] = {
     "cached": "known user, vector in Redis, LRU and client-side state cache warmed, k=10",
@@ -250,7 +254,7 @@ COMPARED = ("live", "rotation", "experiment", "scaleout", "cached_cluster")
 SCALEOUT_SCENARIOS = ("scaleout", "cached_cluster")
 """The scale-out scenarios: planned together (``cached_cluster`` only with ``scaleout``),
 their floor runs those of ``cached`` at the same load (the same single no-op)."""
-PROFILED = ("cached", "live", "rotation", "experiment")
+PROFILED = ("cached", "session", "live", "rotation", "experiment")
 """The scenarios py-spy records (one server process each; not ``scaleout``'s three)."""
 LIVE_RULES_MAX_P50_RATIO = 1.25
 """Issue #15: server p50 with a live catalogue, 10 rules and a filter ≤ 1.25× cached."""
@@ -2952,6 +2956,29 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": ratio <= TARGETS["open_loop_p99_ratio_max"],
             }
         )
+    for e in entry("cached", "closed", 32):
+        ours, floor = cpu_per_request(e, "service"), cpu_per_request(e, "floor")
+        ratio = ours / floor if ours and floor else None
+        found.append(
+            {
+                "target": f"Recommend, cached user, {items}, k=10: server CPU per request "
+                "≤ 2× the no-op floor's (concurrency 32)",
+                "measured": f"{_ratio_text(ratio)} ({ours or 0:,.0f} vs {floor or 0:,.0f} µs)",
+                "met": _at_most(ratio, TARGETS["cached_cpu_ratio_to_floor_max"]),
+            }
+        )
+        for s in entry("session", "closed", 32):
+            session = cpu_per_request(s, "service")
+            ratio = session / ours if session and ours else None
+            found.append(
+                {
+                    "target": f"Anonymous 5-item session, {items}: server CPU per request "
+                    "≤ 1.3× the cached user's in the same run (concurrency 32)",
+                    "measured": f"{_ratio_text(ratio)} ({session or 0:,.0f} vs "
+                    f"{ours or 0:,.0f} µs)",
+                    "met": _at_most(ratio, TARGETS["session_cpu_ratio_to_cached_max"]),
+                }
+            )
     for level in (32, 1):
         for e in entry("session", "closed", level):
             p50 = get(e["median"]["service"], "server/handling_p50_ms")
@@ -4268,11 +4295,25 @@ def _at_most(value: float | None, bound: float) -> bool:
     return value is not None and value <= bound
 
 
+def cpu_per_request(point: dict[str, Any], side: str) -> float | None:
+    """The median server CPU µs per request of a point's ``side`` (service or floor)."""
+    value = get(point["median"][side], "cpu_us_per_request/server")
+    return float(value) if value is not None else None
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}×"
+
+
 def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
     def one(scenario: str) -> dict[str, Any]:
         return next(e for e in report["points"] if e["scenario"] == scenario and e["level"] == 32)
 
     cached, session = one("cached"), one("session")
+    cached_cpu, floor_cpu = cpu_per_request(cached, "service"), cpu_per_request(cached, "floor")
+    session_cpu = cpu_per_request(session, "service")
+    cached_to_floor = cached_cpu / floor_cpu if cached_cpu and floor_cpu else None
+    session_to_cached = session_cpu / cached_cpu if session_cpu and cached_cpu else None
     opened = next((e for e in report["points"] if e["mode"] == "open"), None)
     open_ratio = get(opened["median"]["ratio"], "latency_ms_p99") if opened else None
     return {
@@ -4293,8 +4334,13 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
         "open_client_p99_ms": get(opened["median"], "service/latency_ms/p99") if opened else None,
         "open_floor_p99_ms": get(opened["median"], "floor/latency_ms/p99") if opened else None,
         "open_p99_ratio": open_ratio,
+        "cpu_us_per_request": {"cached": cached_cpu, "session": session_cpu, "floor": floor_cpu},
+        "cached_cpu_ratio_to_floor": cached_to_floor,
+        "session_cpu_ratio_to_cached": session_to_cached,
         "targets": {
             "ratio_min": TARGETS["throughput_ratio_min"],
+            "cached_cpu_ratio_to_floor_max": TARGETS["cached_cpu_ratio_to_floor_max"],
+            "session_cpu_ratio_to_cached_max": TARGETS["session_cpu_ratio_to_cached_max"],
             "server_p50_ms_max": TARGETS["cached_server_p50_ms_max"],
             "session_server_p50_ms_max": TARGETS["session_server_p50_ms_max"],
             "open_p99_ratio_max": TARGETS["open_loop_p99_ratio_max"],
@@ -4310,6 +4356,12 @@ def quick_summary(report: dict[str, Any]) -> dict[str, Any]:
                 TARGETS["session_server_p50_ms_max"],
             ),
             "open_p99_ratio": _at_most(open_ratio, TARGETS["open_loop_p99_ratio_max"]),
+            "cached_cpu_ratio_to_floor": _at_most(
+                cached_to_floor, TARGETS["cached_cpu_ratio_to_floor_max"]
+            ),
+            "session_cpu_ratio_to_cached": _at_most(
+                session_to_cached, TARGETS["session_cpu_ratio_to_cached_max"]
+            ),
         },
         "scenarios": {
             "cached": f"{SCENARIOS['cached']}; concurrency 32",
