@@ -91,7 +91,7 @@ CHILD_MODES = ("bare", "steps")
 LIBRARIES = ("implicit", "faiss-cpu", "numpy", "scipy", "pyarrow", "threadpoolctl")
 STEPS_PATCHED = (
     "load_events",
-    "read_erasure_list",
+    "erased_users",
     "drop_erased_users",
     "load_catalog",
     "build_interactions",

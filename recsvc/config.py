@@ -253,9 +253,9 @@ class NeighborSettings(NeighborParams):
     as its old name)."""
     parallel_build: bool = True
     """With more than one core, build it on a thread beside the blend fit, and the
-    re-ranker's model beside the final one: ~25% less training time at 10M events
-    (the same artifact), for a peak memory ~1.6x as high; false builds one step at a
-    time."""
+    re-ranker's model beside the final one (taking turns in their memory-heaviest
+    steps): ~25% less training time at 10M events (the same artifact), for a higher
+    peak memory; false builds one step at a time."""
 
     def params(self) -> NeighborParams:
         """The hyperparameters alone (what the model and its artifact keep)."""

@@ -37,7 +37,7 @@ from recsvc.model import Blend
 from recsvc.weighting import EVENT_TYPES, event_weights
 
 from .interactions import event_type_codes
-from .splits import split_last_basket
+from .splits import last_basket_rows
 
 __all__ = ["MIN_USERS", "BlendFit", "fit_user_blend"]
 
@@ -92,26 +92,28 @@ def fit_user_blend(
     baskets (too little to fit on), or when no event lies before the visits of the
     last baskets (nothing to fold in)."""
     try:
-        split = split_last_basket(table)
+        held, held_out = last_basket_rows(table)
     except DataError:  # no purchases at all (a views-only shop): nothing to fit on
         return None
-    before = split.train
-    if before.num_rows == 0:
+    # the columns of the events before the held-out visits, taken with the mask: a
+    # filtered copy of the table (split_last_basket) held ~1.8 GiB at 10M events
+    before = ~held
+    if not before.any():
         # every event lies in the visit of a last basket (within VISIT_GAP_SECONDS of
         # it): nothing is left to fold in or to take popularity from
         return None
-    users = sorted(split.truth)
+    users = sorted(held_out)
     if len(users) < MIN_USERS:
         return None
     rng = np.random.default_rng(seed)
     if len(users) > max_users:  # enough to tell blends apart; the fit stays ~1 s
         users = sorted(rng.choice(users, size=max_users, replace=False).tolist())
-    now = int(pc.max(before["timestamp"]).as_py())
-    position = pc.index_in(before["item_id"], value_set=pa.array(item_ids.tolist(), pa.string()))
-    items_all = position.to_numpy(zero_copy_only=False)
-    types = event_type_codes(before["event_type"])
-    stamps = before["timestamp"].to_numpy()
-    quantity = before["quantity"].to_numpy()
+    stamps = table["timestamp"].to_numpy()[before]
+    now = int(stamps.max())
+    position = pc.index_in(table["item_id"], value_set=pa.array(item_ids.tolist(), pa.string()))
+    items_all = position.to_numpy(zero_copy_only=False)[before]
+    types = event_type_codes(table["event_type"])[before]
+    quantity = table["quantity"].to_numpy()[before]
 
     populars = {}
     for half_life in half_lives:
@@ -123,10 +125,12 @@ def fit_user_blend(
         )
         populars[half_life] = (scaled, np.argsort(-scaled, kind="stable")[:_POPULAR_CANDIDATES])
 
-    chosen = pc.is_in(before["user_id"], value_set=pa.array(users, pa.string()))
-    mask = chosen.to_numpy(zero_copy_only=False)
-    mask &= ~pc.is_null(chosen).to_numpy(zero_copy_only=False)
-    u_ids = np.asarray(before["user_id"].filter(chosen).to_pylist())
+    chosen = pc.is_in(table["user_id"], value_set=pa.array(users, pa.string()))
+    picked = chosen.to_numpy(zero_copy_only=False)
+    picked &= ~pc.is_null(chosen).to_numpy(zero_copy_only=False)
+    picked &= before
+    u_ids = np.asarray(table["user_id"].filter(pa.array(picked)).to_pylist())
+    mask = picked[before]
     u_items = items_all[mask]
     u_w = event_weights(types[mask], quantity[mask], stamps[mask], now, weighting)
     # buy-again counts orders, not units (as training.interactions' purchases do)
@@ -162,7 +166,7 @@ def fit_user_blend(
         tops = np.argpartition(-scores, n_top, axis=1)[:, :_CF_CANDIDATES]
         for (begin, end), row_scores, cf_top in zip(part, scores, tops, strict=True):
             truth = np.array(
-                [item_index.get(i, -1) for i in split.truth[str(u_ids[begin])]], dtype=np.int64
+                [item_index.get(i, -1) for i in held_out[str(u_ids[begin])]], dtype=np.int64
             )
             for half_life, (popularity, popular) in populars.items():
                 per_user[half_life].append(

@@ -66,6 +66,7 @@ __all__ = [
     "EvalReport",
     "Holdout",
     "HoldoutCase",
+    "HoldoutSplit",
     "Split",
     "StrongValidation",
     "als_recommender",
@@ -73,6 +74,8 @@ __all__ = [
     "evaluate",
     "format_table",
     "holdout_metrics",
+    "holdout_of",
+    "holdout_split",
     "served_recommender",
     "split_by_cutoff",
     "split_last_basket",
@@ -508,7 +511,23 @@ def _popularity_weighting(model: Model) -> tuple[WeightingSettings, float]:
 def trainer_holdout(data: LoadedData, settings: Settings) -> Holdout | None:
     """The holdout of :class:`Holdout`; None when there is none (every purchase
     before the cut or after it, no customer seen on both sides, nothing to weigh)."""
-    table = data.table
+    part = holdout_split(data.table, settings)
+    return holdout_of(part, settings) if part is not None else None
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """The events :func:`holdout_of` reads: the trainer's time split at ``cut``.
+
+    Apart so that a caller can let go of the whole event table before the holdout's
+    weights are built beside this copy of the events before the cut."""
+
+    cut: int
+    split: Split
+
+
+def holdout_split(table: pa.Table, settings: Settings) -> HoldoutSplit | None:
+    """The first half of :func:`trainer_holdout`: the split; None when there is none."""
     if table.num_rows == 0:
         return None
     # the time protocol's validation split (training.tuning.validation_split) with
@@ -518,6 +537,16 @@ def trainer_holdout(data: LoadedData, settings: Settings) -> Holdout | None:
     cut = int(end - settings.evaluation.validation_share * (end - start))
     try:
         split = split_by_cutoff(table, datetime.fromtimestamp(cut, UTC))
+    except DataError as exc:
+        log.info("no holdout for the publish gate: %s", exc)
+        return None
+    return HoldoutSplit(cut, split)
+
+
+def holdout_of(part: HoldoutSplit, settings: Settings) -> Holdout | None:
+    """The second half of :func:`trainer_holdout`: the cases of ``part``."""
+    cut, split = part.cut, part.split
+    try:
         before = build_interactions(split.train, settings.weighting)
     except DataError as exc:
         log.info("no holdout for the publish gate: %s", exc)

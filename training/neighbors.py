@@ -25,16 +25,23 @@ left), the L-BFGS fit ~0.8 s. With ``parallel`` and more than one core, the
 re-ranker's part (its model, the cases, the fit) runs on a second thread beside the
 final model's build: both spend their time in NumPy sorts, SciPy sparse conversions
 and products, which release the GIL (10M events: 30.9 → 18.8 s, identical arrays;
-the two builds' temporaries are then held at once). Co-occurrence and rule counts
-are summed by sorting packed int64 keys (:func:`_pair_sums`): at 10M events one
-model build's peak fell from 1.49 to 1.02 GiB above its input, the rules from 4.2 to
-2.5 s.
+the two builds' temporaries are then held at once). The two builds take turns in
+their pair sums and the rules and PPMI made from them (a lock): side by side there,
+their peaks added up (10M events: 2.4 GiB above the input, now 1.6 GiB in the same
+~24 s; one build after the other, 1.2 GiB in ~34 s), while the rest of each build
+(the inverted index, the embeddings' subspace iteration, the re-ranker's cases and
+fit) still overlaps.
+Co-occurrence and rule counts are summed by sorting packed int64 keys
+(:func:`_pair_sums`): at 10M events one model build's peak fell from 1.49 to 1.02
+GiB above its input, the rules from 4.2 to 2.5 s.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -81,10 +88,11 @@ def build_neighbor_model(
             weights = fit_reranker(indptr, items, n_items, params)
         else:
             # side by side (module docstring): their time is in code that releases
-            # the GIL
+            # the GIL; one at a time in their memory-heaviest steps (the lock)
+            turns = threading.Lock()
             with ThreadPoolExecutor(1, thread_name_prefix="reranker") as pool:
-                reranker = pool.submit(fit_reranker, indptr, items, n_items, params)
-                model = _build(indptr, items, n_items, params)
+                reranker = pool.submit(fit_reranker, indptr, items, n_items, params, turns)
+                model = _build(indptr, items, n_items, params, turns)
                 weights = reranker.result()
     return model.with_params(params, weights)
 
@@ -114,11 +122,15 @@ def fit_reranker(
     session_items: NDArray[np.int32],
     n_items: int,
     params: NeighborParams,
+    pair_sums_lock: threading.Lock | None = None,
 ) -> NDArray[np.float64]:
     """The re-ranking weights ``(N_FEATURES,)`` fitted on the newest
     ``params.rerank_holdout`` of the sessions, featurised by a model of the older
     ones; zeros but for the neighbour score when there are no usable cases.
-    ``ValueError`` on malformed input, as :func:`build_neighbor_model`."""
+    ``ValueError`` on malformed input, as :func:`build_neighbor_model`.
+
+    ``pair_sums_lock``, when given, is the older model's build's ``turn`` (see
+    :func:`_build`)."""
     indptr, items = _checked(session_indptr, session_items, n_items)
     n_sessions = len(indptr) - 1
     cut = int(n_sessions * (1 - params.rerank_holdout))
@@ -126,7 +138,7 @@ def fit_reranker(
     fallback[0] = 1.0
     if cut < 1 or cut >= n_sessions:
         return fallback
-    older = _build(indptr[: cut + 1], items[: indptr[cut]], n_items, params)
+    older = _build(indptr[: cut + 1], items[: indptr[cut]], n_items, params, pair_sums_lock)
     # prefix -> next cases of the newer sessions, items unseen by `older` dropped:
     # session s (of the newer ones, in order) gives cases k = 1 .. len - 1 (its first
     # k clicks -> click k); every `step`-th case of that sequence is used
@@ -209,9 +221,15 @@ def _build(
     items: NDArray[np.int32],
     n_items: int,
     params: NeighborParams,
+    turn: AbstractContextManager[object] | None = None,
 ) -> NeighborModel:
     """Every array but the re-ranking weights (the model scores by neighbours alone),
-    from session arrays the public entry points have checked (:func:`_checked`)."""
+    from session arrays the public entry points have checked (:func:`_checked`).
+
+    ``turn`` (a lock when another build runs beside this one) is held through the
+    rules and through the embeddings' co-occurrence and PPMI: the steps that hold
+    per-occurrence keys, the build's peak."""
+    turn = turn if turn is not None else nullcontext()
     n_sessions = len(indptr) - 1
     lengths = np.diff(indptr)
     session_of = np.repeat(np.arange(n_sessions, dtype=np.int64), lengths)
@@ -231,16 +249,20 @@ def _build(
     np.cumsum(counts, out=item_indptr[1:])
     newest_first = np.sort(pair_item * n_sessions + (n_sessions - 1 - pair_session))
     item_sessions = (n_sessions - 1 - newest_first % n_sessions).astype(np.int32)
+    # ~0.25 GiB at 10M clicks that would otherwise live through the rules' and the
+    # embeddings' pair sums, this build's peak
+    del pairs, pair_session, pair_item, newest_first
     # smoothed IDF: positive even for an item in every session
     item_idf = np.where(counts > 0, np.log1p(n_sessions / np.maximum(counts, 1)), 0.0)
 
-    rule_indptr, rule_items, rule_scores = _sequential_rules(
-        indptr, items, session_of, n_items, params.rule_steps, params.rule_successors
-    )
+    with turn:
+        rule_indptr, rule_items, rule_scores = _sequential_rules(
+            indptr, items, session_of, n_items, params.rule_steps, params.rule_successors
+        )
     recent_start = indptr[int(n_sessions * (1 - params.recent_fraction))]
     item_recent = np.log1p(np.bincount(items[recent_start:], minlength=n_items))
     item_vectors = _embeddings(
-        items, session_of, n_items, params.embedding_dim, params.embedding_window
+        items, session_of, n_items, params.embedding_dim, params.embedding_window, turn
     )
     return NeighborModel(
         params,
@@ -265,25 +287,46 @@ def _embeddings(
     n_items: int,
     dim: int,
     window: int,
+    turn: AbstractContextManager[object],
 ) -> NDArray[np.float32]:
     """``(n_items, dim)`` unit item vectors: ``U·sqrt(Σ)`` of the rank-``dim``
     truncated SVD of the shifted PPMI ``log(c(a,b)·T² / (c(a)·c(b)^0.75·Z))`` (kept
     where positive) of symmetric co-occurrence ``c`` within ``window`` clicks
     (weight ``1 / gap``), ``T = Σ c(a)``, ``Z = Σ c(b)^0.75``. Zero rows for items
-    that co-occur with nothing; ``(n_items, 0)`` when ``dim`` is 0 or too large."""
+    that co-occur with nothing; ``(n_items, 0)`` when ``dim`` is 0 or too large.
+    The PPMI is made holding ``turn`` (see :func:`_build`)."""
     if dim == 0 or dim >= n_items - 1:
         return np.zeros((n_items, 0), dtype=np.float32)
+    with turn:
+        ppmi = _ppmi(items, session_of, n_items, window)
+    if ppmi is None:
+        return np.zeros((n_items, dim), dtype=np.float32)
+    u, sigma = _top_eigen(ppmi, dim)
+    vectors = u * np.sqrt(sigma)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0)
+    return vectors.astype(np.float32)
+
+
+def _ppmi(
+    items: NDArray[np.int32], session_of: NDArray[np.int64], n_items: int, window: int
+) -> sp.csr_matrix | None:
+    """The float32 shifted PPMI matrix of :func:`_embeddings`, explicit zeros removed;
+    None when no two items co-occur."""
     counts = _pair_sums(items, session_of, n_items, window, symmetric=True)
     if counts.nnz == 0:
-        return np.zeros((n_items, dim), dtype=np.float32)
+        return None
     marginal = np.asarray(counts.sum(axis=1)).ravel()
     total = marginal.sum()
     smoothed = (marginal**0.75).sum()
-    # = log(c·T·T / (c(a)·c(b)^0.75·Z)) operation for operation, in place
-    below = marginal[counts.indices] ** 0.75
-    below *= np.repeat(marginal, np.diff(counts.indptr))
+    # = log(c·T·T / (c(a)·c(b)^0.75·Z)) operation for operation, in place (over the
+    # counts themselves, which are not read again)
+    below = marginal[counts.indices]
+    below **= 0.75
+    _scale_rows(below, counts.indptr, marginal)
     below *= smoothed
-    pmi = counts.data * total
+    pmi = counts.data
+    pmi *= total
     pmi *= total
     pmi /= below
     del below
@@ -294,11 +337,22 @@ def _embeddings(
     )
     del pmi, counts
     ppmi.eliminate_zeros()
-    u, sigma = _top_eigen(ppmi, dim)
-    vectors = u * np.sqrt(sigma)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0)
-    return vectors.astype(np.float32)
+    return ppmi
+
+
+def _scale_rows(
+    values: NDArray[np.float64],
+    indptr: NDArray[np.int64],
+    scale: NDArray[np.float64],
+    rows_per_block: int = 1 << 14,
+) -> None:
+    """``values *= scale[row]`` in place for CSR ``values`` with ``indptr``: a block of
+    rows at a time, so the per-entry scale (8 bytes a pair) is never made whole."""
+    n_rows = len(indptr) - 1
+    for lo in range(0, n_rows, rows_per_block):
+        hi = min(lo + rows_per_block, n_rows)
+        begin, end = indptr[lo], indptr[hi]
+        values[begin:end] *= np.repeat(scale[lo:hi], np.diff(indptr[lo : hi + 1]))
 
 
 def _top_eigen(
@@ -314,9 +368,12 @@ def _top_eigen(
     a = matrix.astype(np.float32, copy=False)
     rng = np.random.default_rng(SEED)
     y = np.asarray(a @ rng.standard_normal((n, width)).astype(np.float32))
-    for _ in range(iterations + 1):
-        q = _orthonormal(y)
+    q = _orthonormal(y)
+    for _ in range(iterations):
         y = np.asarray(a @ q.astype(np.float32))
+        del q  # not held beside the next basis
+        q = _orthonormal(y)
+    y = np.asarray(a @ q.astype(np.float32))
     # Rayleigh–Ritz: y = A·q, so qᵀ·A·q = qᵀ·y
     small = q.T @ y.astype(np.float64)
     values, vectors = np.linalg.eigh((small + small.T) / 2)
@@ -332,7 +389,9 @@ def _orthonormal(y: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         gram = q.T @ q
         gram[np.diag_indices_from(gram)] += 1e-10 * max(float(np.trace(gram)), 1e-300)
         upper = np.linalg.cholesky(gram).T
-        q = scipy.linalg.solve_triangular(upper, q.T, trans="T", lower=False).T
+        # in place over q (its transpose is Fortran-ordered): the same LAPACK solve
+        # without a copy of q beside it
+        q = scipy.linalg.solve_triangular(upper, q.T, trans="T", lower=False, overwrite_b=True).T
     return q
 
 
@@ -375,11 +434,14 @@ def _pair_sums(
     at = 0
     for gap in gaps:
         same = kept(gap)
-        a = items[:-gap][same].astype(np.int64)
-        b = items[gap:][same].astype(np.int64)
+        # int32 here, widened as they are written into the keys (int64 copies of both
+        # were ~0.15 GiB at 10M clicks, beside the keys)
+        a = items[:-gap][same]
+        b = items[gap:][same]
         for first, second in ((a, b), (b, a))[:copies]:
             out = keys[at : at + len(a)]
-            np.multiply(first, n_items, out=out)
+            out[...] = first
+            out *= n_items
             out += second
             out <<= bits
             out |= gap - 1
@@ -406,8 +468,9 @@ def _pair_sums(
             sums.append(total)
         del chunk, weight, pair, starts, total
     found = keys[:written]
-    indptr = np.zeros(n_items + 1, dtype=np.int64)
-    np.cumsum(np.bincount(found // n_items, minlength=n_items), out=indptr[1:])
+    # row r starts at the first pair key >= r·n_items (the keys are sorted and distinct);
+    # no per-pair row array (found // n_items) beside the keys
+    indptr = np.searchsorted(found, np.arange(n_items + 1, dtype=np.int64) * n_items)
     np.remainder(found, n_items, out=found)
     cols = found.astype(np.int32)
     del keys, found

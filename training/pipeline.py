@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -75,6 +75,9 @@ from .loading import (
     load_events,
 )
 from .neighbors import build_neighbor_model, cores
+
+if TYPE_CHECKING:
+    from .evaluation import HoldoutSplit
 
 __all__ = [
     "BuiltModel",
@@ -280,6 +283,19 @@ def build_model(
     inter = build_interactions(data.table, settings.weighting)
     timings["weighting_seconds"] = time.perf_counter() - t
 
+    # the visits too before the fit: the last pass of Arrow kernels over the whole
+    # table, so that one release hands back what they all left in Arrow's allocator
+    t = time.perf_counter()
+    ns = settings.neighbors
+    indptr, session_items = visit_arrays(
+        data.table,
+        inter.item_ids,
+        gap_seconds=int(ns.visit_gap_minutes * 60),
+        max_length=ns.max_visit_length,
+    )
+    timings["visits_seconds"] = time.perf_counter() - t
+    _release_arrow_memory()
+
     factors = fit_als(inter.weights, settings.als, progress=progress)
     timings["fit_seconds"] = factors.seconds
 
@@ -290,15 +306,6 @@ def build_model(
     recall = _index_recall(index, factors.item_factors, factors.user_factors, settings)
     timings["index_recall_seconds"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    ns = settings.neighbors
-    indptr, session_items = visit_arrays(
-        data.table,
-        inter.item_ids,
-        gap_seconds=int(ns.visit_gap_minutes * 60),
-        max_length=ns.max_visit_length,
-    )
-    timings["visits_seconds"] = time.perf_counter() - t
     # the session model is built beside the ranking defaults and the blend fit (which
     # do not read it): most of its time is in NumPy and SciPy code that releases the
     # GIL, so with two cores the blend fit comes almost for free (docs/design.md)
@@ -349,6 +356,17 @@ def build_model(
                         ),
                     }
                 )
+        # the bought-together counts and the catalogue arrays, while the session
+        # model is still being built (they are small: purchases only, one row an item)
+        t = time.perf_counter()
+        co = count_co_purchases(data.table, inter.item_ids)
+        timings["bought_together_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
+        created = now or datetime.now(UTC)
+        version = new_model_version(factors.item_factors, created)
+        timings["catalog_version_seconds"] = time.perf_counter() - t
+        _release_arrow_memory()  # the blend fit's, before the session model's peak
         t = time.perf_counter()
         if session_model is not None:
             neighbors, timings["neighbors_seconds"] = session_model.result()
@@ -359,14 +377,6 @@ def build_model(
             )
         else:
             neighbors = None
-    t = time.perf_counter()
-    co = count_co_purchases(data.table, inter.item_ids)
-    timings["bought_together_seconds"] = time.perf_counter() - t
-    t = time.perf_counter()
-    category, categories, available, n_catalog_only = _catalog_arrays(inter, data.catalog)
-    created = now or datetime.now(UTC)
-    version = new_model_version(factors.item_factors, created)
-    timings["catalog_version_seconds"] = time.perf_counter() - t
     neighbor_arrays = neighbors.to_arrays() if neighbors is not None else None
     rerank_weights = neighbor_arrays.pop("rerank_weights") if neighbor_arrays else None
     manifest = Manifest(
@@ -436,6 +446,13 @@ def _session_model(
     return model, time.perf_counter() - t
 
 
+def _release_arrow_memory() -> None:
+    """Hand the pages Arrow's allocator keeps after freeing back to the system: after
+    the table-wide Arrow kernels (~0.4 GiB at 10M events) they would otherwise sit
+    under the NumPy and SciPy steps that follow, which allocate elsewhere."""
+    pa.default_memory_pool().release_unused()
+
+
 def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> TrainResult:
     """Load, fit, index, score on the trainer's holdout and write a new artifact
     version (not published)."""
@@ -446,7 +463,13 @@ def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> Trai
     artifact = built.artifact
     timings = {"load_seconds": load_seconds, **built.timings}
     t = time.perf_counter()
-    metrics = {**artifact.manifest.metrics, **_gate_metrics(data, artifact, settings)}
+    split = _holdout_split(data, settings)
+    # the gate reads the split's copy of the events before the cut: the whole table
+    # goes before the holdout's weights are built beside that copy (at 10M events,
+    # ~0.6 GiB off the trainer's peak then)
+    del data
+    _release_arrow_memory()
+    metrics = {**artifact.manifest.metrics, **_gate_metrics(split, artifact, settings)}
     timings["holdout_seconds"] = time.perf_counter() - t
     # a copy: write_seconds, added below, cannot be in the manifest it times
     artifact.manifest = artifact.manifest.model_copy(
@@ -459,15 +482,23 @@ def train(spec: DataSpec, settings: Settings, *, progress: bool = False) -> Trai
     return TrainResult(path, artifact, timings)
 
 
-def _gate_metrics(
-    data: LoadedData, artifact: ModelArtifact, settings: Settings
-) -> dict[str, float]:
-    """The publish gate's metrics of the new model on the trainer's time-split holdout,
-    and of the model CURRENT names now on the same customers (docs/evaluation.md)."""
+def _holdout_split(data: LoadedData, settings: Settings) -> HoldoutSplit | None:
+    """The events of the publish gate's holdout (:func:`training.evaluation.holdout_split`)."""
     # here, not at the top: training.evaluation imports this module
-    from .evaluation import HOLDOUT_USERS, holdout_metrics, trainer_holdout  # noqa: PLC0415
+    from .evaluation import holdout_split  # noqa: PLC0415
 
-    holdout = trainer_holdout(data, settings)
+    return holdout_split(data.table, settings)
+
+
+def _gate_metrics(
+    split: HoldoutSplit | None, artifact: ModelArtifact, settings: Settings
+) -> dict[str, float]:
+    """The publish gate's metrics of the new model on the trainer's time-split holdout
+    ``split``, and of the model CURRENT names now on the same customers
+    (docs/evaluation.md)."""
+    from .evaluation import HOLDOUT_USERS, holdout_metrics, holdout_of  # noqa: PLC0415
+
+    holdout = holdout_of(split, settings) if split is not None else None
     root = settings.artifact_root
     current_name = current_version(root)
     current = None

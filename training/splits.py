@@ -8,11 +8,18 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from recsvc.errors import DataError
 from recsvc.events import EventType
 
-__all__ = ["VISIT_GAP_SECONDS", "Split", "split_by_cutoff", "split_last_basket"]
+__all__ = [
+    "VISIT_GAP_SECONDS",
+    "Split",
+    "last_basket_rows",
+    "split_by_cutoff",
+    "split_last_basket",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,14 @@ def split_last_basket(table: pa.Table) -> Split:
     test (their events still train). A test user's events from
     :data:`VISIT_GAP_SECONDS` before the last basket on are removed from training.
     """
+    held, truth = last_basket_rows(table)
+    return Split(table.filter(pa.array(~held)), truth, "last basket per user")
+
+
+def last_basket_rows(table: pa.Table) -> tuple[NDArray[np.bool_], dict[str, set[str]]]:
+    """:func:`split_last_basket` as a row mask: ``(n,)`` True on the rows it keeps out
+    of training, and the held-out purchases per user. Callers that need a few columns
+    of the training rows take them with the mask instead of copying the whole table."""
     purchases = _purchases(table)
     if purchases.num_rows == 0:
         raise DataError("no purchases with a user id: nothing to hold out")
@@ -82,7 +97,7 @@ def split_last_basket(table: pa.Table) -> Split:
     cut = last["timestamp_max"].to_numpy()
     stamps = table["timestamp"].to_numpy()
     row_cut = cut[position] if len(cut) else np.zeros(len(stamps), dtype=stamps.dtype)
-    held = has_cut & (stamps >= row_cut - VISIT_GAP_SECONDS)
+    held: NDArray[np.bool_] = has_cut & (stamps >= row_cut - VISIT_GAP_SECONDS)
     # only the last basket is the target, not other purchases of the same visit
     test = _purchases(table.filter(pa.array(held & (stamps >= row_cut))))
-    return Split(table.filter(pa.array(~held)), _truth_from(test), "last basket per user")
+    return held, _truth_from(test)
