@@ -289,10 +289,10 @@ class NeighborModel:
             return _EMPTY_INT, _EMPTY_FLOAT
         cands, knn = self._knn(*session)
         if len(self.rerank_weights) == 0:
-            return kernels.top_scores(cands, knn, limit)
+            return self._top(cands, knn, limit)
         cands, features = self._features(session[0], session[1], cands, knn)
         logit = features @ self.rerank_weights
-        return kernels.top_scores(cands, np.exp(logit - logit.max()), limit)
+        return self._top(cands, np.exp(logit - logit.max()), limit)
 
     def candidate_features(
         self, items: IntArray, weights: FloatArray | None = None
@@ -319,6 +319,13 @@ class NeighborModel:
             items, np.asarray(weights), self.n_items, self.params.session_decay
         )
         return None if len(seq) == 0 else (seq, position, click_weight)
+
+    def _top(
+        self, cands: NDArray[np.int64], scores: NDArray[np.float64], limit: int
+    ) -> tuple[IntArray, FloatArray]:
+        """The best ``limit`` positive-scored candidates, best first (ties: the smaller
+        position): items int32, scores float32."""
+        return kernels.top_scores(cands, scores, limit)
 
     def _knn(
         self,

@@ -19,18 +19,41 @@ votes neighbour by neighbour), so scores agree with it to rounding; where the Nu
 version left ties to ``argpartition`` (which of two equally similar neighbours is
 kept), the newer session, then the smaller item position, wins here.
 
-Every function is compiled on first use and cached on disk next to this file (or in
-Numba's user cache when that is read-only); :func:`warm_up` compiles them before a
-request needs them. None keeps state between calls: one model is safe to share
-across threads, and the compiled code releases the GIL.
+Every function is compiled on first use and cached on disk next to this file (or
+under ``NUMBA_CACHE_DIR``, or in Numba's user cache; with none writable, compiled at
+every start); :func:`warm_up` compiles them before a request needs them. None keeps
+state between calls: one model is safe to share across threads, and the compiled code
+releases the GIL.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 from numba import njit
+
+log = logging.getLogger(__name__)
+
+
+def _cache_works() -> bool:
+    """Whether Numba finds somewhere writable to cache this module's code (beside it,
+    ``NUMBA_CACHE_DIR`` or the user's cache): without one, ``cache=True`` would refuse
+    to decorate, so the kernels compile at every start instead."""
+    try:
+        njit(cache=True)(_cache_works)
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        log.warning(
+            "the session kernels compile at every start (~10 s): %s; set NUMBA_CACHE_DIR "
+            "to a writable directory to cache them",
+            exc,
+        )
+        return False
+    return True
+
+
+_jit = njit(cache=_cache_works(), nogil=True)
 
 __all__ = ["knn_votes", "session_arrays", "session_features", "top_scores", "warm_up"]
 
@@ -38,7 +61,7 @@ _BIG = np.int64(1 << 24)
 """The latest-anchor key: ``(click position + 1) · _BIG + position in the neighbour``."""
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def session_arrays(
     items: np.ndarray, weights: np.ndarray, n_items: int, session_decay: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,25 +86,29 @@ def session_arrays(
     return seq, position, click_weight
 
 
-@njit(cache=True, nogil=True)
-def _slot(keys: np.ndarray, slots: np.ndarray, key: np.int64, fresh: int) -> int:
-    """The slot of ``key`` in the open-addressing table ``keys`` (power-of-two size,
-    -1 = empty): its slot when there, else ``fresh`` (written)."""
+@_jit
+def _probe(keys: np.ndarray, key: np.int64) -> int:
+    """Where ``key`` is in the open-addressing table ``keys`` (power-of-two size, -1 =
+    empty), or the empty entry where it would go."""
     mask = len(keys) - 1
     h = (np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
     i = np.int64(h) & mask
-    while True:
-        k = keys[i]
-        if k == key:
-            return int(slots[i])
-        if k == -1:
-            keys[i] = key
-            slots[i] = fresh
-            return fresh
+    while keys[i] != key and keys[i] != -1:
         i = (i + 1) & mask
+    return int(i)
 
 
-@njit(cache=True, nogil=True)
+@_jit
+def _slot(keys: np.ndarray, slots: np.ndarray, key: np.int64, fresh: int) -> int:
+    """The slot of ``key`` in the table: its slot when there, else ``fresh`` (written)."""
+    i = _probe(keys, key)
+    if keys[i] == -1:
+        keys[i] = key
+        slots[i] = fresh
+    return int(slots[i])
+
+
+@_jit
 def _table(n: int) -> tuple[np.ndarray, np.ndarray]:
     """An empty table for up to ``n`` keys (load at most a half)."""
     size = 16
@@ -90,22 +117,14 @@ def _table(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(size, -1, dtype=np.int64), np.empty(size, dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _find(keys: np.ndarray, slots: np.ndarray, key: np.int64) -> int:
     """The slot of ``key`` in a table :func:`_slot` filled, -1 when absent."""
-    mask = len(keys) - 1
-    h = (np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
-    i = np.int64(h) & mask
-    while True:
-        k = keys[i]
-        if k == key:
-            return int(slots[i])
-        if k == -1:
-            return -1
-        i = (i + 1) & mask
+    i = _probe(keys, key)
+    return int(slots[i]) if keys[i] == key else -1
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _indexed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A table from each of the distinct ``values`` to its index (a hash look-up costs
     a few ns; a binary search's mispredicted branches ~60 ns)."""
@@ -115,7 +134,7 @@ def _indexed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys, slots
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _candidate_sessions(
     uniq: np.ndarray,
     u_weight: np.ndarray,
@@ -156,7 +175,7 @@ def _candidate_sessions(
     return sessions[:m], num[:m]
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _top_k(values: np.ndarray, k: int, keys: np.ndarray) -> np.ndarray:
     """Indices of the ``k`` largest ``values`` (all when fewer), unordered; of tied
     values at the cut, those with the smaller ``keys`` (pass the indices for "the
@@ -178,7 +197,7 @@ def _top_k(values: np.ndarray, k: int, keys: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def knn_votes(
     seq: np.ndarray,
     position: np.ndarray,
@@ -275,7 +294,7 @@ def knn_votes(
     return cands[:n_c], votes[:n_c]
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _window_rules(
     seq: np.ndarray,
     window: int,
@@ -306,7 +325,7 @@ def _window_rules(
     return items[:n], sums[:n]
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _rank_bins(f: np.ndarray, col: int, out_col: int, edges: np.ndarray) -> None:
     """One-hot of each candidate's rank by column ``col`` (1 = largest, ties by
     position; only positive values rank) into columns ``out_col + j``: rank in
@@ -327,7 +346,7 @@ _KNN_EDGES = np.array([1, 2, 5, 10, 20, 50], dtype=np.int64)
 _EMBEDDING_EDGES = np.array([5, 20], dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def session_features(
     seq: np.ndarray,
     position: np.ndarray,
@@ -449,7 +468,7 @@ def session_features(
     return cands, f
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def top_scores(cands: np.ndarray, scores: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``limit`` positive-scored candidates, best first, ties by the smaller
     item: items int32, scores float32."""

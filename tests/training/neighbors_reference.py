@@ -20,8 +20,6 @@ from recsvc.neighbors import N_FEATURES, NeighborModel, _ranges
 IntArray = NDArray[np.int32]
 FloatArray = NDArray[np.float32]
 
-_EMPTY_INT: IntArray = np.zeros(0, dtype=np.int32)
-_EMPTY_FLOAT: FloatArray = np.zeros(0, dtype=np.float32)
 _DENSE_RATIO = 32
 
 
@@ -34,47 +32,20 @@ def _pick(values: NDArray[np.float64], k: int, *, newest: bool = False) -> NDArr
     return out
 
 
-class ReferenceScorer:
-    """``score`` and ``candidate_features`` of ``model``, computed the NumPy way."""
+class ReferenceScorer(NeighborModel):
+    """A :class:`NeighborModel` whose stages (``_session``, ``_knn``, ``_features``,
+    ``_top``) are computed the NumPy way; ``score`` and ``candidate_features`` are the
+    model's own."""
 
-    def __init__(self, model: NeighborModel) -> None:
-        self.model = model
+    @classmethod
+    def of(cls, model: NeighborModel) -> ReferenceScorer:
+        """The reference scorer over ``model``'s arrays and parameters."""
+        return cls(model.params, **model._arrays())
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def score(
-        self, items: IntArray, weights: FloatArray | None = None, limit: int = 100
+    def _top(
+        self, cands: NDArray[np.int64], scores: NDArray[np.float64], limit: int
     ) -> tuple[IntArray, FloatArray]:
-        """The best ``limit`` next items for a session.
-
-        ``items`` ``(n,)`` int32: the session's items (positions), oldest first;
-        unknown positions (negative or ``>= n_items``) are ignored. ``weights``
-        ``(n,)`` float32, optional: extra per-click weights (e.g. by event type)
-        multiplied into the recency weights of the neighbour search. Returns items
-        ``(m,)`` int32 and scores ``(m,)`` float32, best first, ``m <= limit``, every
-        score positive; empty arrays when no known item is given or nothing scores.
-        """
-        session = self._session(items, weights)
-        if limit <= 0 or session is None:
-            return _EMPTY_INT, _EMPTY_FLOAT
-        cands, knn = self._knn(*session)
-        if len(self.rerank_weights) == 0:
-            return _top(cands, knn, limit)
-        cands, features = self._features(session[0], session[1], cands, knn)
-        logit = features @ self.rerank_weights
-        return _top(cands, np.exp(logit - logit.max()), limit)
-
-    def candidate_features(
-        self, items: IntArray, weights: FloatArray | None = None
-    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """The re-ranker's input for a session: candidates ``(c,)`` int64 (sorted) and
-        their features ``(c, N_FEATURES)`` float64; empty for an empty session."""
-        session = self._session(items, weights)
-        if session is None:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, N_FEATURES), dtype=np.float64)
-        cands, knn = self._knn(*session)
-        return self._features(session[0], session[1], cands, knn)
+        return _top(cands, scores, limit)
 
     def _session(
         self, items: IntArray, weights: FloatArray | None

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import threading
 from functools import cache
 from pathlib import Path
@@ -289,7 +292,7 @@ def test_compiled_scoring_matches_the_numpy_reference(params: NeighborParams) ->
     rng = np.random.default_rng(11)
     n_items = 120
     model = build(_random_sessions(rng, 1500, n_items), n_items, params)
-    reference = ReferenceScorer(model)
+    reference = ReferenceScorer.of(model)
     compared = 0
     for _ in range(150):
         session = rng.integers(-2, n_items + 2, int(rng.integers(1, 9))).astype(np.int32)
@@ -309,3 +312,26 @@ def test_compiled_scoring_matches_the_numpy_reference(params: NeighborParams) ->
             assert np.allclose(g_features, w_features, rtol=1e-9, atol=1e-12), session
         compared += len(got[0]) > 0
     assert compared >= 100  # most sessions compared in full, not skipped
+
+
+@pytest.mark.slow
+def test_the_kernels_compile_uncached_where_nothing_is_writable() -> None:
+    # a read-only install without NUMBA_CACHE_DIR or a home: Numba finds no place for
+    # its cache (here: only the zip-file locator allowed, which never applies) and
+    # refuses cache=True; the kernels must still load and score, compiled at start
+    script = (
+        "import logging, numpy as np\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from recsvc import session_kernels\n"
+        "session_kernels.warm_up()\n"
+        "print('cached' if session_kernels._cache_works() else 'uncached')\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("uncached")
+    assert "set NUMBA_CACHE_DIR" in done.stderr
