@@ -146,6 +146,8 @@ def test_weights_scale_the_session_clicks() -> None:
     m = build([[0, 1]] * 5 + [[2, 3]] * 5, 4, KNN.model_copy(update=dict(session_decay=1.0)))
     favour_first = m.score(q(0, 2), weights=np.array([100.0, 1.0], dtype=np.float32))[0]
     assert favour_first.tolist().index(1) < favour_first.tolist().index(3)
+    with pytest.raises(ValueError, match="1 weights for 2 items"):
+        m.score(q(0, 2), weights=np.ones(1, dtype=np.float32))
 
 
 def test_arrays_are_read_only() -> None:
