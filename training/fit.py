@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,9 +33,16 @@ class Factors:
     seconds: float
 
 
-def fit_als(weights: sp.csr_matrix, settings: ALSSettings, *, progress: bool = False) -> Factors:
+def fit_als(
+    weights: sp.csr_matrix,
+    settings: ALSSettings,
+    *,
+    progress: bool = False,
+    spark_frame: Any = None,
+) -> Factors:
     """Fit ALS on ``weights`` ``(n_users, n_items)`` (summed decayed event weights), with
-    ``settings.engine``: implicit here, or Spark MLlib (:func:`training.spark.fit_als_spark`).
+    ``settings.engine``: implicit here, or Spark MLlib (:func:`training.spark.fit_als_spark`;
+    ``spark_frame``: the matrix where Spark already holds it).
 
     The matrix handed to implicit holds the confidences ``1 + alpha · w`` and
     implicit's own ``alpha`` is left at 1: implicit scales the stored values by its
@@ -49,7 +57,7 @@ def fit_als(weights: sp.csr_matrix, settings: ALSSettings, *, progress: bool = F
     if settings.engine == "spark":
         from .spark import fit_als_spark  # noqa: PLC0415 (the spark extra, optional)
 
-        return fit_als_spark(weights, settings)
+        return fit_als_spark(weights, settings, spark_frame)
     cui = weights.astype(np.float32, copy=True)
     cui.data = confidence(cui.data, settings.alpha)
     # implicit parallelises over users itself; BLAS threads on top of that only

@@ -279,25 +279,55 @@ def build_model(
 ) -> BuiltModel:
     """Fit and index in memory; the artifact is not written."""
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    inter = build_interactions(data.table, settings.weighting)
-    timings["weighting_seconds"] = time.perf_counter() - t
-
-    # the visits too before the fit: the last pass of Arrow kernels over the whole
-    # table, so that one release hands back what they all left in Arrow's allocator
-    t = time.perf_counter()
     ns = settings.neighbors
-    indptr, session_items = visit_arrays(
-        data.table,
-        inter.item_ids,
-        gap_seconds=int(ns.visit_gap_minutes * 60),
-        max_length=ns.max_visit_length,
+    half_lives = (
+        POPULARITY_HALF_LIVES
+        if settings.weighting.popularity_half_life_days is None
+        else (settings.weighting.popularity_half_life_days,)
     )
-    timings["visits_seconds"] = time.perf_counter() - t
-    _release_arrow_memory()
+    spark = None
+    if settings.als.engine == "spark":
+        # the weighting and the aggregations in Spark SQL; the matrix stays there for
+        # the fit (training/spark_data.py)
+        from .spark import spark_session  # noqa: PLC0415 (the spark extra, optional)
+        from .spark_data import spark_data  # noqa: PLC0415
 
-    factors = fit_als(inter.weights, settings.als, progress=progress)
+        spark = spark_data(
+            spark_session(settings.als.spark_master, settings.als.spark_driver_memory),
+            data.table,
+            settings.weighting,
+            popularity_half_lives=half_lives,
+            gap_seconds=int(ns.visit_gap_minutes * 60),
+            max_length=ns.max_visit_length,
+        )
+        inter, indptr, session_items = spark.interactions, spark.visit_indptr, spark.visit_items
+        timings.update({f"spark_{k}": v for k, v in spark.seconds.items()})
+    else:
+        t = time.perf_counter()
+        inter = build_interactions(data.table, settings.weighting)
+        timings["weighting_seconds"] = time.perf_counter() - t
+
+        # the visits too before the fit: the last pass of Arrow kernels over the whole
+        # table, so that one release hands back what they all left in Arrow's allocator
+        t = time.perf_counter()
+        indptr, session_items = visit_arrays(
+            data.table,
+            inter.item_ids,
+            gap_seconds=int(ns.visit_gap_minutes * 60),
+            max_length=ns.max_visit_length,
+        )
+        timings["visits_seconds"] = time.perf_counter() - t
+        _release_arrow_memory()
+
+    factors = fit_als(
+        inter.weights,
+        settings.als,
+        progress=progress,
+        spark_frame=spark.weights_frame if spark is not None else None,
+    )
     timings["fit_seconds"] = factors.seconds
+    if spark is not None:
+        spark.weights_frame.unpersist()
 
     t = time.perf_counter()
     index = ItemIndex.build(factors.item_factors, settings.index)
@@ -330,18 +360,18 @@ def build_model(
                 FoldIn(factors.item_factors, settings.als.regularization, settings.als.alpha),
                 settings.weighting,
                 allow_repeats=ranking.repeat_policy is RepeatPolicy.ALLOW,
-                half_lives=(
-                    POPULARITY_HALF_LIVES
-                    if settings.weighting.popularity_half_life_days is None
-                    else (settings.weighting.popularity_half_life_days,)
-                ),
+                half_lives=half_lives,
                 seed=settings.als.random_state,
             )
             timings["blend_seconds"] = time.perf_counter() - t
             if fitted is not None:
                 if fitted.popularity_half_life_days != inter.popularity_half_life_days:
-                    popularity = trending_popularity(
-                        data.table, inter, settings.weighting, fitted.popularity_half_life_days
+                    popularity = (
+                        spark.popularity_by_half_life[fitted.popularity_half_life_days]
+                        if spark is not None
+                        else trending_popularity(
+                            data.table, inter, settings.weighting, fitted.popularity_half_life_days
+                        )
                     )
                 user = fitted.blend
                 if settings.ranking.repeat_weight is not None:

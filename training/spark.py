@@ -22,20 +22,21 @@ Settings, by our names (implicit's) → Spark's:
 ``spark_master``   the session's master (``local[*]``, ``spark://host:7077``, ...)
 =================  ==================================================================
 
-What runs where: the matrix goes from the driver to Spark as an Arrow table (the
-trainer loads and weights the events on one machine, as the implicit engine does), the
-fit runs on the executors, and the factors (``(n_users + n_items) × factors`` floats)
-come back to the driver. The driver therefore holds the event table and the matrix:
-the size limit is the implicit engine's for loading (docs/design.md, "Training beyond
-one machine"), lifted from the fit only. The factors are checkpointed every
-:data:`_CHECKPOINT_EVERY` sweeps into a temporary directory (on a cluster, point
-``spark.checkpoint.dir`` at shared storage).
+What runs where: the trainer loads the events on the driver and hands them to Spark,
+which weighs and aggregates them (:mod:`training.spark_data`: the matrix, buy-again,
+popularity, the visits); the matrix stays in Spark for the fit, which runs on the
+executors, and the factors (``(n_users + n_items) × factors`` floats) come back to the
+driver. What still runs on the driver, and its size limit: docs/design.md, "Training
+beyond one machine". The factors are checkpointed every :data:`_CHECKPOINT_EVERY`
+sweeps into a temporary directory (on a cluster, point ``spark.checkpoint.dir`` at
+shared storage).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -79,6 +80,13 @@ def spark_session(master: str, driver_memory: str) -> Any:
             SparkSession.builder.master(master)
             .appName("recsvc-train")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            # one machine's cores, not Spark's 200 shuffle partitions a stage (each a
+            # task of a few ms at a trainer's sizes; a cluster keeps its own setting)
+            .config(
+                "spark.sql.shuffle.partitions",
+                str(2 * (os.cpu_count() or 1)) if master.startswith("local") else "200",
+            )
             .config("spark.driver.memory", driver_memory)
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .getOrCreate()
@@ -97,25 +105,28 @@ def spark_session(master: str, driver_memory: str) -> Any:
     return session
 
 
-def fit_als_spark(weights: sp.csr_matrix, settings: ALSSettings) -> Factors:
+def fit_als_spark(weights: sp.csr_matrix, settings: ALSSettings, frame: Any = None) -> Factors:
     """Fit ALS on ``weights`` ``(n_users, n_items)`` with Spark (see the module
-    docstring for the settings' mapping). A user or item Spark returns no factors for
-    (none: every row and column of the matrix has a weight) would get zeros."""
+    docstring for the settings' mapping). ``frame``: the same matrix already in Spark
+    (``user``, ``item``, ``w``; :mod:`training.spark_data` leaves it there), so it is
+    not sent from the driver again. A user or item Spark returns no factors for (none:
+    every row and column of the matrix has a weight) would get zeros."""
     from pyspark.ml.recommendation import ALS  # noqa: PLC0415 (the spark extra)
 
     session = spark_session(settings.spark_master, settings.spark_driver_memory)
-    coo = weights.tocoo()
     n_users, n_items = weights.shape
     mean_count = weights.nnz / max(1, int((np.diff(weights.indptr) > 0).sum()))
-    table = pa.table(
-        {
-            "user": coo.row.astype(np.int32),
-            "item": coo.col.astype(np.int32),
-            "w": coo.data.astype(np.float32),
-        }
-    )
     started = time.perf_counter()
-    frame = session.createDataFrame(table)
+    if frame is None:
+        coo = weights.tocoo()
+        table = pa.table(
+            {
+                "user": coo.row.astype(np.int32),
+                "item": coo.col.astype(np.int32),
+                "w": coo.data.astype(np.float32),
+            }
+        )
+        frame = session.createDataFrame(table)
     als = ALS(
         rank=settings.factors,
         maxIter=settings.iterations,
