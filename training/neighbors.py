@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.linalg
@@ -53,9 +54,31 @@ from threadpoolctl import threadpool_limits
 
 from recsvc.neighbors import N_FEATURES, NeighborModel, NeighborParams, _ranges
 
-__all__ = ["build_neighbor_model", "cores", "fit_reranker"]
+__all__ = [
+    "PairCounter",
+    "build_neighbor_model",
+    "cores",
+    "fit_reranker",
+    "gap_sums",
+    "pair_matrix",
+]
 
 SEED = 0
+
+
+class PairCounter(Protocol):
+    """The pair sums of the first ``sessions`` sessions (:func:`_pair_sums`'s matrix),
+    computed elsewhere than from the session arrays the build holds: the Spark engine
+    counts them where the visits are (``training.spark_data.SparkPairCounter``)."""
+
+    def __call__(
+        self, sessions: int, max_gap: int, *, symmetric: bool = False, distinct: bool = False
+    ) -> sp.csr_matrix: ...
+
+
+_Pairs = Callable[..., sp.csr_matrix]
+"""A build's :func:`_pair_sums` over its sessions: ``(max_gap, *, symmetric, distinct)``."""
+
 MAX_ITERATIONS = 100
 """L-BFGS iterations of the re-ranker fit (validation scores are flat beyond ~100)."""
 
@@ -67,9 +90,12 @@ def build_neighbor_model(
     params: NeighborParams | None = None,
     *,
     parallel: bool = True,
+    pair_counter: PairCounter | None = None,
 ) -> NeighborModel:
     """The session recommender over these training sessions; with ``parallel`` and
-    more than one core, the re-ranker's part runs on a second thread.
+    more than one core, the re-ranker's part runs on a second thread. ``pair_counter``:
+    the co-occurrence and rule counts from elsewhere (they are summed from the session
+    arrays otherwise).
 
     Empty sessions are allowed (they never become neighbours). Raises
     ``ValueError`` on malformed input (``indptr`` not non-decreasing from 0 to
@@ -82,17 +108,19 @@ def build_neighbor_model(
     # other work (the whole build took 2-3x longer with 2 OpenBLAS threads)
     with threadpool_limits(limits=1, user_api="blas"):
         if not params.rerank:
-            return _build(indptr, items, n_items, params)
+            return _build(indptr, items, n_items, params, pair_counter=pair_counter)
         if not parallel or cores() < 2:
-            model = _build(indptr, items, n_items, params)
-            weights = fit_reranker(indptr, items, n_items, params)
+            model = _build(indptr, items, n_items, params, pair_counter=pair_counter)
+            weights = fit_reranker(indptr, items, n_items, params, pair_counter=pair_counter)
         else:
             # side by side (module docstring): their time is in code that releases
             # the GIL; one at a time in their memory-heaviest steps (the lock)
             turns = threading.Lock()
             with ThreadPoolExecutor(1, thread_name_prefix="reranker") as pool:
-                reranker = pool.submit(fit_reranker, indptr, items, n_items, params, turns)
-                model = _build(indptr, items, n_items, params, turns)
+                reranker = pool.submit(
+                    fit_reranker, indptr, items, n_items, params, turns, pair_counter
+                )
+                model = _build(indptr, items, n_items, params, turns, pair_counter)
                 weights = reranker.result()
     return model.with_params(params, weights)
 
@@ -123,6 +151,7 @@ def fit_reranker(
     n_items: int,
     params: NeighborParams,
     pair_sums_lock: threading.Lock | None = None,
+    pair_counter: PairCounter | None = None,
 ) -> NDArray[np.float64]:
     """The re-ranking weights ``(N_FEATURES,)`` fitted on the newest
     ``params.rerank_holdout`` of the sessions, featurised by a model of the older
@@ -138,7 +167,9 @@ def fit_reranker(
     fallback[0] = 1.0
     if cut < 1 or cut >= n_sessions:
         return fallback
-    older = _build(indptr[: cut + 1], items[: indptr[cut]], n_items, params, pair_sums_lock)
+    older = _build(
+        indptr[: cut + 1], items[: indptr[cut]], n_items, params, pair_sums_lock, pair_counter
+    )
     # prefix -> next cases of the newer sessions, items unseen by `older` dropped:
     # session s (of the newer ones, in order) gives cases k = 1 .. len - 1 (its first
     # k clicks -> click k); every `step`-th case of that sequence is used
@@ -222,6 +253,7 @@ def _build(
     n_items: int,
     params: NeighborParams,
     turn: AbstractContextManager[object] | None = None,
+    pair_counter: PairCounter | None = None,
 ) -> NeighborModel:
     """Every array but the re-ranking weights (the model scores by neighbours alone),
     from session arrays the public entry points have checked (:func:`_checked`).
@@ -255,14 +287,21 @@ def _build(
     # smoothed IDF: positive even for an item in every session
     item_idf = np.where(counts > 0, np.log1p(n_sessions / np.maximum(counts, 1)), 0.0)
 
+    def counted(max_gap: int, *, symmetric: bool = False, distinct: bool = False) -> sp.csr_matrix:
+        if pair_counter is not None:
+            return pair_counter(n_sessions, max_gap, symmetric=symmetric, distinct=distinct)
+        return _pair_sums(
+            items, session_of, n_items, max_gap, symmetric=symmetric, distinct=distinct
+        )
+
     with turn:
         rule_indptr, rule_items, rule_scores = _sequential_rules(
-            indptr, items, session_of, n_items, params.rule_steps, params.rule_successors
+            counted, n_items, params.rule_steps, params.rule_successors
         )
     recent_start = indptr[int(n_sessions * (1 - params.recent_fraction))]
     item_recent = np.log1p(np.bincount(items[recent_start:], minlength=n_items))
     item_vectors = _embeddings(
-        items, session_of, n_items, params.embedding_dim, params.embedding_window, turn
+        counted, n_items, params.embedding_dim, params.embedding_window, turn
     )
     return NeighborModel(
         params,
@@ -282,8 +321,7 @@ def _build(
 
 
 def _embeddings(
-    items: NDArray[np.int32],
-    session_of: NDArray[np.int64],
+    pairs: _Pairs,
     n_items: int,
     dim: int,
     window: int,
@@ -298,7 +336,7 @@ def _embeddings(
     if dim == 0 or dim >= n_items - 1:
         return np.zeros((n_items, 0), dtype=np.float32)
     with turn:
-        ppmi = _ppmi(items, session_of, n_items, window)
+        ppmi = _ppmi(pairs, n_items, window)
     if ppmi is None:
         return np.zeros((n_items, dim), dtype=np.float32)
     u, sigma = _top_eigen(ppmi, dim)
@@ -308,12 +346,10 @@ def _embeddings(
     return vectors.astype(np.float32)
 
 
-def _ppmi(
-    items: NDArray[np.int32], session_of: NDArray[np.int64], n_items: int, window: int
-) -> sp.csr_matrix | None:
+def _ppmi(pairs: _Pairs, n_items: int, window: int) -> sp.csr_matrix | None:
     """The float32 shifted PPMI matrix of :func:`_embeddings`, explicit zeros removed;
     None when no two items co-occur."""
-    counts = _pair_sums(items, session_of, n_items, window, symmetric=True)
+    counts = pairs(window, symmetric=True)
     if counts.nnz == 0:
         return None
     marginal = np.asarray(counts.sum(axis=1)).ravel()
@@ -449,41 +485,59 @@ def _pair_sums(
         del a, b, same
     keys.sort()
     # each block's distinct pairs are written back over the keys already read, so the
-    # only other per-occurrence memory is one block's temporaries
+    # only other per-occurrence memory is one block's temporaries; a block ends where a
+    # pair's run does, so each pair is summed in one piece
     sums: list[NDArray[np.float64]] = []
-    written = 0
-    for lo in range(0, len(keys), block):
-        chunk = keys[lo : lo + block]
-        weight = 1.0 / ((chunk & ((1 << bits) - 1)) + 1).astype(np.float64)
-        pair = chunk >> bits
-        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-        total = np.add.reduceat(weight, starts)
-        pair = pair[starts]
-        if written and keys[written - 1] == pair[0]:  # a run across the block boundary
-            sums[-1][-1] += total[0]
-            pair, total = pair[1:], total[1:]
-        if len(pair):
-            keys[written : written + len(pair)] = pair
-            written += len(pair)
-            sums.append(total)
-        del chunk, weight, pair, starts, total
+    written = lo = 0
+    while lo < len(keys):
+        hi = min(lo + block, len(keys))
+        if hi < len(keys):
+            next_pair = ((int(keys[hi - 1]) >> bits) + 1) << bits
+            hi = lo + int(np.searchsorted(keys[lo:], next_pair))
+        chunk = keys[lo:hi]
+        runs = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+        count = np.diff(np.r_[runs, len(chunk)])
+        key = chunk[runs]
+        pair, total = gap_sums(key >> bits, (key & ((1 << bits) - 1)) + 1, count)
+        keys[written : written + len(pair)] = pair
+        written += len(pair)
+        sums.append(total)
+        del chunk, runs, count, key, pair, total
+        lo = hi
     found = keys[:written]
+    data = np.concatenate(sums) if sums else np.zeros(0, np.float64)
+    del keys
+    return pair_matrix(found, data, n_items)
+
+
+def gap_sums(
+    pair: NDArray[np.int64], gap: NDArray[np.int64], count: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """``Σ count / gap`` per pair, from ``(pair, gap, count)`` rows sorted by pair then
+    gap: the distinct pairs and their sums. One order of additions (the gaps' own),
+    wherever the counts were made, so the Spark engine's sums equal these to the bit."""
+    if len(pair) == 0:
+        return pair, np.zeros(0, np.float64)
+    value = count.astype(np.float64) / gap.astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    return pair[starts], np.add.reduceat(value, starts)
+
+
+def pair_matrix(pair: NDArray[np.int64], sums: NDArray[np.float64], n_items: int) -> sp.csr_matrix:
+    """``(n_items, n_items)`` float64 CSR, sorted indices, from sorted distinct pair keys
+    ``a·n_items + b`` (overwritten) and their sums."""
     # row r starts at the first pair key >= r·n_items (the keys are sorted and distinct);
     # no per-pair row array (found // n_items) beside the keys
-    indptr = np.searchsorted(found, np.arange(n_items + 1, dtype=np.int64) * n_items)
-    np.remainder(found, n_items, out=found)
-    cols = found.astype(np.int32)
-    del keys, found
-    data = np.concatenate(sums) if sums else np.zeros(0, np.float64)
-    matrix = sp.csr_matrix((data, cols, indptr), shape=(n_items, n_items))
+    indptr = np.searchsorted(pair, np.arange(n_items + 1, dtype=np.int64) * n_items)
+    np.remainder(pair, n_items, out=pair)
+    cols = pair.astype(np.int32)
+    matrix = sp.csr_matrix((sums, cols, indptr), shape=(n_items, n_items))
     matrix.has_sorted_indices = True
     return matrix
 
 
 def _sequential_rules(
-    indptr: NDArray[np.int64],
-    items: NDArray[np.int32],
-    session_of: NDArray[np.int64],
+    pairs: _Pairs,
     n_items: int,
     steps: int,
     successors: int,
@@ -491,7 +545,7 @@ def _sequential_rules(
     """Sequential rules ``a → b`` weighted ``Σ 1 / gap`` over every time ``b`` was
     clicked ``gap <= steps`` clicks after ``a`` in a session (a click repeated at once
     is no rule); the ``successors`` strongest per item, best first, as CSR arrays."""
-    rules = _pair_sums(items, session_of, n_items, steps, distinct=True)
+    rules = pairs(steps, distinct=True)
     indptr, indices, scores = rules.indptr, rules.indices, rules.data.astype(np.float32)
     del rules
     # best first within each row (ties: lower item first, from the sorted indices and

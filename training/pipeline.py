@@ -74,7 +74,7 @@ from .loading import (
     load_catalog,
     load_events,
 )
-from .neighbors import build_neighbor_model, cores
+from .neighbors import PairCounter, build_neighbor_model, cores
 
 if TYPE_CHECKING:
     from .evaluation import HoldoutSplit
@@ -301,8 +301,10 @@ def build_model(
             max_length=ns.max_visit_length,
         )
         inter, indptr, session_items = spark.interactions, spark.visit_indptr, spark.visit_items
+        pair_counter: PairCounter | None = spark.pair_counter
         timings.update({f"spark_{k}": v for k, v in spark.seconds.items()})
     else:
+        pair_counter = None
         t = time.perf_counter()
         inter = build_interactions(data.table, settings.weighting)
         timings["weighting_seconds"] = time.perf_counter() - t
@@ -326,8 +328,6 @@ def build_model(
         spark_frame=spark.weights_frame if spark is not None else None,
     )
     timings["fit_seconds"] = factors.seconds
-    if spark is not None:
-        spark.weights_frame.unpersist()
 
     t = time.perf_counter()
     index = ItemIndex.build(factors.item_factors, settings.index)
@@ -341,7 +341,14 @@ def build_model(
     # GIL, so with two cores the blend fit comes almost for free (docs/design.md)
     with ThreadPoolExecutor(1, thread_name_prefix="session-model") as pool:
         session_model = (
-            pool.submit(_session_model, indptr, session_items, inter.n_items, ns)
+            pool.submit(
+                _session_model,
+                indptr,
+                session_items,
+                inter.n_items,
+                ns,
+                pair_counter=pair_counter,
+            )
             if ns.enabled and ns.parallel_build and cores() > 1
             else None
         )
@@ -403,10 +410,12 @@ def build_model(
             timings["neighbors_wait_seconds"] = time.perf_counter() - t
         elif ns.enabled:
             neighbors, timings["neighbors_seconds"] = _session_model(
-                indptr, session_items, inter.n_items, ns, parallel=False
+                indptr, session_items, inter.n_items, ns, parallel=False, pair_counter=pair_counter
             )
         else:
             neighbors = None
+    if spark is not None:
+        spark.release()
     neighbor_arrays = neighbors.to_arrays() if neighbors is not None else None
     rerank_weights = neighbor_arrays.pop("rerank_weights") if neighbor_arrays else None
     manifest = Manifest(
@@ -469,10 +478,13 @@ def _session_model(
     ns: NeighborSettings,
     *,
     parallel: bool = True,
+    pair_counter: PairCounter | None = None,
 ) -> tuple[NeighborModel, float]:
     """The session model and the seconds its build took."""
     t = time.perf_counter()
-    model = build_neighbor_model(indptr, items, n_items, ns.params(), parallel=parallel)
+    model = build_neighbor_model(
+        indptr, items, n_items, ns.params(), parallel=parallel, pair_counter=pair_counter
+    )
     return model, time.perf_counter() - t
 
 

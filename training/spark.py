@@ -62,11 +62,15 @@ _CHECKPOINT_EVERY = 5
 
 
 def spark_session(master: str, driver_memory: str) -> Any:
-    """The process's Spark session on ``master`` (started once, stopped at exit).
+    """The process's Spark session on ``master`` (started once, stopped at exit, or
+    when a session on another master or driver memory is asked for: a process runs one
+    SparkContext, and Spark would hand back the running one, on its own master).
     ConfigError without pyspark or a Java runtime."""
     key = (master, driver_memory)
     if key in _SESSIONS:
         return _SESSIONS[key]
+    for other in list(_SESSIONS):
+        _SESSIONS.pop(other).stop()
     try:
         from pyspark.sql import SparkSession  # noqa: PLC0415 (the spark extra)
     except ImportError as exc:
@@ -75,32 +79,33 @@ def spark_session(master: str, driver_memory: str) -> Any:
             f"and a Java 17+ runtime: {exc}"
         ) from exc
     started = time.perf_counter()
+    builder = (
+        SparkSession.builder.master(master)
+        .appName("recsvc-train")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    if master.startswith("local"):
+        # one machine's cores, not Spark's 200 shuffle partitions a stage (each a task
+        # of a few ms at a trainer's sizes); a cluster keeps its own setting
+        builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1)))
     try:
-        session = (
-            SparkSession.builder.master(master)
-            .appName("recsvc-train")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            # one machine's cores, not Spark's 200 shuffle partitions a stage (each a
-            # task of a few ms at a trainer's sizes; a cluster keeps its own setting)
-            .config(
-                "spark.sql.shuffle.partitions",
-                str(2 * (os.cpu_count() or 1)) if master.startswith("local") else "200",
-            )
-            .config("spark.driver.memory", driver_memory)
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .getOrCreate()
-        )
+        session = builder.getOrCreate()
     except Exception as exc:  # py4j's and the JVM's errors: no common base to name
         raise ConfigError(f"cannot start Spark on {master!r}: {exc}") from exc
     session.sparkContext.setLogLevel("ERROR")
     # ALS's lineage grows with every sweep; without checkpoints its serialisation
-    # overflows the JVM's stack after a few hundred stages (StackOverflowError)
-    checkpoints = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
-    session.sparkContext.setCheckpointDir(checkpoints)
+    # overflows the JVM's stack after a few hundred stages (StackOverflowError). A
+    # cluster's executors must all reach the directory: spark.checkpoint.dir, when
+    # set (spark-defaults.conf, --conf), names shared storage and is kept
+    if session.sparkContext.getCheckpointDir() is None:
+        checkpoints = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
+        session.sparkContext.setCheckpointDir(checkpoints)
+        atexit.register(shutil.rmtree, checkpoints, ignore_errors=True)
     log.info("Spark session on %s in %.1fs", master, time.perf_counter() - started)
     _SESSIONS[key] = session
-    atexit.register(shutil.rmtree, checkpoints, ignore_errors=True)
     atexit.register(session.stop)
     return session
 

@@ -42,6 +42,7 @@ from recsvc.events import EventType
 from recsvc.weighting import EVENT_TYPES, SECONDS_PER_DAY, event_type_weights
 
 from .interactions import DEFAULT_POPULARITY_HALF_LIFE, Interactions, _weightless
+from .neighbors import gap_sums, pair_matrix
 
 __all__ = ["SparkData", "spark_data"]
 
@@ -57,9 +58,16 @@ class SparkData:
     """``(n_items,)`` popularity at each half-life asked for (days)."""
     visit_indptr: NDArray[np.int64]
     visit_items: NDArray[np.int32]
+    pair_counter: SparkPairCounter
+    """The session model's pair counts, over the visits Spark keeps (persisted)."""
     weights_frame: Any
     """Spark DataFrame ``(user int, item int, w float)``, cached: ALS's input."""
     seconds: dict[str, float]
+
+    def release(self) -> None:
+        """Drop what Spark keeps for the fit and the session model."""
+        self.weights_frame.unpersist()
+        self.pair_counter.release()
 
 
 def spark_data(
@@ -154,7 +162,7 @@ def spark_data(
     seconds["popularity_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    indptr, visit_items = _visits(coded, n_users, gap_seconds, max_length)
+    indptr, visit_items, pair_counter = _visits(coded, n_items, gap_seconds, max_length)
     seconds["visits_seconds"] = time.perf_counter() - t
     coded.unpersist()
     events.unpersist()
@@ -177,7 +185,15 @@ def spark_data(
             "interactions": int(weights.nnz),
         },
     )
-    return SparkData(inter, popularity_by_half_life, indptr, visit_items, weights_frame, seconds)
+    return SparkData(
+        inter,
+        popularity_by_half_life,
+        indptr,
+        visit_items,
+        pair_counter,
+        weights_frame,
+        seconds,
+    )
 
 
 def _sql() -> tuple[Any, Any]:
@@ -251,12 +267,13 @@ def _weightless_message(
 
 def _visits(
     coded: Any,
-    n_users: int,
+    n_items: int,
     gap_seconds: int,
     max_length: int,
-) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+) -> tuple[NDArray[np.int64], NDArray[np.int32], SparkPairCounter]:
     """:func:`training.interactions.visit_arrays`, as a window over each shopper's
-    events. Visits starting at the same second are ordered by their first event's row."""
+    events, and the counter of their pairs. Visits starting at the same second are
+    ordered by their first event's row."""
     F, Window = _sql()  # noqa: N806
     key_user = F.col("user").isNotNull()
     keyed = coded.select(
@@ -289,11 +306,69 @@ def _visits(
         )
         .select("start", "first", F.col("events.item").alias("items"))
         .orderBy("start", "first")
+        # increasing along the sort (partition index, then row): the visits' order
+        # without a one-partition numbering; persisted, so it is computed once
+        .select(F.monotonically_increasing_id().alias("oid"), "items")
+        .persist()
     )
-    table = visits.toArrow()
+    table = visits.orderBy("oid").toArrow()
     lists = table.column("items").combine_chunks()
+    order_ids = table.column("oid").to_numpy().astype(np.int64)
     if len(lists) == 0:
-        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
-    offsets = lists.offsets.to_numpy().astype(np.int64)
-    values = lists.values.to_numpy().astype(np.int32)
-    return offsets - offsets[0], values[offsets[0] : offsets[-1]]
+        indptr, items = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    else:
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        values = lists.values.to_numpy().astype(np.int32)
+        indptr, items = offsets - offsets[0], values[offsets[0] : offsets[-1]]
+    return indptr, items, SparkPairCounter(visits, order_ids, n_items)
+
+
+class SparkPairCounter:
+    """The session model's co-occurrence and rule counts
+    (:class:`training.neighbors.PairCounter`), counted by Spark over the visits it
+    holds: each click joined to the clicks 1..max_gap after it in its visit, counted
+    per (item, item, gap); the driver sums ``count / gap`` per pair in the gaps' order
+    (:func:`training.neighbors.gap_sums`), so the matrices equal the driver's own to
+    the bit."""
+
+    def __init__(self, visits: Any, order_ids: NDArray[np.int64], n_items: int) -> None:
+        self._visits = visits
+        self._order_ids = order_ids
+        self._n_items = n_items
+
+    def release(self) -> None:
+        self._visits.unpersist()
+
+    def __call__(
+        self, sessions: int, max_gap: int, *, symmetric: bool = False, distinct: bool = False
+    ) -> sp.csr_matrix:
+        F, _ = _sql()  # noqa: N806
+        n = self._n_items
+        if max_gap < 1 or sessions < 1:
+            return pair_matrix(np.zeros(0, np.int64), np.zeros(0, np.float64), n)
+        visits = self._visits
+        if sessions < len(self._order_ids):
+            visits = visits.filter(F.col("oid") < int(self._order_ids[sessions]))
+        clicks = visits.select("oid", F.posexplode("items").alias("pos", "item"))
+        after = clicks.select(
+            "oid",
+            "pos",
+            F.col("item").alias("a"),
+            F.explode(F.sequence(F.lit(1), F.lit(max_gap))).alias("gap"),
+        ).withColumn("at", F.col("pos") + F.col("gap"))
+        later = clicks.select("oid", F.col("pos").alias("at"), F.col("item").alias("b"))
+        pairs = after.join(later, ["oid", "at"]).select("a", "b", "gap")
+        if distinct:
+            pairs = pairs.filter(F.col("a") != F.col("b"))
+        if symmetric:
+            pairs = pairs.unionByName(
+                pairs.select(F.col("b").alias("a"), F.col("a").alias("b"), "gap")
+            )
+        counted = pairs.groupBy("a", "b", "gap").count().toArrow()
+        key = counted.column("a").to_numpy().astype(np.int64) * n
+        key += counted.column("b").to_numpy().astype(np.int64)
+        gap = counted.column("gap").to_numpy().astype(np.int64)
+        count = counted.column("count").to_numpy().astype(np.int64)
+        order = np.lexsort((gap, key))
+        pair, sums = gap_sums(key[order], gap[order], count[order])
+        return pair_matrix(pair, sums, n)

@@ -123,9 +123,9 @@ def test_one_core_and_two_threads_build_the_same_model(monkeypatch: pytest.Monke
     calls: list[str] = []
     real = ts.fit_reranker
 
-    def spy(*args: object) -> np.ndarray:
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
         calls.append(threading.current_thread().name)
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ts, "fit_reranker", spy)
     indptr, items = _chain_sessions()

@@ -12,7 +12,9 @@ import pytest
 
 from recsvc.config import ALSSettings, WeightingSettings
 from recsvc.errors import DataError
+from recsvc.neighbors import NeighborParams
 from recsvc.training.interactions import build_interactions, trending_popularity, visit_arrays
+from recsvc.training.neighbors import _pair_sums, build_neighbor_model
 from recsvc.training.spark import spark_session
 from recsvc.training.spark_data import spark_data
 
@@ -99,6 +101,49 @@ def test_spark_aggregates_equal_the_drivers(session: Any, weighting: WeightingSe
     assert sorted(visits) == sorted(_visits(indptr, items))
     assert max(len(v) for v in visits) == cap  # long visits keep their last events
     assert any(len(v) < cap for v in visits)
+
+
+@pytest.mark.parametrize(
+    ("max_gap", "symmetric", "distinct"), [(1, False, True), (3, False, True), (4, True, False)]
+)
+def test_spark_pair_counts_equal_the_drivers_to_the_bit(
+    session: Any, max_gap: int, symmetric: bool, distinct: bool
+) -> None:
+    got = spark_data(
+        session, _shop(seed=9), WeightingSettings(), popularity_half_lives=(7.0,),
+        gap_seconds=1_800, max_length=8,
+    )  # fmt: skip
+    indptr, items, n_items = got.visit_indptr, got.visit_items, got.interactions.n_items
+    for sessions in (len(indptr) - 1, (len(indptr) - 1) // 2):  # all, and the older half
+        clicks = items[: indptr[sessions]]
+        session_of = np.repeat(np.arange(sessions), np.diff(indptr[: sessions + 1]))
+        want = _pair_sums(
+            clicks, session_of, n_items, max_gap, symmetric=symmetric, distinct=distinct
+        )
+        spark = got.pair_counter(sessions, max_gap, symmetric=symmetric, distinct=distinct)
+        assert want.nnz > 0 and spark.has_sorted_indices
+        assert np.array_equal(spark.indptr, want.indptr)
+        assert np.array_equal(spark.indices, want.indices)
+        assert np.array_equal(spark.data, want.data)
+    assert got.pair_counter(0, max_gap).nnz == 0
+
+
+def test_the_session_model_built_on_spark_counts_is_the_drivers(session: Any) -> None:
+    got = spark_data(
+        session, _shop(seed=2), WeightingSettings(), popularity_half_lives=(7.0,),
+        gap_seconds=1_800, max_length=8,
+    )  # fmt: skip
+    params = NeighborParams(embedding_dim=4, rerank_cases=200)
+    n_items = got.interactions.n_items
+    want = build_neighbor_model(got.visit_indptr, got.visit_items, n_items, params)
+    spark = build_neighbor_model(
+        got.visit_indptr, got.visit_items, n_items, params, pair_counter=got.pair_counter
+    )
+    a, b = spark.to_arrays(), want.to_arrays()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert len(want.rule_items) > 0
 
 
 def _visits(indptr: np.ndarray, items: np.ndarray) -> list[tuple[int, ...]]:
