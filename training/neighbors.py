@@ -61,6 +61,8 @@ __all__ = [
     "fit_reranker",
     "gap_sums",
     "pair_matrix",
+    "pair_plan",
+    "rerank_cut",
 ]
 
 SEED = 0
@@ -162,7 +164,7 @@ def fit_reranker(
     :func:`_build`)."""
     indptr, items = _checked(session_indptr, session_items, n_items)
     n_sessions = len(indptr) - 1
-    cut = int(n_sessions * (1 - params.rerank_holdout))
+    cut = rerank_cut(n_sessions, params)
     fallback = np.zeros(N_FEATURES, dtype=np.float64)
     fallback[0] = 1.0
     if cut < 1 or cut >= n_sessions:
@@ -202,6 +204,18 @@ def fit_reranker(
     if not groups:
         return fallback
     return _fit_softmax(groups, targets, params.rerank_l2)
+
+
+def rerank_cut(n_sessions: int, params: NeighborParams) -> int:
+    """The re-ranker's older sessions: the first this many."""
+    return int(n_sessions * (1 - params.rerank_holdout))
+
+
+def pair_plan(n_sessions: int, params: NeighborParams) -> tuple[tuple[int, ...], int]:
+    """What a build over ``n_sessions`` sessions will ask a :class:`PairCounter` for:
+    the session prefixes (all; the re-ranker's older part) and the largest gap."""
+    prefixes = (n_sessions, rerank_cut(n_sessions, params)) if params.rerank else (n_sessions,)
+    return prefixes, max(params.rule_steps, params.embedding_window)
 
 
 def _fit_softmax(

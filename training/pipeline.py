@@ -299,6 +299,7 @@ def build_model(
             popularity_half_lives=half_lives,
             gap_seconds=int(ns.visit_gap_minutes * 60),
             max_length=ns.max_visit_length,
+            neighbor_params=ns.params(),
         )
         inter, indptr, session_items = spark.interactions, spark.visit_indptr, spark.visit_items
         pair_counter: PairCounter | None = spark.pair_counter

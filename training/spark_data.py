@@ -27,6 +27,7 @@ publish gate's holdout) is listed in docs/design.md, "Training beyond one machin
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +40,11 @@ from numpy.typing import NDArray
 from recsvc.config import WeightingSettings
 from recsvc.errors import DataError
 from recsvc.events import EventType
+from recsvc.neighbors import NeighborParams
 from recsvc.weighting import EVENT_TYPES, SECONDS_PER_DAY, event_type_weights
 
 from .interactions import DEFAULT_POPULARITY_HALF_LIFE, Interactions, _weightless
-from .neighbors import gap_sums, pair_matrix
+from .neighbors import gap_sums, pair_matrix, pair_plan
 
 __all__ = ["SparkData", "spark_data"]
 
@@ -78,8 +80,11 @@ def spark_data(
     popularity_half_lives: tuple[float, ...],
     gap_seconds: int,
     max_length: int,
+    neighbor_params: NeighborParams | None = None,
 ) -> SparkData:
-    """Weigh and aggregate ``table`` (the canonical event table) in ``session``."""
+    """Weigh and aggregate ``table`` (the canonical event table) in ``session``;
+    ``neighbor_params``: the session model's, whose pair counts the visits will give
+    (:func:`training.neighbors.pair_plan`)."""
     F, _ = _sql()  # noqa: N806
 
     if table.num_rows == 0:
@@ -162,7 +167,9 @@ def spark_data(
     seconds["popularity_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    indptr, visit_items, pair_counter = _visits(coded, n_items, gap_seconds, max_length)
+    indptr, visit_items, pair_counter = _visits(
+        coded, n_items, gap_seconds, max_length, neighbor_params
+    )
     seconds["visits_seconds"] = time.perf_counter() - t
     coded.unpersist()
     events.unpersist()
@@ -270,6 +277,7 @@ def _visits(
     n_items: int,
     gap_seconds: int,
     max_length: int,
+    neighbor_params: NeighborParams | None,
 ) -> tuple[NDArray[np.int64], NDArray[np.int32], SparkPairCounter]:
     """:func:`training.interactions.visit_arrays`, as a window over each shopper's
     events, and the counter of their pairs. Visits starting at the same second are
@@ -320,55 +328,109 @@ def _visits(
         offsets = lists.offsets.to_numpy().astype(np.int64)
         values = lists.values.to_numpy().astype(np.int32)
         indptr, items = offsets - offsets[0], values[offsets[0] : offsets[-1]]
-    return indptr, items, SparkPairCounter(visits, order_ids, n_items)
+    prefixes, max_gap = pair_plan(len(indptr) - 1, neighbor_params or NeighborParams())
+    return indptr, items, SparkPairCounter(visits, order_ids, n_items, max_gap, prefixes)
 
 
 class SparkPairCounter:
     """The session model's co-occurrence and rule counts
     (:class:`training.neighbors.PairCounter`), counted by Spark over the visits it
-    holds: each click joined to the clicks 1..max_gap after it in its visit, counted
-    per (item, item, gap); the driver sums ``count / gap`` per pair in the gaps' order
-    (:func:`training.neighbors.gap_sums`), so the matrices equal the driver's own to
-    the bit."""
+    holds: each click joined to the clicks 1..``max_gap`` after it in its visit, counted
+    per (item, item, gap) and per span of visits between the ``prefixes`` the build
+    will ask for (all sessions, the re-ranker's older part): one Spark job for every
+    matrix of the build, made on the first call. Each call then takes its gaps, spans
+    and variant (distinct, symmetric) from those counts, and the driver sums ``count /
+    gap`` per pair in the gaps' order (:func:`training.neighbors.gap_sums`), so the
+    matrices equal the driver's own to the bit. A prefix not announced costs a job of
+    its own."""
 
-    def __init__(self, visits: Any, order_ids: NDArray[np.int64], n_items: int) -> None:
+    def __init__(
+        self,
+        visits: Any,
+        order_ids: NDArray[np.int64],
+        n_items: int,
+        max_gap: int,
+        prefixes: tuple[int, ...],
+    ) -> None:
         self._visits = visits
         self._order_ids = order_ids
         self._n_items = n_items
+        self._max_gap = max_gap
+        self._lock = threading.Lock()
+        self._counted: dict[tuple[int, ...], dict[str, NDArray[np.int64]]] = {}
+        self._prefixes = tuple(sorted({min(max(p, 0), len(order_ids)) for p in prefixes}))
 
     def release(self) -> None:
         self._visits.unpersist()
 
+    @property
+    def jobs(self) -> int:
+        """Spark jobs run so far (one a distinct set of spans and gap)."""
+        return len(self._counted)
+
     def __call__(
         self, sessions: int, max_gap: int, *, symmetric: bool = False, distinct: bool = False
     ) -> sp.csr_matrix:
-        F, _ = _sql()  # noqa: N806
         n = self._n_items
+        sessions = min(max(sessions, 0), len(self._order_ids))
         if max_gap < 1 or sessions < 1:
             return pair_matrix(np.zeros(0, np.int64), np.zeros(0, np.float64), n)
-        visits = self._visits
-        if sessions < len(self._order_ids):
-            visits = visits.filter(F.col("oid") < int(self._order_ids[sessions]))
-        clicks = visits.select("oid", F.posexplode("items").alias("pos", "item"))
-        after = clicks.select(
-            "oid",
-            "pos",
-            F.col("item").alias("a"),
-            F.explode(F.sequence(F.lit(1), F.lit(max_gap))).alias("gap"),
-        ).withColumn("at", F.col("pos") + F.col("gap"))
-        later = clicks.select("oid", F.col("pos").alias("at"), F.col("item").alias("b"))
-        pairs = after.join(later, ["oid", "at"]).select("a", "b", "gap")
+        bounds = self._prefixes if sessions in self._prefixes else (sessions,)
+        if max_gap > self._max_gap:
+            bounds = (sessions,)
+        counted = self._counts(bounds, max(max_gap, self._max_gap))
+        kept = (counted["span"] <= bounds.index(sessions)) & (counted["gap"] <= max_gap)
+        a, b = counted["a"][kept], counted["b"][kept]
+        gap, count = counted["gap"][kept], counted["count"][kept]
         if distinct:
-            pairs = pairs.filter(F.col("a") != F.col("b"))
+            other = a != b
+            a, b, gap, count = a[other], b[other], gap[other], count[other]
         if symmetric:
-            pairs = pairs.unionByName(
-                pairs.select(F.col("b").alias("a"), F.col("a").alias("b"), "gap")
-            )
-        counted = pairs.groupBy("a", "b", "gap").count().toArrow()
-        key = counted.column("a").to_numpy().astype(np.int64) * n
-        key += counted.column("b").to_numpy().astype(np.int64)
-        gap = counted.column("gap").to_numpy().astype(np.int64)
-        count = counted.column("count").to_numpy().astype(np.int64)
-        order = np.lexsort((gap, key))
-        pair, sums = gap_sums(key[order], gap[order], count[order])
+            a, b = np.concatenate([a, b]), np.concatenate([b, a])
+            gap, count = np.concatenate([gap, gap]), np.concatenate([count, count])
+        # one row a (pair, gap): the spans' and both directions' counts added
+        width = int(gap.max(initial=0)) + 1
+        combined = (a * n + b) * width + gap
+        order = np.argsort(combined, kind="stable")
+        combined, count = combined[order], count[order]
+        if len(combined):
+            starts = np.flatnonzero(np.r_[True, combined[1:] != combined[:-1]])
+            combined, count = combined[starts], np.add.reduceat(count, starts)
+        pair, sums = gap_sums(combined // width, combined % width, count)
         return pair_matrix(pair, sums, n)
+
+    def _counts(self, bounds: tuple[int, ...], max_gap: int) -> dict[str, NDArray[np.int64]]:
+        """(span, a, b, gap, count) over the visits up to ``bounds[-1]``: span ``k`` is
+        the visits from ``bounds[k - 1]`` to ``bounds[k]``. Counted once a ``bounds``."""
+        F, _ = _sql()  # noqa: N806
+        key = (*bounds, max_gap)
+        with self._lock:
+            if key in self._counted:
+                return self._counted[key]
+            ids = self._order_ids
+            visits = self._visits
+            if bounds[-1] < len(ids):
+                visits = visits.filter(F.col("oid") < int(ids[bounds[-1]]))
+            span = F.lit(len(bounds) - 1)
+            for k in reversed(range(len(bounds) - 1)):
+                span = F.when(F.col("oid") < int(ids[bounds[k]]), k).otherwise(span)
+            clicks = visits.select(
+                "oid", span.alias("span"), F.posexplode("items").alias("pos", "item")
+            )
+            after = clicks.select(
+                "oid",
+                "span",
+                "pos",
+                F.col("item").alias("a"),
+                F.explode(F.sequence(F.lit(1), F.lit(max_gap))).alias("gap"),
+            ).withColumn("at", F.col("pos") + F.col("gap"))
+            later = clicks.select("oid", F.col("pos").alias("at"), F.col("item").alias("b"))
+            table = (
+                after.join(later, ["oid", "at"]).groupBy("span", "a", "b", "gap").count().toArrow()
+            )
+            counted = {
+                name: table.column(name).to_numpy().astype(np.int64)
+                for name in ("span", "a", "b", "gap", "count")
+            }
+            self._counted[key] = counted
+            return counted

@@ -144,6 +144,9 @@ def test_the_session_model_built_on_spark_counts_is_the_drivers(session: Any) ->
     for name in a:
         assert np.array_equal(a[name], b[name]), name
     assert len(want.rule_items) > 0
+    # both builds' rules and co-occurrences (the re-ranker's older sessions and all)
+    # came from one Spark job
+    assert got.pair_counter.jobs == 1
 
 
 def _visits(indptr: np.ndarray, items: np.ndarray) -> list[tuple[int, ...]]:
