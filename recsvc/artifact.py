@@ -26,6 +26,9 @@ Layout under the artifact root::
         neighbors.npz          arrays and parameters of the item-neighbour model
                                (recsvc.neighbors), when training built one
         bought_together.npz    co-purchase counts (recsvc.cobuy), when counted
+        user_peers.npz         customers-like-you lists (recsvc.peers), CSR (n_users,
+                               n_items) float32, with the customers' vectors, when
+                               the trainer kept them (their blend weight > 0)
 
 Arrays are ``.npy``/``.npz`` read with ``allow_pickle=False``. A version is written
 to a temporary sibling directory and renamed into place, so a reader never sees a
@@ -56,6 +59,8 @@ from recsvc.cobuy import CoPurchases
 from recsvc.errors import ArtifactError, ChecksumError
 from recsvc.index import ItemIndex
 from recsvc.manifest import FORMAT_VERSION, FileEntry, Manifest, describe, parse
+from recsvc.peers import PeerLists
+from recsvc.peers import remove as remove_peers
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,6 +84,7 @@ PUBLISHED = "PUBLISHED.json"
 INDEX_FILE = "index.faiss"
 NEIGHBORS_FILE = "neighbors.npz"
 BOUGHT_TOGETHER_FILE = "bought_together.npz"
+PEERS_FILE = "user_peers.npz"
 _RERANK_WEIGHTS_V1 = "rerank_weights"
 """The array of neighbors.npz that held the re-ranker's weights in format 1."""
 
@@ -118,6 +124,8 @@ class ModelArtifact:
     which the manifest keeps by name (``manifest.neighbors``)."""
     bought_together: dict[str, NDArray[Any]] | None = None
     """Co-purchase counts, if counted: :meth:`recsvc.cobuy.CoPurchases.to_arrays`."""
+    peers: PeerLists | None = None
+    """Customers-like-you lists, if kept (``manifest.peers`` says how they were made)."""
 
     @property
     def model_version(self) -> str:
@@ -181,6 +189,8 @@ def _write_files(artifact: ModelArtifact, tmp: Path) -> Manifest:
         np.savez(tmp / NEIGHBORS_FILE, **artifact.neighbors)  # type: ignore[arg-type]
     if artifact.bought_together is not None:
         np.savez(tmp / BOUGHT_TOGETHER_FILE, **artifact.bought_together)  # type: ignore[arg-type]
+    if artifact.peers is not None:
+        np.savez(tmp / PEERS_FILE, **artifact.peers.to_arrays())  # type: ignore[arg-type]
     files = {
         p.name: FileEntry(sha256=_sha256(p), bytes=p.stat().st_size) for p in sorted(tmp.iterdir())
     }
@@ -200,8 +210,11 @@ rewritten one (see :func:`finish_replacements`)."""
 
 
 def remove_users(root: Path, version: str, users: Set[str]) -> int:
-    """Rewrite ``root/<version>`` without ``users`` (their ids, factors, histories and
-    purchases); the rows removed (0: none was there, nothing was written).
+    """Rewrite ``root/<version>`` without ``users`` (their ids, factors, histories,
+    purchases and customers-like-you lists); the rows removed (0: none was there,
+    nothing was written). The list of every customer one of them was a neighbour of
+    is recomputed from the customers left (:func:`recsvc.peers.remove`), so their
+    purchases are in no one's list afterwards.
 
     The new version is written beside it and swapped in by two renames (the old
     directory aside, the new one into its name), then the old one is deleted. A crash
@@ -227,6 +240,14 @@ def remove_users(root: Path, version: str, users: Set[str]) -> int:
     a.user_purchases = a.user_purchases[keep]
     data = a.manifest.data.model_copy(update={"users": len(a.user_ids)})
     a.manifest = a.manifest.model_copy(update={"data": data})
+    section = a.manifest.peers
+    if a.peers is not None and section is not None:
+        a.peers = remove_peers(a.peers, keep, section.k, section.length)
+        counts = {
+            "pool": int(a.peers.pool.sum()),
+            "customers": int(np.count_nonzero(np.diff(a.peers.lists.indptr))),
+        }
+        a.manifest = a.manifest.model_copy(update={"peers": section.model_copy(update=counts)})
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     aside = root / f"{_REPLACED}{version}"
     try:
@@ -343,6 +364,10 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         if BOUGHT_TOGETHER_FILE in manifest.files:
             with np.load(path / BOUGHT_TOGETHER_FILE, allow_pickle=False) as z:
                 bought_together = {name: z[name] for name in z.files}
+        peers = None
+        if PEERS_FILE in manifest.files:
+            with np.load(path / PEERS_FILE, allow_pickle=False) as z:
+                peers = PeerLists.from_arrays({name: z[name] for name in z.files})
     except (OSError, ValueError, KeyError) as exc:
         raise ArtifactError(f"cannot read arrays of {path}: {exc}") from exc
     idx = manifest.index
@@ -354,6 +379,7 @@ def read_artifact(path: Path, *, verify_checksums: bool = True) -> ModelArtifact
         index=index,
         neighbors=neighbors,
         bought_together=bought_together,
+        peers=peers,
         **arrays,
     )
     _check_shapes(path, artifact)
@@ -377,6 +403,10 @@ def _check_shapes(path: Path, a: ModelArtifact) -> None:
             raise ArtifactError(f"{path}: {name} has shape {getattr(a, name).shape}, not {shape}")
     if a.index.ntotal != n_items:
         raise ArtifactError(f"{path}: index holds {a.index.ntotal} items, not {n_items}")
+    if a.peers is not None and a.peers.lists.shape != (n_users, n_items):
+        raise ArtifactError(
+            f"{path}: user_peers has shape {a.peers.lists.shape}, not {(n_users, n_items)}"
+        )
 
 
 def _check_neighbors(path: Path, a: ModelArtifact) -> None:
@@ -387,6 +417,10 @@ def _check_neighbors(path: Path, a: ModelArtifact) -> None:
     if (a.bought_together is None) != (a.manifest.bought_together is None):
         raise ArtifactError(
             f"{path}: the co-purchase counts and their manifest section must come together"
+        )
+    if (a.peers is None) != (a.manifest.peers is None):
+        raise ArtifactError(
+            f"{path}: the customers-like-you lists and their manifest section must come together"
         )
     if a.bought_together is not None:
         try:

@@ -38,6 +38,7 @@ __all__ = [
     "IndexSettings",
     "NeighborParams",
     "NeighborSettings",
+    "PeerSettings",
     "PlacementSettings",
     "PrivacySettings",
     "RankingSettings",
@@ -273,6 +274,24 @@ class BlendSettings(_Section):
     """The item-neighbour model's score for the session's (or user's) items."""
     popularity: float = Field(default=0.0, ge=0.0)
     """The item's decayed popularity (a prior)."""
+
+
+class PeerSettings(_Section):
+    """Customers like you: each known customer's list of what their nearest customers
+    buy (TIFU-KNN's neighbour part, :mod:`recsvc.peers`), a fourth signal of the
+    fitted user blend. The trainer fits its weight (and the neighbour count and basket
+    decay) on the blend's held-out last baskets, keeping the blend's other weights;
+    where it does not help, the weight is 0 and no lists are kept."""
+
+    enabled: bool = True
+    """Fit the signal (only with a fitted user blend: ``[ranking] user_blend`` unset)."""
+    pool_size: int = Field(default=30_000, ge=2)
+    """Only the most recently active this many customers (by their last purchase) can
+    be anyone's neighbour: the search costs customers × pool (~0.4 s per 1,000
+    customers at a 20,000-customer pool), never customers²."""
+    length: int = Field(default=200, ge=1)
+    """Items kept in each customer's list (4 bytes of score and 4 of item each, per
+    customer, in the artifact and the server's memory)."""
 
 
 class RankingSettings(_Section):
@@ -576,6 +595,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     ranking: RankingSettings = RankingSettings()
     neighbors: NeighborSettings = NeighborSettings()
+    peers: PeerSettings = PeerSettings()
     redis: RedisSettings = RedisSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     retention: RetentionSettings = RetentionSettings()

@@ -52,6 +52,7 @@ __all__ = [
     "IndexSection",
     "Manifest",
     "NeighborsSection",
+    "PeersSection",
     "RankingSection",
     "SourceSummary",
     "TrainedSettings",
@@ -197,6 +198,9 @@ class BlendWeights(_Schema):
     """The item-neighbour model's score."""
     popularity: float = Field(ge=0.0)
     """The item's decayed popularity (a prior)."""
+    peers: float = Field(default=0.0, ge=0.0)
+    """The customer's customers-like-you list (``user_peers.npz``); 0 in models
+    trained before it."""
 
 
 class BlendFitReport(_Schema):
@@ -295,6 +299,33 @@ class BoughtTogetherSection(_Schema):
     """Baskets of more distinct items were left out."""
 
 
+class PeersSection(_Schema):
+    """The customers-like-you lists (``user_peers.npz``, :mod:`recsvc.peers`) and how
+    their weight was fitted (``training/peers.py``)."""
+
+    k: int = Field(ge=1)
+    """Nearest customers averaged per list."""
+    groups: int = Field(ge=1)
+    """TIFU-KNN's m: groups a customer's baskets are split into."""
+    basket_decay: float
+    """TIFU-KNN's r_b: a basket's weight within its group, per later basket."""
+    group_decay: float
+    """TIFU-KNN's r_g: a group's weight, per later group."""
+    length: int = Field(ge=1)
+    """Items kept per list."""
+    pool: int = Field(ge=0)
+    """Customers who can be a neighbour (the most recently active), count."""
+    customers: int = Field(ge=0)
+    """Customers with a list, count."""
+    recall_at_20: float = Field(validation_alias="recall@20", serialization_alias="recall@20")
+    """Recall@20 of the user blend with the lists on the blend fit's held-out
+    baskets, fraction in [0, 1]."""
+    recall_at_20_without: float = Field(
+        validation_alias="recall@20_without", serialization_alias="recall@20_without"
+    )
+    """The same without them, fraction in [0, 1]."""
+
+
 class FileEntry(_Schema):
     """One file of the version directory."""
 
@@ -330,6 +361,10 @@ class Manifest(_Schema):
     """The co-purchase counts behind SimilarItems' bought-together mode; None when
     training counted none (models trained before it; then no
     ``bought_together.npz``)."""
+    peers: PeersSection | None = None
+    """The customers-like-you lists; None when the trainer kept none (the signal did
+    not help, was switched off, or the model predates it; then no
+    ``user_peers.npz`` and the user blend's ``peers`` weight is 0)."""
     metrics: dict[str, float]
     """Quality measured at training time, by name: ``index_recall_at_20`` and the
     publish gate's holdout metrics (docs/evaluation.md), fractions in [0, 1], but

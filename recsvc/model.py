@@ -19,6 +19,7 @@ from recsvc.config import RepeatPolicy
 from recsvc.foldin import FoldIn
 from recsvc.manifest import BlendWeights, RankingSection
 from recsvc.neighbors import NeighborModel
+from recsvc.peers import PeerLists
 
 __all__ = ["Blend", "Model", "NeighborScorer", "RankingDefaults"]
 
@@ -30,16 +31,18 @@ class Blend:
     ``cf`` is the inner product of the query vector with the item (ALS), ``repeat``
     the user's own decayed purchase weight of the item (buy again), ``neighbors``
     the item-neighbour score of the session's (or the user's) items, ``popularity``
-    the item's decayed popularity (a prior).
+    the item's decayed popularity (a prior), ``peers`` the known customer's
+    customers-like-you list (:mod:`recsvc.peers`).
     """
 
     cf: float = 1.0
     repeat: float = 0.0
     neighbors: float = 0.0
     popularity: float = 0.0
+    peers: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.cf, self.repeat, self.neighbors, self.popularity) < 0:
+        if min(self.cf, self.repeat, self.neighbors, self.popularity, self.peers) < 0:
             raise ValueError(f"blend weights must be >= 0, got {self}")
 
     def with_repeat_weight(self, repeat: float | None) -> Blend:
@@ -47,25 +50,41 @@ class Blend:
         override) and the other weights scaled to share ``1 - repeat``."""
         if repeat is None:
             return self
-        rest = self.cf + self.neighbors + self.popularity
+        rest = self.cf + self.neighbors + self.popularity + self.peers
         if rest <= 0:
             return Blend(cf=1.0 - repeat, repeat=repeat)
         scale = (1.0 - repeat) / rest
-        return Blend(self.cf * scale, repeat, self.neighbors * scale, self.popularity * scale)
+        return Blend(
+            self.cf * scale,
+            repeat,
+            self.neighbors * scale,
+            self.popularity * scale,
+            self.peers * scale,
+        )
 
     def with_popularity_weight(self, popularity: float | None) -> Blend:
         """This blend with the popularity weight set to ``popularity`` (a placement's
         trending share) and the other weights scaled to share ``1 - popularity``."""
         if popularity is None:
             return self
-        rest = self.cf + self.repeat + self.neighbors
+        rest = self.cf + self.repeat + self.neighbors + self.peers
         if rest <= 0:
             return Blend(cf=1.0 - popularity, popularity=popularity)
         scale = (1.0 - popularity) / rest
-        return Blend(self.cf * scale, self.repeat * scale, self.neighbors * scale, popularity)
+        return Blend(
+            self.cf * scale,
+            self.repeat * scale,
+            self.neighbors * scale,
+            popularity,
+            self.peers * scale,
+        )
 
     def without_repeat(self) -> Blend:
         return replace(self, repeat=0.0)
+
+    def without_peers(self) -> Blend:
+        """No peer list (a customer without one): the other weights as they are."""
+        return replace(self, peers=0.0)
 
     def without_neighbors(self) -> Blend:
         """No neighbour model: its weight goes to CF, the closest signal."""
@@ -74,7 +93,7 @@ class Blend:
     @classmethod
     def from_weights(cls, weights: BlendWeights) -> Blend:
         """The blend a manifest records."""
-        return cls(weights.cf, weights.repeat, weights.neighbors, weights.popularity)
+        return cls(weights.cf, weights.repeat, weights.neighbors, weights.popularity, weights.peers)
 
 
 @dataclass(frozen=True)
@@ -125,6 +144,8 @@ class Model:
     """The item-neighbour model, when the artifact has one."""
     bought_together: BoughtTogether | None = field(init=False, repr=False)
     """The co-purchase ranking, when the artifact has its counts."""
+    peers: PeerLists | None = field(init=False, repr=False)
+    """Every known customer's customers-like-you list, when the artifact has them."""
     defaults: RankingDefaults = field(init=False)
 
     def __post_init__(self) -> None:
@@ -142,6 +163,7 @@ class Model:
             if a.bought_together is not None
             else None
         )
+        self.peers = a.peers
         self.defaults = RankingDefaults.from_manifest(a.manifest.ranking)
 
     @property
@@ -159,6 +181,17 @@ class Model:
     def user_purchases(self, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """Items training user ``user`` bought, with decayed purchase weights."""
         return _row(self.artifact.user_purchases, user)
+
+    def user_peers(self, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """Training user ``user``'s customers-like-you list: items (ascending) and
+        scores scaled to (0, 1]; empty when the model has none for them."""
+        if self.peers is None:
+            return _EMPTY_INT, _EMPTY_FLOAT
+        return self.peers.row(user)
+
+
+_EMPTY_INT: NDArray[np.int32] = np.zeros(0, np.int32)
+_EMPTY_FLOAT: NDArray[np.float32] = np.zeros(0, np.float32)
 
 
 def _row(m: sp.csr_matrix, user: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:

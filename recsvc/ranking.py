@@ -13,11 +13,13 @@ How an answer is made:
    session alone.
 3. Candidates: the top ``k + min(k · (overfetch − 1), 60)`` items by inner product
    from the FAISS index (``k + min(k, 60)`` when no filter applies), the items the
-   user bought (when repeats are allowed), the session model's neighbours, and the
-   popular head.
-4. Score: ``w_cf·cf + w_repeat·repeat + w_neighbors·neighbors + w_pop·popularity``,
-   each signal scaled to [0, 1] over the candidates; ``repeat`` is the user's decayed
-   count of orders holding the item. A caller's :class:`ScoreWeights` (the shop's
+   user bought (when repeats are allowed), the session model's neighbours, the known
+   customer's customers-like-you list (one precomputed row, :mod:`recsvc.peers`),
+   and the popular head.
+4. Score: ``w_cf·cf + w_repeat·repeat + w_neighbors·neighbors + w_pop·popularity +
+   w_peers·peers``, each signal scaled to [0, 1] over the candidates; ``repeat`` is
+   the user's decayed count of orders holding the item; ``peers`` is 0 (its weight
+   unused) for a customer without a list. A caller's :class:`ScoreWeights` (the shop's
    boosts and buries) multiply it, with room for ``2k`` more CF candidates to climb.
 5. Filters (exclusions, categories, in-stock, and what the repeat policy hides), then
    the best ``k``; if filters leave fewer than ``k``, the CF search widens (×4) until
@@ -190,6 +192,11 @@ class Query:
     """Multipliers of the candidates' scores before the cut; the search then ranks
     about 3k candidates (the answer's size, :attr:`headroom_k` or ``k``, plus twice
     that: room for a boosted item to climb). None = none."""
+    peer_items: IntArray = field(default_factory=lambda: _EMPTY_INT)
+    """``(q,)`` the known customer's customers-like-you items, ascending
+    (:meth:`Model.user_peers`); empty = none (the blend's ``peers`` weight unused)."""
+    peer_scores: FloatArray = field(default_factory=lambda: _EMPTY_FLOAT)
+    """``(q,)`` their scores, scaled to (0, 1]."""
 
 
 @dataclass(frozen=True)
@@ -212,10 +219,12 @@ class Ranking:
 
 def training_user_query(model: Model, user: int, k: int, **options: Any) -> Query:
     """The query for training user ``user`` (a position) from the artifact alone: the
-    trained vector, the full history and the purchases. What the server builds for a
-    known customer with no live events, and what ``recsvc evaluate`` scores."""
+    trained vector, the full history, the purchases and the customers-like-you list.
+    What the server builds for a known customer with no live events, and what
+    ``recsvc evaluate`` scores."""
     items, weights = model.user_history(user)
     bought, bought_weights = model.user_purchases(user)
+    peer_items, peer_scores = model.user_peers(user)
     return Query(
         k=k,
         user_vector=model.artifact.user_factors[user],
@@ -223,6 +232,8 @@ def training_user_query(model: Model, user: int, k: int, **options: Any) -> Quer
         history_weights=weights,
         purchased_items=bought,
         purchased_weights=bought_weights,
+        peer_items=peer_items,
+        peer_scores=peer_scores,
         **options,
     )
 
@@ -269,6 +280,8 @@ class Ranker:
             blend = blend.without_repeat()
         if self.model.neighbors is None:
             blend = blend.without_neighbors()
+        if blend.peers > 0 and len(query.peer_items) == 0:
+            blend = blend.without_peers()
         hides = self._hides(query, policy)
         allowed = self._allowed(query, policy, hides)
         hidden_by_policy = any(hides)
@@ -287,6 +300,7 @@ class Ranker:
             vector is None
             and blend.repeat == 0.0
             and neighbor_source is None
+            and blend.peers == 0.0
             and (blend.popularity == 0.0 or strategy is Strategy.POPULAR)
         ):
             return self._popular(
@@ -298,6 +312,7 @@ class Ranker:
             vector=vector if blend.cf > 0 else None,
             repeat=self._repeat_scores(query) if blend.repeat > 0 else None,
             neighbors=self._neighbor_scores(neighbor_source, k) if neighbor_source else None,
+            peers=(query.peer_items, query.peer_scores) if blend.peers > 0 else None,
         )
         cf_reason = Reason.SESSION if strategy is Strategy.SESSION else Reason.CF
         # k·overfetch for small k when filters may reject candidates, but at most
@@ -339,7 +354,7 @@ class Ranker:
                     k,
                     allowed,
                     lambda left: self._blend(
-                        _Signals(fill_vector, None, None),
+                        _Signals(fill_vector, None, None, None),
                         Blend(),
                         fetch,
                         k,
@@ -568,6 +583,8 @@ class Ranker:
             parts.append(signals.repeat[0])
         if signals.neighbors is not None:
             parts.append(signals.neighbors[0])
+        if signals.peers is not None:
+            parts.append(signals.peers[0])
         if blend.popularity > 0:
             parts.append(popularity.order[: max(100, 2 * k)])
         if not parts:
@@ -593,13 +610,14 @@ class Ranker:
             part = (blend.cf * cf / (top if top > 0 else 1.0)).astype(np.float32, copy=False)
             score = part + np.float32(0.0)
             best_part = part
-        for signal, weight, reason in (
-            (signals.neighbors, blend.neighbors, cf_reason),
-            (signals.repeat, blend.repeat, Reason.BUY_AGAIN),
+        for signal, weight, reason, ascending in (
+            (signals.neighbors, blend.neighbors, cf_reason, False),
+            (signals.peers, blend.peers, Reason.CF, True),
+            (signals.repeat, blend.repeat, Reason.BUY_AGAIN, False),
         ):
             if signal is None or weight == 0:
                 continue
-            part = weight * _lookup(cand, *signal)
+            part = weight * (_lookup_sorted(cand, *signal) if ascending else _lookup(cand, *signal))
             if score is None or best_part is None:
                 score = part + np.float32(0.0)
                 wins = part > 0.0
@@ -667,6 +685,8 @@ class _Signals:
     """Sorted items and their scaled scores."""
     neighbors: tuple[IntArray, FloatArray] | None
     """Items (any order) and their scaled scores."""
+    peers: tuple[IntArray, FloatArray] | None
+    """The customers-like-you items (ascending) and their scaled scores."""
 
 
 def _union(parts: list[IntArray]) -> IntArray:
@@ -692,6 +712,16 @@ def _lookup(cand: IntArray, items: IntArray, values: FloatArray) -> FloatArray:
     np.minimum(at, len(items) - 1, out=at)
     hit = sorted_items[at] == cand
     return np.where(hit, values[order[at]], 0.0).astype(np.float32, copy=False)
+
+
+def _lookup_sorted(cand: IntArray, items: IntArray, values: FloatArray) -> FloatArray:
+    """:func:`_lookup` for ``items`` already ascending."""
+    if len(items) == 0:
+        return np.zeros(len(cand), np.float32)
+    at = np.searchsorted(items, cand)
+    np.minimum(at, len(items) - 1, out=at)
+    hit = items[at] == cand
+    return np.where(hit, values[at], 0.0).astype(np.float32, copy=False)
 
 
 def _mask(n: int, items: IntArray) -> NDArray[np.bool_]:

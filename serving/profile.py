@@ -103,6 +103,10 @@ class Profile:
     customer: str = ""
     """The customer the request's user id is linked to, whose profile this is (empty:
     the id is not linked)."""
+    peer_items: IntArray = field(default_factory=lambda: _NO_INT)
+    """The known customer's customers-like-you items (ascending; empty: none)."""
+    peer_scores: FloatArray = field(default_factory=lambda: _NO_FLOAT)
+    """Their scores, scaled to (0, 1]."""
 
     def query(
         self,
@@ -131,6 +135,8 @@ class Profile:
             headroom_k=headroom_k,
             popularity_weight=popularity_weight,
             weights=weights,
+            peer_items=self.peer_items,
+            peer_scores=self.peer_scores,
         )
 
 
@@ -309,6 +315,9 @@ class Profiles:
                 elif e in inline:
                     ignored.append(e.item_id)
             s_items, s_weights = self._session(model, known)
+        # the trained customer's list: one row of the artifact (no search)
+        u = model.user_position.get(user_id) if user_id and model.peers is not None else None
+        peer_items, peer_scores = model.user_peers(u) if u is not None else (_NO_INT, _NO_FLOAT)
         return Profile(
             user_vector=vector,
             history_items=items,
@@ -323,6 +332,8 @@ class Profiles:
             overexposed=_positions_of(model, overexposed),
             dismissed=_positions_of(model, dismissed),
             customer=customer,
+            peer_items=peer_items,
+            peer_scores=peer_scores,
         )
 
     async def merge_login(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ from recsvc.weighting import EVENT_TYPES, event_weights
 from .interactions import event_type_codes
 from .splits import last_basket_rows
 
-__all__ = ["MIN_USERS", "BlendFit", "fit_user_blend"]
+__all__ = ["MIN_USERS", "BlendFit", "HeldOut", "HeldUser", "fit_user_blend"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,41 @@ _USERS_PER_PRODUCT = 128
 
 
 @dataclass(frozen=True)
+class HeldUser:
+    """What the fit knew of one sampled user before their held-out basket."""
+
+    user_id: str
+    vector: NDArray[np.float32]
+    """The fold-in of their events before the basket."""
+    cf_top: NDArray[np.int64]
+    """The ``_CF_CANDIDATES`` items of the largest CF scores (any order)."""
+    own: NDArray[np.int64]
+    """Items they bought (ascending): candidates when repeats are allowed, else never
+    recommended."""
+    own_weight: NDArray[np.float64]
+    """Their decayed order counts."""
+    truth: NDArray[np.int64]
+    """The held-out basket's items (-1: an item the model lacks)."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The fit's held-out users and the signals of the chosen half-life, for a further
+    signal's fit on the same baskets (``training/peers.py``)."""
+
+    users: list[HeldUser]
+    before: NDArray[np.bool_]
+    """``(table rows,)``: the events before the held-out visits."""
+    popularity: NDArray[np.float32]
+    """Popularity at the chosen half-life, scaled to [0, 1]."""
+    popular: NDArray[np.int64]
+    """Its head (the popular candidates)."""
+    raw: Blend
+    """The chosen weights as the grid holds them (before scaling to sum 1)."""
+    allow_repeats: bool
+
+
+@dataclass(frozen=True)
 class BlendFit:
     blend: Blend
     popularity_half_life_days: float
@@ -65,13 +100,16 @@ class BlendFit:
     users: int
     grid: dict[str, float]
     """Recall@20 of every blend tried, keyed ``cf/repeat/popularity``."""
+    held: HeldOut | None = field(default=None, repr=False, compare=False)
+    """The held-out users and signals the blend was chosen on."""
 
 
 @dataclass(frozen=True)
 class _UserSignals:
     candidates: NDArray[np.int64]
     signals: NDArray[np.float32]
-    """``(n_candidates, 3)``: cf, repeat, popularity, each scaled to [0, 1]."""
+    """``(n_candidates, 3)``: cf, repeat, popularity, each scaled to [0, 1] (a fourth
+    column: the peer list's score, ``training/peers.py``)."""
     truth: NDArray[np.int64]
 
 
@@ -148,6 +186,7 @@ def fit_user_blend(
     item_index = {str(x): i for i, x in enumerate(item_ids.tolist())}
 
     per_user: dict[float, list[_UserSignals]] = {h: [] for h in half_lives}
+    held_users: list[HeldUser] = []
     rows = list(zip(starts, ends, strict=True))
     for chunk in range(0, len(rows), _USERS_PER_PRODUCT):
         part = rows[chunk : chunk + _USERS_PER_PRODUCT]
@@ -164,9 +203,22 @@ def fit_user_blend(
         scores = vectors @ item_factors.T
         n_top = min(_CF_CANDIDATES, scores.shape[1] - 1)
         tops = np.argpartition(-scores, n_top, axis=1)[:, :_CF_CANDIDATES]
-        for (begin, end), row_scores, cf_top in zip(part, scores, tops, strict=True):
+        for (begin, end), vector, row_scores, cf_top in zip(
+            part, vectors, scores, tops, strict=True
+        ):
             truth = np.array(
                 [item_index.get(i, -1) for i in held_out[str(u_ids[begin])]], dtype=np.int64
+            )
+            own, own_weight = _own(u_items[begin:end], u_orders[begin:end], u_bought[begin:end])
+            held_users.append(
+                HeldUser(
+                    str(u_ids[begin]),
+                    vector.astype(np.float32),
+                    cf_top.astype(np.int64),
+                    own,
+                    own_weight,
+                    truth,
+                )
             )
             for half_life, (popularity, popular) in populars.items():
                 per_user[half_life].append(
@@ -206,7 +258,24 @@ def fit_user_blend(
         recall,
         len(starts),
     )
-    return BlendFit(blend, half_life, recall, len(starts), grid)
+    popularity, popular = populars[half_life]
+    return BlendFit(
+        blend,
+        half_life,
+        recall,
+        len(starts),
+        grid,
+        HeldOut(held_users, before, popularity, popular, raw, allow_repeats),
+    )
+
+
+def _own(
+    items: NDArray[np.int64], order_weights: NDArray[np.float32], bought: NDArray[np.bool_]
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The items bought (ascending) and their summed order weights."""
+    own, own_at = np.unique(items[bought], return_inverse=True)
+    own_weight = np.bincount(own_at, weights=order_weights[bought]) if len(own) else np.zeros(0)
+    return own.astype(np.int64), own_weight.astype(np.float64)
 
 
 def _signals(
@@ -242,7 +311,7 @@ def _signals(
 
 @dataclass(frozen=True)
 class _Batch:
-    """Every user's candidates padded to one ``(users, width, 3)`` array, so a blend
+    """Every user's candidates padded to one ``(users, width, signals)`` array, so a blend
     is scored for all users with one product and one partition."""
 
     signals: NDArray[np.float32]
@@ -254,7 +323,7 @@ class _Batch:
     @classmethod
     def of(cls, users: list[_UserSignals]) -> _Batch:
         width = max(len(u.candidates) for u in users)
-        signals = np.zeros((len(users), width, 3), np.float32)
+        signals = np.zeros((len(users), width, users[0].signals.shape[1]), np.float32)
         valid = np.zeros((len(users), width), bool)
         hit = np.zeros((len(users), width), bool)
         for row, u in enumerate(users):

@@ -46,12 +46,14 @@ from recsvc.manifest import (
     IndexSection,
     Manifest,
     NeighborsSection,
+    PeersSection,
     RankingSection,
     SourceSummary,
     TrainedSettings,
 )
 from recsvc.model import Blend, Model
 from recsvc.neighbors import NeighborModel
+from recsvc.peers import PeerLists
 from recsvc.pseudonyms import pseudonyms_from
 from recsvc.store import KeyScheme
 from recsvc.store.catalog import CatalogStore
@@ -75,6 +77,7 @@ from .loading import (
     load_events,
 )
 from .neighbors import PairCounter, build_neighbor_model, cores
+from .peers import build_peers, fit_peers
 
 if TYPE_CHECKING:
     from .evaluation import HoldoutSplit
@@ -359,6 +362,8 @@ def build_model(
         )
         timings["ranking_seconds"] = time.perf_counter() - t
         popularity = inter.popularity
+        peers: PeerLists | None = None
+        peers_section: PeersSection | None = None
         if settings.ranking.user_blend is None:
             t = time.perf_counter()
             fitted = fit_user_blend(
@@ -382,6 +387,37 @@ def build_model(
                         )
                     )
                 user = fitted.blend
+                if settings.peers.enabled and fitted.held is not None:
+                    t = time.perf_counter()
+                    peer_fit = fit_peers(
+                        data.table,
+                        inter.user_ids,
+                        inter.item_ids,
+                        factors.item_factors,
+                        fitted.held,
+                        settings.peers,
+                    )
+                    timings["peers_fit_seconds"] = time.perf_counter() - t
+                    if peer_fit.weight > 0:
+                        t = time.perf_counter()
+                        peers = build_peers(
+                            data.table, inter.user_ids, inter.item_ids, peer_fit.config,
+                            settings.peers,
+                        )  # fmt: skip
+                        timings["peers_seconds"] = time.perf_counter() - t
+                        user = peer_fit.blend
+                        c = peer_fit.config
+                        peers_section = PeersSection(
+                            k=c.k,
+                            groups=c.m,
+                            basket_decay=c.r_b,
+                            group_decay=c.r_g,
+                            length=settings.peers.length,
+                            pool=int(peers.pool.sum()),
+                            customers=int(np.count_nonzero(np.diff(peers.lists.indptr))),
+                            recall_at_20=peer_fit.recall,
+                            recall_at_20_without=peer_fit.recall_without,
+                        )
                 if settings.ranking.repeat_weight is not None:
                     user = user.with_repeat_weight(settings.ranking.repeat_weight)
                 ranking = ranking.model_copy(
@@ -449,6 +485,7 @@ def build_model(
             min_support=MIN_SUPPORT,
             max_basket=MAX_BASKET,
         ),
+        peers=peers_section,
         metrics={f"index_recall_at_{settings.index.recall_k}": recall},
         timings=timings,
         files={},
@@ -468,6 +505,7 @@ def build_model(
         index=index,
         neighbors=neighbor_arrays,
         bought_together=co.to_arrays(),
+        peers=peers,
     )
     return BuiltModel(artifact, inter, timings)
 

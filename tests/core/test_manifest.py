@@ -76,7 +76,12 @@ def test_format1_upgrade_keeps_every_value_and_names_the_weights() -> None:
     # added since come with their defaults
     again = m.as_json()
     assert again["bought_together"] is None  # sections added since: absent in format 1
+    assert again["peers"] is None
     del again["neighbors"], again["ranking"]["user_blend_fit"], again["bought_together"]
+    del again["peers"]
+    # a weight added since: 0, the blend as it was
+    for blend in ("user_blend", "session_blend"):
+        assert again["ranking"][blend].pop("peers") == 0.0
     assert _within(raw["config"], again.pop("config"))
     assert again == {k: v for k, v in raw.items() if k != "config"}
     # a fitted blend's report, present when the trainer fitted one, is kept

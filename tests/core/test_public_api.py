@@ -16,6 +16,7 @@ PUBLIC = {
     "recsvc.config": [
         "ALSSettings", "BlendSettings", "EvaluationSettings", "IndexSettings", "NeighborParams",
         "NeighborSettings",
+        "PeerSettings",
         "PlacementSettings",
         "PrivacySettings",
         "RankingSettings",
@@ -38,7 +39,8 @@ PUBLIC = {
     "recsvc.manifest": [
         "FEATURES_V1", "FORMAT_VERSION", "BlendFitReport", "BlendWeights",
         "BoughtTogetherSection", "DataSection",
-        "FileEntry", "IndexSection", "Manifest", "NeighborsSection", "RankingSection",
+        "FileEntry", "IndexSection", "Manifest", "NeighborsSection", "PeersSection",
+        "RankingSection",
         "SourceSummary", "TrainedSettings", "describe", "parse", "upgrade_v1",
     ],
     "recsvc.cobuy": [
@@ -49,6 +51,7 @@ PUBLIC = {
         "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
     ],
     "recsvc.objectstore": ["ObjectStoreModels"],
+    "recsvc.peers": ["PeerLists", "nearest", "peer_lists", "remove"],
     "recsvc.erasure": [
         "HEADER", "Erasure", "ErasureList", "append_erasure", "append_erasures",
         "read_erasure_list",
