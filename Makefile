@@ -12,7 +12,7 @@ SHARED ?= ../shared/data
 N_EVENTS ?= 300000
 PYTEST_ARGS ?=
 
-.PHONY: install proto data train retrain eval eval-retail eval-tafeng eval-diginetica eval-all serve demo test test-fast lint format bench-train clean help
+.PHONY: install proto data train train-spark retrain eval eval-retail eval-tafeng eval-diginetica eval-all serve demo test test-fast lint format bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -37,6 +37,13 @@ data: $(DATA_DIR)/events.csv.gz  ## generate a synthetic shop under data/
 train: data  ## (re)train on the synthetic shop and publish a new version
 	$(RECSVC) train --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
 		--artifacts $(ARTIFACTS) --publish
+
+SPARK_MASTER ?= local[*]
+
+train-spark: data  ## train the synthetic shop with Spark MLlib on SPARK_MASTER (default local[*]; needs Java 17+), not published
+	@java -version >/dev/null 2>&1 || { echo "make train-spark: no Java runtime; Spark needs Java 17+ (the system's openjdk-17-jre-headless package)" >&2; exit 1; }
+	$(RECSVC) train --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
+		--artifacts $(ARTIFACTS) --engine spark --spark-master '$(SPARK_MASTER)'
 
 retrain: data  ## the retraining loop once: the synthetic shop + the server's event log, publish, retention
 	$(RECSVC) retrain --events $(DATA_DIR)/events.csv.gz --catalog $(DATA_DIR)/catalog.csv \
