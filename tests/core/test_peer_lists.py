@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from recsvc.artifact import read_artifact
 from recsvc.model import Blend, Model
-from recsvc.peers import PeerLists, nearest, remove
+from recsvc.peers import PeerLists, _top_of_rows, nearest, remove
 from recsvc.ranking import Ranker, Reason, training_user_query
 from recsvc.training.pipeline import LoadedData, build_model
 
@@ -125,3 +125,18 @@ def test_an_artifact_from_before_the_lists_loads_with_weight_zero() -> None:
     query = training_user_query(old, 0, 5)
     assert len(query.peer_items) == 0
     assert len(Ranker(old).recommend(query).items) == 5
+
+
+def test_top_of_rows_keeps_each_rows_largest_positive_entries_scaled() -> None:
+    rng = np.random.default_rng(5)
+    dense = rng.integers(-2, 6, size=(40, 60)).astype(np.float32)  # ties, zeros, negatives
+    dense[3] = 0.0  # a row with nothing positive
+    got = _top_of_rows(sp.csr_matrix(dense), 7).toarray()
+    for r, row in enumerate(dense):
+        # the reference: positive entries by value descending, the lower column first
+        cols = sorted((c for c in range(60) if row[c] > 0), key=lambda c: (-row[c], c))[:7]
+        want = np.zeros(60, np.float32)
+        if cols:
+            want[cols] = row[cols] / row[cols[0]]
+        np.testing.assert_allclose(got[r], want, err_msg=str(r))
+    assert not got[3].any()
