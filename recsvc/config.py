@@ -287,8 +287,11 @@ class PeerSettings(_Section):
     """Fit the signal (only with a fitted user blend: ``[ranking] user_blend`` unset)."""
     pool_size: int = Field(default=30_000, ge=2)
     """Only the most recently active this many customers (by their last purchase) can
-    be anyone's neighbour, and only they get a list (the others are served without
-    the signal): the trainer's cost is bounded by the pool, never customers²."""
+    be anyone's neighbour: the search costs customers × pool, never customers²."""
+    max_lists: int = Field(default=50_000, ge=1)
+    """Only the most recently active this many customers get a list (the others are
+    served without the signal): each list costs its k neighbours' items (at 10M
+    synthetic events and k = 1000, ~6 s per 1,000 lists)."""
     length: int = Field(default=200, ge=1)
     """Items kept in each customer's list (4 bytes of score and 4 of item each, per
     customer, in the artifact and the server's memory)."""
