@@ -217,14 +217,20 @@ def build_interactions(table: pa.Table, settings: WeightingSettings) -> Interact
         popularity=popularity,
         reference_time=reference_time,
         popularity_half_life_days=float(trending.half_life_days),
-        stats={
-            "events": int(table.num_rows),
-            "guest_events": n_guest,
-            "users": n_users,
-            "items": n_items,
-            "interactions": int(weights.nnz),
-        },
+        stats=interaction_stats(table.num_rows, n_guest, weights),
     )
+
+
+def interaction_stats(events: int, guest_events: int, weights: sp.csr_matrix) -> dict[str, int]:
+    """The manifest's counts of an :class:`Interactions` (either engine's)."""
+    n_users, n_items = weights.shape
+    return {
+        "events": int(events),
+        "guest_events": int(guest_events),
+        "users": int(n_users),
+        "items": int(n_items),
+        "interactions": int(weights.nnz),
+    }
 
 
 def _weightless(

@@ -43,7 +43,12 @@ from recsvc.events import EventType
 from recsvc.neighbors import NeighborParams
 from recsvc.weighting import EVENT_TYPES, SECONDS_PER_DAY, event_type_weights
 
-from .interactions import DEFAULT_POPULARITY_HALF_LIFE, Interactions, _weightless
+from .interactions import (
+    DEFAULT_POPULARITY_HALF_LIFE,
+    Interactions,
+    _weightless,
+    interaction_stats,
+)
 from .neighbors import gap_sums, pair_matrix, pair_plan
 
 __all__ = ["SparkData", "spark_data"]
@@ -184,13 +189,7 @@ def spark_data(
         popularity=popularity_by_half_life[half_life],
         reference_time=reference_time,
         popularity_half_life_days=float(half_life),
-        stats={
-            "events": int(table.num_rows),
-            "guest_events": n_guest,
-            "users": n_users,
-            "items": n_items,
-            "interactions": int(weights.nnz),
-        },
+        stats=interaction_stats(table.num_rows, n_guest, weights),
     )
     return SparkData(
         inter,
