@@ -508,7 +508,7 @@ class Engine:
             def allowed() -> NDArray[np.bool_]:
                 query = Query(k=req.k, filters=filters, repeat_policy=RepeatPolicy.ALLOW)
                 mask = ranker.allowed(query)
-                mask = np.ones(model.n_items, dtype=bool) if mask is None else mask
+                mask = np.ones(model.n_items, dtype=bool) if mask is None else mask.copy()
                 mask[given] = False
                 return mask
 

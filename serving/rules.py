@@ -75,6 +75,8 @@ _NO_IDS: Final[tuple[str, ...]] = ()
 _PINNED: Final = int(Reason.PINNED)
 _POPULAR_PINS: Final = 256
 """A predicate pin's most popular matches kept ready (see CompiledRule.popular_matches)."""
+_PIN_STEP: Final = 16
+"""A predicate pin looks through its popular matches this many at a time."""
 _ACTIVE_SETS: Final = 16
 """Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
 _PLACEMENTS: Final = 64
@@ -660,9 +662,11 @@ def _pinned(
             return [listed[i]]
     mask = allowed.mask()
     head = c.popular_matches(popular)
-    for pos in (head if mask is None else head[mask[head]]).tolist():
-        if pos not in taken:
-            return [pos]
+    for lo in range(0, len(head), _PIN_STEP):  # the first few usually hold one
+        part = head[lo : lo + _PIN_STEP]
+        for pos in (part if mask is None else part[mask[part]]).tolist():
+            if pos not in taken:
+                return [pos]
     if len(head) < _POPULAR_PINS:  # that was every match
         return []
     # every one of the first few hundred is hidden or taken: look through them all

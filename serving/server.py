@@ -31,6 +31,7 @@ import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_limits
 
 from recsvc import compaction, retention, session_kernels
 from recsvc.config import Settings
@@ -161,7 +162,10 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     kernel spreads incoming connections over them (see :func:`run`).
     """
     s = settings.server
-    faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
+    # one query at a time: threads only add overhead (and BLAS threads spinning for a
+    # matrix-vector product cost several times its work while other requests run)
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1, user_api="blas")
     started = time.perf_counter()
     session_kernels.warm_up()  # compiled (or loaded from the cache) before any request
     log.info("session model kernels ready in %.1fs", time.perf_counter() - started)

@@ -14,11 +14,13 @@ from recsvc.training.pipeline import LoadedData, build_model
 from factories import block_shop, small_settings
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
-    settings = small_settings(tmp_path_factory.mktemp("m"))
+@pytest.fixture(scope="module", params=["exact", "normscan"])
+def model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Model:
+    # both index kinds: normscan searches under the filters' mask, exact cannot
+    settings = small_settings(tmp_path_factory.mktemp("m"), index={"kind": request.param})
     built = build_model(LoadedData(block_shop(), None, (), 0), settings)
     m = Model(built.artifact)
+    assert m.artifact.index.kind == request.param
     # two categories: group 0 items "even", group 1 "odd"; every third item out of stock
     a = m.artifact
     a.categories = np.array(["g0", "g1"])
@@ -89,6 +91,22 @@ def test_a_live_catalogue_mask_sizes_the_search_and_still_returns_k(
     got = ranker.recommend(user_query(model, "g0u01", 4, filters=Filters(shown=shown)))
     assert got.items.tolist() == expected
     assert Filters(shown=shown).shown_share == pytest.approx(shown.mean())
+
+
+def test_a_live_catalogues_mask_is_read_never_written(model: Model) -> None:
+    # requests share the filters' mask (no copy per request): nothing may change it
+    shown = np.ones(model.n_items, dtype=bool)
+    shown[::4] = False
+    before = shown.copy()
+    filters = Filters(shown=shown)
+    ranker = Ranker(model)
+    query = user_query(model, "g0u01", 5, filters=filters, repeat_policy=RepeatPolicy.ALLOW)
+    got = ranker.recommend(query)
+    assert shown[got.items].all()
+    assert ranker.allowed(query) is shown
+    similar = ranker.similar(got.items[:2], 5, filters)
+    assert shown[similar.items].all() and not set(similar.items) & set(got.items[:2])
+    assert np.array_equal(shown, before)
 
 
 def test_fewer_qualifying_than_k_returns_those_without_padding(model: Model) -> None:
@@ -219,9 +237,11 @@ def test_filters_widen_the_first_search_and_no_filter_fetches_2k(
     fetched: list[int] = []
     search = index.search
 
-    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def spy(
+        queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         fetched.append(k)
-        return search(queries, k)
+        return search(queries, k, allowed)
 
     monkeypatch.setattr(index, "search", spy)
     plain = ranker.recommend(user_query(model, "g0u03", 3, repeat_policy=RepeatPolicy.ALLOW))
@@ -295,9 +315,11 @@ def test_weights_reorder_the_candidates_before_the_cut(
     fetched: list[int] = []
     search = model.artifact.index.search
 
-    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def spy(
+        queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         fetched.append(k)
-        return search(queries, k)
+        return search(queries, k, allowed)
 
     monkeypatch.setattr(model.artifact.index, "search", spy)
     got = ranker.recommend(dataclasses.replace(q, weights=weights))
@@ -329,9 +351,11 @@ def test_a_demotion_of_m_items_asks_m_more_candidates_and_ranks_as_a_wide_search
     fetched: list[int] = []
     search = model.artifact.index.search
 
-    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def spy(
+        queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         fetched.append(k)
-        return search(queries, k)
+        return search(queries, k, allowed)
 
     monkeypatch.setattr(model.artifact.index, "search", spy)
     lower = _Lower(model.n_items, dict.fromkeys(demoted, 0.001))
