@@ -133,30 +133,40 @@ class NormScan:
                 # a filter that lets few of the longest vectors through: deeper
                 s = np.concatenate([s, self.ranked[end : min(n, 4 * end)] @ q])
                 end = min(n, 4 * end)
-            if depth > end:
-                s = np.concatenate([s, self.ranked[end:depth] @ q])
-                best = self._best(s, k, allowed)
-            scores[row, : len(best)] = s[best]
-            ids[row, : len(best)] = self.order[best]
+            rows, top = best, s[best]
+            if depth > end:  # the rest that could still beat the k-th best: its best k
+                more = self.ranked[end:depth] @ q
+                extra = self._best(more, k, allowed, end)
+                rows = np.concatenate([rows, extra])
+                top = np.concatenate([top, more[extra - end]])
+                keep = np.lexsort((rows, -top))[:k]  # by score, ties: the longer vector
+                rows, top = rows[keep], top[keep]
+            scores[row, : len(rows)] = top
+            ids[row, : len(rows)] = self.order[rows]
         return scores, ids
 
     def _best(
-        self, s: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
+        self,
+        s: NDArray[np.float32],
+        k: int,
+        allowed: NDArray[np.bool_] | None,
+        offset: int = 0,
     ) -> NDArray[np.intp]:
-        """The rows of the ``k`` best scores ``s`` (of the first sorted rows) whose items
-        are ``allowed``, best first (fewer when fewer are): the mask is read only for
-        the best candidates, 2k of them, more when too few of those pass."""
+        """The rows (``offset`` + index) of the ``k`` best scores ``s`` of sorted rows
+        ``offset:offset + len(s)`` whose items are ``allowed``, best first (fewer when
+        fewer are): the mask is read only for the best candidates, 2k of them, more
+        when too few of those pass."""
         want = k if allowed is None else 2 * k
         while True:
             m = min(len(s), want)
             top = np.argpartition(s, len(s) - m)[len(s) - m :] if m < len(s) else np.arange(m)
             if allowed is not None:
-                top = top[allowed[self.order[top]]]
+                top = top[allowed[self.order[top + offset]]]
             if len(top) >= k or m == len(s):
                 break
             want *= 4
         top.sort()  # ties: the longer vector first, as a scan in norm order meets them
-        best: NDArray[np.intp] = top[np.argsort(-s[top], kind="stable")[:k]]
+        best: NDArray[np.intp] = top[np.argsort(-s[top], kind="stable")[:k]] + offset
         return best
 
     def to_faiss(self) -> faiss.Index:

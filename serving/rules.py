@@ -157,6 +157,7 @@ class Weights:
         "_buried",
         "_buries",
         "_burying",
+        "_columns",
         "_deeper",
         "_factors",
         "_ids",
@@ -206,6 +207,8 @@ class Weights:
         """Per group, its rules' weights in rule order, then 1."""
         for g, path in enumerate(kept):
             self._factors[g, : len(path)] = [weights[j] for j in path]
+        self._columns = [np.ascontiguousarray(self._factors[:, d]) for d in range(depth)]
+        """The factors' columns: each rule's weight in turn, per group."""
         self._ids = tuple(c.rule.rule_id for c in weighed)
         self.rule_ids: list[tuple[str, ...]] = [tuple(self._ids[j] for j in c) for c in kept]
         """Per group, its rules' ids in rule order."""
@@ -239,9 +242,8 @@ class Weights:
         if self._deeper and len(groups):
             most = int(groups.max())  # groups are numbered by how many rules they hold
             depth = sum(1 for first in self._deeper if most >= first)
-            factors = self._factors.take(groups, axis=0)
-            for d in range(depth):
-                scores *= factors[:, d]
+            for column in self._columns[:depth]:
+                scores *= column.take(groups)
 
     def buried(self, groups: list[int]) -> list[str]:
         """The buries that pick any of the items of ``groups``, in rule order."""
