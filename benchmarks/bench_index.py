@@ -403,7 +403,7 @@ def build_variants(
         Variant(
             "norm-ordered exact scan (recsvc normscan)",
             "norm-scan",
-            {"first_chunk": NormOrderedScan.first_chunk()},
+            {"first_rows": NormOrderedScan.first_rows()},
             scan,
             lambda: None,
         )
@@ -418,10 +418,10 @@ class NormOrderedScan:
     kind = "norm-scan"
 
     @staticmethod
-    def first_chunk() -> int:
+    def first_rows() -> int:
         from recsvc.index import NormScan
 
-        return NormScan.FIRST_CHUNK
+        return NormScan.FIRST
 
     def __init__(self, item_factors: NDArray[np.float32]) -> None:
         from recsvc.index import NormScan
@@ -434,10 +434,7 @@ class NormOrderedScan:
 
     @property
     def nbytes(self) -> int:
-        import faiss
-
-        flats = sum(len(faiss.serialize_index(flat)) for _, _, flat in self.scan.chunks)
-        return int(flats + self.scan.order.nbytes)
+        return self.scan.nbytes
 
     def search(
         self, queries: NDArray[np.float32], k: int

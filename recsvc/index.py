@@ -96,6 +96,11 @@ class NormScan:
     def ntotal(self) -> int:
         return len(self.order)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the sorted vectors, their item positions and norms."""
+        return int(self.ranked.nbytes + self.order.nbytes + self._neg_norms.nbytes)
+
     def depth(self, query: NDArray[np.float32], kth: float) -> int:
         """How many of the sorted rows could score ``kth`` or more for ``query``."""
         if kth <= 0.0:
