@@ -403,7 +403,7 @@ def build_variants(
         Variant(
             "norm-ordered exact scan (recsvc normscan)",
             "norm-scan",
-            {"first_rows": NormOrderedScan.first_rows()},
+            {"scan": "compiled, stops at the first row below the k-th best"},
             scan,
             lambda: None,
         )
@@ -416,12 +416,6 @@ class NormOrderedScan:
     ``kind`` / ``nbytes`` surface the sweep reports. It began here as a prototype."""
 
     kind = "norm-scan"
-
-    @staticmethod
-    def first_rows() -> int:
-        from recsvc.index import NormScan
-
-        return NormScan.FIRST
 
     def __init__(self, item_factors: NDArray[np.float32]) -> None:
         from recsvc.index import NormScan

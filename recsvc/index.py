@@ -8,7 +8,7 @@ Four kinds, one interface:
   ``q·y ≤ |q|·|y|``); it also searches under a mask of the items a request may be
   shown, exactly. ALS item norms are very skewed (1M-item synthetic shop:
   median 0.025, max 19.2), so the true top-20 lies in the first ~1% of items and a
-  query at 1M items costs ~62 µs instead of ~8.7 ms, with recall 1.0
+  query at 1M items reads a few thousand rows instead of a million, with recall 1.0
   (benchmarks/results/index). The default beyond ``exact_max_items``.
 - ``hnsw``: HNSW graph searched by inner product. FAISS prunes HNSW neighbours with
   the same inner product, and skewed norms leave the graph almost empty (median
@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 
 from recsvc.config import IndexSettings
 from recsvc.errors import ArtifactError
+from recsvc.jit import kernel
 
 __all__ = [
     "IndexKind",
@@ -45,6 +46,7 @@ __all__ = [
     "choose_kind",
     "exact_search",
     "measure_recall",
+    "warm_up",
 ]
 
 IndexKind = Literal["exact", "normscan", "hnsw", "ivf"]
@@ -62,32 +64,96 @@ def choose_kind(n_items: int, settings: IndexSettings) -> IndexKind:
     return "exact" if n_items <= settings.exact_max_items else "normscan"
 
 
+_SLACK = 1.0 - 1e-5
+"""A row is scanned while ``|q|·|y|`` reaches the k-th best less this relative margin
+(the products' float32 rounding)."""
+_ALL = np.ones(1, dtype=np.bool_)
+"""The mask argument of an unmasked scan (not read)."""
+
+
+@kernel(fastmath={"reassoc", "contract"})
+def _scan(
+    ranked: np.ndarray,
+    norms: np.ndarray,
+    order: np.ndarray,
+    queries: np.ndarray,
+    allowed: np.ndarray,
+    masked: bool,
+    rows: np.ndarray,
+    scores: np.ndarray,
+) -> None:  # pragma: no cover (compiled; tests run it through NormScan.search)
+    """For each query, the ``k`` best rows of ``ranked`` (sorted by descending
+    ``norms``) into ``rows`` / ``scores`` ``(n, k)``, best first (ties: the earlier
+    row), among rows whose item (``order``) is ``allowed`` when ``masked``; stops
+    at the first row that cannot reach the k-th best. Unfilled places are left as
+    they came (-1 / -inf)."""
+    n, d = ranked.shape
+    k = rows.shape[1]
+    for qi in range(len(queries)):
+        q = queries[qi]
+        top_rows = rows[qi]
+        top = scores[qi]
+        q_norm = 0.0
+        for j in range(d):
+            q_norm += float(q[j]) * float(q[j])
+        q_norm = math.sqrt(q_norm)
+        held = 0
+        edge = -1.0  # rows shorter than this cannot reach the k-th best (-1: any can)
+        for row in range(n):
+            if held == k:
+                if q_norm == 0.0:
+                    break  # every score is 0: the first k rows are the answer
+                if edge >= 0.0 and norms[row] < edge:
+                    break  # and every row after it is shorter still
+            if masked and not allowed[order[row]]:
+                continue
+            vector = ranked[row]
+            s = np.float32(0.0)
+            for j in range(d):
+                s += vector[j] * q[j]
+            if held < k:
+                at = held
+                held += 1
+            elif s > top[k - 1]:
+                at = k - 1
+            else:
+                continue
+            while at > 0 and top[at - 1] < s:
+                top[at] = top[at - 1]
+                top_rows[at] = top_rows[at - 1]
+                at -= 1
+            top[at] = s
+            top_rows[at] = row
+            if held == k:
+                kth = float(top[k - 1])
+                edge = kth / q_norm * _SLACK if kth > 0.0 and q_norm > 0.0 else -1.0
+
+
 class NormScan:
-    """Exact MIPS over items sorted by descending norm, in a few products.
+    """Exact MIPS over items sorted by descending norm, scanned until no row can win.
 
-    A query scores the first items (the longest vectors), takes its k-th best score
-    ``s`` and then scores only the items that could still beat it: those with
-    ``|q|·|y| ≥ s`` (Cauchy–Schwarz), a prefix of the sorted rows, in steps that at
-    most double what was scored, each step's better k-th best shortening the rest.
-    ALS item norms are skewed, so that prefix is short: at 100k items a top-42 reads
-    ~3,800 rows (median) where a stop checked at doubling chunks read 6,144 (14,336
-    at p90).
-    With a mask of the items that may be returned, the k-th best *allowed* score sets
+    A query is scored against the rows in order (the longest vectors first), keeping
+    its k best; once it holds k, a row whose norm ``|y|`` gives ``|q|·|y|`` below the
+    k-th best score cannot beat it (Cauchy–Schwarz), and neither can any row after it:
+    the scan stops there. ALS item norms are skewed, so that prefix is short: at 100k
+    items a top-42 reads ~3,800 rows (median). With a mask of the items that may be
+    returned, rows it hides are skipped unscored and the k-th best *allowed* score sets
     the depth, so a filtered search is exact and needs no over-fetch for what the
-    filter rejects. Duck-types the part of ``faiss.Index`` that :class:`ItemIndex`
-    uses (``search``, ``ntotal``).
-    """
+    filter rejects.
 
-    FIRST = 2048
-    """Rows scored before the depth is known (at least 4k)."""
+    The scan is one compiled loop (:func:`_scan`): in NumPy the same search was a
+    dozen array calls on a first block, then on steps bounded by the k-th best, and
+    cost ~3× as much at 100k items (benchmarks/results/index). Duck-types the part
+    of ``faiss.Index`` that :class:`ItemIndex` uses (``search``, ``ntotal``).
+    """
 
     def __init__(self, ranked: FloatMatrix, order: NDArray[np.int64]) -> None:
         """``ranked`` ``(n, d)``: the item vectors sorted by descending norm;
         ``order`` ``(n,)``: the item position of each row of ``ranked``."""
         self.ranked = np.ascontiguousarray(ranked, dtype=np.float32)
-        self.order = order
-        self._neg_norms = -np.linalg.norm(self.ranked, axis=1)
-        """Minus each row's norm: ascending, for searchsorted."""
+        self.order = np.ascontiguousarray(order, dtype=np.int64)
+        self.norms = np.linalg.norm(self.ranked, axis=1).astype(np.float32)
+        """Each row's norm: descending."""
 
     @classmethod
     def build(cls, item_factors: FloatMatrix) -> NormScan:
@@ -101,84 +167,32 @@ class NormScan:
     @property
     def nbytes(self) -> int:
         """Memory held: the sorted vectors, their item positions and norms."""
-        return int(self.ranked.nbytes + self.order.nbytes + self._neg_norms.nbytes)
+        return int(self.ranked.nbytes + self.order.nbytes + self.norms.nbytes)
 
     def depth(self, query: NDArray[np.float32], kth: float) -> int:
-        """How many of the sorted rows could score ``kth`` or more for ``query``."""
+        """How many of the sorted rows could score ``kth`` or more for ``query`` (the
+        rows a search whose k-th best is ``kth`` reads)."""
         if kth <= 0.0:
             return len(self.order)  # any vector, however short, may reach it
         q_norm = float(np.sqrt(query @ query))
         if q_norm == 0.0:
             return 0
-        # rows with |y| ≥ kth / |q|, less a relative 1e-5 for the products' rounding
-        # (as float32: a Python float would convert every norm to float64 first)
-        edge = np.float32(-kth / q_norm * (1 - 1e-5))
-        return int(np.searchsorted(self._neg_norms, edge, side="right"))
+        edge = kth / q_norm * _SLACK  # as the scan compares it (float64)
+        return int(np.searchsorted(-self.norms, -edge, side="right"))
 
     def search(
         self, queries: FloatMatrix, k: int, allowed: NDArray[np.bool_] | None = None
     ) -> tuple[FloatMatrix, IdMatrix]:
         """Top ``k`` items by inner product for each of ``queries``, among those
         ``allowed`` (a mask by item position; None: all): ``(scores, ids)``, ``(n, k)``
-        each, ids -1 past the end."""
-        n = len(self.order)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
-        first = min(n, max(self.FIRST, 4 * k))
-        for row in range(len(queries)):
-            q = queries[row]
-            s = self.ranked[:first] @ q
-            end = first
-            while True:
-                best = self._best(s, k, allowed)
-                if len(best) == k:  # the k-th best so far bounds how deep the rest can be
-                    depth = self.depth(q, float(s[best[-1]]))
-                    break
-                if end >= n:
-                    depth = n
-                    break
-                # a filter that lets few of the longest vectors through: deeper
-                s = np.concatenate([s, self.ranked[end : min(n, 4 * end)] @ q])
-                end = min(n, 4 * end)
-            rows, top = best, s[best]
-            while depth > end:  # the rows that could still beat the k-th best: their best
-                step = min(depth, 2 * end)  # at most doubling: a better k-th cuts the rest
-                more = self.ranked[end:step] @ q
-                extra = self._best(more, k, allowed, end)
-                rows = np.concatenate([rows, extra])
-                top = np.concatenate([top, more[extra - end]])
-                keep = np.lexsort((rows, -top))[:k]  # by score, ties: the longer vector
-                rows, top = rows[keep], top[keep]
-                end = step
-                if len(rows) == k:
-                    depth = min(depth, self.depth(q, float(top[-1])))
-            scores[row, : len(rows)] = top
-            ids[row, : len(rows)] = self.order[rows]
+        each, ids -1 past the end. Ties: the longer vector first."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(q), k), -1, dtype=np.int64)
+        mask = _ALL if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
+        _scan(self.ranked, self.norms, self.order, q, mask, allowed is not None, rows, scores)
+        ids = np.where(rows >= 0, self.order[np.maximum(rows, 0)], -1)
         return scores, ids
-
-    def _best(
-        self,
-        s: NDArray[np.float32],
-        k: int,
-        allowed: NDArray[np.bool_] | None,
-        offset: int = 0,
-    ) -> NDArray[np.intp]:
-        """The rows (``offset`` + index) of the ``k`` best scores ``s`` of sorted rows
-        ``offset:offset + len(s)`` whose items are ``allowed``, best first (fewer when
-        fewer are): the mask is read only for the best candidates, 2k of them, more
-        when too few of those pass."""
-        want = k if allowed is None else 2 * k
-        while True:
-            m = min(len(s), want)
-            top = np.argpartition(s, len(s) - m)[len(s) - m :] if m < len(s) else np.arange(m)
-            if allowed is not None:
-                top = top[allowed[self.order[top + offset]]]
-            if len(top) >= k or m == len(s):
-                break
-            want *= 4
-        top.sort()  # ties: the longer vector first, as a scan in norm order meets them
-        best: NDArray[np.intp] = top[np.argsort(-s[top], kind="stable")[:k]] + offset
-        return best
 
     def to_faiss(self) -> faiss.Index:
         """One FAISS index holding the sorted vectors, with their item positions as ids."""
@@ -304,3 +318,10 @@ def measure_recall(
         ids = found[row][found[row] >= 0]
         hits += min(k, int((scores[row][: len(ids)] >= kth[row]).sum()))
     return hits / (k * len(queries))
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) ``normscan``'s scan, so no request waits for it."""
+    scan = NormScan.build(np.eye(2, dtype=np.float32))
+    scan.search(np.ones((1, 2), dtype=np.float32), 1)
+    scan.search(np.ones((1, 2), dtype=np.float32), 1, np.ones(2, dtype=np.bool_))

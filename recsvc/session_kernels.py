@@ -19,41 +19,21 @@ votes neighbour by neighbour), so scores agree with it to rounding; where the Nu
 version left ties to ``argpartition`` (which of two equally similar neighbours is
 kept), the newer session, then the smaller item position, wins here.
 
-Every function is compiled on first use and cached on disk next to this file (or
-under ``NUMBA_CACHE_DIR``, or in Numba's user cache; with none writable, compiled at
-every start); :func:`warm_up` compiles them before a request needs them. None keeps
-state between calls: one model is safe to share across threads, and the compiled code
-releases the GIL.
+Every function is a :func:`recsvc.jit.kernel` (compiled on first use, cached on disk);
+:func:`warm_up` compiles them before a request needs them. None keeps state between
+calls: one model is safe to share across threads, and the compiled code releases the
+GIL.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
-from numba import njit
 
-log = logging.getLogger(__name__)
+from recsvc.jit import kernel
 
-
-def _cache_works() -> bool:
-    """Whether Numba finds somewhere writable to cache this module's code (beside it,
-    ``NUMBA_CACHE_DIR`` or the user's cache): without one, ``cache=True`` would refuse
-    to decorate, so the kernels compile at every start instead."""
-    try:
-        njit(cache=True)(_cache_works)
-    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-        log.warning(
-            "the session kernels compile at every start (~10 s): %s; set NUMBA_CACHE_DIR "
-            "to a writable directory to cache them",
-            exc,
-        )
-        return False
-    return True
-
-
-_jit = njit(cache=_cache_works(), nogil=True)
+_jit = kernel()
 
 __all__ = ["knn_votes", "session_arrays", "session_features", "top_scores", "warm_up"]
 

@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from threadpoolctl import threadpool_limits
 
-from recsvc import compaction, retention, session_kernels
+from recsvc import compaction, index, retention, session_kernels
 from recsvc.config import Settings
 from recsvc.erasure import read_erasure_list
 from recsvc.errors import ArtifactError, ConfigError, RecsvcError, StoreError
@@ -167,8 +167,10 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     faiss.omp_set_num_threads(1)
     threadpool_limits(1, user_api="blas")
     started = time.perf_counter()
-    session_kernels.warm_up()  # compiled (or loaded from the cache) before any request
-    log.info("session model kernels ready in %.1fs", time.perf_counter() - started)
+    # compiled (or loaded from the cache) before any request
+    session_kernels.warm_up()
+    index.warm_up()
+    log.info("compiled kernels ready in %.1fs", time.perf_counter() - started)
     root = settings.artifact_root
     remote = None
     if s.artifact_url is not None:  # models from an object store, mirrored into root

@@ -34,7 +34,7 @@ def test_every_variant_builds_and_the_exact_ones_agree(bench_index: ModuleType) 
     assert {"exact", "hnsw", "ivf", "norm-scan", "implicit-faiss"} <= kinds
     exact = next(v for v in variants if v.family == "exact")
     scan = next(v for v in variants if v.family == "norm-scan")
-    assert scan.params == {"first_rows": 2048}
+    assert scan.params == {"scan": "compiled, stops at the first row below the k-th best"}
     queries = users[:20]
     _, truth = exact.build.index.search(queries, 20)
     _, found = scan.build.index.search(queries, 20)

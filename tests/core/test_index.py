@@ -127,3 +127,42 @@ def test_only_normscan_takes_a_mask() -> None:
     assert not exact.masks
     with pytest.raises(ValueError, match="mask"):
         exact.search(y[:2], 5, np.ones(len(y), dtype=bool))
+
+
+def test_normscan_reads_every_row_when_the_best_scores_are_negative() -> None:
+    # every item points away from the query: the best scores are the shortest vectors,
+    # at the end of the norm order, so the scan must not stop at a norm bound
+    rng = np.random.default_rng(24)
+    y = np.abs(rng.normal(size=(5_000, 8))).astype(np.float32)
+    y *= rng.lognormal(mean=-2.0, sigma=1.0, size=(5_000, 1)).astype(np.float32)
+    q = -np.abs(rng.normal(size=(3, 8))).astype(np.float32)
+    index = ItemIndex.build(y, IndexSettings(kind="normscan"))
+    for mask in (None, rng.random(len(y)) < 0.3):
+        scores, ids = index.search(q, 10, mask)
+        for row in range(len(q)):
+            assert mask is None or mask[ids[row]].all()
+            full = y @ q[row]
+            if mask is not None:
+                full[~mask] = -np.inf
+            assert (scores[row] < 0).all()
+            assert scores[row] == pytest.approx(np.sort(full)[::-1][:10], rel=1e-5, abs=1e-7)
+
+
+def test_normscan_answers_a_zero_query_with_the_longest_allowed_vectors() -> None:
+    rng = np.random.default_rng(25)
+    y = rng.normal(size=(1_000, 4)).astype(np.float32)
+    index = ItemIndex.build(y, IndexSettings(kind="normscan"))
+    allowed = rng.random(len(y)) < 0.5
+    scores, ids = index.search(np.zeros((1, 4), dtype=np.float32), 5, allowed)
+    assert (scores == 0).all()
+    longest = np.argsort(-np.linalg.norm(y, axis=1), kind="stable")
+    assert ids[0].tolist() == longest[allowed[longest]][:5].tolist()  # ties: longer first
+
+
+def test_normscan_breaks_ties_for_the_longer_vector() -> None:
+    # items 0 and 2 score the same for the query; 2 is longer: it comes first
+    y = np.array([[1.0, 0.0], [0.5, 0.0], [1.0, 3.0], [0.0, 1.0]], dtype=np.float32)
+    scan = NormScan.build(y)
+    scores, ids = scan.search(np.array([[1.0, 0.0]], dtype=np.float32), 3)
+    assert ids[0].tolist() == [2, 0, 1]
+    assert scores[0].tolist() == [1.0, 1.0, 0.5]

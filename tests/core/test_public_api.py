@@ -49,7 +49,9 @@ PUBLIC = {
     ],
     "recsvc.index": [
         "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
+        "warm_up",
     ],
+    "recsvc.jit": ["CACHES", "kernel"],
     "recsvc.objectstore": ["ObjectStoreModels"],
     "recsvc.peers": ["PeerLists", "nearest", "peer_lists", "remove"],
     "recsvc.erasure": [
