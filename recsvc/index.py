@@ -79,19 +79,19 @@ def _scan(
     queries: np.ndarray,
     allowed: np.ndarray,
     masked: bool,
-    rows: np.ndarray,
+    ids: np.ndarray,
     scores: np.ndarray,
 ) -> None:  # pragma: no cover (compiled; tests run it through NormScan.search)
-    """For each query, the ``k`` best rows of ``ranked`` (sorted by descending
-    ``norms``) into ``rows`` / ``scores`` ``(n, k)``, best first (ties: the earlier
-    row), among rows whose item (``order``) is ``allowed`` when ``masked``; stops
-    at the first row that cannot reach the k-th best. Unfilled places are left as
-    they came (-1 / -inf)."""
+    """For each query, the items (``order`` of the rows) of the ``k`` best rows of
+    ``ranked`` (sorted by descending ``norms``) into ``ids`` / ``scores`` ``(n, k)``,
+    best first (ties: the earlier row), among rows whose item is ``allowed`` when
+    ``masked``; stops at the first row that cannot reach the k-th best. Places past
+    the rows found: -1 / -inf."""
     n, d = ranked.shape
-    k = rows.shape[1]
+    k = ids.shape[1]
     for qi in range(len(queries)):
         q = queries[qi]
-        top_rows = rows[qi]
+        top_rows = ids[qi]  # rows while scanning, items at the end
         top = scores[qi]
         q_norm = 0.0
         for j in range(d):
@@ -127,6 +127,11 @@ def _scan(
             if held == k:
                 kth = float(top[k - 1])
                 edge = kth / q_norm * _SLACK if kth > 0.0 and q_norm > 0.0 else -1.0
+        for at in range(held):
+            top_rows[at] = order[top_rows[at]]
+        for at in range(held, k):
+            top_rows[at] = -1
+            top[at] = -np.inf
 
 
 class NormScan:
@@ -187,11 +192,10 @@ class NormScan:
         ``allowed`` (a mask by item position; None: all): ``(scores, ids)``, ``(n, k)``
         each, ids -1 past the end. Ties: the longer vector first."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(q), k), -1, dtype=np.int64)
+        scores = np.empty((len(q), k), dtype=np.float32)
+        ids = np.empty((len(q), k), dtype=np.int64)
         mask = _ALL if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
-        _scan(self.ranked, self.norms, self.order, q, mask, allowed is not None, rows, scores)
-        ids = np.where(rows >= 0, self.order[np.maximum(rows, 0)], -1)
+        _scan(self.ranked, self.norms, self.order, q, mask, allowed is not None, ids, scores)
         return scores, ids
 
     def to_faiss(self) -> faiss.Index:
