@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.errors import InvalidRequestError
+from recsvc.jit import kernel
 from recsvc.model import Model
 from recsvc.ranking import Reason
 from recsvc.rules import Rule, RuleAction
@@ -62,6 +63,7 @@ __all__ = [
     "Weighing",
     "Weights",
     "merchandise",
+    "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,56 @@ _ACTIVE_SETS: Final = 16
 """Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
 _PLACEMENTS: Final = 64
 """Placements whose active rules are kept (see LiveRules.active)."""
+
+
+@kernel()
+def _weigh(
+    items: np.ndarray,
+    scores: np.ndarray,
+    group: np.ndarray,
+    factors: np.ndarray,
+    burying: np.ndarray,
+    buried_groups: np.ndarray,
+    buried_scores: np.ndarray,
+) -> int:  # pragma: no cover (compiled; tests run it through Weighing.weigh)
+    """Multiply ``scores`` (of ``items``, in place) by their group's ``factors``, one
+    at a time in rule order (float32 rounding after each, as :meth:`Weights.multiply`:
+    a factor of 1 changes nothing); the groups and scores before the weights of the
+    items a bury picks (``burying``) go to ``buried_groups`` / ``buried_scores``, and
+    how many there are is returned."""
+    depth = factors.shape[1]
+    found = 0
+    for i in range(len(items)):
+        g = group[items[i]]
+        s = scores[i]
+        if burying[g]:
+            buried_groups[found] = g
+            buried_scores[found] = s
+            found += 1
+        for d in range(depth):
+            s = s * factors[g, d]
+        scores[i] = s
+    return found
+
+
+_WEIGHED_TYPES: Final = (
+    (np.dtype(np.int32), np.dtype(np.int64)),
+    (np.dtype(np.uint8), np.dtype(np.uint16)),
+)
+"""The item and group types :func:`_weigh` is compiled for ahead (:func:`warm_up`)."""
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the boosts' and buries' kernel for the types a
+    ranking hands it, so no request waits for it."""
+    factors = np.ones((1, 1), dtype=np.float32)
+    for item_type in _WEIGHED_TYPES[0]:
+        for group_type in _WEIGHED_TYPES[1]:
+            _weigh(
+                np.zeros(1, dtype=item_type), np.ones(1, dtype=np.float32),
+                np.zeros(1, dtype=group_type), factors, np.zeros(1, dtype=bool),
+                np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float32),
+            )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,6 +208,7 @@ class Weights:
     __slots__ = (
         "_buried",
         "_buries",
+        "_bury_flags",
         "_burying",
         "_columns",
         "_deeper",
@@ -221,6 +274,10 @@ class Weights:
             np.array([bool(b) for b in self._buries], dtype=bool) if self._buried else None
         )
         """Per group, whether it holds a bury (None: no group does)."""
+        self._bury_flags: BoolArray = (
+            self._burying if self._burying is not None else np.zeros(len(kept), dtype=bool)
+        )
+        """Per group, whether it holds a bury (for :func:`_weigh`)."""
 
     @property
     def factors(self) -> NDArray[np.float32]:
@@ -265,10 +322,25 @@ class Weighing:
 
     def __init__(self, weights: Weights) -> None:
         self.weights = weights
-        self._buried: list[tuple[NDArray[np.unsignedinteger[Any]], NDArray[np.float32]]] = []
+        self._buried: list[tuple[NDArray[np.integer[Any]], NDArray[np.float32]]] = []
 
     def weigh(self, items: IntArray, scores: NDArray[np.float32]) -> None:
         w = self.weights
+        if (
+            len(items)
+            and items.dtype in _WEIGHED_TYPES[0]
+            and w.group.dtype in _WEIGHED_TYPES[1]
+            and scores.dtype == np.float32
+            and scores.flags.c_contiguous
+        ):  # one compiled pass (what follows is the same in NumPy calls)
+            found_groups = np.empty(len(items), dtype=np.int64)
+            found_scores = np.empty(len(items), dtype=np.float32)
+            found = _weigh(
+                items, scores, w.group, w._factors, w._bury_flags, found_groups, found_scores
+            )
+            if found:
+                self._buried.append((found_groups[:found], found_scores[:found]))
+            return
         groups = w.group.take(items)
         burying = w._burying
         if burying is not None and len(groups):

@@ -51,6 +51,7 @@ from recsvc.store.trending import Trending
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
+from . import rules as merchandising
 from .catalog import LiveCatalog
 from .engine import Engine
 from .erasures import SharedErasures
@@ -170,6 +171,7 @@ async def create_server(settings: Settings, *, reuse_port: bool = False) -> Runn
     # compiled (or loaded from the cache) before any request
     session_kernels.warm_up()
     index.warm_up()
+    merchandising.warm_up()
     log.info("compiled kernels ready in %.1fs", time.perf_counter() - started)
     root = settings.artifact_root
     remote = None
