@@ -38,8 +38,9 @@ Scenarios (every request is built up front, serialized once, cycled in order):
 
 ``cached``       known user whose vector is published in Redis, the server's LRU and
                  client-side state cache warmed (a pool of 2,000 trained users, each
-                 asked for before measuring, nobody writing meanwhile; the server's
-                 counters tell which layer answered), k = 10
+                 asked for before measuring, nobody writing meanwhile, kept for the
+                 whole run: :data:`WARM_SECONDS`; the server's counters tell which
+                 layer answered), k = 10
 ``cached_k100``  the same, k = 100 (the floor then answers 100 items too)
 ``foldin``       known user with live history in Redis but no vector: the server
                  folds the history in and writes the vector back, so each request
@@ -393,8 +394,21 @@ def _free_port() -> int:
         return port
 
 
+WARM_SECONDS = 3600.0
+"""How long every ``recsvc serve`` here keeps what it read (``[server]``
+``state_cache_seconds`` and ``lru_ttl_seconds``; 30 s by default): longer than a run, so
+the users warmed before measuring stay warm for every point, as the scenarios say. With
+the default, what was read while warming expired in the middle of the run and a point's
+state-cache hit rate (0.4 to 1.0 in two runs of the same points) depended on when it
+ran: ``live`` against ``cached`` at concurrency 1 compared a half-cold server with a
+warm one."""
+
+
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+    env["RECSVC_SERVER__STATE_CACHE_SECONDS"] = str(WARM_SECONDS)
+    env["RECSVC_SERVER__LRU_TTL_SECONDS"] = str(WARM_SECONDS)
+    return env
 
 
 @dataclass
