@@ -148,7 +148,7 @@ class NormScan:
 
     The scan is one compiled loop (:func:`_scan`): in NumPy the same search was a
     dozen array calls on a first block, then on steps bounded by the k-th best, and
-    cost ~3× as much at 100k items (benchmarks/results/index). Duck-types the part
+    cost ~3× as much (benchmarks/results/index/compiled-1m, docs/design.md). Duck-types the part
     of ``faiss.Index`` that :class:`ItemIndex` uses (``search``, ``ntotal``).
     """
 

@@ -325,8 +325,10 @@ def test_the_kernels_compile_uncached_where_nothing_is_writable() -> None:
         "import logging, numpy as np\n"
         "logging.basicConfig(level=logging.WARNING)\n"
         "from recsvc import index, jit, session_kernels\n"
+        "from recsvc.serving import rules\n"
         "session_kernels.warm_up()\n"
         "index.warm_up()\n"
+        "rules.warm_up()\n"
         "print('cached' if jit.CACHES else 'uncached')\n"
     )
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
