@@ -192,6 +192,11 @@ class NormScan:
         ``allowed`` (a mask by item position; None: all): ``(scores, ids)``, ``(n, k)``
         each, ids -1 past the end. Ties: the longer vector first."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        # the compiled scan reads without bounds checks: shapes are checked here
+        if q.ndim != 2 or q.shape[1] != self.ranked.shape[1]:
+            raise ValueError(f"queries of shape {q.shape} for {self.ranked.shape[1]} factors")
+        if allowed is not None and allowed.shape != self.order.shape:
+            raise ValueError(f"a mask of shape {allowed.shape} for {len(self.order)} items")
         scores = np.empty((len(q), k), dtype=np.float32)
         ids = np.empty((len(q), k), dtype=np.int64)
         mask = _ALL if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)

@@ -332,6 +332,9 @@ class Weighing:
             and w.group.dtype in _WEIGHED_TYPES[1]
             and scores.dtype == np.float32
             and scores.flags.c_contiguous
+            and len(scores) == len(items)
+            and items.min() >= 0
+            and items.max() < len(w.group)  # it reads without bounds checks
         ):  # one compiled pass (what follows is the same in NumPy calls)
             found_groups = np.empty(len(items), dtype=np.int64)
             found_scores = np.empty(len(items), dtype=np.float32)

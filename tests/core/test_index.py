@@ -166,3 +166,15 @@ def test_normscan_breaks_ties_for_the_longer_vector() -> None:
     scores, ids = scan.search(np.array([[1.0, 0.0]], dtype=np.float32), 3)
     assert ids[0].tolist() == [2, 0, 1]
     assert scores[0].tolist() == [1.0, 1.0, 0.5]
+
+
+def test_normscan_refuses_queries_and_masks_of_the_wrong_shape() -> None:
+    # the compiled scan reads without bounds checks: a wrong shape must fail loudly
+    y = np.random.default_rng(26).normal(size=(300, 6)).astype(np.float32)
+    index = ItemIndex.build(y, IndexSettings(kind="normscan"))
+    with pytest.raises(ValueError, match="factors"):
+        index.search(np.ones((1, 5), dtype=np.float32), 5)
+    with pytest.raises(ValueError, match="mask"):
+        index.search(np.ones((1, 6), dtype=np.float32), 5, np.ones(299, dtype=bool))
+    _, ids = index.search(np.ones((1, 6), dtype=np.float32), 5, np.ones(300, dtype=bool))
+    assert (ids >= 0).all()

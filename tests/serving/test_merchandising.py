@@ -508,3 +508,20 @@ def test_live_rules_fold_each_active_set_once_and_again_after_a_change() -> None
     assert len(live._models["v1"].active) == 16
     assert live.active(model, None, "s0", 0.0) is not first
     assert live.active(model, None, "s19", 0.0) is live.active(model, None, "s19", 0.0)
+
+
+def test_weighing_refuses_items_past_the_rules_items() -> None:
+    # the compiled pass reads without bounds checks: an item the rules were not
+    # compiled for must fail as the NumPy version does, not read past the groups
+    rng = np.random.default_rng(8)
+    rules = [c for c in random_rules(rng, 50, 8) if c.rule.action is not RuleAction.PIN]
+    weights = Weights(rules, 50)
+    weighing = Weighing(weights)
+    with pytest.raises(IndexError):
+        weighing.weigh(np.array([3, 7, 50], dtype=np.int32), np.ones(3, dtype=np.float32))
+    items = np.array([3, 7, 49], dtype=np.int32)  # in range: weighed as the rules say
+    scores = np.ones(3, dtype=np.float32)
+    want = scores.copy()
+    weights.apply(items, want)
+    weighing.weigh(items, scores)
+    assert scores.tobytes() == want.tobytes()
