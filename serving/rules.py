@@ -208,7 +208,6 @@ class Weights:
     __slots__ = (
         "_buried",
         "_buries",
-        "_bury_flags",
         "_burying",
         "_columns",
         "_deeper",
@@ -270,14 +269,8 @@ class Weights:
         """Per group, which of its rules bury (indices into the boosts and buries)."""
         self._buried = frozenset(g for g, buries in enumerate(self._buries) if buries)
         """The groups with a bury."""
-        self._burying: BoolArray | None = (
-            np.array([bool(b) for b in self._buries], dtype=bool) if self._buried else None
-        )
-        """Per group, whether it holds a bury (None: no group does)."""
-        self._bury_flags: BoolArray = (
-            self._burying if self._burying is not None else np.zeros(len(kept), dtype=bool)
-        )
-        """Per group, whether it holds a bury (for :func:`_weigh`)."""
+        self._burying: BoolArray = np.array([bool(b) for b in self._buries], dtype=bool)
+        """Per group, whether it holds a bury."""
 
     @property
     def factors(self) -> NDArray[np.float32]:
@@ -339,15 +332,14 @@ class Weighing:
             found_groups = np.empty(len(items), dtype=np.int64)
             found_scores = np.empty(len(items), dtype=np.float32)
             found = _weigh(
-                items, scores, w.group, w._factors, w._bury_flags, found_groups, found_scores
+                items, scores, w.group, w._factors, w._burying, found_groups, found_scores
             )
             if found:
                 self._buried.append((found_groups[:found], found_scores[:found]))
             return
         groups = w.group.take(items)
-        burying = w._burying
-        if burying is not None and len(groups):
-            hit = burying.take(groups)
+        if w._buried and len(groups):  # some group holds a bury
+            hit = w._burying.take(groups)
             if hit.any():
                 self._buried.append((groups[hit], scores[hit]))
         w.multiply(groups, scores)
