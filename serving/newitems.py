@@ -376,7 +376,6 @@ def merge_new(
 class _Row:
     """One new item's place, with what it was computed from (compared by identity)."""
 
-    record: CatalogItem
     met: list[tuple[str, float]] | None
     content: FloatArray | None
     vector: FloatArray | None
@@ -521,11 +520,14 @@ class NewItems:
         if wanted:
             met = await self.cooccurrence.read(wanted)
             for item in wanted:
-                if item in met:
-                    self._met[item] = met[item]
-                else:
-                    self._met.pop(item, None)
-            self._met_changed = True
+                fresh = met.get(item)
+                if fresh is None:
+                    if self._met.pop(item, None) is not None:
+                        self._met_changed = True
+                elif fresh != self._met.get(item):
+                    # kept when equal: a re-read of the margin changes no row
+                    self._met[item] = fresh
+                    self._met_changed = True
         self._read_until = now
         gone = [i for i in self._met if i not in ids]
         for item in gone:
@@ -553,17 +555,19 @@ class NewItems:
         assert titles is not None
         # a record whose category, attributes and title did not change (a stock or price
         # update, a catalogue sync rewriting every record) keeps its place
-        changed = [
-            r for r in records
-            if (cached := self._content.get(r.item_id)) is None
-            or _described(cached[0]) != _described(r)
-        ]  # fmt: skip
+        changed: list[CatalogItem] = []
         kept = False
+        content = self._content
         for r in records:
-            cached = self._content.get(r.item_id)
-            if cached is not None and cached[0] is not r and _described(cached[0]) == _described(r):
-                self._content[r.item_id] = (r, cached[1])
-                kept = True
+            cached = content.get(r.item_id)
+            if cached is None:
+                changed.append(r)
+            elif cached[0] is not r:  # the same record object: nothing to compare
+                if _described(cached[0]) == _described(r):
+                    content[r.item_id] = (r, cached[1])
+                    kept = True
+                else:
+                    changed.append(r)
         if not changed:
             self._placed = records
             return kept
@@ -615,16 +619,13 @@ class NewItems:
             met = self._met.get(item)
             content = self._content.get(item, (None, None))[1]
             cached = self._rows.get(item)
-            if (
-                cached is not None
-                and cached.met is met
-                and cached.content is content
-                and cached.record is record
-            ):
-                v, c = cached.vector, cached.confidence  # nothing it depends on changed
+            if cached is not None and cached.met is met and cached.content is content:
+                # nothing its place depends on changed (a new record whose description
+                # did not change keeps its content: a stock or price update, a sync)
+                v, c = cached.vector, cached.confidence
             else:
                 v, c = self._direction(model, content, met)
-            rows[item] = _Row(record, met, content, v, c)
+            rows[item] = _Row(met, content, v, c)
             if v is not None:
                 vectors[row], placed[row] = v, True
             confidence[row] = c

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -296,3 +297,53 @@ def test_a_refresh_of_an_unchanged_catalogue_does_no_work(
     # a change to a new record's price builds a new lane (with the record), places nothing
     assert moved is not first and moved.records[moved.position["new-clock"]].price == 3.0
     assert moved.counts()["placed"] == 1
+
+
+def test_a_stock_change_keeps_a_met_new_items_direction(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a row was computed again whenever its record object changed: a catalogue sync
+    # rewriting every record recomputed every new item's direction (10k new items held
+    # the event loop for a tenth of a second at each refresh), and so did a re-read of
+    # its unchanged meetings (each refresh re-reads the last 10 s: replicas' clocks);
+    # its place depends only on its meetings' counts and its attribute place
+    built = build_model(LoadedData(block_shop(), None, (), 0), small_settings(None))
+    model = Model(built.artifact)
+    keys = KeyScheme(redis_prefix)
+    directed: list[int] = []
+    real = NewItems._direction
+
+    def counting(self: NewItems, *args: Any) -> Any:
+        directed.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(NewItems, "_direction", counting)
+
+    async def main() -> tuple[Any, Any]:
+        client = async_client_from_url(redis_url, socket_timeout=5.0)
+        store = CatalogStore.open(redis_url, keys, socket_timeout=5.0)
+        try:
+            items = [CatalogItem(f"new-{i}", title="Lamp", price=10.0) for i in range(3)]
+            await store.upsert(items)
+            catalog = LiveCatalog(store)
+            await catalog.load()
+            new = NewItems(catalog, CoOccurrence(client, keys), None)
+            await new.count(model, {"s": (["new-0", "new-1"], ["g0i01", "g0i02"])})
+            await new.refresh(model)
+            assert len(directed) == 3
+            directed.clear()
+            before = new.lane
+            await store.upsert([replace(r, price=11.0, available=False) for r in items])
+            assert catalog.apply(await store.changes(catalog._entry, block_ms=100))
+            await new.refresh(model)
+            return before, new.lane
+        finally:
+            await client.aclose()
+            await store.aclose()
+
+    before, after = asyncio.run(main())
+    assert directed == []  # every record changed, no place did
+    assert before is not None and after is not None and after is not before
+    assert after.records[after.position["new-0"]].price == 11.0  # the lane has the records
+    assert np.array_equal(after.vectors, before.vectors)
+    assert after.confidence[after.position["new-0"]] == pytest.approx(0.5)
