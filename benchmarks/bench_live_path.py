@@ -73,7 +73,6 @@ STEPS = (
     ("recsvc.serving.engine", "Engine", "_merchandised", "rules applied (_merchandised)"),
     ("recsvc.ranking", "Ranker", "allowed", "  of which allowed mask (pins)"),
     ("recsvc.serving.engine", None, "merchandise", "  of which merchandise()"),
-    ("recsvc.serving.rules", None, "_pinned", "    of which pins placed"),
     ("recsvc.serving.engine", None, "_scored", "answer items (_scored)"),
 )
 

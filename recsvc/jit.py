@@ -1,6 +1,6 @@
 """How recsvc compiles its per-request kernels (Numba): :mod:`recsvc.session_kernels`,
-the ``normscan`` index's scan (:mod:`recsvc.index`) and the boosts' and buries'
-weighing (``serving/rules.py``).
+the ``normscan`` index's scan (:mod:`recsvc.index`), and the boosts' and buries'
+weighing and the pins' and the cap's placing (``serving/rules.py``).
 
 Every kernel is compiled on first use and cached on disk next to its module (or under
 ``NUMBA_CACHE_DIR``, or in Numba's user cache; with none writable, compiled at every

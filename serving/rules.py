@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
-from typing import Any, Final, overload
+from typing import Any, Final, NamedTuple, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,10 +77,14 @@ _NO_IDS: Final[tuple[str, ...]] = ()
 _PINNED: Final = int(Reason.PINNED)
 _POPULAR_PINS: Final = 256
 """A predicate pin's most popular matches kept ready (see CompiledRule.popular_matches)."""
-_PIN_STEP: Final = 16
-"""A predicate pin looks through its popular matches this many at a time."""
+_NO_MASK: Final = np.zeros(0, dtype=bool)
+_NO_ORDER: Final = np.zeros(0, dtype=np.int64)
+_NO_CATEGORY: Final = np.zeros(0, dtype=np.int32)
+_ANY_ITEM: Final = np.iinfo(np.int64).max
 _ACTIVE_SETS: Final = 16
 """Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
+_TALLIES: Final = 1024
+"""Combinations of applied rules whose counts by action an ActiveRules keeps."""
 _PLACEMENTS: Final = 64
 """Placements whose active rules are kept (see LiveRules.active)."""
 
@@ -92,27 +96,230 @@ def _weigh(
     group: np.ndarray,
     factors: np.ndarray,
     burying: np.ndarray,
-    buried_groups: np.ndarray,
-    buried_scores: np.ndarray,
-) -> int:  # pragma: no cover (compiled; tests run it through Weighing.weigh)
+    best: np.ndarray,
+) -> bool:  # pragma: no cover (compiled; tests run it through Weighing.weigh)
     """Multiply ``scores`` (of ``items``, in place) by their group's ``factors``, one
     at a time in rule order (float32 rounding after each, as :meth:`Weights.multiply`:
-    a factor of 1 changes nothing); the groups and scores before the weights of the
-    items a bury picks (``burying``) go to ``buried_groups`` / ``buried_scores``, and
-    how many there are is returned."""
+    a factor of 1 changes nothing); per group a bury picks (``burying``), the best
+    score before the weights goes to ``best`` (kept if higher). False, and nothing
+    done, when an item is past ``group``."""
+    n_items = len(group)
+    for i in range(len(items)):
+        if items[i] < 0 or items[i] >= n_items:
+            return False
     depth = factors.shape[1]
-    found = 0
     for i in range(len(items)):
         g = group[items[i]]
         s = scores[i]
-        if burying[g]:
-            buried_groups[found] = g
-            buried_scores[found] = s
-            found += 1
+        if burying[g] and s > best[g]:
+            best[g] = s
         for d in range(depth):
             s = s * factors[g, d]
         scores[i] = s
-    return found
+    return True
+
+
+_MASK_UNKNOWN: Final = 0
+"""The allowed mask is not computed yet: :func:`_place` returns -1 when it needs it."""
+_MASK_ALL: Final = 1
+"""Every item may be shown."""
+_MASK_GIVEN: Final = 2
+"""The mask says which items may be shown."""
+
+
+@kernel()
+def _holds(values: np.ndarray, n: int, value: int) -> bool:  # pragma: no cover (compiled)
+    """Whether the first ``n`` of ``values`` hold ``value`` (a few dozen at most)."""
+    for j in range(n):  # noqa: SIM110 (a loop Numba compiles, not a generator)
+        if values[j] == value:
+            return True
+    return False
+
+
+@kernel()
+def _category(
+    codes: np.ndarray, counts: np.ndarray, n: int, code: int
+) -> tuple[int, int]:  # pragma: no cover (compiled)
+    """Where category ``code`` is counted among the first ``n`` of ``codes`` (added,
+    with a count of 0, when it is not yet), and how many are counted then."""
+    c = 0
+    while c < n and codes[c] != code:
+        c += 1
+    if c == n:
+        codes[c], counts[c] = code, 0
+        n += 1
+    return c, n
+
+
+@kernel()
+def _place(
+    items: np.ndarray,
+    scores: np.ndarray,
+    reasons: np.ndarray,
+    order: np.ndarray,
+    k: int,
+    n_items: int,
+    slot: np.ndarray,
+    pred: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    listed: np.ndarray,
+    preds: np.ndarray,
+    heads: np.ndarray,
+    head_lo: np.ndarray,
+    head_hi: np.ndarray,
+    popular: np.ndarray,
+    mask: np.ndarray,
+    state: int,
+    codes: np.ndarray,
+    cap: int,
+    out_items: np.ndarray,
+    out_scores: np.ndarray,
+    out_reasons: np.ndarray,
+    out_at: np.ndarray,
+    out_pin: np.ndarray,
+) -> int:  # pragma: no cover (compiled; tests run it through merchandise)
+    """Steps 2-4 of :func:`merchandise` over the ranked ``items`` (best first in
+    ``order``, or as they are when it is empty): the pins of :class:`_Pins` (``slot``,
+    ``pred``, ``lo``/``hi``, ``listed``, ``preds``, and each predicate's first popular
+    matches ``heads[head_lo:head_hi]``), the cap (``cap`` > 0, each item's category in
+    ``codes``) and the answer, cut to ``k``: its items, scores and reasons, each one's
+    index among ``items`` (-1: a pinned item that was not ranked) and the pin that
+    placed it (-1: none). Returns its length, -1 when a pin needs the allowed mask
+    (``state`` :data:`_MASK_UNKNOWN`), -2 (nothing done) when an item is not one of the
+    ``n_items`` (what it reads ranked items in). Reads without bounds checks: the caller
+    checks the rest."""
+    n = len(items)
+    for i in range(n):
+        if items[i] < 0 or items[i] >= n_items:
+            return -2
+    identity = len(order) == 0
+    most = len(listed) + len(slot)
+    pin_slot = np.empty(most, np.int64)
+    pin_item = np.empty(most, np.int64)
+    pin_rule = np.empty(most, np.int64)
+    taken = 0
+    # 2. pins, in order: an item list's items that may be shown, from its position; a
+    # predicate's best-ranked match, else its most popular one that may be shown
+    for p in range(len(slot)):
+        at = slot[p]
+        if pred[p] < 0:
+            for j in range(lo[p], hi[p]):
+                pos = listed[j]
+                if _holds(pin_item, taken, pos):
+                    continue  # an earlier pin's (or this one's, named twice)
+                if not _holds(items, n, pos):  # a ranked item may be shown
+                    if state == _MASK_UNKNOWN:
+                        return -1
+                    if state == _MASK_GIVEN and not mask[pos]:
+                        continue
+                pin_slot[taken], pin_item[taken], pin_rule[taken] = at, pos, p
+                taken += 1
+                at += 1
+            continue
+        row = pred[p]
+        found = -1
+        for t in range(n):
+            pos = items[t if identity else order[t]]
+            if preds[row, pos] and not _holds(pin_item, taken, pos):
+                found = pos
+                break
+        if found < 0:
+            if state == _MASK_UNKNOWN:
+                return -1
+            for j in range(head_lo[p], head_hi[p]):
+                pos = heads[j]
+                if (state == _MASK_ALL or mask[pos]) and not _holds(pin_item, taken, pos):
+                    found = pos
+                    break
+            if found < 0 and head_hi[p] - head_lo[p] >= _POPULAR_PINS:
+                # every one of its first popular matches is hidden or taken: all of them
+                for j in range(len(popular)):
+                    pos = popular[j]
+                    if (
+                        preds[row, pos]
+                        and (state == _MASK_ALL or mask[pos])
+                        and not _holds(pin_item, taken, pos)
+                    ):
+                        found = pos
+                        break
+        if found >= 0:
+            pin_slot[taken], pin_item[taken], pin_rule[taken] = at, found, p
+            taken += 1
+    # 3. the rest, best first, at most k: what the pins left, under the cap (pinned
+    # items count and stay)
+    rest = np.empty(min(n, k), np.int64)
+    r = 0
+    held_code = np.empty(taken + k, np.int64)
+    held = np.empty(taken + k, np.int64)
+    categories = 0
+    if cap > 0:
+        for e in range(taken):
+            code = codes[pin_item[e]]
+            if code >= 0:
+                c, categories = _category(held_code, held, categories, code)
+                held[c] += 1
+    for t in range(n):
+        if r == k:
+            break
+        i = t if identity else order[t]
+        pos = items[i]
+        if taken and _holds(pin_item, taken, pos):
+            continue
+        if cap > 0:
+            code = codes[pos]
+            if code >= 0:
+                c, categories = _category(held_code, held, categories, code)
+                if held[c] >= cap:
+                    continue
+                held[c] += 1
+        rest[r] = i
+        r += 1
+    # 4. each pin at its place (the next free one after an earlier pin's), in place
+    # order, or after the rest when the rest is shorter
+    free = np.empty(taken, np.int64)
+    for e in range(taken):
+        f = pin_slot[e]
+        while _holds(free, e, f):
+            f += 1
+        free[e] = f
+    picks = np.empty(r + taken, np.int64)
+    picked_pin = np.empty(r + taken, np.int64)
+    picked_item = np.empty(r + taken, np.int64)
+    for t in range(r):
+        picks[t], picked_pin[t], picked_item[t] = rest[t], -1, items[rest[t]]
+    m = r
+    done = np.zeros(taken, np.bool_)
+    for _ in range(taken):
+        e = -1
+        for d in range(taken):
+            if not done[d] and (e < 0 or free[d] < free[e]):
+                e = d
+        done[e] = True
+        place = min(free[e], m)
+        if place >= k:
+            break
+        pos = pin_item[e]
+        ranked = -1
+        for i in range(n):
+            if items[i] == pos:
+                ranked = i
+                break
+        for t in range(m, place, -1):
+            picks[t] = picks[t - 1]
+            picked_pin[t] = picked_pin[t - 1]
+            picked_item[t] = picked_item[t - 1]
+        picks[place], picked_pin[place], picked_item[place] = ranked, pin_rule[e], pos
+        m += 1
+    m = min(m, k)
+    for t in range(m):
+        i = picks[t]
+        out_at[t], out_pin[t] = i, picked_pin[t]
+        if i >= 0:  # ranked anyway: keeps its score and reason
+            out_items[t], out_scores[t], out_reasons[t] = items[i], scores[i], reasons[i]
+        else:
+            out_items[t], out_scores[t], out_reasons[t] = picked_item[t], 0.0, _PINNED
+    return m
 
 
 _WEIGHED_TYPES: Final = (
@@ -124,14 +331,24 @@ _WEIGHED_TYPES: Final = (
 
 def warm_up() -> None:
     """Compile (or load from the cache) the boosts' and buries' kernel for the types a
-    ranking hands it, so no request waits for it."""
+    ranking hands it, and the pins' placing for either popular order's type, so no
+    request waits for them."""
+    one = np.zeros(1, dtype=np.int64)  # one pin of one item (item 0) at the first place
+    for popular_type in (np.int32, np.int64):
+        out = _Placed(1)
+        _place(
+            np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32), np.zeros(1, np.int8),
+            _NO_ORDER, 1, 1, one, one - 1, one, one + 1, one, np.zeros((0, 1), dtype=bool),
+            _NO_ORDER, one, one, np.zeros(1, dtype=popular_type), _NO_MASK, _MASK_ALL,
+            _NO_CATEGORY, 0, out.items, out.scores, out.reasons, out.at, out.pin,
+        )  # fmt: skip
     factors = np.ones((1, 1), dtype=np.float32)
     for item_type in _WEIGHED_TYPES[0]:
         for group_type in _WEIGHED_TYPES[1]:
             _weigh(
                 np.zeros(1, dtype=item_type), np.ones(1, dtype=np.float32),
                 np.zeros(1, dtype=group_type), factors, np.zeros(1, dtype=bool),
-                np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float32),
+                np.zeros(1, dtype=np.float32),
             )  # fmt: skip
 
 
@@ -311,14 +528,19 @@ class Weighing:
     remembers the candidates the buries picked, with their scores before the weights,
     to say which buries pushed an item down (one per answer: never shared)."""
 
-    __slots__ = ("_buried", "weights")
+    __slots__ = ("_best", "weights")
 
     def __init__(self, weights: Weights) -> None:
         self.weights = weights
-        self._buried: list[tuple[NDArray[np.integer[Any]], NDArray[np.float32]]] = []
+        self._best: NDArray[np.float32] | None = None
+        """Per group a bury picks, the best score before the weights of its candidates
+        (-inf: none; None: no candidate weighed yet)."""
 
     def weigh(self, items: IntArray, scores: NDArray[np.float32]) -> None:
         w = self.weights
+        best = self._best
+        if best is None:
+            best = self._best = np.full(len(w.rule_ids), -np.inf, dtype=np.float32)
         if (
             len(items)
             and items.dtype in _WEIGHED_TYPES[0]
@@ -326,22 +548,14 @@ class Weighing:
             and scores.dtype == np.float32
             and scores.flags.c_contiguous
             and len(scores) == len(items)
-            and items.min() >= 0
-            and items.max() < len(w.group)  # it reads without bounds checks
+            and _weigh(items, scores, w.group, w._factors, w._burying, best)
         ):  # one compiled pass (what follows is the same in NumPy calls)
-            found_groups = np.empty(len(items), dtype=np.int64)
-            found_scores = np.empty(len(items), dtype=np.float32)
-            found = _weigh(
-                items, scores, w.group, w._factors, w._burying, found_groups, found_scores
-            )
-            if found:
-                self._buried.append((found_groups[:found], found_scores[:found]))
             return
-        groups = w.group.take(items)
+        groups = w.group.take(items)  # IndexError for an item past the rules' items
         if w._buried and len(groups):  # some group holds a bury
             hit = w._burying.take(groups)
             if hit.any():
-                self._buried.append((groups[hit], scores[hit]))
+                np.maximum.at(best, groups[hit], scores[hit])
         w.multiply(groups, scores)
 
     def room(self, basis: int) -> int:
@@ -350,10 +564,11 @@ class Weighing:
     def buried(self, threshold: float) -> list[str]:
         """The buries that picked a candidate whose score before the weights reached
         ``threshold`` (the answer's last score): each pushed an item down, or out."""
-        groups: set[int] = set()
-        for g, before in self._buried:
-            groups.update(g[before >= threshold].tolist())
-        return self.weights.buried(list(groups)) if groups else []
+        best = self._best
+        if best is None:
+            return []
+        groups = np.flatnonzero(best >= threshold)
+        return self.weights.buried(groups.tolist()) if len(groups) else []
 
 
 class ActiveRules(Sequence[CompiledRule]):
@@ -362,7 +577,8 @@ class ActiveRules(Sequence[CompiledRule]):
     :class:`Weights` (folded at the first answer, then kept with the rule set: see
     :meth:`LiveRules.active`)."""
 
-    __slots__ = ("_rules", "_weights", "actions", "n_items", "pins", "weighed")
+    __slots__ = ("_pins", "_rules", "_tallies", "_weights", "actions", "n_items", "pins",
+                 "weighed")  # fmt: skip
 
     def __init__(self, rules: Sequence[CompiledRule], n_items: int) -> None:
         self._rules = tuple(rules)
@@ -379,6 +595,8 @@ class ActiveRules(Sequence[CompiledRule]):
         """The boosts and buries."""
         self.actions = {c.rule.rule_id: c.rule.action for c in self._rules}
         self._weights: Weights | None = None
+        self._pins: _Pins | None = None
+        self._tallies: dict[tuple[str, ...], tuple[tuple[RuleAction, int], ...]] = {}
 
     @classmethod
     def of(cls, rules: Sequence[CompiledRule], items: IntArray) -> ActiveRules:
@@ -402,6 +620,29 @@ class ActiveRules(Sequence[CompiledRule]):
         if weights is None:
             weights = self._weights = Weights(self.weighed, self.n_items)
         return weights
+
+    def tally(self, applied: tuple[str, ...]) -> tuple[tuple[RuleAction, int], ...]:
+        """How many of the rules ``applied`` (ids of these rules) act each way: kept
+        per combination, as answers repeat a few of them (the last
+        :data:`_TALLIES`)."""
+        counts = self._tallies.get(applied)
+        if counts is None:
+            by: dict[RuleAction, int] = {}
+            for rule_id in applied:
+                action = self.actions[rule_id]
+                by[action] = by.get(action, 0) + 1
+            if len(self._tallies) >= _TALLIES:
+                self._tallies.clear()
+            counts = self._tallies[applied] = tuple(by.items())
+        return counts
+
+    @property
+    def plan(self) -> _Pins:
+        """The pins as the compiled placing reads them (made at the first answer)."""
+        pins = self._pins
+        if pins is None:
+            pins = self._pins = _Pins(self.pins, self.n_items)
+        return pins
 
     @overload
     def __getitem__(self, index: int) -> CompiledRule: ...
@@ -514,8 +755,7 @@ class _Compiled:
         """Per placement, the rules that apply from a time until another."""
 
 
-@dataclass(frozen=True)
-class Merchandised:
+class Merchandised(NamedTuple):
     """A list after the rules and the cap: parallel arrays, at most ``k`` long."""
 
     items: IntArray
@@ -550,196 +790,181 @@ def merchandise(
     the ranking already multiplied the scores by the boosts and buries and ranked the
     candidates by them (step 1 done; the rules' weights are ``weighed.weights``).
 
-    A few dozen candidates: the work is in Python lists but for the scores, and the
-    answer is gathered from the candidates' arrays once, at the end."""
+    Steps 2-4 are one compiled pass over the candidates (:func:`_place`); what is
+    left in Python is the answer's rule ids, a few per item."""
     active = ActiveRules.of(rules, items)
     capped = cap > 0 and category is not None
     applied: dict[str, None] = {}
 
     # 1. boost and bury
     weights = active.weights
-    order: list[int] | None = None  # the candidates best first (None: as they came)
-    groups: list[int] = []  # each candidate's group of boosts and buries
+    order: NDArray[np.intp] | None = None  # the candidates best first (None: as they came)
+    group: NDArray[np.unsignedinteger[Any]] | None = None  # every item's group ...
+    groups: list[int] | None = None  # ... or each candidate's
     ids_of: list[tuple[str, ...]] = [_NO_IDS]  # per group, its rules
     if weighed is not None:
         # the ranking weighed and ordered the candidates: their groups, for the ids
-        ids_of = weighed.weights.rule_ids
-        groups = weighed.weights.group.take(items).tolist()
+        ids_of, group = weighed.weights.rule_ids, weighed.weights.group
         last = float(scores[k - 1]) if len(scores) >= k else -math.inf
         applied.update(dict.fromkeys(weighed.buried(last)))
         if not active.pins and not capped:
-            rule_ids = [ids_of[g] for g in groups[:k]]
+            rule_ids = [ids_of[g] for g in group.take(items[:k]).tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
             return Merchandised(items[:k], scores[:k], reasons[:k], rule_ids, tuple(applied))
     elif weights is not None:
         scores = scores.astype(np.float32)  # a copy
         groups = weights.apply(items, scores)
         applied.update(dict.fromkeys(weights.buried(groups[:k])))  # pushed down or out
-        sort = (-scores).argsort(kind="stable")
+        order = (-scores).argsort(kind="stable")
         ids_of = weights.rule_ids
         if not active.pins and not capped:
-            top = sort[:k]
+            top = order[:k]
             rule_ids = [ids_of[groups[i]] for i in top.tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
             return Merchandised(items[top], scores[top], reasons[top], rule_ids, tuple(applied))
-        order = sort.tolist()
     elif not active.pins and not capped:
         top_k = items[:k]
         return Merchandised(top_k, scores[:k], reasons[:k], [_NO_IDS] * len(top_k), ())
-    if not groups:
-        groups = [0] * len(items)
 
-    # 2. pins
-    listed: list[int] = items.tolist()
-    best_first: Sequence[int] = range(len(listed)) if order is None else order  # indices
-    shown = _Allowed(allowed)
-    pins: list[tuple[int, int, str]] = []  # (slot, item, rule id)
-    taken: set[int] = set()
-    for c in active.pins:
-        slot = c.rule.position - 1
-        for pos in _pinned(c, items, listed, best_first, shown, popular, taken):
-            pins.append((slot, pos, c.rule.rule_id))
-            taken.add(pos)
-            slot += 1
-
-    # 3. the cap, over what the pins left: the rest, best first, at most k
-    rest = [i for i in best_first if listed[i] not in taken] if taken else list(best_first)
+    # 2-4. pins, the cap and the answer: one compiled pass (:func:`_place`)
+    n_items = active.n_items
+    # the types and layout the kernel is compiled for (no copy when they are)
+    items = np.ascontiguousarray(items, dtype=np.int32)
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    reasons = np.ascontiguousarray(reasons, dtype=np.int8)
+    codes = _NO_CATEGORY
     if capped:
         assert category is not None
-        counts: dict[int, int] = {}
-        for _, pos, _ in pins:
-            code = int(category[pos])
-            if code >= 0:
-                counts[code] = counts.get(code, 0) + 1
-        rest = _capped(rest, category.take(items).tolist(), counts, cap, k)
+        codes = np.ascontiguousarray(category, dtype=np.int32)
+        if len(codes) < n_items:
+            raise IndexError(f"{len(codes)} item categories for {n_items} items")
+    plan = active.plan
+    popular, heads, head_lo, head_hi = plan.heads(popular)
+    # a ranked item is read in the predicates' masks and the categories, if any
+    bound = plan.preds.shape[1] if len(plan.preds) else _ANY_ITEM
+    if capped:
+        bound = min(bound, len(codes))
+    size = min(k, len(items) + plan.most)
+    out = _Placed(size)
+    mask, state = (_NO_MASK, _MASK_UNKNOWN) if callable(allowed) else _mask(allowed, n_items)
+    while True:
+        m = _place(
+            items, scores, reasons, _NO_ORDER if order is None else order, k, bound,
+            plan.slot, plan.pred, plan.lo, plan.hi, plan.listed, plan.preds,
+            heads, head_lo, head_hi, popular, mask, state, codes, cap if capped else 0,
+            out.items, out.scores, out.reasons, out.at, out.pin,
+        )  # fmt: skip
+        if m >= 0:
+            break
+        if m == -2:
+            raise IndexError(f"ranked items past the {bound} items the rules or the cap read")
+        assert callable(allowed)  # a pin looked past the ranked items: asked once
+        mask, state = _mask(allowed(), n_items)
+    at, pinned = out.at[:m].tolist(), out.pin[:m].tolist()
+    # each answer item's group of boosts and buries (read for ranked items only)
+    if group is not None:
+        of: list[int] = group.take(out.items[:m]).tolist()
+    elif groups is not None:
+        of = [groups[i] if i >= 0 else 0 for i in at]
     else:
-        del rest[k:]
-
-    # 4. assemble: each pin put in at its place (the next free one after an earlier
-    # pin's), or after the rest when the rest is shorter
-    slots: dict[int, tuple[int, str]] = {}
-    for wanted, pos, rule_id in pins:
-        free = wanted
-        while free in slots:
-            free += 1
-        slots[free] = (pos, rule_id)
-    picks = rest  # indices into items; -1 - j: others[j]
-    out_rules = [ids_of[groups[i]] for i in picks]
-    others: list[int] = []  # pinned items that were not ranked
-    for slot in sorted(slots):
-        place = min(slot, len(picks))
-        if place >= k:
-            break
-        pos, rule_id = slots[slot]
-        if pos in listed:  # ranked anyway: keeps its score, reason and rules
-            i = listed.index(pos)
-            picks.insert(place, i)
-            out_rules.insert(place, (*ids_of[groups[i]], rule_id))
-        else:
-            picks.insert(place, -1 - len(others))
-            others.append(pos)
-            out_rules.insert(place, (rule_id,))
-    del picks[k:], out_rules[k:]
+        of = [0] * m
+    out_rules: list[tuple[str, ...]] = []
+    for i, pin, g in zip(at, pinned, of, strict=True):
+        if i < 0:  # a pinned item that was not ranked
+            out_rules.append((plan.rule_ids[pin],))
+        elif pin < 0:
+            out_rules.append(ids_of[g])
+        else:  # ranked anyway: its boosts' and buries' ids, then the pin's
+            out_rules.append((*ids_of[g], plan.rule_ids[pin]))
     applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
-    if not others:
-        chosen = np.array(picks, dtype=np.intp)
-    elif len(items):
-        chosen = np.array([i if i >= 0 else 0 for i in picks], dtype=np.intp)
-    else:  # nothing ranked: only pinned items
-        return Merchandised(
-            np.array([others[-1 - i] for i in picks], dtype=np.int32),
-            np.zeros(len(picks), dtype=np.float32),
-            np.full(len(picks), _PINNED, dtype=np.int8),
-            out_rules,
-            tuple(applied),
-        )
-    out_items = items[chosen].astype(np.int32, copy=False)
-    out_scores = scores[chosen].astype(np.float32, copy=False)
-    out_reasons = reasons[chosen].astype(np.int8, copy=False)
-    if others:
-        for place, i in enumerate(picks):
-            if i < 0:
-                out_items[place], out_scores[place], out_reasons[place] = (
-                    others[-1 - i], 0.0, _PINNED
-                )  # fmt: skip
-    return Merchandised(out_items, out_scores, out_reasons, out_rules, tuple(applied))
+    return Merchandised(out.items[:m], out.scores[:m], out.reasons[:m], out_rules, tuple(applied))
 
 
-class _Allowed:
-    """What may be shown: a mask, or a function that computes it, asked only when a pin
-    looks past the ranked items (a catalogue-sized mask)."""
-
-    __slots__ = ("_ask", "_mask")
-
-    def __init__(self, allowed: BoolArray | Shown | None) -> None:
-        self._ask = allowed if callable(allowed) else None
-        self._mask = None if callable(allowed) else allowed
-
-    def mask(self) -> BoolArray | None:
-        """Which items may be shown (None: all)."""
-        if self._ask is not None:
-            self._mask, self._ask = self._ask(), None
-        return self._mask
+_Heads = tuple[IntArray, NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
+"""The popular order, the predicate pins' first matches in it, and their ranges."""
 
 
-def _capped(
-    rest: list[int], codes: list[int], counts: dict[int, int], cap: int, k: int
-) -> list[int]:
-    """The first ``k`` of ``rest`` (indices into ``codes``, each item's category) whose
-    category does not hold ``cap`` items yet (``counts``, updated)."""
-    kept = []
-    for i in rest:
-        code = codes[i]
-        if code >= 0:
-            held = counts.get(code, 0)
-            if held >= cap:
-                continue
-            counts[code] = held + 1
-        kept.append(i)
-        if len(kept) == k:
-            break
-    return kept
+class _Pins:
+    """One rule set's pins as :func:`_place` reads them: per pin its first place
+    (``slot``), its row in the stacked predicates' masks (``pred``, -1 for an item
+    list) and its items' range in ``listed``; each predicate's first popular matches
+    are gathered once per popular order (:meth:`heads`)."""
+
+    __slots__ = ("_heads", "hi", "listed", "lo", "most", "n_items", "pred", "preds", "rule_ids",
+                 "rules", "slot")  # fmt: skip
+
+    def __init__(self, pins: Sequence[CompiledRule], n_items: int) -> None:
+        self.rules = tuple(pins)
+        self.n_items = n_items
+        self.slot = np.array([c.rule.position - 1 for c in pins], dtype=np.int64)
+        pred: list[int] = []
+        lo: list[int] = []
+        hi: list[int] = []
+        listed: list[int] = []
+        masks: list[BoolArray] = []
+        for c in pins:
+            lo.append(len(listed))
+            if c.mask is None:
+                pred.append(-1)
+                listed += c.listed
+            else:
+                pred.append(len(masks))
+                masks.append(c.mask)
+            hi.append(len(listed))
+        self.pred = np.array(pred, dtype=np.int64)
+        self.lo = np.array(lo, dtype=np.int64)
+        self.hi = np.array(hi, dtype=np.int64)
+        self.listed = np.array(listed, dtype=np.int64)
+        if len(listed) and (int(self.listed.min()) < 0 or int(self.listed.max()) >= n_items):
+            raise IndexError(f"a pin's items past the rules' {n_items} items")
+        self.preds = np.zeros((len(masks), n_items if masks else 0), dtype=bool)
+        for row, mask in enumerate(masks):
+            self.preds[row, : len(mask)] = mask
+        self.most = len(listed) + len(masks)
+        """Items the pins place at most."""
+        self.rule_ids = tuple(c.rule.rule_id for c in pins)
+        none = np.zeros(len(pins), np.int64)
+        self._heads: tuple[IntArray, _Heads] = (_NO_CATEGORY, (_NO_CATEGORY, _NO_ORDER, none, none))
+
+    def heads(self, popular: IntArray) -> _Heads:
+        """``popular`` as the kernel reads it, each predicate pin's first popular matches
+        (:meth:`CompiledRule.popular_matches`) in one array and each one's range in it
+        (gathered again when the popular order changes: at most once a second)."""
+        cached = self._heads
+        if cached[0] is popular:
+            return cached[1]
+        if not len(self.preds):  # no predicate: the popular order is never read
+            return cached[1]
+        if len(popular) and (int(popular.min()) < 0 or int(popular.max()) >= self.n_items):
+            raise IndexError(f"popular items past the rules' {self.n_items} items")
+        parts = [
+            c.popular_matches(popular) if c.mask is not None else _NO_ORDER for c in self.rules
+        ]
+        sizes = np.array([len(part) for part in parts], dtype=np.int64)
+        hi = np.cumsum(sizes)
+        heads = np.concatenate(parts).astype(np.int64)
+        flat = popular if popular.flags.c_contiguous else np.ascontiguousarray(popular)
+        self._heads = (popular, (flat, heads, hi - sizes, hi))
+        return self._heads[1]
 
 
-def _pinned(
-    c: CompiledRule,
-    items: IntArray,
-    listed: list[int],
-    best_first: Sequence[int],
-    allowed: _Allowed,
-    popular: IntArray,
-    taken: set[int],
-) -> list[int]:
-    """The items pin ``c`` places, in order (``listed``: the ranked ``items`` as a
-    list, ``best_first`` their indices after boost and bury; a ranked item may be
-    shown)."""
-    if c.positions is not None:
-        placed = []
-        for pos in c.listed:
-            if pos in taken:
-                continue
-            if pos not in listed:
-                mask = allowed.mask()
-                if mask is not None and not mask[pos]:
-                    continue
-            placed.append(pos)
-        return placed
-    assert c.mask is not None
-    hit: list[bool] = c.mask.take(items).tolist()
-    for i in best_first:
-        if hit[i] and listed[i] not in taken:
-            return [listed[i]]
-    mask = allowed.mask()
-    head = c.popular_matches(popular)
-    for lo in range(0, len(head), _PIN_STEP):  # the first few usually hold one
-        part = head[lo : lo + _PIN_STEP]
-        for pos in (part if mask is None else part[mask[part]]).tolist():
-            if pos not in taken:
-                return [pos]
-    if len(head) < _POPULAR_PINS:  # that was every match
-        return []
-    # every one of the first few hundred is hidden or taken: look through them all
-    everything = popular[c.mask[popular]]
-    if mask is not None:
-        everything = everything[mask[everything]]
-    return next(([p] for p in everything.tolist() if p not in taken), [])
+class _Placed:
+    """Room for an answer of at most ``size`` items (what :func:`_place` writes)."""
+
+    __slots__ = ("at", "items", "pin", "reasons", "scores")
+
+    def __init__(self, size: int) -> None:
+        self.items = np.empty(size, dtype=np.int32)
+        self.scores = np.empty(size, dtype=np.float32)
+        self.reasons = np.empty(size, dtype=np.int8)
+        self.at = np.empty(size, dtype=np.int64)
+        self.pin = np.empty(size, dtype=np.int64)
+
+
+def _mask(allowed: BoolArray | None, n_items: int) -> tuple[BoolArray, int]:
+    """``allowed`` as :func:`_place` reads it: the mask and its state."""
+    if allowed is None:
+        return _NO_MASK, _MASK_ALL
+    if len(allowed) < n_items:
+        raise IndexError(f"an allowed mask of {len(allowed)} items for {n_items}")
+    return np.ascontiguousarray(allowed, dtype=np.bool_), _MASK_GIVEN

@@ -1,5 +1,5 @@
 """serving.rules.merchandise: boost, bury, pin and the diversity cap on a ranked list
-(pure NumPy, no server), and what an answer says about the rules that touched it."""
+(no server), and what an answer says about the rules that touched it."""
 
 from __future__ import annotations
 
@@ -95,6 +95,37 @@ def test_a_list_pin_places_its_items_in_order_from_its_position() -> None:
     assert out.rule_ids[1:3] == [("hero",), ("hero",)]
     assert out.reasons[1] == Reason.CF  # ranked anyway: keeps its reason and score
     assert out.scores[1] == pytest.approx(0.2)
+
+
+def test_a_list_pin_naming_an_item_twice_places_it_once() -> None:
+    # the answer held the item twice, at both places
+    out = shape([listed("p", RuleAction.PIN, [8, 8, 11, 9, 11], position=1)])
+    assert out.items.tolist() == [8, 11, 9, 0, 1]
+    assert out.rule_ids[:3] == [("p",)] * 3
+
+
+def test_placing_refuses_what_it_cannot_read() -> None:
+    # the compiled placing reads without bounds checks: items, masks and categories
+    # shorter than the rules' items are refused before it runs
+    items, scores, reasons = ranked()
+    popular = np.arange(N, dtype=np.int32)
+    pins = ActiveRules([listed("p", RuleAction.PIN, [11], position=1)], N)
+    kw: dict[str, Any] = {"popular": popular, "category": None, "cap": 0}
+    predicate = ActiveRules([matching("q", RuleAction.PIN, [11], position=1)], N)
+    with pytest.raises(IndexError, match="past the 12 items"):
+        merchandise(items + 5, scores, reasons, 5, predicate, allowed=None, **kw)
+    capped = {"popular": popular, "category": np.zeros(N, np.int32), "cap": 1}
+    with pytest.raises(IndexError, match="past the 12 items"):
+        merchandise(items + 5, scores, reasons, 5, NO_RULES, allowed=None, **capped)
+    with pytest.raises(IndexError, match="allowed mask"):
+        merchandise(items, scores, reasons, 5, pins, allowed=np.ones(N - 1, bool), **kw)
+    with pytest.raises(IndexError, match="categories"):
+        merchandise(
+            items, scores, reasons, 5, pins,
+            allowed=None, popular=popular, category=np.zeros(N - 1, np.int32), cap=1,
+        )  # fmt: skip
+    out = merchandise(items, scores, reasons, 5, pins, allowed=np.ones(N, bool), **kw)
+    assert out.items.tolist() == [11, 0, 1, 2, 3]
 
 
 def test_a_pin_brings_in_an_unranked_item_but_never_a_hidden_one() -> None:
@@ -283,7 +314,7 @@ def pinned_one_by_one(
     if c.positions is not None:
         return [
             int(pos)
-            for pos in c.positions.tolist()
+            for pos in dict.fromkeys(c.positions.tolist())  # an item named twice: once
             if pos not in taken and (allowed is None or allowed[pos])
         ]
     assert c.mask is not None
@@ -525,3 +556,16 @@ def test_weighing_refuses_items_past_the_rules_items() -> None:
     weights.apply(items, want)
     weighing.weigh(items, scores)
     assert scores.tobytes() == want.tobytes()
+
+
+def test_active_rules_tally_the_applied_rules_by_action() -> None:
+    rules = ActiveRules(
+        [listed("b", RuleAction.BOOST, [1], weight=2.0),
+         listed("d", RuleAction.BURY, [2], weight=0.5),
+         listed("e", RuleAction.BURY, [3], weight=0.5),
+         listed("p", RuleAction.PIN, [4], position=1)],
+        N,
+    )  # fmt: skip
+    assert dict(rules.tally(("d", "p", "e"))) == {RuleAction.BURY: 2, RuleAction.PIN: 1}
+    assert rules.tally(("d", "p", "e")) is rules.tally(("d", "p", "e"))  # kept
+    assert dict(rules.tally(("b",))) == {RuleAction.BOOST: 1}
