@@ -703,12 +703,7 @@ class Engine:
         if cap and len(m.items) < k and len(ranking.items) >= fetched < model.n_items:
             m = shaped(rank(min(model.n_items, fetched * 4)))
         if m.applied:
-            actions = rules.actions
-            counts: dict[RuleAction, int] = {}
-            for rule_id in m.applied:
-                action = actions[rule_id]
-                counts[action] = counts.get(action, 0) + 1
-            for action, n in counts.items():
+            for action, n in rules.tally(m.applied):
                 self._applications[action].inc(n)
         items = _scored(model.artifact.item_ids, m.items, m.scores, m.reasons)
         return items, m.rule_ids, m.applied
