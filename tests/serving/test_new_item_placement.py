@@ -11,6 +11,7 @@ import pytest
 from recsvc.catalog import AttributeFilter, CatalogItem
 from recsvc.model import Model
 from recsvc.ranking import Reason
+from recsvc.serving import newitems
 from recsvc.serving.calls import FilterSpec, ScoredItem
 from recsvc.serving.catalog import CatalogView
 from recsvc.serving.newitems import NewItemLane, TitleIndex, content_vectors, merge_new
@@ -78,6 +79,31 @@ def test_attributes_place_a_new_item_among_its_category_brand_and_title_peers(
     assert placed[4] is None
     # words in over 5% of the titles say nothing ("plain", "jug": 10 of 12)
     assert "jug" not in titles.items and "copper" in titles.items
+
+
+def test_a_title_index_rebuilt_splits_only_titles_it_has_not_seen(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a rebuild split every title again (100k titles: ~0.3 s in a thread holding the
+    # GIL, every ten minutes and after each catalogue change); titles rarely change
+    records = [CatalogItem(f"g1i{i:02d}", title=f"Copper kettle {i % 3}") for i in range(12)]
+    first = TitleIndex(model, records)
+    split: list[str] = []
+    real = newitems.title_words
+
+    def counting(title: str) -> set[str]:
+        split.append(title)
+        return real(title)
+
+    monkeypatch.setattr(newitems, "title_words", counting)
+    changed = [*records[:11], CatalogItem("g1i11", title="Steel kettle")]
+    again = TitleIndex(model, changed, first.words)
+    assert split == ["Steel kettle"]  # the others' words were known
+    fresh = TitleIndex(model, changed)
+    assert again.signature == fresh.signature
+    assert again.items.keys() == fresh.items.keys()
+    assert all(np.array_equal(again.items[w], fresh.items[w]) for w in fresh.items)
+    assert "steel" in again.items and set(again.words) == {r.title for r in changed}
 
 
 def _lane(records: list[CatalogItem], prior: list[float], met: list[float]) -> NewItemLane:
