@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsvc.config import RepeatPolicy
+from recsvc.index import ItemIndex, Mask
 from recsvc.model import Blend, Model
 
 __all__ = [
@@ -98,7 +99,10 @@ class Filters:
     shown: NDArray[np.bool_] | None = None
     """``(n_items,)``: only items True here (the live catalogue's shown items and a
     request's attribute and live-category filters, combined by the caller); None = no
-    such limit."""
+    such limit. Never changed once searched: its index-ordered copy is kept."""
+    _scan_masks: dict[int, tuple[ItemIndex, Mask]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def is_empty(self) -> bool:
@@ -121,6 +125,19 @@ class Filters:
             and len(self.exclude_categories) == 0
             and not self.in_stock_only
         )
+
+    def shown_for(self, index: ItemIndex) -> Mask | None:
+        """:attr:`shown` as ``index`` searches it fastest (:meth:`ItemIndex.in_scan_order`),
+        made at the first search of each index and kept with these filters (the server
+        reuses them per catalogue state and filter: see their docstring)."""
+        if self.shown is None:
+            return None
+        cached = self._scan_masks.get(id(index))
+        if cached is None or cached[0] is not index:
+            if len(self._scan_masks) >= 2:  # the served model and one more at most
+                self._scan_masks.clear()
+            cached = self._scan_masks[id(index)] = (index, index.in_scan_order(self.shown))
+        return cached[1]
 
     @cached_property
     def shown_share(self) -> float:
@@ -340,9 +357,16 @@ class Ranker:
                 rejected = math.ceil((k + climb) * (1.0 - share) / share * 1.5) + 2
                 headroom = min(headroom, climb + rejected)
         fetch = min(self._n_items, k + min(headroom, 60))
+        index = self.model.artifact.index
+        # the filters' own mask (a live catalogue's), searched in the index's order
+        searched = (
+            query.filters.shown_for(index)
+            if allowed is not None and allowed is query.filters.shown and index.masks
+            else None
+        )
         while True:
             items, scores, reasons = self._blend(
-                signals, blend, fetch, k, allowed, cf_reason, popularity, weights
+                signals, blend, fetch, k, allowed, cf_reason, popularity, weights, searched
             )
             if len(items) >= k or fetch >= self._n_items or signals.vector is None:
                 break
@@ -579,16 +603,18 @@ class Ranker:
         cf_reason: Reason,
         popularity: Popularity,
         weights: ScoreWeights | None = None,
+        searched: Mask | None = None,
     ) -> tuple[IntArray, FloatArray, NDArray[np.int8]]:
         """Candidates from every source, each signal scaled to [0, 1], summed with the
-        blend's weights (then multiplied by ``weights``), best first."""
+        blend's weights (then multiplied by ``weights``), best first. ``searched``:
+        ``allowed`` as the index searches it (:meth:`Filters.shown_for`), if made."""
         vector = signals.vector
         parts: list[IntArray] = []
         if vector is not None:
             index = self.model.artifact.index
             # an index that searches under the mask returns allowed items only: the
             # fetch is all candidates, none spent on what the filters reject
-            masked = allowed if index.masks else None
+            masked = (searched if searched is not None else allowed) if index.masks else None
             _, cf_ids = index.search(vector[None, :], fetch, masked)
             ids = cf_ids[0]
             parts.append(ids[ids >= 0].astype(np.int32))

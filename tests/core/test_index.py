@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from recsvc.config import IndexSettings
-from recsvc.index import ItemIndex, NormScan, choose_kind, exact_search, measure_recall
+from recsvc.index import (
+    ItemIndex,
+    NormScan,
+    ScanMask,
+    choose_kind,
+    exact_search,
+    measure_recall,
+)
+from recsvc.ranking import Filters
 
 KINDS = ["exact", "normscan", "hnsw", "ivf"]
 
@@ -110,6 +118,11 @@ def test_normscan_searches_exactly_under_a_mask(share: float) -> None:
     assert index.masks
     k = 20
     scores, ids = index.search(q, k, allowed)
+    # the same mask in the scan's row order (what the server searches with): the same
+    in_order = index.in_scan_order(allowed)
+    assert isinstance(in_order, ScanMask)
+    same_scores, same_ids = index.search(q, k, in_order)
+    assert np.array_equal(same_ids, ids) and np.array_equal(same_scores, scores)
     for row in range(len(q)):
         full = y @ q[row]
         full[~allowed] = -np.inf
@@ -178,3 +191,23 @@ def test_normscan_refuses_queries_and_masks_of_the_wrong_shape() -> None:
         index.search(np.ones((1, 6), dtype=np.float32), 5, np.ones(299, dtype=bool))
     _, ids = index.search(np.ones((1, 6), dtype=np.float32), 5, np.ones(300, dtype=bool))
     assert (ids >= 0).all()
+
+
+def test_a_mask_in_row_order_is_for_its_own_index_and_kept_by_the_filters() -> None:
+    rng = np.random.default_rng(27)
+    y = rng.normal(size=(400, 6)).astype(np.float32)
+    index = ItemIndex.build(y, IndexSettings(kind="normscan"))
+    other = ItemIndex.build(y[::-1].copy(), IndexSettings(kind="normscan"))
+    allowed = rng.random(len(y)) < 0.5
+    with pytest.raises(ValueError, match="another index"):
+        index.search(y[:1], 5, other.in_scan_order(allowed))
+    with pytest.raises(ValueError, match="mask"):
+        index.in_scan_order(allowed[:-1])
+    filters = Filters(shown=allowed)
+    first = filters.shown_for(index)
+    assert filters.shown_for(index) is first  # made once per filters and index
+    assert isinstance(first, ScanMask) and first.rows.sum() == allowed.sum()
+    assert filters.shown_for(other) is not first
+    exact = ItemIndex.build(y, IndexSettings(kind="exact"))
+    assert Filters(shown=allowed).shown_for(exact) is allowed  # as it is
+    assert Filters().shown_for(index) is None

@@ -48,8 +48,8 @@ PUBLIC = {
         "count_co_purchases",
     ],
     "recsvc.index": [
-        "IndexKind", "ItemIndex", "NormScan", "choose_kind", "exact_search", "measure_recall",
-        "warm_up",
+        "IndexKind", "ItemIndex", "Mask", "NormScan", "ScanMask", "choose_kind", "exact_search",
+        "measure_recall", "warm_up",
     ],
     "recsvc.jit": ["CACHES", "kernel"],
     "recsvc.objectstore": ["ObjectStoreModels"],
