@@ -4,7 +4,8 @@ process, step by step, cached against live and the layers in between.
 Usage::
 
     .venv/bin/python benchmarks/bench_live_path.py [--items 100000] [--rounds 5]
-        [--calls 400] [--workdir /tmp/recsvc-bench] [--out benchmarks/results/live-catalogue]
+        [--calls 400] [--flush-mb 64] [--workdir /tmp/recsvc-bench]
+        [--out benchmarks/results/live-catalogue]
 
 Two servers of the 100k-item benchmark shop (:func:`_shop.ensure_shop`) are created in
 this process with :func:`recsvc.serving.server.create_server`, each on a private Redis
@@ -29,7 +30,10 @@ Each round runs ``--calls`` calls of every variant in turn (the order reversed e
 other round); reported: the median per-call time of each variant over all rounds. A
 second pass times the steps of the request path (the engine's methods wrapped with a
 timer in this process: a few µs of overhead per wrapped call) and gives their mean
-per call. The machine is shared: read the differences between variants, not the
+per call. A cold pass runs ``cached`` and ``live`` again with the CPU's caches cold:
+before each call (untimed) an array of ``--flush-mb`` MiB is written over, as a
+server's caches are between two requests while gRPC, asyncio and the load generator
+run beside it. The machine is shared: read the differences between variants, not the
 absolute figures.
 
 Outputs: ``<out>/engine-path.json`` and ``<out>/engine-path.md``.
@@ -61,6 +65,7 @@ from _shop import ensure_shop
 from bench_serving import POOL_USERS, SEED, _machine_line, pool_users, publish_vectors
 
 VARIANTS = ("cached", "catalogue", "+filter", "+boost/bury", "live")
+COLD_VARIANTS = ("cached", "live")
 
 #: (module, owner, attribute, label) of the steps timed in the second pass.
 STEPS = (
@@ -267,10 +272,16 @@ async def set_rules(engine: Any, rules: list[Any]) -> None:
     await wait_for(lambda: {r.rule_id for r in engine.rules.rules()} == ids, "the rules")
 
 
-async def calls(engine: Any, inputs: list[Any], n: int, start: int) -> list[float]:
+async def calls(
+    engine: Any, inputs: list[Any], n: int, start: int, flush: Any = None
+) -> list[float]:
+    """``n`` calls, each timed; ``flush``: an array written over before each call (not
+    timed), larger than the CPU's caches, so that every call starts with them cold."""
     times = []
     for i in range(n):
         req = inputs[(start + i) % len(inputs)]
+        if flush is not None:
+            flush += 1.0
         t = time.perf_counter()
         await engine.recommend(req)
         times.append(time.perf_counter() - t)
@@ -337,6 +348,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  round {r + 1}: " + ", ".join(
                     f"{v} {statistics.median(t) * 1e6:.0f}" for v, t in times.items()
                 ) + " µs (median so far)", flush=True)  # fmt: skip
+            # the same calls with the CPU caches cold: a server between two requests runs
+            # gRPC, asyncio and the client beside it, and the live path reads more memory
+            cold: dict[str, list[float]] = {v: [] for v in COLD_VARIANTS}
+            if args.flush_mb > 0:
+                import numpy as np
+
+                flush = np.ones(int(args.flush_mb * 2**20 / 8))
+                for r in range(args.rounds):
+                    for v in COLD_VARIANTS if r % 2 == 0 else reversed(COLD_VARIANTS):
+                        engine, reqs, rules = variants[v]
+                        if engine is live.engine and rules is not current:
+                            await set_rules(live.engine, rules)
+                            current = rules
+                        await calls(engine, reqs, 50, 0)
+                        cold[v] += await calls(engine, reqs, args.calls, r * args.calls, flush)
             # second pass: the steps, timed
             steps: dict[str, dict[str, list[float]]] = {}
             for v in VARIANTS:
@@ -428,6 +454,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "live": setup.facts,
         "median_us": {v: statistics.median(t) * 1e6 for v, t in times.items()},
         "mean_us": {v: statistics.fmean(t) * 1e6 for v, t in times.items()},
+        "flush_mb": args.flush_mb,
+        "cold_median_us": {v: statistics.median(t) * 1e6 for v, t in cold.items() if t},
         "p90_us": {v: statistics.quantiles(t, n=10)[-1] * 1e6 for v, t in times.items()},
         "steps_us_per_call": steps,
         "rule_applications_on_the_live_server": applied,
@@ -473,6 +501,18 @@ def render(report: dict[str, Any]) -> str:
             f"{report['mean_us'][v]:,.0f} | {report['p90_us'][v]:,.0f} |"
         )
         previous = med[v]
+    cold = report.get("cold_median_us") or {}
+    if cold:
+        lines += [
+            "",
+            f"With the CPU caches cold (a {report['flush_mb']:g} MiB array written over "
+            "before each call, untimed), the same calls, alternating:",
+            "",
+            "| variant | median µs / call, caches cold | × cached | warm (above) |",
+            "|---|---:|---:|---:|",
+        ]
+        for v, us in cold.items():
+            lines.append(f"| {v} | {us:,.0f} | {us / cold['cached']:.2f}× | {med[v]:,.0f} |")
     steps = report["steps_us_per_call"]
     labels = list(next(iter(steps.values())))
     lines += [
@@ -523,6 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=400)
+    p.add_argument(
+        "--flush-mb",
+        type=float,
+        default=64.0,
+        help="MiB written over before each call of the cold-cache pass (0: no such pass)",
+    )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/recsvc-bench"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/live-catalogue"))
     args = p.parse_args(argv)
