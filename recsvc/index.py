@@ -213,11 +213,11 @@ class NormScan:
         # the compiled scan reads without bounds checks: shapes are checked here
         if q.ndim != 2 or q.shape[1] != self.ranked.shape[1]:
             raise ValueError(f"queries of shape {q.shape} for {self.ranked.shape[1]} factors")
-        by_row = isinstance(allowed, ScanMask)
+        by_row = False
         if isinstance(allowed, ScanMask):
             if allowed.scan is not self:
                 raise ValueError("a mask in another index's row order")
-            mask = allowed.rows
+            mask, by_row = allowed.rows, True
         elif allowed is not None:
             if allowed.shape != self.order.shape:
                 raise ValueError(f"a mask of shape {allowed.shape} for {len(self.order)} items")
@@ -234,9 +234,9 @@ class NormScan:
     def in_row_order(self, allowed: NDArray[np.bool_]) -> ScanMask:
         """``allowed`` (by item position) in this scan's row order: what a mask many
         searches share is made into once. The scan then reads it in order, a cache line
-        per 64 rows, where a mask by item costs a line per row read at random: at 100k
-        items a masked top-32 took 85 µs against 55 with the CPU caches cold
-        (benchmarks/results/live-catalogue, docs/design.md)."""
+        per 64 rows, where a mask by item costs a line per row read at random (at 100k
+        items, a masked top-32 with the CPU caches flushed: 88 against 78 µs; the same
+        with them warm: docs/design.md)."""
         if allowed.shape != self.order.shape:
             raise ValueError(f"a mask of shape {allowed.shape} for {len(self.order)} items")
         return ScanMask(np.ascontiguousarray(allowed[self.order], dtype=np.bool_), self)

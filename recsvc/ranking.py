@@ -99,7 +99,8 @@ class Filters:
     shown: NDArray[np.bool_] | None = None
     """``(n_items,)``: only items True here (the live catalogue's shown items and a
     request's attribute and live-category filters, combined by the caller); None = no
-    such limit. Never changed once searched: its index-ordered copy is kept."""
+    such limit. It must not change once searched (the server makes new filters when
+    the catalogue's state changes): its copy in the index's order is kept."""
     _scan_masks: dict[int, tuple[ItemIndex, Mask]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -129,7 +130,7 @@ class Filters:
     def shown_for(self, index: ItemIndex) -> Mask | None:
         """:attr:`shown` as ``index`` searches it fastest (:meth:`ItemIndex.in_scan_order`),
         made at the first search of each index and kept with these filters (the server
-        reuses them per catalogue state and filter: see their docstring)."""
+        reuses them per catalogue state and filter: ``Engine._filters``)."""
         if self.shown is None:
             return None
         cached = self._scan_masks.get(id(index))
