@@ -23,7 +23,7 @@ from typing import Final, Generic, TypeVar
 from recsvc.errors import StoreError
 from recsvc.store.records import Change, Record, RecordLog
 
-__all__ = ["Follower"]
+__all__ = ["Follower", "set_heap_frozen"]
 
 _SETTLE_AFTER: Final = 500
 """Records applied at once past which they are moved out of the cyclic collector's
@@ -37,13 +37,26 @@ _FOLLOW_BLOCK_MS: Final = 1_000
 _RETRY_SECONDS: Final = 1.0
 
 
+_heap_frozen = False
+"""Whether this process froze its heap (see :func:`set_heap_frozen`)."""
+
+
+def set_heap_frozen(frozen: bool) -> None:
+    """Say whether this process froze its heap (serving.server.freeze_heap does, once
+    started): large changes are then frozen too (:func:`_settle`). A flag, not
+    ``gc.get_freeze_count()``: that walks every frozen object to count them, ~20 ms
+    with a synced 100k-item catalogue, and it was asked at every large change."""
+    global _heap_frozen  # noqa: PLW0603 (one process-wide fact)
+    _heap_frozen = frozen
+
+
 def _settle(applied: int) -> None:
     """After a large change (a catalogue sync), freeze the heap again as the server did
     at start-up (serving.server.freeze_heap): otherwise every full collection walks the
     new records, a pause of ~100 ms with the event loop stopped, a dozen times per
     100k-item sync. The records hold no reference cycles, so a record replaced later is
     still freed by reference counting. Nothing happens in a process that never froze."""
-    if applied >= _SETTLE_AFTER and gc.get_freeze_count() > 0:
+    if applied >= _SETTLE_AFTER and _heap_frozen:
         gc.collect()
         gc.freeze()
 

@@ -51,6 +51,7 @@ from recsvc.store.trending import Trending
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
+from . import follow
 from . import rules as merchandising
 from .catalog import LiveCatalog
 from .engine import Engine
@@ -524,6 +525,7 @@ def freeze_heap() -> None:
     away later is still freed, by reference counting: it holds no cycles (tested)."""
     gc.collect()
     gc.freeze()
+    follow.set_heap_frozen(True)
 
 
 # --------------------------------------------------------------------------- processes
