@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.monotonic() - started
             now = to_json(client.recommend(user, k=8, placement="home"))
             _show(f"Recommended for {user} {seconds * 1000:.0f} ms later:", now["items"], category)
-            client.upsert_items([client.item(gone, category_path=gone_path)])  # back in stock
+            client.upsert_items([client.item(gone, category_path=gone_path)])
+            print(f"\n... {gone} is back in stock")
 
             # merchandising: a promoted item pinned first on "home", two items per category
             shown = {str(i["item_id"]) for i in now["items"]}
