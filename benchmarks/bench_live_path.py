@@ -334,16 +334,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for engine, reqs in ((plain.engine, plain_inputs), (live.engine, live_inputs)):
                 await calls(engine, reqs, len(reqs), 0)
             times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            cursor = 0
             current: list[Any] | None = None
+
+            async def timed(v: str, start: int, flush: Any = None) -> list[float]:
+                """``args.calls`` calls of variant ``v`` (its rules set first, and 50
+                calls untimed: the new state in place)."""
+                nonlocal current
+                engine, reqs, rules = variants[v]
+                if engine is live.engine and rules is not current:
+                    await set_rules(live.engine, rules)
+                    current = rules
+                await calls(engine, reqs, 50, start)
+                return await calls(engine, reqs, args.calls, start, flush)
+
+            cursor = 0
             for r in range(args.rounds):
                 for v in VARIANTS if r % 2 == 0 else reversed(VARIANTS):
-                    engine, reqs, rules = variants[v]
-                    if engine is live.engine and rules is not current:
-                        await set_rules(live.engine, rules)
-                        current = rules
-                    await calls(engine, reqs, 50, cursor)  # the new state in place
-                    times[v] += await calls(engine, reqs, args.calls, cursor)
+                    times[v] += await timed(v, cursor)
                 cursor += args.calls
                 print(f"  round {r + 1}: " + ", ".join(
                     f"{v} {statistics.median(t) * 1e6:.0f}" for v, t in times.items()
@@ -357,12 +364,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush = np.ones(int(args.flush_mb * 2**20 / 8))
                 for r in range(args.rounds):
                     for v in COLD_VARIANTS if r % 2 == 0 else reversed(COLD_VARIANTS):
-                        engine, reqs, rules = variants[v]
-                        if engine is live.engine and rules is not current:
-                            await set_rules(live.engine, rules)
-                            current = rules
-                        await calls(engine, reqs, 50, 0)
-                        cold[v] += await calls(engine, reqs, args.calls, r * args.calls, flush)
+                        cold[v] += await timed(v, r * args.calls, flush)
             # second pass: the steps, timed
             steps: dict[str, dict[str, list[float]]] = {}
             for v in VARIANTS:
