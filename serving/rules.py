@@ -80,6 +80,7 @@ _POPULAR_PINS: Final = 256
 _NO_MASK: Final = np.zeros(0, dtype=bool)
 _NO_ORDER: Final = np.zeros(0, dtype=np.int64)
 _NO_CATEGORY: Final = np.zeros(0, dtype=np.int32)
+_NO_ITEMS: Final = np.zeros(0, dtype=np.int32)
 _ANY_ITEM: Final = np.iinfo(np.int64).max
 _ACTIVE_SETS: Final = 16
 """Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
@@ -128,12 +129,12 @@ _MASK_GIVEN: Final = 2
 
 
 @kernel()
-def _holds(values: np.ndarray, n: int, value: int) -> bool:  # pragma: no cover (compiled)
-    """Whether the first ``n`` of ``values`` hold ``value`` (a few dozen at most)."""
-    for j in range(n):  # noqa: SIM110 (a loop Numba compiles, not a generator)
+def _find(values: np.ndarray, n: int, value: int) -> int:  # pragma: no cover (compiled)
+    """Where ``value`` is among the first ``n`` of ``values`` (-1: not there)."""
+    for j in range(n):
         if values[j] == value:
-            return True
-    return False
+            return j
+    return -1
 
 
 @kernel()
@@ -198,6 +199,7 @@ def _place(
     pin_slot = np.empty(most, np.int64)
     pin_item = np.empty(most, np.int64)
     pin_rule = np.empty(most, np.int64)
+    pin_at = np.empty(most, np.int64)  # each pinned item's index among items (-1: none)
     taken = 0
     # 2. pins, in order: an item list's items that may be shown, from its position; a
     # predicate's best-ranked match, else its most popular one that may be shown
@@ -206,30 +208,34 @@ def _place(
         if pred[p] < 0:
             for j in range(lo[p], hi[p]):
                 pos = listed[j]
-                if _holds(pin_item, taken, pos):
+                if _find(pin_item, taken, pos) >= 0:
                     continue  # an earlier pin's (or this one's, named twice)
-                if not _holds(items, n, pos):  # a ranked item may be shown
+                ranked = _find(items, n, pos)
+                if ranked < 0:  # a ranked item may be shown
                     if state == _MASK_UNKNOWN:
                         return -1
                     if state == _MASK_GIVEN and not mask[pos]:
                         continue
                 pin_slot[taken], pin_item[taken], pin_rule[taken] = at, pos, p
+                pin_at[taken] = ranked
                 taken += 1
                 at += 1
             continue
         row = pred[p]
         found = -1
+        ranked = -1  # a popular match is never ranked: the ranked ones come first
         for t in range(n):
-            pos = items[t if identity else order[t]]
-            if preds[row, pos] and not _holds(pin_item, taken, pos):
-                found = pos
+            i = t if identity else order[t]
+            pos = items[i]
+            if preds[row, pos] and _find(pin_item, taken, pos) < 0:
+                found, ranked = pos, i
                 break
         if found < 0:
             if state == _MASK_UNKNOWN:
                 return -1
             for j in range(head_lo[p], head_hi[p]):
                 pos = heads[j]
-                if (state == _MASK_ALL or mask[pos]) and not _holds(pin_item, taken, pos):
+                if (state == _MASK_ALL or mask[pos]) and _find(pin_item, taken, pos) < 0:
                     found = pos
                     break
             if found < 0 and head_hi[p] - head_lo[p] >= _POPULAR_PINS:
@@ -239,12 +245,13 @@ def _place(
                     if (
                         preds[row, pos]
                         and (state == _MASK_ALL or mask[pos])
-                        and not _holds(pin_item, taken, pos)
+                        and _find(pin_item, taken, pos) < 0
                     ):
                         found = pos
                         break
         if found >= 0:
             pin_slot[taken], pin_item[taken], pin_rule[taken] = at, found, p
+            pin_at[taken] = ranked
             taken += 1
     # 3. the rest, best first, at most k: what the pins left, under the cap (pinned
     # items count and stay)
@@ -264,7 +271,7 @@ def _place(
             break
         i = t if identity else order[t]
         pos = items[i]
-        if taken and _holds(pin_item, taken, pos):
+        if taken and _find(pin_item, taken, pos) >= 0:
             continue
         if cap > 0:
             code = codes[pos]
@@ -280,7 +287,7 @@ def _place(
     free = np.empty(taken, np.int64)
     for e in range(taken):
         f = pin_slot[e]
-        while _holds(free, e, f):
+        while _find(free, e, f) >= 0:
             f += 1
         free[e] = f
     picks = np.empty(r + taken, np.int64)
@@ -300,16 +307,11 @@ def _place(
         if place >= k:
             break
         pos = pin_item[e]
-        ranked = -1
-        for i in range(n):
-            if items[i] == pos:
-                ranked = i
-                break
         for t in range(m, place, -1):
             picks[t] = picks[t - 1]
             picked_pin[t] = picked_pin[t - 1]
             picked_item[t] = picked_item[t - 1]
-        picks[place], picked_pin[place], picked_item[place] = ranked, pin_rule[e], pos
+        picks[place], picked_pin[place], picked_item[place] = pin_at[e], pin_rule[e], pos
         m += 1
     m = min(m, k)
     for t in range(m):
@@ -924,7 +926,7 @@ class _Pins:
         """Items the pins place at most."""
         self.rule_ids = tuple(c.rule.rule_id for c in pins)
         none = np.zeros(len(pins), np.int64)
-        self._heads: tuple[IntArray, _Heads] = (_NO_CATEGORY, (_NO_CATEGORY, _NO_ORDER, none, none))
+        self._heads: tuple[IntArray, _Heads] = (_NO_ITEMS, (_NO_ITEMS, _NO_ORDER, none, none))
 
     def heads(self, popular: IntArray) -> _Heads:
         """``popular`` as the kernel reads it, each predicate pin's first popular matches
