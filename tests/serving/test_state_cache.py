@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import select
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -260,5 +262,35 @@ def test_live_state_reads_its_own_writes_before_any_push(
         finally:
             await reader.aclose()
             await client.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_hit_waits_for_an_invalidation_already_in_the_socket(
+    private: PrivateRedis, sync: redis.Redis
+) -> None:
+    """Another replica wrote, its client heard back, then asks this process: Redis's
+    push is in the socket, but the event loop has not read it (both came in one turn).
+    The call must not be answered from before the write."""
+    sync.set("k", b"old")
+
+    async def body() -> None:
+        async with _reader(private.url) as reader:
+            assert await reader.execute([("GET", "k")]) == [b"old"]
+            assert await reader.execute([("GET", "k")]) == [b"old"]  # kept
+            sync.set("k", b"new")  # the loop does not run: the push waits in the socket
+            (conn,) = reader._slots
+            assert conn is not None and conn._transport is not None
+            sock = conn._transport.get_extra_info("socket")
+            deadline = time.monotonic() + PUSH_WAIT
+            while not select.select([sock.fileno()], [], [], 0)[0]:
+                assert time.monotonic() < deadline, "no invalidation push came"
+                time.sleep(0.001)
+            assert _kept(reader, "k")  # not read yet
+            assert await reader.execute([("GET", "k")]) == [b"new"]
+            # nothing pending: a hit is answered at once, without Redis
+            before = _gets(sync)
+            assert await reader.execute([("GET", "k")]) == [b"new"]
+            assert _gets(sync) == before
 
     asyncio.run(body())
