@@ -336,7 +336,8 @@ def random_rules(rng: np.random.Generator, n: int, count: int) -> list[CompiledR
     items, duplicates and all) or by mask (dense or sparse)."""
     rules = []
     for r in range(count):
-        action = rng.choice([RuleAction.BOOST, RuleAction.BURY, RuleAction.PIN], p=[0.5, 0.3, 0.2])
+        # an index, not the members: NumPy would hand back plain strings, never a member
+        action = list(RuleAction)[rng.choice(3, p=[0.5, 0.3, 0.2])]
         kw: dict[str, Any] = {}
         if action is RuleAction.PIN:
             kw["position"] = int(rng.integers(1, 8))
@@ -569,3 +570,46 @@ def test_active_rules_tally_the_applied_rules_by_action() -> None:
     assert dict(rules.tally(("d", "p", "e"))) == {RuleAction.BURY: 2, RuleAction.PIN: 1}
     assert rules.tally(("d", "p", "e")) is rules.tally(("d", "p", "e"))  # kept
     assert dict(rules.tally(("b",))) == {RuleAction.BOOST: 1}
+
+
+def test_the_buries_an_answer_names_are_its_own_when_answers_share_the_rules() -> None:
+    """Answers of one rule set share its kept patterns of buried groups: each still
+    names exactly the buries of the groups its candidates reached the threshold in."""
+    rng = np.random.default_rng(16)
+    n = 300
+    checked = 0
+    for _ in range(20):
+        active = ActiveRules(random_rules(rng, n, 10), n)
+        weights = active.weights
+        if weights is None:
+            continue
+        for _ in range(50):
+            items = rng.choice(n, int(rng.integers(1, 60)), replace=False).astype(np.int32)
+            scores = rng.random(len(items)).astype(np.float32)
+            weighing = Weighing(weights)
+            weighing.weigh(items, scores.copy())
+            threshold = float(rng.random())
+            groups = weights.group[items[scores >= threshold]]
+            assert weighing.buried(threshold) == weights.buried(groups.tolist())
+            checked += 1
+    assert checked > 500
+
+
+def test_a_short_answer_names_no_bury_that_picked_none_of_its_candidates() -> None:
+    """Fewer candidates than k: every candidate is in the answer (its last score is
+    -inf), but a bury whose items none of them is did not touch it."""
+    rules = [matching("sink", RuleAction.BURY, [11], weight=0.5),
+             matching("lift", RuleAction.BOOST, [1], weight=2.0)]  # fmt: skip
+    active = ActiveRules(rules, N)
+    assert active.weights is not None
+    weighing = Weighing(active.weights)
+    items, scores, reasons = ranked(3)
+    weighing.weigh(items, scores)
+    out = merchandise(
+        items, scores, reasons, 5, active,
+        allowed=None, popular=np.arange(N, dtype=np.int32), category=None, cap=0,
+        weighed=weighing,
+    )  # fmt: skip
+    assert out.items.tolist() == [0, 1, 2] and out.applied == ("lift",)
+    weighing.weigh(np.array([11], np.int32), np.array([0.05], np.float32))  # now it has one
+    assert weighing.buried(-np.inf) == ["sink"]
