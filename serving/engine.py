@@ -369,7 +369,9 @@ class Engine:
 
             items, rule_ids, applied = self._merchandised(
                 loaded, ranking, k, req.k, rules, cap, view,
-                allowed=lambda: ranker.allowed(query),
+                # the mask the ranking just made (kept: no cost), so the pins' pass
+                # need not stop to ask for it when a pinned item was not ranked
+                allowed=ranker.allowed(query),
                 popularity=query.popularity or ranker.popularity,
                 rank=rank,
                 weighed=weighing,
@@ -674,7 +676,7 @@ class Engine:
         cap: int,
         view: CatalogView | None,
         *,
-        allowed: Shown,
+        allowed: NDArray[np.bool_] | Shown | None,
         popularity: Popularity,
         rank: Callable[[int], Ranking],
         weighed: Weighing | None = None,
