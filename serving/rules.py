@@ -587,7 +587,8 @@ class Weighing:
 
     def buried(self, threshold: float) -> list[str]:
         """The buries that picked a candidate whose score before the weights reached
-        ``threshold`` (the answer's last score): each pushed an item down, or out."""
+        ``threshold`` (the answer's last score): each pushed an item down, or out.
+        Shared with other answers of the rule set: read only."""
         best = self._best
         if best is None:
             return []

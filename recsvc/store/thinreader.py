@@ -389,7 +389,12 @@ class RedisReader:
         """Whether Redis sent a tracking connection bytes the event loop has not read
         yet (a reply, or an invalidation push): one ``select`` with no wait."""
         fds = [c.fileno for c in self._slots if c is not None and c.tracking and c.fileno >= 0]
-        return bool(fds) and bool(select.select(fds, (), (), 0)[0])
+        if not fds:
+            return False
+        try:
+            return bool(select.select(fds, (), (), 0)[0])
+        except (OSError, ValueError):  # a socket closing under it: its failure drops the cache
+            return False
 
     def invalidate(self, keys: Iterable[str] | None = None) -> None:
         """Drop what the cache holds for ``keys`` (every key if None), and keep replies
