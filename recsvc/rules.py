@@ -71,6 +71,13 @@ class Rule:
     updated_at: int = 0
     """Unix seconds of the change that wrote this record."""
 
+    def __post_init__(self) -> None:
+        # a member, whatever it was given as ("pin", or a NumPy string): everything
+        # that applies rules compares members by identity, and a plain string would
+        # pass as neither action (ValueError for a value that is not one)
+        if type(self.action) is not RuleAction:
+            object.__setattr__(self, "action", RuleAction(self.action))
+
     @property
     def key(self) -> str:
         """Its key in the shared store (:class:`recsvc.store.records.RecordLog`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recsvc.catalog import AttributeFilter
@@ -124,3 +125,12 @@ def test_a_bad_rules_file_names_the_rule_and_the_key(
 def test_a_missing_rules_file_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read rules file"):
         read_rules(tmp_path / "nope.toml")
+
+
+def test_a_rule_holds_its_action_as_a_member_whatever_it_was_given_as() -> None:
+    """Rules are applied by comparing members by identity: an action given as a string
+    (a NumPy one too) must become the member, and an unknown one must fail."""
+    for given in ("pin", np.str_("pin"), RuleAction.PIN):
+        assert Rule("r", given, item_ids=("a",), position=1).action is RuleAction.PIN  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nope"):
+        Rule("r", "nope")  # type: ignore[arg-type]
