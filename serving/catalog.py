@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -256,6 +257,12 @@ VIEWS_KEPT = 4
 """Models whose catalogue views a replica keeps (the served one, a few variants)."""
 
 
+JournalMark = tuple[int, int]
+"""Where a reader of :meth:`LiveCatalog.changed_since` got to: (epoch, position)."""
+_JOURNAL_MAX: Final = 1_000_000
+"""Changed item ids the journal holds before it begins again (~8 MB of references)."""
+
+
 class LiveCatalog(Follower[CatalogItem]):
     """This replica's copy of the live catalogue, followed from ``store``."""
 
@@ -264,6 +271,10 @@ class LiveCatalog(Follower[CatalogItem]):
     def __init__(self, store: CatalogStore) -> None:
         super().__init__(store)
         self._views: dict[str, CatalogView] = {}
+        self._journal: list[str] = []
+        """The item ids of the records changed since the journal began, in order."""
+        self._journal_epoch = 0
+        """Bumped when the journal begins again (a reload, or trimmed)."""
 
     @property
     def items(self) -> dict[str, CatalogItem]:
@@ -288,13 +299,28 @@ class LiveCatalog(Follower[CatalogItem]):
         that ended): a view holds its model."""
         self._views = {v: view for v, view in self._views.items() if v in versions}
 
+    def changed_since(self, mark: JournalMark | None) -> tuple[list[str] | None, JournalMark]:
+        """The item ids whose records changed since ``mark`` (a previous call's; None:
+        none), and the mark to pass next. None instead of the ids when it cannot say
+        (no mark, a reload, or a journal begun again since): read every record. What
+        keeps a derived set up to date without a pass over the catalogue every time."""
+        now_mark = (self._journal_epoch, len(self._journal))
+        if mark is None or mark[0] != self._journal_epoch or mark[1] > len(self._journal):
+            return None, now_mark
+        return self._journal[mark[1] :], now_mark
+
     def reloaded(self, now: float) -> None:
         self._views = {v: CatalogView(view.model, self.items.values(), now)
                        for v, view in self._views.items()}  # fmt: skip
+        self._journal, self._journal_epoch = [], self._journal_epoch + 1
 
     def changed(self, record: CatalogItem, now: float) -> None:
         for view in self._views.values():
             view.apply(record, now)
+        journal = self._journal
+        journal.append(record.item_id)
+        if len(journal) > _JOURNAL_MAX:  # readers behind it read every record once
+            self._journal, self._journal_epoch = [], self._journal_epoch + 1
 
     def tick(self) -> None:
         now = time.time()

@@ -347,3 +347,61 @@ def test_a_stock_change_keeps_a_met_new_items_direction(
     assert after.records[after.position["new-0"]].price == 11.0  # the lane has the records
     assert np.array_equal(after.vectors, before.vectors)
     assert after.confidence[after.position["new-0"]] == pytest.approx(0.5)
+
+
+class _CountingPasses(dict[str, CatalogItem]):
+    """A catalogue's records that count the passes over all of them."""
+
+    passes = 0
+
+    def values(self) -> Any:
+        self.passes += 1
+        return super().values()
+
+
+def test_the_new_items_follow_the_catalogue_without_a_pass_over_it(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The records the model does not know are read in one pass once per model (and
+    after a reload), then kept up to date from the records that changed: a sync of a
+    large catalogue had every refresh, once a second, pass over every record."""
+    built = build_model(LoadedData(block_shop(), None, (), 0), small_settings(None))
+    model = Model(built.artifact)
+    keys = KeyScheme(redis_prefix)
+    known = str(model.artifact.item_ids[0])
+
+    async def main() -> Any:
+        store = CatalogStore.open(redis_url, keys, socket_timeout=5.0)
+        try:
+            await store.upsert([CatalogItem("new-a"), CatalogItem("new-b"), CatalogItem(known)])
+            catalog = LiveCatalog(store)
+            await catalog.load()
+            catalog.records = counted = _CountingPasses(catalog.records)
+            new = NewItems(catalog, CoOccurrence(store._client, keys), None)
+            seen = [[r.item_id for r in new.candidates(model)]]
+
+            async def changed(*writes: Any) -> None:
+                for op, records in writes:
+                    await (store.upsert(records) if op == "upsert" else store.withdraw(records))
+                assert catalog.apply(await store.changes(catalog._entry, block_ms=100))
+
+            await changed(("upsert", [CatalogItem("new-c"), CatalogItem(known, price=2.0)]),
+                          ("withdraw", ["new-a"]))  # fmt: skip
+            seen.append([r.item_id for r in new.candidates(model)])
+            await changed(("upsert", [CatalogItem("new-a", title="back")]))
+            seen.append([r.item_id for r in new.candidates(model)])
+            passes = counted.passes
+            await catalog.load()  # a reload: one pass again, over the new records
+            seen.append([r.item_id for r in new.candidates(model)])
+            return seen, passes
+        finally:
+            await store.aclose()
+
+    seen, passes = asyncio.run(main())
+    assert seen == [
+        ["new-a", "new-b"],
+        ["new-b", "new-c"],
+        ["new-a", "new-b", "new-c"],
+        ["new-a", "new-b", "new-c"],
+    ]
+    assert passes == 1  # the first candidates only
