@@ -67,7 +67,7 @@ from recsvc.ranking import (
     ScoreWeights,
     Strategy,
 )
-from recsvc.rules import Rule, RuleAction
+from recsvc.rules import Rule
 from recsvc.store import LinkRefused, LinkResult, LiveState, encode_event
 from recsvc.store.cooccur import CoOccurrence
 from recsvc.store.erasures import ErasureStore
@@ -175,9 +175,7 @@ class Engine:
         self._fallbacks = Children(metrics.fallbacks)
         self._index_seconds = metrics.index_search_seconds
         self._recommended_items = metrics.recommended_items
-        self._applications = {
-            a: metrics.rule_applications.labels(action=a.value) for a in RuleAction
-        }
+        self._applications = metrics.rule_applications
         self._new_recommended = Children(metrics.new_items_recommended)
         self._filter_cache: OrderedDict[tuple[object, ...], Filters] = OrderedDict()
         self._logins: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -705,8 +703,7 @@ class Engine:
         if cap and len(m.items) < k and len(ranking.items) >= fetched < model.n_items:
             m = shaped(rank(min(model.n_items, fetched * 4)))
         if m.applied:
-            for action, n in rules.tally(m.applied):
-                self._applications[action].inc(n)
+            self._applications.add(rules.tally(m.applied))
         items = _scored(model.artifact.item_ids, m.items, m.scores, m.reasons)
         return items, m.rule_ids, m.applied
 

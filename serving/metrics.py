@@ -59,6 +59,7 @@ __all__ = [
     "Children",
     "MetricsHTTPServer",
     "ServingMetrics",
+    "Tally",
     "placement_label",
     "start_metrics_http_server",
 ]
@@ -394,13 +395,14 @@ class ServingMetrics:
             registry=r,
         )
         # action: boost | bury | pin
-        self.rule_applications = Counter(
-            "recsvc_rule_applications_total",
+        self.rule_applications = Tally(
+            "recsvc_rule_applications",
             "Answers a merchandising rule touched (moved, placed or buried an item of), "
             "by the rule's action.",
-            ("action",),
-            registry=r,
+            "action",
+            ("boost", "bury", "pin"),
         )
+        r.register(self.rule_applications)
         # state: known | placed | met | selling
         self.new_items = Gauge(
             "recsvc_new_items",
@@ -447,8 +449,6 @@ class ServingMetrics:
             self.fallbacks.labels(reason=reason)
         for event_type in EventType:
             self.events.labels(event_type=event_type.value)
-        for action in ("boost", "bury", "pin"):
-            self.rule_applications.labels(action=action)
         for state in ("known", "placed", "met", "selling"):
             self.new_items.labels(state=state)
         for rpc in ("Recommend", "SimilarItems"):
@@ -531,6 +531,33 @@ class ServingMetrics:
         if not raw:
             return "unknown"
         return raw if raw in self._model_versions else "other"
+
+
+class Tally(Collector):
+    """A counter by one label of a closed set of values (``{name}_total``), counted in
+    plain integers by the one thread that counts (the event loop) and read at each
+    scrape: no lock per increment, where a Counter's child takes one (~0.5 µs, a few
+    times per answer on the Recommend path)."""
+
+    def __init__(self, name: str, documentation: str, label: str, values: Sequence[str]) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self._counts = dict.fromkeys(values, 0)
+
+    def add(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Count ``n`` more for each (value, n) of ``counts``. Call from one thread only.
+        KeyError for a value not declared."""
+        totals = self._counts
+        for value, n in counts:
+            totals[value] += n
+
+    def value(self, value: str) -> int:
+        return self._counts[value]
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=(self._label,))
+        for value, n in tuple(self._counts.items()):  # the keys never change: no lock
+            family.add_metric((value,), n)
+        yield family
 
 
 class _StateCacheCollector(Collector):

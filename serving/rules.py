@@ -174,19 +174,23 @@ def _place(
     state: int,
     codes: np.ndarray,
     cap: int,
+    group: np.ndarray,
+    grouped: bool,
     out_items: np.ndarray,
     out_scores: np.ndarray,
     out_reasons: np.ndarray,
-    out_at: np.ndarray,
-    out_pin: np.ndarray,
+    out_code: np.ndarray,
 ) -> int:  # pragma: no cover (compiled; tests run it through merchandise)
     """Steps 2-4 of :func:`merchandise` over the ranked ``items`` (best first in
     ``order``, or as they are when it is empty): the pins of :class:`_Pins` (``slot``,
     ``pred``, ``lo``/``hi``, ``listed``, ``preds``, and each predicate's first popular
     matches ``heads[head_lo:head_hi]``), the cap (``cap`` > 0, each item's category in
-    ``codes``) and the answer, cut to ``k``: its items, scores and reasons, each one's
-    index among ``items`` (-1: a pinned item that was not ranked) and the pin that
-    placed it (-1: none). Returns its length, -1 when a pin needs the allowed mask
+    ``codes``) and the answer, cut to ``k``: its items, scores and reasons, and each
+    one's rules as a code (:meth:`ActiveRules.rule_ids`): for a ranked item, its group
+    of boosts and buries (``group``, per item, if ``grouped``; else 0) times the pins
+    plus one, plus the pin that placed it plus one (0: none); for a pinned item that
+    was not ranked, minus its pin plus one. Returns its length, -1 when a pin needs the
+    allowed mask
     (``state`` :data:`_MASK_UNKNOWN`), -2 (nothing done) when an item is not one of the
     ``n_items`` (what it reads ranked items in). Reads without bounds checks: the caller
     checks the rest."""
@@ -314,13 +318,16 @@ def _place(
         picks[place], picked_pin[place], picked_item[place] = pin_at[e], pin_rule[e], pos
         m += 1
     m = min(m, k)
+    width = len(slot) + 1
     for t in range(m):
         i = picks[t]
-        out_at[t], out_pin[t] = i, picked_pin[t]
         if i >= 0:  # ranked anyway: keeps its score and reason
-            out_items[t], out_scores[t], out_reasons[t] = items[i], scores[i], reasons[i]
+            pos = items[i]
+            out_items[t], out_scores[t], out_reasons[t] = pos, scores[i], reasons[i]
+            out_code[t] = (np.int64(group[pos]) if grouped else 0) * width + picked_pin[t] + 1
         else:
             out_items[t], out_scores[t], out_reasons[t] = picked_item[t], 0.0, _PINNED
+            out_code[t] = -(picked_pin[t] + 1)
     return m
 
 
@@ -329,21 +336,29 @@ _WEIGHED_TYPES: Final = (
     (np.dtype(np.uint8), np.dtype(np.uint16)),
 )
 """The item and group types :func:`_weigh` is compiled for ahead (:func:`warm_up`)."""
+_INT32: Final = np.dtype(np.int32)
+_INT64: Final = np.dtype(np.int64)
+_FLOAT32: Final = np.dtype(np.float32)
+_GROUP_TYPES: Final = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32))
+"""The types of :attr:`Weights.group` (the smallest that holds the groups' numbers)."""
+_NO_GROUP: Final = np.zeros(0, dtype=np.uint8)
 
 
 def warm_up() -> None:
     """Compile (or load from the cache) the boosts' and buries' kernel for the types a
-    ranking hands it, and the pins' placing for either popular order's type, so no
-    request waits for them."""
+    ranking hands it, and the pins' placing for either popular order's type and every
+    group type, so no request waits for them."""
     one = np.zeros(1, dtype=np.int64)  # one pin of one item (item 0) at the first place
     for popular_type in (np.int32, np.int64):
-        out = _Placed(1)
-        _place(
-            np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32), np.zeros(1, np.int8),
-            _NO_ORDER, 1, 1, one, one - 1, one, one + 1, one, np.zeros((0, 1), dtype=bool),
-            _NO_ORDER, one, one, np.zeros(1, dtype=popular_type), _NO_MASK, _MASK_ALL,
-            _NO_CATEGORY, 0, out.items, out.scores, out.reasons, out.at, out.pin,
-        )  # fmt: skip
+        for group_type in _GROUP_TYPES:
+            out = _Placed(1)
+            _place(
+                np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32), np.zeros(1, np.int8),
+                _NO_ORDER, 1, 1, one, one - 1, one, one + 1, one, np.zeros((0, 1), dtype=bool),
+                _NO_ORDER, one, one, np.zeros(1, dtype=popular_type), _NO_MASK, _MASK_ALL,
+                _NO_CATEGORY, 0, np.zeros(1, dtype=group_type), True, out.items, out.scores,
+                out.reasons, out.code,
+            )  # fmt: skip
     factors = np.ones((1, 1), dtype=np.float32)
     for item_type in _WEIGHED_TYPES[0]:
         for group_type in _WEIGHED_TYPES[1]:
@@ -434,6 +449,7 @@ class Weights:
         "_buries",
         "_burying",
         "_columns",
+        "_compiled",
         "_deeper",
         "_factors",
         "_ids",
@@ -471,10 +487,12 @@ class Weights:
                       key=lambda g: len(paths[g]))  # fmt: skip
         renumber = np.zeros(len(parent), dtype=np.int64)
         renumber[used] = np.arange(len(used))
-        self.group: NDArray[np.unsignedinteger[Any]] = renumber[group].astype(
-            np.min_scalar_type(max(len(used) - 1, 0))
+        self.group: NDArray[np.integer[Any]] = renumber[group].astype(
+            next(t for t in _GROUP_TYPES if len(used) - 1 <= np.iinfo(t).max)
         )
-        """Every item's group."""
+        """Every item's group (the smallest of :data:`_GROUP_TYPES` that holds them)."""
+        self._compiled = self.group.dtype in _WEIGHED_TYPES[1]
+        """Whether :func:`_weigh` is compiled ahead for the groups' type."""
         kept = [paths[g] for g in used]
         depth = max(map(len, kept), default=0)
         self._deeper = [sum(1 for c in kept if len(c) <= d) for d in range(depth)]
@@ -514,9 +532,7 @@ class Weights:
         listed: list[int] = groups.tolist()
         return listed
 
-    def multiply(
-        self, groups: NDArray[np.unsignedinteger[Any]], scores: NDArray[np.float32]
-    ) -> None:
+    def multiply(self, groups: NDArray[np.integer[Any]], scores: NDArray[np.float32]) -> None:
         """Multiply ``scores`` (of items in ``groups``, in place) by their weights."""
         if self._deeper and len(groups):
             most = int(groups.max())  # groups are numbered by how many rules they hold
@@ -566,10 +582,10 @@ class Weighing:
         if best is None:
             best = self._best = w._unseen.copy()  # a copy costs a third of np.full
         if (
-            len(items)
-            and items.dtype in _WEIGHED_TYPES[0]
-            and w.group.dtype in _WEIGHED_TYPES[1]
-            and scores.dtype == np.float32
+            w._compiled
+            and len(items)
+            and (items.dtype is _INT32 or items.dtype is _INT64)  # the types compiled
+            and scores.dtype is _FLOAT32
             and scores.flags.c_contiguous
             and len(scores) == len(items)
             and _weigh(items, scores, w.group, w._factors, w._burying, best)
@@ -603,8 +619,8 @@ class ActiveRules(Sequence[CompiledRule]):
     :class:`Weights` (folded at the first answer, then kept with the rule set: see
     :meth:`LiveRules.active`)."""
 
-    __slots__ = ("_pins", "_rules", "_tallies", "_weights", "actions", "n_items", "pins",
-                 "weighed")  # fmt: skip
+    __slots__ = ("_coded", "_pins", "_rules", "_tallies", "_weights", "actions", "n_items",
+                 "pins", "weighed")  # fmt: skip
 
     def __init__(self, rules: Sequence[CompiledRule], n_items: int) -> None:
         self._rules = tuple(rules)
@@ -622,7 +638,9 @@ class ActiveRules(Sequence[CompiledRule]):
         self.actions = {c.rule.rule_id: c.rule.action for c in self._rules}
         self._weights: Weights | None = None
         self._pins: _Pins | None = None
-        self._tallies: dict[tuple[str, ...], tuple[tuple[RuleAction, int], ...]] = {}
+        self._tallies: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+        self._coded: dict[int, tuple[str, ...]] = {}
+        """:meth:`rule_ids` of each code seen, with this set's own weights."""
 
     @classmethod
     def of(cls, rules: Sequence[CompiledRule], items: IntArray) -> ActiveRules:
@@ -647,20 +665,45 @@ class ActiveRules(Sequence[CompiledRule]):
             weights = self._weights = Weights(self.weighed, self.n_items)
         return weights
 
-    def tally(self, applied: tuple[str, ...]) -> tuple[tuple[RuleAction, int], ...]:
-        """How many of the rules ``applied`` (ids of these rules) act each way: kept
-        per combination, as answers repeat a few of them (the last
+    def tally(self, applied: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+        """How many of the rules ``applied`` (ids of these rules) act each way, by the
+        action's value: kept per combination, as answers repeat a few of them (the last
         :data:`_TALLIES`)."""
         counts = self._tallies.get(applied)
         if counts is None:
-            by: dict[RuleAction, int] = {}
+            by: dict[str, int] = {}
             for rule_id in applied:
-                action = self.actions[rule_id]
+                action = self.actions[rule_id].value
                 by[action] = by.get(action, 0) + 1
             if len(self._tallies) >= _TALLIES:
                 self._tallies.clear()
             counts = self._tallies[applied] = tuple(by.items())
         return counts
+
+    def rule_ids(self, codes: list[int], weights: Weights | None) -> list[tuple[str, ...]]:
+        """The ids of the rules that placed or moved each item of an answer, from the
+        codes :func:`_place` gives (``weights``: the boosts' and buries' whose groups
+        the codes hold, if any), in rule order, a pin's last. Kept per code (a few
+        dozen per rule set) when the weights are this set's own."""
+        table = self._coded if weights is None or weights is self._weights else {}
+        try:
+            return [table[code] for code in codes]
+        except KeyError:  # a code not seen yet
+            pass
+        if len(table) >= _TALLIES:
+            table.clear()
+        pin_ids = self.plan.rule_ids
+        ids: tuple[str, ...]
+        for code in codes:
+            if code < 0:  # a pinned item that was not ranked: the pin's alone
+                ids = (pin_ids[-code - 1],)
+            else:
+                g, pin = divmod(code, len(pin_ids) + 1)
+                ids = _NO_IDS if weights is None else weights.rule_ids[g]
+                if pin:  # ranked anyway: its boosts' and buries' ids, then the pin's
+                    ids = (*ids, pin_ids[pin - 1])
+            table[code] = ids
+        return [table[code] for code in codes]
 
     @property
     def plan(self) -> _Pins:
@@ -825,26 +868,26 @@ def merchandise(
     # 1. boost and bury
     weights = active.weights
     order: NDArray[np.intp] | None = None  # the candidates best first (None: as they came)
-    group: NDArray[np.unsignedinteger[Any]] | None = None  # every item's group ...
-    groups: list[int] | None = None  # ... or each candidate's
-    ids_of: list[tuple[str, ...]] = [_NO_IDS]  # per group, its rules
+    weighted: Weights | None = None  # the weights the candidates carry, if any
     if weighed is not None:
         # the ranking weighed and ordered the candidates: their groups, for the ids
-        ids_of, group = weighed.weights.rule_ids, weighed.weights.group
+        weighted = weighed.weights
         last = float(scores[k - 1]) if len(scores) >= k else -math.inf
         applied.update(dict.fromkeys(weighed.buried(last)))
         if not active.pins and not capped:
-            rule_ids = [ids_of[g] for g in group.take(items[:k]).tolist()]
+            ids_of = weighted.rule_ids
+            rule_ids = [ids_of[g] for g in weighted.group.take(items[:k]).tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
             return Merchandised(items[:k], scores[:k], reasons[:k], rule_ids, tuple(applied))
     elif weights is not None:
+        weighted = weights
         scores = scores.astype(np.float32)  # a copy
         groups = weights.apply(items, scores)
         applied.update(dict.fromkeys(weights.buried(groups[:k])))  # pushed down or out
         order = (-scores).argsort(kind="stable")
-        ids_of = weights.rule_ids
         if not active.pins and not capped:
             top = order[:k]
+            ids_of = weights.rule_ids
             rule_ids = [ids_of[groups[i]] for i in top.tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
             return Merchandised(items[top], scores[top], reasons[top], rule_ids, tuple(applied))
@@ -866,10 +909,13 @@ def merchandise(
             raise IndexError(f"{len(codes)} item categories for {n_items} items")
     plan = active.plan
     popular, heads, head_lo, head_hi = plan.heads(popular)
-    # a ranked item is read in the predicates' masks and the categories, if any
+    # a ranked item is read in the predicates' masks, the categories and the groups
     bound = plan.preds.shape[1] if len(plan.preds) else _ANY_ITEM
     if capped:
         bound = min(bound, len(codes))
+    group = _NO_GROUP if weighted is None else weighted.group
+    if weighted is not None:
+        bound = min(bound, len(group))
     size = min(k, len(items) + plan.most)
     out = _Placed(size)
     mask, state = (_NO_MASK, _MASK_UNKNOWN) if callable(allowed) else _mask(allowed, n_items)
@@ -878,7 +924,7 @@ def merchandise(
             items, scores, reasons, _NO_ORDER if order is None else order, k, bound,
             plan.slot, plan.pred, plan.lo, plan.hi, plan.listed, plan.preds,
             heads, head_lo, head_hi, popular, mask, state, codes, cap if capped else 0,
-            out.items, out.scores, out.reasons, out.at, out.pin,
+            group, weighted is not None, out.items, out.scores, out.reasons, out.code,
         )  # fmt: skip
         if m >= 0:
             break
@@ -886,22 +932,7 @@ def merchandise(
             raise IndexError(f"ranked items past the {bound} items the rules or the cap read")
         assert callable(allowed)  # a pin looked past the ranked items: asked once
         mask, state = _mask(allowed(), n_items)
-    at, pinned = out.at[:m].tolist(), out.pin[:m].tolist()
-    # each answer item's group of boosts and buries (read for ranked items only)
-    if group is not None:
-        of: list[int] = group.take(out.items[:m]).tolist()
-    elif groups is not None:
-        of = [groups[i] if i >= 0 else 0 for i in at]
-    else:
-        of = [0] * m
-    out_rules: list[tuple[str, ...]] = []
-    for i, pin, g in zip(at, pinned, of, strict=True):
-        if i < 0:  # a pinned item that was not ranked
-            out_rules.append((plan.rule_ids[pin],))
-        elif pin < 0:
-            out_rules.append(ids_of[g])
-        else:  # ranked anyway: its boosts' and buries' ids, then the pin's
-            out_rules.append((*ids_of[g], plan.rule_ids[pin]))
+    out_rules = active.rule_ids(out.code[:m].tolist(), weighted)
     applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
     return Merchandised(out.items[:m], out.scores[:m], out.reasons[:m], out_rules, tuple(applied))
 
@@ -977,14 +1008,13 @@ class _Pins:
 class _Placed:
     """Room for an answer of at most ``size`` items (what :func:`_place` writes)."""
 
-    __slots__ = ("at", "items", "pin", "reasons", "scores")
+    __slots__ = ("code", "items", "reasons", "scores")
 
     def __init__(self, size: int) -> None:
         self.items = np.empty(size, dtype=np.int32)
         self.scores = np.empty(size, dtype=np.float32)
         self.reasons = np.empty(size, dtype=np.int8)
-        self.at = np.empty(size, dtype=np.int64)
-        self.pin = np.empty(size, dtype=np.int64)
+        self.code = np.empty(size, dtype=np.int64)
 
 
 def _mask(allowed: BoolArray | None, n_items: int) -> tuple[BoolArray, int]:

@@ -172,7 +172,7 @@ def fill_every_metric(m: ServingMetrics) -> None:
     m.recommended_items.observe(10)
     m.inflight_requests.set(0)
     m.unparseable_requests.labels(rpc="Recommend", reason="decode_error").inc()
-    m.rule_applications.labels(action="pin").inc()
+    m.rule_applications.add((("pin", 1),))
     m.live_version.labels(collection="rules").set(3)
     m.live_records.labels(collection="rules").set(2)
     m.new_items.labels(state="known").set(4)

@@ -239,3 +239,18 @@ def test_state_cache_lookups_are_read_from_the_reader_at_each_scrape() -> None:
     assert registry.get_sample_value(name, {"result": "hit"}) == 7
     assert registry.get_sample_value(name, {"result": "miss"}) == 2
     assert _families(registry)["recsvc_state_cache_lookups"] == ("counter", {"result"})
+
+
+def test_rule_applications_count_without_a_lock_and_show_at_each_scrape() -> None:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(registry)
+    name = "recsvc_rule_applications_total"
+    assert registry.get_sample_value(name, {"action": "bury"}) == 0  # exists from start-up
+    metrics.rule_applications.add((("boost", 2), ("pin", 1)))
+    metrics.rule_applications.add((("boost", 1),))
+    assert registry.get_sample_value(name, {"action": "boost"}) == 3
+    assert registry.get_sample_value(name, {"action": "pin"}) == 1
+    assert metrics.rule_applications.value("bury") == 0
+    with pytest.raises(KeyError):  # a value outside the closed set is a bug, not a series
+        metrics.rule_applications.add((("promote", 1),))
+    assert _families(registry)["recsvc_rule_applications"] == ("counter", {"action"})

@@ -68,7 +68,9 @@ def test_a_pin_sits_at_its_position_in_every_servers_next_answer(
     assert {c.model_info().live_rule_count for c in clients} == {1}
 
 
-def test_boost_and_bury_change_the_order_as_declared(clients: list[RecommenderClient]) -> None:
+def test_boost_and_bury_change_the_order_as_declared(
+    servers: list[ServerThread], clients: list[RecommenderClient]
+) -> None:
     a, b = clients
     before = ids(b.recommend("g0u01", k=10))
     # the sixth item scores about 0.9 of the first (its own group's items all rank high)
@@ -80,10 +82,26 @@ def test_boost_and_bury_change_the_order_as_declared(clients: list[RecommenderCl
         ]
     )
     soon(lambda: ids(b.recommend("g0u01", k=10))[0] == low)
+    registry = servers[1].running.registry
+
+    def applications() -> dict[str, float]:
+        name = "recsvc_rule_applications_total"
+        return {
+            action: registry.get_sample_value(name, {"action": action}) or 0.0
+            for action in ("boost", "bury", "pin")
+        }
+
+    counted = applications()
     after = b.recommend("g0u01", k=10)
     assert top not in ids(after)[:5]
     assert list(after.items[0].rule_ids) == ["lift"]
     assert set(after.applied_rule_ids) == {"sink", "lift"}
+    # the answer counted once per rule that touched it, by action
+    assert {a: n - counted[a] for a, n in applications().items()} == {
+        "boost": 1,
+        "bury": 1,
+        "pin": 0,
+    }
     # the rest keep their order
     rest = [i for i in before if i not in {top, low}]
     assert [i for i in ids(after) if i in rest] == rest[: len([i for i in ids(after) if i in rest])]
