@@ -40,6 +40,23 @@ class FilterSpec:
     exclude_categories: tuple[str, ...] = ()
     in_stock_only: bool = False
     attributes: tuple[AttributeFilter, ...] = ()
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    """The hash, computed once: the engine keys its built filters on the spec, and
+    hashing the fields (the attribute filters' own dataclass hashes) at every request
+    cost ~0.4 µs against ~0.1."""
+
+    def __post_init__(self) -> None:
+        fields = (
+            self.exclude_item_ids,
+            self.include_categories,
+            self.exclude_categories,
+            self.in_stock_only,
+            self.attributes,
+        )
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def is_empty(self) -> bool:

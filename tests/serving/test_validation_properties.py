@@ -8,13 +8,16 @@ this checks the validation itself, fast and exhaustively.)
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from recsvc.catalog import AttributeFilter
 from recsvc.config import ServerSettings
 from recsvc.errors import InvalidRequestError
 from recsvc.serving import validation
+from recsvc.serving.calls import FilterSpec
 from recsvc.v1 import recommender_pb2 as pb
 
 LIMITS = ServerSettings(max_k=50, max_session_events=5, max_batch_events=5, max_id_bytes=16)
@@ -152,3 +155,24 @@ def test_a_checked_filter_is_reused_and_a_bad_one_is_refused_every_time() -> Non
         assert [v.field for v in exc.violations] == ["filters.exclude_item_ids[0]"]
     else:
         raise AssertionError("a cached filter skipped a stricter id limit")
+
+
+@given(
+    st.lists(st.sampled_from(["i1", "i2", "i3"]), max_size=3),
+    st.booleans(),
+    st.one_of(st.none(), st.floats(0, 100)),
+)
+def test_a_filter_spec_hashes_as_its_fields_whenever_it_is_made(
+    excluded: list[str], in_stock: bool, low: float | None
+) -> None:
+    """The spec keeps the hash it was made with (the engine keys its built filters on
+    it): equal specs hash alike, however they were made, and a replaced one anew."""
+    attributes = (AttributeFilter("price", low=low),) if low is not None else ()
+    spec = FilterSpec(tuple(excluded), in_stock_only=in_stock, attributes=attributes)
+    twin = FilterSpec(tuple(excluded), in_stock_only=in_stock, attributes=attributes)
+    assert spec == twin and hash(spec) == hash(twin)
+    flipped = replace(spec, in_stock_only=not in_stock)
+    assert flipped != spec
+    assert hash(flipped) == hash(FilterSpec(tuple(excluded), (), (), not in_stock, attributes))
+    assert replace(flipped, in_stock_only=in_stock) == spec
+    assert hash(replace(flipped, in_stock_only=in_stock)) == hash(spec)
