@@ -176,11 +176,12 @@ def _place(
     cap: int,
     group: np.ndarray,
     grouped: bool,
+    best: np.ndarray,
     out_items: np.ndarray,
     out_scores: np.ndarray,
     out_reasons: np.ndarray,
     out_code: np.ndarray,
-) -> int:  # pragma: no cover (compiled; tests run it through merchandise)
+) -> tuple[int, int]:  # pragma: no cover (compiled; tests run it through merchandise)
     """Steps 2-4 of :func:`merchandise` over the ranked ``items`` (best first in
     ``order``, or as they are when it is empty): the pins of :class:`_Pins` (``slot``,
     ``pred``, ``lo``/``hi``, ``listed``, ``preds``, and each predicate's first popular
@@ -190,14 +191,24 @@ def _place(
     of boosts and buries (``group``, per item, if ``grouped``; else 0) times the pins
     plus one, plus the pin that placed it plus one (0: none); for a pinned item that
     was not ranked, minus its pin plus one. Returns its length, -1 when a pin needs the
-    allowed mask
-    (``state`` :data:`_MASK_UNKNOWN`), -2 (nothing done) when an item is not one of the
-    ``n_items`` (what it reads ranked items in). Reads without bounds checks: the caller
-    checks the rest."""
+    allowed mask (``state`` :data:`_MASK_UNKNOWN`), -2 (nothing done) when an item is not
+    one of the ``n_items`` (what it reads ranked items in); and the buries' pattern:
+    bit g set when group g's ``best`` score before the weights (:class:`Weighing`)
+    reached the answer's last ranked score (``scores[k - 1]``; with fewer than ``k``
+    items, when the group saw any candidate), -1 with more than 63 groups (0: no
+    ``best``). Reads without bounds checks: the caller checks the rest."""
     n = len(items)
     for i in range(n):
         if items[i] < 0 or items[i] >= n_items:
-            return -2
+            return -2, 0
+    bits = 0
+    if len(best) > 63:
+        bits = -1
+    elif len(best):
+        last = scores[k - 1] if n >= k else -np.inf
+        for g in range(len(best)):
+            if (best[g] >= last) if last > -np.inf else (best[g] > -np.inf):
+                bits |= 1 << g
     identity = len(order) == 0
     most = len(listed) + len(slot)
     pin_slot = np.empty(most, np.int64)
@@ -217,7 +228,7 @@ def _place(
                 ranked = _find(items, n, pos)
                 if ranked < 0:  # a ranked item may be shown
                     if state == _MASK_UNKNOWN:
-                        return -1
+                        return -1, bits
                     if state == _MASK_GIVEN and not mask[pos]:
                         continue
                 pin_slot[taken], pin_item[taken], pin_rule[taken] = at, pos, p
@@ -236,7 +247,7 @@ def _place(
                 break
         if found < 0:
             if state == _MASK_UNKNOWN:
-                return -1
+                return -1, bits
             for j in range(head_lo[p], head_hi[p]):
                 pos = heads[j]
                 if (state == _MASK_ALL or mask[pos]) and _find(pin_item, taken, pos) < 0:
@@ -328,7 +339,7 @@ def _place(
         else:
             out_items[t], out_scores[t], out_reasons[t] = picked_item[t], 0.0, _PINNED
             out_code[t] = -(picked_pin[t] + 1)
-    return m
+    return m, bits
 
 
 _WEIGHED_TYPES: Final = (
@@ -339,9 +350,12 @@ _WEIGHED_TYPES: Final = (
 _INT32: Final = np.dtype(np.int32)
 _INT64: Final = np.dtype(np.int64)
 _FLOAT32: Final = np.dtype(np.float32)
+_INT8: Final = np.dtype(np.int8)
+_BOOL: Final = np.dtype(np.bool_)
 _GROUP_TYPES: Final = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32))
 """The types of :attr:`Weights.group` (the smallest that holds the groups' numbers)."""
 _NO_GROUP: Final = np.zeros(0, dtype=np.uint8)
+_NO_BEST: Final = np.zeros(0, dtype=np.float32)
 
 
 def warm_up() -> None:
@@ -356,8 +370,8 @@ def warm_up() -> None:
                 np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32), np.zeros(1, np.int8),
                 _NO_ORDER, 1, 1, one, one - 1, one, one + 1, one, np.zeros((0, 1), dtype=bool),
                 _NO_ORDER, one, one, np.zeros(1, dtype=popular_type), _NO_MASK, _MASK_ALL,
-                _NO_CATEGORY, 0, np.zeros(1, dtype=group_type), True, out.items, out.scores,
-                out.reasons, out.code,
+                _NO_CATEGORY, 0, np.zeros(1, dtype=group_type), True, _NO_BEST, out.items,
+                out.scores, out.reasons, out.code,
             )  # fmt: skip
     factors = np.ones((1, 1), dtype=np.float32)
     for item_type in _WEIGHED_TYPES[0]:
@@ -445,6 +459,7 @@ class Weights:
 
     __slots__ = (
         "_buried",
+        "_buried_bits",
         "_buried_by",
         "_buries",
         "_burying",
@@ -518,6 +533,8 @@ class Weights:
         """Per group, -inf: where a :class:`Weighing` starts its best scores."""
         self._buried_by: dict[bytes, list[str]] = {}
         """:meth:`buried_in`'s answers, by the groups' pattern."""
+        self._buried_bits: dict[int, list[str]] = {}
+        """:meth:`buried_bits`'s answers, by the groups' pattern."""
 
     @property
     def factors(self) -> NDArray[np.float32]:
@@ -547,6 +564,16 @@ class Weights:
             return []
         found = sorted(set(chain.from_iterable(self._buries[g] for g in buried)))
         return [self._ids[j] for j in found]
+
+    def buried_bits(self, bits: int) -> list[str]:
+        """:meth:`buried` of the groups whose bit is set in ``bits`` (groups 0-62), kept
+        per pattern as :meth:`buried_in`. Read only."""
+        found = self._buried_bits.get(bits)
+        if found is None:
+            found = self.buried([g for g in range(bits.bit_length()) if bits >> g & 1])
+            if len(self._buried_bits) < _PATTERNS_KEPT:
+                self._buried_bits[bits] = found
+        return found
 
     def buried_in(self, hit: BoolArray) -> list[str]:
         """:meth:`buried` of the groups ``hit`` is True for (one per group), kept per
@@ -600,6 +627,12 @@ class Weighing:
 
     def room(self, basis: int) -> int:
         return basis  # a boost may lift any candidate: room for it to climb
+
+    @property
+    def best(self) -> NDArray[np.float32] | None:
+        """Per group, the best score before the weights of its candidates (-inf: none;
+        None: no candidate weighed yet). Read only."""
+        return self._best
 
     def buried(self, threshold: float) -> list[str]:
         """The buries that picked a candidate whose score before the weights reached
@@ -872,9 +905,9 @@ def merchandise(
     if weighed is not None:
         # the ranking weighed and ordered the candidates: their groups, for the ids
         weighted = weighed.weights
-        last = float(scores[k - 1]) if len(scores) >= k else -math.inf
-        applied.update(dict.fromkeys(weighed.buried(last)))
         if not active.pins and not capped:
+            last = float(scores[k - 1]) if len(scores) >= k else -math.inf
+            applied.update(dict.fromkeys(weighed.buried(last)))
             ids_of = weighted.rule_ids
             rule_ids = [ids_of[g] for g in weighted.group.take(items[:k]).tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
@@ -898,13 +931,13 @@ def merchandise(
     # 2-4. pins, the cap and the answer: one compiled pass (:func:`_place`)
     n_items = active.n_items
     # the types and layout the kernel is compiled for (no copy when they are)
-    items = np.ascontiguousarray(items, dtype=np.int32)
-    scores = np.ascontiguousarray(scores, dtype=np.float32)
-    reasons = np.ascontiguousarray(reasons, dtype=np.int8)
+    items = _typed(items, _INT32)
+    scores = _typed(scores, _FLOAT32)
+    reasons = _typed(reasons, _INT8)
     codes = _NO_CATEGORY
     if capped:
         assert category is not None
-        codes = np.ascontiguousarray(category, dtype=np.int32)
+        codes = _typed(category, _INT32)
         if len(codes) < n_items:
             raise IndexError(f"{len(codes)} item categories for {n_items} items")
     plan = active.plan
@@ -916,15 +949,17 @@ def merchandise(
     group = _NO_GROUP if weighted is None else weighted.group
     if weighted is not None:
         bound = min(bound, len(group))
+    # the ranking's buries: the kernel tests each group's best score before the weights
+    best = _NO_BEST if weighed is None or weighed.best is None else weighed.best
     size = min(k, len(items) + plan.most)
     out = _Placed(size)
     mask, state = (_NO_MASK, _MASK_UNKNOWN) if callable(allowed) else _mask(allowed, n_items)
     while True:
-        m = _place(
+        m, bits = _place(
             items, scores, reasons, _NO_ORDER if order is None else order, k, bound,
             plan.slot, plan.pred, plan.lo, plan.hi, plan.listed, plan.preds,
             heads, head_lo, head_hi, popular, mask, state, codes, cap if capped else 0,
-            group, weighted is not None, out.items, out.scores, out.reasons, out.code,
+            group, weighted is not None, best, out.items, out.scores, out.reasons, out.code,
         )  # fmt: skip
         if m >= 0:
             break
@@ -932,6 +967,13 @@ def merchandise(
             raise IndexError(f"ranked items past the {bound} items the rules or the cap read")
         assert callable(allowed)  # a pin looked past the ranked items: asked once
         mask, state = _mask(allowed(), n_items)
+    if len(best):
+        assert weighed is not None and weighted is not None
+        if bits >= 0:
+            applied.update(dict.fromkeys(weighted.buried_bits(bits)))
+        else:  # more groups than the bits hold
+            last = float(scores[k - 1]) if len(scores) >= k else -math.inf
+            applied.update(dict.fromkeys(weighed.buried(last)))
     out_rules = active.rule_ids(out.code[:m].tolist(), weighted)
     applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
     return Merchandised(out.items[:m], out.scores[:m], out.reasons[:m], out_rules, tuple(applied))
@@ -1023,4 +1065,12 @@ def _mask(allowed: BoolArray | None, n_items: int) -> tuple[BoolArray, int]:
         return _NO_MASK, _MASK_ALL
     if len(allowed) < n_items:
         raise IndexError(f"an allowed mask of {len(allowed)} items for {n_items}")
-    return np.ascontiguousarray(allowed, dtype=np.bool_), _MASK_GIVEN
+    return _typed(allowed, _BOOL), _MASK_GIVEN
+
+
+def _typed(a: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
+    """``a`` as a contiguous array of ``dtype``: itself when it is one (checked without
+    a NumPy call: the answer's few arrays pass through this on every request)."""
+    if a.dtype is dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype)

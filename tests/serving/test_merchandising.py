@@ -368,6 +368,7 @@ def test_the_folded_rules_answer_as_the_rules_applied_one_by_one() -> None:
     rng = np.random.default_rng(15)
     n = 300
     rounded = 0  # answers where the weights' product would have scored differently
+    wide = 0  # answers placed with more groups than the buries' bit pattern holds (63)
     for case in range(400):
         rules = random_rules(rng, n, int(rng.integers(0, 12)))
         m = int(rng.integers(0, 70))  # none ranked: only the pins
@@ -405,6 +406,7 @@ def test_the_folded_rules_answer_as_the_rules_applied_one_by_one() -> None:
                 items[order], weighed_scores[order], reasons[order], k, active,
                 allowed=allowed, weighed=weighing, **kw,
             )  # fmt: skip
+            wide += len(weights.factors) > 63 and bool(active.pins or cap)
             assert got.items.tolist() == want.items.tolist()
             assert got.scores.tobytes() == want.scores.tobytes()
             assert got.reasons.tolist() == want.reasons.tolist()
@@ -428,6 +430,7 @@ def test_the_folded_rules_answer_as_the_rules_applied_one_by_one() -> None:
             weights.apply(items, one_at_a_time)
             rounded += product.tobytes() != one_at_a_time.tobytes()
     assert rounded > 20  # the bit-for-bit comparison above has something to catch
+    assert wide > 0  # and the buries are named both ways
 
 
 def test_weights_hold_each_items_rules_in_rule_order() -> None:
