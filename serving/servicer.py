@@ -215,7 +215,10 @@ def _recommend_response(out: RecommendOutput) -> pb.RecommendResponse:
         _add_because(response, out.because)
         return response
     for (item_id, score, reason), rule_ids in zip(out.items, out.item_rule_ids, strict=True):
-        add(item_id=item_id, score=score, reason=reason, rule_ids=rule_ids)
+        if rule_ids:
+            add(item_id=item_id, score=score, reason=reason, rule_ids=rule_ids)
+        else:  # an empty list passed costs ~0.3 µs per item, most items have none
+            add(item_id=item_id, score=score, reason=reason)
     response.applied_rule_ids.extend(out.applied_rule_ids)
     _add_because(response, out.because)
     return response
