@@ -28,10 +28,13 @@ def _runs(p50s: list[float], cpu: float) -> list[dict[str, Any]]:
 
 
 def _results(path: Path, cached: list[float], live: list[float], level: int = 8) -> Path:
+    def point(mode: str, level: int, scenario: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"mode": mode, "level": level, "scenario": scenario, "service_runs": runs}
+
     points = [
-        {"mode": "closed", "level": level, "scenario": "cached", "service_runs": _runs(cached, 600)},
-        {"mode": "closed", "level": level, "scenario": "live", "service_runs": _runs(live, 720)},
-        {"mode": "open", "level": 500, "scenario": "cached", "service_runs": _runs([9.0], 1)},
+        point("closed", level, "cached", _runs(cached, 600)),
+        point("closed", level, "live", _runs(live, 720)),
+        point("open", 500, "cached", _runs([9.0], 1)),
     ]
     path.write_text(json.dumps({"points": points}))
     return path
