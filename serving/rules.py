@@ -974,9 +974,11 @@ def merchandise(
         else:  # more groups than the bits hold
             last = float(scores[k - 1]) if len(scores) >= k else -math.inf
             applied.update(dict.fromkeys(weighed.buried(last)))
-    out_rules = active.rule_ids(out.code[:m].tolist(), weighted)
+    if m < size:  # a short answer (most fill the room: no slices then)
+        out.cut(m)
+    out_rules = active.rule_ids(out.code.tolist(), weighted)
     applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
-    return Merchandised(out.items[:m], out.scores[:m], out.reasons[:m], out_rules, tuple(applied))
+    return Merchandised(out.items, out.scores, out.reasons, out_rules, tuple(applied))
 
 
 _Heads = tuple[IntArray, NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
@@ -1057,6 +1059,11 @@ class _Placed:
         self.scores = np.empty(size, dtype=np.float32)
         self.reasons = np.empty(size, dtype=np.int8)
         self.code = np.empty(size, dtype=np.int64)
+
+    def cut(self, m: int) -> None:
+        """Keep the first ``m`` of each (what :func:`_place` wrote)."""
+        self.items, self.scores = self.items[:m], self.scores[:m]
+        self.reasons, self.code = self.reasons[:m], self.code[:m]
 
 
 def _mask(allowed: BoolArray | None, n_items: int) -> tuple[BoolArray, int]:
