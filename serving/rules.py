@@ -85,7 +85,8 @@ _ANY_ITEM: Final = np.iinfo(np.int64).max
 _ACTIVE_SETS: Final = 16
 """Subsets of the rules (placements, windows) kept prepared (see LiveRules.active)."""
 _TALLIES: Final = 1024
-"""Combinations of applied rules whose counts by action an ActiveRules keeps."""
+"""Combinations of applied rules whose counts by action an ActiveRules keeps, and rule-id
+codes whose ids it keeps (see ActiveRules.tally, ActiveRules.rule_ids)."""
 _PLACEMENTS: Final = 64
 """Placements whose active rules are kept (see LiveRules.active)."""
 
@@ -634,6 +635,11 @@ class Weighing:
         None: no candidate weighed yet). Read only."""
         return self._best
 
+    def buried_at(self, scores: NDArray[np.float32], k: int) -> list[str]:
+        """:meth:`buried` at the answer's last score: ``scores`` are the candidates'
+        weighted scores, best first, and the answer takes ``k`` of them."""
+        return self.buried(float(scores[k - 1]) if len(scores) >= k else -math.inf)
+
     def buried(self, threshold: float) -> list[str]:
         """The buries that picked a candidate whose score before the weights reached
         ``threshold`` (the answer's last score): each pushed an item down, or out.
@@ -906,8 +912,7 @@ def merchandise(
         # the ranking weighed and ordered the candidates: their groups, for the ids
         weighted = weighed.weights
         if not active.pins and not capped:
-            last = float(scores[k - 1]) if len(scores) >= k else -math.inf
-            applied.update(dict.fromkeys(weighed.buried(last)))
+            applied.update(dict.fromkeys(weighed.buried_at(scores, k)))
             ids_of = weighted.rule_ids
             rule_ids = [ids_of[g] for g in weighted.group.take(items[:k]).tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
@@ -972,8 +977,7 @@ def merchandise(
         if bits >= 0:
             applied.update(dict.fromkeys(weighted.buried_bits(bits)))
         else:  # more groups than the bits hold
-            last = float(scores[k - 1]) if len(scores) >= k else -math.inf
-            applied.update(dict.fromkeys(weighed.buried(last)))
+            applied.update(dict.fromkeys(weighed.buried_at(scores, k)))
     if m < size:  # a short answer (most fill the room: no slices then)
         out.cut(m)
     out_rules = active.rule_ids(out.code.tolist(), weighted)
