@@ -135,6 +135,9 @@ class Model:
     """Artifact + id lookups + fold-in solver + popularity order."""
 
     artifact: ModelArtifact
+    item_names: list[str] = field(init=False, repr=False)
+    """Every item's id, by position, as Python strings (an answer's ids are read
+    from here one by one: no NumPy call per answer)."""
     item_position: dict[str, int] = field(init=False, repr=False)
     user_position: dict[str, int] = field(init=False, repr=False)
     category_position: dict[str, int] = field(init=False, repr=False)
@@ -150,7 +153,8 @@ class Model:
 
     def __post_init__(self) -> None:
         a = self.artifact
-        self.item_position = {str(x): i for i, x in enumerate(a.item_ids.tolist())}
+        self.item_names = [str(x) for x in a.item_ids.tolist()]
+        self.item_position = {x: i for i, x in enumerate(self.item_names)}
         self.user_position = {str(x): i for i, x in enumerate(a.user_ids.tolist())}
         self.category_position = {str(x): i for i, x in enumerate(a.categories.tolist())}
         # stable sort: ties in popularity keep catalogue order, so answers are reproducible

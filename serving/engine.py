@@ -375,7 +375,7 @@ class Engine:
                 weighed=weighing,
             )  # fmt: skip
         else:
-            items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
+            items = _ranked(model, ranking)
         out = RecommendOutput(
             items=items,
             model_version=loaded.version,
@@ -520,7 +520,7 @@ class Engine:
                 rank=rank,
             )  # fmt: skip
         else:
-            items = _scored(model.artifact.item_ids, ranking.items, ranking.scores, ranking.reasons)
+            items = _ranked(model, ranking)
         out = RecommendOutput(
             items=items,
             model_version=loaded.version,
@@ -551,7 +551,7 @@ class Engine:
         budget = self.settings.redis.socket_timeout_seconds
         if time_left is not None:
             budget = min(budget, 0.5 * time_left)
-        ids = model.artifact.item_ids[given].tolist()
+        ids = [model.item_names[i] for i in given.tolist()]
         try:
             async with asyncio.timeout(max(budget, 0.0)):
                 met = await self.co_purchases.read(ids, limit=_LIVE_PARTNERS)
@@ -704,7 +704,7 @@ class Engine:
             m = shaped(rank(min(model.n_items, fetched * 4)))
         if m.applied:
             self._applications.add(rules.tally(m.applied))
-        items = _scored(model.artifact.item_ids, m.items, m.scores, m.reasons)
+        items = _scored(model.item_names, m.items, m.scores, m.reasons)
         return items, m.rule_ids, m.applied
 
     async def set_rules(self, rules: Sequence[Rule], *, replace_all: bool) -> int:
@@ -1321,13 +1321,18 @@ def _recommendation_id(
 
 
 def _scored(
-    item_ids: NDArray[np.str_],
-    items: NDArray[np.int32],
-    scores: NDArray[np.float32],
-    reasons: NDArray[np.int8],
+    names: list[str], items: list[int], scores: list[float], reasons: list[int]
 ) -> list[ScoredItem]:
-    ids: list[str] = item_ids[items].tolist()
+    """The answer's items by id (``names``: :attr:`Model.item_names`), from parallel
+    lists (a :class:`Merchandised`'s, or :func:`_ranked`'s)."""
     return [
-        ScoredItem(i, s, _REASONS[r])
-        for i, s, r in zip(ids, scores.tolist(), reasons.tolist(), strict=True)
+        ScoredItem(names[i], s, _REASONS[r]) for i, s, r in zip(items, scores, reasons, strict=True)
     ]
+
+
+def _ranked(model: Model, ranking: Ranking) -> list[ScoredItem]:
+    """``ranking``'s items as they are (no rules, no cap)."""
+    return _scored(
+        model.item_names, ranking.items.tolist(), ranking.scores.tolist(),
+        ranking.reasons.tolist(),
+    )  # fmt: skip

@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -87,6 +88,8 @@ _ACTIVE_SETS: Final = 16
 _TALLIES: Final = 1024
 """Combinations of applied rules whose counts by action an ActiveRules keeps, and rule-id
 codes whose ids it keeps (see ActiveRules.tally, ActiveRules.rule_ids)."""
+_ROOM_SIZES: Final = 64
+"""Answer sizes a thread keeps room for (see _Placed.room; they are k's: a few)."""
 _PLACEMENTS: Final = 64
 """Placements whose active rules are kept (see LiveRules.active)."""
 
@@ -864,11 +867,14 @@ class _Compiled:
 
 
 class Merchandised(NamedTuple):
-    """A list after the rules and the cap: parallel arrays, at most ``k`` long."""
+    """A list after the rules and the cap, at most ``k`` long: parallel Python lists
+    (the answer is read item by item from here on, so no NumPy call is left to make)."""
 
-    items: IntArray
-    scores: NDArray[np.float32]
-    reasons: NDArray[np.int8]
+    items: list[int]
+    """Positions."""
+    scores: list[float]
+    """float32 values, exactly."""
+    reasons: list[int]
     rule_ids: list[tuple[str, ...]]
     """Per item, the rules that moved or placed it."""
     applied: tuple[str, ...]
@@ -914,9 +920,13 @@ def merchandise(
         if not active.pins and not capped:
             applied.update(dict.fromkeys(weighed.buried_at(scores, k)))
             ids_of = weighted.rule_ids
-            rule_ids = [ids_of[g] for g in weighted.group.take(items[:k]).tolist()]
+            top_k = items[:k]
+            rule_ids = [ids_of[g] for g in weighted.group.take(top_k).tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
-            return Merchandised(items[:k], scores[:k], reasons[:k], rule_ids, tuple(applied))
+            return Merchandised(
+                top_k.tolist(), scores[:k].tolist(), reasons[:k].tolist(), rule_ids,
+                tuple(applied),
+            )  # fmt: skip
     elif weights is not None:
         weighted = weights
         scores = scores.astype(np.float32)  # a copy
@@ -928,10 +938,14 @@ def merchandise(
             ids_of = weights.rule_ids
             rule_ids = [ids_of[groups[i]] for i in top.tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
-            return Merchandised(items[top], scores[top], reasons[top], rule_ids, tuple(applied))
+            return Merchandised(
+                items[top].tolist(), scores[top].tolist(), reasons[top].tolist(), rule_ids,
+                tuple(applied),
+            )  # fmt: skip
     elif not active.pins and not capped:
-        top_k = items[:k]
-        return Merchandised(top_k, scores[:k], reasons[:k], [_NO_IDS] * len(top_k), ())
+        top = items[:k].tolist()
+        no_ids = [_NO_IDS] * len(top)
+        return Merchandised(top, scores[:k].tolist(), reasons[:k].tolist(), no_ids, ())
 
     # 2-4. pins, the cap and the answer: one compiled pass (:func:`_place`)
     n_items = active.n_items
@@ -957,7 +971,7 @@ def merchandise(
     # the ranking's buries: the kernel tests each group's best score before the weights
     best = _NO_BEST if weighed is None or weighed.best is None else weighed.best
     size = min(k, len(items) + plan.most)
-    out = _Placed(size)
+    out = _Placed.room(size)
     mask, state = (_NO_MASK, _MASK_UNKNOWN) if callable(allowed) else _mask(allowed, n_items)
     while True:
         m, bits = _place(
@@ -978,11 +992,10 @@ def merchandise(
             applied.update(dict.fromkeys(weighted.buried_bits(bits)))
         else:  # more groups than the bits hold
             applied.update(dict.fromkeys(weighed.buried_at(scores, k)))
-    if m < size:  # a short answer (most fill the room: no slices then)
-        out.cut(m)
-    out_rules = active.rule_ids(out.code.tolist(), weighted)
+    out_items, out_scores, out_reasons, out_codes = out.read(m)
+    out_rules = active.rule_ids(out_codes, weighted)
     applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
-    return Merchandised(out.items, out.scores, out.reasons, out_rules, tuple(applied))
+    return Merchandised(out_items, out_scores, out_reasons, out_rules, tuple(applied))
 
 
 _Heads = tuple[IntArray, NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
@@ -1054,20 +1067,49 @@ class _Pins:
 
 
 class _Placed:
-    """Room for an answer of at most ``size`` items (what :func:`_place` writes)."""
+    """Room for an answer of at most ``size`` items (what :func:`_place` writes).
+    Each thread keeps one per size (:meth:`room`): :func:`merchandise` reads it back
+    into lists (:meth:`read`) before it returns, so the next answer may write it."""
 
-    __slots__ = ("code", "items", "reasons", "scores")
+    __slots__ = ("code", "items", "reasons", "scores", "size")
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self.items = np.empty(size, dtype=np.int32)
         self.scores = np.empty(size, dtype=np.float32)
         self.reasons = np.empty(size, dtype=np.int8)
         self.code = np.empty(size, dtype=np.int64)
 
-    def cut(self, m: int) -> None:
-        """Keep the first ``m`` of each (what :func:`_place` wrote)."""
-        self.items, self.scores = self.items[:m], self.scores[:m]
-        self.reasons, self.code = self.reasons[:m], self.code[:m]
+    @staticmethod
+    def room(size: int) -> _Placed:
+        """This thread's room of ``size`` items (made at its first answer of that size)."""
+        try:
+            rooms: dict[int, _Placed] = _ROOMS.by_size
+        except AttributeError:
+            rooms = _ROOMS.by_size = {}
+        room = rooms.get(size)
+        if room is None:
+            if len(rooms) >= _ROOM_SIZES:
+                rooms.clear()
+            room = rooms[size] = _Placed(size)
+        return room
+
+    def read(self, m: int) -> tuple[list[int], list[float], list[int], list[int]]:
+        """The first ``m`` items, scores, reasons and codes :func:`_place` wrote, as
+        lists (most answers fill the room: no slices then)."""
+        if m == self.size:
+            return (
+                self.items.tolist(), self.scores.tolist(), self.reasons.tolist(),
+                self.code.tolist(),
+            )  # fmt: skip
+        return (
+            self.items[:m].tolist(), self.scores[:m].tolist(), self.reasons[:m].tolist(),
+            self.code[:m].tolist(),
+        )  # fmt: skip
+
+
+_ROOMS = threading.local()
+"""Per thread, the answers' rooms by size (:meth:`_Placed.room`)."""
 
 
 def _mask(allowed: BoolArray | None, n_items: int) -> tuple[BoolArray, int]:

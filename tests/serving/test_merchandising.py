@@ -65,7 +65,7 @@ def shape(
 
 def test_no_rules_keeps_the_ranking_cut_to_k() -> None:
     out = shape([])
-    assert out.items.tolist() == [0, 1, 2, 3, 4]
+    assert out.items == [0, 1, 2, 3, 4]
     assert out.rule_ids == [()] * 5 and out.applied == ()
 
 
@@ -73,7 +73,7 @@ def test_a_boost_lifts_its_items_by_their_weight_and_says_so() -> None:
     # item 7 scores 0.3; ×4 = 1.2 puts it first; item 6 (0.4) ×1.5 = 0.6 stays below 4
     out = shape([listed("lift", RuleAction.BOOST, [7], weight=4.0),
                  listed("nudge", RuleAction.BOOST, [6], weight=1.5)])  # fmt: skip
-    assert out.items.tolist() == [7, 0, 1, 2, 3]
+    assert out.items == [7, 0, 1, 2, 3]
     assert out.scores[0] == pytest.approx(1.2)
     assert out.rule_ids[0] == ("lift",)
     assert out.applied == ("lift",)  # "nudge" moved item 6, but not into the answer
@@ -84,14 +84,14 @@ def test_boosts_compound_and_bury_sinks() -> None:
                  matching("b2", RuleAction.BOOST, [4], weight=2.0),
                  listed("down", RuleAction.BURY, [0], weight=0.1)])  # fmt: skip
     # 4: 0.6 × 4 = 2.4 first; 0: 1.0 × 0.1 = 0.1 out of the top 5
-    assert out.items.tolist() == [4, 1, 2, 3, 5]
+    assert out.items == [4, 1, 2, 3, 5]
     assert out.rule_ids[0] == ("b1", "b2")
     assert set(out.applied) == {"b1", "b2", "down"}  # the bury pushed item 0 out
 
 
 def test_a_list_pin_places_its_items_in_order_from_its_position() -> None:
     out = shape([listed("hero", RuleAction.PIN, [8, 9], position=2)])
-    assert out.items.tolist() == [0, 8, 9, 1, 2]
+    assert out.items == [0, 8, 9, 1, 2]
     assert out.rule_ids[1:3] == [("hero",), ("hero",)]
     assert out.reasons[1] == Reason.CF  # ranked anyway: keeps its reason and score
     assert out.scores[1] == pytest.approx(0.2)
@@ -100,7 +100,7 @@ def test_a_list_pin_places_its_items_in_order_from_its_position() -> None:
 def test_a_list_pin_naming_an_item_twice_places_it_once() -> None:
     # the answer held the item twice, at both places
     out = shape([listed("p", RuleAction.PIN, [8, 8, 11, 9, 11], position=1)])
-    assert out.items.tolist() == [8, 11, 9, 0, 1]
+    assert out.items == [8, 11, 9, 0, 1]
     assert out.rule_ids[:3] == [("p",)] * 3
 
 
@@ -125,22 +125,22 @@ def test_placing_refuses_what_it_cannot_read() -> None:
             allowed=None, popular=popular, category=np.zeros(N - 1, np.int32), cap=1,
         )  # fmt: skip
     out = merchandise(items, scores, reasons, 5, pins, allowed=np.ones(N, bool), **kw)
-    assert out.items.tolist() == [11, 0, 1, 2, 3]
+    assert out.items == [11, 0, 1, 2, 3]
 
 
 def test_a_pin_brings_in_an_unranked_item_but_never_a_hidden_one() -> None:
     allowed = np.ones(N, bool)
     allowed[10] = False
     out = shape([listed("p", RuleAction.PIN, [10, 11], position=1)], allowed=allowed)
-    assert out.items.tolist() == [11, 0, 1, 2, 3]  # 10 is filtered: 11 takes position 1
+    assert out.items == [11, 0, 1, 2, 3]  # 10 is filtered: 11 takes position 1
     assert out.reasons[0] == Reason.PINNED and out.scores[0] == 0.0
 
 
 def test_a_predicate_pin_takes_its_best_ranked_match_else_its_most_popular() -> None:
     out = shape([matching("best", RuleAction.PIN, [6, 9], position=1)])
-    assert out.items.tolist()[0] == 6
+    assert out.items[0] == 6
     out = shape([matching("pop", RuleAction.PIN, [10, 11], position=3)])
-    assert out.items.tolist() == [0, 1, 11, 2, 3]
+    assert out.items == [0, 1, 11, 2, 3]
 
 
 def test_a_predicate_pin_past_its_first_popular_matches_still_finds_one() -> None:
@@ -159,37 +159,48 @@ def test_a_predicate_pin_past_its_first_popular_matches_still_finds_one() -> Non
         items + 600, scores, reasons, 3, [pin],
         allowed=allowed, popular=popular, category=None, cap=0,
     )  # fmt: skip
-    assert out.items.tolist() == [600, 601, 602]  # its best ranked match
+    assert out.items == [600, 601, 602]  # its best ranked match
     odd = np.arange(601, 611, 2, dtype=np.int32)  # ranked: odd items only
     out = merchandise(
         odd, scores, reasons, 3, [pin],
         allowed=allowed, popular=popular, category=None, cap=0,
     )  # fmt: skip
-    assert out.items.tolist() == [600, 601, 603]  # the first allowed match, popular order
+    assert out.items == [600, 601, 603]  # the first allowed match, popular order
     assert pin.popular_matches(popular) is pin.popular_matches(popular)
     assert len(pin.popular_matches(popular)) == 256
+
+
+def test_an_answer_keeps_its_items_after_the_next_answer_of_its_size() -> None:
+    # the pins' pass writes into room kept per size and thread: an answer must not
+    # share it with the next one
+    first = shape([listed("p", RuleAction.PIN, [9], position=1)])
+    kept = (list(first.items), list(first.scores), list(first.reasons), list(first.rule_ids))
+    second = shape([listed("q", RuleAction.PIN, [8, 11], position=2)])
+    assert second.items == [0, 8, 11, 1, 2]
+    assert (first.items, first.scores, first.reasons, first.rule_ids) == kept
+    assert kept[0] == [9, 0, 1, 2, 3]
 
 
 def test_pins_at_the_same_position_take_the_next_free_one() -> None:
     out = shape([listed("a", RuleAction.PIN, [9], position=1),
                  listed("b", RuleAction.PIN, [8], position=1)])  # fmt: skip
-    assert out.items.tolist() == [9, 8, 0, 1, 2]
+    assert out.items == [9, 8, 0, 1, 2]
 
 
 def test_a_pin_past_the_answer_is_left_out_and_a_short_list_closes_the_gap() -> None:
     out = shape([listed("far", RuleAction.PIN, [9], position=8)])
-    assert out.items.tolist() == [0, 1, 2, 3, 4] and out.applied == ()
+    assert out.items == [0, 1, 2, 3, 4] and out.applied == ()
     out = shape([listed("far", RuleAction.PIN, [9], position=8)], k=8, n=4)
-    assert out.items.tolist() == [0, 1, 2, 3, 9]
+    assert out.items == [0, 1, 2, 3, 9]
 
 
 def test_the_cap_holds_and_pinned_items_count_but_stay() -> None:
     category = np.array([0, 0, 0, 1, 1, 0, 2, 2, 2, 0, -1, -1], np.int32)
     out = shape([], k=6, category=category, cap=2)
-    assert out.items.tolist() == [0, 1, 3, 4, 6, 7]
+    assert out.items == [0, 1, 3, 4, 6, 7]
     # item 9 (category 0) pinned first: category 0 keeps one more ranked item only
     out = shape([listed("p", RuleAction.PIN, [9], position=1)], k=6, category=category, cap=2)
-    assert out.items.tolist() == [9, 0, 3, 4, 6, 7]
+    assert out.items == [9, 0, 3, 4, 6, 7]
     counts = np.bincount(category[out.items])
     assert counts.max() <= 2
     # items without a category are never capped
@@ -238,7 +249,9 @@ def one_by_one(
         for ids in rule_ids:
             for rule_id in ids:
                 applied.setdefault(rule_id)
-        return Merchandised(top, scores[:k], reasons[:k], rule_ids, tuple(applied))
+        return Merchandised(
+            top.tolist(), scores[:k].tolist(), reasons[:k].tolist(), rule_ids, tuple(applied)
+        )
     index = {pos: i for i, pos in enumerate(items.tolist())}
     pins: list[tuple[int, int, str]] = []
     taken: set[int] = set()
@@ -300,9 +313,9 @@ def one_by_one(
         for rule_id in ids:
             applied.setdefault(rule_id)
     return Merchandised(
-        np.array(out_items, dtype=np.int32),
-        np.array(out_scores, dtype=np.float32),
-        np.array(out_reasons, dtype=np.int8),
+        out_items,
+        np.array(out_scores, dtype=np.float32).tolist(),  # float32 values, as served
+        out_reasons,
         out_rules,
         tuple(applied),
     )
@@ -356,10 +369,12 @@ def random_rules(rng: np.random.Generator, n: int, count: int) -> list[CompiledR
 
 
 def same(a: Merchandised, b: Merchandised) -> None:
-    assert a.items.tolist() == b.items.tolist()
-    assert a.items.dtype == b.items.dtype and a.scores.dtype == b.scores.dtype
-    assert a.scores.tobytes() == b.scores.tobytes()  # to the bit
-    assert a.reasons.tolist() == b.reasons.tolist()
+    assert a.items == b.items
+    # plain Python numbers (what the answer is built from), the scores float32 values
+    assert all(type(x) is int for x in (*a.items, *a.reasons))
+    assert all(type(x) is float and x == np.float32(x) for x in a.scores)
+    assert a.scores == b.scores  # to the bit: both are float32 values
+    assert a.reasons == b.reasons
     assert a.rule_ids == b.rule_ids
     assert a.applied == b.applied
 
@@ -407,9 +422,9 @@ def test_the_folded_rules_answer_as_the_rules_applied_one_by_one() -> None:
                 allowed=allowed, weighed=weighing, **kw,
             )  # fmt: skip
             wide += len(weights.factors) > 63 and bool(active.pins or cap)
-            assert got.items.tolist() == want.items.tolist()
-            assert got.scores.tobytes() == want.scores.tobytes()
-            assert got.reasons.tolist() == want.reasons.tolist()
+            assert got.items == want.items
+            assert got.scores == want.scores
+            assert got.reasons == want.reasons
             assert got.rule_ids == want.rule_ids
             # a bury counts when an item it picked scored, before the weights, at least
             # the answer's last ranked score (it pushed that item down or out)
@@ -470,10 +485,10 @@ def test_the_mask_is_not_computed_when_the_pins_find_their_items_ranked() -> Non
     rules = [listed("p", RuleAction.PIN, [4], position=1),
              matching("q", RuleAction.PIN, [6, 11], position=2)]  # fmt: skip
     out = merchandise(items, scores, reasons, 5, rules, allowed=allowed, **kw)
-    assert out.items.tolist() == [4, 6, 0, 1, 2] and asked == []
+    assert out.items == [4, 6, 0, 1, 2] and asked == []
     rules = [listed("p", RuleAction.PIN, [11, 3, 10], position=1)]  # 11, 10 not ranked
     out = merchandise(items, scores, reasons, 5, rules, allowed=allowed, **kw)
-    assert out.items.tolist() == [11, 3, 10, 0, 1] and asked == [1]  # once
+    assert out.items == [11, 3, 10, 0, 1] and asked == [1]  # once
 
 
 def test_live_rules_fold_each_active_set_once_and_again_after_a_change() -> None:
@@ -613,7 +628,7 @@ def test_a_short_answer_names_no_bury_that_picked_none_of_its_candidates() -> No
         allowed=None, popular=np.arange(N, dtype=np.int32), category=None, cap=0,
         weighed=weighing,
     )  # fmt: skip
-    assert out.items.tolist() == [0, 1, 2] and out.applied == ("lift",)
+    assert out.items == [0, 1, 2] and out.applied == ("lift",)
     weighing.weigh(np.array([11], np.int32), np.array([0.05], np.float32))  # now it has one
     assert weighing.buried(-np.inf) == ["sink"]
 
