@@ -920,13 +920,9 @@ def merchandise(
         if not active.pins and not capped:
             applied.update(dict.fromkeys(weighed.buried_at(scores, k)))
             ids_of = weighted.rule_ids
-            top_k = items[:k]
-            rule_ids = [ids_of[g] for g in weighted.group.take(top_k).tolist()]
+            rule_ids = [ids_of[g] for g in weighted.group.take(items[:k]).tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
-            return Merchandised(
-                top_k.tolist(), scores[:k].tolist(), reasons[:k].tolist(), rule_ids,
-                tuple(applied),
-            )  # fmt: skip
+            return _listed(items, scores, reasons, slice(k), rule_ids, tuple(applied))
     elif weights is not None:
         weighted = weights
         scores = scores.astype(np.float32)  # a copy
@@ -938,14 +934,9 @@ def merchandise(
             ids_of = weights.rule_ids
             rule_ids = [ids_of[groups[i]] for i in top.tolist()]
             applied.update(dict.fromkeys(chain.from_iterable(rule_ids)))
-            return Merchandised(
-                items[top].tolist(), scores[top].tolist(), reasons[top].tolist(), rule_ids,
-                tuple(applied),
-            )  # fmt: skip
+            return _listed(items, scores, reasons, top, rule_ids, tuple(applied))
     elif not active.pins and not capped:
-        top = items[:k].tolist()
-        no_ids = [_NO_IDS] * len(top)
-        return Merchandised(top, scores[:k].tolist(), reasons[:k].tolist(), no_ids, ())
+        return _listed(items, scores, reasons, slice(k), [_NO_IDS] * len(items[:k]), ())
 
     # 2-4. pins, the cap and the answer: one compiled pass (:func:`_place`)
     n_items = active.n_items
@@ -996,6 +987,20 @@ def merchandise(
     out_rules = active.rule_ids(out_codes, weighted)
     applied.update(dict.fromkeys(chain.from_iterable(out_rules)))
     return Merchandised(out_items, out_scores, out_reasons, out_rules, tuple(applied))
+
+
+def _listed(
+    items: IntArray,
+    scores: NDArray[np.float32],
+    reasons: NDArray[np.int8],
+    take: slice | NDArray[np.intp],
+    rule_ids: list[tuple[str, ...]],
+    applied: tuple[str, ...],
+) -> Merchandised:
+    """The answer ``take`` picks of the ranked arrays (no pin, no cap), as lists."""
+    return Merchandised(
+        items[take].tolist(), scores[take].tolist(), reasons[take].tolist(), rule_ids, applied
+    )
 
 
 _Heads = tuple[IntArray, NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
@@ -1071,10 +1076,9 @@ class _Placed:
     Each thread keeps one per size (:meth:`room`): :func:`merchandise` reads it back
     into lists (:meth:`read`) before it returns, so the next answer may write it."""
 
-    __slots__ = ("code", "items", "reasons", "scores", "size")
+    __slots__ = ("code", "items", "reasons", "scores")
 
     def __init__(self, size: int) -> None:
-        self.size = size
         self.items = np.empty(size, dtype=np.int32)
         self.scores = np.empty(size, dtype=np.float32)
         self.reasons = np.empty(size, dtype=np.int8)
@@ -1097,7 +1101,7 @@ class _Placed:
     def read(self, m: int) -> tuple[list[int], list[float], list[int], list[int]]:
         """The first ``m`` items, scores, reasons and codes :func:`_place` wrote, as
         lists (most answers fill the room: no slices then)."""
-        if m == self.size:
+        if m == len(self.items):
             return (
                 self.items.tolist(), self.scores.tolist(), self.reasons.tolist(),
                 self.code.tolist(),
